@@ -1,0 +1,45 @@
+"""napari-segrep: mask-supervised segment representations (SegRep) with dual masking.
+
+The headless API is importable without napari or Qt, and ``import napari_segrep`` is cheap:
+torch and friends load on first use of a name below.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_LAZY = {
+    "SegmentEncoder": "napari_segrep.engine.encoder",
+    "embed_segments": "napari_segrep.engine.embed",
+    "resolve_device": "napari_segrep.engine.embed",
+    "Cancelled": "napari_segrep.engine.embed",
+    "save_encoder": "napari_segrep.engine.checkpoint",
+    "load_encoder": "napari_segrep.engine.checkpoint",
+    "write_table": "napari_segrep.analysis.export",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .analysis.export import write_table
+    from .engine.checkpoint import load_encoder, save_encoder
+    from .engine.embed import Cancelled, embed_segments, resolve_device
+    from .engine.encoder import SegmentEncoder
+
+
+def __getattr__(name: str):
+    try:
+        module = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'napari_segrep' has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(__all__)

@@ -1,0 +1,1 @@
+"""Tables and maps: numpy/pandas/scikit-learn/umap-learn, imported lazily; no torch, no napari."""

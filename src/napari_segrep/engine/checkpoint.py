@@ -1,0 +1,180 @@
+"""Checkpoints: atomic save, ``weights_only`` load, provenance.
+
+A napari-segrep checkpoint is a ``torch.save`` of a plain dict (tensors, numbers, strings,
+lists, dicts only, so it loads with ``torch.load(weights_only=True)``)::
+
+    {"format": "napari-segrep", "format_version": 1, "package_version": "...",
+     "kind": "encoder" | "training", "encoder_config": {...}, "encoder": state_dict, ...}
+
+Training checkpoints (issue 2/4) add head, optimiser, scheduler and loop state under more keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "atomic_write",
+    "encoder_state_from_checkpoint",
+    "file_sha256",
+    "load_checkpoint",
+    "load_encoder",
+    "save_checkpoint",
+    "save_encoder",
+]
+
+CHECKPOINT_FORMAT = "napari-segrep"
+FORMAT_VERSION = 1
+
+
+def atomic_write(path: str | os.PathLike, write: Any, *, mode: str = "wb") -> Path:
+    """Call ``write(file_object)`` on a temporary file beside ``path``, then ``os.replace`` it.
+
+    Either the complete new file is at ``path`` afterwards, or (on any error) the previous file is
+    untouched and no temporary file is left behind.
+    """
+    path = Path(path)
+    directory = path.parent if str(path.parent) else Path(".")
+    check_writable_dir(directory)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, mode) as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def check_writable_dir(directory: str | os.PathLike) -> None:
+    """Raise ``ValueError`` naming ``directory`` unless a file can be created in it.
+
+    Tested by creating (and removing) a file, which also catches read-only mounts, where
+    ``os.access`` answers yes for root.
+    """
+    directory = Path(directory)
+    if not directory.exists():
+        raise ValueError(f"output directory {directory} does not exist: create it first")
+    if not directory.is_dir():
+        raise ValueError(f"output location {directory} is not a directory")
+    try:
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as exc:
+        raise ValueError(
+            f"output directory {directory} is not writable ({exc.strerror}): choose another "
+            "output path or fix its permissions"
+        ) from None
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file (streamed)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def save_checkpoint(payload: dict, path: str | os.PathLike) -> Path:
+    """Atomically ``torch.save`` ``payload`` (plus format keys) to ``path``."""
+    from .. import __version__
+
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": FORMAT_VERSION,
+        "package_version": __version__,
+        **payload,
+    }
+    return atomic_write(path, lambda fh: torch.save(payload, fh))
+
+
+def load_checkpoint(path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> dict:
+    """Load a napari-segrep checkpoint with ``torch.load(weights_only=True)``.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``path`` does not exist.
+    ValueError
+        The file is not a torch file, holds arbitrary pickled objects (refused: loading them could
+        run code), or is not a napari-segrep checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ValueError(
+            f"{path} holds pickled Python objects that napari-segrep refuses to load "
+            "(torch.load(weights_only=True) only accepts tensors and plain containers, because "
+            f"unpickling can run arbitrary code). Is it a napari-segrep checkpoint? ({exc})"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise ValueError(
+            f"{path} is not a readable checkpoint (not a torch file, or truncated): {exc}"
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(
+            f"{path} is a torch file but not a napari-segrep checkpoint (no "
+            f"'format': {CHECKPOINT_FORMAT!r} key). For torchvision ImageNet weights use "
+            "SegmentEncoder(weights='imagenet')."
+        )
+    return payload
+
+
+def encoder_state_from_checkpoint(path: str | os.PathLike) -> tuple[dict, dict]:
+    """``(encoder_config, encoder_state_dict)`` from a checkpoint file."""
+    payload = load_checkpoint(path)
+    try:
+        return payload["encoder_config"], payload["encoder"]
+    except KeyError as exc:
+        raise ValueError(f"checkpoint {path} has no encoder ({exc.args[0]!r} missing)") from None
+
+
+def save_encoder(encoder, path: str | os.PathLike, **extra: Any) -> Path:
+    """Save a :class:`~napari_segrep.SegmentEncoder` so :func:`load_encoder` can rebuild it."""
+    state = {k: v.detach().cpu() for k, v in encoder.state_dict().items()}
+    return save_checkpoint(
+        {"kind": "encoder", "encoder_config": encoder.config(), "encoder": state, **extra}, path
+    )
+
+
+def load_encoder(path: str | os.PathLike, *, map_location: str | torch.device = "cpu"):
+    """Rebuild the :class:`~napari_segrep.SegmentEncoder` stored in a checkpoint, in eval mode.
+
+    Examples
+    --------
+    >>> import napari_segrep as sr, tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "enc.pt")
+    >>> _ = sr.save_encoder(sr.SegmentEncoder(), path)
+    >>> sr.load_encoder(path).embedding_dim
+    512
+    """
+    from .encoder import SegmentEncoder
+
+    config, state = encoder_state_from_checkpoint(path)
+    encoder = SegmentEncoder(
+        backbone=config["backbone"],
+        in_channels=config["in_channels"],
+        image_masking=config.get("image_masking", True),
+        feature_masking=config.get("feature_masking", True),
+        seed=config.get("seed", 0),
+    )
+    encoder.load_checkpoint_state(config, state, source=str(path))
+    return encoder.to(map_location).eval()

@@ -1,0 +1,140 @@
+"""Mask arithmetic for the dual-masking encoder.
+
+Three pieces, each a small pure unit:
+
+- :func:`binarize_mask` turns a bool/float mask into the 0/1 float tensor the network multiplies by;
+- :func:`downsample_mask` brings a mask from one feature grid to the next (stride 2);
+- :class:`MaskedBatchNorm2d` normalises with statistics from in-mask positions only and zeroes
+  every position outside the mask;
+- :func:`masked_mean_pool` averages a feature map over in-mask positions only.
+
+How masks are brought to a feature grid
+---------------------------------------
+Every stride-2 operation of a ResNet (the 7x7 stem convolution, the 3x3 max-pool, the 3x3 and
+1x1 stride-2 convolutions of the first block of stages 2-4) maps an input of height ``H`` to
+``floor((H - 1) / 2) + 1`` cells, cell ``i`` being centred on input row ``2 i``.  We downsample a
+mask with a 3x3, stride-2, padding-1 **max-pool**: the same grid, cell ``i`` active when any mask
+pixel lies in rows ``2i-1 .. 2i+1``.  Because the 3-wide windows overlap and cover every input
+pixel, a non-empty mask stays non-empty at every level: a 1-pixel segment keeps at least one active
+cell at stride 32.  Nearest or average downsampling would drop thin or small segments.
+
+The active cells at a coarse level can extend slightly past the segment's outline.  That does not
+let context in: every activation is zeroed outside the mask of its own level, so by induction the
+values in those boundary cells are computed only from in-mask values (and zeros).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "MaskedBatchNorm2d",
+    "binarize_mask",
+    "downsample_mask",
+    "mask_pyramid",
+    "masked_mean_pool",
+]
+
+
+def binarize_mask(masks: Tensor, *, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Return a ``{0, 1}`` mask of ``dtype``.
+
+    Parameters
+    ----------
+    masks : (B, 1, H, W) Tensor
+        bool, or numeric where values ``> 0.5`` are inside the segment.
+    dtype : torch.dtype
+        dtype of the result (that of the activations it multiplies).
+    """
+    if masks.dtype != torch.bool:
+        masks = masks > 0.5
+    return masks.to(dtype)
+
+
+def downsample_mask(mask: Tensor) -> Tensor:
+    """Bring a ``(B, 1, H, W)`` 0/1 mask to the next stride-2 feature grid.
+
+    3x3 max-pool, stride 2, padding 1: the output grid is the one of every stride-2 layer of a
+    ResNet, and a non-empty mask stays non-empty (see the module docstring).
+    """
+    return F.max_pool2d(mask, kernel_size=3, stride=2, padding=1)
+
+
+def mask_pyramid(mask: Tensor, *, levels: int) -> list[Tensor]:
+    """Masks for strides ``1, 2, 4, ..., 2**levels``: ``result[k]`` has stride ``2**k``."""
+    pyramid = [mask]
+    for _ in range(levels):
+        pyramid.append(downsample_mask(pyramid[-1]))
+    return pyramid
+
+
+def masked_mean_pool(x: Tensor, *, mask: Tensor) -> Tensor:
+    """Mean of ``x`` (B, C, H, W) over the positions where ``mask`` (B, 1, H, W) is 1.
+
+    An empty mask gives a zero vector rather than NaN.
+    """
+    total = (x * mask).sum(dim=(2, 3))
+    count = mask.sum(dim=(2, 3)).clamp_min(1.0)
+    return total / count
+
+
+class MaskedBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm whose statistics come from in-mask positions only, and whose output is zero
+    outside the mask.
+
+    ``forward(x, mask=None)``: without a mask it *is* :class:`torch.nn.BatchNorm2d` (same call,
+    same numbers), so a backbone built with this layer and run without masks reproduces the
+    torchvision backbone exactly.  With a ``(B, 1, H, W)`` 0/1 mask:
+
+    - training mode: per-channel mean and (biased) variance over the in-mask positions of the
+      whole batch; running statistics are updated with the unbiased variance, like BatchNorm;
+    - eval mode: the running statistics, as BatchNorm;
+    - the output is multiplied by the mask, so nothing outside the segment, not even the
+      BatchNorm bias, reaches the next layer.
+
+    State-dict keys are those of ``BatchNorm2d``: torchvision weights load unchanged.
+    """
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:  # noqa: D102
+        if mask is None:
+            return super().forward(x)
+        if mask.shape[-2:] != x.shape[-2:]:
+            raise ValueError(
+                f"mask grid {tuple(mask.shape[-2:])} does not match the feature map "
+                f"{tuple(x.shape[-2:])}"
+            )
+        use_batch_stats = self.training or not self.track_running_stats
+        if not use_batch_stats:
+            y = F.batch_norm(
+                x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
+            )
+            return y * mask.to(y.dtype)
+
+        # Statistics in float32 whatever the autocast dtype: sums over many positions.
+        xf = x.float()
+        mf = mask.float()
+        count = mf.sum() * 1.0  # positions per channel (mask is shared across channels)
+        n = count.clamp_min(1.0)
+        mean = (xf * mf).sum(dim=(0, 2, 3)) / n
+        centred = (xf - mean[None, :, None, None]) * mf
+        var = (centred * centred).sum(dim=(0, 2, 3)) / n
+        if self.training and self.track_running_stats:
+            self._update_running_stats(mean, var, count)
+        inv_std = torch.rsqrt(var + self.eps)
+        scale = inv_std if self.weight is None else self.weight * inv_std
+        shift = -mean * scale if self.bias is None else self.bias - mean * scale
+        y = xf * scale[None, :, None, None] + shift[None, :, None, None]
+        return (y * mf).to(x.dtype)
+
+    @torch.no_grad()
+    def _update_running_stats(self, mean: Tensor, var: Tensor, count: Tensor) -> None:
+        self.num_batches_tracked.add_(1)
+        if self.momentum is None:  # cumulative moving average, as BatchNorm
+            factor = 1.0 / float(self.num_batches_tracked)
+        else:
+            factor = self.momentum
+        unbiased = var * (count / (count - 1.0).clamp_min(1.0))
+        self.running_mean.lerp_(mean.to(self.running_mean.dtype), factor)
+        self.running_var.lerp_(unbiased.to(self.running_var.dtype), factor)
