@@ -163,6 +163,8 @@ def embed_segments(
     encoder.eval().to(dev, memory_format=memory_format)
     out = np.empty((total, encoder.embedding_dim), np.float32)
     scales = np.ones(total, np.float64)
+    if progress is not None:
+        progress(0, total)
     try:
         with torch.inference_mode(), _autocast(dev):
             for batch in iter_crop_batches(
