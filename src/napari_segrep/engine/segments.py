@@ -132,7 +132,7 @@ def segment_table(labels: np.ndarray) -> SegmentTable:
     max_id = int(labels.max()) if labels.size else 0
     if max_id > _MAX_SPARSE_ID:
         uniq, inverse = np.unique(labels, return_inverse=True)
-        offset = 1 if uniq[0] == 0 else 0
+        offset = 0 if uniq[0] == 0 else 1  # search ids 1..K, background stays 0
         search = (inverse.reshape(labels.shape) + offset).astype(np.int64)
         original = uniq[uniq != 0]
     else:

@@ -1,0 +1,44 @@
+"""Shared fixtures: small generated scenes and encoders (real models, no mocks)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+
+def disc_labels(shape, centres_radii, *, start=1):
+    """Label image with one disc per (cy, cx, r), ids from ``start``; later discs overwrite."""
+    labels = np.zeros(shape, np.int32)
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
+    for k, (cy, cx, r) in enumerate(centres_radii):
+        labels[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = start + k
+    return labels
+
+
+def relative_max_diff(a, b) -> float:
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    return float(np.abs(a - b).max() / max(np.abs(a).max(), 1e-12))
+
+
+def emb(df):
+    """The embedding block of an embed_segments table as an array."""
+    return df.filter(regex=r"^emb_").to_numpy()
+
+
+@pytest.fixture(scope="session")
+def scene():
+    """A 96x96 float image with 6 segments, two of them touching."""
+    rng = np.random.default_rng(42)
+    image = rng.random((96, 96)).astype(np.float32)
+    labels = disc_labels(
+        (96, 96), [(20, 20, 9), (20, 38, 9), (60, 20, 6), (70, 70, 14), (45, 80, 3), (90, 5, 4)]
+    )
+    return image, labels
+
+
+@pytest.fixture(scope="session")
+def encoder():
+    from napari_segrep import SegmentEncoder
+
+    return SegmentEncoder(in_channels=1, seed=0).eval()
