@@ -22,7 +22,16 @@ _LAZY = {
     "write_table": "napari_segrep.analysis.export",
 }
 
-__all__ = ["__version__", *_LAZY]
+__all__ = [
+    "Cancelled",
+    "SegmentEncoder",
+    "__version__",
+    "embed_segments",
+    "load_encoder",
+    "resolve_device",
+    "save_encoder",
+    "write_table",
+]
 
 if TYPE_CHECKING:  # pragma: no cover
     from .analysis.export import write_table

@@ -51,10 +51,14 @@ def get_arg_parser() -> argparse.ArgumentParser:
         "segment to OUT.csv plus an OUT.json provenance sidecar.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    embed.add_argument("image", type=Path, help="image file (TIFF, PNG or JPEG): 2D, RGB, or "
-                       "multichannel with --channel-axis")
-    embed.add_argument("labels", type=Path, help="label image file of the same (Y, X) shape; "
-                       "0 is background")
+    embed.add_argument(
+        "image",
+        type=Path,
+        help="image file (TIFF, PNG or JPEG): 2D, RGB, or multichannel with --channel-axis",
+    )
+    embed.add_argument(
+        "labels", type=Path, help="label image file of the same (Y, X) shape; 0 is background"
+    )
     _add_embed_options(embed)
     embed.set_defaults(func=_cmd_embed)
 
@@ -73,20 +77,40 @@ def get_arg_parser() -> argparse.ArgumentParser:
 
 def _add_embed_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", type=Path, required=True, help="output CSV path (OUT.csv)")
-    p.add_argument("--checkpoint", type=Path, default=None,
-                   help="napari-segrep checkpoint to embed with (default: untrained encoder)")
-    p.add_argument("--backbone", default="resnet18", choices=["resnet18", "resnet34", "resnet50"],
-                   help="backbone of the untrained encoder (ignored with --checkpoint)")
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="napari-segrep checkpoint to embed with (default: untrained encoder)",
+    )
+    p.add_argument(
+        "--backbone",
+        default="resnet18",
+        choices=["resnet18", "resnet34", "resnet50"],
+        help="backbone of the untrained encoder (ignored with --checkpoint)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the untrained encoder")
-    p.add_argument("--crop-size", type=int, default=64, help="crop side in pixels; larger "
-                   "segments are downscaled to fit")
+    p.add_argument(
+        "--crop-size",
+        type=int,
+        default=64,
+        help="crop side in pixels; larger segments are downscaled to fit",
+    )
     p.add_argument("--batch-size", type=int, default=128, help="crops per forward pass")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--normalize", default="image", metavar="MODE",
-                   help="'image' (1st-99.8th percentile of the image), 'segment' (of each "
-                   "segment's pixels), 'none', or fixed 'LOW,HIGH'")
-    p.add_argument("--channel-axis", type=int, default=None,
-                   help="channel axis of a multichannel image (RGB (Y, X, 3) needs none)")
+    p.add_argument(
+        "--normalize",
+        default="image",
+        metavar="MODE",
+        help="'image' (1st-99.8th percentile of the image), 'segment' (of each "
+        "segment's pixels), 'none', or fixed 'LOW,HIGH'",
+    )
+    p.add_argument(
+        "--channel-axis",
+        type=int,
+        default=None,
+        help="channel axis of a multichannel image (RGB (Y, X, 3) needs none)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -136,8 +160,9 @@ class _ProgressBar:
         if self.bar is None:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, desc=self.desc, unit="seg", file=sys.stderr,
-                            disable=self.disable)
+            self.bar = tqdm(
+                total=total, desc=self.desc, unit="seg", file=sys.stderr, disable=self.disable
+            )
         self.bar.update(done - self.bar.n)
 
     def close(self) -> None:
@@ -181,9 +206,17 @@ def run_embedding(
     bar = _ProgressBar("embedding", disable=quiet)
     t0 = time.perf_counter()
     try:
-        df = embed_segments(image, labels, encoder, crop_size=crop_size, batch_size=batch_size,
-                            device=dev, channel_axis=channel_axis, normalize=normalize,
-                            progress=bar)
+        df = embed_segments(
+            image,
+            labels,
+            encoder,
+            crop_size=crop_size,
+            batch_size=batch_size,
+            device=dev,
+            channel_axis=channel_axis,
+            normalize=normalize,
+            progress=bar,
+        )
     finally:
         bar.close()
     seconds = time.perf_counter() - t0
@@ -218,13 +251,25 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     image = read_image(args.image)
     labels = read_image(args.labels)
     df, seconds = run_embedding(
-        image, labels, output=args.output, checkpoint=args.checkpoint, backbone=args.backbone,
-        seed=args.seed, crop_size=args.crop_size, batch_size=args.batch_size, device=args.device,
-        normalize=normalize, channel_axis=args.channel_axis, quiet=args.quiet,
+        image,
+        labels,
+        output=args.output,
+        checkpoint=args.checkpoint,
+        backbone=args.backbone,
+        seed=args.seed,
+        crop_size=args.crop_size,
+        batch_size=args.batch_size,
+        device=args.device,
+        normalize=normalize,
+        channel_axis=args.channel_axis,
+        quiet=args.quiet,
         inputs={"image": str(args.image), "labels": str(args.labels)},
     )
-    print(f"{len(df)} segments embedded in {seconds:.1f} s -> {args.output} "
-          f"(+ {args.output.with_suffix('.json').name})", file=sys.stderr)
+    print(
+        f"{len(df)} segments embedded in {seconds:.1f} s -> {args.output} "
+        f"(+ {args.output.with_suffix('.json').name})",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -239,8 +284,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     tifffile.imwrite(args.out / "cells.tif", image)
     tifffile.imwrite(args.out / "cells_labels.tif", labels)
     output = args.out / "demo.csv"
-    df, seconds = run_embedding(image, labels, output=output, device=args.device,
-                                inputs={"sample": "generated cells (napari_segrep._sample_data)"})
+    df, seconds = run_embedding(
+        image,
+        labels,
+        output=output,
+        device=args.device,
+        inputs={"sample": "generated cells (napari_segrep._sample_data)"},
+    )
     # A first look at what the embeddings hold: nearest-neighbour class agreement.
     emb = df.filter(like="emb_").to_numpy()
     emb = (emb - emb.mean(0)) / (emb.std(0) + 1e-8)
@@ -249,8 +299,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     truth = np.array([classes[int(k)] for k in df["label"]])
     agreement = float((truth[d.argmin(1)] == truth).mean())
     print(f"{len(df)} cells of {len(set(truth))} classes embedded in {seconds:.1f} s -> {output}")
-    print(f"nearest-neighbour class agreement of the untrained embeddings: {agreement:.0%} "
-          f"(chance ~{1 / len(set(truth)):.0%})")
+    print(
+        f"nearest-neighbour class agreement of the untrained embeddings: {agreement:.0%} "
+        f"(chance ~{1 / len(set(truth)):.0%})"
+    )
     return 0
 
 

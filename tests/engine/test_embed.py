@@ -28,7 +28,9 @@ def _embed(image, labels, encoder, **kw):
 
 
 # ---------------------------------------------------------------------- guarantees
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     data=st.data(),
     normalize=st.sampled_from([FIXED, "segment"]),
@@ -75,7 +77,9 @@ def test_embed_segments__neighbour_isolation(encoder):
     rng = np.random.default_rng(1)
     image = rng.random((64, 64)).astype(np.float32)
     labels = disc_labels((64, 64), [(32, 24, 8), (32, 40, 8)])  # they touch/overlap at x=32
-    assert ((labels[:, 1:] == 1) & (labels[:, :-1] == 2) | (labels[:, 1:] == 2) & (labels[:, :-1] == 1)).any()
+    assert (
+        (labels[:, 1:] == 1) & (labels[:, :-1] == 2) | (labels[:, 1:] == 2) & (labels[:, :-1] == 1)
+    ).any()
     base = emb(_embed(image, labels, encoder))[0]
 
     removed = np.where(labels == 2, 0, labels)
@@ -132,11 +136,16 @@ def test_embed_segments__table_columns_dtypes_and_geometry(scene, encoder):
     assert list(df.columns[9:]) == [f"emb_{i}" for i in range(encoder.embedding_dim)]
     assert df["label"].dtype == np.int64 and (df.filter(like="emb_").dtypes == np.float32).all()
     assert list(df["label"]) == sorted(np.unique(labels[labels > 0]))
-    props = pd.DataFrame(regionprops_table(labels, properties=("label", "area", "centroid", "bbox")))
+    props = pd.DataFrame(
+        regionprops_table(labels, properties=("label", "area", "centroid", "bbox"))
+    )
     np.testing.assert_array_equal(df["area"], props["area"])
     np.testing.assert_allclose(df["centroid_y"], props["centroid-0"])
     np.testing.assert_allclose(df["centroid_x"], props["centroid-1"])
-    np.testing.assert_array_equal(df[["bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1"]], props[["bbox-0", "bbox-1", "bbox-2", "bbox-3"]])
+    np.testing.assert_array_equal(
+        df[["bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1"]],
+        props[["bbox-0", "bbox-1", "bbox-2", "bbox-3"]],
+    )
     assert (df["scale"] == 1.0).all()
 
 
@@ -145,8 +154,11 @@ def test_embed_segments__crops_keep_native_scale_and_own_pixels_only(scene):
     table = segment_table(labels)
     from napari_segrep.engine.segments import Normalization
 
-    batches = list(iter_crop_batches(image[None], table, crop_size=CROP, batch_size=4,
-                                     norm=Normalization("none")))
+    batches = list(
+        iter_crop_batches(
+            image[None], table, crop_size=CROP, batch_size=4, norm=Normalization("none")
+        )
+    )
     assert [len(b.images) for b in batches] == [4, 2]  # bounded by the batch size
     masks = np.concatenate([b.masks for b in batches])[:, 0]
     areas = masks.sum(axis=(1, 2))
@@ -177,8 +189,9 @@ def test_embed_segments__any_dtype_same_embeddings_with_image_normalisation(scen
     ref = _embed(image, labels, encoder, normalize="image")
     integer = np.issubdtype(dtype, np.integer)
     scaled = image * (250 if dtype == np.uint8 else 60000) + 3  # an affine change of units
-    quantised = _embed((np.round(scaled) if integer else scaled).astype(dtype), labels, encoder,
-                       normalize="image")
+    quantised = _embed(
+        (np.round(scaled) if integer else scaled).astype(dtype), labels, encoder, normalize="image"
+    )
     tol = 0.05 if dtype == np.uint8 else 1e-3  # uint8 quantises the image
     assert relative_max_diff(emb(ref), emb(quantised)) < tol
 
@@ -186,10 +199,18 @@ def test_embed_segments__any_dtype_same_embeddings_with_image_normalisation(scen
 def test_embed_segments__rgb_and_multichannel(scene):
     image, labels = scene
     rgb = np.stack([image, image**2, 1 - image], axis=-1)
-    df_rgb = sr.embed_segments(rgb, labels, sr.SegmentEncoder(in_channels=3), crop_size=CROP, device="cpu")
+    df_rgb = sr.embed_segments(
+        rgb, labels, sr.SegmentEncoder(in_channels=3), crop_size=CROP, device="cpu"
+    )
     stack = np.moveaxis(rgb, -1, 0)
-    df_ca = sr.embed_segments(stack, labels, sr.SegmentEncoder(in_channels=3), crop_size=CROP,
-                              device="cpu", channel_axis=0)
+    df_ca = sr.embed_segments(
+        stack,
+        labels,
+        sr.SegmentEncoder(in_channels=3),
+        crop_size=CROP,
+        device="cpu",
+        channel_axis=0,
+    )
     assert relative_max_diff(emb(df_rgb), emb(df_ca)) <= 1e-6
     with pytest.raises(ValueError, match="encoder takes 1 channel"):
         sr.embed_segments(rgb, labels, sr.SegmentEncoder(in_channels=1), device="cpu")
@@ -234,11 +255,35 @@ def test_embed_segments__restores_training_mode(scene):
         (np.zeros((2, 3, 10, 10)), np.ones((10, 10), int), {}, ValueError, "ndim=4"),
         (np.zeros((10,)), np.ones((10,), int), {}, ValueError, "ndim=1"),
         (np.zeros((5, 10, 10)), np.ones((10, 10), int), {}, ValueError, "channel_axis"),
-        (np.zeros((5, 10, 10)), np.ones((10, 10), int), {"channel_axis": 3}, ValueError, "not an axis"),
-        (np.zeros((10, 10)), np.ones((10, 10), int), {"channel_axis": 0}, ValueError, "2D image has no channel axis"),
+        (
+            np.zeros((5, 10, 10)),
+            np.ones((10, 10), int),
+            {"channel_axis": 3},
+            ValueError,
+            "not an axis",
+        ),
+        (
+            np.zeros((10, 10)),
+            np.ones((10, 10), int),
+            {"channel_axis": 0},
+            ValueError,
+            "2D image has no channel axis",
+        ),
         (np.zeros((10, 10), dtype=complex), np.ones((10, 10), int), {}, TypeError, "numeric"),
-        (np.zeros((10, 10)), np.ones((10, 10), int), {"normalize": "median"}, ValueError, "not a mode"),
-        (np.zeros((10, 10)), np.ones((10, 10), int), {"normalize": (1, 0)}, ValueError, "high > low"),
+        (
+            np.zeros((10, 10)),
+            np.ones((10, 10), int),
+            {"normalize": "median"},
+            ValueError,
+            "not a mode",
+        ),
+        (
+            np.zeros((10, 10)),
+            np.ones((10, 10), int),
+            {"normalize": (1, 0)},
+            ValueError,
+            "high > low",
+        ),
         (np.zeros((10, 10)), np.ones((10, 10), int), {"crop_size": 0}, ValueError, "crop_size"),
         (np.zeros((10, 10)), np.ones((10, 10), int), {"batch_size": 1.5}, ValueError, "batch_size"),
         (np.zeros((10, 10)), np.ones((10, 10), int), {"device": "tpu"}, ValueError, "device"),

@@ -117,7 +117,9 @@ def test_segment_encoder__every_normalised_activation_is_zero_outside_its_grid_m
         assert mask is not None
         seen.append(bool((output * (1 - mask)).abs().max() == 0))
 
-    handles = [m.register_forward_hook(hook) for m in enc.modules() if isinstance(m, MaskedBatchNorm2d)]
+    handles = [
+        m.register_forward_hook(hook) for m in enc.modules() if isinstance(m, MaskedBatchNorm2d)
+    ]
     with torch.no_grad():
         enc(torch.rand(2, 1, 64, 64) + 1, masks)
     for h in handles:

@@ -88,7 +88,9 @@ def test_masked_batchnorm__training_stats_are_in_mask_stats():
     expected = expected * mask
     torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(bn.running_mean, 0.5 * mean, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(bn.running_var, 0.5 + 0.5 * values.var(1, unbiased=True), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        bn.running_var, 0.5 + 0.5 * values.var(1, unbiased=True), rtol=1e-5, atol=1e-6
+    )
     assert int(bn.num_batches_tracked) == 1
 
 

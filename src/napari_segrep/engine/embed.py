@@ -43,11 +43,19 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     try:
         dev = torch.device(name)
     except RuntimeError:
-        raise ValueError(f"device={device!r} is not a device name: use auto, cpu, cuda, cuda:N or mps") from None
+        raise ValueError(
+            f"device={device!r} is not a device name: use auto, cpu, cuda, cuda:N or mps"
+        ) from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} asked for, but CUDA is not available here: use 'auto' or 'cpu'")
-    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ValueError(f"device={device!r} asked for, but MPS is not available here: use 'auto' or 'cpu'")
+        raise ValueError(
+            f"device={device!r} asked for, but CUDA is not available here: use 'auto' or 'cpu'"
+        )
+    if dev.type == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
+        raise ValueError(
+            f"device={device!r} asked for, but MPS is not available here: use 'auto' or 'cpu'"
+        )
     return dev
 
 
@@ -155,7 +163,9 @@ def embed_segments(
     table = segment_table(labels)
     total = len(table)
     if total == 0:
-        warnings.warn("labels contain no segment (all zero): returning an empty table", stacklevel=2)
+        warnings.warn(
+            "labels contain no segment (all zero): returning an empty table", stacklevel=2
+        )
         return _empty_result(encoder.embedding_dim)
 
     memory_format = torch.channels_last  # measured faster on CPU and CUDA (see benchmarks/)

@@ -166,7 +166,9 @@ class SegmentEncoder(nn.Module):
             weight = rgb_weight.sum(dim=1, keepdim=True)
         else:
             reps = -(-self.in_channels // 3)
-            weight = rgb_weight.repeat(1, reps, 1, 1)[:, : self.in_channels] * (3.0 / self.in_channels)
+            weight = rgb_weight.repeat(1, reps, 1, 1)[:, : self.in_channels] * (
+                3.0 / self.in_channels
+            )
         new = nn.Conv2d(self.in_channels, old.out_channels, 7, 2, 3, bias=False)
         with torch.no_grad():
             new.weight.copy_(weight)
@@ -266,8 +268,11 @@ class SegmentEncoder(nn.Module):
         if masked:
             if masks is None:
                 raise ValueError("masks are required when image or feature masking is on")
-            if masks.ndim != 4 or masks.shape[1] != 1 or masks.shape[0] != images.shape[0] or (
-                masks.shape[2:] != images.shape[2:]
+            if (
+                masks.ndim != 4
+                or masks.shape[1] != 1
+                or masks.shape[0] != images.shape[0]
+                or (masks.shape[2:] != images.shape[2:])
             ):
                 raise ValueError(
                     f"masks must be (B, 1, H, W) matching images {tuple(images.shape)}, "
@@ -299,7 +304,9 @@ class SegmentEncoder(nn.Module):
         return masked_mean_pool(x, mask=grids[level])
 
 
-def _block_forward(block: nn.Module, x: Tensor, m_in: Tensor | None, m_out: Tensor | None) -> Tensor:
+def _block_forward(
+    block: nn.Module, x: Tensor, m_in: Tensor | None, m_out: Tensor | None
+) -> Tensor:
     """torchvision's BasicBlock/Bottleneck forward with the mask of each feature grid passed to
     its BatchNorm layers (``None``: plain BatchNorm, identical to torchvision)."""
     identity = x

@@ -53,9 +53,7 @@ def as_channels_first(image: np.ndarray, *, channel_axis: int | None) -> np.ndar
     if image.dtype == bool or not (
         np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating)
     ):
-        raise TypeError(
-            f"image must be numeric (uint8/uint16/int/float), got dtype {image.dtype}"
-        )
+        raise TypeError(f"image must be numeric (uint8/uint16/int/float), got dtype {image.dtype}")
     if image.ndim == 2:
         if channel_axis is not None:
             raise ValueError(
@@ -227,7 +225,9 @@ def resolve_normalization(
             f"pair of numbers, or of {n_channels} per-channel values each"
         ) from None
     if not (np.all(np.isfinite(low)) and np.all(np.isfinite(high)) and np.all(high > low)):
-        raise ValueError(f"normalize=(low, high) needs finite values with high > low, got {normalize}")
+        raise ValueError(
+            f"normalize=(low, high) needs finite values with high > low, got {normalize}"
+        )
     return Normalization("fixed", low, high)
 
 

@@ -1,0 +1,203 @@
+"""The CLI on real files: TIFF/PNG in, CSV + JSON out, errors that write nothing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import imageio.v3 as iio
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+
+import napari_segrep as sr
+from napari_segrep.cli import main
+from napari_segrep.engine.checkpoint import file_sha256
+
+from ..conftest import disc_labels
+
+
+@pytest.fixture()
+def files(tmp_path, scene):
+    image, labels = scene
+    img16 = (image * 4000).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "img.tif", img16)
+    tifffile.imwrite(tmp_path / "lab.tif", labels)
+    return tmp_path, img16, labels
+
+
+def _run(*argv):
+    return main([str(a) for a in argv])
+
+
+def test_cli_embed__tiff_round_trip_matches_the_api(files, capsys):
+    tmp, image, labels = files
+    out = tmp / "out.csv"
+    assert (
+        _run(
+            "embed",
+            tmp / "img.tif",
+            tmp / "lab.tif",
+            "-o",
+            out,
+            "--crop-size",
+            32,
+            "--device",
+            "cpu",
+            "--normalize",
+            "0,4000",
+        )
+        == 0
+    )
+    df = pd.read_csv(out)
+    api = sr.embed_segments(image, labels, crop_size=32, device="cpu", normalize=(0, 4000))
+    assert list(df["label"]) == list(api["label"])
+    np.testing.assert_allclose(
+        df.filter(like="emb_"), api.filter(like="emb_"), rtol=1e-6, atol=1e-7
+    )
+    side = json.loads(out.with_suffix(".json").read_text())
+    assert side["package_version"] == sr.__version__
+    assert side["encoder"]["backbone"] == "resnet18" and side["seed"] == 0
+    assert side["normalization"] == {"mode": "fixed", "low": [0.0], "high": [4000.0]}
+    assert side["crop_size"] == 32 and side["n_segments"] == 6
+    assert side["checkpoint_sha256"] is None
+    assert "6 segments embedded" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp.iterdir()) == ["img.tif", "lab.tif", "out.csv", "out.json"]
+
+
+def test_cli_embed__checkpoint_png_rgb_and_segment_normalisation(tmp_path):
+    rng = np.random.default_rng(0)
+    rgb = (rng.random((48, 48, 3)) * 255).astype(np.uint8)
+    labels = disc_labels((48, 48), [(12, 12, 6), (30, 30, 9)]).astype(np.uint8)
+    iio.imwrite(tmp_path / "rgb.png", rgb)
+    iio.imwrite(tmp_path / "lab.png", labels)
+    ckpt = sr.save_encoder(sr.SegmentEncoder(in_channels=3, seed=5), tmp_path / "model.pt")
+    out = tmp_path / "res.csv"
+    assert (
+        _run(
+            "embed",
+            tmp_path / "rgb.png",
+            tmp_path / "lab.png",
+            "-o",
+            out,
+            "--checkpoint",
+            ckpt,
+            "--normalize",
+            "segment",
+            "--crop-size",
+            32,
+            "--quiet",
+        )
+        == 0
+    )
+    side = json.loads(out.with_suffix(".json").read_text())
+    assert side["checkpoint_sha256"] == file_sha256(ckpt)
+    assert side["encoder"]["in_channels"] == 3 and side["encoder"]["seed"] == 5
+    api = sr.embed_segments(rgb, labels, sr.load_encoder(ckpt), crop_size=32, normalize="segment")
+    np.testing.assert_allclose(
+        pd.read_csv(out).filter(like="emb_"), api.filter(like="emb_"), rtol=1e-6, atol=1e-7
+    )
+
+
+def test_cli_embed__multichannel_channel_axis(tmp_path):
+    stack = np.random.default_rng(1).random((2, 40, 40)).astype(np.float32)
+    labels = disc_labels((40, 40), [(20, 20, 8)])
+    tifffile.imwrite(tmp_path / "s.tif", stack)
+    tifffile.imwrite(tmp_path / "l.tif", labels)
+    assert (
+        _run(
+            "embed",
+            tmp_path / "s.tif",
+            tmp_path / "l.tif",
+            "-o",
+            tmp_path / "o.csv",
+            "--channel-axis",
+            0,
+            "--crop-size",
+            32,
+            "--quiet",
+        )
+        == 0
+    )
+    assert json.loads((tmp_path / "o.json").read_text())["encoder"]["in_channels"] == 2
+
+
+@pytest.mark.parametrize(
+    ("case", "match"),
+    [
+        ("shape", "does not match"),
+        ("unreadable", "cannot read"),
+        ("missing", "does not exist"),
+        ("not_checkpoint", "not a readable checkpoint"),
+        ("no_dir", "does not exist: create it first"),
+        ("dir_is_file", "not a directory"),
+        ("normalize", "--normalize"),
+        ("float_labels", "integer"),
+    ],
+)
+def test_cli_embed__errors_are_named_and_write_nothing(files, capsys, case, match):
+    tmp, image, labels = files
+    img, lab, out, extra = tmp / "img.tif", tmp / "lab.tif", tmp / "out.csv", []
+    out.write_text("previous results\n")  # must survive any failure
+    if case == "shape":
+        tifffile.imwrite(tmp / "small.tif", labels[:50])
+        lab = tmp / "small.tif"
+    elif case == "unreadable":
+        (tmp / "bad.png").write_bytes(b"\x89PNG garbage")
+        img = tmp / "bad.png"
+    elif case == "missing":
+        img = tmp / "nope.tif"
+    elif case == "not_checkpoint":
+        (tmp / "model.pt").write_text("hello")
+        extra = ["--checkpoint", tmp / "model.pt"]
+    elif case == "no_dir":
+        out = tmp / "missing_dir" / "out.csv"
+    elif case == "dir_is_file":
+        out = tmp / "lab.tif" / "out.csv"
+    elif case == "normalize":
+        extra = ["--normalize", "bright"]
+    elif case == "float_labels":
+        tifffile.imwrite(tmp / "flab.tif", labels.astype(np.float32))
+        lab = tmp / "flab.tif"
+    before = sorted(p.name for p in tmp.iterdir())
+    assert _run("embed", img, lab, "-o", out, "--crop-size", 32, "--quiet", *extra) == 2
+    err = capsys.readouterr().err
+    assert "napari-segrep: error:" in err and match in err
+    assert sorted(p.name for p in tmp.iterdir()) == before
+    assert (tmp / "out.csv").read_text() == "previous results\n"
+
+
+def test_cli__help_documents_every_option():
+    top = subprocess.run(
+        [sys.executable, "-m", "napari_segrep.cli", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "embed" in top and "demo" in top
+    sub = subprocess.run(
+        [sys.executable, "-m", "napari_segrep.cli", "embed", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    for option in (
+        "--checkpoint",
+        "--crop-size",
+        "--batch-size",
+        "--device",
+        "--normalize",
+        "--channel-axis",
+        "--output",
+    ):
+        assert option in sub
+
+
+def test_cli_demo__runs_headless_and_writes_outputs(tmp_path, capsys):
+    assert _run("demo", "--out", tmp_path, "--device", "cpu") == 0
+    df = pd.read_csv(tmp_path / "demo.csv")
+    labels = tifffile.imread(tmp_path / "cells_labels.tif")
+    assert list(df["label"]) == sorted(np.unique(labels[labels > 0]))
+    assert "class agreement" in capsys.readouterr().out
