@@ -23,7 +23,9 @@ __all__ = [
     "as_channels_first",
     "iter_crop_batches",
     "resolve_normalization",
+    "bbox_side",
     "segment_table",
+    "segment_window",
     "validate_labels",
 ]
 
@@ -259,6 +261,36 @@ def _window(arr: np.ndarray, top: int, left: int, size: int) -> np.ndarray:
     return out
 
 
+def segment_window(
+    image_cf: np.ndarray,
+    search_labels: np.ndarray,
+    sl: tuple[slice, slice],
+    lab: int,
+    *,
+    side: int,
+    norm: Normalization,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A ``side`` x ``side`` window centred on a segment's bounding box: the scaled image
+    (C, side, side) float32 (zeros beyond the image) and the segment's own mask (side, side)."""
+    h = sl[0].stop - sl[0].start
+    w = sl[1].stop - sl[1].start
+    top = sl[0].start - (side - h) // 2
+    left = sl[1].start - (side - w) // 2
+    mask = _window(search_labels, top, left, side) == lab
+    raw = _window(image_cf, top, left, side).astype(np.float32)
+    if norm.mode in ("image", "fixed"):
+        return _scale(raw, norm.low, norm.high), mask
+    if norm.mode == "segment":
+        low, high = np.percentile(raw[:, mask], PERCENTILES, axis=1)
+        return _scale(raw, low, high), mask
+    return raw, mask
+
+
+def bbox_side(sl: tuple[slice, slice]) -> int:
+    """The longer side of a bounding box."""
+    return max(sl[0].stop - sl[0].start, sl[1].stop - sl[1].start)
+
+
 def _crop_one(
     image_cf: np.ndarray,
     search_labels: np.ndarray,
@@ -270,21 +302,8 @@ def _crop_one(
     mask_image: bool,
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """One segment's crop: image (C, S, S) float32, mask (S, S) bool, scale factor."""
-    h = sl[0].stop - sl[0].start
-    w = sl[1].stop - sl[1].start
-    side = max(h, w, crop_size)
-    top = sl[0].start - (side - h) // 2
-    left = sl[1].start - (side - w) // 2
-    mask = _window(search_labels, top, left, side) == lab
-    raw = _window(image_cf, top, left, side).astype(np.float32)
-    if norm.mode in ("image", "fixed"):
-        img = _scale(raw, norm.low, norm.high)
-    elif norm.mode == "segment":
-        inside = raw[:, mask]
-        low, high = np.percentile(inside, PERCENTILES, axis=1)
-        img = _scale(raw, low, high)
-    else:
-        img = raw
+    side = max(bbox_side(sl), crop_size)
+    img, mask = segment_window(image_cf, search_labels, sl, lab, side=side, norm=norm)
     if side == crop_size:
         return img, mask, 1.0
     # Larger than the crop: area-downscale.  Mask first (when image masking is on), and divide by
