@@ -97,10 +97,15 @@ class MaskedBatchNorm2d(nn.BatchNorm2d):
     State-dict keys are those of ``BatchNorm2d``: torchvision weights load unchanged.
     """
 
+    #: Set by the trainer under torchrun: batch statistics are summed over all processes
+    #: (the masked counterpart of ``nn.SyncBatchNorm``).
+    sync: bool = False
+
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:  # noqa: D102
-        if mask is None:
+        synced = self.sync and self.training and _world_size() > 1
+        if mask is None and not synced:
             return super().forward(x)
-        if mask.shape[-2:] != x.shape[-2:]:
+        if mask is not None and mask.shape[-2:] != x.shape[-2:]:
             raise ValueError(
                 f"mask grid {tuple(mask.shape[-2:])} does not match the feature map "
                 f"{tuple(x.shape[-2:])}"
@@ -114,19 +119,24 @@ class MaskedBatchNorm2d(nn.BatchNorm2d):
 
         # Statistics in float32 whatever the autocast dtype: sums over many positions.
         xf = x.float()
-        mf = mask.float()
-        count = mf.sum() * 1.0  # positions per channel (mask is shared across channels)
-        n = count.clamp_min(1.0)
-        mean = (xf * mf).sum(dim=(0, 2, 3)) / n
-        centred = (xf - mean[None, :, None, None]) * mf
-        var = (centred * centred).sum(dim=(0, 2, 3)) / n
+        mf = torch.ones_like(xf[:, :1]) if mask is None else mask.float()
+        if synced:
+            mean, var, count = _synced_stats(xf, mf)
+        else:
+            count = mf.sum()  # positions per channel (the mask is shared across channels)
+            n = count.clamp_min(1.0)
+            mean = (xf * mf).sum(dim=(0, 2, 3)) / n
+            centred = (xf - mean[None, :, None, None]) * mf
+            var = (centred * centred).sum(dim=(0, 2, 3)) / n
         if self.training and self.track_running_stats:
-            self._update_running_stats(mean, var, count)
+            self._update_running_stats(mean.detach(), var.detach(), count.detach())
         inv_std = torch.rsqrt(var + self.eps)
         scale = inv_std if self.weight is None else self.weight * inv_std
         shift = -mean * scale if self.bias is None else self.bias - mean * scale
         y = xf * scale[None, :, None, None] + shift[None, :, None, None]
-        return (y * mf).to(x.dtype)
+        if mask is not None:
+            y = y * mf
+        return y.to(x.dtype)
 
     @torch.no_grad()
     def _update_running_stats(self, mean: Tensor, var: Tensor, count: Tensor) -> None:
@@ -138,3 +148,27 @@ class MaskedBatchNorm2d(nn.BatchNorm2d):
         unbiased = var * (count / (count - 1.0).clamp_min(1.0))
         self.running_mean.lerp_(mean.to(self.running_mean.dtype), factor)
         self.running_var.lerp_(unbiased.to(self.running_var.dtype), factor)
+
+
+def _world_size() -> int:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return 1
+
+
+def _synced_stats(xf: Tensor, mf: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """In-mask mean and biased variance over the batches of all processes (differentiable)."""
+    from torch.distributed.nn.functional import all_reduce
+
+    sums = torch.cat(
+        [(xf * mf).sum(dim=(0, 2, 3)), (xf * xf * mf).sum(dim=(0, 2, 3)), mf.sum().reshape(1)]
+    )
+    sums = all_reduce(sums)
+    c = xf.shape[1]
+    count = sums[-1]
+    n = count.clamp_min(1.0)
+    mean = sums[:c] / n
+    var = (sums[c : 2 * c] / n - mean * mean).clamp_min(0.0)
+    return mean, var, count
