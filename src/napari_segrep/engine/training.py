@@ -1,0 +1,589 @@
+"""train_ssl(): masked self-supervised fine-tuning of a SegmentEncoder.
+
+Underneath is :class:`Trainer`, whose :meth:`Trainer.steps` is a generator of step records
+(one per optimiser step); :func:`train_ssl` drives it, reports each record, polls
+``should_stop`` and writes checkpoints.  Under ``torchrun`` it trains with
+DistributedDataParallel (one process per GPU, or gloo on CPU).
+
+Reproducibility: the sample order of each epoch comes from ``DistributedSampler(seed,
+epoch)``, the views of each sample from a generator seeded by ``(seed, epoch, index)``, the
+models from ``seed``.  A checkpoint stores the position inside the epoch, so on the CPU a run
+stopped and resumed gives the same losses and weights as an uninterrupted one (tested).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, DistributedSampler
+
+from .augment import AugmentConfig
+from .checkpoint import load_checkpoint, save_checkpoint
+from .dataset import SegmentDataset
+from .embed import resolve_device
+from .encoder import SegmentEncoder
+from .losses import make_loss
+from .masking import MaskedBatchNorm2d
+from .optim import LARS, param_groups_for_lars, warmup_cosine_schedule
+
+__all__ = [
+    "ProjectionHead",
+    "TrainConfig",
+    "TrainResult",
+    "Trainer",
+    "TrainingDiverged",
+    "train_ssl",
+]
+
+CHECKPOINT_NAME = "last.pt"
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run (stored in checkpoints)."""
+
+    epochs: int = 20
+    batch_size: int = 64
+    crop_size: int = 64
+    loss: str = "tico"
+    loss_kwargs: dict = field(default_factory=dict)
+    optimizer: str = "lars"
+    lr: float | None = None
+    weight_decay: float | None = None
+    warmup_fraction: float = 0.1
+    grad_accumulate: int = 1
+    image_masking: bool = True
+    feature_masking: bool = True
+    backbone: str = "resnet18"
+    projection_hidden: int = 1024
+    projection_dim: int = 256
+    min_size: int = 16
+    normalize: str | tuple | None = "image"
+    channel_axis: int | None = None
+    num_workers: int = 0
+    seed: int = 0
+    amp: bool = True
+    sync_batchnorm: bool = True
+    gather_distributed: bool = True
+    augment: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "crop_size", "grad_accumulate"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.batch_size < 2:
+            raise ValueError("batch_size must be at least 2 (contrastive losses compare samples)")
+        if self.optimizer not in ("lars", "adamw"):
+            raise ValueError(f"optimizer={self.optimizer!r}: choose 'lars' or 'adamw'")
+        if self.lr is not None and not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if isinstance(self.normalize, list):
+            self.normalize = tuple(self.normalize)
+
+    def effective_lr(self, world_size: int = 1) -> float:
+        """``lr``, or the default: LARS 0.3 x global batch / 256 (SimCLR/TiCo's linear scaling
+        rule), AdamW 1e-3."""
+        if self.lr is not None:
+            return float(self.lr)
+        if self.optimizer == "lars":
+            return 0.3 * self.batch_size * self.grad_accumulate * world_size / 256
+        return 1e-3
+
+    def effective_weight_decay(self) -> float:
+        if self.weight_decay is not None:
+            return float(self.weight_decay)
+        return 1.5e-6 if self.optimizer == "lars" else 1e-4
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["normalize"] = (
+            list(self.normalize) if isinstance(self.normalize, tuple) else self.normalize
+        )
+        return out
+
+
+class ProjectionHead(nn.Module):
+    """MLP head used only for training (embeddings stay the encoder's pooled features):
+    Linear -> BatchNorm1d -> ReLU -> Linear, as TiCo/SimCLR heads."""
+
+    def __init__(self, in_dim: int, hidden_dim: int = 1024, out_dim: int = 256) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(in_dim, hidden_dim, bias=False),
+            nn.BatchNorm1d(hidden_dim),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden_dim, out_dim),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class _SSLModel(nn.Module):
+    def __init__(self, encoder: SegmentEncoder, head: ProjectionHead) -> None:
+        super().__init__()
+        self.encoder, self.head = encoder, head
+
+    def forward(self, images: Tensor, masks: Tensor) -> Tensor:
+        return self.head(self.encoder(images, masks))
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train_ssl` returns."""
+
+    encoder: SegmentEncoder
+    history: list[dict]
+    checkpoint_path: Path | None
+    stopped: bool = False
+    head: ProjectionHead | None = None
+
+
+@dataclass
+class _Dist:
+    world_size: int = 1
+    rank: int = 0
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _distributed_setup(device: str) -> _Dist:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return _Dist()
+    if not dist.is_initialized():
+        use_cuda = torch.cuda.is_available() and device in ("auto", "cuda")
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return _Dist(dist.get_world_size(), dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+class Trainer:
+    """The training loop's state and its step generator (see :func:`train_ssl`)."""
+
+    def __init__(
+        self,
+        dataset: SegmentDataset,
+        config: TrainConfig,
+        *,
+        encoder: SegmentEncoder | None = None,
+        device: str = "auto",
+    ) -> None:
+        self.config = config
+        self.dataset = dataset
+        self.dist = _distributed_setup(str(device))
+        if self.dist.enabled and torch.cuda.is_available() and str(device) in ("auto", "cuda"):
+            self.device = torch.device("cuda", self.dist.local_rank)
+            torch.cuda.set_device(self.device)
+        else:
+            self.device = resolve_device(device)
+        if encoder is None:
+            encoder = SegmentEncoder(
+                config.backbone, in_channels=dataset.in_channels, seed=config.seed
+            )
+        else:
+            encoder = copy.deepcopy(encoder)
+            if encoder.in_channels != dataset.in_channels:
+                raise ValueError(
+                    f"the encoder takes {encoder.in_channels} channel(s), the images have "
+                    f"{dataset.in_channels}"
+                )
+        encoder.image_masking = config.image_masking
+        encoder.feature_masking = config.feature_masking
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed + 2)
+            head = ProjectionHead(
+                encoder.embedding_dim, config.projection_hidden, config.projection_dim
+            )
+        self.model = _SSLModel(encoder, head)
+        if self.dist.enabled and config.sync_batchnorm:
+            for m in self.model.modules():
+                if isinstance(m, MaskedBatchNorm2d):
+                    m.sync = True
+            self.model.head = nn.SyncBatchNorm.convert_sync_batchnorm(self.model.head)
+        self.model.to(self.device)
+        if self.device.type == "cuda":
+            self.model.to(memory_format=torch.channels_last)
+        self.loss = make_loss(
+            config.loss,
+            dim=config.projection_dim,
+            gather_distributed=config.gather_distributed and self.dist.enabled,
+            **config.loss_kwargs,
+        ).to(self.device)
+        self.lr = config.effective_lr(self.dist.world_size)
+        wd = config.effective_weight_decay()
+        groups = param_groups_for_lars(self.model, wd)
+        if config.optimizer == "lars":
+            self.optimizer = LARS(groups, lr=self.lr)
+        else:
+            self.optimizer = torch.optim.AdamW(
+                [{k: v for k, v in g.items() if k != "lars_exclude"} for g in groups], lr=self.lr
+            )
+        self.steps_per_epoch = self._steps_per_epoch()
+        self.total_steps = self.steps_per_epoch * config.epochs
+        self.scheduler = warmup_cosine_schedule(
+            self.optimizer,
+            warmup_steps=round(config.warmup_fraction * self.total_steps),
+            total_steps=self.total_steps,
+        )
+        self.ddp_model: nn.Module = self.model
+        if self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        self.amp_dtype = None
+        if config.amp and self.device.type == "cuda":
+            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.epoch = 0  # epochs completed
+        self.epoch_step = 0  # optimiser steps done inside the current epoch
+        self.global_step = 0
+        self.history: list[dict] = []
+
+    # ------------------------------------------------------------------ data
+    def _sampler(self, epoch: int) -> DistributedSampler:
+        sampler = DistributedSampler(
+            self.dataset,
+            num_replicas=self.dist.world_size,
+            rank=self.dist.rank,
+            shuffle=True,
+            seed=self.config.seed,
+            drop_last=True,
+        )
+        sampler.set_epoch(epoch)
+        return sampler
+
+    def _per_rank_batch(self) -> int:
+        return min(self.config.batch_size, len(self.dataset) // self.dist.world_size)
+
+    def _steps_per_epoch(self) -> int:
+        per_rank = len(self.dataset) // self.dist.world_size
+        batch = self._per_rank_batch()
+        if batch < 2:
+            raise ValueError(
+                f"{len(self.dataset)} segment(s) are too few to train on "
+                f"{self.dist.world_size} process(es): at least 2 per process are needed"
+            )
+        return max(1, (per_rank // batch) // self.config.grad_accumulate)
+
+    def _loader(self, epoch: int, skip_steps: int) -> DataLoader:
+        self.dataset.set_epoch(epoch)
+        order = list(self._sampler(epoch))
+        batch = self._per_rank_batch()
+        micro = [order[i : i + batch] for i in range(0, len(order) - batch + 1, batch)]
+        micro = micro[: self.steps_per_epoch * self.config.grad_accumulate]
+        micro = micro[skip_steps * self.config.grad_accumulate :]
+        return DataLoader(
+            self.dataset,
+            batch_sampler=micro,
+            num_workers=self.config.num_workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+        )
+
+    # ------------------------------------------------------------------ loop
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _to_device(self, x: Tensor) -> Tensor:
+        x = x.to(self.device, non_blocking=True)
+        if self.device.type == "cuda" and x.dtype.is_floating_point:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def steps(self):
+        """Generator of step records, one per optimiser step, until ``config.epochs``."""
+        cfg = self.config
+        self.model.train()
+        self.loss.train()
+        while self.epoch < cfg.epochs:
+            loader = self._loader(self.epoch, self.epoch_step)
+            micro_batches = iter(loader)
+            while self.epoch_step < self.steps_per_epoch:
+                t0 = time.perf_counter()
+                self.optimizer.zero_grad(set_to_none=True)
+                total, n_crops = 0.0, 0
+                for _ in range(cfg.grad_accumulate):
+                    a, ma, b, mb = (self._to_device(t) for t in next(micro_batches))
+                    with self._autocast():
+                        z = self.ddp_model(torch.cat([a, b]), torch.cat([ma, mb]))
+                        za, zb = z.float().chunk(2)
+                        loss = self.loss(za, zb)
+                    if not torch.isfinite(loss):
+                        other = " or try optimizer='adamw'" if cfg.optimizer == "lars" else ""
+                        raise TrainingDiverged(
+                            f"the loss became {loss.item()} at epoch {self.epoch + 1}, step "
+                            f"{self.global_step + 1}: training stopped. Lower the learning rate "
+                            f"(now {self.scheduler.get_last_lr()[0]:.3g}){other}; the last "
+                            "good checkpoint is kept."
+                        )
+                    self.scaler.scale(loss / cfg.grad_accumulate).backward()
+                    total += float(loss.detach()) / cfg.grad_accumulate
+                    n_crops += 2 * len(a)
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                lr = self.scheduler.get_last_lr()[0]
+                self.scheduler.step()
+                self.epoch_step += 1
+                self.global_step += 1
+                seconds = time.perf_counter() - t0
+                record = {
+                    "epoch": self.epoch + 1,
+                    "step": self.global_step,
+                    "epoch_step": self.epoch_step,
+                    "steps_per_epoch": self.steps_per_epoch,
+                    "total_steps": self.total_steps,
+                    "loss": total,
+                    "lr": lr,
+                    "crops_per_s": n_crops * self.dist.world_size / max(seconds, 1e-9),
+                }
+                self.history.append(record)
+                yield record
+            self.epoch += 1
+            self.epoch_step = 0
+            yield {"epoch_end": self.epoch}
+
+    # ------------------------------------------------------------------ checkpoints
+    def state(self) -> dict:
+        encoder = self.model.encoder
+        head = self.model.head
+        return {
+            "kind": "training",
+            "encoder_config": encoder.config(),
+            "encoder": {k: v.detach().cpu() for k, v in encoder.state_dict().items()},
+            "head": {k: v.detach().cpu() for k, v in head.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "loss_state": {k: v.detach().cpu() for k, v in self.loss.state_dict().items()},
+            "epoch": self.epoch,
+            "epoch_step": self.epoch_step,
+            "global_step": self.global_step,
+            "rng": {"torch": torch.get_rng_state()},
+            "config": self.config.to_dict(),
+            "history": list(self.history),
+            "world_size": self.dist.world_size,
+        }
+
+    def save(self, path: str | os.PathLike) -> Path | None:
+        """Write a checkpoint (rank 0 only; other ranks return None)."""
+        if not self.dist.is_main:
+            return None
+        return save_checkpoint(self.state(), path)
+
+    def load(self, path: str | os.PathLike) -> None:
+        """Restore a training checkpoint written by :meth:`save`."""
+        ckpt = load_checkpoint(path, map_location="cpu")
+        if ckpt.get("kind") != "training":
+            raise ValueError(
+                f"{path} is an encoder checkpoint, not a training checkpoint: to start a new run "
+                "from it, pass encoder=napari_segrep.load_encoder(path) instead of resume="
+            )
+        saved = ckpt["config"]
+        for key in (
+            "backbone",
+            "batch_size",
+            "crop_size",
+            "loss",
+            "optimizer",
+            "projection_dim",
+            "projection_hidden",
+            "grad_accumulate",
+            "seed",
+        ):
+            if saved.get(key) != getattr(self.config, key):
+                warnings.warn(
+                    f"resuming {path} with {key}={getattr(self.config, key)!r}, but it was "
+                    f"trained with {saved.get(key)!r}: the run will not match an uninterrupted "
+                    "one",
+                    stacklevel=3,
+                )
+        self.model.encoder.load_checkpoint_state(
+            ckpt["encoder_config"], ckpt["encoder"], source=str(path)
+        )
+        self.model.head.load_state_dict(ckpt["head"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.loss.load_state_dict(ckpt["loss_state"])
+        self.epoch, self.epoch_step = int(ckpt["epoch"]), int(ckpt["epoch_step"])
+        self.global_step = int(ckpt["global_step"])
+        self.history = list(ckpt.get("history", []))
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        self.model.to(self.device)
+
+    def stop_requested(self, should_stop: Callable[[], bool] | None) -> bool:
+        """``should_stop()``, agreed across ranks (any rank asking stops all)."""
+        local = bool(should_stop()) if should_stop is not None else False
+        if not self.dist.enabled:
+            return local
+        flag = torch.tensor([1.0 if local else 0.0], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item() > 0)
+
+
+def train_ssl(
+    images: np.ndarray | Sequence[np.ndarray],
+    labels: np.ndarray | Sequence[np.ndarray],
+    *,
+    encoder: SegmentEncoder | None = None,
+    epochs: int = 20,
+    batch_size: int = 64,
+    crop_size: int = 64,
+    loss: str = "tico",
+    optimizer: str = "lars",
+    lr: float | None = None,
+    image_masking: bool = True,
+    feature_masking: bool = True,
+    device: str = "auto",
+    checkpoint_dir: str | os.PathLike | None = None,
+    resume: str | os.PathLike | None = None,
+    seed: int = 0,
+    on_step: Callable[[dict], object] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    **options,
+) -> TrainResult:
+    """Self-supervised fine-tuning of a :class:`SegmentEncoder` on the user's own segments.
+
+    Each sample is one segment; two augmented views of it (with their masks) are embedded and
+    projected, and the loss pulls the views together (TiCo, the SegRep default; NT-Xent; VICReg).
+
+    Parameters
+    ----------
+    images, labels : ndarray or sequences of ndarrays
+        (image, labels) pairs as for :func:`~napari_segrep.embed_segments`.
+    encoder : SegmentEncoder, optional
+        Starting point (copied, not modified); default an untrained resnet18 from ``seed``.
+    epochs, batch_size, crop_size : int
+        ``batch_size`` is per process (per GPU under torchrun).
+    loss : {"tico", "ntxent", "vicreg"}
+    optimizer : {"lars", "adamw"}
+        LARS (SegRep's default; biases and normalisation parameters are excluded from the trust
+        ratio and weight decay) or AdamW.  Warm-up (10% of the steps) then cosine decay.
+    lr : float, optional
+        Default: LARS 0.3 x global batch / 256, AdamW 1e-3.
+    image_masking, feature_masking : bool
+        Both off is the plain SSL baseline (``--no-mask``).
+    device : str
+        ``"auto"``, ``"cpu"``, ``"cuda"``...; under torchrun each process takes its local GPU.
+    checkpoint_dir : path, optional
+        ``last.pt`` is written there (atomically) after every epoch and when stopped.
+    resume : path, optional
+        A training checkpoint to continue from exactly where it stopped.
+    seed : int
+    on_step : callable(dict), optional
+        Called after every optimiser step with ``epoch``, ``step``, ``epoch_step``,
+        ``steps_per_epoch``, ``total_steps``, ``loss``, ``lr``, ``crops_per_s``.
+    should_stop : callable() -> bool, optional
+        Polled every step; when it returns True a checkpoint is written and the result returned
+        (``stopped=True``).
+    **options
+        Further :class:`TrainConfig` fields: ``grad_accumulate``, ``num_workers``,
+        ``weight_decay``, ``warmup_fraction``, ``loss_kwargs``, ``min_size``, ``normalize``,
+        ``channel_axis``, ``backbone``, ``projection_dim``, ``projection_hidden``, ``amp``,
+        ``sync_batchnorm``, ``gather_distributed``, ``augment`` (a dict of
+        :class:`~napari_segrep.engine.augment.AugmentConfig` fields).
+
+    Returns
+    -------
+    TrainResult
+        ``encoder`` (eval mode, ready for ``embed_segments``), ``history`` (list of step
+        records), ``checkpoint_path``, ``stopped``.
+
+    Raises
+    ------
+    TrainingDiverged
+        The loss became NaN/Inf (the last good checkpoint is kept).
+    ValueError
+        Bad configuration, or no segment to train on.
+    """
+    try:
+        config = TrainConfig(
+            epochs=epochs,
+            batch_size=batch_size,
+            crop_size=crop_size,
+            loss=loss,
+            optimizer=optimizer,
+            lr=lr,
+            image_masking=image_masking,
+            feature_masking=feature_masking,
+            seed=seed,
+            **options,
+        )
+    except TypeError as exc:
+        raise TypeError(f"train_ssl: {exc}") from None
+    augment = AugmentConfig(**{**config.augment, "crop_size": config.crop_size})
+    dataset = SegmentDataset(
+        images,
+        labels,
+        crop_size=config.crop_size,
+        channel_axis=config.channel_axis,
+        normalize=config.normalize,
+        min_size=config.min_size,
+        augment=augment,
+        seed=config.seed,
+    )
+    if dataset.n_skipped:
+        warnings.warn(
+            f"{dataset.n_skipped} segment(s) smaller than min_size={config.min_size} pixels "
+            "were skipped",
+            stacklevel=2,
+        )
+    if len(dataset) < 2:
+        raise ValueError(
+            f"found {len(dataset)} segment(s) of at least {config.min_size} pixels: training "
+            "needs at least 2 (check the labels, or lower min_size)"
+        )
+    trainer = Trainer(dataset, config, encoder=encoder, device=device)
+    if resume is not None:
+        trainer.load(resume)
+    ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
+    if ckpt_path is not None and trainer.dist.is_main:
+        ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+        from .checkpoint import check_writable_dir
+
+        check_writable_dir(ckpt_path.parent)
+    stopped = False
+    for record in trainer.steps():
+        if "epoch_end" in record:
+            if ckpt_path is not None:
+                trainer.save(ckpt_path)
+        elif on_step is not None:
+            on_step(record)
+        if trainer.stop_requested(should_stop):
+            stopped = trainer.epoch < config.epochs
+            if stopped and ckpt_path is not None and "epoch_end" not in record:
+                trainer.save(ckpt_path)
+            break
+    encoder_out = trainer.model.encoder.eval()
+    return TrainResult(
+        encoder=encoder_out,
+        history=list(trainer.history),
+        checkpoint_path=ckpt_path if ckpt_path is not None and ckpt_path.exists() else None,
+        stopped=stopped,
+        head=trainer.model.head,
+    )
