@@ -13,8 +13,14 @@ from napari_segrep.engine.dataset import SegmentDataset, pair_files
 
 from ..conftest import disc_labels
 
-NO_INTENSITY = {"brightness": 0.0, "contrast": 0.0, "gamma": (1.0, 1.0), "blur_probability": 0.0,
-                "noise_std": 0.0, "saturation": 0.0}
+NO_INTENSITY = {
+    "brightness": 0.0,
+    "contrast": 0.0,
+    "gamma": (1.0, 1.0),
+    "blur_probability": 0.0,
+    "noise_std": 0.0,
+    "saturation": 0.0,
+}
 
 
 def test_paired_augment__geometry_is_shared_by_image_and_mask():
@@ -36,8 +42,16 @@ def test_paired_augment__intensity_touches_the_image_only():
     mask[20:40, 20:44] = True
     image = torch.rand(3, 64, 64)
     geometry_only = PairedAugment(AugmentConfig(crop_size=32, **NO_INTENSITY))
-    full = PairedAugment(AugmentConfig(crop_size=32, brightness=0.5, contrast=0.5,
-                                       noise_std=0.1, blur_probability=1.0, saturation=0.5))
+    full = PairedAugment(
+        AugmentConfig(
+            crop_size=32,
+            brightness=0.5,
+            contrast=0.5,
+            noise_std=0.1,
+            blur_probability=1.0,
+            saturation=0.5,
+        )
+    )
     torch.manual_seed(3)
     img_a, mask_a = geometry_only.view(image, mask)
     torch.manual_seed(3)
@@ -47,8 +61,9 @@ def test_paired_augment__intensity_touches_the_image_only():
 
 
 @settings(max_examples=25, deadline=None)
-@given(seed=st.integers(0, 10_000), y=st.integers(0, 59), x=st.integers(0, 59),
-       size=st.integers(1, 4))
+@given(
+    seed=st.integers(0, 10_000), y=st.integers(0, 59), x=st.integers(0, 59), size=st.integers(1, 4)
+)
 def test_paired_augment__views_never_lose_the_segment(seed, y, x, size):
     """Aggressive crops of a tiny off-centre segment: a view is redrawn until it keeps it."""
     mask = torch.zeros(64, 64, dtype=torch.bool)
@@ -110,15 +125,17 @@ def test_segment_dataset__window_holds_the_segment_at_native_scale(two_images):
     ds = SegmentDataset(images, labels, crop_size=32, normalize=None)
     image, mask = ds.window(1)  # the radius-9 disc of image 0
     assert image.shape[-1] == 32 and int(mask.sum()) == int((labels[0] == 2).sum())
-    np.testing.assert_array_equal(np.sort(image[0][mask].numpy()),
-                                  np.sort(images[0][labels[0] == 2]))
+    np.testing.assert_array_equal(
+        np.sort(image[0][mask].numpy()), np.sort(images[0][labels[0] == 2])
+    )
 
 
 def test_segment_dataset__bad_input_names_the_pair(two_images):
     images, labels = two_images
     with pytest.raises(ValueError, match="broken.tif"):
-        SegmentDataset([images[0], images[1]], [labels[0], labels[1][:30]],
-                       names=["ok.tif", "broken.tif"])
+        SegmentDataset(
+            [images[0], images[1]], [labels[0], labels[1][:30]], names=["ok.tif", "broken.tif"]
+        )
     with pytest.raises(ValueError, match="2 images but 1 label"):
         SegmentDataset(images, labels[:1])
     with pytest.raises(ValueError, match="channel"):
@@ -138,7 +155,10 @@ def test_pair_files__matches_by_stem_and_lists_unmatched(tmp_path):
     (tmp_path / "images" / "c.tif").unlink()
     (tmp_path / "labels" / "z_mask.tif").unlink()
     pairs = pair_files(data_dir=tmp_path)
-    assert [(i.name, lab.name) for i, lab in pairs] == [("a.tif", "a_labels.tif"), ("b.png", "b.png")]
+    assert [(i.name, lab.name) for i, lab in pairs] == [
+        ("a.tif", "a_labels.tif"),
+        ("b.png", "b.png"),
+    ]
     with pytest.raises(ValueError, match="no image file matched"):
         pair_files(str(tmp_path / "nothing" / "*.tif"), str(tmp_path / "labels" / "*"))
     with pytest.raises(ValueError, match="images/ and labels/"):

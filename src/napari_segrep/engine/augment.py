@@ -78,11 +78,14 @@ class PairedAugment:
         c = self.config
         self.geometry = v2.Compose(
             [
-                v2.RandomResizedCrop(c.crop_size, scale=c.crop_scale, ratio=c.crop_ratio,
-                                     antialias=True),
-                v2.RandomAffine(degrees=c.affine_degrees,
-                                translate=(c.affine_translate, c.affine_translate),
-                                scale=c.affine_scale),
+                v2.RandomResizedCrop(
+                    c.crop_size, scale=c.crop_scale, ratio=c.crop_ratio, antialias=True
+                ),
+                v2.RandomAffine(
+                    degrees=c.affine_degrees,
+                    translate=(c.affine_translate, c.affine_translate),
+                    scale=c.affine_scale,
+                ),
             ]
         )
 
@@ -105,8 +108,9 @@ class PairedAugment:
                 break
         else:  # the crop kept losing the segment: use the whole window
             img = TF.resize(image, [c.crop_size, c.crop_size], antialias=True)
-            m = TF.resize(mask_t, [c.crop_size, c.crop_size],
-                          interpolation=v2.InterpolationMode.NEAREST)
+            m = TF.resize(
+                mask_t, [c.crop_size, c.crop_size], interpolation=v2.InterpolationMode.NEAREST
+            )
             if int(m.sum()) < 1:
                 m = torch.nn.functional.adaptive_max_pool2d(mask[None].float(), c.crop_size) > 0
         img, m = torch.as_tensor(img), torch.as_tensor(m)[0].bool()

@@ -132,7 +132,11 @@ class SegmentDataset(Dataset):
         sl = table.slices[k]
         side = max(self.crop_size, math.ceil(bbox_side(sl) * self.context))
         img, mask = segment_window(
-            self._images[p], table.search_labels, sl, int(table.ids[k]), side=side,
+            self._images[p],
+            table.search_labels,
+            sl,
+            int(table.ids[k]),
+            side=side,
             norm=self._norms[p],
         )
         return torch.from_numpy(img), torch.from_numpy(mask)
@@ -150,7 +154,10 @@ class SegmentDataset(Dataset):
 
 
 def pair_files(
-    images: str | None = None, labels: str | None = None, *, data_dir: str | os.PathLike | None = None
+    images: str | None = None,
+    labels: str | None = None,
+    *,
+    data_dir: str | os.PathLike | None = None,
 ) -> list[tuple[Path, Path]]:
     """Match image and label files by file stem.
 
@@ -168,13 +175,16 @@ def pair_files(
 
     def files(pattern: str) -> list[Path]:
         return sorted(
-            Path(f) for f in glob.glob(pattern, recursive=True)
+            Path(f)
+            for f in glob.glob(pattern, recursive=True)
             if Path(f).suffix.lower() in IMAGE_SUFFIXES and Path(f).is_file()
         )
 
     image_files, label_files = files(images), files(labels)
     if not image_files:
-        raise ValueError(f"no image file matched {images!r} (looked for {', '.join(IMAGE_SUFFIXES)})")
+        raise ValueError(
+            f"no image file matched {images!r} (looked for {', '.join(IMAGE_SUFFIXES)})"
+        )
     if not label_files:
         raise ValueError(f"no label file matched {labels!r}")
 
