@@ -115,7 +115,7 @@ class MaskedBatchNorm2d(nn.BatchNorm2d):
             y = F.batch_norm(
                 x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
             )
-            return y * mask.to(y.dtype)
+            return y.mul_(mask.to(y.dtype))  # in place: y is fresh, and no backward needs it
 
         # Statistics in float32 whatever the autocast dtype: sums over many positions.
         xf = x.float()
@@ -135,7 +135,7 @@ class MaskedBatchNorm2d(nn.BatchNorm2d):
         shift = -mean * scale if self.bias is None else self.bias - mean * scale
         y = xf * scale[None, :, None, None] + shift[None, :, None, None]
         if mask is not None:
-            y = y * mf
+            y = y.mul_(mf)  # in place: no backward needs y itself
         return y.to(x.dtype)
 
     @torch.no_grad()
