@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from napari_segrep.engine.distributed import gather
 from napari_segrep.engine.losses import (
     LOSSES,
     NTXentLoss,
@@ -16,7 +17,6 @@ from napari_segrep.engine.losses import (
     VICRegLoss,
     make_loss,
 )
-from napari_segrep.engine.losses._distributed import gather
 
 
 @pytest.fixture(autouse=True)

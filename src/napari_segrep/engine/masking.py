@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .distributed import all_reduce_sum, world_size
+
 __all__ = [
     "MaskedBatchNorm2d",
     "binarize_mask",
@@ -102,7 +104,7 @@ class MaskedBatchNorm2d(nn.BatchNorm2d):
     sync: bool = False
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:  # noqa: D102
-        synced = self.sync and self.training and _world_size() > 1
+        synced = self.sync and self.training and world_size() > 1
         if mask is None and not synced:
             return super().forward(x)
         if mask is not None and mask.shape[-2:] != x.shape[-2:]:
@@ -150,22 +152,12 @@ class MaskedBatchNorm2d(nn.BatchNorm2d):
         self.running_var.lerp_(unbiased.to(self.running_var.dtype), factor)
 
 
-def _world_size() -> int:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size()
-    return 1
-
-
 def _synced_stats(xf: Tensor, mf: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """In-mask mean and biased variance over the batches of all processes (differentiable)."""
-    from torch.distributed.nn.functional import all_reduce
-
     sums = torch.cat(
         [(xf * mf).sum(dim=(0, 2, 3)), (xf * xf * mf).sum(dim=(0, 2, 3)), mf.sum().reshape(1)]
     )
-    sums = all_reduce(sums)
+    sums = all_reduce_sum(sums)
     c = xf.shape[1]
     count = sums[-1]
     n = count.clamp_min(1.0)

@@ -118,6 +118,15 @@ class TrainConfig:
         return out
 
 
+class _BatchNorm1d(MaskedBatchNorm2d):
+    """BatchNorm1d for (N, C) input, built on MaskedBatchNorm2d so that its statistics can be
+    synchronised across processes on CPU (gloo) as well as on GPUs (``nn.SyncBatchNorm`` is
+    GPU-only)."""
+
+    def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
+        return super().forward(x[:, :, None, None])[:, :, 0, 0]
+
+
 class ProjectionHead(nn.Module):
     """MLP head used only for training (embeddings stay the encoder's pooled features):
     Linear -> BatchNorm1d -> ReLU -> Linear, as TiCo/SimCLR heads."""
@@ -126,7 +135,7 @@ class ProjectionHead(nn.Module):
         super().__init__()
         self.net = nn.Sequential(
             nn.Linear(in_dim, hidden_dim, bias=False),
-            nn.BatchNorm1d(hidden_dim),
+            _BatchNorm1d(hidden_dim),
             nn.ReLU(inplace=True),
             nn.Linear(hidden_dim, out_dim),
         )
@@ -221,9 +230,8 @@ class Trainer:
         self.model = _SSLModel(encoder, head)
         if self.dist.enabled and config.sync_batchnorm:
             for m in self.model.modules():
-                if isinstance(m, MaskedBatchNorm2d):
+                if isinstance(m, MaskedBatchNorm2d):  # encoder and head
                     m.sync = True
-            self.model.head = nn.SyncBatchNorm.convert_sync_batchnorm(self.model.head)
         self.model.to(self.device)
         if self.device.type == "cuda":
             self.model.to(memory_format=torch.channels_last)

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._distributed import gather
+from ..distributed import gather
 
 __all__ = ["TiCoLoss"]
 

@@ -1,4 +1,8 @@
-"""Gather embeddings from every process of a ``torch.distributed`` run, keeping gradients."""
+"""Differentiable collectives for ``torch.distributed`` runs (DDP under torchrun).
+
+Built on the public ``all_gather``/``all_reduce`` (every backend, gloo included), since
+``torch.distributed.nn.functional`` is deprecated in torch 2.14.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["gather"]
+__all__ = ["all_reduce_sum", "gather", "world_size"]
 
 
 def gather(z: Tensor) -> Tensor:
@@ -33,9 +37,38 @@ def gather(z: Tensor) -> Tensor:
     DistributedDataParallel's gradient averaging divides it back, so the parameters receive
     exactly the gradient of the loss on the global batch.
     """
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() <= 1:
+    if world_size() <= 1:
         return z
     return _AllGather.apply(z)
+
+
+def world_size() -> int:
+    """Processes in the default group (1 when torch.distributed is not initialised)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return 1
+
+
+def all_reduce_sum(t: Tensor) -> Tensor:
+    """Sum ``t`` over all ranks, with gradients (the backward pass sums the ranks' gradients,
+    as every rank's result depends on every rank's input).  ``t`` itself on one process."""
+    if world_size() <= 1:
+        return t
+    return _AllReduceSum.apply(t)
+
+
+class _AllReduceSum(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, t: Tensor) -> Tensor:  # noqa: D102
+        out = t.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # noqa: D102
+        grad = grad.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad
 
 
 class _AllGather(torch.autograd.Function):
