@@ -307,3 +307,13 @@ def test_embed_segments__no_warning_for_normal_input(scene, encoder):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         _embed(image, labels, encoder)
+
+
+def test_resolve_device__names():
+    import torch
+
+    assert sr.resolve_device("cpu") == torch.device("cpu")
+    assert sr.resolve_device("auto").type in ("cpu", "cuda", "mps")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            sr.resolve_device("gpu")

@@ -33,6 +33,8 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if isinstance(device, torch.device):
         return device
     name = str(device).lower()
+    if name == "gpu":  # Lightning's spelling (--accelerator gpu)
+        name = "cuda"
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
