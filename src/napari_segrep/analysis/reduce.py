@@ -1,0 +1,90 @@
+"""2D maps of embeddings: a PCA preview (instant) and UMAP (the map users explore).
+
+Both return an ``(N, 2)`` float array aligned with the input rows.  Rows with NaN/Inf (should a
+caller pass any) get NaN coordinates instead of breaking the fit of the others.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["MapModel", "pca_map", "umap_map", "warm_up_umap"]
+
+
+class MapModel:
+    """A fitted 2D map: ``coords`` of the fitted rows and ``transform(new_rows)`` for new ones
+    (used by live embedding to place new segments without a refit)."""
+
+    def __init__(self, method: str, model, coords: np.ndarray, mean: np.ndarray, std: np.ndarray):
+        self.method, self._model, self.coords = method, model, coords
+        self._mean, self._std = mean, std
+
+    def transform(self, emb: np.ndarray) -> np.ndarray:
+        emb = np.asarray(emb, np.float64)
+        out = np.full((len(emb), 2), np.nan)
+        ok = np.isfinite(emb).all(axis=1)
+        if ok.any():
+            out[ok] = self._model.transform((emb[ok] - self._mean) / self._std)
+        return out
+
+
+def _standardise(emb: np.ndarray):
+    emb = np.asarray(emb, np.float64)
+    ok = np.isfinite(emb).all(axis=1)
+    mean = emb[ok].mean(0) if ok.any() else np.zeros(emb.shape[1])
+    std = emb[ok].std(0) if ok.any() else np.ones(emb.shape[1])
+    std = np.where(std > 0, std, 1.0)
+    return (emb - mean) / std, ok, mean, std
+
+
+def pca_map(emb: np.ndarray, *, seed: int = 0) -> MapModel:
+    """PCA to 2D of standardised embeddings (milliseconds for 10,000 x 512)."""
+    from sklearn.decomposition import PCA
+
+    z, ok, mean, std = _standardise(emb)
+    coords = np.full((len(z), 2), np.nan)
+    n_ok = int(ok.sum())
+    model = PCA(n_components=min(2, n_ok, z.shape[1]) or 1, random_state=seed)
+    if n_ok >= 2:
+        fitted = model.fit_transform(z[ok])
+        coords[ok, : fitted.shape[1]] = fitted
+        coords[ok, fitted.shape[1] :] = 0.0
+    elif n_ok == 1:
+        coords[ok] = 0.0
+        model = _Constant()
+    return MapModel("pca", model, coords, mean, std)
+
+
+def umap_map(
+    emb: np.ndarray, *, seed: int = 0, n_neighbors: int = 15, min_dist: float = 0.1
+) -> MapModel:
+    """UMAP to 2D of standardised embeddings (``n_neighbors`` shrinks for tiny inputs; fewer
+    than 4 rows fall back to PCA)."""
+    z, ok, mean, std = _standardise(emb)
+    n_ok = int(ok.sum())
+    if n_ok < 4:
+        return pca_map(emb, seed=seed)
+    import umap
+
+    model = umap.UMAP(
+        n_components=2,
+        n_neighbors=min(n_neighbors, n_ok - 1),
+        min_dist=min_dist,
+        random_state=seed,
+        n_jobs=1,
+    )
+    coords = np.full((len(z), 2), np.nan)
+    coords[ok] = model.fit_transform(z[ok])
+    return MapModel("umap", model, coords, mean, std)
+
+
+def warm_up_umap() -> None:
+    """Import umap and run a tiny fit so numba's JIT compilation (~20 s on a first run) is done
+    before the user's map is needed.  Call it from a background thread."""
+    rng = np.random.default_rng(0)
+    umap_map(rng.normal(size=(40, 8)))
+
+
+class _Constant:
+    def transform(self, z):
+        return np.zeros((len(z), 2))
