@@ -15,6 +15,9 @@ __version__ = "0.1.0"
 _LAZY = {
     "SegmentEncoder": "napari_segrep.engine.encoder",
     "embed_segments": "napari_segrep.engine.embed",
+    "embed_stack": "napari_segrep.engine.embed",
+    "train_ssl": "napari_segrep.engine.training",
+    "TrainingDiverged": "napari_segrep.engine.training",
     "resolve_device": "napari_segrep.engine.embed",
     "Cancelled": "napari_segrep.engine.embed",
     "save_encoder": "napari_segrep.engine.checkpoint",
@@ -26,18 +29,22 @@ __all__ = [
     "Cancelled",
     "SegmentEncoder",
     "__version__",
+    "TrainingDiverged",
     "embed_segments",
+    "embed_stack",
     "load_encoder",
     "resolve_device",
     "save_encoder",
+    "train_ssl",
     "write_table",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
     from .analysis.export import write_table
     from .engine.checkpoint import load_encoder, save_encoder
-    from .engine.embed import Cancelled, embed_segments, resolve_device
+    from .engine.embed import Cancelled, embed_segments, embed_stack, resolve_device
     from .engine.encoder import SegmentEncoder
+    from .engine.training import TrainingDiverged, train_ssl
 
 
 def __getattr__(name: str):

@@ -317,3 +317,22 @@ def test_resolve_device__names():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             sr.resolve_device("gpu")
+
+
+def test_embed_stack__plane_by_plane_with_a_frame_column(encoder):
+    rng = np.random.default_rng(0)
+    image = rng.random((3, 40, 40)).astype(np.float32)
+    labels = np.zeros((3, 40, 40), np.int32)
+    labels[0, 5:15, 5:15] = 1
+    labels[2, 20:30, 10:20] = 1
+    labels[2, 2:8, 30:38] = 4
+    calls = []
+    df = sr.embed_stack(image, labels, encoder, crop_size=CROP, normalize=FIXED, device="cpu",
+                        progress=lambda d, t: calls.append((d, t)))
+    assert list(df.columns[:3]) == ["label", "frame", "centroid_y"]
+    assert df[["label", "frame"]].values.tolist() == [[1, 0], [1, 2], [4, 2]]
+    assert calls[-1] == (3, 3)
+    plane = _embed(image[2], labels[2], encoder)
+    np.testing.assert_array_equal(emb(df)[1:], emb(plane))
+    with pytest.raises(ValueError, match="leading"):
+        sr.embed_stack(image[:2], labels)

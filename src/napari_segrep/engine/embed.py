@@ -20,7 +20,7 @@ from .segments import (
     validate_labels,
 )
 
-__all__ = ["Cancelled", "embed_segments", "embedding_columns", "resolve_device"]
+__all__ = ["Cancelled", "embed_segments", "embed_stack", "embedding_columns", "resolve_device"]
 
 
 class Cancelled(Exception):  # noqa: N818 - the name users catch
@@ -213,3 +213,71 @@ def _positive_int(value, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
+
+
+def embed_stack(
+    image: np.ndarray,
+    labels: np.ndarray,
+    encoder: SegmentEncoder | None = None,
+    *,
+    channel_axis: int | None = None,
+    progress: Callable[[int, int], object] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    **kwargs,
+) -> pd.DataFrame:
+    """:func:`embed_segments` plane by plane along the leading axis of a ``(T, Y, X)`` stack
+    (time or z).
+
+    ``image`` is ``(T, Y, X)``, ``(T, Y, X, 3)`` or ``(T, ...)`` with ``channel_axis`` counted
+    within a plane; ``labels`` is ``(T, Y, X)``.  The result has a ``frame`` column after
+    ``label``; a label id present in several planes gives one row per plane.  ``progress`` counts
+    segments over the whole stack.
+    """
+    image = np.asarray(image)
+    labels = np.asarray(labels)
+    if labels.ndim != 3:
+        raise ValueError(f"a stack's labels must be (T, Y, X), got shape {labels.shape}")
+    if image.shape[0] != labels.shape[0]:
+        raise ValueError(
+            f"image has {image.shape[0]} planes but labels have {labels.shape[0]}: the leading "
+            "(time or z) axes must match"
+        )
+    validate_labels(labels, labels.shape)
+    counts = [len(np.unique(plane[plane > 0])) for plane in labels]
+    total = int(sum(counts))
+    if encoder is None:
+        encoder = SegmentEncoder(
+            in_channels=as_channels_first(image[0], channel_axis=channel_axis).shape[0]
+        )
+    frames = []
+    done = 0
+    for t in range(labels.shape[0]):
+        if counts[t] == 0:
+            continue
+
+        def plane_progress(d, _total, _base=done):
+            if progress is not None:
+                progress(_base + d, total)
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            df = embed_segments(
+                image[t],
+                labels[t],
+                encoder,
+                channel_axis=channel_axis,
+                progress=plane_progress,
+                should_stop=should_stop,
+                **kwargs,
+            )
+        df.insert(1, "frame", np.int64(t))
+        frames.append(df)
+        done += counts[t]
+    if not frames:
+        warnings.warn(
+            "labels contain no segment (all zero): returning an empty table", stacklevel=2
+        )
+        empty = _empty_result(encoder.embedding_dim)
+        empty.insert(1, "frame", np.empty(0, np.int64))
+        return empty
+    return pd.concat(frames, ignore_index=True)
