@@ -20,7 +20,14 @@ from .segments import (
     validate_labels,
 )
 
-__all__ = ["Cancelled", "embed_segments", "embed_stack", "embedding_columns", "resolve_device"]
+__all__ = [
+    "Cancelled",
+    "available_devices",
+    "embed_segments",
+    "embed_stack",
+    "embedding_columns",
+    "resolve_device",
+]
 
 
 class Cancelled(Exception):  # noqa: N818 - the name users catch
@@ -59,6 +66,18 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
             f"device={device!r} asked for, but MPS is not available here: use 'auto' or 'cpu'"
         )
     return dev
+
+
+def available_devices() -> list[str]:
+    """Devices that work here: "cpu", then each CUDA device, then "mps"."""
+    out = ["cpu"]
+    if torch.cuda.is_available():
+        n = torch.cuda.device_count()
+        out += ["cuda"] if n == 1 else [f"cuda:{i}" for i in range(n)]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        out.append("mps")
+    return out
 
 
 def embedding_columns(dim: int) -> list[str]:
