@@ -45,8 +45,10 @@ def make_texture_cells(shape=(640, 640), n_cells=320, *, seed=0):
         b = a * rng.uniform(0.6, 1.0)
         angle = rng.uniform(0, np.pi)
         r = int(a) + 2
-        sl = (slice(int(max(cy - r, 0)), int(min(cy + r + 1, h))),
-              slice(int(max(cx - r, 0)), int(min(cx + r + 1, w))))
+        sl = (
+            slice(int(max(cy - r, 0)), int(min(cy + r + 1, h))),
+            slice(int(max(cx - r, 0)), int(min(cx + r + 1, w))),
+        )
         dy, dx = yy[sl] - cy, xx[sl] - cx
         u = dx * np.cos(angle) + dy * np.sin(angle)
         v = -dx * np.sin(angle) + dy * np.cos(angle)
@@ -99,32 +101,55 @@ def main() -> None:
     train = make_texture_cells(size, n, seed=0)
     test = make_texture_cells(size, n, seed=1)
     print(f"ssl_knn  (python benchmarks/ssl_knn.py{' --quick' if args.quick else ''})")
-    print(f"  {len(train[2])} training cells, {len(test[2])} test cells, 4 texture classes; "
-          f"crop {crop}, batch {batch}, {epochs} epochs, TiCo + LARS (defaults)")
+    print(
+        f"  {len(train[2])} training cells, {len(test[2])} test cells, 4 texture classes; "
+        f"crop {crop}, batch {batch}, {epochs} epochs, TiCo + LARS (defaults)"
+    )
     untrained = sr.SegmentEncoder(seed=0)
     before = evaluate(untrained, *test, crop)
-    print(f"  k-NN accuracy (k=5) on the test image, untrained encoder: {before:.3f} "
-          f"(chance {1 / len(CLASSES):.2f})")
+    print(
+        f"  k-NN accuracy (k=5) on the test image, untrained encoder: {before:.3f} "
+        f"(chance {1 / len(CLASSES):.2f})"
+    )
     results = {"before": before, "epochs": epochs, "runs": {}}
     for masked in (True, False):
         name = "masked" if masked else "no_mask"
         t0 = time.perf_counter()
-        res = train_ssl(train[0], train[1], epochs=epochs, batch_size=batch, crop_size=crop,
-                        image_masking=masked, feature_masking=masked, device="cpu", seed=0)
+        res = train_ssl(
+            train[0],
+            train[1],
+            epochs=epochs,
+            batch_size=batch,
+            crop_size=crop,
+            image_masking=masked,
+            feature_masking=masked,
+            device="cpu",
+            seed=0,
+        )
         seconds = time.perf_counter() - t0
         after = evaluate(res.encoder, *test, crop)
-        per_epoch = [float(np.mean([h["loss"] for h in res.history if h["epoch"] == e]))
-                     for e in range(1, epochs + 1)]
+        per_epoch = [
+            float(np.mean([h["loss"] for h in res.history if h["epoch"] == e]))
+            for e in range(1, epochs + 1)
+        ]
         speed = float(np.median([h["crops_per_s"] for h in res.history[1:]] or [np.nan]))
-        results["runs"][name] = {"after": after, "seconds": seconds, "crops_per_s": speed,
-                                 "loss_per_epoch": per_epoch}
+        results["runs"][name] = {
+            "after": after,
+            "seconds": seconds,
+            "crops_per_s": speed,
+            "loss_per_epoch": per_epoch,
+        }
         curve = " ".join(f"{v:.3f}" for v in per_epoch)
-        print(f"  {name:8s}: k-NN {before:.3f} -> {after:.3f}; {seconds:.0f} s, median "
-              f"{speed:.0f} crops/s; loss per epoch: {curve}")
+        print(
+            f"  {name:8s}: k-NN {before:.3f} -> {after:.3f}; {seconds:.0f} s, median "
+            f"{speed:.0f} crops/s; loss per epoch: {curve}"
+        )
     ratio = results["runs"]["masked"]["crops_per_s"] / results["runs"]["no_mask"]["crops_per_s"]
     results["throughput_ratio_masked_over_no_mask"] = ratio
-    print(f"  training throughput masked / no-mask (same loop, same run): {ratio:.2f}  "
-          "target >= 0.8: " + ("MEETS" if ratio >= 0.8 else "MISSES"))
+    print(
+        f"  training throughput masked / no-mask (same loop, same run): {ratio:.2f}  "
+        "target >= 0.8: " + ("MEETS" if ratio >= 0.8 else "MISSES")
+    )
     OUT.mkdir(exist_ok=True)
     (OUT / "ssl_knn.json").write_text(json.dumps(results, indent=2))
     print(f"  figures: {OUT / 'ssl_knn.json'}")

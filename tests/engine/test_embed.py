@@ -327,8 +327,15 @@ def test_embed_stack__plane_by_plane_with_a_frame_column(encoder):
     labels[2, 20:30, 10:20] = 1
     labels[2, 2:8, 30:38] = 4
     calls = []
-    df = sr.embed_stack(image, labels, encoder, crop_size=CROP, normalize=FIXED, device="cpu",
-                        progress=lambda d, t: calls.append((d, t)))
+    df = sr.embed_stack(
+        image,
+        labels,
+        encoder,
+        crop_size=CROP,
+        normalize=FIXED,
+        device="cpu",
+        progress=lambda d, t: calls.append((d, t)),
+    )
     assert list(df.columns[:3]) == ["label", "frame", "centroid_y"]
     assert df[["label", "frame"]].values.tolist() == [[1, 0], [1, 2], [4, 2]]
     assert calls[-1] == (3, 3)

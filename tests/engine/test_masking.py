@@ -147,3 +147,39 @@ def test_masked_mean_pool__is_in_mask_mean_and_safe_on_empty_masks():
         sel = mask[b, 0].bool()
         torch.testing.assert_close(pooled[b], x[b][:, sel].mean(1))
     assert torch.equal(pooled[2], torch.zeros(4))
+
+
+def test_masked_batchnorm__hand_written_backward_passes_gradcheck():
+    from napari_segrep.engine.masking import _MaskedBatchNormFn
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 4, 7, 9, dtype=torch.float64, generator=g, requires_grad=True)
+    m = (torch.rand(3, 1, 7, 9, generator=g) > 0.5).double()
+    w = torch.randn(4, dtype=torch.float64, generator=g, requires_grad=True)
+    b = torch.randn(4, dtype=torch.float64, generator=g, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda x, w, b: _MaskedBatchNormFn.apply(x, m, w, b, m.sum(), 1e-5)[0], (x, w, b)
+    )
+
+
+def test_masked_batchnorm__gradients_match_autograd_of_the_direct_formula():
+    x, mask = _random_batch(6)
+    x.requires_grad_(True)
+    bn = MaskedBatchNorm2d(4).train()
+    with torch.no_grad():
+        bn.weight.copy_(torch.tensor([1.5, -0.5, 2.0, 0.3]))
+    upstream = torch.randn_like(x)
+    (bn(x, mask) * upstream).sum().backward()
+    ours = (x.grad.clone(), bn.weight.grad.clone(), bn.bias.grad.clone())
+
+    x2 = x.detach().clone().requires_grad_(True)
+    w2 = bn.weight.detach().clone().requires_grad_(True)
+    b2 = bn.bias.detach().clone().requires_grad_(True)
+    n = mask.sum()
+    mean = (x2 * mask).sum((0, 2, 3)) / n
+    var = (((x2 - mean[None, :, None, None]) * mask) ** 2).sum((0, 2, 3)) / n
+    y = (x2 - mean[None, :, None, None]) / torch.sqrt(var[None, :, None, None] + bn.eps)
+    y = (y * w2[None, :, None, None] + b2[None, :, None, None]) * mask
+    (y * upstream).sum().backward()
+    for a, b in zip(ours, (x2.grad, w2.grad, b2.grad), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

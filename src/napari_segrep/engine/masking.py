@@ -122,6 +122,12 @@ class MaskedBatchNorm2d(nn.BatchNorm2d):
         # Statistics in float32 whatever the autocast dtype: sums over many positions.
         xf = x.float()
         mf = torch.ones_like(xf[:, :1]) if mask is None else mask.float()
+        if not synced and mask is not None and self.affine:
+            count = mf.sum()
+            y, mean, var = _masked_bn_train(xf, mf, self.weight, self.bias, count, self.eps)
+            if self.track_running_stats:
+                self._update_running_stats(mean, var, count)
+            return y.to(x.dtype)
         if synced:
             mean, var, count = _synced_stats(xf, mf)
         else:
@@ -164,3 +170,47 @@ def _synced_stats(xf: Tensor, mf: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     mean = sums[:c] / n
     var = (sums[c : 2 * c] / n - mean * mean).clamp_min(0.0)
     return mean, var, count
+
+
+def _masked_bn_train(
+    x: Tensor, m: Tensor, weight: Tensor, bias: Tensor, count: Tensor, eps: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Training-mode masked BatchNorm, ``(y, mean, biased var)``, with a hand-written backward
+    (fewer passes over the activations than autograd through the elementwise ops)."""
+    y, mean, var = _MaskedBatchNormFn.apply(x, m, weight, bias, count, eps)
+    return y, mean.detach(), var.detach()
+
+
+class _MaskedBatchNormFn(torch.autograd.Function):
+    """y = ((x - mean) / sqrt(var + eps) * w + b) * m, with mean/var over in-mask positions.
+
+    Backward (n in-mask positions per channel, g the output gradient, gm = g * m)::
+
+        db = sum(gm),  dw = sum(gm * xhat)
+        dx = m * w / sqrt(var + eps) * (gm - db / n - xhat * dw / n)
+    """
+
+    @staticmethod
+    def forward(ctx, x, m, weight, bias, count, eps):  # noqa: D102
+        n = count.clamp_min(1.0)
+        mean = (x * m).sum(dim=(0, 2, 3)) / n
+        xhat = x - mean[None, :, None, None]
+        var = (xhat * xhat * m).sum(dim=(0, 2, 3)) / n
+        inv_std = torch.rsqrt(var + eps)
+        xhat.mul_(inv_std[None, :, None, None])
+        y = torch.addcmul(bias[None, :, None, None], xhat, weight[None, :, None, None]).mul_(m)
+        ctx.save_for_backward(xhat, m, weight, inv_std, n)
+        ctx.mark_non_differentiable(mean, var)
+        return y, mean, var
+
+    @staticmethod
+    def backward(ctx, grad, _grad_mean, _grad_var):  # noqa: D102
+        xhat, m, weight, inv_std, n = ctx.saved_tensors
+        gm = grad * m
+        db = gm.sum(dim=(0, 2, 3))
+        dw = (gm * xhat).sum(dim=(0, 2, 3))
+        dx = None
+        if ctx.needs_input_grad[0]:
+            dx = gm - (db / n)[None, :, None, None] - xhat * (dw / n)[None, :, None, None]
+            dx.mul_((weight * inv_std)[None, :, None, None]).mul_(m)
+        return dx, None, dw, db, None, None
