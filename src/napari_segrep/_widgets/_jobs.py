@@ -71,16 +71,18 @@ def start_job(
 
     report.message = relay.message.emit  # type: ignore[attr-defined]
 
-    worker = create_worker(call, report, stop.is_set, _start_thread=False)
-    job = Job(worker, stop, relay)
-
     def finished() -> None:
         bar.close()
         if on_done is not None:
             on_done()
 
-    worker.returned.connect(on_result)
-    worker.errored.connect(on_error)
-    worker.finished.connect(finished)
+    worker = create_worker(
+        call,
+        report,
+        stop.is_set,
+        _start_thread=False,
+        _connect={"returned": on_result, "errored": on_error, "finished": finished},
+    )
+    job = Job(worker, stop, relay)
     worker.start()
     return job

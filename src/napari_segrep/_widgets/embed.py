@@ -248,9 +248,10 @@ class EmbedSegmentsWidget(Container):
                 self.device_input.value = current
             self.refresh_models()
 
-        worker = create_worker(warm, _start_thread=False)
-        worker.returned.connect(done)
-        worker.errored.connect(lambda exc: None)
+        # A failed warm-up only means the defaults stay ("auto", "cpu"); Run reports real errors.
+        worker = create_worker(
+            warm, _start_thread=False, _ignore_errors=True, _connect={"returned": done}
+        )
         worker.start()
         self._warm_worker = worker
 
@@ -324,7 +325,6 @@ class EmbedSegmentsWidget(Container):
         self._set_running(False)
         if cancelled:
             self.status.value = "Cancelled: nothing was changed."
-        self._update_run_state() if cancelled else None
 
     def _on_error(self, exc: BaseException) -> None:
         from ..engine.embed import Cancelled
@@ -431,7 +431,7 @@ class EmbedSegmentsWidget(Container):
     # ------------------------------------------------------------------ colours
     def _label_colours(self, labels: np.ndarray) -> np.ndarray:
         cmap = self._original_colormap or self.labels_layer.colormap
-        return np.asarray([cmap.map(int(v)) for v in labels], float).reshape(-1, 4)
+        return np.asarray(cmap.map(np.asarray(labels)), float).reshape(-1, 4)
 
     def _cluster_colours(self, clusters: np.ndarray) -> np.ndarray:
         from napari.utils.colormaps import label_colormap
