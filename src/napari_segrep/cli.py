@@ -79,13 +79,29 @@ def get_arg_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser(
         "demo",
-        help="run the main job on generated sample cells (headless: writes a CSV)",
-        description="Generate a sample image of three classes of cells, embed every cell with an "
-        "untrained SegmentEncoder, and write demo.csv/demo.json plus the sample image and labels.",
+        help="open napari on generated cells with Embed segments running (or a headless demo)",
+        description="Open napari on a generated image of three classes of cells, with the Embed "
+        "segments widget docked and its run started. Without napari (or without a display), or "
+        "with --headless: embed the cells with an untrained SegmentEncoder and write "
+        "demo.csv/demo.json plus the sample image and labels.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    demo.add_argument("--out", type=Path, default=Path("segrep_demo"), help="output folder")
+    demo.add_argument("--headless", action="store_true", help="no viewer: write the CSV demo")
+    demo.add_argument(
+        "--out", type=Path, default=Path("segrep_demo"), help="output folder of the headless demo"
+    )
     demo.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    demo.add_argument(
+        "--quit-when-done",
+        action="store_true",
+        help="close the viewer once the UMAP map is shown (for scripts and tests)",
+    )
+    demo.add_argument(
+        "--screenshot",
+        type=Path,
+        default=None,
+        help="save a screenshot of the window once the map is shown, then close",
+    )
     demo.set_defaults(func=_cmd_demo)
     return parser
 
@@ -654,7 +670,32 @@ def _write_debug_views(images, labels, names, args, normalize) -> int:
     return 0
 
 
+def _viewer_possible() -> str | None:
+    """Why the napari demo can't run here (None when it can)."""
+    import importlib.util
+    import os
+
+    if importlib.util.find_spec("napari") is None:
+        return "napari is not installed (pip install 'napari-segrep[napari]')"
+    if sys.platform.startswith("linux") and not (
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    ):
+        return "no display (DISPLAY is not set)"
+    return None
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
+    if not args.headless:
+        why_not = _viewer_possible()
+        if why_not is None:
+            from ._widgets.demo import run_demo
+
+            return run_demo(quit_when_done=args.quit_when_done, screenshot=args.screenshot)
+        print(f"napari-segrep demo: {why_not}: running the headless demo instead", file=sys.stderr)
+    return _headless_demo(args)
+
+
+def _headless_demo(args: argparse.Namespace) -> int:
     import numpy as np
     import tifffile
 

@@ -196,7 +196,7 @@ def test_cli__help_documents_every_option():
 
 
 def test_cli_demo__runs_headless_and_writes_outputs(tmp_path, capsys):
-    assert _run("demo", "--out", tmp_path, "--device", "cpu") == 0
+    assert _run("demo", "--headless", "--out", tmp_path, "--device", "cpu") == 0
     df = pd.read_csv(tmp_path / "demo.csv")
     labels = tifffile.imread(tmp_path / "cells_labels.tif")
     assert list(df["label"]) == sorted(np.unique(labels[labels > 0]))

@@ -11,9 +11,9 @@ import pytest
 
 from napari_segrep._sample_data import make_cells
 
-from ..conftest import disc_labels
+from ..conftest import disc_labels, require_napari
 
-pytest.importorskip("napari")
+require_napari()
 
 from napari.utils._proxies import ReadOnlyWrapper  # noqa: E402
 from napari.utils.interactions import mouse_press_callbacks  # noqa: E402

@@ -383,8 +383,7 @@ class EmbedSegmentsWidget(Container):
         translate = np.asarray(layer.translate[-2:], float)
         c = np.nan_to_num(np.asarray(coords, float))
         lo, hi = c.min(0), c.max(0)
-        span = float(max((hi - lo).max(), 1e-9))
-        unit = (c - lo) / span  # keeps the map's aspect ratio
+        unit = (c - lo) / np.maximum(hi - lo, 1e-9)  # each axis fills the square
         height = h * scale[0]
         y = translate[0] + unit[:, 1] * height
         x = translate[1] + w * scale[1] * (1 + MAP_MARGIN) + unit[:, 0] * height
@@ -397,7 +396,7 @@ class EmbedSegmentsWidget(Container):
             features["frame"] = self.table["frame"].to_numpy()
         if "cluster" in self.table:
             features["cluster"] = self.table["cluster"].to_numpy()
-        size = max(self.labels_layer.data.shape[-2:]) / 80
+        size = self._point_size()
         if self.points_layer is None or self.points_layer not in self.viewer.layers:
             self.points_layer = self.viewer.add_points(
                 data,
@@ -419,6 +418,9 @@ class EmbedSegmentsWidget(Container):
             self.points_layer.metadata["map_method"] = method
         self._apply_colours()
         self._emphasise_frame()
+
+    def _point_size(self) -> float:
+        return max(self.labels_layer.data.shape[-2:]) * float(self.labels_layer.scale[-1]) / 50
 
     def _forget_results(self) -> None:
         self._unlink()
@@ -560,7 +562,7 @@ class EmbedSegmentsWidget(Container):
             return
         frame = self.viewer.dims.current_step[0]
         current = self.table["frame"].to_numpy() == frame
-        base = max(self.labels_layer.data.shape[-2:]) / 80
+        base = self._point_size()
         self.points_layer.size = np.where(current, base * 1.6, base * 0.6)
         colours = np.array(self.points_layer.face_color)
         colours[:, 3] = np.where(current, 1.0, 0.35)
