@@ -14,7 +14,6 @@ import argparse
 import time
 
 import numpy as np
-
 from _common import make_ellipse_labels, make_image, write_json
 
 

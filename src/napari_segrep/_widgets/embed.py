@@ -7,6 +7,7 @@ The widget only translates: layer data -> one engine/analysis call in a worker t
 from __future__ import annotations
 
 import threading
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,9 +58,15 @@ class EmbedSegmentsWidget(Container):
     ``run()`` (what Run calls) starts the embedding in a napari worker and returns it.
     """
 
+    #: Open widgets (Train SegRep finds them to offer its model and to re-embed).
+    instances: weakref.WeakSet = weakref.WeakSet()
+
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(labels=True)
+        EmbedSegmentsWidget.instances.add(self)
         self.viewer = viewer
+        self.previous_points: Points | None = None
+        self.agreement: float | None = None
         self.image_input = Select(
             label="image layer(s)",
             choices=self._image_choices,
@@ -309,6 +316,37 @@ class EmbedSegmentsWidget(Container):
         )
         return self.job.worker
 
+    def reembed_with_session_model(self):
+        """Embed again with the model trained in this session.  The current map is kept as its
+        own points layer ("... map (before)") and compared with the new one (neighbour
+        agreement, in the status and in the new layer's metadata).  Returns the worker."""
+        self.refresh_models()
+        self.model_input.value = MODEL_SESSION
+        if self.points_layer is not None and self.points_layer in self.viewer.layers:
+            self._unlink()
+            self.points_layer.name = f"{self.points_layer.name} (before)"
+            self.points_layer.selected_data = set()
+            self.previous_points = self.points_layer
+            self.points_layer = None
+        return self.run()
+
+    def _compare_with_previous(self) -> None:
+        from ..analysis.reduce import neighbour_agreement
+
+        before = self.previous_points
+        if before is None or before not in self.viewer.layers:
+            return
+        old = dict(zip(before.features["label"].tolist(), before.data.tolist(), strict=True))
+        labels = self.table["label"].tolist()
+        shared = [i for i, lab in enumerate(labels) if lab in old]
+        if len(shared) < 3:
+            return
+        a = np.array([old[labels[i]] for i in shared])
+        b = self.points_layer.data[shared]
+        self.agreement = neighbour_agreement(a, b, k=10)
+        self.points_layer.metadata["neighbour_agreement_with_before"] = self.agreement
+        self.status.value += f" | 10-NN agreement with the previous map: {self.agreement:.2f}"
+
     def cancel(self) -> None:
         """Stop the running embedding: layers and features stay exactly as before."""
         if self.job is not None:
@@ -357,6 +395,8 @@ class EmbedSegmentsWidget(Container):
         )
         if self.umap_input.value and n >= 4:
             self._start_umap(df.filter(regex=r"^emb_").to_numpy())
+        else:
+            self._compare_with_previous()
 
     def _start_umap(self, emb: np.ndarray) -> None:
         def call(progress, should_stop):
@@ -372,6 +412,7 @@ class EmbedSegmentsWidget(Container):
             self.map_model = map_model
             self._show_map(map_model.coords, "umap")
             self.status.value = f"{len(table)} segments embedded. Map: UMAP"
+            self._compare_with_previous()
 
         self.map_job = start_job(call, desc="UMAP map", on_result=done, on_error=self._on_error)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["MapModel", "pca_map", "umap_map", "warm_up_umap"]
+__all__ = ["MapModel", "neighbour_agreement", "pca_map", "umap_map", "warm_up_umap"]
 
 
 class MapModel:
@@ -78,13 +78,42 @@ def umap_map(
     return MapModel("umap", model, coords, mean, std)
 
 
-def warm_up_umap() -> None:
-    """Import umap and run a tiny fit so numba's JIT compilation (~20 s on a first run) is done
-    before the user's map is needed.  Call it from a background thread."""
+def warm_up_umap(*, large: bool = True) -> None:
+    """Import umap and run small fits so numba's JIT compilation is done before the user's map
+    is needed.  Call it from a background thread.
+
+    UMAP computes neighbours exactly below 4,096 rows and with pynndescent above, and each path
+    compiles on first use; ``large`` also warms the second path with a fit on 4,200
+    low-dimensional rows.
+    """
     rng = np.random.default_rng(0)
     umap_map(rng.normal(size=(40, 8)))
+    if large:
+        umap_map(rng.normal(size=(4200, 4)))
 
 
 class _Constant:
     def transform(self, z):
         return np.zeros((len(z), 2))
+
+
+def neighbour_agreement(a: np.ndarray, b: np.ndarray, *, k: int = 10) -> float:
+    """Mean fraction of each point's ``k`` nearest neighbours shared by two maps of the same
+    rows (1: same neighbourhoods; about k/N for unrelated maps)."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if a.shape != b.shape or len(a) < 2:
+        raise ValueError("both maps need the same rows (at least 2)")
+    k = min(k, len(a) - 1)
+
+    def knn(x):
+        d = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1) if len(x) <= 4000 else None
+        if d is None:
+            from sklearn.neighbors import NearestNeighbors
+
+            idx = NearestNeighbors(n_neighbors=k + 1).fit(x).kneighbors(x, return_distance=False)
+            return [set(row[1:]) for row in idx]
+        np.fill_diagonal(d, np.inf)
+        return [set(row) for row in np.argpartition(d, k, axis=1)[:, :k]]
+
+    na, nb = knn(a), knn(b)
+    return float(np.mean([len(x & y) / k for x, y in zip(na, nb, strict=True)]))

@@ -1,0 +1,424 @@
+"""The "Train SegRep" dock widget: self-supervised fine-tuning inside the viewer.
+
+Start calls ``run()``, which starts :func:`napari_segrep.train_ssl` in a napari worker.  Steps
+arrive in the GUI thread as messages (loss curve, status); the activity dock shows the step
+progress with its ETA.  Pause holds the worker between two steps; Stop writes a checkpoint and
+keeps the model, which **Embed segments** then offers as "model trained in this session".
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import weakref
+from pathlib import Path
+
+import napari
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    PushButton,
+    SpinBox,
+)
+from napari.layers import Image, Labels
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import QEvent, QObject, QPointF, Qt
+from qtpy.QtGui import QColor, QPainter, QPen
+from qtpy.QtWidgets import QMessageBox, QWidget
+
+from . import _session
+from ._jobs import Job, start_job
+
+__all__ = ["TrainSegRepWidget"]
+
+
+class LossCurve(QWidget):
+    """A minimal live line plot of the loss per step (no plotting dependency)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.values: list[float] = []
+        self.setMinimumHeight(110)
+
+    def clear(self) -> None:
+        self.values = []
+        self.update()
+
+    def add(self, value: float) -> None:
+        self.values.append(float(value))
+        self.update()
+
+    def paintEvent(self, event) -> None:  # noqa: N802 - Qt's name
+        painter = QPainter(self)
+        painter.fillRect(self.rect(), QColor(38, 41, 48))
+        painter.setPen(QColor(180, 180, 180))
+        finite = [v for v in self.values if np.isfinite(v)]
+        if not finite:
+            painter.drawText(self.rect(), Qt.AlignmentFlag.AlignCenter, "loss curve")
+            return
+        lo, hi = min(finite), max(finite)
+        span = hi - lo or 1.0
+        w, h, m = self.width(), self.height(), 14
+        painter.drawText(4, 12, f"{hi:.3f}")
+        painter.drawText(4, h - 3, f"{lo:.3f}")
+        n = max(len(self.values) - 1, 1)
+        points = [
+            QPointF(m + (w - 2 * m) * i / n, m + (h - 2 * m) * (1 - (v - lo) / span))
+            for i, v in enumerate(self.values)
+            if np.isfinite(v)
+        ]
+        painter.setPen(QPen(QColor(80, 200, 255), 2))
+        painter.drawPolyline(points)
+
+
+class _PairRow(Container):
+    def __init__(self, owner: TrainSegRepWidget) -> None:
+        super().__init__(layout="horizontal", labels=False)
+        self.image = ComboBox(choices=owner._image_choices, tooltip="image layer")
+        self.labels = ComboBox(choices=owner._labels_choices, tooltip="labels layer")
+        self.remove = PushButton(text="-", tooltip="remove this pair")
+        self.extend([self.image, self.labels, self.remove])
+        self.remove.changed.connect(lambda: owner.remove_pair(self))
+        self.image.changed.connect(owner._update_state)
+        self.labels.changed.connect(owner._update_state)
+
+
+class TrainSegRepWidget(Container):
+    """Fine-tune a SegmentEncoder on the segments of (image, labels) pairs."""
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        super().__init__(labels=True)
+        self.viewer = viewer
+        self.pairs = Container(labels=False, label="image / labels")
+        self.add_pair_button = PushButton(text="+ add an (image, labels) pair")
+        self.folder_input = FileEdit(
+            label="also a folder",
+            mode="d",
+            value="",
+            tooltip="optional: a folder with images/ and labels/",
+        )
+        self.loss_input = ComboBox(label="loss", choices=["tico", "ntxent", "vicreg"], value="tico")
+        self.optimizer_input = ComboBox(label="optimiser", choices=["lars", "adamw"], value="lars")
+        self.epochs_input = SpinBox(label="epochs", value=20, min=1, max=10_000)
+        self.batch_input = SpinBox(label="batch size", value=64, min=2, max=4096)
+        self.crop_input = SpinBox(label="crop size", value=64, min=8, max=512, step=8)
+        self.lr_input = FloatSpinBox(
+            label="learning rate (0: default)", value=0.0, min=0.0, max=1e6, step=0.0001
+        )
+        self.image_mask_input = CheckBox(label="image masking", value=True)
+        self.feature_mask_input = CheckBox(label="feature masking", value=True)
+        self.device_input = ComboBox(label="device", choices=["auto", "cpu"], value="auto")
+        default_dir = Path.home() / ".napari-segrep" / "runs" / time.strftime("%Y%m%d-%H%M%S")
+        self.checkpoint_dir_input = FileEdit(label="checkpoint folder", mode="d", value=default_dir)
+        self.resume_input = FileEdit(label="resume from", mode="r", value="", filter="*.pt")
+        self.start_button = PushButton(text="Start")
+        self.pause_button = PushButton(text="Pause", enabled=False)
+        self.stop_button = PushButton(text="Stop", enabled=False)
+        self.status = Label(value="")
+        self.reembed_button = PushButton(
+            text="Re-embed labels with the trained model", enabled=False
+        )
+        self.curve = LossCurve()
+        self.extend(
+            [
+                self.pairs,
+                self.add_pair_button,
+                self.folder_input,
+                self.loss_input,
+                self.optimizer_input,
+                self.epochs_input,
+                self.batch_input,
+                self.crop_input,
+                self.lr_input,
+                self.image_mask_input,
+                self.feature_mask_input,
+                self.device_input,
+                self.checkpoint_dir_input,
+                self.resume_input,
+                self.start_button,
+                self.pause_button,
+                self.stop_button,
+                self.status,
+            ]
+        )
+        self.native.layout().addWidget(self.curve)
+        self.append(self.reembed_button)
+
+        self.job: Job | None = None
+        self.result = None
+        self.history: list[dict] = []
+        self._resume = threading.Event()
+        self._resume.set()
+        self.add_pair_button.changed.connect(lambda: self.add_pair())
+        self.start_button.changed.connect(self.run)
+        self.pause_button.changed.connect(self.toggle_pause)
+        self.stop_button.changed.connect(self.stop)
+        self.reembed_button.changed.connect(lambda: self.reembed())
+        viewer.layers.events.inserted.connect(self._refresh)
+        viewer.layers.events.removed.connect(self._refresh)
+        self.add_pair()
+        self._close_guard = _CloseGuard(self)
+        self._guarded_window = None
+        self._refresh()
+
+    # ------------------------------------------------------------------ inputs
+    def _image_choices(self, _widget=None):
+        return [layer for layer in self.viewer.layers if isinstance(layer, Image)]
+
+    def _labels_choices(self, _widget=None):
+        return [layer for layer in self.viewer.layers if isinstance(layer, Labels)]
+
+    def add_pair(self) -> _PairRow:
+        row = _PairRow(self)
+        self.pairs.append(row)
+        return row
+
+    def remove_pair(self, row: _PairRow) -> None:
+        if len(self.pairs) > 1:
+            self.pairs.remove(row)
+
+    def _refresh(self, event=None) -> None:
+        self.reset_choices()
+        self._update_state()
+
+    def _update_state(self, *_) -> None:
+        if self.job is None:
+            self.status.value = self.validate() or "Ready."
+            self.start_button.enabled = self.validate() is None
+
+    def validate(self) -> str | None:
+        """Why Start is not possible now (None when it is)."""
+        try:
+            self._collect_arrays()
+        except ValueError as exc:
+            return str(exc)
+        return None
+
+    def _folder(self) -> Path | None:
+        value = self.folder_input.value
+        if value is None or str(value) in ("", "."):
+            return None
+        return Path(value)
+
+    def _collect_arrays(self):
+        images, labels = [], []
+        for row in self.pairs:
+            image_layer, labels_layer = row.image.value, row.labels.value
+            if image_layer is None or labels_layer is None:
+                continue
+            image, lab = np.asarray(image_layer.data), np.asarray(labels_layer.data)
+            shape = image.shape[:-1] if image_layer.rgb else image.shape
+            if shape != lab.shape:
+                raise ValueError(
+                    f"'{image_layer.name}' {shape} and '{labels_layer.name}' "
+                    f"{lab.shape} differ in shape."
+                )
+            if lab.ndim == 3:  # a stack: each plane is an image
+                images += list(image)
+                labels += list(lab)
+            else:
+                images.append(image)
+                labels.append(lab)
+        if not images and self._folder() is None:
+            raise ValueError("Choose an image and a labels layer (or a folder).")
+        return images, labels
+
+    # ------------------------------------------------------------------ run
+    def run(self):
+        """Start training; returns the napari worker."""
+        if self.job is not None:
+            raise RuntimeError("Training is already running.")
+        images, labels = self._collect_arrays()
+        folder = self._folder()
+        checkpoint_dir = Path(self.checkpoint_dir_input.value)
+        resume = self.resume_input.value
+        resume = Path(resume) if resume is not None and str(resume) not in ("", ".") else None
+        options = {
+            "epochs": int(self.epochs_input.value),
+            "batch_size": int(self.batch_input.value),
+            "crop_size": int(self.crop_input.value),
+            "loss": self.loss_input.value,
+            "optimizer": self.optimizer_input.value,
+            "lr": float(self.lr_input.value) or None,
+            "image_masking": bool(self.image_mask_input.value),
+            "feature_masking": bool(self.feature_mask_input.value),
+            "device": self.device_input.value,
+        }
+        resume_event = self._resume
+
+        def call(progress, should_stop):
+            from ..engine.training import train_ssl
+
+            all_images, all_labels = list(images), list(labels)
+            if folder is not None:
+                from ..cli import read_image
+                from ..engine.dataset import pair_files
+
+                for image_path, label_path in pair_files(data_dir=folder):
+                    all_images.append(read_image(image_path))
+                    all_labels.append(read_image(label_path))
+
+            def on_step(record):
+                progress(record["step"], record["total_steps"])
+                progress.message(record)
+                while not resume_event.is_set() and not should_stop():
+                    time.sleep(0.05)  # paused between two steps
+
+            return train_ssl(
+                all_images,
+                all_labels,
+                checkpoint_dir=checkpoint_dir,
+                resume=resume,
+                on_step=on_step,
+                should_stop=should_stop,
+                **options,
+            )
+
+        window = self.native.window()  # napari's main window once docked
+        if id(window) != self._guarded_window:  # an id, not a reference: no cycle to the viewer
+            window.installEventFilter(self._close_guard)
+            self._guarded_window = id(window)
+        self.history = []
+        self.curve.clear()
+        self._resume.set()
+        self.status.value = "Starting (loading data, building the model)..."
+        self._set_running(True)
+        self.job = start_job(
+            call,
+            desc="Training SegRep",
+            on_result=self._on_trained,
+            on_error=self._on_error,
+            on_done=self._on_done,
+            on_message=self._on_step,
+        )
+        return self.job.worker
+
+    def toggle_pause(self) -> None:
+        """Pause between two steps, or resume."""
+        if self.job is None:
+            return
+        if self._resume.is_set():
+            self._resume.clear()
+            self.pause_button.text = "Resume"
+            self.status.value = "Paused."
+        else:
+            self._resume.set()
+            self.pause_button.text = "Pause"
+            self.status.value = "Resumed."
+
+    @property
+    def paused(self) -> bool:
+        return self.job is not None and not self._resume.is_set()
+
+    def stop(self) -> None:
+        """Stop after the current step: a checkpoint is written and the model kept."""
+        if self.job is not None:
+            self.job.cancel()
+            self._resume.set()
+            self.status.value = "Stopping: writing a checkpoint..."
+
+    def _set_running(self, running: bool) -> None:
+        self.start_button.enabled = not running
+        self.pause_button.enabled = running
+        self.stop_button.enabled = running
+        self.pause_button.text = "Pause"
+
+    def _on_step(self, record: dict) -> None:
+        self.history.append(record)
+        self.curve.add(record["loss"])
+        self.status.value = (
+            f"epoch {record['epoch']}, step {record['step']}/"
+            f"{record['total_steps']}: loss {record['loss']:.4f} "
+            f"({record['crops_per_s']:.0f} crops/s)"
+        )
+
+    def _on_trained(self, result) -> None:
+        self.result = result
+        _session.trained_encoder = result.encoder
+        for widget in _embed_widgets(self.viewer):
+            widget.refresh_models()
+        self.reembed_button.enabled = True
+        how = "stopped" if result.stopped else "finished"
+        self.status.value = (
+            f"Training {how} after {len(result.history)} steps; checkpoint "
+            f"{result.checkpoint_path}. The model is available in Embed "
+            "segments."
+        )
+        show_info(f"SegRep training {how}: checkpoint {result.checkpoint_path}")
+
+    def _on_error(self, exc: BaseException) -> None:
+        self.status.value = f"Error: {exc}"
+        show_error(f"Train SegRep: {exc}")
+
+    def _on_done(self) -> None:
+        self.job = None
+        self._set_running(False)
+        self._resume.set()
+        self.start_button.enabled = self.validate() is None
+
+    def reembed(self):
+        """Re-embed the chosen labels layer with the trained model (in Embed segments, which is
+        docked if needed); the previous map is kept for comparison.  Returns the worker."""
+        if _session.trained_encoder is None:
+            raise RuntimeError("Train a model first.")
+        widgets = _embed_widgets(self.viewer)
+        if widgets:
+            widget = widgets[0]
+        else:
+            _, widget = self.viewer.window.add_plugin_dock_widget("napari-segrep", "Embed segments")
+        row = self.pairs[0]
+        if row.labels.value is not None:
+            widget.labels_input.value = row.labels.value
+            widget.image_input.value = [row.image.value]
+        return widget.reembed_with_session_model()
+
+
+def _embed_widgets(viewer) -> list:
+    from .embed import EmbedSegmentsWidget
+
+    return [w for w in EmbedSegmentsWidget.instances if w.viewer is viewer]
+
+
+class _CloseGuard(QObject):
+    """Asks before napari closes during training; on yes, stops training (a checkpoint is
+    written atomically) and waits for it before letting the window close."""
+
+    def __init__(self, widget: TrainSegRepWidget) -> None:
+        super().__init__()
+        self._widget = weakref.ref(widget)
+        #: Answer used instead of the dialog (tests, scripts): True, False or None to ask.
+        self.answer: bool | None = None
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802 - Qt's name
+        widget = self._widget()
+        if event.type() != QEvent.Type.Close or widget is None or widget.job is None:
+            return False
+        answer = self.answer
+        if answer is None:
+            reply = QMessageBox.question(
+                None,
+                "Training is running",
+                "Stop training, save a checkpoint and close napari?",
+            )
+            answer = reply == QMessageBox.StandardButton.Yes
+        if not answer:
+            event.ignore()
+            return True
+        widget.stop()
+        _wait_until_idle(widget)
+        return False
+
+
+def _wait_until_idle(widget: TrainSegRepWidget, timeout_s: float = 120.0) -> None:
+    """Process events until the training job has finished and its results were delivered."""
+    from qtpy.QtWidgets import QApplication
+
+    t0 = time.time()
+    while widget.job is not None and time.time() - t0 < timeout_s:
+        QApplication.processEvents()
+        time.sleep(0.02)
