@@ -266,3 +266,52 @@ def test_embed_widget__umap_replaces_the_pca_map(make_napari_viewer, qtbot, smal
     assert points.metadata["map_method"] == "pca"
     qtbot.waitUntil(lambda: points.metadata["map_method"] == "umap", timeout=TIMEOUT_MS)
     assert widget.map_model.method == "umap" and len(points.data) == len(widget.table)
+
+
+def test_embed_widget__live_mode_paint_adds_erase_removes_untouched_rows_unchanged(
+    make_napari_viewer, qtbot, small_scene
+):
+    viewer, widget = _ready(make_napari_viewer, small_scene)
+    _run_and_wait(qtbot, widget)
+    labels_layer, points = viewer.layers["cells"], viewer.layers["cells map"]
+    before = widget.table.copy()
+    before_points = np.array(points.data)
+    widget.live_input.value = True
+    from scipy import ndimage
+
+    room = ndimage.distance_transform_edt(small_scene[1] == 0)
+    cy, cx = np.unravel_index(np.argmax(room), room.shape)  # the emptiest background spot
+    free = np.argwhere(disc_labels(small_scene[1].shape, [(cy, cx, 5)]) > 0)
+    assert (small_scene[1][tuple(free.T)] == 0).all()  # paint on background only
+    new_id = int(small_scene[1].max()) + 1
+    labels_layer.data_setitem(tuple(free.T), new_id)  # the labels layer's data API
+    qtbot.waitUntil(lambda: len(widget.table) == len(before) + 1, timeout=TIMEOUT_MS)
+    qtbot.waitUntil(lambda: widget.live_job is None, timeout=TIMEOUT_MS)
+    assert len(points.data) == len(before) + 1
+    assert new_id in set(labels_layer.features["label"])
+    assert list(points.features["label"]) == list(widget.table["label"])
+    old = widget.table[widget.table["label"] != new_id].reset_index(drop=True)
+    np.testing.assert_array_equal(
+        old.filter(like="emb_").to_numpy(), before.filter(like="emb_").to_numpy()
+    )  # bitwise
+    np.testing.assert_array_equal(np.asarray(points.data)[:-1], before_points)
+    expected = __import__("napari_segrep").embed_segments(
+        small_scene[0], np.where(labels_layer.data == new_id, new_id, 0), crop_size=32, device="cpu"
+    )
+    np.testing.assert_allclose(
+        widget.table[widget.table["label"] == new_id].filter(like="emb_").to_numpy(),
+        expected.filter(like="emb_").to_numpy(),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    # erase it again: its row and point go, nothing else changes
+    labels_layer.data_setitem(tuple(free.T), 0)
+    qtbot.waitUntil(lambda: len(widget.table) == len(before), timeout=TIMEOUT_MS)
+    qtbot.waitUntil(lambda: widget.live_job is None, timeout=TIMEOUT_MS)
+    np.testing.assert_array_equal(
+        widget.table.filter(like="emb_").to_numpy(), before.filter(like="emb_").to_numpy()
+    )
+    np.testing.assert_array_equal(np.asarray(points.data), before_points)
+    # refit: a full new map
+    widget.refit_map()
+    assert points.metadata["map_method"] == "pca" and len(points.data) == len(before)

@@ -6,7 +6,6 @@ The widget only translates: layer data -> one engine/analysis call in a worker t
 
 from __future__ import annotations
 
-import threading
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +24,9 @@ from magicgui.widgets import (
     SpinBox,
 )
 from napari.layers import Image, Labels, Points
-from napari.qt.threading import create_worker
 from napari.utils.colormaps import DirectLabelColormap
 from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import QObject, Signal
 
 from . import _session
 from ._jobs import Job, start_job
@@ -39,6 +38,7 @@ MODEL_IMAGENET = "ImageNet (local torch cache)"
 MODEL_FILE = "checkpoint file..."
 MODEL_SESSION = "model trained in this session"
 DIM_ALPHA = 0.15
+LIVE_DEBOUNCE_MS = 150
 MAP_MARGIN = 0.05
 
 
@@ -50,6 +50,10 @@ class _Inputs:
     stack: bool
     labels_layer: Labels
     image_layers: list[Image]
+
+
+class _WarmRelay(QObject):
+    ready = Signal(object)
 
 
 class EmbedSegmentsWidget(Container):
@@ -93,6 +97,8 @@ class EmbedSegmentsWidget(Container):
         self.selection_button = PushButton(text="New labels layer from selection", enabled=False)
         self.export_button = PushButton(text="Export CSV...", enabled=False)
         self.umap_input = CheckBox(label="UMAP map (PCA first)", value=True)
+        self.live_input = CheckBox(label="live: re-embed segments as they are painted", value=False)
+        self.refit_button = PushButton(text="Refit map", enabled=False)
         self.extend(
             [
                 self.image_input,
@@ -113,6 +119,8 @@ class EmbedSegmentsWidget(Container):
                 self.colour_by,
                 self.selection_button,
                 self.export_button,
+                self.live_input,
+                self.refit_button,
             ]
         )
         self.job: Job | None = None
@@ -132,6 +140,19 @@ class EmbedSegmentsWidget(Container):
         self.colour_by.changed.connect(self._apply_colours)
         self.selection_button.changed.connect(lambda: self.labels_from_selection())
         self.export_button.changed.connect(lambda: self.export_csv())
+        self.refit_button.changed.connect(lambda: self.refit_map())
+        self.live_input.changed.connect(self._on_live_toggled)
+        from qtpy.QtCore import QTimer
+
+        self._live_timer = QTimer()
+        self._live_timer.setSingleShot(True)
+        self._live_timer.setInterval(LIVE_DEBOUNCE_MS)
+        self._live_timer.timeout.connect(self._live_update)
+        self.live_job: Job | None = None
+        self._live_layer: Labels | None = None
+        self._snapshot: np.ndarray | None = None  # labels as last embedded
+        self._run_setup: dict | None = None  # encoder and parameters of the last run
+        self._map_box: tuple[np.ndarray, np.ndarray] | None = None
         for w in (self.image_input, self.labels_input, self.checkpoint_input):
             w.changed.connect(self._update_run_state)
         viewer.layers.events.inserted.connect(self._on_layers_changed)
@@ -235,32 +256,18 @@ class EmbedSegmentsWidget(Container):
     # ------------------------------------------------------------------ background warm-up
     def _start_warm_up(self) -> None:
         """Import torch, list working devices, look for ImageNet weights and compile UMAP's JIT
-        in a background thread, so the first Run and the first map don't wait for them."""
+        in a background thread, once per session, so the first Run and the first map don't
+        wait for them.  The result reaches the widget through a Qt signal (GUI thread)."""
+        self._warm_relay = _WarmRelay()
+        self._warm_relay.ready.connect(self._on_warm)
+        _session.start_warm_up(self._warm_relay)
 
-        def warm():
-            from ..analysis.reduce import warm_up_umap
-            from ..engine.embed import available_devices
-            from ..engine.encoder import imagenet_cache_path
-
-            devices = available_devices()
-            imagenet = imagenet_cache_path("resnet18").is_file()
-            _session.imagenet_available = imagenet
-            threading.Thread(target=warm_up_umap, daemon=True, name="umap-warm-up").start()
-            return devices
-
-        def done(devices):
-            current = self.device_input.value
-            self.device_input.choices = ["auto", *devices]
-            if current in self.device_input.choices:
-                self.device_input.value = current
-            self.refresh_models()
-
-        # A failed warm-up only means the defaults stay ("auto", "cpu"); Run reports real errors.
-        worker = create_worker(
-            warm, _start_thread=False, _ignore_errors=True, _connect={"returned": done}
-        )
-        worker.start()
-        self._warm_worker = worker
+    def _on_warm(self, devices) -> None:
+        current = self.device_input.value
+        self.device_input.choices = ["auto", *devices]
+        if current in self.device_input.choices:
+            self.device_input.value = current
+        self.refresh_models()
 
     # ------------------------------------------------------------------ run
     def run(self):
@@ -302,7 +309,14 @@ class EmbedSegmentsWidget(Container):
                 encoder = SegmentEncoder(in_channels=n_channels)
             embed = embed_stack if inputs.stack else embed_segments
             df = embed(image, labels, encoder, progress=progress, should_stop=should_stop, **params)
-            return df, pca_map(df.filter(regex=r"^emb_").to_numpy())
+            setup = {
+                "encoder": encoder,
+                "params": params,
+                "image": image,
+                "labels": labels,
+                "stack": inputs.stack,
+            }
+            return df, pca_map(df.filter(regex=r"^emb_").to_numpy()), setup
 
         self.status.value = "Embedding..."
         self._set_running(True)
@@ -373,12 +387,14 @@ class EmbedSegmentsWidget(Container):
         show_error(f"Embed segments: {exc}")
 
     # ------------------------------------------------------------------ results
-    def _on_embedded(self, labels_layer: Labels, df: pd.DataFrame, map_model) -> None:
+    def _on_embedded(self, labels_layer: Labels, df: pd.DataFrame, map_model, setup) -> None:
         if labels_layer not in self.viewer.layers:
             self.status.value = "The labels layer was removed during the run: nothing to show."
             return
         self._forget_results()
         self.labels_layer = labels_layer
+        self._run_setup = setup
+        self._snapshot = setup["labels"]
         self.table = df
         self.map_model = map_model
         features = df.copy()
@@ -387,8 +403,14 @@ class EmbedSegmentsWidget(Container):
         self._original_colormap = labels_layer.colormap
         self._show_map(map_model.coords, "pca")
         self._link()
-        for b in (self.cluster_button, self.selection_button, self.export_button):
+        for b in (
+            self.cluster_button,
+            self.selection_button,
+            self.export_button,
+            self.refit_button,
+        ):
             b.enabled = True
+        self._on_live_toggled()
         n = len(df)
         self.status.value = f"{n} segments embedded. Map: PCA" + (
             " (UMAP on its way...)" if self.umap_input.value and n >= 4 else ""
@@ -423,7 +445,9 @@ class EmbedSegmentsWidget(Container):
         scale = np.asarray(layer.scale[-2:], float)
         translate = np.asarray(layer.translate[-2:], float)
         c = np.nan_to_num(np.asarray(coords, float))
-        lo, hi = c.min(0), c.max(0)
+        if self._map_box is None:  # the box of the current map: new points land on the same map
+            self._map_box = (c.min(0), c.max(0))
+        lo, hi = self._map_box
         unit = (c - lo) / np.maximum(hi - lo, 1e-9)  # each axis fills the square
         height = h * scale[0]
         y = translate[0] + unit[:, 1] * height
@@ -431,6 +455,7 @@ class EmbedSegmentsWidget(Container):
         return np.stack([y, x], axis=1)
 
     def _show_map(self, coords: np.ndarray, method: str) -> None:
+        self._map_box = None  # a new map: its own box
         data = self.map_world_coordinates(coords)
         features = pd.DataFrame({"label": self.table["label"].to_numpy()})
         if "frame" in self.table:
@@ -464,6 +489,7 @@ class EmbedSegmentsWidget(Container):
         return max(self.labels_layer.data.shape[-2:]) * float(self.labels_layer.scale[-1]) / 50
 
     def _forget_results(self) -> None:
+        self._set_live_connection(None)
         self._unlink()
         if self.map_job is not None:
             self.map_job.cancel()
@@ -608,6 +634,116 @@ class EmbedSegmentsWidget(Container):
         colours = np.array(self.points_layer.face_color)
         colours[:, 3] = np.where(current, 1.0, 0.35)
         self.points_layer.face_color = colours
+
+    # ------------------------------------------------------------------ live embedding
+    def _set_live_connection(self, layer: Labels | None) -> None:
+        events = ("labels_update", "paint", "data")
+        if self._live_layer is not None:
+            for name in events:
+                getattr(self._live_layer.events, name).disconnect(self._on_labels_edited)
+        self._live_layer = layer
+        if layer is not None:
+            for name in events:
+                getattr(layer.events, name).connect(self._on_labels_edited)
+
+    def _on_live_toggled(self, *_) -> None:
+        usable = self.table is not None and self._run_setup is not None
+        usable = usable and not self._run_setup["stack"]
+        self._set_live_connection(self.labels_layer if self.live_input.value and usable else None)
+
+    def _on_labels_edited(self, event=None) -> None:
+        self._live_timer.start()  # debounced: one update after a burst of paint events
+
+    def _live_update(self) -> None:
+        """Re-embed only the segments whose pixels changed since the last embedding."""
+        if self.labels_layer is None or self._snapshot is None or self.job is not None:
+            return
+        if self.live_job is not None:  # one at a time: try again when it is done
+            self._live_timer.start()
+            return
+        current = np.array(self.labels_layer.data, copy=True)
+        if current.shape != self._snapshot.shape:
+            return
+        changed = current != self._snapshot
+        if not changed.any():
+            return
+        touched = np.union1d(current[changed], self._snapshot[changed])
+        touched = touched[touched > 0]
+        present = np.intersect1d(touched, current[np.isin(current, touched)])
+        removed = np.setdiff1d(touched, present)
+        setup = self._run_setup
+
+        def call(progress, should_stop):
+            from ..engine.embed import embed_segments
+
+            if not present.size:
+                return None
+            subset = np.where(np.isin(current, present), current, 0)
+            return embed_segments(setup["image"], subset, setup["encoder"], **setup["params"])
+
+        self.live_job = start_job(
+            call,
+            desc="Live embedding",
+            on_result=lambda df: self._apply_live_result(df, removed, current),
+            on_error=self._on_error,
+            on_done=self._on_live_done,
+        )
+
+    def _on_live_done(self) -> None:
+        self.live_job = None
+
+    def _apply_live_result(
+        self, df: pd.DataFrame | None, removed: np.ndarray, labels_now: np.ndarray
+    ) -> None:
+        """Replace the rows and points of re-embedded segments, add new ones, drop deleted ones;
+        every other row and point stays as it was.  New points are placed with the current
+        map's ``transform`` (no refit)."""
+        if self.table is None or self.points_layer is None:
+            return
+        table, points = self.table, self.points_layer
+        redone = df["label"].to_numpy() if df is not None else np.empty(0, np.int64)
+        keep = ~np.isin(table["label"].to_numpy(), np.union1d(redone, removed))
+        new_rows = df if df is not None else table.iloc[:0]
+        if "cluster" in table and df is not None:
+            new_rows = new_rows.assign(cluster=0)
+        new_xy = np.empty((0, 2))
+        if len(new_rows):
+            coords = self.map_model.transform(new_rows.filter(regex=r"^emb_").to_numpy())
+            new_xy = self.map_world_coordinates(coords)
+        merged = pd.concat([table[keep], new_rows], ignore_index=True)
+        order = np.argsort(merged["label"].to_numpy(), kind="stable")
+        self.table = merged.iloc[order].reset_index(drop=True)
+        self._snapshot = labels_now
+        features = self.table.copy()
+        features.insert(0, "index", self.table["label"].to_numpy())
+        self.labels_layer.features = features
+        point_features = pd.DataFrame({"label": self.table["label"].to_numpy()})
+        if "cluster" in self.table:
+            point_features["cluster"] = self.table["cluster"].to_numpy()
+        self._syncing = True
+        try:
+            points.selected_data = set()
+            points.data = np.concatenate([np.asarray(points.data)[keep], new_xy])[order]
+            points.features = point_features
+        finally:
+            self._syncing = False
+        self._apply_colours()
+        self.status.value = (
+            f"Live: {len(new_rows)} segment(s) embedded, {len(removed)} removed;"
+            f" {len(self.table)} in the map ('Refit map' refits it)."
+        )
+
+    def refit_map(self) -> None:
+        """Fit the 2D map again on all current embeddings (PCA now, then UMAP if chosen)."""
+        from ..analysis.reduce import pca_map
+
+        if self.table is None:
+            raise RuntimeError("Run the embedding first.")
+        emb = self.table.filter(regex=r"^emb_").to_numpy()
+        self.map_model = pca_map(emb)
+        self._show_map(self.map_model.coords, "pca")
+        if self.umap_input.value and len(emb) >= 4:
+            self._start_umap(emb)
 
     # ------------------------------------------------------------------ clusters, selection, CSV
     def cluster(self) -> np.ndarray:
