@@ -31,8 +31,10 @@ def main() -> None:
 
     t = time.perf_counter()
     warm_up_umap()
-    print("map_timing  (xvfb-run -a python benchmarks/map_timing.py"
-          f"{' --quick' if args.quick else ''})")
+    print(
+        "map_timing  (xvfb-run -a python benchmarks/map_timing.py"
+        f"{' --quick' if args.quick else ''})"
+    )
     print(f"  UMAP JIT warm-up (first use in a process): {time.perf_counter() - t:.1f} s")
     results = {}
     app = None
@@ -62,13 +64,21 @@ def main() -> None:
         t1 = time.perf_counter()
         umap_map(emb)
         umap_alone = time.perf_counter() - t1
-        results[n_found] = {"run_to_pca_map_s": first, "run_to_umap_map_s": umap_done,
-                            "umap_fit_after_warm_up_s": umap_alone}
-        print(f"  {n_found:6d} segments ({side}x{side}): Run -> PCA map {first:.1f} s, "
-              f"Run -> UMAP map {umap_done:.1f} s; UMAP fit alone (after warm-up) "
-              f"{umap_alone:.1f} s" + ("   target <= 15 s: " + ("MEETS" if umap_alone <= 15
-                                                              else "MISSES")
-                                      if n_found >= 10000 else ""))
+        results[n_found] = {
+            "run_to_pca_map_s": first,
+            "run_to_umap_map_s": umap_done,
+            "umap_fit_after_warm_up_s": umap_alone,
+        }
+        print(
+            f"  {n_found:6d} segments ({side}x{side}): Run -> PCA map {first:.1f} s, "
+            f"Run -> UMAP map {umap_done:.1f} s; UMAP fit alone (after warm-up) "
+            f"{umap_alone:.1f} s"
+            + (
+                "   target <= 15 s: " + ("MEETS" if umap_alone <= 15 else "MISSES")
+                if n_found >= 10000
+                else ""
+            )
+        )
     write_json("map_timing", results)
 
 

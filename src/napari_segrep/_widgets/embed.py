@@ -340,6 +340,9 @@ class EmbedSegmentsWidget(Container):
             self._unlink()
             self.points_layer.name = f"{self.points_layer.name} (before)"
             self.points_layer.selected_data = set()
+            # below the new map, so both stay in view
+            h = self.labels_layer.data.shape[-2] * float(self.labels_layer.scale[-2])
+            self.points_layer.translate = (h * (1 + MAP_MARGIN), 0)
             self.previous_points = self.points_layer
             self.points_layer = None
         return self.run()
