@@ -52,6 +52,10 @@ def main() -> None:
     wait(lambda: widget.job is None and widget.table is not None)
     full = time.perf_counter() - t0
     n = len(widget.table)
+    import threading
+
+    # Users paint after the one-off background warm-up (torch, devices, UMAP's JIT) is over.
+    wait(lambda: not any(t.name == "napari-segrep warm-up" for t in threading.enumerate()))
     widget.live_input.value = True
     room = ndimage.distance_transform_edt(np.asarray(layer.data) == 0)
     spots = np.argwhere(room >= 7)

@@ -39,6 +39,17 @@ def emb(df):
     return df.filter(regex=r"^emb_").to_numpy()
 
 
+@pytest.fixture()
+def one_torch_thread():
+    """Run a test with one torch intra-op thread (restored afterwards)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def scene():
     """A 96x96 float image with 6 segments, two of them touching."""

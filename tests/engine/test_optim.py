@@ -12,15 +12,8 @@ from torchvision.models import resnet18
 
 from napari_segrep.engine.optim import LARS, param_groups_for_lars, warmup_cosine_schedule
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These problems are tiny: intra-op threads only add synchronisation (100x slower on a
-    busy 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny problems: intra-op threads only add synchronisation (100x slower on a busy machine).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --------------------------------------------------------------------------------------------

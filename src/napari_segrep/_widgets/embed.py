@@ -90,6 +90,7 @@ class EmbedSegmentsWidget(Container):
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.status = Label(value="")
+        self.status.native.setWordWrap(True)  # long messages must not widen the dock
         self.cluster_method = ComboBox(label="clustering", choices=["kmeans", "hdbscan"])
         self.cluster_k = SpinBox(label="k (kmeans)", value=5, min=1, max=200)
         self.cluster_button = PushButton(text="Cluster", enabled=False)
@@ -309,9 +310,19 @@ class EmbedSegmentsWidget(Container):
                 encoder = SegmentEncoder(in_channels=n_channels)
             embed = embed_stack if inputs.stack else embed_segments
             df = embed(image, labels, encoder, progress=progress, should_stop=should_stop, **params)
+            live_params = dict(params)
+            if params["normalize"] == "image" and not inputs.stack:
+                # Live updates reuse the image's percentiles instead of recomputing them: the
+                # same numbers, without a pass over the whole image per paint stroke.
+                from ..engine.segments import resolve_normalization
+
+                norm = resolve_normalization(
+                    as_channels_first(image, channel_axis=params["channel_axis"]), "image"
+                )
+                live_params["normalize"] = (norm.low, norm.high)
             setup = {
                 "encoder": encoder,
-                "params": params,
+                "params": live_params,
                 "image": image,
                 "labels": labels,
                 "stack": inputs.stack,

@@ -120,6 +120,7 @@ class TrainSegRepWidget(Container):
         self.pause_button = PushButton(text="Pause", enabled=False)
         self.stop_button = PushButton(text="Stop", enabled=False)
         self.status = Label(value="")
+        self.status.native.setWordWrap(True)  # long messages must not widen the dock
         self.reembed_button = PushButton(
             text="Re-embed labels with the trained model", enabled=False
         )
