@@ -100,6 +100,10 @@ def test_embed_widget__linking_both_ways(make_napari_viewer, qtbot, small_scene,
     event = ReadOnlyWrapper(MouseEvent(type="mouse_press", position=(yy[0], xx[0])))
     mouse_press_callbacks(labels_layer, event)
     assert set(points.selected_data) == {1} and labels_layer.selected_label == target
+    # hovering a point: its label (and cluster) in the status bar
+    status = points.get_status(tuple(points.data[2]), world=True)
+    text = status["coordinates"] if isinstance(status, dict) else str(status)
+    assert f"label: {table_labels[2]}" in text
     # clearing restores the normal view
     points.selected_data = set()
     assert labels_layer.colormap.map(table_labels[1])[3] == pytest.approx(1.0)

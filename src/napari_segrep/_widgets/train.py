@@ -163,9 +163,20 @@ class TrainSegRepWidget(Container):
         viewer.layers.events.inserted.connect(self._refresh)
         viewer.layers.events.removed.connect(self._refresh)
         self.add_pair()
+        from .embed import _WarmRelay
+
+        self._warm_relay = _WarmRelay()
+        self._warm_relay.ready.connect(self._on_devices)
+        _session.start_warm_up(self._warm_relay)
         self._close_guard = _CloseGuard(self)
         self._guarded_window = None
         self._refresh()
+
+    def _on_devices(self, devices) -> None:
+        current = self.device_input.value
+        self.device_input.choices = ["auto", *devices]
+        if current in self.device_input.choices:
+            self.device_input.value = current
 
     # ------------------------------------------------------------------ inputs
     def _image_choices(self, _widget=None):
