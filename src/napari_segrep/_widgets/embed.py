@@ -91,6 +91,7 @@ class EmbedSegmentsWidget(Container):
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.status = Label(value="")
         self.status.native.setWordWrap(True)  # long messages must not widen the dock
+        self.status.native.setMinimumHeight(48)
         self.cluster_method = ComboBox(label="clustering", choices=["kmeans", "hdbscan"])
         self.cluster_k = SpinBox(label="k (kmeans)", value=5, min=1, max=200)
         self.cluster_button = PushButton(text="Cluster", enabled=False)

@@ -121,6 +121,7 @@ class TrainSegRepWidget(Container):
         self.stop_button = PushButton(text="Stop", enabled=False)
         self.status = Label(value="")
         self.status.native.setWordWrap(True)  # long messages must not widen the dock
+        self.status.native.setMinimumHeight(48)
         self.reembed_button = PushButton(
             text="Re-embed labels with the trained model", enabled=False
         )
@@ -199,9 +200,12 @@ class TrainSegRepWidget(Container):
         self._update_state()
 
     def _update_state(self, *_) -> None:
-        if self.job is None:
-            self.status.value = self.validate() or "Ready."
-            self.start_button.enabled = self.validate() is None
+        if self.job is not None:
+            return
+        why = self.validate()
+        self.start_button.enabled = why is None
+        if why is not None or self.result is None:  # keep the last run's outcome on show
+            self.status.value = why or "Ready."
 
     def validate(self) -> str | None:
         """Why Start is not possible now (None when it is)."""
