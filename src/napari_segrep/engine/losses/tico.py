@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..distributed import gather
+from ._views import paired_views
 
 __all__ = ["TiCoLoss"]
 
@@ -101,17 +101,11 @@ class TiCoLoss(nn.Module):
 
     def forward(self, z_a: Tensor, z_b: Tensor) -> Tensor:
         """TiCo loss of two ``(N, D)`` views; a scalar.  Updates ``C`` in training mode."""
-        if z_a.ndim != 2 or z_a.shape != z_b.shape:
-            raise ValueError(
-                f"z_a and z_b must be (N, D) of the same shape, got {tuple(z_a.shape)} "
-                f"and {tuple(z_b.shape)}"
-            )
+        z_a, z_b = paired_views(z_a, z_b, gather_distributed=self.gather_distributed)
         if z_a.shape[1] != self.dim:
             raise ValueError(f"embeddings have dimension {z_a.shape[1]}, the loss {self.dim}")
         if z_a.shape[0] < 1:
             raise ValueError("empty batch")
-        if self.gather_distributed:
-            z_a, z_b = gather(z_a), gather(z_b)
 
         dtype = torch.promote_types(z_a.dtype, self.C.dtype)
         z_a = F.normalize(z_a.to(dtype), dim=1)

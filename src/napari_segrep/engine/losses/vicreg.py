@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..distributed import gather
+from ._views import paired_views
 
 __all__ = ["VICRegLoss"]
 
@@ -101,13 +101,7 @@ class VICRegLoss(nn.Module):
 
     def forward(self, z_a: Tensor, z_b: Tensor) -> Tensor:
         """VICReg loss of two ``(N, D)`` views; a scalar."""
-        if z_a.ndim != 2 or z_a.shape != z_b.shape:
-            raise ValueError(
-                f"z_a and z_b must be (N, D) of the same shape, got {tuple(z_a.shape)} "
-                f"and {tuple(z_b.shape)}"
-            )
-        if self.gather_distributed:
-            z_a, z_b = gather(z_a), gather(z_b)
+        z_a, z_b = paired_views(z_a, z_b, gather_distributed=self.gather_distributed)
         if z_a.shape[0] < 2:
             raise ValueError(f"VICReg needs at least 2 samples (variance), got {z_a.shape[0]}")
 
