@@ -380,7 +380,7 @@ def run_embedding(
     from .engine.checkpoint import check_writable_dir, file_sha256, load_encoder
     from .engine.embed import embed_segments, resolve_device
     from .engine.encoder import SegmentEncoder
-    from .engine.segments import as_channels_first, resolve_normalization
+    from .engine.segments import as_channels_first
 
     check_writable_dir(output.parent if str(output.parent) else Path("."))
     if checkpoint is not None:
@@ -406,7 +406,6 @@ def run_embedding(
     finally:
         bar.close()
     seconds = time.perf_counter() - t0
-    norm = resolve_normalization(as_channels_first(image, channel_axis=channel_axis), normalize)
     provenance = {
         "package": "napari-segrep",
         "package_version": __version__,
@@ -419,7 +418,7 @@ def run_embedding(
         "encoder": encoder.config(),
         "checkpoint": str(checkpoint) if checkpoint else None,
         "checkpoint_sha256": file_sha256(checkpoint) if checkpoint else None,
-        "normalization": norm.describe(),
+        "normalization": df.attrs.get("normalization"),
         "crop_size": crop_size,
         "batch_size": batch_size,
         "channel_axis": channel_axis,

@@ -148,7 +148,8 @@ def embed_segments(
     pandas.DataFrame
         One row per non-zero label, ascending: ``label`` (int64), ``centroid_y``, ``centroid_x``,
         ``area``, ``bbox_y0``, ``bbox_x0``, ``bbox_y1``, ``bbox_x1`` (half-open), ``scale``,
-        ``emb_0 ... emb_{D-1}`` (float32).
+        ``emb_0 ... emb_{D-1}`` (float32).  ``attrs["normalization"]`` records the
+        normalisation used (mode and values).
 
     Examples
     --------
@@ -225,7 +226,9 @@ def embed_segments(
     result = table.geometry
     result["scale"] = scales
     emb = pd.DataFrame(out, columns=embedding_columns(encoder.embedding_dim), index=result.index)
-    return pd.concat([result, emb], axis=1)
+    out = pd.concat([result, emb], axis=1)
+    out.attrs["normalization"] = norm.describe()  # what was used, for provenance
+    return out
 
 
 def _positive_int(value, name: str) -> int:
