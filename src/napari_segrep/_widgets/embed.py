@@ -202,18 +202,20 @@ class EmbedSegmentsWidget(Container):
         running = self.job is not None
         why = self.validate()
         self.run_button.enabled = why is None and not running
-        if not running:
+        if not running and (why is not None or self.table is None):  # else keep the results
             self.status.value = why or "Ready."
 
     def validate(self) -> str | None:
         """Why Run is not possible now (None when it is)."""
         try:
-            self._collect_inputs()
+            self._collect_inputs(build=False)
         except ValueError as exc:
             return str(exc)
         return None
 
-    def _collect_inputs(self) -> _Inputs:
+    def _collect_inputs(self, *, build: bool = True) -> _Inputs:
+        """The run's inputs; ``ValueError`` with the reason when they don't fit.  With
+        ``build=False`` (validation on every layer event) channels are not stacked."""
         labels_layer = self.labels_input.value
         images = list(self.image_input.value or [])
         if labels_layer is None:
@@ -246,7 +248,7 @@ class EmbedSegmentsWidget(Container):
             raise ValueError("Choose a checkpoint file.")
         stack = labels.ndim == 3
         if len(images) > 1:
-            image = np.stack(arrays, axis=-1)
+            image = np.stack(arrays, axis=-1) if build else None
             channel_axis = 2
         else:
             image = arrays[0]
