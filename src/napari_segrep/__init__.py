@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 # public name -> module that defines it
 _LAZY = {
@@ -17,9 +17,9 @@ _LAZY = {
     "embed_segments": "napari_segrep.engine.embed",
     "embed_stack": "napari_segrep.engine.embed",
     "train_ssl": "napari_segrep.engine.training",
-    "TrainingDiverged": "napari_segrep.engine.training",
-    "resolve_device": "napari_segrep.engine.embed",
-    "Cancelled": "napari_segrep.engine.embed",
+    "TrainingDiverged": "napari_segrep.errors",
+    "resolve_device": "napari_segrep.engine.devices",
+    "Cancelled": "napari_segrep.errors",
     "save_encoder": "napari_segrep.engine.checkpoint",
     "load_encoder": "napari_segrep.engine.checkpoint",
     "write_table": "napari_segrep.analysis.export",
@@ -42,9 +42,11 @@ __all__ = [
 if TYPE_CHECKING:  # pragma: no cover
     from .analysis.export import write_table
     from .engine.checkpoint import load_encoder, save_encoder
-    from .engine.embed import Cancelled, embed_segments, embed_stack, resolve_device
+    from .engine.devices import resolve_device
+    from .engine.embed import embed_segments, embed_stack
     from .engine.encoder import SegmentEncoder
-    from .engine.training import TrainingDiverged, train_ssl
+    from .engine.training import train_ssl
+    from .errors import Cancelled, TrainingDiverged
 
 
 def __getattr__(name: str):

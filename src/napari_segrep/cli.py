@@ -40,7 +40,7 @@ def get_arg_parser() -> argparse.ArgumentParser:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    from . import __version__
+    from ._version import __version__
 
     parser.add_argument("--version", action="version", version=f"napari-segrep {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -318,24 +318,6 @@ def _parse_normalize(text: str):
     )
 
 
-def read_image(path: Path):
-    """Read TIFF with tifffile, PNG/JPEG (and anything else imageio knows) with imageio."""
-    import numpy as np
-
-    if not path.is_file():
-        raise CLIError(f"{path} does not exist")
-    try:
-        if path.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
-
-            return np.asarray(tifffile.imread(path))
-        import imageio.v3 as iio
-
-        return np.asarray(iio.imread(path))
-    except Exception as exc:  # noqa: BLE001 - any reader failure is a user-facing error
-        raise CLIError(f"cannot read {path} as an image: {exc}") from None
-
-
 class _ProgressBar:
     """tqdm on stderr, fed by embed_segments' progress(done, total)."""
 
@@ -373,21 +355,15 @@ def run_embedding(
     inputs: dict | None = None,
 ):
     """Embed, then write ``output`` and its sidecar.  Checks the output folder first."""
-    import torch
-
-    from . import __version__
-    from .analysis.export import write_table
-    from .engine.checkpoint import check_writable_dir, file_sha256, load_encoder
-    from .engine.embed import embed_segments, resolve_device
-    from .engine.encoder import SegmentEncoder
+    from .analysis.export import provenance, write_table
+    from .engine.devices import resolve_device
+    from .engine.embed import embed_segments, encoder_for
     from .engine.segments import as_channels_first
+    from .io import check_writable_dir
 
     check_writable_dir(output.parent if str(output.parent) else Path("."))
-    if checkpoint is not None:
-        encoder = load_encoder(checkpoint)
-    else:
-        n_channels = as_channels_first(image, channel_axis=channel_axis).shape[0]
-        encoder = SegmentEncoder(backbone, in_channels=n_channels, seed=seed)
+    n_channels = as_channels_first(image, channel_axis=channel_axis).shape[0]
+    encoder = encoder_for(checkpoint, in_channels=n_channels, backbone=backbone, seed=seed)
     dev = resolve_device(device)
     bar = _ProgressBar("embedding", disable=quiet)
     t0 = time.perf_counter()
@@ -406,33 +382,29 @@ def run_embedding(
     finally:
         bar.close()
     seconds = time.perf_counter() - t0
-    provenance = {
-        "package": "napari-segrep",
-        "package_version": __version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "command": "embed",
-        "inputs": inputs or {},
-        "image_shape": list(image.shape),
-        "image_dtype": str(image.dtype),
-        "n_segments": int(len(df)),
-        "encoder": encoder.config(),
-        "checkpoint": str(checkpoint) if checkpoint else None,
-        "checkpoint_sha256": file_sha256(checkpoint) if checkpoint else None,
-        "normalization": df.attrs.get("normalization"),
-        "crop_size": crop_size,
-        "batch_size": batch_size,
-        "channel_axis": channel_axis,
-        "seed": encoder.seed,
-        "device": str(dev),
-        "torch_version": torch.__version__,
-        "seconds": round(seconds, 3),
-    }
-    write_table(df, output, provenance=provenance)
+    sidecar = provenance(
+        command="embed",
+        encoder_config=encoder.config(),
+        n_segments=len(df),
+        normalization=df.attrs.get("normalization"),
+        crop_size=crop_size,
+        batch_size=batch_size,
+        channel_axis=channel_axis,
+        device=str(dev),
+        inputs=inputs or {},
+        checkpoint=checkpoint,
+        seconds=seconds,
+        image_shape=list(image.shape),
+        image_dtype=str(image.dtype),
+    )
+    write_table(df, output, provenance=sidecar)
     return df, seconds
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:
     normalize = _parse_normalize(args.normalize)
+    from .io import read_image
+
     image = read_image(args.image)
     labels = read_image(args.labels)
     df, seconds = run_embedding(
@@ -477,7 +449,7 @@ def _relaunch_under_torchrun(n: int) -> int:
 
 
 def _load_pairs(args: argparse.Namespace):
-    from .engine.dataset import pair_files
+    from .io import pair_files, read_image
 
     pairs = pair_files(args.images, args.labels, data_dir=args.data)
     images, labels, names = [], [], []
@@ -500,7 +472,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     if args.devices > 1 and "WORLD_SIZE" not in os.environ:
         return _relaunch_under_torchrun(args.devices)
-    from .engine.checkpoint import check_writable_dir
+    from .io import check_writable_dir
 
     normalize = _parse_normalize(args.normalize)
     images, labels, names = _load_pairs(args)
@@ -618,7 +590,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _write_history(history: list[dict], path: Path) -> None:
     import pandas as pd
 
-    from .engine.checkpoint import atomic_write
+    from .io import atomic_write
 
     text = pd.DataFrame(history).to_csv(index=False).encode()
     atomic_write(path, lambda fh: fh.write(text))
@@ -631,8 +603,8 @@ def _write_debug_views(images, labels, names, args, normalize) -> int:
     from skimage.segmentation import find_boundaries
 
     from .engine.augment import AugmentConfig
-    from .engine.checkpoint import atomic_write
     from .engine.dataset import SegmentDataset
+    from .io import atomic_write
 
     ds = SegmentDataset(
         images,
@@ -739,7 +711,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"napari-segrep: error: {exc}", file=sys.stderr)
         return 2
     except RuntimeError as exc:
-        from .engine.training import TrainingDiverged
+        from .errors import TrainingDiverged
 
         if isinstance(exc, TrainingDiverged):
             print(f"napari-segrep: error: {exc}", file=sys.stderr)

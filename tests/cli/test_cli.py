@@ -14,7 +14,7 @@ import tifffile
 
 import napari_segrep as sr
 from napari_segrep.cli import main
-from napari_segrep.engine.checkpoint import file_sha256
+from napari_segrep.io import file_sha256
 
 from ..conftest import disc_labels
 

@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from napari_segrep.engine.augment import AugmentConfig, PairedAugment
-from napari_segrep.engine.dataset import SegmentDataset, pair_files
+from napari_segrep.engine.dataset import SegmentDataset
+from napari_segrep.io import pair_files
 
 from ..conftest import disc_labels
 

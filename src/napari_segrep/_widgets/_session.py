@@ -42,7 +42,7 @@ def _warm_up() -> None:
     global devices, imagenet_available
     found = ["cpu"]
     try:
-        from ..engine.embed import available_devices
+        from ..engine.devices import available_devices
         from ..engine.encoder import imagenet_cache_path
 
         found = available_devices()

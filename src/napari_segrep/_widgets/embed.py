@@ -396,7 +396,7 @@ class EmbedSegmentsWidget(Container):
             self.status.value = "Cancelled: nothing was changed."
 
     def _on_error(self, exc: BaseException) -> None:
-        from ..engine.embed import Cancelled
+        from ..errors import Cancelled
 
         if isinstance(exc, Cancelled):
             return
@@ -816,7 +816,7 @@ class EmbedSegmentsWidget(Container):
     def export_csv(self, path: str | Path | None = None, *, overwrite: bool | None = None):
         """Write the table (and its JSON sidecar).  Asks before replacing a file unless
         ``overwrite`` says; returns the path, or None when nothing was written."""
-        from .. import __version__
+        from .._version import __version__
         from ..analysis.export import write_table
 
         if self.table is None:

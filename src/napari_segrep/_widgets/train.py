@@ -272,8 +272,7 @@ class TrainSegRepWidget(Container):
 
             all_images, all_labels = list(images), list(labels)
             if folder is not None:
-                from ..cli import read_image
-                from ..engine.dataset import pair_files
+                from ..io import pair_files, read_image
 
                 for image_path, label_path in pair_files(data_dir=folder):
                     all_images.append(read_image(image_path))

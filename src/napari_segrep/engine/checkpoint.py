@@ -11,20 +11,18 @@ Training checkpoints (issue 2/4) add head, optimiser, scheduler and loop state u
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..io import atomic_write
+
 __all__ = [
     "CHECKPOINT_FORMAT",
-    "atomic_write",
     "encoder_state_from_checkpoint",
-    "file_sha256",
     "load_checkpoint",
     "load_encoder",
     "save_checkpoint",
@@ -35,64 +33,9 @@ CHECKPOINT_FORMAT = "napari-segrep"
 FORMAT_VERSION = 1
 
 
-def atomic_write(path: str | os.PathLike, write: Any, *, mode: str = "wb") -> Path:
-    """Call ``write(file_object)`` on a temporary file beside ``path``, then ``os.replace`` it.
-
-    Either the complete new file is at ``path`` afterwards, or (on any error) the previous file is
-    untouched and no temporary file is left behind.
-    """
-    path = Path(path)
-    directory = path.parent if str(path.parent) else Path(".")
-    check_writable_dir(directory)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, mode) as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
-
-
-def check_writable_dir(directory: str | os.PathLike) -> None:
-    """Raise ``ValueError`` naming ``directory`` unless a file can be created in it.
-
-    Tested by creating (and removing) a file, which also catches read-only mounts, where
-    ``os.access`` answers yes for root.
-    """
-    directory = Path(directory)
-    if not directory.exists():
-        raise ValueError(f"output directory {directory} does not exist: create it first")
-    if not directory.is_dir():
-        raise ValueError(f"output location {directory} is not a directory")
-    try:
-        with tempfile.TemporaryFile(dir=directory):
-            pass
-    except OSError as exc:
-        raise ValueError(
-            f"output directory {directory} is not writable ({exc.strerror}): choose another "
-            "output path or fix its permissions"
-        ) from None
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file (streamed)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def save_checkpoint(payload: dict, path: str | os.PathLike) -> Path:
     """Atomically ``torch.save`` ``payload`` (plus format keys) to ``path``."""
-    from .. import __version__
+    from .._version import __version__
 
     payload = {
         "format": CHECKPOINT_FORMAT,

@@ -1,6 +1,6 @@
 """Training data: every segment of a set of (image, labels) pairs, as two augmented views.
 
-In-memory arrays (:class:`SegmentDataset`) and files paired by stem (:func:`pair_files`).
+In-memory arrays (:class:`SegmentDataset`); files are paired by :func:`napari_segrep.io.pair_files`.
 Each sample's views are drawn from a generator seeded by ``(seed, epoch, index)``, so a run is
 reproducible whatever the number of loader workers, and a resumed run sees exactly the views
 the uninterrupted run would have seen.
@@ -8,11 +8,8 @@ the uninterrupted run would have seen.
 
 from __future__ import annotations
 
-import glob
 import math
-import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,9 +25,7 @@ from .segments import (
     validate_labels,
 )
 
-__all__ = ["SegmentDataset", "pair_files"]
-
-IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+__all__ = ["SegmentDataset"]
 
 
 class SegmentDataset(Dataset):
@@ -151,58 +146,3 @@ class SegmentDataset(Dataset):
     def _sample_seed(self, i: int) -> int:
         seq = np.random.SeedSequence([self.seed, self.epoch, i])
         return int(seq.generate_state(1, dtype=np.uint64)[0] >> 1)
-
-
-def pair_files(
-    images: str | None = None,
-    labels: str | None = None,
-    *,
-    data_dir: str | os.PathLike | None = None,
-) -> list[tuple[Path, Path]]:
-    """Match image and label files by file stem.
-
-    Either two glob patterns, or ``data_dir`` holding ``images/`` and ``labels/``.  A label file
-    may carry a ``_labels``/``_label``/``_mask``/``_masks`` suffix on the stem.  Raises
-    ``ValueError`` listing unmatched files, or when nothing matched.
-    """
-    if data_dir is not None:
-        root = Path(data_dir)
-        if not (root / "images").is_dir() or not (root / "labels").is_dir():
-            raise ValueError(f"--data {root} must contain the folders images/ and labels/")
-        images, labels = str(root / "images" / "*"), str(root / "labels" / "*")
-    if not images or not labels:
-        raise ValueError("give both --images and --labels patterns, or --data DIR")
-
-    def files(pattern: str) -> list[Path]:
-        return sorted(
-            Path(f)
-            for f in glob.glob(pattern, recursive=True)
-            if Path(f).suffix.lower() in IMAGE_SUFFIXES and Path(f).is_file()
-        )
-
-    image_files, label_files = files(images), files(labels)
-    if not image_files:
-        raise ValueError(
-            f"no image file matched {images!r} (looked for {', '.join(IMAGE_SUFFIXES)})"
-        )
-    if not label_files:
-        raise ValueError(f"no label file matched {labels!r}")
-
-    def key(path: Path) -> str:
-        stem = path.stem
-        for suffix in ("_labels", "_label", "_masks", "_mask"):
-            if stem.endswith(suffix):
-                return stem[: -len(suffix)]
-        return stem
-
-    by_key = {key(p): p for p in label_files}
-    pairs = [(p, by_key[key(p)]) for p in image_files if key(p) in by_key]
-    unmatched_images = [p.name for p in image_files if key(p) not in by_key]
-    matched_keys = {key(p) for p in image_files}
-    unmatched_labels = [p.name for p in label_files if key(p) not in matched_keys]
-    if unmatched_images or unmatched_labels:
-        raise ValueError(
-            "image and label files must pair up by name; unmatched images: "
-            f"{unmatched_images or 'none'}; unmatched labels: {unmatched_labels or 'none'}"
-        )
-    return pairs

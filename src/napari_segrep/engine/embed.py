@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import warnings
 from collections.abc import Callable, Sequence
 
@@ -10,6 +11,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..errors import Cancelled
+from .devices import resolve_device
 from .encoder import SegmentEncoder
 from .segments import (
     GEOMETRY_COLUMNS,
@@ -20,64 +23,34 @@ from .segments import (
     validate_labels,
 )
 
-__all__ = [
-    "Cancelled",
-    "available_devices",
-    "embed_segments",
-    "embed_stack",
-    "embedding_columns",
-    "resolve_device",
-]
+__all__ = ["embed_segments", "embed_stack", "embedding_columns", "encoder_for"]
 
 
-class Cancelled(Exception):  # noqa: N818 - the name users catch
-    """Raised when ``should_stop()`` asked a long computation to stop; nothing partial is
-    returned."""
+def encoder_for(
+    weights: SegmentEncoder | str | os.PathLike | None = None,
+    *,
+    in_channels: int,
+    backbone: str = "resnet18",
+    seed: int = 0,
+) -> SegmentEncoder:
+    """The encoder a user chose, by what they chose (shared by the widgets and the CLI).
 
+    Parameters
+    ----------
+    weights : None, "imagenet", a checkpoint path, or a SegmentEncoder
+        ``None``: untrained ``backbone`` from ``seed``; ``"imagenet"``: torchvision's weights
+        from the local torch cache; a path: the encoder stored in that napari-segrep checkpoint
+        (its own backbone and channels); an encoder: returned as it is.
+    in_channels : int
+        Channels of the images to embed (for ``None`` and ``"imagenet"``).
+    """
+    if isinstance(weights, SegmentEncoder):
+        return weights
+    if weights is None or (isinstance(weights, str) and weights.lower() == "imagenet"):
+        return SegmentEncoder(backbone, in_channels=in_channels, weights=weights, seed=seed)
+    from .checkpoint import load_encoder
 
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` picks CUDA, then Apple MPS, then the CPU; other names are checked to work."""
-    if isinstance(device, torch.device):
-        return device
-    name = str(device).lower()
-    if name == "gpu":  # Lightning's spelling (--accelerator gpu)
-        name = "cuda"
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise ValueError(
-            f"device={device!r} is not a device name: use auto, cpu, cuda, cuda:N or mps"
-        ) from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            f"device={device!r} asked for, but CUDA is not available here: use 'auto' or 'cpu'"
-        )
-    if dev.type == "mps" and not (
-        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
-    ):
-        raise ValueError(
-            f"device={device!r} asked for, but MPS is not available here: use 'auto' or 'cpu'"
-        )
-    return dev
-
-
-def available_devices() -> list[str]:
-    """Devices that work here: "cpu", then each CUDA device, then "mps"."""
-    out = ["cpu"]
-    if torch.cuda.is_available():
-        n = torch.cuda.device_count()
-        out += ["cuda"] if n == 1 else [f"cuda:{i}" for i in range(n)]
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        out.append("mps")
-    return out
+    return load_encoder(weights)
 
 
 def embedding_columns(dim: int) -> list[str]:
@@ -112,6 +85,7 @@ def embed_segments(
     normalize: str | Sequence[float] | None = "image",
     progress: Callable[[int, int], object] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    only: Sequence[int] | None = None,
 ) -> pd.DataFrame:
     """Embed every segment of a label image.
 
@@ -142,6 +116,9 @@ def embed_segments(
         Called after every batch.
     should_stop : callable() -> bool, optional
         Polled before every batch; when it returns True, :class:`Cancelled` is raised.
+    only : sequence of int, optional
+        Embed just these label ids (ids not in ``labels`` are ignored).  Each embedding is the
+        one the full call gives: a segment is seen through its own mask alone.
 
     Returns
     -------
@@ -182,12 +159,13 @@ def embed_segments(
     norm = resolve_normalization(image_cf, normalize)
     dev = resolve_device(device)
 
-    table = segment_table(labels)
+    table = segment_table(labels, only=only)
     total = len(table)
     if total == 0:
-        warnings.warn(
-            "labels contain no segment (all zero): returning an empty table", stacklevel=2
-        )
+        if only is None:
+            warnings.warn(
+                "labels contain no segment (all zero): returning an empty table", stacklevel=2
+            )
         return _empty_result(encoder.embedding_dim)
 
     # channels_last: 1.14x faster than contiguous for the masked encoder on CPU

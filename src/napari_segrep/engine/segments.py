@@ -24,6 +24,7 @@ __all__ = [
     "iter_crop_batches",
     "resolve_normalization",
     "bbox_side",
+    "changed_segments",
     "segment_table",
     "segment_window",
     "validate_labels",
@@ -126,8 +127,12 @@ class SegmentTable:
         return len(self.slices)
 
 
-def segment_table(labels: np.ndarray) -> SegmentTable:
-    """Find all segments of a 2D label image in one pass (``scipy.ndimage.find_objects``)."""
+def segment_table(labels: np.ndarray, *, only: Sequence[int] | None = None) -> SegmentTable:
+    """Find all segments of a 2D label image in one pass (``scipy.ndimage.find_objects``).
+
+    ``only``: keep just these label ids (ids not present are ignored); geometry is computed for
+    them alone.
+    """
     search = labels
     max_id = int(labels.max()) if labels.size else 0
     if max_id > _MAX_SPARSE_ID:
@@ -139,9 +144,12 @@ def segment_table(labels: np.ndarray) -> SegmentTable:
         original = None
     objects = ndimage.find_objects(search)
     present = [i for i, sl in enumerate(objects) if sl is not None]
-    slices = [objects[i] for i in present]
     ids = np.asarray(present, dtype=np.int64) + 1
     label_values = ids if original is None else original.astype(np.int64)
+    if only is not None:
+        keep = np.isin(label_values, np.asarray(only, dtype=np.int64))
+        ids, label_values = ids[keep], label_values[keep]
+    slices = [objects[i - 1] for i in ids]
 
     n = len(slices)
     area = np.empty(n, np.int64)
@@ -358,3 +366,24 @@ def iter_crop_batches(
             masks[j, 0] = mask
             scales[j] = scale
         yield CropBatch(start=start, images=images, masks=masks, scales=scales)
+
+
+# ----------------------------------------------------------------------------- edits
+def changed_segments(before: np.ndarray, after: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The segments an edit of a label image touched: ``(changed, removed)`` label ids.
+
+    ``changed``: ids present in ``after`` whose pixels differ from ``before`` (new, grown, shrunk
+    or repainted segments: re-embed these); ``removed``: ids that were touched and are gone from
+    ``after``.  Both ascending, without 0.  ``before`` and ``after`` must have the same shape.
+    """
+    before, after = np.asarray(before), np.asarray(after)
+    if before.shape != after.shape:
+        raise ValueError(f"label images differ in shape: {before.shape} vs {after.shape}")
+    diff = before != after
+    if not diff.any():
+        empty = np.empty(0, np.int64)
+        return empty, empty
+    touched = np.union1d(after[diff], before[diff]).astype(np.int64)
+    touched = touched[touched > 0]
+    present = np.intersect1d(touched, after[np.isin(after, touched)])
+    return present, np.setdiff1d(touched, present)

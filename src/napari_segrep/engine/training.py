@@ -28,10 +28,11 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler
 
+from ..errors import TrainingDiverged
 from .augment import AugmentConfig
 from .checkpoint import load_checkpoint, save_checkpoint
 from .dataset import SegmentDataset
-from .embed import resolve_device
+from .devices import resolve_device
 from .encoder import SegmentEncoder
 from .losses import make_loss
 from .masking import MaskedBatchNorm2d
@@ -42,15 +43,10 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "Trainer",
-    "TrainingDiverged",
     "train_ssl",
 ]
 
 CHECKPOINT_NAME = "last.pt"
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
 @dataclass
@@ -572,7 +568,7 @@ def train_ssl(
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
     if ckpt_path is not None and trainer.dist.is_main:
         ckpt_path.parent.mkdir(parents=True, exist_ok=True)
-        from .checkpoint import check_writable_dir
+        from ..io import check_writable_dir
 
         check_writable_dir(ckpt_path.parent)
     stopped = False
