@@ -21,17 +21,16 @@ from magicgui.widgets import (
     Container,
     FileEdit,
     FloatSpinBox,
-    Label,
     PushButton,
     SpinBox,
 )
-from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QEvent, QObject, QPointF, Qt
 from qtpy.QtGui import QColor, QPainter, QPen
 from qtpy.QtWidgets import QMessageBox, QWidget
 
 from . import _session
+from ._common import WarmRelay, chosen_path, image_layers, labels_layers, status_label
 from ._jobs import Job, start_job
 
 __all__ = ["TrainSegRepWidget"]
@@ -79,8 +78,12 @@ class LossCurve(QWidget):
 class _PairRow(Container):
     def __init__(self, owner: TrainSegRepWidget) -> None:
         super().__init__(layout="horizontal", labels=False)
-        self.image = ComboBox(choices=owner._image_choices, tooltip="image layer")
-        self.labels = ComboBox(choices=owner._labels_choices, tooltip="labels layer")
+        self.image = ComboBox(
+            choices=lambda _w=None: image_layers(owner.viewer), tooltip="image layer"
+        )
+        self.labels = ComboBox(
+            choices=lambda _w=None: labels_layers(owner.viewer), tooltip="labels layer"
+        )
         self.remove = PushButton(text="-", tooltip="remove this pair")
         self.extend([self.image, self.labels, self.remove])
         self.remove.changed.connect(lambda: owner.remove_pair(self))
@@ -119,9 +122,7 @@ class TrainSegRepWidget(Container):
         self.start_button = PushButton(text="Start")
         self.pause_button = PushButton(text="Pause", enabled=False)
         self.stop_button = PushButton(text="Stop", enabled=False)
-        self.status = Label(value="")
-        self.status.native.setWordWrap(True)  # long messages must not widen the dock
-        self.status.native.setMinimumHeight(48)
+        self.status = status_label()
         self.reembed_button = PushButton(
             text="Re-embed labels with the trained model", enabled=False
         )
@@ -164,9 +165,7 @@ class TrainSegRepWidget(Container):
         viewer.layers.events.inserted.connect(self._refresh)
         viewer.layers.events.removed.connect(self._refresh)
         self.add_pair()
-        from .embed import _WarmRelay
-
-        self._warm_relay = _WarmRelay()
+        self._warm_relay = WarmRelay()
         self._warm_relay.ready.connect(self._on_devices)
         _session.start_warm_up(self._warm_relay)
         self._close_guard = _CloseGuard(self)
@@ -180,12 +179,6 @@ class TrainSegRepWidget(Container):
             self.device_input.value = current
 
     # ------------------------------------------------------------------ inputs
-    def _image_choices(self, _widget=None):
-        return [layer for layer in self.viewer.layers if isinstance(layer, Image)]
-
-    def _labels_choices(self, _widget=None):
-        return [layer for layer in self.viewer.layers if isinstance(layer, Labels)]
-
     def add_pair(self) -> _PairRow:
         row = _PairRow(self)
         self.pairs.append(row)
@@ -216,10 +209,7 @@ class TrainSegRepWidget(Container):
         return None
 
     def _folder(self) -> Path | None:
-        value = self.folder_input.value
-        if value is None or str(value) in ("", "."):
-            return None
-        return Path(value)
+        return chosen_path(self.folder_input.value)
 
     def _collect_arrays(self):
         images, labels = [], []
@@ -252,8 +242,7 @@ class TrainSegRepWidget(Container):
         images, labels = self._collect_arrays()
         folder = self._folder()
         checkpoint_dir = Path(self.checkpoint_dir_input.value)
-        resume = self.resume_input.value
-        resume = Path(resume) if resume is not None and str(resume) not in ("", ".") else None
+        resume = chosen_path(self.resume_input.value)
         options = {
             "epochs": int(self.epochs_input.value),
             "batch_size": int(self.batch_input.value),

@@ -22,6 +22,7 @@ __all__ = [
     "SegmentTable",
     "as_channels_first",
     "iter_crop_batches",
+    "normalize_argument",
     "resolve_normalization",
     "bbox_side",
     "changed_segments",
@@ -196,6 +197,17 @@ class Normalization:
         if self.mode in ("fixed", "none"):
             out.pop("percentiles")
         return out
+
+
+def normalize_argument(description: dict | None):
+    """The ``normalize`` argument that reproduces a recorded normalisation (what
+    ``embed_segments`` keeps in ``df.attrs["normalization"]``): the same numbers, without
+    recomputing the image's percentiles (used to re-embed a few segments later)."""
+    if not description or description.get("mode") == "none":
+        return None
+    if description["mode"] == "segment":
+        return "segment"
+    return np.asarray(description["low"], np.float64), np.asarray(description["high"], np.float64)
 
 
 def resolve_normalization(

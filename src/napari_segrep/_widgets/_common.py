@@ -1,0 +1,137 @@
+"""Small pieces the dock widgets share: layer choices and layer inputs, status labels, file
+choices, the warm-up relay."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from magicgui.widgets import Label
+from napari.layers import Image, Labels
+from qtpy.QtCore import QObject, Signal
+
+__all__ = [
+    "LayerInputs",
+    "WarmRelay",
+    "chosen_path",
+    "image_layers",
+    "is_file",
+    "labels_layers",
+    "layer_inputs",
+    "save_path",
+    "status_label",
+]
+
+
+class WarmRelay(QObject):
+    """Carries the session warm-up's result (the working devices) to the GUI thread."""
+
+    ready = Signal(object)
+
+
+def image_layers(viewer) -> list[Image]:
+    return [layer for layer in viewer.layers if isinstance(layer, Image)]
+
+
+def labels_layers(viewer) -> list[Labels]:
+    return [layer for layer in viewer.layers if isinstance(layer, Labels)]
+
+
+def status_label() -> Label:
+    """A label for status messages that wraps: long messages must not widen the dock."""
+    label = Label(value="")
+    label.native.setWordWrap(True)
+    label.native.setMinimumHeight(48)
+    return label
+
+
+def is_file(value) -> bool:
+    """Whether a FileEdit's value names an existing file."""
+    try:
+        path = chosen_path(value)
+        return path is not None and path.is_file()
+    except OSError:
+        return False
+
+
+def save_path(
+    parent, path, *, title: str, suggestion: str, file_filter: str, overwrite: bool | None
+) -> Path | None:
+    """Where to write: ``path``, or the one chosen in a save dialog; an existing file is only
+    replaced when ``overwrite`` is True or, when it is None, the user says yes.  None: write
+    nothing."""
+    if path is None:
+        from qtpy.QtWidgets import QFileDialog
+
+        path, _ = QFileDialog.getSaveFileName(parent, title, suggestion, file_filter)
+        if not path:
+            return None
+    path = Path(path)
+    if path.exists() and overwrite is None:
+        from qtpy.QtWidgets import QMessageBox
+
+        answer = QMessageBox.question(parent, "Replace file?", f"{path.name} exists. Replace it?")
+        overwrite = answer == QMessageBox.StandardButton.Yes
+    if path.exists() and not overwrite:
+        return None
+    return path
+
+
+def chosen_path(value) -> Path | None:
+    """A FileEdit's value as a path, or None when nothing is chosen ("" or ".")."""
+    if value is None or str(value) in ("", "."):
+        return None
+    return Path(value)
+
+
+@dataclass
+class LayerInputs:
+    image: np.ndarray | None  # None when validating only (build=False) with several layers
+    labels: np.ndarray
+    channel_axis: int | None
+    stack: bool
+    labels_layer: Labels
+    image_layers: list[Image]
+
+
+def layer_inputs(labels_layer, images: list, *, build: bool = True) -> LayerInputs:
+    """Arrays from a labels layer and one or more image layers (several single-channel layers
+    are stacked as channels); ``ValueError`` with the reason when they don't fit.  With
+    ``build=False`` (validation on every layer event) channels are not stacked."""
+    if labels_layer is None:
+        raise ValueError("Add or choose a labels layer.")
+    if not images:
+        raise ValueError("Add or choose an image layer.")
+    labels = labels_layer.data
+    if getattr(labels_layer, "multiscale", False) or isinstance(labels, list):
+        raise ValueError("Multiscale labels are not supported: use a single-scale layer.")
+    labels = np.asarray(labels)
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"Labels must be integers (got {labels.dtype}).")
+    if labels.ndim not in (2, 3):
+        raise ValueError(f"Labels must be 2D, or a (T, Y, X) stack (got {labels.ndim}D).")
+    arrays = [np.asarray(layer.data) for layer in images]
+    rgb = len(images) == 1 and images[0].rgb
+    spatial = labels.shape
+    for layer, arr in zip(images, arrays, strict=True):
+        shape = arr.shape[:-1] if layer.rgb else arr.shape
+        if shape != spatial:
+            raise ValueError(
+                f"Image '{layer.name}' is {shape} but labels '{labels_layer.name}' are "
+                f"{spatial}: choose layers of the same shape."
+            )
+    if len(images) > 1 and any(layer.rgb for layer in images):
+        raise ValueError("Use one RGB layer, or several single-channel layers as channels.")
+    if not labels.any():
+        raise ValueError(f"'{labels_layer.name}' has no segments yet.")
+    stack = labels.ndim == 3
+    if len(images) > 1:
+        image = np.stack(arrays, axis=-1) if build else None
+        channel_axis = 2
+    else:
+        image = arrays[0]
+        channel_axis = None
+    if stack and not rgb and len(images) == 1:
+        channel_axis = None
+    return LayerInputs(image, labels, channel_axis, stack, labels_layer, images)

@@ -1,0 +1,254 @@
+"""Views of a :class:`~._results.SegmentResults`: the map (a Points layer beside the image) and
+the labels layer (its ``features``, the highlight of selected segments, clicks on segments).
+
+Both only draw what the results model holds and turn user actions (selecting points, clicking
+a segment, setting ``selected_label``) into model changes; the model's events redraw them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from napari.layers import Labels, Points
+from napari.utils.colormaps import DirectLabelColormap
+
+from ._results import SegmentResults
+
+__all__ = ["MapView"]
+
+DIM_ALPHA = 0.15
+MAP_MARGIN = 0.05
+
+
+class MapView:
+    """Show one results model: a Points layer "<labels> map" and the labels layer, linked both
+    ways.  ``attach(results)`` draws and links; ``detach()`` restores the labels layer's colours
+    and unlinks (layers stay)."""
+
+    def __init__(self, viewer) -> None:
+        self.viewer = viewer
+        self.results: SegmentResults | None = None
+        self.points_layer: Points | None = None
+        self._original_colormap = None
+        self._box: tuple[np.ndarray, np.ndarray] | None = None
+        viewer.dims.events.current_step.connect(self._emphasise_frame)
+
+    @property
+    def labels_layer(self) -> Labels | None:
+        return self.results.labels_layer if self.results is not None else None
+
+    # ------------------------------------------------------------------ attach / detach
+    def attach(self, results: SegmentResults) -> None:
+        """Draw ``results`` (reusing this view's points layer when it shows the same labels
+        layer) and link the layers."""
+        same_layer = self.labels_layer is results.labels_layer
+        self.detach(keep_points=same_layer)
+        self.results = results
+        self._box = None
+        layer = results.labels_layer
+        self._original_colormap = layer.colormap
+        events = results.events
+        events.table.connect(self._on_table_changed)
+        events.map.connect(self._on_map_changed)
+        events.selection.connect(self._on_selection_changed)
+        events.colour_by.connect(self._on_colour_by_changed)
+        events.closed.connect(self._on_results_closed)
+        layer.events.selected_label.connect(self._on_selected_label_changed)
+        layer.mouse_drag_callbacks.append(self._on_labels_click)
+        self._on_table_changed()
+
+    def detach(self, *, keep_points: bool = False) -> None:
+        results = self.results
+        if results is not None:
+            events = results.events
+            for emitter, callback in (
+                (events.table, self._on_table_changed),
+                (events.map, self._on_map_changed),
+                (events.selection, self._on_selection_changed),
+                (events.colour_by, self._on_colour_by_changed),
+                (events.closed, self._on_results_closed),
+            ):
+                emitter.disconnect(callback)
+            layer = results.labels_layer
+            if layer is not None:
+                layer.events.selected_label.disconnect(self._on_selected_label_changed)
+                if self._on_labels_click in layer.mouse_drag_callbacks:
+                    layer.mouse_drag_callbacks.remove(self._on_labels_click)
+                self._set_labels_colormap(self._original_colormap)
+        self.results = None
+        self._original_colormap = None
+        if not keep_points:
+            self.release_points()
+
+    def release_points(self) -> Points | None:
+        """Stop drawing into the current points layer (it stays in the viewer, unlinked) and
+        return it; the next results get a new one."""
+        points, self.points_layer = self.points_layer, None
+        if points is not None:
+            points.selected_data.events.items_changed.disconnect(self._on_points_selection_changed)
+        return points
+
+    def forget_layer(self, layer) -> None:
+        """A layer was removed from the viewer: stop using it."""
+        if layer is self.points_layer:
+            self.detach()
+        elif layer is self.labels_layer:
+            self.detach(keep_points=True)
+
+    def _on_results_closed(self, event=None) -> None:
+        self.detach(keep_points=True)
+
+    # ------------------------------------------------------------------ drawing
+    def _on_table_changed(self, event=None) -> None:
+        """Rows or columns changed: the labels layer's features, the points, the colours."""
+        results = self.results
+        features = results.table.copy()
+        features.insert(0, "index", results.labels)  # napari's key for label features
+        results.labels_layer.features = features  # reassign: napari emits its event
+        self._draw_points(new_map=self.points_layer is None or self._box is None)
+
+    def _on_map_changed(self, event=None) -> None:
+        self._draw_points(new_map=True)
+
+    def _draw_points(self, *, new_map: bool) -> None:
+        results = self.results
+        if new_map:  # a new map gets its own box; live updates land on the current one
+            c = np.nan_to_num(results.coords)
+            self._box = (c.min(0), c.max(0)) if len(c) else (np.zeros(2), np.ones(2))
+        data = self.world_coordinates(results.coords)
+        table = results.table
+        features = pd.DataFrame({"label": results.labels})
+        for column in ("frame", "cluster"):
+            if column in table:
+                features[column] = table[column].to_numpy()
+        points = self.points_layer
+        if points is None or points not in self.viewer.layers:
+            self.points_layer = self.viewer.add_points(
+                data,
+                features=features,
+                name=f"{results.labels_layer.name} map",
+                size=self._point_size(),
+                border_width=0.05,
+                border_color="white",
+                metadata={"map_method": results.map_method},
+            )
+            self.points_layer.selected_data.events.items_changed.connect(
+                self._on_points_selection_changed
+            )
+        else:
+            with points.selected_data.events.items_changed.blocked():
+                points.selected_data = set()
+                points.data = data
+            points.features = features
+            points.size = self._point_size()
+            points.metadata["map_method"] = results.map_method
+        self._on_selection_changed()
+        self._on_colour_by_changed()
+
+    def world_coordinates(self, coords: np.ndarray) -> np.ndarray:
+        """Map coordinates placed beside the image: scaled to its height, to the right of it."""
+        layer = self.labels_layer
+        h, w = layer.data.shape[-2:]
+        scale = np.asarray(layer.scale[-2:], float)
+        translate = np.asarray(layer.translate[-2:], float)
+        lo, hi = self._box
+        unit = (np.nan_to_num(np.asarray(coords, float)) - lo) / np.maximum(hi - lo, 1e-9)
+        height = h * scale[0]
+        y = translate[0] + unit[:, 1] * height
+        x = translate[1] + w * scale[1] * (1 + MAP_MARGIN) + unit[:, 0] * height
+        return np.stack([y, x], axis=1)
+
+    def _point_size(self) -> float:
+        layer = self.labels_layer
+        return max(layer.data.shape[-2:]) * float(layer.scale[-1]) / 50
+
+    # ------------------------------------------------------------------ colours
+    def _colours(self) -> np.ndarray:
+        results = self.results
+        if results.colour_by == "cluster":
+            from napari.utils.colormaps import label_colormap
+
+            clusters = results.table["cluster"].to_numpy()
+            out = np.asarray(label_colormap(49, seed=0.5).map(clusters), float).reshape(-1, 4)
+            out[clusters == 0] = (0.5, 0.5, 0.5, 1.0)
+            return out
+        cmap = self._original_colormap
+        return np.asarray(cmap.map(results.labels), float).reshape(-1, 4)
+
+    def _on_colour_by_changed(self, event=None) -> None:
+        if self.points_layer is None:
+            return
+        self.points_layer.face_color = self._colours()
+        self._highlight()
+        self._emphasise_frame()
+
+    def _highlight(self) -> None:
+        """Selected segments at full colour, the others dimmed; none selected: normal view."""
+        results = self.results
+        selected = results.selected_labels()
+        if not selected and results.colour_by == "label":
+            self._set_labels_colormap(self._original_colormap)
+            return
+        colours = {None: np.zeros(4), 0: np.zeros(4)}
+        for label, c in zip(results.labels.tolist(), self._colours(), strict=True):
+            if selected and label not in selected:
+                c = np.array([c[0], c[1], c[2], DIM_ALPHA])
+            colours[label] = c
+        self._set_labels_colormap(DirectLabelColormap(color_dict=colours))
+
+    def _set_labels_colormap(self, colormap) -> None:
+        layer = self.labels_layer
+        if layer is None or colormap is None:
+            return
+        # napari re-emits selected_label when the colormap changes: not a user selection
+        with layer.events.selected_label.blocker():
+            layer.colormap = colormap
+
+    def _emphasise_frame(self, event=None) -> None:
+        """For stacks: points of the current frame large and opaque, the others small."""
+        results, points = self.results, self.points_layer
+        if results is None or points is None or "frame" not in results.table:
+            return
+        current = results.table["frame"].to_numpy() == self.viewer.dims.current_step[0]
+        base = self._point_size()
+        points.size = np.where(current, base * 1.6, base * 0.6)
+        colours = np.array(points.face_color)
+        colours[:, 3] = np.where(current, 1.0, 0.35)
+        points.face_color = colours
+
+    # ------------------------------------------------------------------ linking
+    def _on_points_selection_changed(self, event=None) -> None:
+        if self.results is not None:
+            self.results.select_rows(self.points_layer.selected_data)
+
+    def _on_selection_changed(self, event=None) -> None:
+        """The model's selection: the points' selection, the highlight, and for one segment
+        the labels layer's selected label."""
+        results, points = self.results, self.points_layer
+        if points is not None and set(points.selected_data) != set(results.selection):
+            points.selected_data = set(results.selection)
+        self._highlight()
+        selected = results.selected_labels()
+        layer = results.labels_layer
+        if len(selected) == 1 and layer.selected_label != next(iter(selected)):
+            layer.selected_label = next(iter(selected))
+
+    def _on_selected_label_changed(self, event=None) -> None:
+        """The user set the labels layer's selected label: select exactly its point(s)."""
+        results = self.results
+        label = int(results.labels_layer.selected_label)
+        if results.selected_labels() != {label}:
+            results.select_labels([label])
+
+    def _on_labels_click(self, layer, event):
+        """A click on a segment (pan/zoom mode) selects it, and so its point; on the background
+        it clears the selection."""
+        if layer.mode != "pan_zoom" or self.results is None:
+            return
+        value = layer.get_value(event.position, world=True)
+        if value is None:
+            return
+        if int(value) > 0:
+            self.results.select_labels([int(value)])
+        else:
+            self.results.select_rows(())

@@ -1,0 +1,203 @@
+"""One evented model of an embedding run's results per labels layer: the single source of truth.
+
+The table (``label``, geometry, ``emb_*``, ``frame``, ``cluster``), the 2D map coordinates of its
+rows, the selection (rows), how segments are coloured, and the run that produced them (encoder,
+parameters, the labels as embedded).  Views (the map's points layer and the labels layer's
+features and highlight, see :mod:`._map_view`; live updates, :mod:`._live`) subscribe to
+``events`` and never keep their own copy.  Engine and analysis calls do the maths.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from napari.layers import Labels
+from napari.utils.events import EmitterGroup
+
+__all__ = ["RunSetup", "SegmentResults", "results_for"]
+
+COLOUR_MODES = ("label", "cluster")
+
+_by_layer: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def results_for(layer: Labels) -> SegmentResults | None:
+    """The results shown for ``layer`` (None when it was not embedded, or they were dropped)."""
+    return _by_layer.get(layer)
+
+
+@dataclass
+class RunSetup:
+    """What produced the results, so a few segments can be embedded again the same way."""
+
+    encoder: object  # SegmentEncoder (torch stays out of this module)
+    params: dict  # keyword arguments of embed_segments (normalisation frozen to numbers)
+    image: np.ndarray
+    labels: np.ndarray  # the labels as last embedded (live updates diff against these)
+    stack: bool
+    normalization: dict | None = None  # as recorded by embed_segments
+    model: str = ""
+    checkpoint: str | None = None
+    image_layers: list[str] = field(default_factory=list)
+
+
+class SegmentResults:
+    """The results of embedding one labels layer.
+
+    Events (``results.events.<name>``): ``table`` (rows or columns changed: views redraw
+    everything), ``map`` (new map coordinates for the same rows), ``selection``,
+    ``colour_by``, ``closed`` (the results were dropped: views detach).
+    """
+
+    def __init__(self, labels_layer: Labels, table: pd.DataFrame, map_model, run: RunSetup) -> None:
+        self.events = EmitterGroup(
+            source=self, table=None, map=None, selection=None, colour_by=None, closed=None
+        )
+        self._layer = weakref.ref(labels_layer)
+        self._table = table.reset_index(drop=True)
+        self.map_model = map_model
+        self.coords = _checked_coords(map_model.coords, len(self._table))
+        self.run = run
+        self._selection: frozenset[int] = frozenset()
+        self._colour_by = "label"
+        previous = _by_layer.get(labels_layer)
+        _by_layer[labels_layer] = self
+        if previous is not None:
+            previous.close()
+
+    # ------------------------------------------------------------------ state
+    @property
+    def labels_layer(self) -> Labels | None:
+        return self._layer()
+
+    @property
+    def table(self) -> pd.DataFrame:
+        return self._table
+
+    @property
+    def labels(self) -> np.ndarray:
+        """The ``label`` column as an array (row order)."""
+        return self._table["label"].to_numpy()
+
+    @property
+    def map_method(self) -> str:
+        return self.map_model.method
+
+    @property
+    def selection(self) -> frozenset[int]:
+        """Selected rows."""
+        return self._selection
+
+    @property
+    def colour_by(self) -> str:
+        return self._colour_by
+
+    @colour_by.setter
+    def colour_by(self, value: str) -> None:
+        if value not in COLOUR_MODES:
+            raise ValueError(f"colour_by={value!r}: choose one of {COLOUR_MODES}")
+        if value == "cluster" and "cluster" not in self._table:
+            value = "label"
+        if value != self._colour_by:
+            self._colour_by = value
+            self.events.colour_by()
+
+    def selected_labels(self) -> set[int]:
+        return {int(v) for v in self.labels[sorted(self._selection)]}
+
+    # ------------------------------------------------------------------ changes
+    def select_rows(self, rows: Iterable[int]) -> None:
+        rows = frozenset(int(r) for r in rows)
+        if rows != self._selection:
+            self._selection = rows
+            self.events.selection()
+
+    def select_labels(self, labels: Iterable[int]) -> None:
+        """Select every row of these labels (a label has one row per frame in stacks)."""
+        wanted = np.asarray(list(labels), dtype=np.int64)
+        self.select_rows(np.flatnonzero(np.isin(self.labels, wanted)).tolist())
+
+    def set_map(self, map_model) -> None:
+        """A new map (PCA, UMAP, refit) of the same rows."""
+        self.coords = _checked_coords(map_model.coords, len(self._table))
+        self.map_model = map_model
+        self.events.map()
+
+    def set_clusters(self, ids: np.ndarray) -> None:
+        ids = np.asarray(ids)
+        if ids.shape != (len(self._table),):
+            raise ValueError(f"one cluster id per row is needed, got shape {ids.shape}")
+        self._table = self._table.assign(cluster=ids)
+        self.events.table()
+        self._colour_by = "cluster"
+        self.events.colour_by()
+
+    def replace_rows(
+        self, rows: pd.DataFrame | None, removed: np.ndarray, *, labels_now: np.ndarray
+    ) -> None:
+        """Live update: rows of re-embedded segments replace theirs, new ones are added (placed
+        with the current map's ``transform``, no refit), removed ones dropped; every other row
+        and its map coordinates stay exactly as they were."""
+        from ..analysis.tables import embedding_matrix, replace_rows
+
+        if rows is None:
+            rows = self._table.iloc[:0]
+        new_coords = np.empty((0, 2))
+        if len(rows):
+            new_coords = np.asarray(self.map_model.transform(embedding_matrix(rows)), float)
+        merged, keep, order = replace_rows(self._table, rows, drop=removed)
+        self.coords = np.concatenate([self.coords[keep], new_coords])[order]
+        self._table = merged
+        self._selection = frozenset()
+        self.run.labels = labels_now
+        self.events.table()
+
+    # ------------------------------------------------------------------ export
+    def export_frame(self) -> pd.DataFrame:
+        """label, geometry, map_0, map_1, map_method, cluster, emb_*."""
+        from ..analysis.tables import export_frame
+
+        return export_frame(self._table, self.coords, map_method=self.map_method)
+
+    def provenance(self) -> dict:
+        """The exported table's JSON sidecar: the same keys as the CLI's, plus the layers."""
+        from ..analysis.export import provenance
+
+        run, layer = self.run, self.labels_layer
+        inputs = {"labels_layer": layer.name if layer is not None else None}
+        inputs["image_layers"] = run.image_layers
+        return provenance(
+            command="napari: Embed segments, Export CSV",
+            encoder_config=run.encoder.config(),
+            n_segments=len(self._table),
+            normalization=run.normalization,
+            crop_size=run.params["crop_size"],
+            batch_size=run.params["batch_size"],
+            channel_axis=run.params["channel_axis"],
+            device=run.params["device"],
+            inputs=inputs,
+            checkpoint=run.checkpoint,
+            model=run.model,
+            map_method=self.map_method,
+            image_shape=list(run.image.shape),
+            image_dtype=str(run.image.dtype),
+            **inputs,
+        )
+
+    def close(self) -> None:
+        """Drop these results: views detach (the layers stay as they are)."""
+        layer = self.labels_layer
+        if layer is not None and _by_layer.get(layer) is self:
+            del _by_layer[layer]
+        self.events.closed()
+
+
+def _checked_coords(coords, n: int) -> np.ndarray:
+    coords = np.asarray(coords, float)
+    if coords.shape != (n, 2):
+        raise ValueError(f"map coordinates must be ({n}, 2), got {coords.shape}")
+    return coords
