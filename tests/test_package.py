@@ -35,18 +35,125 @@ def test_package__import_is_cheap_and_headless():
     assert not loaded & heavy, loaded & heavy
 
 
-def test_package__engine_analysis_and_cli_never_load_gui_modules():
-    import napari_segrep.analysis as analysis
-    import napari_segrep.engine as engine
+def _submodules(package: str) -> list[str]:
+    module = importlib.import_module(package)
+    return [m.name for m in pkgutil.walk_packages(module.__path__, prefix=f"{package}.")]
 
-    names = [f"napari_segrep.engine.{m.name}" for m in pkgutil.walk_packages(engine.__path__)]
-    names += [f"napari_segrep.analysis.{m.name}" for m in pkgutil.walk_packages(analysis.__path__)]
-    names += ["napari_segrep.cli", "napari_segrep._sample_data"]
+
+def test_package__engine_analysis_and_cli_never_load_gui_modules():
+    names = _submodules("napari_segrep.engine") + _submodules("napari_segrep.analysis")
+    names += _submodules("napari_segrep.cli")
+    names += ["napari_segrep.cli", "napari_segrep._sample_data", "napari_segrep.io"]
+    assert "napari_segrep.engine.losses.tico" in names and "napari_segrep.cli.embed" in names
     code = "\n".join(f"import {n}" for n in names)
     code += "\nimport napari_segrep as sr\nsr.SegmentEncoder\nsr.embed_segments\nsr.write_table"
     loaded = _modules_after(code)
     assert "torch" in loaded  # the imports really happened
     assert not loaded & set(GUI_MODULES), loaded & set(GUI_MODULES)
+
+
+def test_package__analysis_io_errors_and_the_cli_parser_never_load_torch():
+    names = _submodules("napari_segrep.analysis")
+    names += ["napari_segrep.io", "napari_segrep.errors", "napari_segrep._version"]
+    code = "\n".join(f"import {n}" for n in names)
+    code += "\nfrom napari_segrep.cli import get_arg_parser\nget_arg_parser()"
+    loaded = _modules_after(code)
+    assert "sklearn" not in loaded or "pandas" in loaded  # the imports really happened
+    assert "pandas" in loaded
+    assert not loaded & {"torch", "torchvision", *GUI_MODULES}, loaded & {"torch", *GUI_MODULES}
+
+
+# Which parts of the package may import which (every import counts, also inside functions):
+# imports only go downward, and _widgets never imports the CLI.
+_BASE = {"_version", "errors", "io"}
+_MAY_IMPORT = {
+    "_version": set(),
+    "errors": set(),
+    "io": {"_version", "errors"},
+    "_sample_data": _BASE,
+    "engine": _BASE | {"engine"},
+    "analysis": _BASE | {"analysis"},
+    "_widgets": _BASE | {"engine", "analysis", "_sample_data", "_widgets"},
+    "cli": _BASE | {"engine", "analysis", "_sample_data", "_widgets", "cli"},
+}
+
+
+def _package_imports() -> dict[str, set[str]]:
+    """module -> the package modules it imports (resolved), from the source files."""
+    import ast
+
+    src = ROOT / "src" / "napari_segrep"
+    graph: dict[str, set[str]] = {}
+    for path in sorted(src.rglob("*.py")):
+        parts = list(path.relative_to(src).with_suffix("").parts)
+        is_package = parts[-1] == "__init__"
+        if is_package:
+            parts = parts[:-1]
+        name = ".".join(["napari_segrep", *parts])
+        package = name if is_package else name.rpartition(".")[0]
+        found: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = package.split(".")
+                    base = base[: len(base) - node.level + 1]
+                    target = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    target = node.module or ""
+                targets = [f"{target}.{a.name}" for a in node.names] + [target]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            else:
+                continue
+            found |= {t for t in targets if t.startswith("napari_segrep.")}
+        graph[name] = found
+    modules = set(graph)
+    # "from . import x" names a module; "from .m import f" names m.f: keep real modules
+    return {
+        k: {t if t in modules else t.rpartition(".")[0] for t in v} & modules
+        for k, v in graph.items()
+    }
+
+
+def _part(module: str) -> str:
+    return module.split(".")[1] if "." in module else ""
+
+
+def test_package__imports_only_go_downward():
+    graph = _package_imports()
+    assert "napari_segrep.engine.embed" in graph["napari_segrep.cli.embed"]  # read for real
+    wrong = [
+        f"{m} imports {t}"
+        for m, targets in graph.items()
+        for t in targets
+        if _part(m) in _MAY_IMPORT and _part(t) not in _MAY_IMPORT[_part(m)]
+    ]
+    assert not wrong, wrong
+
+
+def test_package__no_import_cycles():
+    graph = _package_imports()
+    # a package's __init__ re-exporting its modules is not a cycle
+    edges = {
+        m: {t for t in targets if t != m and not (t.startswith(f"{m}.") or m.startswith(f"{t}."))}
+        for m, targets in graph.items()
+    }
+    state: dict[str, int] = {}
+    cycles: list[list[str]] = []
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(edges.get(node, ())):
+            if state.get(nxt) == 1:
+                cycles.append(path[path.index(nxt) :] + [nxt])
+            elif nxt not in state:
+                visit(nxt, [*path, nxt])
+        state[node] = 2
+
+    for module in sorted(edges):
+        if module not in state:
+            visit(module, [module])
+    assert not cycles, cycles
 
 
 def test_package__public_api_names_resolve():
