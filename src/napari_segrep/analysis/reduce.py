@@ -1,14 +1,22 @@
-"""2D maps of embeddings: a PCA preview (instant) and UMAP (the map users explore).
+"""2D maps of embeddings: a PCA preview (instant) and UMAP (the map users explore); and
+neighbourhood measures (how two maps agree, how well nearest neighbours share a class).
 
-Both return an ``(N, 2)`` float array aligned with the input rows.  Rows with NaN/Inf (should a
-caller pass any) get NaN coordinates instead of breaking the fit of the others.
+Both maps return an ``(N, 2)`` float array aligned with the input rows.  Rows with NaN/Inf
+(should a caller pass any) get NaN coordinates instead of breaking the fit of the others.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["MapModel", "neighbour_agreement", "pca_map", "umap_map", "warm_up_umap"]
+__all__ = [
+    "MapModel",
+    "nearest_neighbour_class_agreement",
+    "neighbour_agreement",
+    "pca_map",
+    "umap_map",
+    "warm_up_umap",
+]
 
 
 class MapModel:
@@ -117,3 +125,42 @@ def neighbour_agreement(a: np.ndarray, b: np.ndarray, *, k: int = 10) -> float:
 
     na, nb = knn(a), knn(b)
     return float(np.mean([len(x & y) / k for x, y in zip(na, nb, strict=True)]))
+
+
+def nearest_neighbour_class_agreement(emb: np.ndarray, classes: np.ndarray) -> float:
+    """Fraction of rows whose nearest other row (Euclidean, after standardising each column)
+    has the same class: a first look at what embeddings hold (about 1/K for K balanced classes
+    when they hold nothing).
+
+    Parameters
+    ----------
+    emb : (N, D) ndarray
+        N >= 2 rows; float32 stays float32.
+    classes : (N,) array
+        Any comparable values (class ids, names).
+
+    Returns
+    -------
+    float
+        In [0, 1].  Ties go to the lowest row index.
+
+    Examples
+    --------
+    >>> emb = np.array([[0.0, 0.0], [0.1, 0.0], [5.0, 5.0], [5.1, 5.0]])
+    >>> nearest_neighbour_class_agreement(emb, np.array([1, 1, 2, 2]))
+    1.0
+    """
+    emb = np.asarray(emb)
+    if not np.issubdtype(emb.dtype, np.floating):
+        emb = emb.astype(np.float64)
+    classes = np.asarray(classes)
+    if emb.ndim != 2 or len(emb) < 2:
+        raise ValueError(f"emb must be (N, D) with N >= 2, got shape {emb.shape}")
+    if classes.shape != (len(emb),):
+        raise ValueError(
+            f"one class per row is needed: emb has {len(emb)} rows, classes shape {classes.shape}"
+        )
+    z = (emb - emb.mean(0)) / (emb.std(0) + 1e-8)
+    d = ((z[:, None] - z[None]) ** 2).sum(-1)
+    np.fill_diagonal(d, np.inf)
+    return float((classes[d.argmin(1)] == classes).mean())

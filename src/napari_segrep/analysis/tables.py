@@ -39,7 +39,7 @@ def replace_rows(
     replaced = np.union1d(rows["label"].to_numpy(), np.asarray(drop, dtype=np.int64))
     keep = ~np.isin(table["label"].to_numpy(), replaced)
     missing = [c for c in table.columns if c not in rows]
-    if missing and len(rows):
+    if missing:
         rows = rows.assign(**dict.fromkeys(missing, 0))
     merged = pd.concat([table[keep], rows[table.columns]], ignore_index=True)
     order = np.argsort(merged["label"].to_numpy(), kind="stable")

@@ -163,6 +163,8 @@ def test_cli_train__debug_writes_the_view_grid_and_exits(data_dir, tmp_path):
         ("shape", "img0.tif is (128, 128) but its labels img0_labels.tif are (64, 128)"),
         ("no_segments", "found 0 segment"),
         ("log_dir_is_file", "log directory"),
+        ("float_labels", "img1.tif / img1_labels.tif: labels must be an integer array"),
+        ("bool_image", "img0.tif / img0_labels.tif: image must be numeric"),
     ],
 )
 def test_cli_train__errors_before_any_work(data_dir, tmp_path, capsys, case, match):
@@ -181,8 +183,16 @@ def test_cli_train__errors_before_any_work(data_dir, tmp_path, capsys, case, mat
     elif case == "log_dir_is_file":
         logs = tmp_path / "file"
         logs.write_text("x")
+    elif case == "float_labels":
+        lab = tifffile.imread(data / "labels" / "img1_labels.tif")
+        tifffile.imwrite(data / "labels" / "img1_labels.tif", lab.astype(np.float32))
+    elif case == "bool_image":
+        image = tifffile.imread(data / "images" / "img0.tif")
+        tifffile.imwrite(data / "images" / "img0.tif", image > image.mean())
     assert _run("train", *args, "--log-dir", logs, "--epochs", 1, *SMALL) == 2
-    assert match in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert match in err
+    assert err.startswith("napari-segrep: error:") and err.count("\n") == 1  # one line
     assert not (tmp_path / "logs" / "last.pt").exists()
 
 

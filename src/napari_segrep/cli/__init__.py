@@ -1,0 +1,75 @@
+"""Command line: ``napari-segrep embed``, ``napari-segrep train``, ``napari-segrep demo``.
+
+The same engine/analysis calls as the widgets.  One module per subcommand, each registering its
+own parser with ``add_parser(subparsers)`` and running with ``run(args)``; this module assembles
+the parser and turns user errors into one line and exit status 2.  Heavy modules are imported
+inside the commands, so ``napari-segrep --help`` answers at once (no torch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import TrainingDiverged
+from . import demo, embed, train
+from ._common import CLIError
+
+__all__ = ["get_arg_parser", "main"]
+
+# In the order ``--help`` lists them.
+_SUBCOMMANDS = (embed, train, demo)
+
+_EPILOG = """\
+examples:
+  napari-segrep embed cells.tif cells_labels.tif -o cells.csv
+  napari-segrep embed rgb.png labels.png -o out.csv --normalize segment --crop-size 96
+  napari-segrep embed stack.tif labels.tif -o out.csv --channel-axis 0 --checkpoint model.pt
+  napari-segrep train --images 'data/images/*.tif' --labels 'data/labels/*.tif' --epochs 50
+  napari-segrep train --data data --debug        # look at the augmented views first
+  napari-segrep demo --out demo_output
+
+Outputs: OUT.csv (label, centroid_y, centroid_x, area, bbox_y0, bbox_x0, bbox_y1, bbox_x1,
+scale, emb_0..emb_{D-1}) and OUT.json (provenance: package version, encoder configuration,
+checkpoint sha256, normalisation, crop size, seed, inputs). Both are written atomically.
+"""
+
+
+def get_arg_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="napari-segrep",
+        description="Mask-supervised segment representations (SegRep): one embedding per "
+        "segment, computed from that segment alone (image and feature masking).",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    from .._version import __version__
+
+    parser.add_argument("--version", action="version", version=f"napari-segrep {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for command in _SUBCOMMANDS:
+        command.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status.
+
+    0: done; 1: training diverged (the last good checkpoint is kept); 2: a user error (bad
+    option, unreadable or invalid input, unwritable output), printed as one line; 130:
+    interrupted.  Anything else is a bug and keeps its traceback.
+    """
+    parser = get_arg_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (CLIError, ValueError, FileNotFoundError) as exc:
+        print(f"napari-segrep: error: {exc}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as exc:
+        print(f"napari-segrep: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("napari-segrep: interrupted; nothing was written", file=sys.stderr)
+        return 130

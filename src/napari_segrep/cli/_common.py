@@ -1,0 +1,73 @@
+"""What the subcommands share: the user-error exception, the progress bar, ``--normalize``
+parsing and the options that read the same everywhere.
+
+Standard library only at import time (``napari-segrep --help`` must not load torch).
+"""
+
+from __future__ import annotations
+
+import sys
+
+__all__ = [
+    "BACKBONES",
+    "DEVICE_HELP",
+    "CLIError",
+    "ProgressBar",
+    "add_quiet_option",
+    "parse_normalize",
+]
+
+BACKBONES = ["resnet18", "resnet34", "resnet50"]
+DEVICE_HELP = "auto, cpu, cuda, cuda:N or mps"
+
+
+class CLIError(Exception):
+    """A user error: printed as one line on stderr, exit status 2."""
+
+
+def add_quiet_option(parser) -> None:
+    """``--quiet`` on ``parser`` (an ``ArgumentParser`` or one of its argument groups)."""
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def parse_normalize(text: str):
+    """``--normalize`` text -> the ``normalize`` argument of the engine.
+
+    ``image`` and ``segment`` stay as they are, ``none`` becomes None and ``LOW,HIGH`` a pair of
+    floats; anything else is a :class:`CLIError`.
+    """
+    mode = text.strip().lower()
+    if mode in ("image", "segment"):
+        return mode
+    if mode == "none":
+        return None
+    parts = mode.split(",")
+    if len(parts) == 2:
+        try:
+            return float(parts[0]), float(parts[1])
+        except ValueError:
+            pass
+    raise CLIError(
+        f"--normalize {text!r} is not understood: use image, segment, none or LOW,HIGH "
+        "(e.g. 0,4095)"
+    )
+
+
+class ProgressBar:
+    """tqdm on stderr, fed by ``progress(done, total)`` callbacks (``embed_segments``)."""
+
+    def __init__(self, desc: str, disable: bool) -> None:
+        self.desc, self.disable, self.bar = desc, disable, None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(
+                total=total, desc=self.desc, unit="seg", file=sys.stderr, disable=self.disable
+            )
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

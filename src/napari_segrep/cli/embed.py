@@ -1,0 +1,179 @@
+"""``napari-segrep embed IMAGE LABELS -o OUT.csv``: one row per segment plus a JSON sidecar."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from ._common import (
+    BACKBONES,
+    DEVICE_HELP,
+    CLIError,
+    ProgressBar,
+    add_quiet_option,
+    parse_normalize,
+)
+
+__all__ = ["add_parser", "run", "run_embedding"]
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``embed`` on ``subparsers`` (from ``ArgumentParser.add_subparsers``)."""
+    parser = subparsers.add_parser(
+        "embed",
+        help="embed every segment of a label image and write a CSV",
+        description="Embed every non-zero label of LABELS, seen in IMAGE, and write one row per "
+        "segment to OUT.csv plus an OUT.json provenance sidecar.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "image",
+        type=Path,
+        help="image file (TIFF, PNG or JPEG): 2D, RGB, or multichannel with --channel-axis",
+    )
+    parser.add_argument(
+        "labels", type=Path, help="label image file of the same (Y, X) shape; 0 is background"
+    )
+    parser.add_argument(
+        "-o", "--output", type=Path, required=True, help="output CSV path (OUT.csv)"
+    )
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="napari-segrep checkpoint to embed with (default: untrained encoder)",
+    )
+    parser.add_argument(
+        "--backbone",
+        default="resnet18",
+        choices=BACKBONES,
+        help="backbone of the untrained encoder (ignored with --checkpoint)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the untrained encoder")
+    parser.add_argument(
+        "--crop-size",
+        type=int,
+        default=64,
+        help="crop side in pixels; larger segments are downscaled to fit",
+    )
+    parser.add_argument("--batch-size", type=int, default=128, help="crops per forward pass")
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+    parser.add_argument(
+        "--normalize",
+        default="image",
+        metavar="MODE",
+        help="'image' (1st-99.8th percentile of the image), 'segment' (of each "
+        "segment's pixels), 'none', or fixed 'LOW,HIGH'",
+    )
+    parser.add_argument(
+        "--channel-axis",
+        type=int,
+        default=None,
+        help="channel axis of a multichannel image (RGB (Y, X, 3) needs none)",
+    )
+    add_quiet_option(parser)
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """The ``embed`` command: read both files, embed, write OUT.csv and OUT.json."""
+    normalize = parse_normalize(args.normalize)
+    from ..io import read_image
+
+    image = read_image(args.image)
+    labels = read_image(args.labels)
+    df, seconds = run_embedding(
+        image,
+        labels,
+        output=args.output,
+        checkpoint=args.checkpoint,
+        backbone=args.backbone,
+        seed=args.seed,
+        crop_size=args.crop_size,
+        batch_size=args.batch_size,
+        device=args.device,
+        normalize=normalize,
+        channel_axis=args.channel_axis,
+        quiet=args.quiet,
+        inputs={"image": str(args.image), "labels": str(args.labels)},
+    )
+    print(
+        f"{len(df)} segments embedded in {seconds:.1f} s -> {args.output} "
+        f"(+ {args.output.with_suffix('.json').name})",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def run_embedding(
+    image,
+    labels,
+    *,
+    output: Path,
+    checkpoint: Path | None = None,
+    backbone: str = "resnet18",
+    seed: int = 0,
+    crop_size: int = 64,
+    batch_size: int = 128,
+    device: str = "auto",
+    normalize="image",
+    channel_axis: int | None = None,
+    quiet: bool = False,
+    inputs: dict | None = None,
+):
+    """Embed, then write ``output`` and its sidecar.  Checks the output folder and the inputs
+    first (a user's error is a :class:`CLIError`)."""
+    from ..analysis.export import provenance, write_table
+    from ..engine.devices import resolve_device
+    from ..engine.embed import embed_segments, encoder_for
+    from ..engine.segments import as_channels_first, validate_labels
+    from ..io import check_writable_dir
+
+    check_writable_dir(output.parent if str(output.parent) else Path("."))
+    try:
+        image_cf = as_channels_first(image, channel_axis=channel_axis)
+    except (TypeError, ValueError) as exc:
+        raise CLIError(str(exc)) from None
+    encoder = encoder_for(checkpoint, in_channels=image_cf.shape[0], backbone=backbone, seed=seed)
+    dev = resolve_device(device)
+    try:
+        validate_labels(labels, image_cf.shape[1:])
+    except (TypeError, ValueError) as exc:
+        raise CLIError(str(exc)) from None
+    bar = ProgressBar("embedding", disable=quiet)
+    t0 = time.perf_counter()
+    try:
+        df = embed_segments(
+            image,
+            labels,
+            encoder,
+            crop_size=crop_size,
+            batch_size=batch_size,
+            device=dev,
+            channel_axis=channel_axis,
+            normalize=normalize,
+            progress=bar,
+        )
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - t0
+    sidecar = provenance(
+        command="embed",
+        encoder_config=encoder.config(),
+        n_segments=len(df),
+        normalization=df.attrs.get("normalization"),
+        crop_size=crop_size,
+        batch_size=batch_size,
+        channel_axis=channel_axis,
+        device=str(dev),
+        inputs=inputs or {},
+        checkpoint=checkpoint,
+        seconds=seconds,
+        image_shape=list(image.shape),
+        image_dtype=str(image.dtype),
+    )
+    write_table(df, output, provenance=sidecar)
+    return df, seconds

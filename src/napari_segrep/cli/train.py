@@ -1,0 +1,415 @@
+"""``napari-segrep train``: self-supervised fine-tuning on image/label file pairs.
+
+``--devices N`` relaunches this command under torchrun (DDP); the first Ctrl-C stops after the
+current step and writes a checkpoint; rank 0 writes ``LOG_DIR/history.csv``; ``--debug`` writes
+the augmented view pairs instead of training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ._common import BACKBONES, CLIError, add_quiet_option, parse_normalize
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``train`` on ``subparsers`` (from ``ArgumentParser.add_subparsers``)."""
+    parser = subparsers.add_parser(
+        "train",
+        help="self-supervised fine-tuning on your own segments (TiCo + LARS by default)",
+        description="Fine-tune a SegmentEncoder without class labels: two augmented views of "
+        "every segment are pulled together (TiCo, NT-Xent or VICReg). Writes LOG_DIR/last.pt "
+        "(every epoch, and when interrupted) and LOG_DIR/history.csv. Option names follow the "
+        "original segrep_training.py; its underscore spellings (--crop_size...) work too. "
+        "Multi-GPU: --devices N (or run under torchrun).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    _add_data_options(parser.add_argument_group("data"))
+    _add_training_options(parser.add_argument_group("training"))
+    _add_hardware_options(parser.add_argument_group("hardware"))
+    parser.set_defaults(func=run)
+    return parser
+
+
+def _add_data_options(data) -> None:
+    data.add_argument("--images", help="glob of image files, e.g. 'data/images/*.tif'")
+    data.add_argument(
+        "--labels",
+        help="glob of label files, paired with images by file stem "
+        "(a _labels/_mask suffix is allowed)",
+    )
+    data.add_argument(
+        "--data", type=Path, help="folder with images/ and labels/ (instead of --images/--labels)"
+    )
+    data.add_argument(
+        "--channel-axis",
+        "--channel_axis",
+        dest="channel_axis",
+        type=int,
+        default=None,
+        help="channel axis of multichannel images",
+    )
+    data.add_argument(
+        "--normalize",
+        default="image",
+        metavar="MODE",
+        help="image, segment, none or LOW,HIGH (as for embed)",
+    )
+    data.add_argument(
+        "--min-size",
+        "--min_size",
+        dest="min_size",
+        type=int,
+        default=16,
+        help="skip segments with fewer pixels",
+    )
+
+
+def _add_training_options(run) -> None:
+    run.add_argument(
+        "--log-dir",
+        "--log_dir",
+        dest="log_dir",
+        type=Path,
+        default=Path("logs"),
+        help="checkpoints (last.pt) and history.csv go here",
+    )
+    run.add_argument(
+        "--no-mask",
+        "--no_mask",
+        dest="no_mask",
+        action="store_true",
+        help="switch off image and feature masking (the plain SSL baseline)",
+    )
+    run.add_argument(
+        "--no-image-mask",
+        dest="no_image_mask",
+        action="store_true",
+        help="switch off image masking only",
+    )
+    run.add_argument(
+        "--no-feature-mask",
+        dest="no_feature_mask",
+        action="store_true",
+        help="switch off feature masking only",
+    )
+    run.add_argument("--crop-size", "--crop_size", dest="crop_size", type=int, default=64)
+    run.add_argument(
+        "--batch-size",
+        "--batch_size",
+        dest="batch_size",
+        type=int,
+        default=64,
+        help="per process (per GPU)",
+    )
+    run.add_argument("--epochs", type=int, default=20)
+    run.add_argument("--loss", default="tico", choices=["tico", "ntxent", "vicreg"])
+    run.add_argument("--optimizer", default="lars", choices=["lars", "adamw"])
+    run.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="learning rate (default: LARS 0.3 x global batch / 256, AdamW 1e-3)",
+    )
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument(
+        "--grad-accumulate",
+        "--grad_accumulate",
+        dest="grad_accumulate",
+        type=int,
+        default=1,
+        help="micro-batches per optimiser step",
+    )
+    run.add_argument(
+        "--num-workers",
+        "--num_workers",
+        dest="num_workers",
+        type=int,
+        default=0,
+        help="data loader worker processes",
+    )
+    run.add_argument("--backbone", default="resnet18", choices=BACKBONES)
+    run.add_argument(
+        "--resume-checkpoint",
+        "--resume_checkpoint",
+        dest="resume_checkpoint",
+        type=Path,
+        default=None,
+        help="training checkpoint to continue from",
+    )
+    run.add_argument(
+        "--init-checkpoint",
+        dest="init_checkpoint",
+        type=Path,
+        default=None,
+        help="encoder checkpoint to start a new run from",
+    )
+    run.add_argument(
+        "--debug",
+        action="store_true",
+        help="write LOG_DIR/debug_views.png (augmented view pairs with mask "
+        "outlines) and exit without training",
+    )
+    add_quiet_option(run)
+
+
+def _add_hardware_options(hw) -> None:
+    hw.add_argument(
+        "--device",
+        "--accelerator",
+        dest="device",
+        default="auto",
+        help="auto, cpu, cuda (gpu), mps",
+    )
+    hw.add_argument(
+        "--devices", type=int, default=1, help="processes/GPUs; > 1 relaunches under torchrun (DDP)"
+    )
+    hw.add_argument(
+        "--strategy",
+        default="auto",
+        choices=["auto", "ddp"],
+        help="multi-process strategy (DDP whenever --devices > 1 or under torchrun)",
+    )
+    hw.add_argument(
+        "--no-sync-batchnorm",
+        "--no_sync_batchnorm",
+        dest="no_sync_batchnorm",
+        action="store_true",
+        help="per-process BatchNorm statistics under DDP",
+    )
+    hw.add_argument(
+        "--no-gather-distributed",
+        "--no_gather_distributed",
+        dest="no_gather_distributed",
+        action="store_true",
+        help="compute the loss on each process's batch only under DDP",
+    )
+    hw.add_argument(
+        "--no-amp", dest="no_amp", action="store_true", help="no mixed precision on CUDA"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """The ``train`` command (or, with ``--debug``, the view grid)."""
+    import os
+
+    if args.devices > 1 and "WORLD_SIZE" not in os.environ:
+        return _relaunch_under_torchrun(args.devices)
+    from ..io import check_writable_dir
+
+    normalize = parse_normalize(args.normalize)
+    images, labels, names = _load_pairs(args)
+    rank = int(os.environ.get("RANK", "0"))
+    try:
+        args.log_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CLIError(f"cannot create the log directory {args.log_dir}: {exc.strerror}") from None
+    check_writable_dir(args.log_dir)
+    options = {
+        "grad_accumulate": args.grad_accumulate,
+        "num_workers": args.num_workers,
+        "min_size": args.min_size,
+        "normalize": normalize,
+        "channel_axis": args.channel_axis,
+        "backbone": args.backbone,
+        "sync_batchnorm": not args.no_sync_batchnorm,
+        "gather_distributed": not args.no_gather_distributed,
+        "amp": not args.no_amp,
+    }
+    if args.debug:
+        return _write_debug_views(images, labels, names, args, normalize)
+
+    import warnings
+
+    import napari_segrep as sr
+
+    encoder = sr.load_encoder(args.init_checkpoint) if args.init_checkpoint else None
+    bar = None
+    show = rank == 0 and not args.quiet
+
+    def on_step(record: dict) -> None:
+        nonlocal bar
+        if not show:
+            return
+        if bar is None:
+            from tqdm import tqdm
+
+            bar = tqdm(
+                total=record["total_steps"],
+                initial=record["step"] - 1,
+                unit="step",
+                desc="training",
+                file=sys.stderr,
+            )
+        bar.set_postfix(
+            epoch=record["epoch"],
+            loss=f"{record['loss']:.4f}",
+            crops_s=f"{record['crops_per_s']:.0f}",
+        )
+        bar.update(1)
+
+    # First Ctrl-C: stop after the current step and write a checkpoint; second: abort.
+    import signal
+
+    stop = {"requested": False}
+
+    def on_interrupt(signum, frame):
+        if stop["requested"]:
+            raise KeyboardInterrupt
+        stop["requested"] = True
+        print(
+            "\nnapari-segrep: stopping after this step and writing a checkpoint "
+            "(Ctrl-C again to abort)",
+            file=sys.stderr,
+        )
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        try:
+            result = sr.train_ssl(
+                images,
+                labels,
+                encoder=encoder,
+                epochs=args.epochs,
+                batch_size=args.batch_size,
+                crop_size=args.crop_size,
+                loss=args.loss,
+                optimizer=args.optimizer,
+                lr=args.lr,
+                image_masking=not (args.no_mask or args.no_image_mask),
+                feature_masking=not (args.no_mask or args.no_feature_mask),
+                device=args.device,
+                checkpoint_dir=args.log_dir,
+                resume=args.resume_checkpoint,
+                seed=args.seed,
+                on_step=on_step,
+                should_stop=lambda: stop["requested"],
+                **options,
+            )
+        finally:
+            signal.signal(signal.SIGINT, previous)
+            if bar is not None:
+                bar.close()
+    if rank == 0:
+        _write_history(result.history, args.log_dir / "history.csv")
+        if result.stopped:
+            print(
+                "napari-segrep: stopped early; continue with --resume-checkpoint "
+                f"{result.checkpoint_path}",
+                file=sys.stderr,
+            )
+        first = result.history[0]["loss"] if result.history else float("nan")
+        last = result.history[-1]["loss"] if result.history else float("nan")
+        print(
+            f"trained {len(result.history)} steps on {len(images)} image(s): loss {first:.4f} "
+            f"-> {last:.4f}; checkpoint {result.checkpoint_path}",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _relaunch_under_torchrun(n: int) -> int:
+    """``--devices N`` outside torchrun: run this same command under torchrun."""
+    import subprocess
+
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={n}",
+        "-m",
+        "napari_segrep.cli",
+        *sys.argv[1:],
+    ]
+    print("napari-segrep: starting", n, "processes:", " ".join(cmd[1:]), file=sys.stderr)
+    return subprocess.call(cmd)
+
+
+def _load_pairs(args: argparse.Namespace):
+    """Read the image/label pairs; a pair the engine would refuse is a :class:`CLIError` naming
+    the files (the same message the engine's dataset would give)."""
+    from ..io import pair_files, read_image
+
+    pairs = pair_files(args.images, args.labels, data_dir=args.data)
+    images, labels, names = [], [], []
+    for image_path, label_path in pairs:
+        image, lab = read_image(image_path), read_image(label_path)
+        spatial = image.shape if image.ndim == 2 else None
+        if spatial is not None and lab.shape != spatial:
+            raise CLIError(
+                f"{image_path.name} is {image.shape} but its labels {label_path.name} are "
+                f"{lab.shape}: each pair must have the same (Y, X) shape"
+            )
+        images.append(image)
+        labels.append(lab)
+        names.append(f"{image_path.name} / {label_path.name}")
+
+    from ..engine.segments import as_channels_first, validate_labels
+
+    for image, lab, name in zip(images, labels, names, strict=True):
+        try:
+            image_cf = as_channels_first(image, channel_axis=args.channel_axis)
+            validate_labels(lab, image_cf.shape[1:])
+        except (TypeError, ValueError) as exc:
+            raise CLIError(f"{name}: {exc}") from None
+    return images, labels, names
+
+
+def _write_history(history: list[dict], path: Path) -> None:
+    import pandas as pd
+
+    from ..io import atomic_write
+
+    text = pd.DataFrame(history).to_csv(index=False).encode()
+    atomic_write(path, lambda fh: fh.write(text))
+
+
+def _write_debug_views(images, labels, names, args, normalize) -> int:
+    """A PNG grid: for 8 segments, view A and view B with their mask outlines in red."""
+    import imageio.v3 as iio
+    import numpy as np
+    from skimage.segmentation import find_boundaries
+
+    from ..engine.augment import AugmentConfig
+    from ..engine.dataset import SegmentDataset
+    from ..io import atomic_write
+
+    ds = SegmentDataset(
+        images,
+        labels,
+        crop_size=args.crop_size,
+        channel_axis=args.channel_axis,
+        normalize=normalize,
+        min_size=args.min_size,
+        augment=AugmentConfig(crop_size=args.crop_size),
+        seed=args.seed,
+        names=names,
+    )
+    if len(ds) == 0:
+        raise CLIError("no segment of at least --min-size pixels in the data")
+    tiles = []
+    for i in np.linspace(0, len(ds) - 1, min(8, len(ds))).astype(int):
+        a, ma, b, mb = ds[int(i)]
+        pair = []
+        for view, mask in ((a, ma), (b, mb)):
+            grey = np.clip(view.numpy().mean(0), 0, 1)
+            rgb = np.stack([grey] * 3, -1)
+            rgb[find_boundaries(mask[0].numpy(), mode="inner")] = (1.0, 0.1, 0.1)
+            pair.append(np.pad(rgb, ((2, 2), (2, 2), (0, 0)), constant_values=1))
+        tiles.append(np.concatenate(pair, axis=1))
+    grid = (np.concatenate(tiles, axis=0) * 255).astype(np.uint8)
+    grid = np.kron(grid, np.ones((2, 2, 1), np.uint8))
+    path = args.log_dir / "debug_views.png"
+    atomic_write(path, lambda fh: fh.write(iio.imwrite("<bytes>", grid, extension=".png")))
+    print(
+        f"{len(ds)} segments ({ds.n_skipped} skipped as smaller than --min-size); "
+        f"view pairs written to {path}",
+        file=sys.stderr,
+    )
+    return 0

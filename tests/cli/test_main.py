@@ -1,0 +1,114 @@
+"""The command line as a whole: the parser assembled from the subcommand modules, cheap help,
+and main's error policy (user errors: one line, exit 2; divergence: exit 1; bugs: traceback)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import tifffile
+
+from napari_segrep._sample_data import make_cells
+from napari_segrep.cli import get_arg_parser, main
+
+HEAVY = {"torch", "torchvision", "pandas", "scipy", "sklearn", "umap", "napari", "qtpy"}
+
+
+def test_cli__help_documents_every_option():
+    top = subprocess.run(
+        [sys.executable, "-m", "napari_segrep.cli", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "embed" in top and "demo" in top
+    sub = subprocess.run(
+        [sys.executable, "-m", "napari_segrep.cli", "embed", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    for option in (
+        "--checkpoint",
+        "--crop-size",
+        "--batch-size",
+        "--device",
+        "--normalize",
+        "--channel-axis",
+        "--output",
+    ):
+        assert option in sub
+
+
+def test_cli__help_and_parsing_load_no_torch():
+    """``napari-segrep --help`` (and every subcommand's) answers without importing torch or
+    any other heavy module: commands import those when they run."""
+    code = (
+        "import json, sys\n"
+        "import napari_segrep.cli as cli\n"
+        "for argv in ([], ['embed'], ['train'], ['demo']):\n"
+        "    try:\n"
+        "        cli.main([*argv, '--help'])\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "cli.get_arg_parser().parse_args(['embed', 'a.tif', 'b.tif', '-o', 'c.csv'])\n"
+        "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "usage: napari-segrep train" in done.stdout  # the help really was printed
+    loaded = set(json.loads(done.stdout.splitlines()[-1]))
+    assert "napari_segrep" in loaded
+    assert not loaded & HEAVY, loaded & HEAVY
+
+
+def test_get_arg_parser__lists_the_subcommands_in_order():
+    parser = get_arg_parser()
+    help_text = parser.format_help()
+    assert help_text.index("embed") < help_text.index("train") < help_text.index("demo")
+    for command in ("embed", "train", "demo"):
+        with pytest.raises(SystemExit):
+            parser.parse_args([command, "--no-such-option"])
+    with pytest.raises(SystemExit):
+        parser.parse_args([])  # a command is required
+
+
+def test_main__diverged_training_exits_1_with_one_line(tmp_path, capsys):
+    (tmp_path / "data" / "images").mkdir(parents=True)
+    (tmp_path / "data" / "labels").mkdir()
+    for i in range(2):
+        image, labels, _ = make_cells(shape=(128, 128), n_cells=12, seed=10 + i)
+        tifffile.imwrite(tmp_path / "data" / "images" / f"img{i}.tif", image)
+        tifffile.imwrite(tmp_path / "data" / "labels" / f"img{i}_labels.tif", labels)
+    argv = ["train", "--data", tmp_path / "data", "--log-dir", tmp_path / "logs", "--epochs", 1]
+    argv += ["--optimizer", "adamw", "--lr", 1e30, "--batch-size", 8, "--crop-size", 32]
+    argv += ["--device", "cpu", "--quiet"]
+    assert main([str(a) for a in argv]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("napari-segrep: error: the loss became") and err.count("\n") == 1
+    assert "Traceback" not in err
+
+
+def test_main__interrupt_exits_130(monkeypatch, capsys):
+    """A second Ctrl-C (KeyboardInterrupt out of a command) is exit status 130, one line.  The
+    command's body is a stand-in: a real one would need a signal sent mid-run."""
+
+    def command(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("napari_segrep.cli.demo.run", command)
+    assert main(["demo", "--headless"]) == 130
+    assert capsys.readouterr().err == "napari-segrep: interrupted; nothing was written\n"
+
+
+def test_main__a_bug_keeps_its_traceback(monkeypatch):
+    """A TypeError is a programming error, not a user's: main does not disguise it as one
+    (users' errors that the engine reports as TypeError are checked by the commands first)."""
+
+    def command(args):
+        raise TypeError("unsupported operand type(s)")
+
+    monkeypatch.setattr("napari_segrep.cli.demo.run", command)
+    with pytest.raises(TypeError, match="unsupported operand"):
+        main(["demo", "--headless"])
