@@ -51,7 +51,8 @@ def read_image(path: str | os.PathLike):
 
         return np.asarray(iio.imread(path))
     except Exception as exc:  # noqa: BLE001 - any reader failure is a user-facing error
-        raise ValueError(f"cannot read {path} as an image: {exc}") from None
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ValueError(f"cannot read {path} as an image: {reason}") from None
 
 
 def pair_files(

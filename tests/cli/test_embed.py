@@ -172,5 +172,6 @@ def test_cli_embed__errors_are_named_and_write_nothing(files, capsys, case, matc
     err = capsys.readouterr().err
     assert "napari-segrep: error:" in err and match in err
     assert err.startswith("napari-segrep: error:") and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err  # one line, naming the problem
     assert sorted(p.name for p in tmp.iterdir()) == before
     assert (tmp / "out.csv").read_text() == "previous results\n"
