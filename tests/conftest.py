@@ -28,6 +28,20 @@ def disc_labels(shape, centres_radii, *, start=1):
     return labels
 
 
+def blob_masks(b, size, seed=0):
+    """(b, 1, size, size) bool Tensor: one random disc per crop, well inside it."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    masks = torch.zeros(b, 1, size, size, dtype=torch.bool)
+    for i in range(b):
+        cy, cx = torch.randint(size // 4, 3 * size // 4, (2,), generator=g)
+        r = int(torch.randint(3, size // 4, (1,), generator=g))
+        masks[i, 0] = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+    return masks
+
+
 def relative_max_diff(a, b) -> float:
     a = np.asarray(a, np.float64)
     b = np.asarray(b, np.float64)
@@ -63,6 +77,40 @@ def scene():
 
 @pytest.fixture(scope="session")
 def encoder():
+    """The default encoder: resnet18, 1 channel, 512-d (for tests about the default)."""
     from napari_segrep import SegmentEncoder
 
     return SegmentEncoder(in_channels=1, seed=0).eval()
+
+
+#: A shrunken real ResNet registered for tests (cellpose keeps 2 of 24 blocks for speed): the
+#: masked ResNet code path, BasicBlock, one block per stage, widths 8/16/32/64, stride 32, 64-d.
+NARROW_BACKBONE = "resnet_narrow_test"
+
+
+def register_narrow_backbone() -> str:
+    """Register :data:`NARROW_BACKBONE` through the backbone registry (idempotent)."""
+    from functools import partial
+
+    from torchvision.models.resnet import BasicBlock
+
+    from napari_segrep.engine.backbones import BACKBONES, register_backbone
+    from napari_segrep.engine.backbones.resnet import MaskedResNet
+
+    if NARROW_BACKBONE not in BACKBONES:
+        register_backbone(NARROW_BACKBONE, partial(MaskedResNet, BasicBlock, [1, 1, 1, 1], width=8))
+    return NARROW_BACKBONE
+
+
+@pytest.fixture(scope="session")
+def narrow_backbone() -> str:
+    """The name of the narrow test ResNet, registered; ``SegmentEncoder(narrow_backbone)``."""
+    return register_narrow_backbone()
+
+
+@pytest.fixture(scope="session")
+def narrow_encoder(narrow_backbone):
+    """A 1-channel encoder on the narrow test ResNet, eval mode (64-d embeddings)."""
+    from napari_segrep import SegmentEncoder
+
+    return SegmentEncoder(narrow_backbone, in_channels=1, seed=0).eval()

@@ -20,8 +20,8 @@ _LAZY = {
     "TrainingDiverged": "napari_segrep.errors",
     "resolve_device": "napari_segrep.engine.devices",
     "Cancelled": "napari_segrep.errors",
-    "save_encoder": "napari_segrep.engine.checkpoint",
-    "load_encoder": "napari_segrep.engine.checkpoint",
+    "save_encoder": "napari_segrep.engine.encoder",
+    "load_encoder": "napari_segrep.engine.encoder",
     "write_table": "napari_segrep.analysis.export",
 }
 
@@ -41,10 +41,9 @@ __all__ = [
 
 if TYPE_CHECKING:  # pragma: no cover
     from .analysis.export import write_table
-    from .engine.checkpoint import load_encoder, save_encoder
     from .engine.devices import resolve_device
     from .engine.embed import embed_segments, embed_stack
-    from .engine.encoder import SegmentEncoder
+    from .engine.encoder import SegmentEncoder, load_encoder, save_encoder
     from .engine.training import train_ssl
     from .errors import Cancelled, TrainingDiverged
 

@@ -14,7 +14,11 @@ from skimage.measure import regionprops_table
 import napari_segrep as sr
 from napari_segrep.engine.segments import GEOMETRY_COLUMNS, iter_crop_batches, segment_table
 
-from ..conftest import disc_labels, emb, relative_max_diff
+from ..conftest import NARROW_BACKBONE, disc_labels, emb, relative_max_diff
+
+# Tests where the model's size is irrelevant use the narrow test ResNet (same code path); those
+# about the default encoder (resnet18, 512-d) keep it.
+pytestmark = pytest.mark.usefixtures("narrow_backbone")
 
 FIXED = (0.0, 1.0)
 CROP = 32
@@ -35,7 +39,7 @@ def _embed(image, labels, encoder, **kw):
     data=st.data(),
     normalize=st.sampled_from([FIXED, "segment"]),
 )
-def test_embed_segments__context_invariance(scene, encoder, data, normalize):
+def test_embed_segments__context_invariance(scene, narrow_encoder, data, normalize):
     """Changing any pixels outside a segment leaves its embedding unchanged."""
     image, labels = scene
     target = data.draw(st.sampled_from([1, 3, 4, 6]), label="segment")
@@ -45,34 +49,36 @@ def test_embed_segments__context_invariance(scene, encoder, data, normalize):
     changed = image.copy()
     pick = outside & (rng.random(image.shape) < rng.uniform(0.05, 1.0))
     changed[pick] = rng.uniform(-5, 50, pick.sum())
-    a = _embed(image, labels, encoder, normalize=normalize)
-    b = _embed(changed, labels, encoder, normalize=normalize)
+    a = _embed(image, labels, narrow_encoder, normalize=normalize)
+    b = _embed(changed, labels, narrow_encoder, normalize=normalize)
     row = int(np.flatnonzero(a["label"] == target)[0])
     assert relative_max_diff(emb(a)[row], emb(b)[row]) <= 1e-6
 
 
-def test_embed_segments__context_invariance_for_downscaled_segments(encoder):
+def test_embed_segments__context_invariance_for_downscaled_segments(narrow_encoder):
     """Segments larger than the crop are resampled; context still cannot leak in."""
     rng = np.random.default_rng(0)
     image = rng.random((120, 120)).astype(np.float32)
     labels = disc_labels((120, 120), [(60, 60, 40), (10, 10, 6)])
     changed = np.where(labels == 1, image, rng.random(image.shape) * 9).astype(np.float32)
-    a = _embed(image, labels, encoder)
-    b = _embed(changed, labels, encoder)
+    a = _embed(image, labels, narrow_encoder)
+    b = _embed(changed, labels, narrow_encoder)
     assert a["scale"].iloc[0] == pytest.approx(CROP / 81)
     assert relative_max_diff(emb(a)[0], emb(b)[0]) <= 1e-6
 
 
-def test_embed_segments__image_normalisation_depends_on_the_image_as_documented(scene, encoder):
+def test_embed_segments__image_normalisation_depends_on_the_image_as_documented(
+    scene, narrow_encoder
+):
     image, labels = scene
     brighter = image.copy()
     brighter[labels == 0] *= 10  # background only: the image percentiles move
-    a = _embed(image, labels, encoder, normalize="image")
-    b = _embed(brighter, labels, encoder, normalize="image")
+    a = _embed(image, labels, narrow_encoder, normalize="image")
+    b = _embed(brighter, labels, narrow_encoder, normalize="image")
     assert relative_max_diff(emb(a), emb(b)) > 1e-3
 
 
-def test_embed_segments__neighbour_isolation(encoder):
+def test_embed_segments__neighbour_isolation(narrow_encoder):
     """Same embedding whether a touching neighbour is present, removed or changed."""
     rng = np.random.default_rng(1)
     image = rng.random((64, 64)).astype(np.float32)
@@ -80,35 +86,35 @@ def test_embed_segments__neighbour_isolation(encoder):
     assert (
         (labels[:, 1:] == 1) & (labels[:, :-1] == 2) | (labels[:, 1:] == 2) & (labels[:, :-1] == 1)
     ).any()
-    base = emb(_embed(image, labels, encoder))[0]
+    base = emb(_embed(image, labels, narrow_encoder))[0]
 
     removed = np.where(labels == 2, 0, labels)
     changed_shape = labels.copy()
     changed_shape[(labels == 0) & (np.arange(64)[None, :] > 40)] = 2  # neighbour grows
     brighter = np.where(labels == 2, image * 7 + 3, image).astype(np.float32)
     for img, lab in [(image, removed), (image, changed_shape), (brighter, labels)]:
-        other = emb(_embed(img, lab, encoder))[0]
+        other = emb(_embed(img, lab, narrow_encoder))[0]
         assert relative_max_diff(base, other) <= 1e-6
 
 
-def test_embed_segments__batch_size_and_composition_do_not_matter(scene, encoder):
+def test_embed_segments__batch_size_and_composition_do_not_matter(scene, narrow_encoder):
     image, labels = scene
-    ref = _embed(image, labels, encoder, batch_size=128)
+    ref = _embed(image, labels, narrow_encoder, batch_size=128)
     for bs in (1, 2, 5):
-        other = _embed(image, labels, encoder, batch_size=bs)
+        other = _embed(image, labels, narrow_encoder, batch_size=bs)
         assert relative_max_diff(emb(ref), emb(other)) <= 1e-5, bs
     # a different batch composition: only segments 2 and 5 present
     subset = np.where(np.isin(labels, [2, 5]), labels, 0)
-    sub = _embed(image, subset, encoder)
+    sub = _embed(image, subset, narrow_encoder)
     assert relative_max_diff(emb(ref)[[1, 4]], emb(sub)) <= 1e-5
 
 
-def test_embed_segments__relabelling_permutes_rows_only(scene, encoder):
+def test_embed_segments__relabelling_permutes_rows_only(scene, narrow_encoder):
     image, labels = scene
-    ref = _embed(image, labels, encoder)
+    ref = _embed(image, labels, narrow_encoder)
     new_ids = np.array([0, 50, 7, 3_000_000_000, 2, 11, 400])  # old id -> new id (huge ids too)
     relabelled = new_ids[labels].astype(np.int64)
-    out = _embed(image, relabelled, encoder)
+    out = _embed(image, relabelled, narrow_encoder)
     assert list(out["label"]) == sorted(new_ids[1:])
     assert out["label"].dtype == np.int64
     back = out.set_index("label").loc[new_ids[ref["label"]]].reset_index(drop=True)
@@ -121,7 +127,7 @@ def test_embed_segments__relabelling_permutes_rows_only(scene, encoder):
 
 def test_embed_segments__same_seed_same_embeddings(scene):
     image, labels = scene
-    runs = [_embed(image, labels, sr.SegmentEncoder(seed=s)) for s in (3, 3, 4)]
+    runs = [_embed(image, labels, sr.SegmentEncoder(NARROW_BACKBONE, seed=s)) for s in (3, 3, 4)]
     pd.testing.assert_frame_equal(runs[0], runs[1])
     assert relative_max_diff(emb(runs[0]), emb(runs[2])) > 1e-3
     default = sr.embed_segments(image, labels, crop_size=CROP, normalize=FIXED, device="cpu")
@@ -129,11 +135,11 @@ def test_embed_segments__same_seed_same_embeddings(scene):
 
 
 # ---------------------------------------------------------------------- the table
-def test_embed_segments__table_columns_dtypes_and_geometry(scene, encoder):
+def test_embed_segments__table_columns_dtypes_and_geometry(scene, narrow_encoder):
     image, labels = scene
-    df = _embed(image, labels, encoder)
+    df = _embed(image, labels, narrow_encoder)
     assert list(df.columns[:9]) == ["label", *GEOMETRY_COLUMNS]
-    assert list(df.columns[9:]) == [f"emb_{i}" for i in range(encoder.embedding_dim)]
+    assert list(df.columns[9:]) == [f"emb_{i}" for i in range(narrow_encoder.embedding_dim)]
     assert df["label"].dtype == np.int64 and (df.filter(like="emb_").dtypes == np.float32).all()
     assert list(df["label"]) == sorted(np.unique(labels[labels > 0]))
     props = pd.DataFrame(
@@ -169,14 +175,14 @@ def test_embed_segments__crops_keep_native_scale_and_own_pixels_only(scene):
     np.testing.assert_array_equal(values, np.sort(image[labels == 1]))
 
 
-def test_embed_segments__one_pixel_and_border_segments(encoder):
+def test_embed_segments__one_pixel_and_border_segments(narrow_encoder):
     image = np.random.default_rng(3).random((50, 60)).astype(np.float32)
     labels = np.zeros((50, 60), np.uint16)
     labels[25, 30] = 1  # a single pixel
     labels[0:6, 0:9] = 2  # corner
     labels[44:50, 20:50] = 3  # bottom edge
     labels[10:20, 55:60] = 4  # right edge
-    df = _embed(image, labels, encoder)
+    df = _embed(image, labels, narrow_encoder)
     assert list(df["label"]) == [1, 2, 3, 4]
     e = emb(df)
     assert np.isfinite(e).all() and (np.abs(e).sum(1) > 0).all()
@@ -184,13 +190,18 @@ def test_embed_segments__one_pixel_and_border_segments(encoder):
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32, np.float32, np.float64])
-def test_embed_segments__any_dtype_same_embeddings_with_image_normalisation(scene, encoder, dtype):
+def test_embed_segments__any_dtype_same_embeddings_with_image_normalisation(
+    scene, narrow_encoder, dtype
+):
     image, labels = scene
-    ref = _embed(image, labels, encoder, normalize="image")
+    ref = _embed(image, labels, narrow_encoder, normalize="image")
     integer = np.issubdtype(dtype, np.integer)
     scaled = image * (250 if dtype == np.uint8 else 60000) + 3  # an affine change of units
     quantised = _embed(
-        (np.round(scaled) if integer else scaled).astype(dtype), labels, encoder, normalize="image"
+        (np.round(scaled) if integer else scaled).astype(dtype),
+        labels,
+        narrow_encoder,
+        normalize="image",
     )
     tol = 0.05 if dtype == np.uint8 else 1e-3  # uint8 quantises the image
     assert relative_max_diff(emb(ref), emb(quantised)) < tol
@@ -200,27 +211,29 @@ def test_embed_segments__rgb_and_multichannel(scene):
     image, labels = scene
     rgb = np.stack([image, image**2, 1 - image], axis=-1)
     df_rgb = sr.embed_segments(
-        rgb, labels, sr.SegmentEncoder(in_channels=3), crop_size=CROP, device="cpu"
+        rgb, labels, sr.SegmentEncoder(NARROW_BACKBONE, in_channels=3), crop_size=CROP, device="cpu"
     )
     stack = np.moveaxis(rgb, -1, 0)
     df_ca = sr.embed_segments(
         stack,
         labels,
-        sr.SegmentEncoder(in_channels=3),
+        sr.SegmentEncoder(NARROW_BACKBONE, in_channels=3),
         crop_size=CROP,
         device="cpu",
         channel_axis=0,
     )
     assert relative_max_diff(emb(df_rgb), emb(df_ca)) <= 1e-6
     with pytest.raises(ValueError, match="encoder takes 1 channel"):
-        sr.embed_segments(rgb, labels, sr.SegmentEncoder(in_channels=1), device="cpu")
+        sr.embed_segments(
+            rgb, labels, sr.SegmentEncoder(NARROW_BACKBONE, in_channels=1), device="cpu"
+        )
 
 
 # ---------------------------------------------------------------------- streaming and cancel
-def test_embed_segments__progress_per_batch_and_cancel(scene, encoder):
+def test_embed_segments__progress_per_batch_and_cancel(scene, narrow_encoder):
     image, labels = scene
     calls = []
-    _embed(image, labels, encoder, batch_size=4, progress=lambda d, t: calls.append((d, t)))
+    _embed(image, labels, narrow_encoder, batch_size=4, progress=lambda d, t: calls.append((d, t)))
     assert calls == [(0, 6), (4, 6), (6, 6)]
 
     polls = []
@@ -230,14 +243,14 @@ def test_embed_segments__progress_per_batch_and_cancel(scene, encoder):
         return len(polls) > 1
 
     with pytest.raises(sr.Cancelled):
-        _embed(image, labels, encoder, batch_size=2, should_stop=stop_after_first)
+        _embed(image, labels, narrow_encoder, batch_size=2, should_stop=stop_after_first)
     assert len(polls) == 2
-    assert not encoder.training  # mode restored
+    assert not narrow_encoder.training  # mode restored
 
 
 def test_embed_segments__restores_training_mode(scene):
     image, labels = scene
-    enc = sr.SegmentEncoder().train()
+    enc = sr.SegmentEncoder(NARROW_BACKBONE).train()
     _embed(image, labels, enc)
     assert enc.training
 
@@ -302,24 +315,14 @@ def test_embed_segments__no_segment_gives_an_empty_table_and_a_warning(encoder):
     assert df["label"].dtype == np.int64 and df["emb_0"].dtype == np.float32
 
 
-def test_embed_segments__no_warning_for_normal_input(scene, encoder):
+def test_embed_segments__no_warning_for_normal_input(scene, narrow_encoder):
     image, labels = scene
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        _embed(image, labels, encoder)
+        _embed(image, labels, narrow_encoder)
 
 
-def test_resolve_device__names():
-    import torch
-
-    assert sr.resolve_device("cpu") == torch.device("cpu")
-    assert sr.resolve_device("auto").type in ("cpu", "cuda", "mps")
-    if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="CUDA is not available"):
-            sr.resolve_device("gpu")
-
-
-def test_embed_stack__plane_by_plane_with_a_frame_column(encoder):
+def test_embed_stack__plane_by_plane_with_a_frame_column(narrow_encoder):
     rng = np.random.default_rng(0)
     image = rng.random((3, 40, 40)).astype(np.float32)
     labels = np.zeros((3, 40, 40), np.int32)
@@ -330,7 +333,7 @@ def test_embed_stack__plane_by_plane_with_a_frame_column(encoder):
     df = sr.embed_stack(
         image,
         labels,
-        encoder,
+        narrow_encoder,
         crop_size=CROP,
         normalize=FIXED,
         device="cpu",
@@ -339,7 +342,7 @@ def test_embed_stack__plane_by_plane_with_a_frame_column(encoder):
     assert list(df.columns[:3]) == ["label", "frame", "centroid_y"]
     assert df[["label", "frame"]].values.tolist() == [[1, 0], [1, 2], [4, 2]]
     assert calls[-1] == (3, 3)
-    plane = _embed(image[2], labels[2], encoder)
+    plane = _embed(image[2], labels[2], narrow_encoder)
     np.testing.assert_array_equal(emb(df)[1:], emb(plane))
     with pytest.raises(ValueError, match="leading"):
         sr.embed_stack(image[:2], labels)

@@ -1,10 +1,10 @@
-"""SegmentEncoder: identity with masks off, isolation with masks on, weights and checkpoints."""
+"""SegmentEncoder: identity with masks off, isolation with masks on, arguments.
+
+ImageNet weights and the backbone registry: test_backbones.py; checkpoints: test_checkpoint.py.
+"""
 
 from __future__ import annotations
 
-import pickle
-
-import numpy as np
 import pytest
 import torch
 import torchvision
@@ -13,8 +13,12 @@ from hypothesis import strategies as st
 from torch import nn
 
 import napari_segrep as sr
-from napari_segrep.engine.encoder import imagenet_cache_path
 from napari_segrep.engine.masking import MaskedBatchNorm2d
+
+from ..conftest import NARROW_BACKBONE, blob_masks, register_narrow_backbone
+
+# Tests where the model's size is irrelevant use the narrow test ResNet (same code path).
+pytestmark = pytest.mark.usefixtures("narrow_backbone")
 
 
 def _plain_backbone(name: str, seed: int, conv1: nn.Module | None = None) -> nn.Module:
@@ -25,17 +29,6 @@ def _plain_backbone(name: str, seed: int, conv1: nn.Module | None = None) -> nn.
     if conv1 is not None:
         net.conv1 = conv1
     return net
-
-
-def _blob_masks(b, size, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
-    masks = torch.zeros(b, 1, size, size, dtype=torch.bool)
-    for i in range(b):
-        cy, cx = torch.randint(size // 4, 3 * size // 4, (2,), generator=g)
-        r = int(torch.randint(3, size // 4, (1,), generator=g))
-        masks[i, 0] = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
-    return masks
 
 
 @pytest.mark.parametrize("name", ["resnet18", "resnet50"])
@@ -77,7 +70,7 @@ def test_segment_encoder__all_ones_mask_matches_the_plain_backbone(train):
 def test_segment_encoder__pixels_outside_the_mask_cannot_change_the_embedding(seed, size):
     enc = _shared_encoder()
     g = torch.Generator().manual_seed(seed)
-    masks = _blob_masks(3, size, seed)
+    masks = blob_masks(3, size, seed)
     x = torch.rand(3, 1, size, size, generator=g)
     context = torch.randn(3, 1, size, size, generator=g) * 50
     y = torch.where(masks, x, context)
@@ -91,25 +84,25 @@ _ENCODER = None
 def _shared_encoder():
     global _ENCODER
     if _ENCODER is None:
-        _ENCODER = sr.SegmentEncoder(in_channels=1, seed=11).eval()
+        _ENCODER = sr.SegmentEncoder(register_narrow_backbone(), in_channels=1, seed=11).eval()
     return _ENCODER
 
 
 def test_segment_encoder__feature_masking_alone_lets_context_in_and_image_masking_stops_it():
     """Dual masking: without image masking, context reaches the first convolution."""
-    masks = _blob_masks(2, 64, 1)
+    masks = blob_masks(2, 64, 1)
     x = torch.rand(2, 1, 64, 64)
     y = torch.where(masks, x, torch.full_like(x, 5.0))
-    only_features = sr.SegmentEncoder(image_masking=False).eval()
+    only_features = sr.SegmentEncoder(NARROW_BACKBONE, image_masking=False).eval()
     assert not torch.allclose(only_features(x, masks), only_features(y, masks), atol=1e-4)
-    both = sr.SegmentEncoder().eval()
+    both = sr.SegmentEncoder(NARROW_BACKBONE).eval()
     assert torch.equal(both(x, masks), both(y, masks))
 
 
-@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", NARROW_BACKBONE])
 def test_segment_encoder__every_normalised_activation_is_zero_outside_its_grid_mask(name):
     enc = sr.SegmentEncoder(name, seed=2).eval()
-    masks = _blob_masks(2, 64, 3)
+    masks = blob_masks(2, 64, 3)
     seen = []
 
     def hook(module, args, output):
@@ -146,9 +139,9 @@ def test_segment_encoder__training_statistics_ignore_background_size():
     big_m = torch.zeros(4, 1, 192, 192, dtype=torch.bool)
     big_x[..., 32:160, 32:160] = x
     big_m[..., 32:160, 32:160] = masks
-    masked = sr.SegmentEncoder(seed=4).train()
+    masked = sr.SegmentEncoder(NARROW_BACKBONE, seed=4).train()
     torch.testing.assert_close(masked(x, masks), masked(big_x, big_m), rtol=1e-4, atol=1e-5)
-    plain_bn = sr.SegmentEncoder(seed=4, feature_masking=False).train()
+    plain_bn = sr.SegmentEncoder(NARROW_BACKBONE, seed=4, feature_masking=False).train()
     assert not torch.allclose(plain_bn(x, masks), plain_bn(big_x, big_m), rtol=1e-2, atol=1e-3)
 
 
@@ -163,26 +156,27 @@ def test_segment_encoder__one_pixel_segment_gets_a_finite_nonzero_embedding():
 
 def test_segment_encoder__same_seed_same_model_other_seed_other_model():
     x = torch.rand(2, 1, 32, 32)
-    m = _blob_masks(2, 32)
-    a = sr.SegmentEncoder(seed=1).eval()(x, m)
-    b = sr.SegmentEncoder(seed=1).eval()(x, m)
-    c = sr.SegmentEncoder(seed=2).eval()(x, m)
+    m = blob_masks(2, 32)
+    a = sr.SegmentEncoder(NARROW_BACKBONE, seed=1).eval()(x, m)
+    b = sr.SegmentEncoder(NARROW_BACKBONE, seed=1).eval()(x, m)
+    c = sr.SegmentEncoder(NARROW_BACKBONE, seed=2).eval()(x, m)
     assert torch.equal(a, b)
     assert not torch.allclose(a, c)
 
 
-def test_segment_encoder__seed_does_not_touch_the_global_rng():
+@pytest.mark.parametrize("backbone", ["resnet18", NARROW_BACKBONE])
+def test_segment_encoder__seed_does_not_touch_the_global_rng(backbone):
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
-    sr.SegmentEncoder(seed=9)
+    sr.SegmentEncoder(backbone, in_channels=2, seed=9)
     assert torch.equal(torch.rand(3), expected)
 
 
 @pytest.mark.parametrize("channels", [2, 5])
 def test_segment_encoder__multichannel_input(channels):
     enc = sr.SegmentEncoder(in_channels=channels).eval()
-    z = enc(torch.rand(2, channels, 32, 32), _blob_masks(2, 32))
+    z = enc(torch.rand(2, channels, 32, 32), blob_masks(2, 32))
     assert z.shape == (2, enc.embedding_dim) == (2, 512)
 
 
@@ -194,96 +188,10 @@ def test_segment_encoder__resnet50_dim_and_bad_arguments():
         sr.SegmentEncoder(in_channels=0)
     enc = sr.SegmentEncoder(in_channels=1)
     with pytest.raises(ValueError, match=r"images must be \(B, 1, H, W\)"):
-        enc(torch.rand(2, 3, 32, 32), _blob_masks(2, 32))
+        enc(torch.rand(2, 3, 32, 32), blob_masks(2, 32))
     with pytest.raises(ValueError, match="masks are required"):
         enc(torch.rand(2, 1, 32, 32))
     with pytest.raises(ValueError, match="masks must be"):
         enc(torch.rand(2, 1, 32, 32), torch.ones(2, 1, 16, 16))
     with pytest.raises(TypeError, match="weights must be"):
         sr.SegmentEncoder(weights=3)
-
-
-# ---------------------------------------------------------------------- ImageNet weights
-@pytest.fixture()
-def torch_home(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    return tmp_path
-
-
-def test_segment_encoder__imagenet_missing_names_the_file(torch_home):
-    with pytest.raises(FileNotFoundError) as info:
-        sr.SegmentEncoder(weights="imagenet")
-    expected = imagenet_cache_path("resnet18")
-    assert str(torch_home) in str(expected)
-    assert "resnet18-f37072fd.pth" in str(info.value) and str(expected) in str(info.value)
-
-
-@pytest.mark.parametrize("channels", [1, 3, 4])
-def test_segment_encoder__imagenet_loads_from_the_local_cache_only(torch_home, channels):
-    # A torchvision-format file in the cache (random weights stand in for the real download).
-    torch.manual_seed(0)
-    reference = torchvision.models.resnet18()
-    path = imagenet_cache_path("resnet18")
-    path.parent.mkdir(parents=True)
-    torch.save(reference.state_dict(), path)
-
-    enc = sr.SegmentEncoder(in_channels=channels, weights="imagenet")
-    rgb = reference.conv1.weight
-    conv = enc.backbone.conv1.weight
-    if channels == 1:
-        torch.testing.assert_close(conv, rgb.sum(1, keepdim=True))
-    elif channels == 3:
-        assert torch.equal(conv, rgb)
-    else:
-        torch.testing.assert_close(conv[:, :3], rgb * 0.75)
-        torch.testing.assert_close(conv[:, 3], rgb[:, 0] * 0.75)
-    assert torch.equal(enc.backbone.layer3[0].conv1.weight, reference.layer3[0].conv1.weight)
-    assert enc.config()["weights"] == "imagenet"
-    assert enc.input_std.shape == (channels,) and (enc.input_std != 1).all()
-
-
-# ---------------------------------------------------------------------- checkpoints
-def test_checkpoint__save_load_round_trip(tmp_path):
-    enc = sr.SegmentEncoder(in_channels=2, feature_masking=False, seed=8).eval()
-    with torch.no_grad():
-        enc.backbone.layer1[0].bn1.running_mean.add_(0.25)  # state beyond the init
-    path = sr.save_encoder(enc, tmp_path / "enc.pt")
-    loaded = sr.load_encoder(path)
-    assert not loaded.training and loaded.feature_masking is False
-    x, m = torch.rand(2, 2, 32, 32), _blob_masks(2, 32)
-    assert torch.equal(enc(x, m), loaded(x, m))
-    direct = sr.SegmentEncoder(in_channels=2, feature_masking=False, weights=path).eval()
-    assert torch.equal(enc(x, m), direct(x, m))
-    assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
-
-
-def test_checkpoint__mismatched_encoder_is_refused(tmp_path):
-    path = sr.save_encoder(sr.SegmentEncoder(in_channels=3), tmp_path / "rgb.pt")
-    with pytest.raises(ValueError, match="in_channels=3"):
-        sr.SegmentEncoder(in_channels=1, weights=path)
-
-
-def test_checkpoint__bad_files_give_clear_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        sr.load_encoder(tmp_path / "missing.pt")
-    garbage = tmp_path / "garbage.pt"
-    garbage.write_bytes(b"this is not a checkpoint")
-    with pytest.raises(ValueError, match="not a readable checkpoint"):
-        sr.load_encoder(garbage)
-    pickled = tmp_path / "pickled.pt"
-    torch.save({"format": "napari-segrep", "obj": _Arbitrary()}, pickled)
-    with pytest.raises(ValueError, match="pickled Python objects"):
-        sr.load_encoder(pickled)
-    foreign = tmp_path / "foreign.pt"
-    torch.save({"weights": torch.zeros(3)}, foreign)
-    with pytest.raises(ValueError, match="not a napari-segrep checkpoint"):
-        sr.load_encoder(foreign)
-
-
-class _Arbitrary:
-    def __reduce__(self):
-        return (np.array, ([1, 2, 3],))
-
-
-def test_pickle_helper_is_really_an_arbitrary_object():
-    assert pickle.loads(pickle.dumps(_Arbitrary())).tolist() == [1, 2, 3]

@@ -11,8 +11,13 @@ from napari_segrep._sample_data import make_cells
 from napari_segrep.engine.checkpoint import load_checkpoint
 from napari_segrep.engine.training import TrainingDiverged, train_ssl
 
-# Small and fast: 24 cells, 32 px crops, batch 8 -> 3 steps per epoch.
+from ..conftest import NARROW_BACKBONE
+
+pytestmark = pytest.mark.usefixtures("narrow_backbone")
+
+# Small and fast: 24 cells, 32 px crops, batch 8 -> 3 steps per epoch, the narrow test ResNet.
 SMALL = {
+    "backbone": NARROW_BACKBONE,
     "batch_size": 8,
     "crop_size": 32,
     "device": "cpu",
@@ -55,7 +60,9 @@ def test_train_ssl__runs_reports_and_checkpoints(cells, tmp_path):
     a = sr.embed_segments(image, labels, result.encoder, crop_size=32, device="cpu")
     b = sr.embed_segments(image, labels, loaded, crop_size=32, device="cpu")
     np.testing.assert_array_equal(a.filter(like="emb_"), b.filter(like="emb_"))
-    untrained = sr.embed_segments(image, labels, sr.SegmentEncoder(), crop_size=32, device="cpu")
+    untrained = sr.embed_segments(
+        image, labels, sr.SegmentEncoder(NARROW_BACKBONE), crop_size=32, device="cpu"
+    )
     assert not np.allclose(a.filter(like="emb_"), untrained.filter(like="emb_"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
 
@@ -124,7 +131,7 @@ def test_train_ssl__options_losses_optimisers_and_no_mask(cells):
 
 def test_train_ssl__does_not_modify_the_given_encoder(cells):
     image, labels = cells
-    enc = sr.SegmentEncoder(seed=1)
+    enc = sr.SegmentEncoder(NARROW_BACKBONE, seed=1)
     before = {k: v.clone() for k, v in enc.state_dict().items()}
     result = train_ssl(image, labels, encoder=enc, epochs=1, **SMALL)
     assert result.encoder is not enc
@@ -144,6 +151,6 @@ def test_train_ssl__bad_input(cells, tmp_path):
         train_ssl(image, labels, loss="byol", **SMALL)
     with pytest.raises(TypeError, match="train_ssl"):
         train_ssl(image, labels, bogus_option=1, **SMALL)
-    encoder_ckpt = sr.save_encoder(sr.SegmentEncoder(), tmp_path / "enc.pt")
+    encoder_ckpt = sr.save_encoder(sr.SegmentEncoder(NARROW_BACKBONE), tmp_path / "enc.pt")
     with pytest.raises(ValueError, match="not a training checkpoint"):
         train_ssl(image, labels, resume=encoder_ckpt, **SMALL)

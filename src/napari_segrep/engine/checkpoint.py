@@ -7,6 +7,9 @@ lists, dicts only, so it loads with ``torch.load(weights_only=True)``)::
      "kind": "encoder" | "training", "encoder_config": {...}, "encoder": state_dict, ...}
 
 Training checkpoints (issue 2/4) add head, optimiser, scheduler and loop state under more keys.
+
+This module knows the file format only; :func:`napari_segrep.engine.encoder.save_encoder` and
+:func:`~napari_segrep.engine.encoder.load_encoder` write and rebuild encoders with it.
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ from __future__ import annotations
 import os
 import pickle
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -24,9 +26,7 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "encoder_state_from_checkpoint",
     "load_checkpoint",
-    "load_encoder",
     "save_checkpoint",
-    "save_encoder",
 ]
 
 CHECKPOINT_FORMAT = "napari-segrep"
@@ -88,36 +88,3 @@ def encoder_state_from_checkpoint(path: str | os.PathLike) -> tuple[dict, dict]:
         return payload["encoder_config"], payload["encoder"]
     except KeyError as exc:
         raise ValueError(f"checkpoint {path} has no encoder ({exc.args[0]!r} missing)") from None
-
-
-def save_encoder(encoder, path: str | os.PathLike, **extra: Any) -> Path:
-    """Save a :class:`~napari_segrep.SegmentEncoder` so :func:`load_encoder` can rebuild it."""
-    state = {k: v.detach().cpu() for k, v in encoder.state_dict().items()}
-    return save_checkpoint(
-        {"kind": "encoder", "encoder_config": encoder.config(), "encoder": state, **extra}, path
-    )
-
-
-def load_encoder(path: str | os.PathLike, *, map_location: str | torch.device = "cpu"):
-    """Rebuild the :class:`~napari_segrep.SegmentEncoder` stored in a checkpoint, in eval mode.
-
-    Examples
-    --------
-    >>> import napari_segrep as sr, tempfile, os
-    >>> path = os.path.join(tempfile.mkdtemp(), "enc.pt")
-    >>> _ = sr.save_encoder(sr.SegmentEncoder(), path)
-    >>> sr.load_encoder(path).embedding_dim
-    512
-    """
-    from .encoder import SegmentEncoder
-
-    config, state = encoder_state_from_checkpoint(path)
-    encoder = SegmentEncoder(
-        backbone=config["backbone"],
-        in_channels=config["in_channels"],
-        image_masking=config.get("image_masking", True),
-        feature_masking=config.get("feature_masking", True),
-        seed=config.get("seed", 0),
-    )
-    encoder.load_checkpoint_state(config, state, source=str(path))
-    return encoder.to(map_location).eval()

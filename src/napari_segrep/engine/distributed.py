@@ -1,16 +1,48 @@
-"""Differentiable collectives for ``torch.distributed`` runs (DDP under torchrun).
+"""``torch.distributed`` runs (DDP under torchrun): joining the process group, and
+differentiable collectives.
 
-Built on the public ``all_gather``/``all_reduce`` (every backend, gloo included), since
-``torch.distributed.nn.functional`` is deprecated in torch 2.14.
+The collectives are built on the public ``all_gather``/``all_reduce`` (every backend, gloo
+included), since ``torch.distributed.nn.functional`` is deprecated in torch 2.14.
 """
 
 from __future__ import annotations
+
+import os
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
 __all__ = ["all_reduce_sum", "gather", "world_size"]
+
+
+@dataclass
+class _Dist:
+    """This process's place in the run: ``world_size`` processes, this one ``rank``."""
+
+    world_size: int = 1
+    rank: int = 0
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _distributed_setup(device: str) -> _Dist:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return _Dist()
+    if not dist.is_initialized():
+        use_cuda = torch.cuda.is_available() and device in ("auto", "cuda")
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return _Dist(dist.get_world_size(), dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
 def gather(z: Tensor) -> Tensor:

@@ -48,7 +48,7 @@ def encoder_for(
         return weights
     if weights is None or (isinstance(weights, str) and weights.lower() == "imagenet"):
         return SegmentEncoder(backbone, in_channels=in_channels, weights=weights, seed=seed)
-    from .checkpoint import load_encoder
+    from .encoder import load_encoder
 
     return load_encoder(weights)
 

@@ -1,18 +1,14 @@
-"""SegmentEncoder: a torchvision ResNet with image masking, feature masking, masked BatchNorm and
-masked pooling.
+"""SegmentEncoder: a registered backbone (a torchvision ResNet by default) seen through the
+segment's mask: image masking, then feature masking, masked BatchNorm and masked pooling.
 
-Where the masks act (``feature_masking=True``)::
+What the encoder does itself::
 
     x = standardise(images) * mask                      image masking (if image_masking)
-    stem:   conv1 -> MaskedBN(mask/2) -> ReLU -> maxpool (zero outside mask/4 by construction)
-    block:  conv -> MaskedBN(mask of its grid) -> ReLU -> conv -> MaskedBN -> (+ shortcut, whose
-            BatchNorm is masked too) -> ReLU
-    pool:   mean over the in-mask cells of the last feature map (stride 32)
+    z = backbone(x, mask if feature_masking else None)  feature masking, masked pooling
 
-Every BatchNorm zeroes its output outside the mask of its feature grid, so after the stem and after
-every residual block (and inside each block too) nothing outside the segment is non-zero: no
-context pixel, no BatchNorm bias, no padding artefact reaches the embedding.  See
-:mod:`napari_segrep.engine.masking` for how masks are brought to each grid.
+The backbone (``backbone="resnet18"``, chosen by name from
+:mod:`napari_segrep.engine.backbones`) applies the mask at every feature grid: see
+:mod:`napari_segrep.engine.backbones.resnet` for where the masks act in a ResNet.
 
 With both masks off, the forward pass is the torchvision backbone's, call for call.
 """
@@ -20,54 +16,17 @@ With both masks off, the forward pass is the torchvision backbone's, call for ca
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torchvision.models import resnet as tv_resnet
 
-from .masking import MaskedBatchNorm2d, binarize_mask, mask_pyramid, masked_mean_pool
+from .backbones import BACKBONES, build_backbone, imagenet_cache_path, load_imagenet_weights
+from .checkpoint import encoder_state_from_checkpoint, save_checkpoint
+from .masking import binarize_mask
 
-__all__ = ["BACKBONES", "SegmentEncoder", "imagenet_cache_path"]
-
-# name -> (torchvision builder, ImageNet weights enum)
-BACKBONES: dict[str, tuple[Callable[..., tv_resnet.ResNet], object]] = {
-    "resnet18": (tv_resnet.resnet18, tv_resnet.ResNet18_Weights.IMAGENET1K_V1),
-    "resnet34": (tv_resnet.resnet34, tv_resnet.ResNet34_Weights.IMAGENET1K_V1),
-    "resnet50": (tv_resnet.resnet50, tv_resnet.ResNet50_Weights.IMAGENET1K_V1),
-}
-
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def imagenet_cache_path(backbone: str) -> Path:
-    """Where torchvision's ImageNet weights for ``backbone`` must lie (the torch hub cache)."""
-    _, weights = _backbone_entry(backbone)
-    filename = os.path.basename(weights.url)
-    return Path(torch.hub.get_dir()) / "checkpoints" / filename
-
-
-def _backbone_entry(backbone: str):
-    try:
-        return BACKBONES[backbone]
-    except KeyError:
-        raise ValueError(
-            f"unknown backbone {backbone!r}; choose one of {sorted(BACKBONES)}"
-        ) from None
-
-
-def build_resnet(backbone: str, *, seed: int) -> tv_resnet.ResNet:
-    """The torchvision ResNet ``backbone`` with :class:`MaskedBatchNorm2d` layers, randomly
-    initialised from ``seed`` exactly as ``torchvision.models.<backbone>()`` is under
-    ``torch.manual_seed(seed)``; the classifier is replaced by ``Identity``."""
-    builder, _ = _backbone_entry(backbone)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        net = builder(weights=None, norm_layer=MaskedBatchNorm2d)
-    net.fc = nn.Identity()
-    return net
+__all__ = ["BACKBONES", "SegmentEncoder", "imagenet_cache_path", "load_encoder", "save_encoder"]
 
 
 class SegmentEncoder(nn.Module):
@@ -75,8 +34,9 @@ class SegmentEncoder(nn.Module):
 
     Parameters
     ----------
-    backbone : {"resnet18", "resnet34", "resnet50"}
-        torchvision ResNet to build on.
+    backbone : str
+        Name of a registered backbone (:mod:`napari_segrep.engine.backbones`): "resnet18",
+        "resnet34" or "resnet50", torchvision's ResNets.
     in_channels : int
         Image channels (1 grayscale, 3 RGB, N multichannel).  The first convolution is adapted.
     image_masking : bool
@@ -128,18 +88,16 @@ class SegmentEncoder(nn.Module):
         self.seed = int(seed)
         self.weights_source: str | None = None
 
-        net = build_resnet(backbone, seed=seed)
-        self.embedding_dim: int = 512 * net.layer4[-1].expansion
-        self.backbone = net
+        self.backbone = build_backbone(backbone, in_channels=in_channels, seed=seed)
+        self.embedding_dim: int = int(self.backbone.embedding_dim)
         self.register_buffer("input_mean", torch.zeros(in_channels))
         self.register_buffer("input_std", torch.ones(in_channels))
 
         if weights is None:
-            self._adapt_first_conv(None)
-        elif isinstance(weights, str) and weights.lower() == "imagenet":
+            return
+        if isinstance(weights, str) and weights.lower() == "imagenet":
             self._load_imagenet()
         elif isinstance(weights, (str, os.PathLike)):
-            self._adapt_first_conv(None)
             self._load_checkpoint(Path(weights))
         else:
             raise TypeError(
@@ -147,55 +105,10 @@ class SegmentEncoder(nn.Module):
             )
 
     # ------------------------------------------------------------------ construction helpers
-    def _adapt_first_conv(self, rgb_weight: Tensor | None) -> None:
-        """Give conv1 ``in_channels`` inputs.  From RGB weights: summed for 1 channel (a grey
-        image seen as R=G=B gives the same response), tiled and scaled by 3/N for N channels."""
-        old = self.backbone.conv1
-        if self.in_channels == 3 and rgb_weight is None:
-            return
-        if rgb_weight is None:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(self.seed + 1)
-                new = nn.Conv2d(self.in_channels, old.out_channels, 7, 2, 3, bias=False)
-                nn.init.kaiming_normal_(new.weight, mode="fan_out", nonlinearity="relu")
-            self.backbone.conv1 = new
-            return
-        if self.in_channels == 3:
-            weight = rgb_weight
-        elif self.in_channels == 1:
-            weight = rgb_weight.sum(dim=1, keepdim=True)
-        else:
-            reps = -(-self.in_channels // 3)
-            weight = rgb_weight.repeat(1, reps, 1, 1)[:, : self.in_channels] * (
-                3.0 / self.in_channels
-            )
-        new = nn.Conv2d(self.in_channels, old.out_channels, 7, 2, 3, bias=False)
-        with torch.no_grad():
-            new.weight.copy_(weight)
-        self.backbone.conv1 = new
-
     def _load_imagenet(self) -> None:
-        path = imagenet_cache_path(self.backbone_name)
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"ImageNet weights for {self.backbone_name} are not in the local torch cache. "
-                f"napari-segrep never downloads weights: place the file {path.name} at {path} "
-                f"(torchvision's {self.backbone_name} IMAGENET1K_V1 weights, e.g. copied from a "
-                "machine with internet where torchvision downloaded them), or use weights=None."
-            )
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-        rgb_conv = state.pop("conv1.weight")
-        missing, unexpected = self.backbone.load_state_dict(state, strict=False)
-        missing = [k for k in missing if k != "conv1.weight"]
-        if missing or unexpected:
-            raise ValueError(
-                f"{path} does not hold {self.backbone_name} weights "
-                f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
-            )
-        self._adapt_first_conv(rgb_conv)
-        mean = torch.tensor(_IMAGENET_MEAN)
-        std = torch.tensor(_IMAGENET_STD)
+        """The backbone's ImageNet weights, and their input statistics brought to
+        ``in_channels`` as the first convolution is (averaged for 1 channel, tiled for N)."""
+        mean, std = load_imagenet_weights(self.backbone, self.backbone_name)
         if self.in_channels == 1:
             mean, std = mean.mean(0, keepdim=True), std.mean(0, keepdim=True)
         else:
@@ -206,8 +119,6 @@ class SegmentEncoder(nn.Module):
         self.weights_source = "imagenet"
 
     def _load_checkpoint(self, path: Path) -> None:
-        from .checkpoint import encoder_state_from_checkpoint
-
         config, state = encoder_state_from_checkpoint(path)
         self.load_checkpoint_state(config, state, source=str(path))
 
@@ -283,42 +194,37 @@ class SegmentEncoder(nn.Module):
         mask = binarize_mask(masks, dtype=x.dtype) if masked else None
         if self.image_masking:
             x = x * mask
-        grids = mask_pyramid(mask, levels=5) if self.feature_masking else [None] * 6
-        return self._forward_backbone(x, grids)
-
-    def _forward_backbone(self, x: Tensor, grids: list[Tensor | None]) -> Tensor:
-        net = self.backbone
-        x = net.conv1(x)
-        x = net.relu(net.bn1(x, grids[1]))
-        # Zero outside grids[2] without a multiply: a max over a window of zeros is zero, and
-        # grids[2] is the max-pool of grids[1] over the same windows.
-        x = net.maxpool(x)
-        level = 2
-        for stage in (net.layer1, net.layer2, net.layer3, net.layer4):
-            for block in stage:
-                out_level = level + (1 if block.stride == 2 else 0)
-                x = _block_forward(block, x, grids[level], grids[out_level])
-                level = out_level
-        if grids[level] is None:
-            return torch.flatten(net.avgpool(x), 1)
-        return masked_mean_pool(x, mask=grids[level])
+        return self.backbone(x, mask if self.feature_masking else None)
 
 
-def _block_forward(
-    block: nn.Module, x: Tensor, m_in: Tensor | None, m_out: Tensor | None
-) -> Tensor:
-    """torchvision's BasicBlock/Bottleneck forward with the mask of each feature grid passed to
-    its BatchNorm layers (``None``: plain BatchNorm, identical to torchvision)."""
-    identity = x
-    if isinstance(block, tv_resnet.Bottleneck):
-        out = block.relu(block.bn1(block.conv1(x), m_in))  # 1x1, input grid
-        out = block.relu(block.bn2(block.conv2(out), m_out))  # 3x3, carries the stride
-        out = block.bn3(block.conv3(out), m_out)
-    else:
-        out = block.relu(block.bn1(block.conv1(x), m_out))  # 3x3, carries the stride
-        out = block.bn2(block.conv2(out), m_out)
-    if block.downsample is not None:
-        conv, bn = block.downsample
-        identity = bn(conv(x), m_out)
-    out = out + identity
-    return block.relu(out)
+def save_encoder(encoder: SegmentEncoder, path: str | os.PathLike, **extra: Any) -> Path:
+    """Save a :class:`~napari_segrep.SegmentEncoder` so :func:`load_encoder` can rebuild it."""
+    state = {k: v.detach().cpu() for k, v in encoder.state_dict().items()}
+    return save_checkpoint(
+        {"kind": "encoder", "encoder_config": encoder.config(), "encoder": state, **extra}, path
+    )
+
+
+def load_encoder(
+    path: str | os.PathLike, *, map_location: str | torch.device = "cpu"
+) -> SegmentEncoder:
+    """Rebuild the :class:`~napari_segrep.SegmentEncoder` stored in a checkpoint, in eval mode.
+
+    Examples
+    --------
+    >>> import napari_segrep as sr, tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "enc.pt")
+    >>> _ = sr.save_encoder(sr.SegmentEncoder(), path)
+    >>> sr.load_encoder(path).embedding_dim
+    512
+    """
+    config, state = encoder_state_from_checkpoint(path)
+    encoder = SegmentEncoder(
+        backbone=config["backbone"],
+        in_channels=config["in_channels"],
+        image_masking=config.get("image_masking", True),
+        feature_masking=config.get("feature_masking", True),
+        seed=config.get("seed", 0),
+    )
+    encoder.load_checkpoint_state(config, state, source=str(path))
+    return encoder.to(map_location).eval()

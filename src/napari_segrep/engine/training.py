@@ -33,7 +33,9 @@ from .augment import AugmentConfig
 from .checkpoint import load_checkpoint, save_checkpoint
 from .dataset import SegmentDataset
 from .devices import resolve_device
+from .distributed import _distributed_setup
 from .encoder import SegmentEncoder
+from .heads import ProjectionHead, _SSLModel
 from .losses import make_loss
 from .masking import MaskedBatchNorm2d
 from .optim import LARS, param_groups_for_lars, warmup_cosine_schedule
@@ -114,41 +116,6 @@ class TrainConfig:
         return out
 
 
-class _BatchNorm1d(MaskedBatchNorm2d):
-    """BatchNorm1d for (N, C) input, built on MaskedBatchNorm2d so that its statistics can be
-    synchronised across processes on CPU (gloo) as well as on GPUs (``nn.SyncBatchNorm`` is
-    GPU-only)."""
-
-    def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
-        return super().forward(x[:, :, None, None])[:, :, 0, 0]
-
-
-class ProjectionHead(nn.Module):
-    """MLP head used only for training (embeddings stay the encoder's pooled features):
-    Linear -> BatchNorm1d -> ReLU -> Linear, as TiCo/SimCLR heads."""
-
-    def __init__(self, in_dim: int, hidden_dim: int = 1024, out_dim: int = 256) -> None:
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(in_dim, hidden_dim, bias=False),
-            _BatchNorm1d(hidden_dim),
-            nn.ReLU(inplace=True),
-            nn.Linear(hidden_dim, out_dim),
-        )
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
-
-
-class _SSLModel(nn.Module):
-    def __init__(self, encoder: SegmentEncoder, head: ProjectionHead) -> None:
-        super().__init__()
-        self.encoder, self.head = encoder, head
-
-    def forward(self, images: Tensor, masks: Tensor) -> Tensor:
-        return self.head(self.encoder(images, masks))
-
-
 @dataclass
 class TrainResult:
     """What :func:`train_ssl` returns."""
@@ -158,32 +125,6 @@ class TrainResult:
     checkpoint_path: Path | None
     stopped: bool = False
     head: ProjectionHead | None = None
-
-
-@dataclass
-class _Dist:
-    world_size: int = 1
-    rank: int = 0
-    local_rank: int = 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def _distributed_setup(device: str) -> _Dist:
-    """Join the process group when launched by torchrun (WORLD_SIZE > 1)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return _Dist()
-    if not dist.is_initialized():
-        use_cuda = torch.cuda.is_available() and device in ("auto", "cuda")
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    return _Dist(dist.get_world_size(), dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
 class Trainer:

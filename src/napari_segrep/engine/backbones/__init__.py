@@ -1,0 +1,191 @@
+"""Backbones by name: one small registry.
+
+A backbone is an ``nn.Module`` that embeds a batch of (standardised, possibly image-masked)
+crops, each seen through its mask:
+
+- ``embedding_dim`` : int, the size of the pooled output;
+- ``forward(x, mask)`` : ``x`` (B, C, H, W) float, ``mask`` (B, 1, H, W) 0/1 Tensor of ``x``'s
+  dtype, or ``None`` for no feature masking -> (B, embedding_dim);
+- ``load_imagenet_state(state)`` (only for backbones registered with ImageNet weights): load a
+  torchvision state dict, adapting the input layer to the module's channels; ``ValueError``
+  when the state does not fit.
+
+:class:`~napari_segrep.engine.encoder.SegmentEncoder` builds backbones by name with
+:func:`build_backbone` and knows nothing else about them.  A new backbone (ViT, 3D...) is a new
+file in this package with a builder ``build(*, in_channels, seed)``, registered by name with
+:func:`register_backbone`.
+
+Examples
+--------
+>>> from functools import partial
+>>> from torchvision.models.resnet import BasicBlock
+>>> from napari_segrep.engine.backbones import (
+...     build_backbone, register_backbone, unregister_backbone)
+>>> from napari_segrep.engine.backbones.resnet import MaskedResNet
+>>> _ = register_backbone("resnet10_narrow", partial(MaskedResNet, BasicBlock, [1, 1, 1, 1],
+...                       width=8))
+>>> build_backbone("resnet10_narrow", in_channels=1, seed=0).embedding_dim
+64
+>>> unregister_backbone("resnet10_narrow")
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "BACKBONES",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "BackboneSpec",
+    "backbone_names",
+    "build_backbone",
+    "get_backbone",
+    "imagenet_cache_path",
+    "load_imagenet_weights",
+    "register_backbone",
+    "unregister_backbone",
+]
+
+#: RGB mean and std of ImageNet, which torchvision's ImageNet weights expect.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """How to build one registered backbone.
+
+    Attributes
+    ----------
+    name : str
+    build : callable(*, in_channels: int, seed: int) -> nn.Module
+        A new backbone (see the module docstring), randomly initialised from ``seed`` without
+        touching the global random generator.
+    imagenet_url : str or None
+        torchvision's download URL of the backbone's ImageNet weights: only its file name is
+        used, to find the file in the local torch hub cache (nothing is ever downloaded).
+        ``None``: no ImageNet weights.
+    imagenet_mean, imagenet_std : tuple of float
+        RGB statistics the ImageNet weights expect their input standardised with.
+    """
+
+    name: str
+    build: Callable[..., nn.Module]
+    imagenet_url: str | None = None
+    imagenet_mean: tuple[float, ...] = IMAGENET_MEAN
+    imagenet_std: tuple[float, ...] = IMAGENET_STD
+
+
+#: name -> :class:`BackboneSpec`, in registration order.
+BACKBONES: dict[str, BackboneSpec] = {}
+
+
+def register_backbone(
+    name: str,
+    build: Callable[..., nn.Module],
+    *,
+    imagenet_url: str | None = None,
+    imagenet_mean: Sequence[float] = IMAGENET_MEAN,
+    imagenet_std: Sequence[float] = IMAGENET_STD,
+    overwrite: bool = False,
+) -> BackboneSpec:
+    """Make ``SegmentEncoder(backbone=name)`` build its backbone with ``build``.
+
+    Parameters
+    ----------
+    name : str
+    build : callable(*, in_channels: int, seed: int) -> nn.Module
+    imagenet_url, imagenet_mean, imagenet_std
+        See :class:`BackboneSpec`.
+    overwrite : bool
+        Replace an existing registration (otherwise a ``ValueError``).
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"a backbone name must be a non-empty string, got {name!r}")
+    if not callable(build):
+        raise TypeError(f"build must be callable, got {type(build).__name__}")
+    if name in BACKBONES and not overwrite:
+        raise ValueError(f"backbone {name!r} is already registered (pass overwrite=True)")
+    spec = BackboneSpec(
+        name, build, imagenet_url, tuple(map(float, imagenet_mean)), tuple(map(float, imagenet_std))
+    )
+    BACKBONES[name] = spec
+    return spec
+
+
+def unregister_backbone(name: str) -> None:
+    """Remove a registered backbone (tests, plugins)."""
+    get_backbone(name)
+    del BACKBONES[name]
+
+
+def backbone_names() -> list[str]:
+    """Names of the registered backbones, sorted."""
+    return sorted(BACKBONES)
+
+
+def get_backbone(name: str) -> BackboneSpec:
+    """The :class:`BackboneSpec` registered as ``name``; ``ValueError`` naming the choices."""
+    try:
+        return BACKBONES[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown backbone {name!r}; choose one of {backbone_names()}") from None
+
+
+def build_backbone(name: str, *, in_channels: int = 3, seed: int = 0) -> nn.Module:
+    """A new backbone ``name`` for ``in_channels`` input channels, initialised from ``seed``."""
+    return get_backbone(name).build(in_channels=in_channels, seed=seed)
+
+
+def imagenet_cache_path(name: str) -> Path:
+    """Where torchvision's ImageNet weights for backbone ``name`` must lie (the torch hub cache)."""
+    spec = get_backbone(name)
+    if spec.imagenet_url is None:
+        raise ValueError(f"backbone {name!r} has no ImageNet weights; use weights=None")
+    filename = os.path.basename(spec.imagenet_url)
+    return Path(torch.hub.get_dir()) / "checkpoints" / filename
+
+
+def load_imagenet_weights(backbone: nn.Module, name: str) -> tuple[Tensor, Tensor]:
+    """Load the ImageNet weights of backbone ``name`` from the local torch hub cache into
+    ``backbone`` (built by :func:`build_backbone`); return the RGB ``(mean, std)`` they expect.
+
+    Raises
+    ------
+    FileNotFoundError
+        The weights are not in the cache (the message says where to put them).
+    ValueError
+        The file does not hold weights for this backbone.
+    """
+    spec = get_backbone(name)
+    path = imagenet_cache_path(name)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"ImageNet weights for {name} are not in the local torch cache. "
+            f"napari-segrep never downloads weights: place the file {path.name} at {path} "
+            f"(torchvision's {name} IMAGENET1K_V1 weights, e.g. copied from a "
+            "machine with internet where torchvision downloaded them), or use weights=None."
+        )
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        backbone.load_imagenet_state(state)
+    except ValueError as exc:
+        raise ValueError(f"{path} does not hold {name} weights ({exc})") from None
+    return torch.tensor(spec.imagenet_mean), torch.tensor(spec.imagenet_std)
+
+
+def _register_builtin_backbones() -> None:
+    from . import resnet
+
+    for name in resnet.RESNETS:
+        register_backbone(name, resnet.resnet_builder(name), imagenet_url=resnet.imagenet_url(name))
+
+
+_register_builtin_backbones()
