@@ -346,3 +346,38 @@ def test_embed_stack__plane_by_plane_with_a_frame_column(narrow_encoder):
     np.testing.assert_array_equal(emb(df)[1:], emb(plane))
     with pytest.raises(ValueError, match="leading"):
         sr.embed_stack(image[:2], labels)
+
+
+# ---------------------------------------------------------------------- a few segments again
+@settings(
+    max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(subset=st.sets(st.sampled_from([1, 2, 3, 4, 5, 6, 42]), max_size=7))
+def test_embed_segments__only_gives_the_full_calls_rows(scene, narrow_encoder, subset):
+    image, labels = scene
+    full = _embed(image, labels, narrow_encoder, normalize="segment")
+    part = _embed(image, labels, narrow_encoder, normalize="segment", only=sorted(subset))
+    wanted = full[full["label"].isin(subset)].reset_index(drop=True)
+    assert list(part["label"]) == list(wanted["label"])  # 42 is no segment: ignored
+    pd.testing.assert_frame_equal(
+        part.drop(columns=list(part.filter(like="emb_"))),
+        wanted.drop(columns=list(wanted.filter(like="emb_"))),
+        check_exact=True,
+    )
+    # embeddings as for any other batch composition (float rounding of batched arithmetic)
+    if len(part):
+        assert relative_max_diff(emb(part), emb(wanted)) <= 1e-5
+
+
+def test_encoder_for__each_choice_builds_the_encoder_it_names(tmp_path, narrow_encoder):
+    from napari_segrep.engine.embed import encoder_for
+
+    assert encoder_for(narrow_encoder, in_channels=1) is narrow_encoder
+    untrained = encoder_for(None, in_channels=2, backbone=NARROW_BACKBONE, seed=3)
+    assert (untrained.in_channels, untrained.seed) == (2, 3)
+    assert untrained.backbone_name == NARROW_BACKBONE and untrained.weights_source is None
+    path = sr.save_encoder(untrained, tmp_path / "enc.pt")
+    loaded = encoder_for(path, in_channels=1)  # a checkpoint keeps its own channels
+    assert loaded.config() == {**untrained.config(), "weights": str(path)}
+    with pytest.raises(FileNotFoundError, match="not in the local torch cache"):
+        encoder_for("imagenet", in_channels=1, backbone="resnet18")

@@ -117,8 +117,9 @@ def embed_segments(
     should_stop : callable() -> bool, optional
         Polled before every batch; when it returns True, :class:`Cancelled` is raised.
     only : sequence of int, optional
-        Embed just these label ids (ids not in ``labels`` are ignored).  Each embedding is the
-        one the full call gives: a segment is seen through its own mask alone.
+        Embed just these label ids (ids not in ``labels`` are ignored).  Each row is the one
+        the full call gives (a segment is seen through its own mask alone), up to the float
+        rounding that any other batch composition gives.
 
     Returns
     -------
