@@ -81,8 +81,27 @@ def start_job(
         report,
         stop.is_set,
         _start_thread=False,
-        _connect={"returned": on_result, "errored": on_error, "finished": finished},
+        _connect={
+            "returned": _unless_deleted(on_result),
+            "errored": _unless_deleted(on_error),
+            "finished": _unless_deleted(finished),
+        },
     )
     job = Job(worker, stop, relay)
     worker.start()
     return job
+
+
+def _unless_deleted(callback: Callable) -> Callable:
+    """``callback`` for a worker signal, made harmless once napari is closing: when the widget
+    it updates has been deleted, Qt raises RuntimeError ("wrapped C/C++ object ... has been
+    deleted"), which in a slot would abort the whole process."""
+
+    def guarded(*args) -> None:
+        try:
+            callback(*args)
+        except RuntimeError as exc:
+            if "has been deleted" not in str(exc):
+                raise
+
+    return guarded

@@ -88,6 +88,36 @@ class MapView:
             points.selected_data.events.items_changed.disconnect(self._on_points_selection_changed)
         return points
 
+    def keep_as_before(self) -> Points | None:
+        """Keep the current map as its own layer "... (before)", moved below the next map so
+        both stay in view, and unlinked; return it (None when there is no map)."""
+        labels_layer, before = self.labels_layer, self.release_points()
+        if before is None or before not in self.viewer.layers or labels_layer is None:
+            return None
+        before.name = f"{before.name} (before)"
+        before.selected_data = set()
+        h = labels_layer.data.shape[-2] * float(labels_layer.scale[-2])
+        before.translate = (h * (1 + MAP_MARGIN), 0)
+        return before
+
+    def agreement_with(self, before: Points | None, *, k: int = 10) -> float | None:
+        """The k-nearest-neighbour agreement of the segments shared by ``before`` (a map kept
+        by :meth:`keep_as_before`) and the current map; also in the map's metadata."""
+        from ..analysis.reduce import neighbour_agreement
+        from ..analysis.tables import pair_by_label
+
+        points = self.points_layer
+        if before is None or before not in self.viewer.layers or points is None:
+            return None
+        a, b = pair_by_label(
+            before.features["label"].to_numpy(), before.data, self.results.labels, points.data
+        )
+        if len(a) < 3:
+            return None
+        agreement = neighbour_agreement(a, b, k=k)
+        points.metadata["neighbour_agreement_with_before"] = agreement
+        return agreement
+
     def forget_layer(self, layer) -> None:
         """A layer was removed from the viewer: stop using it."""
         if layer is self.points_layer:

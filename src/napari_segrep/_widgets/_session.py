@@ -16,10 +16,17 @@ _listeners: list = []
 _started = False
 
 
-def start_warm_up(relay) -> None:
-    """Start the session's warm-up thread once; ``relay.ready.emit(devices)`` when done (now,
-    if it already is).  A relay whose widget is gone is skipped."""
+def start_warm_up(relay, *, label_dtypes=()) -> None:
+    """Warm the session up once, so the first Run, map and selection do not wait: the map
+    process (UMAP compiles there, at low priority, see :mod:`._map_process`) and, in one
+    background thread, napari's direct label colouring for ``label_dtypes`` (the highlight),
+    torch and the device list.  ``relay.ready.emit(devices)`` when the devices are known (now,
+    if they already are).  Call from the GUI thread; a relay whose widget is gone is skipped.
+    """
     global _started
+    from ._map_process import map_process
+
+    map_process()
     with _lock:
         if devices is not None:
             _notify(relay)
@@ -28,7 +35,10 @@ def start_warm_up(relay) -> None:
         if _started:
             return
         _started = True
-    threading.Thread(target=_warm_up, name="napari-segrep warm-up", daemon=True).start()
+    dtypes = tuple(dict.fromkeys(("int32", *map(str, label_dtypes))))
+    threading.Thread(
+        target=_warm_up, args=(dtypes,), name="napari-segrep warm-up", daemon=True
+    ).start()
 
 
 def _notify(relay) -> None:
@@ -38,12 +48,33 @@ def _notify(relay) -> None:
         pass
 
 
-def _warm_up() -> None:
+def warm_up_label_colours(dtypes) -> None:
+    """Compile (or load from numba's disk cache) napari's direct label colouring, which the
+    first highlight of selected segments needs, for labels of these dtypes.  A few seconds on
+    a cold cache: done here, early, instead of in the GUI thread at the first selection."""
+    import numpy as np
+
+    try:
+        from napari.utils.colormaps import DirectLabelColormap
+        from napari.utils.colormaps.colormap import _cast_labels_data_to_texture_dtype_direct
+    except ImportError:  # another napari version: the first selection compiles instead
+        return
+    colours = {None: np.zeros(4), 0: np.zeros(4), 1: np.ones(4), 2: np.ones(4)}
+    for dtype in dtypes:
+        data = (np.arange(64).reshape(8, 8) % 3).astype(dtype)
+        _cast_labels_data_to_texture_dtype_direct(data, DirectLabelColormap(color_dict=colours))
+
+
+def _warm_up(label_dtypes) -> None:
     global devices, imagenet_available
     found = ["cpu"]
     try:
+        warm_up_label_colours(label_dtypes)
+    except Exception:  # noqa: BLE001 - an optimisation only
+        pass
+    try:
+        from ..engine.backbones import imagenet_cache_path
         from ..engine.devices import available_devices
-        from ..engine.encoder import imagenet_cache_path
 
         found = available_devices()
         imagenet_available = imagenet_cache_path("resnet18").is_file()
@@ -55,9 +86,3 @@ def _warm_up() -> None:
         _listeners.clear()
     for relay in listeners:
         _notify(relay)
-    try:
-        from ..analysis.reduce import warm_up_umap
-
-        warm_up_umap()
-    except Exception:  # noqa: BLE001 - the first map then compiles instead
-        pass

@@ -31,7 +31,7 @@ from ._common import (
 )
 from ._jobs import Job, start_job
 from ._live import LiveEmbedding
-from ._map_view import MAP_MARGIN, MapView
+from ._map_view import MapView
 from ._results import RunSetup, SegmentResults
 
 __all__ = ["EmbedSegmentsWidget"]
@@ -61,7 +61,8 @@ class EmbedSegmentsWidget(Container):
         self.previous_points: Points | None = None
         self.agreement: float | None = None
         self.job: Job | None = None
-        self.map_job: Job | None = None
+        self._map_request: int | None = None  # the UMAP fit whose result is awaited
+        self._view_at_run: tuple | None = None
         self.map_view = MapView(viewer)
         self.live = LiveEmbedding(
             busy=lambda: self.job is not None,
@@ -138,7 +139,9 @@ class EmbedSegmentsWidget(Container):
         self._on_layers_changed()
         self._warm_relay = WarmRelay()
         self._warm_relay.ready.connect(self._on_warm)
-        _session.start_warm_up(self._warm_relay)
+        _session.start_warm_up(
+            self._warm_relay, label_dtypes={layer.data.dtype for layer in labels_layers(viewer)}
+        )
 
     # ------------------------------------------------------------------ the results, read-only
     @property
@@ -279,6 +282,7 @@ class EmbedSegmentsWidget(Container):
             return df, pca_map(embedding_matrix(df)), run
 
         self.status.value = "Embedding..."
+        self._view_at_run = self._camera_view()
         self._set_running(True)
         target = inputs.labels_layer
         self.job = start_job(
@@ -296,32 +300,15 @@ class EmbedSegmentsWidget(Container):
         agreement, in the status and in the new layer's metadata).  Returns the worker."""
         self.refresh_models()
         self.model_input.value = MODEL_SESSION
-        labels_layer = self.labels_layer
-        before = self.map_view.release_points()
-        if before is not None and before in self.viewer.layers and labels_layer is not None:
-            before.name = f"{before.name} (before)"
-            before.selected_data = set()
-            # below the new map, so both stay in view
-            h = labels_layer.data.shape[-2] * float(labels_layer.scale[-2])
-            before.translate = (h * (1 + MAP_MARGIN), 0)
+        before = self.map_view.keep_as_before()
+        if before is not None:
             self.previous_points = before
         return self.run()
 
     def _compare_with_previous(self) -> None:
-        from ..analysis.reduce import neighbour_agreement
-        from ..analysis.tables import pair_by_label
-
-        before, points = self.previous_points, self.points_layer
-        if before is None or before not in self.viewer.layers or points is None:
-            return
-        a, b = pair_by_label(
-            before.features["label"].to_numpy(), before.data, self.results.labels, points.data
-        )
-        if len(a) < 3:
-            return
-        self.agreement = neighbour_agreement(a, b, k=10)
-        points.metadata["neighbour_agreement_with_before"] = self.agreement
-        self.status.value += f" | 10-NN agreement with the previous map: {self.agreement:.2f}"
+        self.agreement = self.map_view.agreement_with(self.previous_points)
+        if self.agreement is not None:
+            self.status.value += f" | 10-NN agreement with the previous map: {self.agreement:.2f}"
 
     def cancel(self) -> None:
         """Stop the running embedding: layers and features stay exactly as before."""
@@ -358,6 +345,8 @@ class EmbedSegmentsWidget(Container):
         self.results.events.colour_by.connect(self._on_results_colour_by)
         self.colour_by.value = "label"
         self.map_view.attach(self.results)
+        if self._camera_view() == self._view_at_run:  # the user has not zoomed or panned since
+            self.viewer.reset_view()  # show the image and its map beside it
         for b in (
             self.cluster_button,
             self.selection_button,
@@ -377,29 +366,39 @@ class EmbedSegmentsWidget(Container):
             self._compare_with_previous()
 
     def _start_umap(self) -> None:
+        """Fit UMAP in the session's map process (never in napari's: see ``_map_process``);
+        the map replaces the PCA preview when it arrives."""
         from ..analysis.tables import embedding_matrix
+        from ._map_process import RemoteMap, map_process
 
-        results = self.results
-        emb = embedding_matrix(results.table)
+        results, process, key = self.results, map_process(), RemoteMap.next_key()
+        n_rows = len(results.table)
+        self._map_request = key
 
-        def call(progress, should_stop):
-            from ..analysis.reduce import umap_map
-
-            return umap_map(emb)
-
-        def done(map_model) -> None:
-            if self.results is not results or len(results.table) != len(emb):
-                return  # newer results (or live edits) replaced these rows meanwhile
-            results.set_map(map_model)
-            self.status.value = f"{len(results.table)} segments embedded. Map: UMAP"
+        def done(ok: bool, value) -> None:
+            if self._map_request != key or self.results is not results:
+                return  # newer results or a newer map replaced this one meanwhile
+            self._map_request = None
+            if not ok:
+                self._on_error(RuntimeError(f"UMAP map failed: {value}"))
+                return
+            if len(results.table) != n_rows:
+                return  # live edits changed the rows meanwhile: 'Refit map' fits them all
+            method, coords = value
+            results.set_map(RemoteMap(process, key, method, coords))
+            self.status.value = f"{n_rows} segments embedded. Map: UMAP"
             self._compare_with_previous()
 
-        self.map_job = start_job(call, desc="UMAP map", on_result=done, on_error=self._on_error)
+        process.submit("fit", key, embedding_matrix(results.table), 0, on_done=done)
+
+    def _camera_view(self) -> tuple:
+        scene = getattr(self.viewer, "scene", None)  # napari >= 0.9; viewer.camera before
+        camera = scene.camera if scene is not None else self.viewer.camera
+        return tuple(np.round(camera.center, 6)), round(float(camera.zoom), 9)
 
     def _drop_results(self) -> None:
         self.live.follow(None)
-        if self.map_job is not None:
-            self.map_job.cancel()
+        self._map_request = None  # a map still on its way is not wanted any more
         if self.results is not None:
             self.results.events.colour_by.disconnect(self._on_results_colour_by)
             self.results.close()
