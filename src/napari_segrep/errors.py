@@ -11,4 +11,7 @@ class Cancelled(Exception):  # noqa: N818 - the name users catch
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
+    """Training stopped because the model became unusable: the loss became NaN or infinite, or
+    a weight, buffer or the encoder's embeddings did (checked at every epoch end, before every
+    checkpoint and when stopping).  The last good checkpoint is kept; no unusable model is
+    saved or returned."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+from functools import partial
 
 import numpy as np
 import pytest
@@ -90,3 +91,80 @@ class _Arbitrary:
 
 def test_arbitrary_pickle_helper__is_really_an_arbitrary_object():
     assert pickle.loads(pickle.dumps(_Arbitrary())).tolist() == [1, 2, 3]
+
+
+# ---------------------------------------------------------------------- no silent garbage
+def test_load_checkpoint__non_finite_weights_are_refused_naming_the_tensor(tmp_path):
+    enc = sr.SegmentEncoder(NARROW_BACKBONE)
+    with torch.no_grad():
+        enc.backbone.layer1[0].bn1.running_var[0] = float("inf")
+    path = sr.save_encoder(enc, tmp_path / "diverged.pt")
+    direct = partial(sr.SegmentEncoder, NARROW_BACKBONE)
+    for load in (load_checkpoint, sr.load_encoder, lambda p: direct(weights=p)):
+        with pytest.raises(ValueError, match="NaN or Inf") as info:
+            load(path)
+        message = str(info.value)
+        assert str(path) in message and "layer1.0.bn1.running_var" in message
+        assert "diverged" in message
+
+
+_CONFIG_PROBLEMS = {
+    "no backbone": (lambda c, s: c.pop("backbone"), "'backbone' is missing"),
+    "unknown backbone": (lambda c, s: c.update(backbone="resnet_nope"), "unknown backbone"),
+    "in_channels huge": (lambda c, s: c.update(in_channels=10**7), r"in_channels=10000000"),
+    "in_channels text": (lambda c, s: c.update(in_channels="1"), "in_channels"),
+    "in_channels vs weights": (lambda c, s: c.update(in_channels=3), "weights are for 1"),
+    "masking not bool": (lambda c, s: c.update(image_masking="yes"), "image_masking"),
+    "embedding_dim": (lambda c, s: c.update(embedding_dim=512), "embedding_dim=512.* 64"),
+    "empty config": (lambda c, s: c.clear(), "'backbone' is missing"),
+    "missing weight": (lambda c, s: s.pop("backbone.conv1.weight"), "missing.*conv1.weight"),
+    "unexpected weight": (lambda c, s: s.update({"backbone.fc.w": torch.zeros(2)}), "unexpected"),
+    "wrong shape": (
+        lambda c, s: s.update({"backbone.layer1.0.conv1.weight": torch.zeros(8, 8, 1, 1)}),
+        r"layer1.0.conv1.weight.*\(8, 8, 1, 1\).*\(8, 8, 3, 3\)",
+    ),
+}
+
+
+@pytest.mark.parametrize("problem", list(_CONFIG_PROBLEMS))
+def test_load_encoder__a_bad_config_or_weights_give_one_clear_error(tmp_path, problem):
+    """Checked before the encoder is built (in_channels=10**7 would allocate ~125 GB)."""
+    change, match = _CONFIG_PROBLEMS[problem]
+    enc = sr.SegmentEncoder(NARROW_BACKBONE)
+    config, state = enc.config(), dict(enc.state_dict())
+    change(config, state)
+    payload = {"kind": "encoder", "encoder_config": config, "encoder": state}
+    path = save_checkpoint(payload, tmp_path / "odd.pt")
+    direct = partial(sr.SegmentEncoder, NARROW_BACKBONE)
+    for load in (sr.load_encoder, lambda p: direct(weights=p)):
+        with pytest.raises(ValueError, match=match) as info:
+            load(path)
+        assert str(path) in str(info.value)
+
+
+def test_load_checkpoint__garbage_is_not_called_pickled_objects(tmp_path):
+    """Random bytes, a truncated torch file and a plain pickle are 'not a napari-segrep
+    checkpoint'; torch's advice to pass weights_only=False is never shown."""
+    good = sr.save_encoder(sr.SegmentEncoder(NARROW_BACKBONE), tmp_path / "good.pt")
+    files = {
+        "random.pt": np.random.default_rng(0).bytes(4096),
+        "truncated.pt": good.read_bytes()[:5000],
+        "plain_pickle.pt": pickle.dumps({"a": 1}, protocol=4),
+        "empty.pt": b"",
+    }
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ValueError) as info:
+            sr.load_encoder(tmp_path / name)
+        message = str(info.value)
+        assert "not a napari-segrep checkpoint" in message and "corrupt" in message, name
+        assert "weights_only" not in message and "pickled" not in message, name
+
+
+def test_load_checkpoint__arbitrary_objects_are_named_without_torch_s_advice(tmp_path):
+    pickled = tmp_path / "objects.pt"
+    torch.save({"format": "napari-segrep", "obj": _Arbitrary()}, pickled)
+    with pytest.raises(ValueError, match="pickled Python objects") as info:
+        load_checkpoint(pickled)
+    assert "numpy" in str(info.value)  # the class it would have to run
+    assert "weights_only" not in str(info.value)

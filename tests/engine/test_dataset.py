@@ -67,3 +67,17 @@ def test_segment_dataset__bad_input_names_the_pair(two_images):
         SegmentDataset(images, labels[:1])
     with pytest.raises(ValueError, match="channel"):
         SegmentDataset([images[0], np.stack([images[1]] * 3, -1)], labels)
+
+
+def test_segment_dataset__the_embedding_input_checks_name_the_pair(two_images):
+    images, labels = two_images
+    huge = images[1].astype(np.float64)
+    huge[3, 3] = 1e39  # finite in float64, Inf in float32
+    rgb_labels = np.stack([labels[1]] * 3, -1).astype(np.uint8)
+    for image, lab, match in (
+        (huge, labels[1], "b.tif: image values reach 1e\\+39, beyond float32 range"),
+        (images[1], rgb_labels, "b.tif: labels look like an RGB image"),
+        (np.zeros((0, 64)), np.zeros((0, 64), int), r"b.tif: the image is empty"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            SegmentDataset([images[0], image], [labels[0], lab], names=["a.tif", "b.tif"])

@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from skimage.measure import regionprops_table
@@ -300,11 +301,53 @@ def test_embed_segments__restores_training_mode(scene):
         (np.zeros((10, 10)), np.ones((10, 10), int), {"crop_size": 0}, ValueError, "crop_size"),
         (np.zeros((10, 10)), np.ones((10, 10), int), {"batch_size": 1.5}, ValueError, "batch_size"),
         (np.zeros((10, 10)), np.ones((10, 10), int), {"device": "tpu"}, ValueError, "device"),
+        (np.zeros((0, 0)), np.zeros((0, 0), int), {}, ValueError, r"empty.*\(0, 0\)"),
+        (np.zeros((0, 7)), np.zeros((0, 7), int), {}, ValueError, r"empty.*\(0, 7\)"),
+        (np.full((10, 10), 1e39), np.ones((10, 10), int), {}, ValueError, "float32 range"),
+        (np.full((10, 10), -1e300), np.ones((10, 10), int), {}, ValueError, "float32 range"),
+        (
+            np.zeros((10, 10)),
+            np.full((10, 10), 2**63 + 5, np.uint64),
+            {},
+            ValueError,
+            r"2\*\*63.*relabel",
+        ),
+        (np.zeros((10, 10)), np.ones((10, 10), int), {"crop_size": 100_000}, ValueError, "4096"),
+        (
+            np.zeros((300, 200)),
+            np.ones((300, 200), int),
+            {"crop_size": 601},
+            ValueError,
+            r"crop_size=601.*twice.*600",
+        ),
     ],
 )
 def test_embed_segments__bad_input_is_named(image, labels, kwargs, error, match):
     with pytest.raises(error, match=match):
         sr.embed_segments(image, labels, **kwargs)
+
+
+def test_embed_segments__largest_accepted_crop_sizes_still_work(narrow_encoder):
+    labels = np.zeros((20, 12), np.int32)
+    labels[5:9, 4:8] = 1
+    image = np.random.default_rng(0).random((20, 12))
+    for crop_size in (64, 256):  # crops up to 256 are accepted whatever the image size
+        assert len(_embed(image, labels, narrow_encoder, crop_size=crop_size)) == 1
+
+
+def test_embed_segments__a_model_that_gives_nan_is_named_not_written(scene, tmp_path):
+    """Finite but huge weights (as a diverged run leaves them) overflow to NaN/Inf: the result
+    is refused, naming the model and the likely cause, instead of a table of NaN."""
+    image, labels = scene
+    enc = sr.SegmentEncoder(NARROW_BACKBONE)
+    with torch.no_grad():
+        for p in enc.parameters():
+            p.mul_(1e12)
+    path = sr.save_encoder(enc, tmp_path / "diverged.pt")
+    for model, name in ((sr.load_encoder(path), str(path)), (enc, "untrained")):
+        with pytest.raises(ValueError, match="NaN or Inf") as info:
+            _embed(image, labels, model)
+        assert name in str(info.value) and "diverged or corrupt" in str(info.value)
 
 
 def test_embed_segments__no_segment_gives_an_empty_table_and_a_warning(encoder):

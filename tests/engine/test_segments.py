@@ -65,3 +65,80 @@ def test_normalize_argument__replays_the_recorded_numbers(normalize):
     if recorded["mode"] in ("image", "fixed"):  # the same numbers, not the small image's
         assert again.describe()["low"] == recorded["low"]
         assert again.describe()["high"] == recorded["high"]
+
+
+# ---------------------------------------------------------------------- labels that are not labels
+def _jpeg(labels: np.ndarray, quality: int = 75) -> np.ndarray:
+    """``labels`` saved as a JPEG and read back (ids change along edges)."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(labels.astype(np.uint8)).save(buffer, "JPEG", quality=quality)
+    return np.asarray(Image.open(io.BytesIO(buffer.getvalue()))).astype(np.int32)
+
+
+def _label_warnings(labels) -> list[str]:
+    from napari_segrep.engine.segments import labels_warnings
+
+    return labels_warnings(segment_table(labels))
+
+
+def test_labels_warnings__none_for_the_sample_data_and_test_scenes(scene):
+    from napari_segrep._sample_data import make_cells, make_coins
+
+    one_pixel = np.zeros((50, 60), np.uint16)  # test_embed's one-pixel and border scene
+    one_pixel[25, 30], one_pixel[0:6, 0:9], one_pixel[44:50, 20:50] = 1, 2, 3
+    for labels in (
+        make_cells()[1],
+        make_cells(shape=(160, 160), n_cells=24, seed=2)[1],
+        make_coins()[1],
+        scene[1],
+        one_pixel,
+        disc_labels((64, 64), [(32, 24, 8), (32, 40, 8)]),
+    ):
+        assert _label_warnings(labels) == []
+
+
+@pytest.mark.parametrize("quality", [95, 75])
+def test_labels_warnings__jpeg_labels(quality):
+    from napari_segrep._sample_data import make_cells, make_coins
+
+    for labels in (make_cells()[1], make_coins()[1]):
+        (warning,) = _label_warnings(_jpeg(labels, quality))
+        assert "JPEG" in warning and "PNG/TIFF" in warning
+
+
+def test_labels_warnings__an_intensity_image_given_as_labels():
+    from napari_segrep._sample_data import make_cells, make_coins
+
+    cells_image, coins_image = make_cells()[0], make_coins()[0]
+    for image in (cells_image, coins_image, (cells_image // 256).astype(np.uint8)):
+        (warning,) = _label_warnings(image)
+        assert "swapped" in warning
+
+
+def test_embed_segments_and_training__warn_about_jpeg_labels(narrow_encoder):
+    import napari_segrep as sr
+    from napari_segrep._sample_data import make_cells
+    from napari_segrep.engine.dataset import SegmentDataset
+
+    image, labels, _ = make_cells(shape=(160, 160), n_cells=24, seed=2)
+    with pytest.warns(UserWarning, match="JPEG"):
+        sr.embed_segments(image, _jpeg(labels), narrow_encoder, crop_size=32, device="cpu")
+    with pytest.warns(UserWarning, match="pair 0: .*JPEG"):
+        SegmentDataset(image, _jpeg(labels), crop_size=32)
+
+
+def test_validate_labels__rgb_and_fractional_labels_are_refused_with_the_likely_cause():
+    from napari_segrep.engine.segments import validate_labels
+
+    for rgb in (np.zeros((10, 12, 3), np.uint8), np.zeros((10, 12, 4), np.float32)):
+        with pytest.raises(ValueError, match=r"labels look like an RGB image \(10, 12, \d\)"):
+            validate_labels(rgb, (10, 12))
+    intensity = np.random.default_rng(0).random((10, 12))
+    with pytest.raises(TypeError, match="fractional.*swapped"):
+        validate_labels(intensity, (10, 12))
+    with pytest.raises(TypeError, match=r"astype\(np.int32\)"):  # whole numbers: just convert
+        validate_labels(np.ones((10, 12)), (10, 12))

@@ -10,12 +10,19 @@ Training checkpoints (issue 2/4) add head, optimiser, scheduler and loop state u
 
 This module knows the file format only; :func:`napari_segrep.engine.encoder.save_encoder` and
 :func:`~napari_segrep.engine.encoder.load_encoder` write and rebuild encoders with it.
+
+A loaded checkpoint is checked before anything is built from it: every floating-point tensor
+must be finite (a diverged or corrupt model is refused, it would embed NaN), and the encoder's
+config must be complete, sane and agree with its weights (:func:`validate_encoder_config`).
 """
 
 from __future__ import annotations
 
 import os
 import pickle
+import re
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -26,11 +33,120 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "encoder_state_from_checkpoint",
     "load_checkpoint",
+    "nonfinite_tensors",
     "save_checkpoint",
+    "load_state_checked",
+    "load_training_checkpoint",
+    "state_mismatches",
+    "validate_encoder_config",
 ]
 
 CHECKPOINT_FORMAT = "napari-segrep"
 FORMAT_VERSION = 1
+#: The most input channels a checkpoint may declare (a sanity bound, checked before building).
+MAX_IN_CHANNELS = 4096
+_NOT_OURS = (
+    "is not a napari-segrep checkpoint: not a readable checkpoint file (it is corrupt or "
+    "truncated, or in another format)"
+)
+
+
+def _tensors(tree, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
+    """``(name, tensor)`` for every tensor in nested dicts/lists (``encoder/backbone.conv1...``)."""
+    if isinstance(tree, torch.Tensor):
+        yield prefix, tree
+    elif isinstance(tree, dict):
+        for key, value in tree.items():
+            yield from _tensors(value, f"{prefix}/{key}" if prefix else str(key))
+    elif isinstance(tree, (list, tuple)):
+        for i, value in enumerate(tree):
+            yield from _tensors(value, f"{prefix}[{i}]")
+
+
+def nonfinite_tensors(tree) -> list[str]:
+    """Names of the floating-point tensors in ``tree`` (nested dicts/lists) holding NaN or Inf.
+
+    One device synchronisation for all tensors; names are only collected when one is bad.
+    """
+    floats = [(k, t) for k, t in _tensors(tree) if t.is_floating_point() and t.numel()]
+    if not floats:
+        return []
+    flags = torch.stack([torch.isfinite(t).all().to(floats[0][1].device) for _, t in floats])
+    if bool(flags.all()):
+        return []
+    return [k for (k, _), ok in zip(floats, flags.tolist(), strict=True) if not ok]
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def validate_encoder_config(config, state, *, source: str) -> dict:
+    """Check a checkpoint's ``encoder_config`` and encoder weights before anything is built.
+
+    Keys present with the right types, sane ranges (``1 <= in_channels <=``
+    :data:`MAX_IN_CHANNELS`), a registered backbone, and ``in_channels`` equal to the channels
+    the weights were saved for (``input_mean``).  The weights' other shapes are compared with the
+    built encoder by :func:`state_mismatches`.
+
+    Raises
+    ------
+    ValueError
+        One message naming ``source`` and every problem found.
+    """
+    from .backbones import BACKBONES, backbone_names
+
+    if not isinstance(config, dict):
+        raise ValueError(f"checkpoint {source}: its encoder_config is not a dict: {config!r}")
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise ValueError(f"checkpoint {source}: its encoder weights are not a dict of tensors")
+    problems = []
+    backbone = config.get("backbone")
+    if backbone is None:
+        problems.append("'backbone' is missing")
+    elif backbone not in BACKBONES:
+        problems.append(f"unknown backbone {backbone!r} (registered: {backbone_names()})")
+    channels = config.get("in_channels")
+    mean = state.get("input_mean")
+    if channels is None:
+        problems.append("'in_channels' is missing")
+    elif not _is_int(channels) or not 1 <= channels <= MAX_IN_CHANNELS:
+        problems.append(f"in_channels={channels!r} is not an integer in 1..{MAX_IN_CHANNELS}")
+    elif mean is not None and tuple(mean.shape) != (channels,):
+        problems.append(f"in_channels={channels} but its weights are for {mean.numel()} channel(s)")
+    for key in ("image_masking", "feature_masking"):
+        if not isinstance(config.get(key, True), bool):
+            problems.append(f"{key}={config[key]!r} is not True or False")
+    for key, low in (("seed", 0), ("embedding_dim", 1)):
+        value = config.get(key, low)
+        if not _is_int(value) or value < low:
+            problems.append(f"{key}={value!r} is not an integer >= {low}")
+    if problems:
+        raise ValueError(
+            f"checkpoint {source} does not describe a usable encoder: {'; '.join(problems)}. "
+            "Is it a napari-segrep checkpoint written by this package, and intact?"
+        )
+    return config
+
+
+def state_mismatches(expected: dict, saved: dict, *, limit: int = 3) -> list[str]:
+    """How ``saved`` (a state dict from a file) differs from ``expected`` (the module's own):
+    missing keys, unexpected keys, and shapes that differ; ``[]`` when it fits."""
+    missing = [k for k in expected if k not in saved]
+    unexpected = [k for k in saved if k not in expected]
+    shapes = [
+        f"{k} is {tuple(saved[k].shape)} in the file, {tuple(v.shape)} in the model"
+        for k, v in expected.items()
+        if k in saved and tuple(saved[k].shape) != tuple(v.shape)
+    ]
+    out = []
+    for what, keys in (("missing", missing), ("unexpected", unexpected), ("shapes", shapes)):
+        if keys:
+            more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
+            out.append(f"{what}: {', '.join(keys[:limit])}{more}")
+    return out
 
 
 def save_checkpoint(payload: dict, path: str | os.PathLike) -> Path:
@@ -46,6 +162,22 @@ def save_checkpoint(payload: dict, path: str | os.PathLike) -> Path:
     return atomic_write(path, lambda fh: torch.save(payload, fh))
 
 
+def load_state_checked(module: torch.nn.Module, state, *, what: str, source: str) -> None:
+    """``module.load_state_dict(state)``, or one ``ValueError`` naming ``source`` and how the
+    saved ``what`` differs (instead of torch's size-mismatch dump)."""
+    problems = (
+        state_mismatches(module.state_dict(), state)
+        if isinstance(state, dict)
+        else [f"not a dict of tensors: {type(state).__name__}"]
+    )
+    if problems:
+        raise ValueError(
+            f"checkpoint {source}: its {what} does not fit this run ({'; '.join(problems)}): "
+            "resume with the settings it was trained with"
+        )
+    module.load_state_dict(state)
+
+
 def load_checkpoint(path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> dict:
     """Load a napari-segrep checkpoint with ``torch.load(weights_only=True)``.
 
@@ -54,37 +186,71 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: str | torch.device
     FileNotFoundError
         ``path`` does not exist.
     ValueError
-        The file is not a torch file, holds arbitrary pickled objects (refused: loading them could
-        run code), or is not a napari-segrep checkpoint.
+        The file is not a torch file (corrupt, truncated, another format), holds arbitrary
+        pickled objects (refused: loading them could run code), is not a napari-segrep
+        checkpoint, or holds NaN/Inf values (a diverged or corrupt model).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch's remarks on the pickle protocol of odd files
+            warnings.filterwarnings("ignore", message=".*pickle protocol", category=UserWarning)
+            payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
+        # torch's message advises weights_only=False, which would run the file's code: never
+        # shown.  "Unsupported global" means a real pickle naming classes; else it is garbage.
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        if found is None:
+            raise ValueError(f"{path} {_NOT_OURS}") from None
         raise ValueError(
-            f"{path} holds pickled Python objects that napari-segrep refuses to load "
-            "(torch.load(weights_only=True) only accepts tensors and plain containers, because "
-            f"unpickling can run arbitrary code). Is it a napari-segrep checkpoint? ({exc})"
+            f"{path} holds pickled Python objects ({found.group(1)}) that napari-segrep refuses "
+            "to load: unpickling them could run arbitrary code, and a napari-segrep checkpoint "
+            "holds only tensors, numbers and strings. It is not a napari-segrep checkpoint."
         ) from None
-    except Exception as exc:  # noqa: BLE001 - torch raises many types on corrupt files
-        raise ValueError(
-            f"{path} is not a readable checkpoint (not a torch file, or truncated): {exc}"
-        ) from None
+    except Exception:  # noqa: BLE001 - torch raises many types on corrupt files
+        raise ValueError(f"{path} {_NOT_OURS}") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(
             f"{path} is a torch file but not a napari-segrep checkpoint (no "
             f"'format': {CHECKPOINT_FORMAT!r} key). For torchvision ImageNet weights use "
             "SegmentEncoder(weights='imagenet')."
         )
+    bad = nonfinite_tensors(payload)
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise ValueError(
+            f"{path} holds NaN or Inf values (in {', '.join(bad[:3])}{more}): the model diverged "
+            "during training or the file is corrupt, and would embed garbage. Use an earlier "
+            "checkpoint, or train again with a lower learning rate."
+        )
     return payload
 
 
 def encoder_state_from_checkpoint(path: str | os.PathLike) -> tuple[dict, dict]:
-    """``(encoder_config, encoder_state_dict)`` from a checkpoint file."""
+    """``(encoder_config, encoder_state_dict)`` from a checkpoint file, validated
+    (:func:`validate_encoder_config`)."""
     payload = load_checkpoint(path)
     try:
-        return payload["encoder_config"], payload["encoder"]
+        config, state = payload["encoder_config"], payload["encoder"]
     except KeyError as exc:
         raise ValueError(f"checkpoint {path} has no encoder ({exc.args[0]!r} missing)") from None
+    return validate_encoder_config(config, state, source=str(path)), state
+
+
+_TRAINING_KEYS = ("config", "encoder_config", "encoder", "head", "optimizer", "scheduler")
+_TRAINING_KEYS += ("scaler", "loss_state", "epoch", "epoch_step", "global_step", "rng")
+
+
+def load_training_checkpoint(path: str | os.PathLike) -> dict:
+    """:func:`load_checkpoint` for resuming: a complete training checkpoint, or a ValueError."""
+    payload = load_checkpoint(path, map_location="cpu")
+    if payload.get("kind") != "training":
+        raise ValueError(
+            f"{path} is an encoder checkpoint, not a training checkpoint: to start a new run "
+            "from it, pass encoder=napari_segrep.load_encoder(path) instead of resume="
+        )
+    missing = [k for k in _TRAINING_KEYS if k not in payload]
+    if missing or not isinstance(payload["config"], dict):
+        raise ValueError(f"training checkpoint {path} is incomplete (missing {missing})")
+    return payload

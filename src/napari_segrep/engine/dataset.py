@@ -9,6 +9,7 @@ the uninterrupted run would have seen.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -16,9 +17,11 @@ import torch
 from torch.utils.data import Dataset
 
 from .augment import AugmentConfig, PairedAugment
+from .inputs import check_crop_size, check_image_values
 from .segments import (
     as_channels_first,
     bbox_side,
+    labels_warnings,
     resolve_normalization,
     segment_table,
     segment_window,
@@ -38,7 +41,8 @@ class SegmentDataset(Dataset):
         ``channel_axis``; integer labels of the same (Y, X) shape).  A single array is accepted
         for each.
     crop_size : int
-        Side of the views.
+        Side of the views (the rule of :func:`~napari_segrep.engine.inputs.check_crop_size`,
+        against the largest image).
     min_size : int
         Segments with fewer pixels are skipped (counted in ``n_skipped``).
     context : float
@@ -86,23 +90,24 @@ class SegmentDataset(Dataset):
         self._images, self._tables, self._norms = [], [], []
         index: list[tuple[int, int]] = []
         self.n_skipped = 0
-        n_channels = None
+        pairs = []  # every pair is checked before any work
         for p, (image, lab) in enumerate(zip(images, labels, strict=True)):
             try:
                 image_cf = as_channels_first(image, channel_axis=channel_axis)
-                lab = validate_labels(lab, image_cf.shape[1:])
+                pairs.append((image_cf, validate_labels(lab, image_cf.shape[1:])))
+                check_image_values(image_cf)
             except (TypeError, ValueError) as exc:
                 raise type(exc)(f"{names[p]}: {exc}") from None
-            if n_channels is None:
-                n_channels = image_cf.shape[0]
-            elif image_cf.shape[0] != n_channels:
+            if image_cf.shape[0] != pairs[0][0].shape[0]:
                 raise ValueError(
                     f"{names[p]} has {image_cf.shape[0]} channel(s), the first image "
-                    f"{n_channels}: all images must have the same channels"
+                    f"{pairs[0][0].shape[0]}: all images must have the same channels"
                 )
-            if np.issubdtype(image_cf.dtype, np.floating) and not np.isfinite(image_cf).all():
-                raise ValueError(f"{names[p]}: image contains NaN or Inf values")
+        check_crop_size(self.crop_size, (max(max(im.shape[1:]) for im, _ in pairs),))
+        for p, (image_cf, lab) in enumerate(pairs):
             table = segment_table(lab)
+            for message in labels_warnings(table):
+                warnings.warn(f"{names[p]}: {message}", UserWarning, stacklevel=2)
             area = table.geometry["area"].to_numpy()
             keep = np.flatnonzero(area >= min_size)
             self.n_skipped += len(area) - len(keep)
@@ -110,7 +115,7 @@ class SegmentDataset(Dataset):
             self._images.append(image_cf)
             self._tables.append(table)
             self._norms.append(resolve_normalization(image_cf, normalize))
-        self.in_channels = int(n_channels)
+        self.in_channels = int(pairs[0][0].shape[0])
         self._index = index
 
     def __len__(self) -> int:

@@ -14,10 +14,12 @@ import torch
 from ..errors import Cancelled
 from .devices import resolve_device
 from .encoder import SegmentEncoder
+from .inputs import check_crop_size, check_image_values
 from .segments import (
     GEOMETRY_COLUMNS,
     as_channels_first,
     iter_crop_batches,
+    labels_warnings,
     resolve_normalization,
     segment_table,
     validate_labels,
@@ -100,7 +102,9 @@ def embed_segments(
         the call (its previous mode is restored) and moved to ``device``.
     crop_size : int
         Side of the square crop each segment is seen in.  Segments that fit keep their native
-        scale; larger ones are downscaled to fit (factor in the ``scale`` column).
+        scale; larger ones are downscaled to fit (factor in the ``scale`` column).  At most 4096
+        and at most twice the image's longer side (a larger crop would only add zero padding);
+        sizes up to 256 are always accepted.
     batch_size : int
         Crops per forward pass; memory is bounded by the batch, not by the number of segments.
     device : str
@@ -129,6 +133,18 @@ def embed_segments(
         ``emb_0 ... emb_{D-1}`` (float32).  ``attrs["normalization"]`` records the
         normalisation used (mode and values).
 
+    Raises
+    ------
+    ValueError
+        Bad input (named with the fix), or the encoder gave NaN/Inf embeddings (a diverged or
+        corrupt model: no table of NaN is ever returned).
+
+    Warns
+    -----
+    UserWarning
+        Labels that look like an intensity image or a JPEG-saved label image
+        (:func:`~napari_segrep.engine.segments.labels_warnings`); no segment at all.
+
     Examples
     --------
     >>> import numpy as np, napari_segrep as sr
@@ -140,11 +156,8 @@ def embed_segments(
     """
     image_cf = as_channels_first(image, channel_axis=channel_axis)
     labels = validate_labels(labels, image_cf.shape[1:])
-    if np.issubdtype(image_cf.dtype, np.floating) and not np.isfinite(image_cf).all():
-        raise ValueError(
-            "image contains NaN or Inf values: replace them first (e.g. np.nan_to_num(image))"
-        )
-    crop_size = _positive_int(crop_size, "crop_size")
+    check_image_values(image_cf)
+    crop_size = check_crop_size(crop_size, image_cf.shape[1:])
     batch_size = _positive_int(batch_size, "batch_size")
     n_channels = image_cf.shape[0]
     if encoder is None:
@@ -161,6 +174,9 @@ def embed_segments(
     dev = resolve_device(device)
 
     table = segment_table(labels, only=only)
+    if only is None:
+        for message in labels_warnings(table):
+            warnings.warn(message, UserWarning, stacklevel=2)
     total = len(table)
     if total == 0:
         if only is None:
@@ -196,6 +212,8 @@ def embed_segments(
                 z = encoder(images, masks)
                 stop = batch.start + len(batch.images)
                 out[batch.start : stop] = z.float().cpu().numpy()
+                if not np.isfinite(out[batch.start : stop]).all():  # (B, D): cheap
+                    raise _nonfinite_embeddings(encoder, table, batch.start, stop, out)
                 scales[batch.start : stop] = batch.scales
                 if progress is not None:
                     progress(stop, total)
@@ -208,6 +226,26 @@ def embed_segments(
     out = pd.concat([result, emb], axis=1)
     out.attrs["normalization"] = norm.describe()  # what was used, for provenance
     return out
+
+
+def _nonfinite_embeddings(encoder, table, start: int, stop: int, out: np.ndarray) -> ValueError:
+    """The error for NaN/Inf embeddings, naming the model and the likely cause."""
+    source = encoder.weights_source
+    if source is None:
+        model = f"an untrained {encoder.backbone_name} (seed {encoder.seed})"
+    elif source == "imagenet":
+        model = f"{encoder.backbone_name} with ImageNet weights"
+    else:
+        model = f"{encoder.backbone_name} from {source}"
+    bad = ~np.isfinite(out[start:stop]).all(axis=1)
+    labels = table.geometry["label"].to_numpy()[start:stop][bad]
+    shown = ", ".join(map(str, labels[:5])) + (", ..." if len(labels) > 5 else "")
+    return ValueError(
+        f"the encoder ({model}) gave NaN or Inf embeddings (segments {shown}): the model is "
+        "probably diverged or corrupt (e.g. trained with too high a learning rate), or the image "
+        "values are extreme (try normalize='image'). Use another checkpoint, or train again "
+        "with a lower learning rate."
+    )
 
 
 def _positive_int(value, name: str) -> int:

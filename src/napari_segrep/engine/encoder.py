@@ -23,7 +23,12 @@ import torch
 from torch import Tensor, nn
 
 from .backbones import BACKBONES, build_backbone, imagenet_cache_path, load_imagenet_weights
-from .checkpoint import encoder_state_from_checkpoint, save_checkpoint
+from .checkpoint import (
+    encoder_state_from_checkpoint,
+    save_checkpoint,
+    state_mismatches,
+    validate_encoder_config,
+)
 from .masking import binarize_mask
 
 __all__ = ["BACKBONES", "SegmentEncoder", "imagenet_cache_path", "load_encoder", "save_encoder"]
@@ -123,8 +128,13 @@ class SegmentEncoder(nn.Module):
         self.load_checkpoint_state(config, state, source=str(path))
 
     def load_checkpoint_state(self, config: dict, state: dict, *, source: str) -> None:
-        """Load an encoder state read from a checkpoint whose ``encoder_config`` is ``config``."""
+        """Load an encoder state read from a checkpoint whose ``encoder_config`` is ``config``.
+
+        ``ValueError`` (naming ``source``) when the config is not valid, or the weights do not
+        fit this encoder (other backbone or channels, missing keys, other shapes).
+        """
         path = source
+        validate_encoder_config(config, state, source=source)
         for key in ("backbone", "in_channels"):
             mine = self.backbone_name if key == "backbone" else self.in_channels
             if config.get(key) != mine:
@@ -133,6 +143,18 @@ class SegmentEncoder(nn.Module):
                     f"encoder has {key}={mine!r}; use napari_segrep.load_encoder({path!r}) "
                     "to build the matching encoder"
                 )
+        problems = state_mismatches(self.state_dict(), state)
+        dim = config.get("embedding_dim", self.embedding_dim)
+        if dim != self.embedding_dim:
+            problems.append(
+                f"embedding_dim={dim} but its {self.backbone_name} gives {self.embedding_dim}"
+            )
+        if problems:
+            raise ValueError(
+                f"checkpoint {path}: its weights do not fit a {self.backbone_name} encoder with "
+                f"in_channels={self.in_channels} ({'; '.join(problems)}): the file is corrupt or "
+                "was not written for this backbone"
+            )
         self.load_state_dict(state)
         self.weights_source = source
 

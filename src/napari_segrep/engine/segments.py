@@ -1,5 +1,6 @@
-"""Segments: input validation, the one-pass segment table, normalisation, crop/mask windows and
-streaming batches.
+"""Segments: the one-pass segment table (and what it says about labels that are probably not
+labels), normalisation, crop/mask windows and streaming batches.  Input validation is in
+:mod:`napari_segrep.engine.inputs` (re-exported here).
 
 Numpy only (torch is used for area resampling of segments larger than the crop).
 """
@@ -15,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from .inputs import as_channels_first, validate_labels
+
 __all__ = [
     "GEOMETRY_COLUMNS",
     "CropBatch",
@@ -22,6 +25,7 @@ __all__ = [
     "SegmentTable",
     "as_channels_first",
     "iter_crop_batches",
+    "labels_warnings",
     "normalize_argument",
     "resolve_normalization",
     "bbox_side",
@@ -44,68 +48,6 @@ GEOMETRY_COLUMNS = (
 PERCENTILES = (1.0, 99.8)
 # Above this many label ids, ids are compacted first (find_objects allocates one slot per id).
 _MAX_SPARSE_ID = 1 << 20
-
-
-# ----------------------------------------------------------------------------- validation
-def as_channels_first(image: np.ndarray, *, channel_axis: int | None) -> np.ndarray:
-    """Return ``image`` as a ``(C, Y, X)`` view (no copy, no dtype change).
-
-    ``image`` is 2D ``(Y, X)``, RGB(A) ``(Y, X, 3|4)`` (alpha dropped) when ``channel_axis`` is
-    None, or 3D with its channel axis at ``channel_axis``.
-    """
-    image = np.asarray(image)
-    if image.dtype == bool or not (
-        np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating)
-    ):
-        raise TypeError(f"image must be numeric (uint8/uint16/int/float), got dtype {image.dtype}")
-    if image.ndim == 2:
-        if channel_axis is not None:
-            raise ValueError(
-                f"channel_axis={channel_axis} given, but the image is 2D {image.shape}: "
-                "a 2D image has no channel axis (pass channel_axis=None)"
-            )
-        return image[None]
-    if image.ndim != 3:
-        raise ValueError(
-            f"image must be 2D (Y, X), RGB (Y, X, 3) or multichannel 3D with channel_axis; got "
-            f"ndim={image.ndim} shape {image.shape}. For stacks, embed one plane at a time."
-        )
-    if channel_axis is None:
-        if image.shape[-1] in (3, 4):
-            return np.moveaxis(image[..., :3], -1, 0)
-        raise ValueError(
-            f"3D image {image.shape} is ambiguous: pass channel_axis (0, 1 or 2) for a "
-            "multichannel image; RGB images must be (Y, X, 3)"
-        )
-    if not isinstance(channel_axis, (int, np.integer)) or not -3 <= channel_axis < 3:
-        raise ValueError(
-            f"channel_axis={channel_axis!r} is not an axis of the 3D image {image.shape}: "
-            "use 0, 1, 2 (or -1)"
-        )
-    return np.moveaxis(image, int(channel_axis), 0)
-
-
-def validate_labels(labels: np.ndarray, spatial_shape: tuple[int, ...]) -> np.ndarray:
-    """Check ``labels`` is a non-negative integer array of ``spatial_shape``."""
-    labels = np.asarray(labels)
-    if labels.dtype == bool or not np.issubdtype(labels.dtype, np.integer):
-        hint = (
-            " (a boolean mask: convert it with skimage.measure.label(mask))"
-            if labels.dtype == bool
-            else " (convert whole-number floats with labels.astype(np.int32))"
-        )
-        raise TypeError(f"labels must be an integer array, got dtype {labels.dtype}{hint}")
-    if labels.shape != tuple(spatial_shape):
-        raise ValueError(
-            f"labels shape {labels.shape} does not match the image's spatial shape "
-            f"{tuple(spatial_shape)}: they must be the same (Y, X) grid"
-        )
-    if labels.size and np.issubdtype(labels.dtype, np.signedinteger) and labels.min() < 0:
-        raise ValueError(
-            f"labels contain negative values (min {labels.min()}); label ids must be >= 0 "
-            "(0 is background)"
-        )
-    return labels
 
 
 # ----------------------------------------------------------------------------- segment table
@@ -177,6 +119,47 @@ def segment_table(labels: np.ndarray, *, only: Sequence[int] | None = None) -> S
         }
     )
     return SegmentTable(geometry=geometry, slices=slices, ids=ids, search_labels=search)
+
+
+def labels_warnings(table: SegmentTable) -> list[str]:
+    """What suggests that a label image is not a segmentation, from its full segment table
+    (geometry only: no pass over the pixels).  At most one message, ``[]`` for normal labels.
+
+    With at least 10 segments, the signs are: more distinct ids than a quarter of the pixels, or
+    more than half of the segments having only 1-2 pixels (an intensity image given as labels:
+    image and labels swapped?), or more than half of the ids scattered, their pixels filling
+    less than 10% of their bounding box (a label image saved as JPEG: lossy compression repeats
+    ids along other segments' edges; or an intensity image).  Real segments are compact: the
+    sample data and the test scenes fill about 70-80% of their boxes.
+    """
+    geometry = table.geometry
+    n = len(geometry)
+    if n < 10:
+        return []
+    pixels = table.search_labels.size
+    area = geometry["area"].to_numpy()
+    box = (geometry["bbox_y1"] - geometry["bbox_y0"]).to_numpy() * (
+        geometry["bbox_x1"] - geometry["bbox_x0"]
+    ).to_numpy()
+    swapped = "an intensity image (are image and labels swapped?)"
+    jpeg = "a label image saved as JPEG (lossy compression changes ids along edges)"
+    lossless = "save label images losslessly, as PNG/TIFF"
+    if n > 0.25 * pixels:
+        return [f"{n} label ids in {pixels} pixels: these labels look like {swapped}"]
+    tiny = int((area <= 2).sum())
+    if tiny > 0.5 * n:
+        return [
+            f"{tiny} of {n} segments have only 1 or 2 pixels: these labels look like {swapped} "
+            f"or {jpeg}; {lossless}"
+        ]
+    scattered = int((area < 0.1 * box).sum())
+    if scattered > 0.5 * n:
+        return [
+            f"{scattered} of {n} label ids are scattered over the image (their pixels fill less "
+            f"than 10% of their bounding box): these labels look like {jpeg} or {swapped}; "
+            f"{lossless}"
+        ]
+    return []
 
 
 # ----------------------------------------------------------------------------- normalisation

@@ -4,7 +4,20 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-__all__ = ["TrainConfig"]
+__all__ = ["TrainConfig", "steps_per_epoch"]
+
+# Settings that make a resumed run differ from an uninterrupted one.
+_RESUME_KEYS = (
+    "backbone",
+    "batch_size",
+    "crop_size",
+    "loss",
+    "optimizer",
+    "projection_dim",
+    "projection_hidden",
+    "grad_accumulate",
+    "seed",
+)
 
 
 @dataclass
@@ -41,6 +54,10 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        from .inputs import MAX_CROP_SIZE
+
+        if self.crop_size > MAX_CROP_SIZE:
+            raise ValueError(f"crop_size={self.crop_size} is too large: at most {MAX_CROP_SIZE}")
         if self.batch_size < 2:
             raise ValueError("batch_size must be at least 2 (contrastive losses compare samples)")
         if self.optimizer not in ("lars", "adamw"):
@@ -64,9 +81,42 @@ class TrainConfig:
             return float(self.weight_decay)
         return 1.5e-6 if self.optimizer == "lars" else 1e-4
 
+    def resume_differences(self, saved: dict) -> list[tuple[str, object, object]]:
+        """``(key, ours, saved)`` for each setting that differs from a checkpoint's ``config``
+        and makes the resumed run differ from an uninterrupted one."""
+        return [
+            (key, getattr(self, key), saved.get(key))
+            for key in _RESUME_KEYS
+            if saved.get(key) != getattr(self, key)
+        ]
+
     def to_dict(self) -> dict:
         out = asdict(self)
         out["normalize"] = (
             list(self.normalize) if isinstance(self.normalize, tuple) else self.normalize
         )
         return out
+
+
+def steps_per_epoch(n_segments: int, *, batch: int, grad_accumulate: int, world_size: int) -> int:
+    """Optimiser steps per epoch: ``grad_accumulate`` micro-batches of ``batch`` segments per
+    step on each of ``world_size`` processes (leftover segments wait for the next epoch).
+
+    Raises
+    ------
+    ValueError
+        Fewer than 2 segments per process, or too few for one step, naming the numbers.
+    """
+    on = f" on {world_size} processes" if world_size > 1 else ""
+    if batch < 2:
+        raise ValueError(
+            f"{n_segments} segment(s) are too few to train{on}: at least 2 per process are needed"
+        )
+    micro = (n_segments // world_size) // batch
+    if micro < grad_accumulate:
+        raise ValueError(
+            f"grad_accumulate={grad_accumulate} needs {grad_accumulate} micro-batches of {batch} "
+            f"segments per step, but {n_segments} segment(s){on} make {micro} micro-batch(es): "
+            f"use grad_accumulate={micro} or less, or a smaller batch_size"
+        )
+    return micro // grad_accumulate
