@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import stat
 import subprocess
 import sys
 import time
@@ -136,3 +137,66 @@ def test_provenance__extra_keys_are_added_and_written(tmp_path):
     df = pd.DataFrame({"label": [1], "emb_0": [0.5]})
     write_table(df, tmp_path / "t.csv", provenance=p)
     assert json.loads((tmp_path / "t.json").read_text()) == p
+
+
+def _table():
+    return pd.DataFrame({"label": [1, 2], "emb_0": [0.5, 0.25]})
+
+
+def test_write_table__refuses_an_output_that_its_sidecar_would_replace(tmp_path):
+    for name in ("res.json", "res.JSON"):
+        with pytest.raises(ValueError, match="its own JSON sidecar"):
+            write_table(_table(), tmp_path / name, provenance={"n": 2})
+    assert not list(tmp_path.iterdir())
+
+
+def test_write_table__a_directory_in_place_of_the_sidecar_keeps_the_old_pair(tmp_path):
+    (tmp_path / "t.csv").write_text("old table\n")
+    (tmp_path / "t.json").mkdir()
+    with pytest.raises(ValueError, match=r"t\.json is a directory"):
+        write_table(_table(), tmp_path / "t.csv", provenance={"n": 2})
+    assert (tmp_path / "t.csv").read_text() == "old table\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.csv", "t.json"]
+
+
+def test_write_table__a_failed_write_keeps_the_old_pair(tmp_path):
+    from ..test_io import file_size_limit
+
+    write_table(_table(), tmp_path / "t.csv", provenance={"run": 1})
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    big = pd.DataFrame({"label": np.arange(2000), "emb_0": np.linspace(0, 1, 2000)})
+    with file_size_limit(4096), pytest.raises(OSError, match=r"could not write .*t\.csv"):
+        write_table(big, tmp_path / "t.csv", provenance={"run": 2}, overwrite=True)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_write_table__replaces_its_own_sidecar_but_never_a_foreign_json(tmp_path):
+    write_table(_table(), tmp_path / "t.csv", provenance=_provenance())
+    write_table(_table(), tmp_path / "t.csv", provenance=_provenance(crop_size=48))  # ours
+    assert json.loads((tmp_path / "t.json").read_text())["crop_size"] == 48
+    (tmp_path / "u.json").write_text('{"my": "notes"}')
+    with pytest.raises(ValueError, match=r"u\.json exists and was not written by napari-segrep"):
+        write_table(_table(), tmp_path / "u.csv", provenance=_provenance())
+    assert (tmp_path / "u.json").read_text() == '{"my": "notes"}'
+    assert not (tmp_path / "u.csv").exists()
+    write_table(_table(), tmp_path / "u.csv", provenance=_provenance(), overwrite=True)
+    assert json.loads((tmp_path / "u.json").read_text())["package"] == "napari-segrep"
+
+
+def test_write_table__overwrite_false_refuses_any_existing_file(tmp_path):
+    write_table(_table(), tmp_path / "t.csv", provenance=_provenance())
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    (tmp_path / "v.json").write_text("{}")
+    for name in ("t.csv", "v.csv"):
+        with pytest.raises(ValueError, match="exists"):
+            write_table(_table(), tmp_path / name, provenance=_provenance(), overwrite=False)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == {**before, "v.json": b"{}"}
+
+
+def test_write_table__files_get_the_users_permissions(tmp_path):
+    from ..test_io import umask
+
+    with umask(0o027):
+        write_table(_table(), tmp_path / "t.csv", provenance={"n": 2})
+    for name in ("t.csv", "t.json"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o640, name

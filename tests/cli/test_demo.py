@@ -34,3 +34,31 @@ def test_cli_demo__runs_headless_and_writes_outputs(tmp_path, capsys):
     assert printed is not None, out
     assert abs(int(printed.group(1)) - 100 * expected) <= 1
     assert f"{len(df)} cells of 3 classes" in out and "(chance ~33%)" in out
+
+
+def test_cli_demo__replaces_its_own_output_but_never_a_users_file(tmp_path, capsys):
+    out = tmp_path / "demo"
+    argv = ["demo", "--headless", "--out", out, "--device", "cpu"]
+    assert _run(*argv) == 0
+    assert _run(*argv) == 0  # a previous demo's files (its demo.json says so) are replaced
+    names = ["cells.tif", "cells_labels.tif", "demo.csv", "demo.json"]
+    assert sorted(p.name for p in out.iterdir()) == names
+    capsys.readouterr()
+    (out / "demo.json").write_text("my notes\n")  # now the folder is not a demo's any more
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert _run(*argv) == 2
+    err = capsys.readouterr().err
+    assert (
+        err.startswith(f"napari-segrep: error: {out / 'demo.json'} exists") and "--overwrite" in err
+    )
+    assert err.count("\n") == 1
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "cells.tif").write_bytes(b"my own image")
+    assert _run("demo", "--headless", "--out", mine, "--device", "cpu") == 2
+    assert f"{mine / 'cells.tif'} exists" in capsys.readouterr().err
+    assert [p.name for p in mine.iterdir()] == ["cells.tif"]
+    assert (mine / "cells.tif").read_bytes() == b"my own image"
+    assert _run(*argv, "--overwrite") == 0
+    assert sorted(p.name for p in out.iterdir()) == names

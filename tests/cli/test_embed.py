@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import imageio.v3 as iio
 import numpy as np
@@ -168,10 +170,114 @@ def test_cli_embed__errors_are_named_and_write_nothing(files, capsys, case, matc
         tifffile.imwrite(tmp / "mask.tif", image > 2000)
         img = tmp / "mask.tif"
     before = sorted(p.name for p in tmp.iterdir())
-    assert _run("embed", img, lab, "-o", out, "--crop-size", 32, "--quiet", *extra) == 2
+    # --overwrite: out.csv exists (without it, that is the error); a failure still keeps it
+    assert (
+        _run("embed", img, lab, "-o", out, "--crop-size", 32, "--quiet", "--overwrite", *extra) == 2
+    )
     err = capsys.readouterr().err
     assert "napari-segrep: error:" in err and match in err
     assert err.startswith("napari-segrep: error:") and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1, err  # one line, naming the problem
     assert sorted(p.name for p in tmp.iterdir()) == before
     assert (tmp / "out.csv").read_text() == "previous results\n"
+
+
+def _one_line_error(capsys, *needles):
+    err = capsys.readouterr().err
+    assert err.startswith("napari-segrep: error:") and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1, err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+def _listing(tmp):
+    return {p.name: (p.read_bytes() if p.is_file() else None) for p in tmp.iterdir()}
+
+
+@pytest.mark.parametrize("case", ["image", "labels", "symlink", "hardlink", "checkpoint_sidecar"])
+def test_cli_embed__refuses_an_output_that_is_an_input(files, capsys, case):
+    """Even with --overwrite; before any work (the labels here would fail validation too, and the
+    output is named first)."""
+    tmp, _, _ = files
+    extra = []
+    if case == "image":
+        out, role = tmp / "img.tif", "image"
+    elif case == "labels":
+        out, role = tmp / "lab.tif", "labels"
+    elif case == "symlink":
+        (tmp / "link.csv").symlink_to(tmp / "img.tif")
+        out, role = tmp / "link.csv", "image"
+    elif case == "hardlink":
+        os.link(tmp / "lab.tif", tmp / "hard.csv")
+        out, role = tmp / "hard.csv", "labels"
+    else:  # the sidecar out.json is the checkpoint
+        sr.save_encoder(sr.SegmentEncoder(seed=1), tmp / "out.json")
+        out, role, extra = tmp / "out.csv", "checkpoint", ["--checkpoint", tmp / "out.json"]
+    before = _listing(tmp)
+    argv = ["embed", tmp / "img.tif", tmp / "lab.tif", "-o", out, "--overwrite", "--quiet"]
+    assert _run(*argv, *extra) == 2
+    _one_line_error(capsys, f"is the input {role}")
+    assert _listing(tmp) == before
+
+
+@pytest.mark.parametrize("name", ["res.json", "res.JSON"])
+def test_cli_embed__refuses_an_output_named_like_its_sidecar(files, capsys, name):
+    tmp, _, _ = files
+    before = _listing(tmp)
+    assert _run("embed", tmp / "img.tif", tmp / "lab.tif", "-o", tmp / name, "--quiet") == 2
+    _one_line_error(capsys, "its own JSON sidecar", "OUT.csv")
+    assert _listing(tmp) == before
+
+
+@pytest.mark.parametrize("existing", ["out.csv", "out.json"])
+def test_cli_embed__existing_outputs_are_replaced_only_with_overwrite(files, capsys, existing):
+    tmp, _, _ = files
+    (tmp / existing).write_text("the user's file\n")
+    before = _listing(tmp)
+    argv = ["embed", tmp / "img.tif", tmp / "lab.tif", "-o", tmp / "out.csv", "--crop-size", 32]
+    assert _run(*argv, "--quiet") == 2
+    _one_line_error(capsys, f"{tmp / existing} exists", "--overwrite")
+    assert _listing(tmp) == before
+    assert _run(*argv, "--quiet", "--overwrite") == 0
+    assert json.loads((tmp / "out.json").read_text())["n_segments"] == 6
+    assert len(pd.read_csv(tmp / "out.csv")) == 6
+
+
+def test_cli_embed__an_output_that_is_a_directory_fails_before_any_work(files, capsys):
+    tmp, _, _ = files
+    (tmp / "results").mkdir()
+    (tmp / "bad_labels.tif").write_bytes(b"not an image")  # would fail if it were read
+    argv = ["embed", tmp / "img.tif", tmp / "bad_labels.tif", "-o", tmp / "results", "--quiet"]
+    assert _run(*argv) == 2
+    _one_line_error(capsys, f"{tmp / 'results'} is a directory")
+    assert not list((tmp / "results").iterdir())
+
+
+def test_cli_embed__outputs_get_the_users_permissions(files):
+    from ..test_io import umask
+
+    tmp, _, _ = files
+    with umask(0o027):
+        argv = ["embed", tmp / "img.tif", tmp / "lab.tif", "-o", tmp / "o.csv", "--crop-size", 32]
+        assert _run(*argv, "--quiet") == 0
+    for name in ("o.csv", "o.json"):
+        assert stat.S_IMODE((tmp / name).stat().st_mode) == 0o640, name
+
+
+def test_cli_embed__a_warning_is_one_clean_line(tmp_path, capsys):
+    """The engine warns about labels without a segment: the user reads one line, not Python's
+    ``file:line: UserWarning`` with the source line."""
+    tifffile.imwrite(tmp_path / "img.tif", np.ones((32, 32), np.uint8))
+    tifffile.imwrite(tmp_path / "lab.tif", np.zeros((32, 32), np.int32))
+    argv = ["embed", tmp_path / "img.tif", tmp_path / "lab.tif", "-o", tmp_path / "o.csv"]
+    assert _run(*argv, "--quiet") == 0
+    err = capsys.readouterr().err
+    warning_lines = [
+        line for line in err.splitlines() if "segrep: warning" in line or "Warn" in line
+    ]
+    assert warning_lines == [
+        "napari-segrep: warning: labels contain no segment (all zero): returning an empty table"
+    ], err
+    assert "UserWarning" not in err and "warnings.warn" not in err
+    assert len(pd.read_csv(tmp_path / "o.csv")) == 0

@@ -112,3 +112,34 @@ def test_main__a_bug_keeps_its_traceback(monkeypatch):
     monkeypatch.setattr("napari_segrep.cli.demo.run", command)
     with pytest.raises(TypeError, match="unsupported operand"):
         main(["demo", "--headless"])
+
+
+def _option_entries(help_text: str) -> dict[str, str]:
+    """``--help`` output -> {first option string: its help text (wrapped lines joined)}."""
+    entries: dict[str, str] = {}
+    current = None
+    for line in help_text.splitlines():
+        if line.startswith("  -"):
+            invocation, _, rest = line.strip().partition("  ")
+            current = invocation.split(",")[0].split()[0]
+            entries[current] = rest.strip()
+        elif current is not None and line.startswith("   "):
+            entries[current] = f"{entries[current]} {line.strip()}".strip()
+        else:
+            current = None
+    return entries
+
+
+@pytest.mark.parametrize("command", ["embed", "train", "demo"])
+def test_cli__every_option_shows_its_help_and_its_default_once(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    entries = _option_entries(capsys.readouterr().out)
+    entries.pop("-h")
+    assert len(entries) >= (10 if command != "demo" else 5), entries
+    for option, text in entries.items():
+        assert text and not text.startswith("("), f"{option} has no help: {text!r}"
+        if option == "-o":
+            assert "(required)" in text and "(default:" not in text, text
+        else:
+            assert text.count("(default:") == 1, f"{option}: {text!r}"

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
 
 import imageio.v3 as iio
 import numpy as np
@@ -17,6 +21,7 @@ from napari_segrep._sample_data import make_cells
 from napari_segrep.cli import get_arg_parser, main
 from napari_segrep.engine.checkpoint import load_checkpoint
 from napari_segrep.engine.training import train_ssl
+from napari_segrep.io import RUN_LOCK_NAME
 
 SMALL = ["--batch-size", "8", "--crop-size", "32", "--device", "cpu", "--quiet"]
 
@@ -248,3 +253,150 @@ def test_cli_train__torchrun_two_processes_equals_one_process_with_the_global_ba
     ckpt = load_checkpoint(logs / "last.pt")
     assert ckpt["world_size"] == 2 and ckpt["epoch"] == 4
     sr.load_encoder(logs / "last.pt")
+
+
+def _one_line_error(capsys, *needles):
+    err = capsys.readouterr().err
+    assert err.startswith("napari-segrep: error:") and err.count("\n") == 1, err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+def test_cli_train__flat_layout_pairs_each_image_with_its_labels(data_dir, tmp_path, capsys):
+    """x.tif beside x_labels.tif and ``--images 'd/*.tif'``: the label files match both patterns
+    and are never trained on as images (before: 4 pairs, masks among the images)."""
+    data, _ = data_dir
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for f in [*(data / "images").iterdir(), *(data / "labels").iterdir()]:
+        shutil.copy(f, flat / f.name)
+    argv = ["--images", flat / "*.tif", "--labels", flat / "*_labels.tif"]
+    assert _run("train", *argv, "--log-dir", tmp_path / "logs", "--debug", *SMALL) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("24 segments (0 skipped"), err  # 2 images x 12 cells
+
+
+def test_cli_train__never_replaces_another_runs_files(data_dir, tmp_path, capsys):
+    """A second run into a log dir that holds a run (or a file named like our outputs) is
+    refused before any work, naming how to continue it and how to start a new one."""
+    data, _ = data_dir
+    runs = {
+        "ckpt": {"last.pt": b"the first run's checkpoint", "history.csv": b"step,loss\n"},
+        "history": {"history.csv": b"my own history\n"},
+        "debug": {"debug_views.png": b"my own picture"},
+    }
+    for name, files in runs.items():
+        (tmp_path / name).mkdir()
+        for file, content in files.items():
+            (tmp_path / name / file).write_bytes(content)
+    ckpt = tmp_path / "ckpt" / "last.pt"
+    assert _run("train", "--data", data, "--log-dir", tmp_path / "ckpt", *SMALL) == 2
+    _one_line_error(
+        capsys, f"{tmp_path / 'ckpt'} already holds a training run", f"--resume-checkpoint {ckpt}"
+    )
+    assert _run("train", "--data", data, "--log-dir", tmp_path / "history", *SMALL) == 2
+    _one_line_error(capsys, f"{tmp_path / 'history' / 'history.csv'} exists", "--log-dir")
+    assert _run("train", "--data", data, "--log-dir", tmp_path / "debug", "--debug", *SMALL) == 2
+    _one_line_error(capsys, f"{tmp_path / 'debug' / 'debug_views.png'} exists", "--log-dir")
+    for name, files in runs.items():
+        assert {p.name: p.read_bytes() for p in (tmp_path / name).iterdir()} == files
+
+
+def test_cli_train__a_log_dir_in_use_is_refused(data_dir, tmp_path, capsys):
+    """Another training (a live process) holds the folder's lock: refused, its lock kept."""
+    data, _ = data_dir
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        (logs / RUN_LOCK_NAME).write_text(f"{other.pid} {socket.gethostname()}\n")
+        assert _run("train", "--data", data, "--log-dir", logs, "--epochs", 1, *SMALL) == 2
+        _one_line_error(capsys, f"{logs} is in use by another training (process {other.pid}")
+        assert [p.name for p in logs.iterdir()] == [RUN_LOCK_NAME]
+    finally:
+        other.kill()
+        other.wait()
+
+
+@pytest.fixture(scope="module")
+def one_epoch_run(tmp_path_factory):
+    """Data and a log dir holding a 1-epoch run (last.pt, history.csv); copy it before use."""
+    root = tmp_path_factory.mktemp("one_epoch")
+    (root / "data" / "images").mkdir(parents=True)
+    (root / "data" / "labels").mkdir()
+    for i in range(2):
+        image, labels, _ = make_cells(shape=(128, 128), n_cells=12, seed=10 + i)
+        tifffile.imwrite(root / "data" / "images" / f"img{i}.tif", image)
+        tifffile.imwrite(root / "data" / "labels" / f"img{i}_labels.tif", labels)
+    argv = ["train", "--data", root / "data", "--log-dir", root / "logs", "--epochs", 1, *SMALL]
+    assert _run(*argv) == 0
+    return root / "data", root / "logs"
+
+
+def _copy_run(run, tmp_path):
+    logs = tmp_path / "logs"
+    shutil.copytree(run, logs)
+    return logs, (logs / "last.pt").read_bytes()
+
+
+def test_cli_train__a_failed_checkpoint_write_keeps_the_previous_one(
+    one_epoch_run, tmp_path, capsys
+):
+    """The disk fills up while the run goes on: one line naming the checkpoint, not torch's
+    RuntimeError, and the previous last.pt is intact."""
+    from ..test_io import file_size_limit
+
+    data, run = one_epoch_run
+    logs, before = _copy_run(run, tmp_path)
+    ckpt = logs / "last.pt"
+    argv = ["train", "--data", data, "--log-dir", logs, "--resume-checkpoint", ckpt]
+    with file_size_limit(1 << 20):  # the checkpoint is ~90 MB
+        assert _run(*argv, "--epochs", 2, *SMALL) == 2
+    _one_line_error(
+        capsys,
+        f"could not write the checkpoint {ckpt}: File too large (disk full?); the previous "
+        "checkpoint is kept",
+    )
+    assert ckpt.read_bytes() == before
+    assert sorted(p.name for p in logs.iterdir()) == ["history.csv", "last.pt"]
+
+
+def _read_until(proc, needle: bytes, timeout: float = 300) -> bytes:
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while needle not in seen:
+        assert time.monotonic() < deadline, seen[-2000:]
+        chunk = os.read(proc.stderr.fileno(), 4096)
+        assert chunk, f"the command ended early: {seen[-3000:]!r}"
+        seen += chunk
+    return seen
+
+
+def test_cli_train__a_second_ctrl_c_names_the_checkpoint_that_exists(one_epoch_run, tmp_path):
+    """Resuming a run, then Ctrl-C twice before the next checkpoint: the earlier last.pt is
+    still there, and the message says so (it used to say "nothing was written")."""
+    data, run = one_epoch_run
+    logs, before = _copy_run(run, tmp_path)
+    ckpt = logs / "last.pt"
+    cmd = [sys.executable, "-m", "napari_segrep.cli", "train", "--data", data, "--log-dir", logs]
+    cmd += ["--resume-checkpoint", ckpt, "--epochs", 500, *SMALL[:-1]]  # with the progress bar
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([str(a) for a in cmd], stderr=subprocess.PIPE, env=env)
+    try:
+        err = _read_until(proc, b"training:")  # the first step is done
+        proc.send_signal(signal.SIGINT)
+        err += _read_until(proc, b"Ctrl-C again")
+        proc.send_signal(signal.SIGINT)
+        err += proc.communicate(timeout=300)[1]
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err.decode()[-3000:]
+    last = err.decode().strip().splitlines()[-1]
+    assert last == (
+        f"napari-segrep: interrupted; the last checkpoint is {ckpt}: continue with "
+        f"--resume-checkpoint {ckpt}"
+    )
+    sr.load_encoder(ckpt)
+    assert sorted(p.name for p in logs.iterdir()) == ["history.csv", "last.pt"]

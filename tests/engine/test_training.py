@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -103,11 +105,20 @@ def test_train_ssl__nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint
     image, labels = cells
     good = train_ssl(image, labels, epochs=1, checkpoint_dir=tmp_path, **SMALL)
     before = good.checkpoint_path.read_bytes()
+    # A new run may not write into the folder of another (refused before any step), so the
+    # diverging run has a folder of its own; it writes no checkpoint, and leaves no lock.
     with pytest.raises(TrainingDiverged, match="the loss became nan .* learning rate"):
         train_ssl(
-            image, labels, epochs=1, checkpoint_dir=tmp_path, lr=1e30, warmup_fraction=0.0, **SMALL
+            image,
+            labels,
+            epochs=1,
+            checkpoint_dir=tmp_path / "diverged",
+            lr=1e30,
+            warmup_fraction=0.0,
+            **SMALL,
         )
     assert good.checkpoint_path.read_bytes() == before
+    assert not list((tmp_path / "diverged").iterdir())
 
 
 def test_train_ssl__options_losses_optimisers_and_no_mask(cells):
@@ -154,3 +165,153 @@ def test_train_ssl__bad_input(cells, tmp_path):
     encoder_ckpt = sr.save_encoder(sr.SegmentEncoder(NARROW_BACKBONE), tmp_path / "enc.pt")
     with pytest.raises(ValueError, match="not a training checkpoint"):
         train_ssl(image, labels, resume=encoder_ckpt, **SMALL)
+
+
+# ---------------------------------------------------------------------- no silent garbage
+def _finite_embeddings(image, labels, encoder):
+    df = sr.embed_segments(image, labels, encoder, crop_size=32, device="cpu")
+    return np.isfinite(df.filter(like="emb_").to_numpy()).all()
+
+
+@pytest.mark.parametrize(
+    ("epochs", "lr", "where", "saved"),
+    [(1, 1e7, "epoch 1, step 3", None), (3, 3e5, "epoch 2, step 6", 1)],
+)
+def test_train_ssl__a_model_that_embeds_nan_is_neither_saved_nor_returned(
+    cells, tmp_path, epochs, lr, where, saved
+):
+    """Every loss stays finite, but the weights blow up. lr=1e7 used to finish normally with a
+    model that embeds every segment as NaN; lr=3e5 used to save BatchNorm running variances of
+    Inf as "the last good checkpoint" after epoch 2. Both stop at the first bad epoch end, and
+    only a usable checkpoint is on disk (epoch 1's for lr=3e5, none for lr=1e7)."""
+    image, labels = cells
+    steps = []
+    with pytest.raises(TrainingDiverged, match=rf"{where}.*[Ll]ower the learning rate"):
+        train_ssl(
+            image,
+            labels,
+            epochs=epochs,
+            lr=lr,
+            checkpoint_dir=tmp_path,
+            on_step=steps.append,
+            **SMALL,
+        )
+    assert np.isfinite([r["loss"] for r in steps]).all()
+    last = tmp_path / "last.pt"
+    if saved is None:
+        assert not last.exists()
+    else:
+        assert load_checkpoint(last)["epoch"] == saved
+        assert _finite_embeddings(image, labels, sr.load_encoder(last))
+    with pytest.raises(TrainingDiverged, match=where):  # without a checkpoint folder too
+        train_ssl(image, labels, epochs=epochs, lr=lr, **SMALL)
+
+
+def test_trainer__refuses_to_save_non_finite_state(cells, tmp_path):
+    from napari_segrep.engine.dataset import SegmentDataset
+    from napari_segrep.engine.training import TrainConfig, Trainer
+
+    image, labels = cells
+    config = TrainConfig(**{k: v for k, v in SMALL.items() if k != "device"})
+    trainer = Trainer(SegmentDataset(image, labels, crop_size=32), config, device="cpu")
+    name = next(k for k, v in trainer.loss.state_dict().items() if v.is_floating_point())
+    with torch.no_grad():
+        trainer.loss.state_dict()[name].view(-1)[0] = float("nan")
+    with pytest.raises(TrainingDiverged, match=rf"NaN or Inf.*{name}.*step 0"):
+        trainer.save(tmp_path / "last.pt")
+    assert not (tmp_path / "last.pt").exists()
+
+
+def test_train_ssl__resume_from_a_non_finite_checkpoint_is_refused(cells, tmp_path):
+    image, labels = cells
+    path = train_ssl(image, labels, epochs=1, checkpoint_dir=tmp_path, **SMALL).checkpoint_path
+    payload = torch.load(path, weights_only=True)
+    payload["head"]["net.0.weight"][0, 0] = float("nan")
+    torch.save(payload, path)
+    with pytest.raises(ValueError, match=r"NaN or Inf.*head.*net.0.weight"):
+        train_ssl(image, labels, epochs=2, resume=path, **SMALL)
+
+
+def test_train_ssl__too_few_segments_for_grad_accumulate_names_the_numbers(cells):
+    image, labels = cells  # 24 segments: 3 micro-batches of 8
+    with pytest.raises(ValueError, match=r"grad_accumulate=8.*24 segment.*3 micro-batch"):
+        train_ssl(image, labels, epochs=1, grad_accumulate=8, **SMALL)
+
+
+def test_train_ssl__absurd_crop_size_is_refused_before_any_work(cells):
+    image, labels = cells
+    with pytest.raises(ValueError, match="crop_size=100000"):
+        train_ssl(image, labels, epochs=1, **{**SMALL, "crop_size": 100_000})
+    with pytest.raises(ValueError, match=r"crop_size=400.*longer side"):  # 160 px images
+        train_ssl(image, labels, epochs=1, **{**SMALL, "crop_size": 400})
+
+
+def test_train_ssl__never_overwrites_another_runs_checkpoint(cells, tmp_path):
+    image, labels = cells
+    first = train_ssl(image, labels, epochs=1, checkpoint_dir=tmp_path / "run", **SMALL)
+    before = first.checkpoint_path.read_bytes()
+    steps = []
+    with pytest.raises(ValueError, match=r"already holds a training run .*resume=.*--resume-chec"):
+        train_ssl(
+            image, labels, epochs=1, checkpoint_dir=tmp_path / "run", on_step=steps.append, **SMALL
+        )
+    assert steps == []  # refused before any step
+    assert first.checkpoint_path.read_bytes() == before
+    # resuming that very checkpoint into its folder is the same run: it continues
+    second = train_ssl(
+        image,
+        labels,
+        epochs=2,
+        checkpoint_dir=tmp_path / "run",
+        resume=first.checkpoint_path,
+        **SMALL,
+    )
+    assert load_checkpoint(second.checkpoint_path)["epoch"] == 2
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["last.pt"]
+
+
+def test_train_ssl__a_folder_in_use_by_another_training_is_refused(cells, tmp_path):
+    """Two trainings into one folder at once: the second fails clearly, the first goes on and
+    its lock is gone when it ends."""
+    image, labels = cells
+    started, release = threading.Event(), threading.Event()
+    outcome = {}
+
+    def first_training():
+        def on_step(record):
+            started.set()
+            release.wait(120)
+
+        outcome["result"] = train_ssl(
+            image, labels, epochs=1, checkpoint_dir=tmp_path, on_step=on_step, **SMALL
+        )
+
+    thread = threading.Thread(target=first_training)
+    thread.start()
+    try:
+        assert started.wait(120)
+        with pytest.raises(ValueError, match=rf"{tmp_path} is in use by another training"):
+            train_ssl(image, labels, epochs=1, checkpoint_dir=tmp_path, **SMALL)
+    finally:
+        release.set()
+        thread.join(120)
+    assert load_checkpoint(outcome["result"].checkpoint_path)["epoch"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+
+
+def test_train_ssl__a_failed_checkpoint_write_keeps_the_previous_one(cells, tmp_path):
+    from ..test_io import file_size_limit
+
+    image, labels = cells
+    first = train_ssl(image, labels, epochs=1, checkpoint_dir=tmp_path, **SMALL)
+    before = first.checkpoint_path.read_bytes()
+    with file_size_limit(4096), pytest.raises(OSError) as info:
+        train_ssl(
+            image, labels, epochs=2, checkpoint_dir=tmp_path, resume=first.checkpoint_path, **SMALL
+        )
+    assert str(info.value) == (
+        f"could not write the checkpoint {first.checkpoint_path}: File too large (disk full?); "
+        "the previous checkpoint is kept"
+    )
+    assert first.checkpoint_path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]

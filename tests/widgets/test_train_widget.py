@@ -105,7 +105,10 @@ def test_train_widget__nan_configuration_ends_with_a_notification_and_a_usable_w
     widget.epochs_input.value = 30
     widget.run()
     _wait_done(qtbot, widget)
-    assert widget.status.value.startswith("Error: the loss became nan")
+    # diverged: the loss became NaN, or (caught earlier now) the weights blew up
+    assert widget.status.value.startswith("Error: ") and "Lower the learning rate" in (
+        widget.status.value
+    )
     assert widget.start_button.enabled and not widget.stop_button.enabled
     assert _session.trained_encoder is None
 
@@ -156,3 +159,32 @@ def test_train_widget__closing_napari_during_training_stops_with_a_checkpoint(
     assert widget.job is None and widget.result.stopped
     assert sr.load_encoder(tmp_path / "run" / "last.pt") is not None
     assert not list((tmp_path / "run").glob("*.tmp"))
+
+
+def test_train_widget__each_start_gets_a_new_run_folder(trainer, qtbot, tmp_path):
+    """Start twice: the second run gets run-2, the first run's checkpoint is untouched; resuming
+    a run's last.pt continues it in its own folder."""
+    from napari_segrep.engine.checkpoint import load_checkpoint
+
+    viewer, widget = trainer
+    widget.run()
+    _wait_done(qtbot, widget)
+    first = tmp_path / "run" / "last.pt"
+    assert widget.result.checkpoint_path == first
+    before = first.read_bytes()
+    widget.run()
+    _wait_done(qtbot, widget)
+    second = tmp_path / "run-2" / "last.pt"
+    assert widget.result.checkpoint_path == second
+    assert widget.checkpoint_dir_input.value == tmp_path / "run-2"
+    assert first.read_bytes() == before
+    widget.epochs_input.value = 2
+    widget.resume_input.value = second
+    widget.run()
+    _wait_done(qtbot, widget)
+    assert widget.result.checkpoint_path == second and load_checkpoint(second)["epoch"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("run")) == [
+        "run",
+        "run-2",
+    ]
+    assert first.read_bytes() == before

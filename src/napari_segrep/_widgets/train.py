@@ -30,7 +30,14 @@ from qtpy.QtGui import QColor, QPainter, QPen
 from qtpy.QtWidgets import QMessageBox, QWidget
 
 from . import _session
-from ._common import WarmRelay, chosen_path, image_layers, labels_layers, status_label
+from ._common import (
+    WarmRelay,
+    chosen_path,
+    image_layers,
+    labels_layers,
+    status_label,
+    unless_deleted,
+)
 from ._jobs import Job, start_job
 
 __all__ = ["TrainSegRepWidget"]
@@ -116,8 +123,14 @@ class TrainSegRepWidget(Container):
         self.image_mask_input = CheckBox(label="image masking", value=True)
         self.feature_mask_input = CheckBox(label="feature masking", value=True)
         self.device_input = ComboBox(label="device", choices=["auto", "cpu"], value="auto")
-        default_dir = Path.home() / ".napari-segrep" / "runs" / time.strftime("%Y%m%d-%H%M%S")
-        self.checkpoint_dir_input = FileEdit(label="checkpoint folder", mode="d", value=default_dir)
+        self._default_dir = _default_run_dir()
+        self.checkpoint_dir_input = FileEdit(
+            label="checkpoint folder",
+            mode="d",
+            value=self._default_dir,
+            tooltip="each Start writes a new run: a folder that holds another run's last.pt "
+            "becomes FOLDER-2, -3... (resuming FOLDER/last.pt continues that run in FOLDER)",
+        )
         self.resume_input = FileEdit(label="resume from", mode="r", value="", filter="*.pt")
         self.start_button = PushButton(text="Start")
         self.pause_button = PushButton(text="Pause", enabled=False)
@@ -166,7 +179,7 @@ class TrainSegRepWidget(Container):
         viewer.layers.events.removed.connect(self._refresh)
         self.add_pair()
         self._warm_relay = WarmRelay()
-        self._warm_relay.ready.connect(self._on_devices)
+        self._warm_relay.ready.connect(unless_deleted(self._on_devices))
         _session.start_warm_up(self._warm_relay)
         self._close_guard = _CloseGuard(self)
         self._guarded_window = None
@@ -241,8 +254,8 @@ class TrainSegRepWidget(Container):
             raise RuntimeError("Training is already running.")
         images, labels = self._collect_arrays()
         folder = self._folder()
-        checkpoint_dir = Path(self.checkpoint_dir_input.value)
         resume = chosen_path(self.resume_input.value)
+        checkpoint_dir = self._checkpoint_dir_for_start(resume)
         options = {
             "epochs": int(self.epochs_input.value),
             "batch_size": int(self.batch_input.value),
@@ -299,8 +312,26 @@ class TrainSegRepWidget(Container):
             on_error=self._on_error,
             on_done=self._on_done,
             on_message=self._on_step,
+            ask_before_close=True,  # the close guard asks, then stops with a checkpoint
         )
         return self.job.worker
+
+    def _checkpoint_dir_for_start(self, resume: Path | None) -> Path:
+        """A folder of its own for this run: the default is a new time-stamped one per Start;
+        a folder that holds another run (not the one resumed) becomes FOLDER-2, -3..."""
+        from ..io import free_run_dir, same_file
+
+        chosen = Path(self.checkpoint_dir_input.value)
+        default = chosen == self._default_dir
+        if default and not (resume is not None and same_file(resume, chosen / "last.pt")):
+            chosen = _default_run_dir()  # the default, not a folder the user chose
+        folder = free_run_dir(chosen, resume=resume)
+        if folder != chosen:
+            show_info(f"{chosen} holds another run: this one goes to {folder}")
+        if default:
+            self._default_dir = folder
+        self.checkpoint_dir_input.value = folder
+        return folder
 
     def toggle_pause(self) -> None:
         """Pause between two steps, or resume."""
@@ -380,6 +411,10 @@ class TrainSegRepWidget(Container):
             widget.labels_input.value = row.labels.value
             widget.image_input.value = [row.image.value]
         return widget.reembed_with_session_model()
+
+
+def _default_run_dir() -> Path:
+    return Path.home() / ".napari-segrep" / "runs" / time.strftime("%Y%m%d-%H%M%S")
 
 
 def _embed_widgets(viewer) -> list:

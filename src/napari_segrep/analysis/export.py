@@ -1,4 +1,4 @@
-"""Tables to files: CSV plus a JSON provenance sidecar, both written atomically."""
+"""Tables to files: CSV plus a JSON provenance sidecar, replaced together or not at all."""
 
 from __future__ import annotations
 
@@ -11,24 +11,57 @@ from pathlib import Path
 import pandas as pd
 
 from .._version import __version__
-from ..io import atomic_write, check_writable_dir, file_sha256
+from ..io import atomic_write_files, file_sha256
 
-__all__ = ["provenance", "sidecar_path", "write_table"]
+__all__ = ["provenance", "sidecar_path", "table_files", "write_table"]
 
 
 def sidecar_path(csv_path: str | os.PathLike) -> Path:
-    """``OUT.csv`` -> ``OUT.json``."""
-    return Path(csv_path).with_suffix(".json")
+    """``OUT.csv`` -> ``OUT.json``.
+
+    Raises ``ValueError`` when that is the table's own path (``OUT.json``): the sidecar would
+    replace the table.
+    """
+    path = Path(csv_path)
+    if path.suffix.lower() == ".json":
+        raise ValueError(
+            f"output {path} would be replaced by its own JSON sidecar: name the table OUT.csv "
+            "(its provenance goes to OUT.json)"
+        )
+    return path.with_suffix(".json")
+
+
+def table_files(
+    df: pd.DataFrame, path: str | os.PathLike, *, provenance: dict | None = None
+) -> dict[Path, bytes]:
+    """``{OUT.csv: the CSV (no index), OUT.json: the provenance}``, rendered in memory, for
+    :func:`napari_segrep.io.atomic_write_files` (alone, or with other files of the same run)."""
+    buffer = io.StringIO()
+    df.to_csv(buffer, index=False)
+    sidecar = json.dumps(provenance or {}, indent=2, sort_keys=True, default=str).encode() + b"\n"
+    return {Path(path): buffer.getvalue().encode(), sidecar_path(path): sidecar}
 
 
 def write_table(
-    df: pd.DataFrame, path: str | os.PathLike, *, provenance: dict | None = None
+    df: pd.DataFrame,
+    path: str | os.PathLike,
+    *,
+    provenance: dict | None = None,
+    overwrite: bool | None = None,
 ) -> Path:
     """Write ``df`` to ``path`` as CSV (no index) and ``provenance`` to the ``.json`` beside it.
 
-    Both files go through a temporary file and ``os.replace``: an error (disk full, bad value)
-    leaves any previous files intact and no partial file behind.  The CSV is rendered in memory
-    first so nothing is replaced unless both can be written.
+    The two files are replaced together or not at all (temporaries, fsync, then ``os.replace``):
+    an error (disk full, a directory in the way, bad value) leaves any previous files intact and
+    no partial file behind.  New files get the user's normal permissions.
+
+    Parameters
+    ----------
+    overwrite : bool or None
+        False: refuse (``ValueError``) when the CSV or its sidecar exists.  True: replace both.
+        None (default, for a caller that has asked about the CSV): replace the CSV, and the
+        sidecar only when it is one of ours (a napari-segrep provenance record), never another
+        JSON file of that name.
 
     Returns
     -------
@@ -36,14 +69,30 @@ def write_table(
         The CSV path.
     """
     path = Path(path)
-    check_writable_dir(path.parent if str(path.parent) else Path("."))
-    buffer = io.StringIO()
-    df.to_csv(buffer, index=False)
-    text = buffer.getvalue().encode()
-    sidecar = json.dumps(provenance or {}, indent=2, sort_keys=True, default=str).encode() + b"\n"
-    atomic_write(path, lambda fh: fh.write(text))
-    atomic_write(sidecar_path(path), lambda fh: fh.write(sidecar))
+    files = table_files(df, path, provenance=provenance)
+    sidecar = sidecar_path(path)
+    if overwrite is not True:
+        for existing in (path, sidecar) if overwrite is False else (sidecar,):
+            if existing.is_dir():
+                continue  # atomic_write_files says that it is a directory
+            if os.path.lexists(existing) and not (overwrite is None and _is_ours(existing)):
+                mine = "" if overwrite is False else " and was not written by napari-segrep"
+                raise ValueError(f"{existing} exists{mine}: choose another output name")
+    atomic_write_files({target: _writer(data) for target, data in files.items()})
     return path
+
+
+def _writer(data: bytes):
+    return lambda fh: fh.write(data)
+
+
+def _is_ours(sidecar: Path) -> bool:
+    """Whether ``sidecar`` is a provenance record that napari-segrep wrote."""
+    try:
+        record = json.loads(sidecar.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and record.get("package") == "napari-segrep"
 
 
 def provenance(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 from ..errors import TrainingDiverged
 from . import demo, embed, train
@@ -31,7 +32,9 @@ examples:
 
 Outputs: OUT.csv (label, centroid_y, centroid_x, area, bbox_y0, bbox_x0, bbox_y1, bbox_x1,
 scale, emb_0..emb_{D-1}) and OUT.json (provenance: package version, encoder configuration,
-checkpoint sha256, normalisation, crop size, seed, inputs). Both are written atomically.
+checkpoint sha256, normalisation, crop size, seed, inputs), replaced together or not at all.
+Nothing is overwritten unless you say so: an existing OUT.csv/OUT.json needs --overwrite, an
+output is never an input, and train never writes into another run's --log-dir.
 """
 
 
@@ -57,19 +60,37 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status.
 
     0: done; 1: training diverged (the last good checkpoint is kept); 2: a user error (bad
-    option, unreadable or invalid input, unwritable output), printed as one line; 130:
-    interrupted.  Anything else is a bug and keeps its traceback.
+    option, unreadable or invalid input, an output that exists or is an input, a file that
+    cannot be written), printed as one line; 130: interrupted, saying what was written.
+    Python warnings are printed as one line each.  Anything else is a bug and keeps its
+    traceback.
     """
     parser = get_arg_parser()
     args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except (CLIError, ValueError, FileNotFoundError) as exc:
-        print(f"napari-segrep: error: {exc}", file=sys.stderr)
-        return 2
-    except TrainingDiverged as exc:
-        print(f"napari-segrep: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("napari-segrep: interrupted; nothing was written", file=sys.stderr)
-        return 130
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        if not sys.warnoptions:  # as for any program: libraries' deprecations are not for users
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", PendingDeprecationWarning)
+        try:
+            return args.func(args)
+        except (CLIError, ValueError, FileNotFoundError) as exc:
+            print(f"napari-segrep: error: {exc}", file=sys.stderr)
+            return 2
+        except OSError as exc:  # disk full, permissions...: the file and the reason
+            text = f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else exc
+            print(f"napari-segrep: error: {text}", file=sys.stderr)
+            return 2
+        except TrainingDiverged as exc:
+            print(f"napari-segrep: error: {exc}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt as exc:
+            what = getattr(exc, "what", None) or "nothing was written"
+            print(f"napari-segrep: interrupted; {what}", file=sys.stderr)
+            return 130
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """``warnings.showwarning`` while a command runs: one line, without Python's file:line."""
+    text = " ".join(str(message).split())
+    print(f"napari-segrep: warning: {text}", file=sys.stderr)

@@ -6,12 +6,15 @@ Standard library only at import time (``napari-segrep --help`` must not load tor
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 __all__ = [
     "BACKBONES",
     "DEVICE_HELP",
     "CLIError",
+    "HelpFormatter",
+    "Interrupted",
     "ProgressBar",
     "add_quiet_option",
     "parse_normalize",
@@ -23,6 +26,27 @@ DEVICE_HELP = "auto, cpu, cuda, cuda:N or mps"
 
 class CLIError(Exception):
     """A user error: printed as one line on stderr, exit status 2."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """A second Ctrl-C, with what the command leaves behind (None: nothing was written)."""
+
+    def __init__(self, what: str | None = None) -> None:
+        super().__init__(what)
+        self.what = what
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's default, once: ``(default: ...)`` is added unless its help already says
+    it; a required option says ``(required)`` instead."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.required and action.option_strings:
+            return f"{text} (required)"
+        if "(default:" in text:
+            return text
+        return super()._get_help_string(action) or ""
 
 
 def add_quiet_option(parser) -> None:

@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ._common import DEVICE_HELP
+from ._common import DEVICE_HELP, CLIError, HelpFormatter
 
 __all__ = ["add_parser", "run"]
 
@@ -20,12 +20,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description="Open napari on a generated image of three classes of cells, with the Embed "
         "segments widget docked and its run started. Without napari (or without a display), or "
         "with --headless: embed the cells with an untrained SegmentEncoder and write "
-        "demo.csv/demo.json plus the sample image and labels.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "demo.csv/demo.json plus the sample image and labels (cells.tif, cells_labels.tif) to "
+        "--out, replacing a previous demo's files there but no other file of those names.",
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--headless", action="store_true", help="no viewer: write the CSV demo")
     parser.add_argument(
         "--out", type=Path, default=Path("segrep_demo"), help="output folder of the headless demo"
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace files of the demo's names in --out even if a previous demo did not "
+        "write them",
     )
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument(
@@ -69,26 +76,42 @@ def _viewer_possible() -> str | None:
     return None
 
 
+_DEMO_FILES = ("cells.tif", "cells_labels.tif", "demo.csv", "demo.json")
+
+
 def _headless_demo(args: argparse.Namespace) -> int:
+    """Embed the sample cells; write the image, the labels, demo.csv and demo.json together
+    (all four, or none: a Ctrl-C leaves nothing half-written)."""
+    import io
+
     import numpy as np
     import tifffile
 
     from .._sample_data import make_cells
+    from ..analysis.export import table_files
     from ..analysis.reduce import nearest_neighbour_class_agreement
     from ..analysis.tables import embedding_matrix
+    from ..io import atomic_write_files
     from .embed import run_embedding
 
-    args.out.mkdir(parents=True, exist_ok=True)
+    _check_demo_folder(args.out, overwrite=args.overwrite)
     image, labels, classes = make_cells()
-    tifffile.imwrite(args.out / "cells.tif", image)
-    tifffile.imwrite(args.out / "cells_labels.tif", labels)
     output = args.out / "demo.csv"
-    df, seconds = run_embedding(
+    df, seconds, sidecar = run_embedding(
         image,
         labels,
-        output=output,
         device=args.device,
         inputs={"sample": "generated cells (napari_segrep._sample_data)"},
+        command="demo",
+    )
+    files = {}
+    for name, array in (("cells.tif", image), ("cells_labels.tif", labels)):
+        buffer = io.BytesIO()
+        tifffile.imwrite(buffer, array)
+        files[args.out / name] = buffer.getvalue()
+    files.update(table_files(df, output, provenance=sidecar))
+    atomic_write_files(
+        {path: (lambda fh, data=data: fh.write(data)) for path, data in files.items()}
     )
     # A first look at what the embeddings hold: nearest-neighbour class agreement.
     truth = np.array([classes[int(k)] for k in df["label"]])
@@ -100,3 +123,24 @@ def _headless_demo(args: argparse.Namespace) -> int:
         f"(chance ~{1 / n_classes:.0%})"
     )
     return 0
+
+
+def _check_demo_folder(out: Path, *, overwrite: bool) -> None:
+    """Create ``out``; refuse (before any work) to replace a file of the demo's names that a
+    previous demo did not write: a folder is a previous demo's when its demo.json is a
+    napari-segrep record of the generated sample."""
+    import json
+
+    from .embed import check_outputs
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CLIError(f"cannot create the demo folder {out}: {exc.strerror}") from None
+    try:
+        record = json.loads((out / "demo.json").read_text())
+        ours = record.get("package") == "napari-segrep" and "sample" in record.get("inputs", {})
+    except (OSError, ValueError, AttributeError, TypeError):  # none, or not a demo's record
+        ours = False
+    names = sorted(_DEMO_FILES, key=lambda n: n != "demo.json")  # demo.json named first
+    check_outputs([out / n for n in names], inputs={}, overwrite=overwrite or ours)

@@ -11,12 +11,13 @@ from ._common import (
     BACKBONES,
     DEVICE_HELP,
     CLIError,
+    HelpFormatter,
     ProgressBar,
     add_quiet_option,
     parse_normalize,
 )
 
-__all__ = ["add_parser", "run", "run_embedding"]
+__all__ = ["add_parser", "check_outputs", "run", "run_embedding"]
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -25,8 +26,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "embed",
         help="embed every segment of a label image and write a CSV",
         description="Embed every non-zero label of LABELS, seen in IMAGE, and write one row per "
-        "segment to OUT.csv plus an OUT.json provenance sidecar.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "segment to OUT.csv plus an OUT.json provenance sidecar. Existing files are only "
+        "replaced with --overwrite; an input is never an output.",
+        formatter_class=HelpFormatter,
     )
     parser.add_argument(
         "image",
@@ -37,7 +39,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "labels", type=Path, help="label image file of the same (Y, X) shape; 0 is background"
     )
     parser.add_argument(
-        "-o", "--output", type=Path, required=True, help="output CSV path (OUT.csv)"
+        "-o",
+        "--output",
+        type=Path,
+        required=True,
+        help="output table OUT.csv; its provenance goes to OUT.json beside it",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace OUT.csv and OUT.json when they exist (otherwise: an error, nothing done)",
     )
     parser.add_argument(
         "--checkpoint",
@@ -79,16 +90,23 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    """The ``embed`` command: read both files, embed, write OUT.csv and OUT.json."""
+    """The ``embed`` command: check the outputs, read both files, embed, write OUT.csv and
+    OUT.json (together, or neither)."""
+    from ..analysis.export import sidecar_path, write_table
+
     normalize = parse_normalize(args.normalize)
+    check_outputs(
+        [args.output, sidecar_path(args.output)],
+        inputs={"image": args.image, "labels": args.labels, "checkpoint": args.checkpoint},
+        overwrite=args.overwrite,
+    )
     from ..io import read_image
 
     image = read_image(args.image)
     labels = read_image(args.labels)
-    df, seconds = run_embedding(
+    df, seconds, sidecar = run_embedding(
         image,
         labels,
-        output=args.output,
         checkpoint=args.checkpoint,
         backbone=args.backbone,
         seed=args.seed,
@@ -100,19 +118,35 @@ def run(args: argparse.Namespace) -> int:
         quiet=args.quiet,
         inputs={"image": str(args.image), "labels": str(args.labels)},
     )
+    write_table(df, args.output, provenance=sidecar, overwrite=args.overwrite)
     print(
         f"{len(df)} segments embedded in {seconds:.1f} s -> {args.output} "
-        f"(+ {args.output.with_suffix('.json').name})",
+        f"(+ {sidecar_path(args.output).name})",
         file=sys.stderr,
     )
     return 0
+
+
+def check_outputs(outputs, *, inputs: dict, overwrite: bool, flag: str = "--overwrite") -> None:
+    """Before any work: every output can be written, none is an input, none exists unless
+    ``overwrite`` (a :class:`CLIError` naming the file and ``flag``)."""
+    from ..io import check_output_paths
+
+    try:
+        check_output_paths(
+            outputs,
+            inputs=inputs,
+            overwrite=overwrite,
+            overwrite_hint=f"pass {flag} to replace it, or choose another output name",
+        )
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
 
 
 def run_embedding(
     image,
     labels,
     *,
-    output: Path,
     checkpoint: Path | None = None,
     backbone: str = "resnet18",
     seed: int = 0,
@@ -123,16 +157,15 @@ def run_embedding(
     channel_axis: int | None = None,
     quiet: bool = False,
     inputs: dict | None = None,
+    command: str = "embed",
 ):
-    """Embed, then write ``output`` and its sidecar.  Checks the output folder and the inputs
-    first (a user's error is a :class:`CLIError`)."""
-    from ..analysis.export import provenance, write_table
+    """Check the inputs (a user's error is a :class:`CLIError`), embed; returns the table, the
+    seconds it took and its provenance record (the caller writes them)."""
+    from ..analysis.export import provenance
     from ..engine.devices import resolve_device
     from ..engine.embed import embed_segments, encoder_for
     from ..engine.segments import as_channels_first, validate_labels
-    from ..io import check_writable_dir
 
-    check_writable_dir(output.parent if str(output.parent) else Path("."))
     try:
         image_cf = as_channels_first(image, channel_axis=channel_axis)
     except (TypeError, ValueError) as exc:
@@ -161,7 +194,7 @@ def run_embedding(
         bar.close()
     seconds = time.perf_counter() - t0
     sidecar = provenance(
-        command="embed",
+        command=command,
         encoder_config=encoder.config(),
         n_segments=len(df),
         normalization=df.attrs.get("normalization"),
@@ -175,5 +208,4 @@ def run_embedding(
         image_shape=list(image.shape),
         image_dtype=str(image.dtype),
     )
-    write_table(df, output, provenance=sidecar)
-    return df, seconds
+    return df, seconds, sidecar

@@ -11,7 +11,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from ._common import BACKBONES, CLIError, add_quiet_option, parse_normalize
+from ._common import (
+    BACKBONES,
+    CLIError,
+    HelpFormatter,
+    Interrupted,
+    add_quiet_option,
+    parse_normalize,
+)
 
 __all__ = ["add_parser", "run"]
 
@@ -23,10 +30,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="self-supervised fine-tuning on your own segments (TiCo + LARS by default)",
         description="Fine-tune a SegmentEncoder without class labels: two augmented views of "
         "every segment are pulled together (TiCo, NT-Xent or VICReg). Writes LOG_DIR/last.pt "
-        "(every epoch, and when interrupted) and LOG_DIR/history.csv. Option names follow the "
-        "original segrep_training.py; its underscore spellings (--crop_size...) work too. "
-        "Multi-GPU: --devices N (or run under torchrun).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "(every epoch, and when interrupted) and LOG_DIR/history.csv; a LOG_DIR that holds "
+        "another run is refused (continue it with --resume-checkpoint LOG_DIR/last.pt). Option "
+        "names follow the original segrep_training.py; its underscore spellings (--crop_size...) "
+        "work too. Multi-GPU: --devices N (or run under torchrun).",
+        formatter_class=HelpFormatter,
     )
     _add_data_options(parser.add_argument_group("data"))
     _add_training_options(parser.add_argument_group("training"))
@@ -36,7 +44,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _add_data_options(data) -> None:
-    data.add_argument("--images", help="glob of image files, e.g. 'data/images/*.tif'")
+    data.add_argument(
+        "--images",
+        help="glob of image files, e.g. 'data/images/*.tif' (files the --labels glob matches "
+        "are left out)",
+    )
     data.add_argument(
         "--labels",
         help="glob of label files, paired with images by file stem "
@@ -76,7 +88,7 @@ def _add_training_options(run) -> None:
         dest="log_dir",
         type=Path,
         default=Path("logs"),
-        help="checkpoints (last.pt) and history.csv go here",
+        help="last.pt and history.csv go here; a folder holding another run is refused",
     )
     run.add_argument(
         "--no-mask",
@@ -97,7 +109,14 @@ def _add_training_options(run) -> None:
         action="store_true",
         help="switch off feature masking only",
     )
-    run.add_argument("--crop-size", "--crop_size", dest="crop_size", type=int, default=64)
+    run.add_argument(
+        "--crop-size",
+        "--crop_size",
+        dest="crop_size",
+        type=int,
+        default=64,
+        help="crop side in pixels; larger segments are downscaled to fit",
+    )
     run.add_argument(
         "--batch-size",
         "--batch_size",
@@ -106,16 +125,26 @@ def _add_training_options(run) -> None:
         default=64,
         help="per process (per GPU)",
     )
-    run.add_argument("--epochs", type=int, default=20)
-    run.add_argument("--loss", default="tico", choices=["tico", "ntxent", "vicreg"])
-    run.add_argument("--optimizer", default="lars", choices=["lars", "adamw"])
+    run.add_argument("--epochs", type=int, default=20, help="passes over all segments")
+    run.add_argument(
+        "--loss",
+        default="tico",
+        choices=["tico", "ntxent", "vicreg"],
+        help="self-supervised loss between the two views",
+    )
+    run.add_argument(
+        "--optimizer",
+        default="lars",
+        choices=["lars", "adamw"],
+        help="LARS (SegRep's) or AdamW; warm-up then cosine decay",
+    )
     run.add_argument(
         "--lr",
         type=float,
         default=None,
         help="learning rate (default: LARS 0.3 x global batch / 256, AdamW 1e-3)",
     )
-    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--seed", type=int, default=0, help="seed of the model, data order, views")
     run.add_argument(
         "--grad-accumulate",
         "--grad_accumulate",
@@ -132,14 +161,16 @@ def _add_training_options(run) -> None:
         default=0,
         help="data loader worker processes",
     )
-    run.add_argument("--backbone", default="resnet18", choices=BACKBONES)
+    run.add_argument(
+        "--backbone", default="resnet18", choices=BACKBONES, help="encoder of a new run"
+    )
     run.add_argument(
         "--resume-checkpoint",
         "--resume_checkpoint",
         dest="resume_checkpoint",
         type=Path,
         default=None,
-        help="training checkpoint to continue from",
+        help="training checkpoint to continue from (LOG_DIR/last.pt continues that run)",
     )
     run.add_argument(
         "--init-checkpoint",
@@ -194,7 +225,20 @@ def _add_hardware_options(hw) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """The ``train`` command (or, with ``--debug``, the view grid)."""
+    """The ``train`` command (or, with ``--debug``, the view grid).  Interrupted (a second
+    Ctrl-C, or one before training starts), it says truthfully which checkpoint is there."""
+    import os
+
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        ckpt = args.log_dir / "last.pt"
+        there = os.environ.get("RANK", "0") == "0" and ckpt.exists()
+        what = f"the last checkpoint is {ckpt}: continue with --resume-checkpoint {ckpt}"
+        raise Interrupted(what if there else None) from None
+
+
+def _run(args: argparse.Namespace) -> int:
     import os
 
     if args.devices > 1 and "WORLD_SIZE" not in os.environ:
@@ -209,6 +253,7 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise CLIError(f"cannot create the log directory {args.log_dir}: {exc.strerror}") from None
     check_writable_dir(args.log_dir)
+    _check_log_dir(args)
     options = {
         "grad_accumulate": args.grad_accumulate,
         "num_workers": args.num_workers,
@@ -311,6 +356,28 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return 0
+
+
+def _check_log_dir(args: argparse.Namespace) -> None:
+    """Before any work: the run writes nothing over another run's files (a new run into a
+    folder holding last.pt, history.csv or debug_views.png is refused)."""
+    from ..io import run_dir_conflict
+
+    if args.debug:
+        conflict = args.log_dir / "debug_views.png"
+        conflict = conflict if conflict.exists() else None
+    else:
+        conflict = run_dir_conflict(
+            args.log_dir, resume=args.resume_checkpoint, others=("history.csv",)
+        )
+    if conflict is None:
+        return
+    if conflict.name == "last.pt":
+        raise CLIError(
+            f"{args.log_dir} already holds a training run ({conflict}): continue it with "
+            f"--resume-checkpoint {conflict}, or start a new one with another --log-dir"
+        )
+    raise CLIError(f"{conflict} exists and would be replaced: choose another --log-dir")
 
 
 def _relaunch_under_torchrun(n: int) -> int:

@@ -30,24 +30,19 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from ..errors import TrainingDiverged
 from .augment import AugmentConfig
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_state_checked, load_training_checkpoint, save_checkpoint
 from .dataset import SegmentDataset
 from .devices import resolve_device
 from .distributed import _distributed_setup
 from .encoder import SegmentEncoder
 from .heads import ProjectionHead, _SSLModel
+from .health import diverged_error, unusable_reason
 from .losses import make_loss
 from .masking import MaskedBatchNorm2d
 from .optim import LARS, param_groups_for_lars, warmup_cosine_schedule
-from .train_config import TrainConfig
+from .train_config import TrainConfig, steps_per_epoch
 
-__all__ = [
-    "ProjectionHead",
-    "TrainConfig",
-    "TrainResult",
-    "Trainer",
-    "train_ssl",
-]
+__all__ = ["ProjectionHead", "TrainConfig", "TrainResult", "Trainer", "train_ssl"]
 
 CHECKPOINT_NAME = "last.pt"
 
@@ -142,6 +137,8 @@ class Trainer:
         self.epoch_step = 0  # optimiser steps done inside the current epoch
         self.global_step = 0
         self.history: list[dict] = []
+        self._probe: tuple[Tensor, Tensor] | None = None  # a few crops of the last micro-batch
+        self._checked_step: int | None = None  # the step check_healthy() last passed
 
     # ------------------------------------------------------------------ data
     def _sampler(self, epoch: int) -> DistributedSampler:
@@ -160,14 +157,10 @@ class Trainer:
         return min(self.config.batch_size, len(self.dataset) // self.dist.world_size)
 
     def _steps_per_epoch(self) -> int:
-        per_rank = len(self.dataset) // self.dist.world_size
-        batch = self._per_rank_batch()
-        if batch < 2:
-            raise ValueError(
-                f"{len(self.dataset)} segment(s) are too few to train on "
-                f"{self.dist.world_size} process(es): at least 2 per process are needed"
-            )
-        return max(1, (per_rank // batch) // self.config.grad_accumulate)
+        n, batch, ws = len(self.dataset), self._per_rank_batch(), self.dist.world_size
+        return steps_per_epoch(
+            n, batch=batch, grad_accumulate=self.config.grad_accumulate, world_size=ws
+        )
 
     def _loader(self, epoch: int, skip_steps: int) -> DataLoader:
         self.dataset.set_epoch(epoch)
@@ -210,18 +203,13 @@ class Trainer:
                 total, n_crops = 0.0, 0
                 for _ in range(cfg.grad_accumulate):
                     a, ma, b, mb = (self._to_device(t) for t in next(micro_batches))
+                    self._probe = (a[:8].detach().clone(), ma[:8].detach().clone())
                     with self._autocast():
                         z = self.ddp_model(torch.cat([a, b]), torch.cat([ma, mb]))
                         za, zb = z.float().chunk(2)
                         loss = self.loss(za, zb)
                     if not torch.isfinite(loss):
-                        other = " or try optimizer='adamw'" if cfg.optimizer == "lars" else ""
-                        raise TrainingDiverged(
-                            f"the loss became {loss.item()} at epoch {self.epoch + 1}, step "
-                            f"{self.global_step + 1}: training stopped. Lower the learning rate "
-                            f"(now {self.scheduler.get_last_lr()[0]:.3g}){other}; the last "
-                            "good checkpoint is kept."
-                        )
+                        raise self._diverged(f"the loss became {loss.item()}", self.global_step + 1)
                     self.scaler.scale(loss / cfg.grad_accumulate).backward()
                     total += float(loss.detach()) / cfg.grad_accumulate
                     n_crops += 2 * len(a)
@@ -244,9 +232,30 @@ class Trainer:
                 }
                 self.history.append(record)
                 yield record
+            self.check_healthy()  # before the epoch's checkpoint: only a usable model is saved
             self.epoch += 1
             self.epoch_step = 0
             yield {"epoch_end": self.epoch}
+
+    def _diverged(self, what: str, step: int) -> TrainingDiverged:
+        lr, optimizer = self.scheduler.get_last_lr()[0], self.config.optimizer
+        return diverged_error(what, epoch=self.epoch + 1, step=step, lr=lr, optimizer=optimizer)
+
+    def check_healthy(self) -> None:
+        """Raise :class:`TrainingDiverged` unless the model is usable
+        (:func:`~napari_segrep.engine.health.unusable_reason`: finite weights, buffers, loss and
+        optimiser state, finite eval-mode embeddings of a few crops of the last micro-batch).
+        Run at every epoch end, before every save and when stopping (all ranks)."""
+        if self._checked_step == self.global_step:
+            return
+        state = {k: m.state_dict() for k, m in self.model.named_children()}
+        state.update(loss_state=self.loss.state_dict(), optimizer=self.optimizer.state_dict())
+        reason = unusable_reason(self.model.encoder, state, self._probe, self._autocast)
+        if self._any_rank(reason is not None):
+            raise self._diverged(
+                reason or "another process found the model unusable", self.global_step
+            )
+        self._checked_step = self.global_step
 
     # ------------------------------------------------------------------ checkpoints
     def state(self) -> dict:
@@ -271,46 +280,30 @@ class Trainer:
         }
 
     def save(self, path: str | os.PathLike) -> Path | None:
-        """Write a checkpoint (rank 0 only; other ranks return None)."""
+        """Write a checkpoint (rank 0 only; other ranks return None), after
+        :meth:`check_healthy` (all ranks): an unusable model is never saved."""
+        self.check_healthy()
         if not self.dist.is_main:
             return None
         return save_checkpoint(self.state(), path)
 
     def load(self, path: str | os.PathLike) -> None:
         """Restore a training checkpoint written by :meth:`save`."""
-        ckpt = load_checkpoint(path, map_location="cpu")
-        if ckpt.get("kind") != "training":
-            raise ValueError(
-                f"{path} is an encoder checkpoint, not a training checkpoint: to start a new run "
-                "from it, pass encoder=napari_segrep.load_encoder(path) instead of resume="
+        ckpt = load_training_checkpoint(path)  # complete, finite (or a ValueError)
+        for key, ours, saved in self.config.resume_differences(ckpt["config"]):
+            warnings.warn(
+                f"resuming {path} with {key}={ours!r}, but it was trained with {saved!r}: the "
+                "run will not match an uninterrupted one",
+                stacklevel=3,
             )
-        saved = ckpt["config"]
-        for key in (
-            "backbone",
-            "batch_size",
-            "crop_size",
-            "loss",
-            "optimizer",
-            "projection_dim",
-            "projection_hidden",
-            "grad_accumulate",
-            "seed",
-        ):
-            if saved.get(key) != getattr(self.config, key):
-                warnings.warn(
-                    f"resuming {path} with {key}={getattr(self.config, key)!r}, but it was "
-                    f"trained with {saved.get(key)!r}: the run will not match an uninterrupted "
-                    "one",
-                    stacklevel=3,
-                )
         self.model.encoder.load_checkpoint_state(
             ckpt["encoder_config"], ckpt["encoder"], source=str(path)
         )
-        self.model.head.load_state_dict(ckpt["head"])
+        load_state_checked(self.model.head, ckpt["head"], what="head", source=str(path))
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
-        self.loss.load_state_dict(ckpt["loss_state"])
+        load_state_checked(self.loss, ckpt["loss_state"], what="loss_state", source=str(path))
         self.epoch, self.epoch_step = int(ckpt["epoch"]), int(ckpt["epoch_step"])
         self.global_step = int(ckpt["global_step"])
         self.history = list(ckpt.get("history", []))
@@ -318,13 +311,20 @@ class Trainer:
         self.model.to(self.device)
 
     def stop_requested(self, should_stop: Callable[[], bool] | None) -> bool:
-        """``should_stop()``, agreed across ranks (any rank asking stops all)."""
-        local = bool(should_stop()) if should_stop is not None else False
+        """``should_stop()``, agreed across ranks (any rank asking stops all).  When stopping,
+        :meth:`check_healthy` runs first: a stopped run never returns an unusable model."""
+        stop = self._any_rank(bool(should_stop()) if should_stop is not None else False)
+        if stop:
+            self.check_healthy()
+        return stop
+
+    def _any_rank(self, flag: bool) -> bool:
+        """True when ``flag`` is True on any rank (every rank must call)."""
         if not self.dist.enabled:
-            return local
-        flag = torch.tensor([1.0 if local else 0.0], device=self.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item() > 0)
+            return flag
+        value = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item() > 0)
 
 
 def train_ssl(
@@ -442,24 +442,37 @@ def train_ssl(
     trainer = Trainer(dataset, config, encoder=encoder, device=device)
     if resume is not None:
         trainer.load(resume)
-    ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
-    if ckpt_path is not None and trainer.dist.is_main:
-        ckpt_path.parent.mkdir(parents=True, exist_ok=True)
-        from ..io import check_writable_dir
+    from ..io import claim_run_dir, write_failure
 
-        check_writable_dir(ckpt_path.parent)
+    ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
+    run_dir = contextlib.nullcontext()
+    if ckpt_path is not None and trainer.dist.is_main:
+        # Never another run's checkpoint (unless resuming it), never two trainings at once, room
+        # for the weights and the optimiser state: checked, and the folder locked, before a step.
+        size = sum(p.numel() * p.element_size() for p in trainer.model.parameters())
+        run_dir = claim_run_dir(
+            ckpt_path.parent, resume=resume, checkpoint_name=CHECKPOINT_NAME, needed_bytes=3 * size
+        )
+
+    def save() -> None:
+        try:
+            trainer.save(ckpt_path)
+        except OSError as exc:  # disk full...: one line; the previous checkpoint is kept
+            raise write_failure(ckpt_path, exc, what="checkpoint") from exc
+
     stopped = False
-    for record in trainer.steps():
-        if "epoch_end" in record:
-            if ckpt_path is not None:
-                trainer.save(ckpt_path)
-        elif on_step is not None:
-            on_step(record)
-        if trainer.stop_requested(should_stop):
-            stopped = trainer.epoch < config.epochs
-            if stopped and ckpt_path is not None and "epoch_end" not in record:
-                trainer.save(ckpt_path)
-            break
+    with run_dir:
+        for record in trainer.steps():
+            if "epoch_end" in record:
+                if ckpt_path is not None:
+                    save()
+            elif on_step is not None:
+                on_step(record)
+            if trainer.stop_requested(should_stop):
+                stopped = trainer.epoch < config.epochs
+                if stopped and ckpt_path is not None and "epoch_end" not in record:
+                    save()
+                break
     encoder_out = trainer.model.encoder.eval()
     return TrainResult(
         encoder=encoder_out,
