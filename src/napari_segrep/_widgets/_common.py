@@ -3,6 +3,7 @@ choices, the warm-up relay."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ __all__ = [
     "layer_inputs",
     "save_path",
     "status_label",
+    "unless_deleted",
 ]
 
 
@@ -135,3 +137,18 @@ def layer_inputs(labels_layer, images: list, *, build: bool = True) -> LayerInpu
     if stack and not rgb and len(images) == 1:
         channel_axis = None
     return LayerInputs(image, labels, channel_axis, stack, labels_layer, images)
+
+
+def unless_deleted(callback: Callable) -> Callable:
+    """``callback`` for a Qt signal, made harmless once napari is closing: when a widget it
+    updates has been deleted, Qt raises RuntimeError ("wrapped C/C++ object ... has been
+    deleted"), which in a slot would abort the whole process."""
+
+    def guarded(*args) -> None:
+        try:
+            callback(*args)
+        except RuntimeError as exc:
+            if "has been deleted" not in str(exc):
+                raise
+
+    return guarded

@@ -3,19 +3,28 @@
 The engine reports through plain callables (``progress(done, total)``, ``should_stop()``); here
 they become a Qt signal (delivered in the GUI thread, where the napari progress bar is updated)
 and a ``threading.Event``.
+
+Closing napari with work in flight: a worker thread that outlives its Qt objects aborts the
+whole process (Qt's RuntimeError "wrapped C/C++ object ... has been deleted" inside the worker,
+then ``Fatal Python error: Aborted``).  So :func:`watch_close` makes closing the window cancel
+every running job and wait until it has ended (an embedding stops within a batch); a job started
+with ``ask_before_close=True`` (training) is left to its widget's own close guard.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 from napari.qt.threading import create_worker
 from napari.utils import progress as napari_progress
-from qtpy.QtCore import QObject, Signal
+from qtpy.QtCore import QEvent, QObject, Signal
 
-__all__ = ["Job", "start_job"]
+from ._common import unless_deleted
+
+__all__ = ["Job", "cancel_all", "start_job", "watch_close"]
 
 
 class _Relay(QObject):
@@ -26,8 +35,9 @@ class _Relay(QObject):
 class Job:
     """A running engine call: ``worker`` (the napari worker), ``cancel()``, ``cancelled``."""
 
-    def __init__(self, worker, stop: threading.Event, relay: _Relay) -> None:
+    def __init__(self, worker, stop: threading.Event, relay: _Relay, ask: bool = False) -> None:
         self.worker, self._stop, self._relay = worker, stop, relay
+        self.ask_before_close = ask
 
     def cancel(self) -> None:
         self._stop.set()
@@ -45,6 +55,7 @@ def start_job(
     on_error: Callable[[BaseException], None],
     on_done: Callable[[], None] | None = None,
     on_message: Callable[[Any], None] | None = None,
+    ask_before_close: bool = False,
 ) -> Job:
     """Start ``call(progress, should_stop)`` in a worker thread.
 
@@ -72,6 +83,7 @@ def start_job(
     report.message = relay.message.emit  # type: ignore[attr-defined]
 
     def finished() -> None:
+        _running.discard(job)
         bar.close()
         if on_done is not None:
             on_done()
@@ -82,26 +94,51 @@ def start_job(
         stop.is_set,
         _start_thread=False,
         _connect={
-            "returned": _unless_deleted(on_result),
-            "errored": _unless_deleted(on_error),
-            "finished": _unless_deleted(finished),
+            "returned": unless_deleted(on_result),
+            "errored": unless_deleted(on_error),
+            "finished": unless_deleted(finished),
         },
     )
-    job = Job(worker, stop, relay)
+    job = Job(worker, stop, relay, ask_before_close)
+    _running.add(job)
     worker.start()
     return job
 
 
-def _unless_deleted(callback: Callable) -> Callable:
-    """``callback`` for a worker signal, made harmless once napari is closing: when the widget
-    it updates has been deleted, Qt raises RuntimeError ("wrapped C/C++ object ... has been
-    deleted"), which in a slot would abort the whole process."""
+#: Jobs whose worker has not finished yet.
+_running: set[Job] = set()
 
-    def guarded(*args) -> None:
-        try:
-            callback(*args)
-        except RuntimeError as exc:
-            if "has been deleted" not in str(exc):
-                raise
 
-    return guarded
+def cancel_all(*, timeout_s: float = 60.0) -> None:
+    """Cancel every running job (except those that ask before closing) and process events
+    until they have ended, so no worker outlives the window."""
+    from qtpy.QtWidgets import QApplication
+
+    jobs = [job for job in _running if not job.ask_before_close]
+    for job in jobs:
+        job.cancel()
+    end = time.monotonic() + timeout_s
+    while any(job in _running for job in jobs) and time.monotonic() < end:
+        QApplication.processEvents()
+        time.sleep(0.01)
+
+
+class _CloseWatcher(QObject):
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802 - Qt's name
+        if event.type() == QEvent.Type.Close:
+            cancel_all()
+        return False
+
+
+_watcher: _CloseWatcher | None = None
+_watched: set[int] = set()
+
+
+def watch_close(window) -> None:
+    """Make closing ``window`` (napari's main window) cancel and wait for running jobs."""
+    global _watcher
+    if _watcher is None:
+        _watcher = _CloseWatcher()
+    if id(window) not in _watched:  # an id, not a reference: no cycle to the viewer
+        window.installEventFilter(_watcher)
+        _watched.add(id(window))

@@ -24,6 +24,8 @@ from collections.abc import Callable
 import numpy as np
 from qtpy.QtCore import QObject, Signal
 
+from ._common import unless_deleted
+
 __all__ = ["MapProcess", "RemoteMap", "map_process"]
 
 
@@ -33,13 +35,8 @@ class _Relay(QObject):
 
 
 def _deliver(callback: Callable, answer: tuple) -> None:
-    """Run an answer's callback in the GUI thread; a widget deleted meanwhile (napari closing)
-    is no error (in a slot, Qt's RuntimeError would abort the process)."""
-    try:
-        callback(*answer)
-    except RuntimeError as exc:
-        if "has been deleted" not in str(exc):
-            raise
+    """Run an answer's callback in the GUI thread (harmless once its widget is deleted)."""
+    unless_deleted(callback)(*answer)
 
 
 class MapProcess:

@@ -28,8 +28,9 @@ from ._common import (
     layer_inputs,
     save_path,
     status_label,
+    unless_deleted,
 )
-from ._jobs import Job, start_job
+from ._jobs import Job, start_job, watch_close
 from ._live import LiveEmbedding
 from ._map_view import MapView
 from ._results import RunSetup, SegmentResults
@@ -138,7 +139,7 @@ class EmbedSegmentsWidget(Container):
         viewer.layers.events.removed.connect(self._on_layers_changed)
         self._on_layers_changed()
         self._warm_relay = WarmRelay()
-        self._warm_relay.ready.connect(self._on_warm)
+        self._warm_relay.ready.connect(unless_deleted(self._on_warm))
         _session.start_warm_up(
             self._warm_relay, label_dtypes={layer.data.dtype for layer in labels_layers(viewer)}
         )
@@ -282,6 +283,7 @@ class EmbedSegmentsWidget(Container):
             return df, pca_map(embedding_matrix(df)), run
 
         self.status.value = "Embedding..."
+        watch_close(self.native.window())  # closing napari cancels the run first
         self._view_at_run = self._camera_view()
         self._set_running(True)
         target = inputs.labels_layer
