@@ -24,7 +24,7 @@ from qtpy.QtCore import QEvent, QObject, Signal
 
 from ._common import unless_deleted
 
-__all__ = ["Job", "cancel_all", "start_job", "watch_close"]
+__all__ = ["Job", "cancel_all", "start_job", "wait_for", "watch_close"]
 
 
 class _Relay(QObject):
@@ -112,11 +112,17 @@ _running: set[Job] = set()
 def cancel_all(*, timeout_s: float = 60.0) -> None:
     """Cancel every running job (except those that ask before closing) and process events
     until they have ended, so no worker outlives the window."""
-    from qtpy.QtWidgets import QApplication
-
     jobs = [job for job in _running if not job.ask_before_close]
     for job in jobs:
         job.cancel()
+    wait_for(jobs, timeout_s=timeout_s)
+
+
+def wait_for(jobs, *, timeout_s: float) -> None:
+    """Process events until ``jobs`` have finished and delivered their results (or until
+    ``timeout_s``)."""
+    from qtpy.QtWidgets import QApplication
+
     end = time.monotonic() + timeout_s
     while any(job in _running for job in jobs) and time.monotonic() < end:
         QApplication.processEvents()

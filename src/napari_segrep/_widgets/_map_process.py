@@ -181,11 +181,3 @@ def map_process() -> MapProcess:
             _process = MapProcess()
             _process.submit("warm_up", on_done=lambda ok, value: None)
         return _process
-
-
-def close_map_process() -> None:
-    global _process
-    with _process_lock:
-        if _process is not None:
-            _process.close()
-            _process = None

@@ -38,7 +38,7 @@ from ._common import (
     status_label,
     unless_deleted,
 )
-from ._jobs import Job, start_job
+from ._jobs import Job, start_job, wait_for
 
 __all__ = ["TrainSegRepWidget"]
 
@@ -449,15 +449,6 @@ class _CloseGuard(QObject):
             event.ignore()
             return True
         widget.stop()
-        _wait_until_idle(widget)
+        if widget.job is not None:  # until it has finished and its results were delivered
+            wait_for([widget.job], timeout_s=120.0)
         return False
-
-
-def _wait_until_idle(widget: TrainSegRepWidget, timeout_s: float = 120.0) -> None:
-    """Process events until the training job has finished and its results were delivered."""
-    from qtpy.QtWidgets import QApplication
-
-    t0 = time.time()
-    while widget.job is not None and time.time() - t0 < timeout_s:
-        QApplication.processEvents()
-        time.sleep(0.02)
