@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from magicgui.widgets import Label
+from magicgui.widgets import Label, ProgressBar
 from napari.layers import Image, Labels
 from qtpy.QtCore import QObject, Signal
 
@@ -20,6 +20,7 @@ __all__ = [
     "is_file",
     "labels_layers",
     "layer_inputs",
+    "progress_bar",
     "save_path",
     "status_label",
     "unless_deleted",
@@ -46,6 +47,13 @@ def status_label() -> Label:
     label.native.setWordWrap(True)
     label.native.setMinimumHeight(48)
     return label
+
+
+def progress_bar() -> ProgressBar:
+    """The bar a widget's jobs report to (see :func:`._jobs.start_job`): hidden when idle."""
+    bar = ProgressBar(label="progress", value=0, min=0, max=1, visible=False)
+    bar.native.setTextVisible(True)
+    return bar
 
 
 def is_file(value) -> bool:

@@ -1,8 +1,8 @@
 """The "Train SegRep" dock widget: self-supervised fine-tuning inside the viewer.
 
 Start calls ``run()``, which starts :func:`napari_segrep.train_ssl` in a napari worker.  Steps
-arrive in the GUI thread as messages (loss curve, status); the activity dock shows the step
-progress with its ETA.  Pause holds the worker between two steps; Stop writes a checkpoint and
+arrive in the GUI thread as messages (loss curve, status with its ETA); the widget's bar shows
+the step progress.  Pause holds the worker between two steps; Stop writes a checkpoint and
 keeps the model, which **Embed segments** then offers as "model trained in this session".
 """
 
@@ -35,6 +35,7 @@ from ._common import (
     chosen_path,
     image_layers,
     labels_layers,
+    progress_bar,
     status_label,
     unless_deleted,
 )
@@ -136,6 +137,7 @@ class TrainSegRepWidget(Container):
         self.pause_button = PushButton(text="Pause", enabled=False)
         self.stop_button = PushButton(text="Stop", enabled=False)
         self.status = status_label()
+        self.progress = progress_bar()
         self.reembed_button = PushButton(
             text="Re-embed labels with the trained model", enabled=False
         )
@@ -159,6 +161,7 @@ class TrainSegRepWidget(Container):
                 self.start_button,
                 self.pause_button,
                 self.stop_button,
+                self.progress,
                 self.status,
             ]
         )
@@ -270,6 +273,7 @@ class TrainSegRepWidget(Container):
         resume_event = self._resume
 
         def call(progress, should_stop):
+            _session.load_engine()  # after the warm-up, or without freezing napari
             from ..engine.training import train_ssl
 
             all_images, all_labels = list(images), list(labels)
@@ -308,6 +312,7 @@ class TrainSegRepWidget(Container):
         self.job = start_job(
             call,
             desc="Training SegRep",
+            progress_bar=self.progress,
             on_result=self._on_trained,
             on_error=self._on_error,
             on_done=self._on_done,
