@@ -6,7 +6,8 @@ freezes on the first selection) and competes for the CPU and the GIL with the em
 its own process, at the lowest priority, it takes only idle CPU, and closing napari just ends
 it.
 
-One process per session (:func:`map_process`), started on first use (from the GUI thread);
+One process per session (:func:`map_process`), started on first use (from the GUI thread, whose
+end, on Linux, ends the child too);
 its loop is :func:`napari_segrep.analysis._worker.serve`, in a fresh interpreter.  Requests run in order;
 results reach the GUI thread through a Qt signal.  ``RemoteMap`` is the fitted map as the GUI
 sees it: ``coords`` now, ``transform(rows)`` (live mode) by a blocking call from a worker thread.
@@ -57,6 +58,7 @@ class MapProcess:
         self._ids = itertools.count()
         self._pending: dict[int, Callable] = {}
         self._lock = threading.Lock()
+        self._pauses = 0
         self._relay = _Relay()
         self._relay.done.connect(_deliver)
         self._reader = threading.Thread(
@@ -97,6 +99,42 @@ class MapProcess:
     @property
     def alive(self) -> bool:
         return self._process.poll() is None
+
+    def pause(self) -> Callable[[], None]:
+        """Stop the child until the returned ``release()`` has been called (once per
+        ``pause()``; the child runs again when every pause is released).  POSIX only; elsewhere
+        the child just keeps its low priority.
+
+        For an embedding: even at the lowest priority, a UMAP compile in the child slowed a
+        2-thread embedding in napari's process by 7-30% (it takes the core whenever torch's
+        threads wait, and they then wait for it).  A stopped child costs nothing; a pending
+        fit simply waits.  The child dies with napari even while stopped (see the worker)."""
+        import signal
+
+        with self._lock:
+            self._pauses += 1
+            if self._pauses == 1:
+                self._signal(getattr(signal, "SIGSTOP", None))
+        released = threading.Event()
+
+        def release() -> None:
+            if released.is_set():
+                return
+            released.set()
+            with self._lock:
+                self._pauses -= 1
+                if self._pauses == 0:
+                    self._signal(getattr(signal, "SIGCONT", None))
+
+        return release
+
+    def _signal(self, signum) -> None:
+        if signum is None or self._process.poll() is not None:
+            return
+        try:
+            self._process.send_signal(signum)
+        except OSError:  # it has just ended
+            pass
 
     def close(self) -> None:
         """End the child now (its work is not needed any more); what is pending fails."""
