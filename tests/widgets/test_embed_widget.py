@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 
 import numpy as np
@@ -40,6 +41,7 @@ def _run_and_wait(qtbot, widget):
     with qtbot.waitSignal(worker.finished, timeout=TIMEOUT_MS):
         pass
     qtbot.waitUntil(lambda: widget.job is None, timeout=TIMEOUT_MS)
+    qtbot.waitUntil(lambda: widget.map_view.settled, timeout=TIMEOUT_MS)  # features, points shown
     return worker
 
 
@@ -64,6 +66,7 @@ def test_embed_widget__docks_from_the_manifest_runs_and_fills_features_and_map(
     assert {"centroid_y", "area", "bbox_y0", "emb_0", "emb_511"} <= set(features.columns)
     points = viewer.layers["cells map"]
     assert len(points.data) == len(ids) and list(points.features["label"]) == ids
+    assert points.visible  # added hidden, shown in the next turn of the event loop
     # beside the image: to its right, within its height
     h, w = small_scene[1].shape
     assert points.data[:, 1].min() > w and points.data[:, 0].min() >= 0
@@ -83,10 +86,18 @@ def test_embed_widget__linking_both_ways(make_napari_viewer, qtbot, small_scene,
     table_labels = list(points.features["label"])
 
     # points -> segments: several selected: those highlighted, the others dimmed
+    recoloured: list = []
+    labels_layer.events.colormap.connect(recoloured.append)
     points.selected_data = {0, 2}
     cmap = labels_layer.colormap
     assert cmap.map(table_labels[0])[3] == pytest.approx(1.0)
     assert cmap.map(table_labels[1])[3] < 0.5
+    # the colormap names the selected segments only (the others take its default colour),
+    # and napari recolours the image once per selection, not once per view that reacts
+    assert set(cmap.color_dict) <= {None, 0, table_labels[0], table_labels[2]}
+    assert len(recoloured) == 1
+    widget.results.colour_by = "label"  # what it is already: nothing to redraw
+    assert len(recoloured) == 1
     # one selected: also the labels layer's selected label
     points.selected_data = {3}
     assert labels_layer.selected_label == table_labels[3]
@@ -107,6 +118,27 @@ def test_embed_widget__linking_both_ways(make_napari_viewer, qtbot, small_scene,
     # clearing restores the normal view
     points.selected_data = set()
     assert labels_layer.colormap.map(table_labels[1])[3] == pytest.approx(1.0)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process states from /proc")
+def test_embed_widget__map_process_waits_while_embedding(make_napari_viewer, qtbot, small_scene):
+    from napari_segrep._widgets._map_process import map_process
+
+    viewer, widget = _ready(make_napari_viewer, small_scene)
+    pid = map_process()._process.pid
+
+    def state() -> str:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+
+    worker = widget.run()
+    qtbot.waitUntil(lambda: state() == "T" or widget.job is None, timeout=TIMEOUT_MS)
+    stopped_while_embedding = widget.job is not None and state() == "T"
+    with qtbot.waitSignal(worker.finished, timeout=TIMEOUT_MS):
+        pass
+    qtbot.waitUntil(lambda: widget.job is None, timeout=TIMEOUT_MS)
+    assert stopped_while_embedding
+    qtbot.waitUntil(lambda: state() != "T", timeout=TIMEOUT_MS)  # and running again after
 
 
 def test_embed_widget__cancel_leaves_everything_as_before(make_napari_viewer, qtbot):

@@ -19,7 +19,7 @@ from ..conftest import require_napari
 
 require_napari()
 
-FREEZE_CEILING_S = 2.0
+FREEZE_CEILING_S = 1.0
 
 SCRIPT = r"""
 import json, sys, time

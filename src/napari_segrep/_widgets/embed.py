@@ -26,6 +26,7 @@ from ._common import (
     is_file,
     labels_layers,
     layer_inputs,
+    progress_bar,
     save_path,
     status_label,
     unless_deleted,
@@ -91,6 +92,7 @@ class EmbedSegmentsWidget(Container):
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.status = status_label()
+        self.progress = progress_bar()
         self.cluster_method = ComboBox(label="clustering", choices=["kmeans", "hdbscan"])
         self.cluster_k = SpinBox(label="k (kmeans)", value=5, min=1, max=200)
         self.cluster_button = PushButton(text="Cluster", enabled=False)
@@ -113,6 +115,7 @@ class EmbedSegmentsWidget(Container):
                 self.umap_input,
                 self.run_button,
                 self.cancel_button,
+                self.progress,
                 self.status,
                 self.cluster_method,
                 self.cluster_k,
@@ -253,6 +256,7 @@ class EmbedSegmentsWidget(Container):
         layer_names = [layer.name for layer in inputs.image_layers]
 
         def call(progress, should_stop):
+            _session.load_engine()  # after the warm-up, or without freezing napari
             from ..analysis.reduce import pca_map
             from ..analysis.tables import embedding_matrix
             from ..engine.embed import embed_segments, embed_stack, encoder_for
@@ -287,12 +291,22 @@ class EmbedSegmentsWidget(Container):
         self._view_at_run = self._camera_view()
         self._set_running(True)
         target = inputs.labels_layer
+        from ._map_process import map_process
+
+        # the map process (compiling UMAP, or fitting an earlier map) waits meanwhile
+        release_map_process = map_process().pause()
+
+        def done() -> None:
+            release_map_process()
+            self._on_job_done()
+
         self.job = start_job(
             call,
             desc="Embedding segments",
+            progress_bar=self.progress,
             on_result=lambda result: self._on_embedded(target, *result),
             on_error=self._on_error,
-            on_done=self._on_job_done,
+            on_done=done,
         )
         return self.job.worker
 
