@@ -391,6 +391,20 @@ def test_embed_stack__plane_by_plane_with_a_frame_column(narrow_encoder):
         sr.embed_stack(image[:2], labels)
 
 
+def test_embed_stack__a_planes_warning_is_shown_once_naming_its_planes(narrow_encoder):
+    rng = np.random.default_rng(1)
+    image = rng.random((3, 40, 40)).astype(np.float32)
+    labels = np.zeros((3, 40, 40), np.int32)
+    labels[0, 5:15, 5:15] = 1  # a real segment
+    noise = rng.integers(0, 200, (2, 40, 40), dtype=np.int32)  # an intensity image as labels
+    labels[1:] = noise
+    with pytest.warns(UserWarning) as record:
+        sr.embed_stack(image, labels, narrow_encoder, crop_size=CROP, device="cpu")
+    messages = [str(w.message) for w in record]
+    swapped = [m for m in messages if "swapped" in m]
+    assert len(swapped) == 1 and swapped[0].startswith("planes 1, 2 (2; plane 1 shown): "), messages
+
+
 # ---------------------------------------------------------------------- a few segments again
 @settings(
     max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]

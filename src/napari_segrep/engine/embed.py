@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import warnings
 from collections.abc import Callable, Sequence
 
@@ -290,6 +291,8 @@ def embed_stack(
         )
     frames = []
     done = 0
+    # each kind of warning once, naming its planes (numbers differ from plane to plane)
+    planes_warned: dict[tuple[type, str], tuple[str, list[int]]] = {}
     for t in range(labels.shape[0]):
         if counts[t] == 0:
             continue
@@ -298,8 +301,8 @@ def embed_stack(
             if progress is not None:
                 progress(_base + d, total)
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             df = embed_segments(
                 image[t],
                 labels[t],
@@ -309,9 +312,19 @@ def embed_stack(
                 should_stop=should_stop,
                 **kwargs,
             )
+        for w in caught:
+            kind = (w.category, re.sub(r"\d+", "#", str(w.message)))
+            planes_warned.setdefault(kind, (str(w.message), []))[1].append(t)
         df.insert(1, "frame", np.int64(t))
         frames.append(df)
         done += counts[t]
+    for (category, _), (first, planes) in planes_warned.items():
+        if len(planes) == 1:
+            where = f"plane {planes[0]}"
+        else:
+            listed = ", ".join(map(str, planes[:5])) + (", ..." if len(planes) > 5 else "")
+            where = f"planes {listed} ({len(planes)}; plane {planes[0]} shown)"
+        warnings.warn(f"{where}: {first}", category, stacklevel=2)
     if not frames:
         warnings.warn(
             "labels contain no segment (all zero): returning an empty table", stacklevel=2
