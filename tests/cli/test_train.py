@@ -170,6 +170,7 @@ def test_cli_train__debug_writes_the_view_grid_and_exits(data_dir, tmp_path):
         ("log_dir_is_file", "log directory"),
         ("float_labels", "img1.tif / img1_labels.tif: labels must be an integer array"),
         ("bool_image", "img0.tif / img0_labels.tif: image must be numeric"),
+        ("rgb_labels", "img0.tif / img0_labels.tif: labels look like an RGB image"),
     ],
 )
 def test_cli_train__errors_before_any_work(data_dir, tmp_path, capsys, case, match):
@@ -194,6 +195,10 @@ def test_cli_train__errors_before_any_work(data_dir, tmp_path, capsys, case, mat
     elif case == "bool_image":
         image = tifffile.imread(data / "images" / "img0.tif")
         tifffile.imwrite(data / "images" / "img0.tif", image > image.mean())
+    elif case == "rgb_labels":  # a coloured rendering of the labels, saved instead of them
+        lab = tifffile.imread(data / "labels" / "img0_labels.tif")
+        rgb = np.stack([lab * 40 % 256, lab * 90 % 256, lab * 150 % 256], -1).astype(np.uint8)
+        tifffile.imwrite(data / "labels" / "img0_labels.tif", rgb)
     assert _run("train", *args, "--log-dir", logs, "--epochs", 1, *SMALL) == 2
     err = capsys.readouterr().err
     assert match in err

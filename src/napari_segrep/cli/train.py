@@ -408,7 +408,8 @@ def _load_pairs(args: argparse.Namespace):
     for image_path, label_path in pairs:
         image, lab = read_image(image_path), read_image(label_path)
         spatial = image.shape if image.ndim == 2 else None
-        if spatial is not None and lab.shape != spatial:
+        rgb_labels = lab.ndim == 3 and lab.shape[:2] == spatial and lab.shape[-1] in (3, 4)
+        if spatial is not None and lab.shape != spatial and not rgb_labels:  # RGB: named below
             raise CLIError(
                 f"{image_path.name} is {image.shape} but its labels {label_path.name} are "
                 f"{lab.shape}: each pair must have the same (Y, X) shape"
