@@ -3,9 +3,10 @@ headless?
 
 Run in a fresh process with an empty numba cache (this script points ``NUMBA_CACHE_DIR`` at a
 new empty folder unless ``--keep-cache``), in the users' order: napari opens on an image and its
-labels, then Embed segments is docked from the manifest and Run; as soon as the first map
-appears a group of points is selected (and a segment clicked), then again once UMAP has
-replaced the PCA map; then the viewer is closed.  A 10 ms heartbeat timer in napari's event loop
+labels, then Embed segments is docked from the manifest and Run at once; when the first map
+appears, the user looks at it (0.3 s: a human reaction, during which napari draws it) and
+selects a group of points (and clicks a segment), then again once UMAP has replaced the PCA
+map; then the viewer is closed.  A 10 ms heartbeat timer in napari's event loop
 records every stall.  Baseline: ``embed_segments`` headless on the same data, in a fresh process
 of its own (so that both are a process's first embedding), in the same run.
 
@@ -23,6 +24,7 @@ import time
 
 STALL_LIMIT_S = 0.25
 RATIO_LIMIT = 1.2
+REACTION_S = 0.3
 
 
 def main() -> None:
@@ -39,9 +41,10 @@ def main() -> None:
     labels = make_ellipse_labels((side, side), (grid, grid), radius=(8, 13), seed=0)
     image = make_image(labels, seed=0)
 
-    # the baseline first: headless embed_segments on the same data, in a fresh process too (both
-    # runs are then a process's first embedding), from the first to the last progress report
-    headless = _headless_seconds(image, labels)
+    # the baseline: headless embed_segments on the same data, in a fresh process too (both runs
+    # are then a process's first embedding), from the first to the last progress report; once
+    # before and once after the session (this machine's speed drifts), the mean is the baseline
+    headless_runs = [_headless_seconds(image, labels)]
 
     import napari
     from qtpy.QtCore import QTimer
@@ -72,13 +75,19 @@ def main() -> None:
             app.processEvents()
             time.sleep(0.005)
 
+    def idle(seconds):
+        end = time.perf_counter() + seconds
+        wait(lambda: time.perf_counter() > end)
+
     marks["widget docked"] = time.perf_counter()
     widget.run()
+    marks["Run"] = time.perf_counter()
     widget.job._relay.progressed.connect(
         lambda done, total: embed_times.append(time.perf_counter())
     )
     wait(lambda: widget.points_layer is not None)
     marks["PCA map shown"] = time.perf_counter()
+    idle(REACTION_S)  # the user sees the map before clicking on it
     points = widget.points_layer
     points.selected_data = set(range(12))  # the first selection, right after the map appears
     app.processEvents()
@@ -88,6 +97,7 @@ def main() -> None:
     marks["first selection done"] = time.perf_counter()
     wait(lambda: points.metadata.get("map_method") == "umap")
     marks["UMAP map shown"] = time.perf_counter()
+    idle(REACTION_S)
     points.selected_data = set(range(20, 40))
     app.processEvents()
     for _ in range(50):  # half a second of idle GUI after the last selection
@@ -97,6 +107,8 @@ def main() -> None:
     n_segments = len(widget.table)
     viewer.close()
     marks["closed"] = time.perf_counter()
+    headless_runs.append(_headless_seconds(image, labels))
+    headless = sum(headless_runs) / len(headless_runs)
 
     # the stalls, and in which phase each happened
     # from the moment the viewer shows the data: napari's own layer creation is not ours
@@ -127,7 +139,8 @@ def main() -> None:
                 f"(after '{where[0]}')"
             )
     print(
-        f"  embedding in napari {widget_embed:.1f} s vs headless {headless:.1f} s: ratio "
+        f"  embedding in napari {widget_embed:.1f} s vs headless {headless:.1f} s (mean of "
+        f"{' and '.join(f'{t:.1f}' for t in headless_runs)} s, before and after): ratio "
         f"{ratio:.2f}   target <= {RATIO_LIMIT}: {'MEETS' if ratio <= RATIO_LIMIT else 'MISSES'}"
     )
     write_json(
@@ -141,6 +154,7 @@ def main() -> None:
             "stalls_over_limit": len(over),
             "widget_embedding_s": widget_embed,
             "headless_embedding_s": headless,
+            "headless_runs_s": headless_runs,
             "ratio": ratio,
         },
     )
