@@ -4,7 +4,8 @@ The table (``label``, geometry, ``emb_*``, ``frame``, ``cluster``), the 2D map c
 rows, the selection (rows), how segments are coloured, and the run that produced them (encoder,
 parameters, the labels as embedded).  Views (the map's points layer and the labels layer's
 features and highlight, see :mod:`._map_view`; live updates, :mod:`._live`) subscribe to
-``events`` and never keep their own copy.  Engine and analysis calls do the maths.
+``events`` and never keep their own copy.  Engine and analysis calls do the maths;
+:func:`embed_run` is what a Run computes in its worker thread.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import pandas as pd
 from napari.layers import Labels
 from napari.utils.events import EmitterGroup
 
-__all__ = ["RunSetup", "SegmentResults", "results_for"]
+__all__ = ["RunSetup", "SegmentResults", "embed_run", "results_for"]
 
 COLOUR_MODES = ("label", "cluster")
 
@@ -43,6 +44,51 @@ class RunSetup:
     model: str = ""
     checkpoint: str | None = None
     image_layers: list[str] = field(default_factory=list)
+
+
+def embed_run(
+    image,
+    labels,
+    weights,
+    params: dict,
+    *,
+    stack: bool,
+    model: str,
+    checkpoint,
+    image_layers,
+    progress,
+    should_stop,
+):
+    """What a Run computes, in its worker thread: the table, the PCA map and the
+    :class:`RunSetup` (``params``: keyword arguments of ``embed_segments``)."""
+    from ..analysis.reduce import pca_map
+    from ..analysis.tables import embedding_matrix
+    from ..engine.embed import embed_segments, embed_stack, encoder_for
+    from ..engine.segments import as_channels_first, normalize_argument
+
+    plane = image[0] if stack else image
+    n_channels = as_channels_first(plane, channel_axis=params["channel_axis"]).shape[0]
+    encoder = encoder_for(weights, in_channels=n_channels)
+    embed = embed_stack if stack else embed_segments
+    df = embed(image, labels, encoder, progress=progress, should_stop=should_stop, **params)
+    normalization = df.attrs.get("normalization")
+    # Live updates reuse the run's normalisation numbers instead of recomputing the image's
+    # percentiles on every paint stroke.
+    live_params = dict(params)
+    if not stack:
+        live_params["normalize"] = normalize_argument(normalization)
+    run = RunSetup(
+        encoder=encoder,
+        params=live_params,
+        image=image,
+        labels=labels,
+        stack=stack,
+        normalization=normalization,
+        model=model,
+        checkpoint=str(checkpoint) if checkpoint else None,
+        image_layers=list(image_layers),
+    )
+    return df, pca_map(embedding_matrix(df)), run
 
 
 class SegmentResults:

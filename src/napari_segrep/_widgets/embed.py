@@ -34,7 +34,7 @@ from ._common import (
 from ._jobs import Job, start_job, watch_close
 from ._live import LiveEmbedding
 from ._map_view import MapView
-from ._results import RunSetup, SegmentResults
+from ._results import SegmentResults, embed_run
 
 __all__ = ["EmbedSegmentsWidget"]
 
@@ -257,34 +257,18 @@ class EmbedSegmentsWidget(Container):
 
         def call(progress, should_stop):
             _session.load_engine()  # after the warm-up, or without freezing napari
-            from ..analysis.reduce import pca_map
-            from ..analysis.tables import embedding_matrix
-            from ..engine.embed import embed_segments, embed_stack, encoder_for
-            from ..engine.segments import as_channels_first, normalize_argument
-
-            plane = image[0] if inputs.stack else image
-            n_channels = as_channels_first(plane, channel_axis=params["channel_axis"]).shape[0]
-            encoder = encoder_for(weights, in_channels=n_channels)
-            embed = embed_stack if inputs.stack else embed_segments
-            df = embed(image, labels, encoder, progress=progress, should_stop=should_stop, **params)
-            normalization = df.attrs.get("normalization")
-            # Live updates reuse the run's normalisation numbers instead of recomputing the
-            # image's percentiles on every paint stroke.
-            live_params = dict(params)
-            if not inputs.stack:
-                live_params["normalize"] = normalize_argument(normalization)
-            run = RunSetup(
-                encoder=encoder,
-                params=live_params,
-                image=image,
-                labels=labels,
+            return embed_run(
+                image,
+                labels,
+                weights,
+                params,
                 stack=inputs.stack,
-                normalization=normalization,
                 model=model,
-                checkpoint=str(checkpoint) if checkpoint else None,
+                checkpoint=checkpoint,
                 image_layers=layer_names,
+                progress=progress,
+                should_stop=should_stop,
             )
-            return df, pca_map(embedding_matrix(df)), run
 
         self.status.value = "Embedding..."
         watch_close(self.native.window())  # closing napari cancels the run first
