@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
 
 import numpy as np
@@ -313,6 +314,12 @@ def test_embed_widget__live_mode_paint_adds_erase_removes_untouched_rows_unchang
     before = widget.table.copy()
     before_points = np.array(points.data)
     widget.live_input.value = True
+    # the map places new segments in a worker thread, never in napari's (a map process busy
+    # with a fit, or stopped during an embedding, would freeze the GUI)
+    placed_in: list = []
+    pca = widget.results.map_model
+    transform = pca.transform
+    pca.transform = lambda rows: placed_in.append(threading.current_thread()) or transform(rows)
     from scipy import ndimage
 
     room = ndimage.distance_transform_edt(small_scene[1] == 0)
@@ -324,6 +331,7 @@ def test_embed_widget__live_mode_paint_adds_erase_removes_untouched_rows_unchang
     qtbot.waitUntil(lambda: len(widget.table) == len(before) + 1, timeout=TIMEOUT_MS)
     qtbot.waitUntil(lambda: widget.live_job is None, timeout=TIMEOUT_MS)
     assert len(points.data) == len(before) + 1
+    assert placed_in and threading.main_thread() not in placed_in
     assert new_id in set(labels_layer.features["label"])
     assert list(points.features["label"]) == list(widget.table["label"])
     old = widget.table[widget.table["label"] != new_id].reset_index(drop=True)

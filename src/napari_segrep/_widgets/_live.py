@@ -79,19 +79,26 @@ class LiveEmbedding:
         changed, removed = changed_segments(results.run.labels, current)
         if not changed.size and not removed.size:
             return
-        run = results.run
+        run, map_model = results.run, results.map_model
 
         def call(progress, should_stop):
+            from ..analysis.tables import embedding_matrix
             from ..engine.embed import embed_segments
 
             if not changed.size:
-                return None
-            return embed_segments(run.image, current, run.encoder, only=changed, **run.params)
+                return None, np.empty((0, 2))
+            df = embed_segments(run.image, current, run.encoder, only=changed, **run.params)
+            # placed here, not in the GUI thread: the map process may be busy or paused
+            return df, np.asarray(map_model.transform(embedding_matrix(df)), float)
 
-        def apply(df) -> None:
+        def apply(result) -> None:
             if self.results is not results:  # newer results replaced these meanwhile
                 return
-            results.replace_rows(df, removed, labels_now=current)
+            if results.map_model is not map_model:  # a new map meanwhile: place them again
+                self._timer.start()
+                return
+            df, coords = result
+            results.replace_rows(df, removed, labels_now=current, coords=coords)
             self._on_applied(0 if df is None else len(df), len(removed))
 
         self.job = start_job(

@@ -183,17 +183,23 @@ class SegmentResults:
         self.events.colour_by()
 
     def replace_rows(
-        self, rows: pd.DataFrame | None, removed: np.ndarray, *, labels_now: np.ndarray
+        self,
+        rows: pd.DataFrame | None,
+        removed: np.ndarray,
+        *,
+        labels_now: np.ndarray,
+        coords: np.ndarray | None = None,
     ) -> None:
         """Live update: rows of re-embedded segments replace theirs, new ones are added (placed
-        with the current map's ``transform``, no refit), removed ones dropped; every other row
-        and its map coordinates stay exactly as they were."""
+        with the current map's ``transform``, no refit, unless their ``coords`` in it are
+        given: a worker thread computes them, as the map process may be busy), removed ones
+        dropped; every other row and its map coordinates stay exactly as they were."""
         from ..analysis.tables import embedding_matrix, replace_rows
 
         if rows is None:
             rows = self._table.iloc[:0]
-        new_coords = np.empty((0, 2))
-        if len(rows):
+        new_coords = np.empty((0, 2)) if coords is None else np.asarray(coords, float)
+        if len(rows) and coords is None:
             new_coords = np.asarray(self.map_model.transform(embedding_matrix(rows)), float)
         merged, keep, order = replace_rows(self._table, rows, drop=removed)
         self.coords = np.concatenate([self.coords[keep], new_coords])[order]
