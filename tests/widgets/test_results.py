@@ -94,7 +94,8 @@ def test_segment_results__replace_rows_keeps_untouched_rows_and_coordinates_bitw
     labels_now[new > 0] = 9
     rows = sr.embed_segments(run.image, labels_now, run.encoder, only=[9], **run.params)
     seen = _count(results.events.table)
-    results.replace_rows(rows, np.array([6]), labels_now=labels_now)
+    coords = map_model.transform(rows.filter(like="emb_").to_numpy())  # as a live worker does
+    results.replace_rows(rows, np.array([6]), labels_now=labels_now, coords=coords)
 
     assert len(seen) == 1 and results.run.labels is labels_now
     assert list(results.labels) == [1, 2, 3, 4, 5, 9]

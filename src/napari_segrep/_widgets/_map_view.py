@@ -7,8 +7,6 @@ a segment, setting ``selected_label``) into model changes; the model's events re
 
 from __future__ import annotations
 
-from functools import partial
-
 import numpy as np
 import pandas as pd
 from napari.layers import Labels, Points
@@ -27,11 +25,6 @@ _PLAIN = ("the labels layer's own colours",)
 _TURN_MS = 15
 
 
-def _reveal(layer: Points, viewer) -> None:
-    if layer in viewer.layers:
-        layer.visible = True
-
-
 class MapView:
     """Show one results model: a Points layer "<labels> map" and the labels layer, linked both
     ways.  ``attach(results)`` draws and links; ``detach()`` restores the labels layer's colours
@@ -44,32 +37,31 @@ class MapView:
         self._original_colormap = None
         self._box: tuple[np.ndarray, np.ndarray] | None = None
         self._highlighted: tuple | None = None  # what the labels layer's colours now show
-        self._steps: list = []  # work spread over turns of the event loop (see _then)
+        self._unrevealed: Points | None = None  # a new map layer, shown in the next turn
         viewer.dims.events.current_step.connect(self._emphasise_frame)
 
     @property
     def settled(self) -> bool:
         """Whether everything drawn so far is on screen: a new map shows its points one turn
         of the event loop after the results arrive (everything else at once)."""
-        return not self._steps
+        return self._unrevealed is None
 
-    def _then(self, step) -> None:
-        """Run ``step`` in a turn of the event loop of its own, after the steps already queued.
+    def _reveal_later(self, layer: Points) -> None:
+        """Show ``layer`` (added hidden) in a turn of the event loop of its own.
 
         A new map costs napari ~0.15 s to add the points layer and ~0.15 s to draw it the first
-        time (its shaders, with software OpenGL): in one turn that froze the viewer for 0.3 s;
-        the layer is added hidden and shown in the next turn.  (A real timer, not a zero one,
-        which Qt runs with the posted events of the same turn.)
+        time (its shaders, with software OpenGL): in one turn that froze the viewer for 0.3 s.
+        (A real timer, not a zero one, which Qt runs with the posted events of the same turn.)
         """
-        self._steps.append(step)
-        if len(self._steps) == 1:
-            QTimer.singleShot(_TURN_MS, self._next_step)
+        if self._unrevealed is not None:  # an earlier one still waiting: show it now
+            self._reveal()
+        self._unrevealed = layer
+        QTimer.singleShot(_TURN_MS, self._reveal)
 
-    def _next_step(self) -> None:
-        if self._steps:
-            self._steps.pop(0)()
-        if self._steps:
-            QTimer.singleShot(_TURN_MS, self._next_step)
+    def _reveal(self) -> None:
+        layer, self._unrevealed = self._unrevealed, None
+        if layer is not None and layer in self.viewer.layers:
+            layer.visible = True
 
     @property
     def labels_layer(self) -> Labels | None:
@@ -203,7 +195,7 @@ class MapView:
                 metadata={"map_method": results.map_method},
                 visible=False,  # drawn for the first time in a turn of its own
             )
-            self._then(partial(_reveal, self.points_layer, self.viewer))
+            self._reveal_later(self.points_layer)
             self.points_layer.selected_data.events.items_changed.connect(
                 self._on_points_selection_changed
             )

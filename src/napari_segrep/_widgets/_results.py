@@ -188,19 +188,17 @@ class SegmentResults:
         removed: np.ndarray,
         *,
         labels_now: np.ndarray,
-        coords: np.ndarray | None = None,
+        coords: np.ndarray,
     ) -> None:
-        """Live update: rows of re-embedded segments replace theirs, new ones are added (placed
-        with the current map's ``transform``, no refit, unless their ``coords`` in it are
-        given: a worker thread computes them, as the map process may be busy), removed ones
-        dropped; every other row and its map coordinates stay exactly as they were."""
-        from ..analysis.tables import embedding_matrix, replace_rows
+        """Live update: rows of re-embedded segments replace theirs, new ones are added at
+        ``coords`` (their place in the current map, from its ``transform`` in a worker thread:
+        the map process may be busy), removed ones dropped; every other row and its map
+        coordinates stay exactly as they were."""
+        from ..analysis.tables import replace_rows
 
         if rows is None:
             rows = self._table.iloc[:0]
-        new_coords = np.empty((0, 2)) if coords is None else np.asarray(coords, float)
-        if len(rows) and coords is None:
-            new_coords = np.asarray(self.map_model.transform(embedding_matrix(rows)), float)
+        new_coords = np.asarray(coords, float).reshape(len(rows), 2)
         merged, keep, order = replace_rows(self._table, rows, drop=removed)
         self.coords = np.concatenate([self.coords[keep], new_coords])[order]
         self._table = merged
