@@ -114,3 +114,23 @@ def narrow_encoder(narrow_backbone):
     from napari_segrep import SegmentEncoder
 
     return SegmentEncoder(narrow_backbone, in_channels=1, seed=0).eval()
+
+
+@pytest.fixture()
+def weights_server():
+    """A local HTTP server on 127.0.0.1 standing in for download.pytorch.org (see
+    tests/weights_server.py); stopped afterwards."""
+    from .weights_server import WeightsServer
+
+    server = WeightsServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture()
+def weights_cache(tmp_path, monkeypatch):
+    """The torch cache in a fresh folder (TORCH_HOME), no mirror, no proxy for 127.0.0.1;
+    returns the folder the ImageNet weights go to (``<TORCH_HOME>/hub/checkpoints``)."""
+    from .weights_server import use_temporary_torch_cache
+
+    return use_temporary_torch_cache(tmp_path, monkeypatch)

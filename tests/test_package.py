@@ -55,6 +55,7 @@ def test_package__engine_analysis_and_cli_never_load_gui_modules():
 def test_package__analysis_io_errors_and_the_cli_parser_never_load_torch():
     names = _submodules("napari_segrep.analysis")
     names += ["napari_segrep.io", "napari_segrep.errors", "napari_segrep._version"]
+    names += ["napari_segrep.weights"]
     code = "\n".join(f"import {n}" for n in names)
     code += "\nfrom napari_segrep.cli import get_arg_parser\nget_arg_parser()"
     loaded = _modules_after(code)
@@ -73,8 +74,9 @@ _MAY_IMPORT = {
     "_sample_data": _BASE,
     "engine": _BASE | {"engine"},
     "analysis": _BASE | {"analysis"},
-    "_widgets": _BASE | {"engine", "analysis", "_sample_data", "_widgets"},
-    "cli": _BASE | {"engine", "analysis", "_sample_data", "_widgets", "cli"},
+    "weights": _BASE | {"engine"},
+    "_widgets": _BASE | {"engine", "analysis", "_sample_data", "weights", "_widgets"},
+    "cli": _BASE | {"engine", "analysis", "_sample_data", "weights", "_widgets", "cli"},
 }
 
 

@@ -35,6 +35,7 @@ from ._jobs import Job, start_job, watch_close
 from ._live import LiveEmbedding
 from ._map_view import MapView
 from ._results import SegmentResults, embed_run
+from ._weights import WeightsDownloadButton, imagenet_present
 
 __all__ = ["EmbedSegmentsWidget"]
 
@@ -80,6 +81,7 @@ class EmbedSegmentsWidget(Container):
             label="labels layer", choices=lambda _w=None: labels_layers(viewer)
         )
         self.model_input = ComboBox(label="model", choices=self._model_choices)
+        self.weights_button = WeightsDownloadButton(choices=self.model_input, select=MODEL_IMAGENET)
         self.checkpoint_input = FileEdit(
             label="checkpoint", mode="r", filter="*.pt *.pth", visible=False
         )
@@ -107,6 +109,7 @@ class EmbedSegmentsWidget(Container):
                 self.image_input,
                 self.labels_input,
                 self.model_input,
+                self.weights_button,
                 self.checkpoint_input,
                 self.crop_input,
                 self.normalize_input,
@@ -170,10 +173,8 @@ class EmbedSegmentsWidget(Container):
 
     # ------------------------------------------------------------------ choices and validation
     def _model_choices(self, _widget=None):
-        choices = [MODEL_UNTRAINED]
-        if _session.imagenet_available:
-            choices.append(MODEL_IMAGENET)
-        choices.append(MODEL_FILE)
+        choices = [MODEL_IMAGENET] if imagenet_present() else []  # the default when present
+        choices += [MODEL_UNTRAINED, MODEL_FILE]
         if _session.trained_encoder is not None:
             choices.append(MODEL_SESSION)
         return choices

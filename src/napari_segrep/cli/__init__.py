@@ -1,4 +1,4 @@
-"""Command line: ``napari-segrep embed``, ``napari-segrep train``, ``napari-segrep demo``.
+"""Command line: ``napari-segrep embed``, ``train``, ``demo``, ``weights``.
 
 The same engine/analysis calls as the widgets.  One module per subcommand, each registering its
 own parser with ``add_parser(subparsers)`` and running with ``run(args)``; this module assembles
@@ -13,13 +13,13 @@ import sys
 import warnings
 
 from ..errors import TrainingDiverged
-from . import demo, embed, train
+from . import demo, embed, train, weights
 from ._common import CLIError
 
 __all__ = ["get_arg_parser", "main"]
 
 # In the order ``--help`` lists them.
-_SUBCOMMANDS = (embed, train, demo)
+_SUBCOMMANDS = (embed, train, demo, weights)
 
 _EPILOG = """\
 examples:
@@ -29,6 +29,7 @@ examples:
   napari-segrep train --images 'data/images/*.tif' --labels 'data/labels/*.tif' --epochs 50
   napari-segrep train --data data --debug        # look at the augmented views first
   napari-segrep demo --out demo_output
+  napari-segrep weights download imagenet       # torchvision's ImageNet weights, 45 MB
 
 Outputs: OUT.csv (label, centroid_y, centroid_x, area, bbox_y0, bbox_x0, bbox_y1, bbox_x1,
 scale, emb_0..emb_{D-1}) and OUT.json (provenance: package version, encoder configuration,

@@ -16,6 +16,7 @@ from ._common import (
     add_quiet_option,
     parse_normalize,
 )
+from .weights import add_weights_option, choose_weights
 
 __all__ = ["add_parser", "check_outputs", "run", "run_embedding"]
 
@@ -54,13 +55,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--checkpoint",
         type=Path,
         default=None,
-        help="napari-segrep checkpoint to embed with (default: untrained encoder)",
+        help="napari-segrep checkpoint to embed with (default: see --weights)",
     )
+    add_weights_option(parser, checkpoint_flag="--checkpoint")
     parser.add_argument(
         "--backbone",
         default="resnet18",
         choices=BACKBONES,
-        help="backbone of the untrained encoder (ignored with --checkpoint)",
+        help="backbone of the ImageNet or untrained encoder (ignored with --checkpoint)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the untrained encoder")
     parser.add_argument(
@@ -95,6 +97,9 @@ def run(args: argparse.Namespace) -> int:
     from ..analysis.export import sidecar_path, write_table
 
     normalize = parse_normalize(args.normalize)
+    weights, start = choose_weights(
+        args.weights, backbone=args.backbone, seed=args.seed, checkpoint=args.checkpoint
+    )
     check_outputs(
         [args.output, sidecar_path(args.output)],
         inputs={"image": args.image, "labels": args.labels, "checkpoint": args.checkpoint},
@@ -104,10 +109,13 @@ def run(args: argparse.Namespace) -> int:
 
     image = read_image(args.image)
     labels = read_image(args.labels)
+    if not args.quiet:
+        print(start, file=sys.stderr)
     df, seconds, sidecar = run_embedding(
         image,
         labels,
         checkpoint=args.checkpoint,
+        weights=weights,
         backbone=args.backbone,
         seed=args.seed,
         crop_size=args.crop_size,
@@ -148,6 +156,7 @@ def run_embedding(
     labels,
     *,
     checkpoint: Path | None = None,
+    weights: str | None = None,
     backbone: str = "resnet18",
     seed: int = 0,
     crop_size: int = 64,
@@ -160,7 +169,8 @@ def run_embedding(
     command: str = "embed",
 ):
     """Check the inputs (a user's error is a :class:`CLIError`), embed; returns the table, the
-    seconds it took and its provenance record (the caller writes them)."""
+    seconds it took and its provenance record (the caller writes them).  The encoder: the
+    ``checkpoint``, else ``weights`` (``"imagenet"``, or None: untrained ``backbone``)."""
     from ..analysis.export import provenance
     from ..engine.devices import resolve_device
     from ..engine.embed import embed_segments, encoder_for
@@ -170,7 +180,12 @@ def run_embedding(
         image_cf = as_channels_first(image, channel_axis=channel_axis)
     except (TypeError, ValueError) as exc:
         raise CLIError(str(exc)) from None
-    encoder = encoder_for(checkpoint, in_channels=image_cf.shape[0], backbone=backbone, seed=seed)
+    encoder = encoder_for(
+        checkpoint if checkpoint is not None else weights,
+        in_channels=image_cf.shape[0],
+        backbone=backbone,
+        seed=seed,
+    )
     dev = resolve_device(device)
     try:
         validate_labels(labels, image_cf.shape[1:])

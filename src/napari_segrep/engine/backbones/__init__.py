@@ -69,8 +69,9 @@ class BackboneSpec:
         A new backbone (see the module docstring), randomly initialised from ``seed`` without
         touching the global random generator.
     imagenet_url : str or None
-        torchvision's download URL of the backbone's ImageNet weights: only its file name is
-        used, to find the file in the local torch hub cache (nothing is ever downloaded).
+        torchvision's download URL of the backbone's ImageNet weights: its file name finds
+        the file in the local torch hub cache; it is downloaded only when the user asks
+        (:func:`napari_segrep.weights.download_weights`).
         ``None``: no ImageNet weights.
     imagenet_mean, imagenet_std : tuple of float
         RGB statistics the ImageNet weights expect their input standardised with.
@@ -167,11 +168,13 @@ def load_imagenet_weights(backbone: nn.Module, name: str) -> tuple[Tensor, Tenso
     spec = get_backbone(name)
     path = imagenet_cache_path(name)
     if not path.is_file():
+        extra = "" if name == "resnet18" else f" --backbone {name}"
         raise FileNotFoundError(
-            f"ImageNet weights for {name} are not in the local torch cache. "
-            f"napari-segrep never downloads weights: place the file {path.name} at {path} "
-            f"(torchvision's {name} IMAGENET1K_V1 weights, e.g. copied from a "
-            "machine with internet where torchvision downloaded them), or use weights=None."
+            f"ImageNet weights for {name} are not in the local torch cache: download them "
+            f"with `napari-segrep weights download imagenet{extra}` (or the 'Download ImageNet "
+            f"weights' button in Embed segments), or copy the file {path.name} (torchvision's "
+            f"{name} IMAGENET1K_V1 weights) from a machine with internet to {path}; or use "
+            "weights=None."
         )
     state = torch.load(path, map_location="cpu", weights_only=True)
     try:
