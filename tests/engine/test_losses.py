@@ -36,17 +36,14 @@ def _dot(u, v):
 
 
 def tico_direct(z_a, z_b, c_prev, *, beta, rho):
-    """Loss and updated covariance, from lists of rows."""
+    """Loss and updated covariance, from lists of rows; ``c_prev=None`` before the first update
+    (the running covariance starts as the first batch's)."""
     a = [_unit(r) for r in z_a]
     b = [_unit(r) for r in z_b]
     n, d = len(a), len(a[0])
-    c = [
-        [
-            beta * c_prev[j][k] + (1 - beta) * sum(a[i][j] * a[i][k] for i in range(n)) / n
-            for k in range(d)
-        ]
-        for j in range(d)
-    ]
+    batch = [[sum(a[i][j] * a[i][k] for i in range(n)) / n for k in range(d)] for j in range(d)]
+    c_prev = batch if c_prev is None else c_prev
+    c = [[beta * c_prev[j][k] + (1 - beta) * batch[j][k] for k in range(d)] for j in range(d)]
     invariance = sum(_dot(a[i], b[i]) for i in range(n)) / n
     contrast = (
         sum(a[i][j] * c[j][k] * a[i][k] for i in range(n) for j in range(d) for k in range(d)) / n
@@ -109,7 +106,7 @@ def _pair(n=4, d=3, seed=0):
 def test_tico_loss__matches_direct_computation():
     z_a, z_b = _pair()
     loss_fn = TiCoLoss(3, beta=0.7, rho=3.0).double()
-    c = [[0.0] * 3 for _ in range(3)]
+    c = None
     for step in range(3):  # three steps: the running covariance carries over
         za, zb = z_a + step, z_b - step
         expected, c = tico_direct(za.tolist(), zb.tolist(), c, beta=0.7, rho=3.0)
@@ -123,8 +120,56 @@ def test_tico_loss__closed_form_for_orthonormal_identical_views():
     n = 5
     z = 3.0 * torch.eye(n, dtype=torch.float64)  # normalised rows: the standard basis
     loss = TiCoLoss(n, beta=0.9, rho=20.0).double()(z, z)
-    # C = (1 - beta) I / N and z_i^T C z_i = (1 - beta) / N
-    assert loss.item() == pytest.approx(-1.0 + 20.0 * 0.1 / n, rel=1e-12)
+    # the first batch sets C = I / N, and z_i^T C z_i = 1 / N
+    assert loss.item() == pytest.approx(-1.0 + 20.0 / n, rel=1e-12)
+    # from a running covariance of zero (the paper's start), C = (1 - beta) I / N instead
+    from_zero = TiCoLoss(n, beta=0.9, rho=20.0).double()
+    from_zero.initialized.fill_(True)
+    assert from_zero(z, z).item() == pytest.approx(-1.0 + 20.0 * 0.1 / n, rel=1e-12)
+
+
+def test_tico_loss__covariance_starts_from_the_first_batch():
+    z_a, z_b = _pair(seed=9)
+    loss_fn = TiCoLoss(3, beta=0.9).double()
+    assert not loss_fn.initialized and "initialized" in loss_fn.state_dict()
+    loss_fn.eval()(z_a, z_b)  # eval mode stores nothing
+    assert not loss_fn.initialized and not loss_fn.C.any()
+    loss_fn.train()(z_a, z_b)
+    u = nn.functional.normalize(z_a, dim=1)
+    torch.testing.assert_close(loss_fn.C, u.T @ u / len(u))
+    assert loss_fn.initialized
+
+
+@pytest.mark.parametrize("nonzero", [True, False])
+def test_tico_loss__a_state_without_the_flag_loads_initialised_when_c_is_nonzero(nonzero):
+    """Checkpoints written before the ``initialized`` flag existed still load: a non-zero C
+    continues, a zero C starts from the next batch."""
+    old = {"C": torch.eye(3) / 3 if nonzero else torch.zeros(3, 3)}
+    restored = TiCoLoss(3)
+    restored.load_state_dict(old)
+    assert bool(restored.initialized) is nonzero
+    assert set(TiCoLoss.upgrade_state_dict(old)) == {"C", "initialized"}
+    assert bool(TiCoLoss.upgrade_state_dict(old)["initialized"]) is nonzero
+    assert "initialized" not in old  # not modified
+
+
+def test_losses__terms_add_up_to_the_loss():
+    z_a, z_b = _pair(seed=10)
+    for loss_fn, names in (
+        (TiCoLoss(3).double(), {"invariance", "covariance"}),
+        (VICRegLoss(), {"invariance", "variance", "covariance"}),
+        (NTXentLoss(), set()),
+    ):
+        loss = loss_fn(z_a, z_b)
+        assert set(loss_fn.terms) == names
+        if names:
+            total = sum(loss_fn.terms.values())
+            assert total.item() == pytest.approx(loss.item(), rel=1e-12)
+            assert not any(t.requires_grad for t in loss_fn.terms.values())
+    tico = TiCoLoss(3).double()
+    tico(z_a, z_a)
+    # identical views: the invariance term is minus the mean cosine similarity, -1
+    assert tico.terms["invariance"].item() == pytest.approx(-1.0, rel=1e-12)
 
 
 def test_tico_loss__covariance_is_a_persistent_buffer():
@@ -166,6 +211,7 @@ def test_tico_loss__batch_covariance_carries_no_gradient():
     c0 = c0 @ c0.T
     loss_fn = TiCoLoss(4, beta=beta, rho=rho).double()
     loss_fn.C.copy_(c0)
+    loss_fn.initialized.fill_(True)
 
     za = z_a.clone().requires_grad_(True)
     zb = z_b.clone().requires_grad_(True)
@@ -354,6 +400,38 @@ def test_tico_loss__falls_on_an_easy_problem():
     # The covariance term rewards spreading over all 8 output dimensions, nuisance included,
     # so TiCo does not find every positive here; it still finds far more than at the start.
     assert end_rate > start_rate + 0.5, (start_rate, end_rate)
+
+
+def _tico_first_losses(*, from_zero: bool, seed: int, steps: int = 10) -> list[float]:
+    """TiCo's loss over the first steps of optimising the easy problem's linear encoder."""
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    points = torch.randn(_N, _SIGNAL, generator=g)
+    encoder = nn.Linear(_SIGNAL + _NUISANCE, _OUT)
+    loss_fn = TiCoLoss(_OUT)
+    if from_zero:  # the paper's start: a running covariance of zero, warming up
+        loss_fn.initialized.fill_(True)
+    opt = torch.optim.Adam(encoder.parameters(), lr=0.03)
+    losses = []
+    for _ in range(steps):
+        loss = loss_fn(encoder(_views(points, g)), encoder(_views(points, g)))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_tico_loss__does_not_rise_at_the_start_of_training(seed):
+    """Users read a loss that rises at the start as divergence.  From a zero covariance (the
+    paper's start) TiCo's loss rose over the first steps while the covariance filled up; from
+    the first batch's covariance the first loss is the highest of the first ten."""
+    from_zero = _tico_first_losses(from_zero=True, seed=seed)
+    assert from_zero[0] < min(from_zero[1:]) and from_zero[-1] > from_zero[0] + 0.5, from_zero
+    losses = _tico_first_losses(from_zero=False, seed=seed)
+    assert losses[0] >= max(losses[1:]), losses
+    assert losses[-1] < losses[0] - 0.5, losses
 
 
 def test_ntxent_loss__falls_on_an_easy_problem_and_positives_become_nearest():

@@ -28,6 +28,12 @@ class TiCoLoss(nn.Module):
     where :math:`\mathrm{sg}` stops the gradient: :math:`C` is a constant for autograd, and the
     loss uses the *updated* :math:`C` (as lightly's implementation does).
 
+    :math:`C` starts as the first batch's second-moment matrix, not at zero (the paper and
+    lightly start at zero): from zero, the covariance term is ``(1 - beta)`` of its size at the
+    first step and grows over the first ``~1 / (1 - beta)`` steps, so the displayed loss *rises*
+    at the start of every run, which users read as divergence.  Started from the first batch,
+    the loss is on its steady scale from the first step.
+
     Parameters
     ----------
     dim : int
@@ -47,6 +53,14 @@ class TiCoLoss(nn.Module):
         Running covariance, a persistent buffer: it is in ``state_dict()``, moves with
         ``.to()``, and resumes from checkpoints.  Updated by ``forward`` in training mode
         only; in eval mode the loss is computed with the would-be update, which is not stored.
+    initialized : () bool Tensor
+        Whether ``C`` holds an estimate yet (set by the first training-mode call), a
+        persistent buffer.  A state dict without it (checkpoints written before it existed)
+        loads as initialised when its ``C`` is non-zero.
+    terms : dict of str to () Tensor
+        The two terms of the last call, detached, which add up to the loss:
+        ``"invariance"`` (minus the mean cosine similarity of the two views, in [-1, 1]) and
+        ``"covariance"`` (:math:`\rho` times the covariance-contrast term).
 
     Notes
     -----
@@ -95,6 +109,8 @@ class TiCoLoss(nn.Module):
         self.rho = float(rho)
         self.gather_distributed = bool(gather_distributed)
         self.register_buffer("C", torch.zeros(dim, dim), persistent=True)
+        self.register_buffer("initialized", torch.zeros((), dtype=torch.bool), persistent=True)
+        self.terms: dict[str, Tensor] = {}
 
     def extra_repr(self) -> str:  # noqa: D102
         return f"dim={self.dim}, beta={self.beta}, rho={self.rho}"
@@ -111,11 +127,33 @@ class TiCoLoss(nn.Module):
         z_a = F.normalize(z_a.to(dtype), dim=1)
         z_b = F.normalize(z_b.to(dtype), dim=1)
         batch_cov = (z_a.T @ z_a).detach() / z_a.shape[0]
-        cov = self.beta * self.C.to(device=z_a.device, dtype=dtype) + (1.0 - self.beta) * batch_cov
+        # Before the first update C is the batch's own: no warm-up from zero (and no host sync).
+        previous = torch.where(
+            self.initialized.to(z_a.device), self.C.to(device=z_a.device, dtype=dtype), batch_cov
+        )
+        cov = self.beta * previous + (1.0 - self.beta) * batch_cov
         if self.training:
             with torch.no_grad():
                 self.C.copy_(cov)
+                self.initialized.fill_(True)
 
-        invariance = (z_a * z_b).sum(dim=1).mean()
-        contrast = ((z_a @ cov) * z_a).sum(dim=1).mean()
-        return -invariance + self.rho * contrast
+        invariance = -(z_a * z_b).sum(dim=1).mean()
+        covariance = self.rho * ((z_a @ cov) * z_a).sum(dim=1).mean()
+        self.terms = {"invariance": invariance.detach(), "covariance": covariance.detach()}
+        return invariance + covariance
+
+    @staticmethod
+    def upgrade_state_dict(state: dict, prefix: str = "") -> dict:
+        """``state`` with ``initialized`` added when it lacks it (a checkpoint written before
+        the flag existed): true when its ``C`` is non-zero.  Returns a new dict."""
+        state = dict(state)
+        key = prefix + "initialized"
+        if key not in state and prefix + "C" in state:
+            state[key] = torch.as_tensor(bool(torch.as_tensor(state[prefix + "C"]).any()))
+        return state
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        key = prefix + "initialized"
+        if key not in state_dict and prefix + "C" in state_dict:
+            state_dict[key] = self.upgrade_state_dict(state_dict, prefix)[key]
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

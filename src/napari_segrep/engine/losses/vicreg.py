@@ -46,6 +46,13 @@ class VICRegLoss(nn.Module):
         variance and covariance are estimated on the global batch.  No effect outside a
         multi-process ``torch.distributed`` run.
 
+    Attributes
+    ----------
+    terms : dict of str to () Tensor
+        The weighted terms of the last call, detached, which add up to the loss:
+        ``"invariance"`` (:math:`\lambda s`), ``"variance"`` (:math:`\mu [v(Z_a) + v(Z_b)]`)
+        and ``"covariance"`` (:math:`\nu [c(Z_a) + c(Z_b)]`).
+
     Notes
     -----
     ``forward(z_a, z_b)``: ``z_a`` and ``z_b`` are ``(N, D)`` embeddings (not normalised) of
@@ -92,6 +99,7 @@ class VICRegLoss(nn.Module):
         self.eps = float(eps)
         self.gamma = float(gamma)
         self.gather_distributed = bool(gather_distributed)
+        self.terms: dict[str, Tensor] = {}
 
     def extra_repr(self) -> str:  # noqa: D102
         return (
@@ -107,12 +115,15 @@ class VICRegLoss(nn.Module):
 
         dtype = torch.promote_types(z_a.dtype, torch.float32)
         z_a, z_b = z_a.to(dtype), z_b.to(dtype)
-        invariance = F.mse_loss(z_a, z_b)
-        variance = self._variance(z_a) + self._variance(z_b)
-        covariance = self._covariance(z_a) + self._covariance(z_b)
-        return (
-            self.sim_weight * invariance + self.var_weight * variance + self.cov_weight * covariance
-        )
+        invariance = self.sim_weight * F.mse_loss(z_a, z_b)
+        variance = self.var_weight * (self._variance(z_a) + self._variance(z_b))
+        covariance = self.cov_weight * (self._covariance(z_a) + self._covariance(z_b))
+        self.terms = {
+            "invariance": invariance.detach(),
+            "variance": variance.detach(),
+            "covariance": covariance.detach(),
+        }
+        return invariance + variance + covariance
 
     def _variance(self, z: Tensor) -> Tensor:
         std = torch.sqrt(z.var(dim=0) + self.eps)
