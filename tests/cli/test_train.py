@@ -46,14 +46,45 @@ def _run(*argv):
 def test_cli_train__writes_checkpoint_and_history(data_dir, tmp_path, capsys):
     data, pairs = data_dir
     logs = tmp_path / "logs"
-    assert _run("train", "--data", data, "--log-dir", logs, "--epochs", 2, *SMALL) == 0
+    not_quiet = [a for a in SMALL if a != "--quiet"]  # the progress bar and the epoch lines
+    assert _run("train", "--data", data, "--log-dir", logs, "--epochs", 2, *not_quiet) == 0
     history = pd.read_csv(logs / "history.csv")
     assert list(history["step"]) == list(range(1, len(history) + 1))
     assert history["epoch"].max() == 2 and np.isfinite(history["loss"]).all()
+    # TiCo's two terms, which add up to the loss
+    terms = history["loss_invariance"] + history["loss_covariance"]
+    np.testing.assert_allclose(terms, history["loss"], rtol=1e-5, atol=1e-6)
     ckpt = load_checkpoint(logs / "last.pt")
     assert ckpt["epoch"] == 2 and ckpt["config"]["crop_size"] == 32
     sr.load_encoder(logs / "last.pt")  # usable for embedding
-    assert "trained" in capsys.readouterr().err
+    quality = pd.read_csv(logs / "quality.csv")
+    assert quality["epoch"].tolist() == [0, 1, 2]
+    assert quality["step"].tolist() == [0, 3, 6]
+    assert set(quality["monitor"]) == {"training"} and set(quality["n"]) == {24}
+    assert not quality["collapsed"].any()
+    assert quality["loss"].isna().tolist() == [True, False, False]  # the start has no loss
+    np.testing.assert_allclose(quality["loss"][1], history["loss"][:3].mean(), rtol=1e-9)
+    saved = pd.DataFrame(ckpt["quality"])
+    pd.testing.assert_frame_equal(quality, saved, check_dtype=False, rtol=1e-12)
+    lines = capsys.readouterr().err.splitlines()  # also at the progress bar's "\r"
+    rank0, agree0 = quality["effective_rank"][0], quality["view_agreement"][0]
+    assert (
+        f"start (epoch 0): effective rank {rank0:.1f}, view agreement {agree0:.2f} (24 training "
+        "segments, chance 0.04)"
+    ) in lines
+    epoch_lines = [line for line in lines if line.startswith("epoch ")]
+    assert len(epoch_lines) == 2
+    for line, (_, row) in zip(epoch_lines, quality.iloc[1:].iterrows(), strict=True):
+        assert line == (
+            f"epoch {row['epoch']}/2: loss {row['loss']:.4f}, effective rank "
+            f"{row['effective_rank']:.1f} (start {rank0:.1f}), view agreement "
+            f"{row['view_agreement']:.2f} (start {agree0:.2f})"
+        )
+    summary = lines[-1]
+    assert summary.startswith("trained 6 steps on 2 image(s)")
+    last = quality.iloc[-1]
+    assert f"effective rank {rank0:.1f} -> {last['effective_rank']:.1f}" in summary
+    assert f"view agreement {agree0:.2f} -> {last['view_agreement']:.2f}" in summary
     # same run through the API: same losses
     api = train_ssl(
         [p[0] for p in pairs],
@@ -242,7 +273,7 @@ def test_cli_train__torchrun_two_processes_equals_one_process_with_the_global_ba
     ]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert sorted(p.name for p in logs.iterdir()) == ["history.csv", "last.pt"]
+    assert sorted(p.name for p in logs.iterdir()) == ["history.csv", "last.pt", "quality.csv"]
     ddp = pd.read_csv(logs / "history.csv")
     single = train_ssl(
         [p[0] for p in pairs],
@@ -255,6 +286,13 @@ def test_cli_train__torchrun_two_processes_equals_one_process_with_the_global_ba
     )
     np.testing.assert_allclose(ddp["loss"], [r["loss"] for r in single.history], rtol=2e-3)
     assert ddp["loss"].iloc[-2:].mean() < ddp["loss"].iloc[:2].mean()
+    # quality: rank 0 measures, every rank records the same; as one process does
+    quality = pd.read_csv(logs / "quality.csv")
+    assert quality["epoch"].tolist() == [0, 1, 2, 3, 4]
+    single_rank = [r["effective_rank"] for r in single.quality]
+    assert quality["effective_rank"][0] == pytest.approx(single_rank[0], rel=1e-6)
+    assert quality["view_agreement"][0] == single.quality[0]["view_agreement"]
+    np.testing.assert_allclose(quality["effective_rank"], single_rank, rtol=2e-2)
     ckpt = load_checkpoint(logs / "last.pt")
     assert ckpt["world_size"] == 2 and ckpt["epoch"] == 4
     sr.load_encoder(logs / "last.pt")
@@ -290,6 +328,7 @@ def test_cli_train__never_replaces_another_runs_files(data_dir, tmp_path, capsys
     runs = {
         "ckpt": {"last.pt": b"the first run's checkpoint", "history.csv": b"step,loss\n"},
         "history": {"history.csv": b"my own history\n"},
+        "quality": {"quality.csv": b"my own figures\n"},
         "debug": {"debug_views.png": b"my own picture"},
     }
     for name, files in runs.items():
@@ -303,6 +342,8 @@ def test_cli_train__never_replaces_another_runs_files(data_dir, tmp_path, capsys
     )
     assert _run("train", "--data", data, "--log-dir", tmp_path / "history", *SMALL) == 2
     _one_line_error(capsys, f"{tmp_path / 'history' / 'history.csv'} exists", "--log-dir")
+    assert _run("train", "--data", data, "--log-dir", tmp_path / "quality", *SMALL) == 2
+    _one_line_error(capsys, f"{tmp_path / 'quality' / 'quality.csv'} exists", "--log-dir")
     assert _run("train", "--data", data, "--log-dir", tmp_path / "debug", "--debug", *SMALL) == 2
     _one_line_error(capsys, f"{tmp_path / 'debug' / 'debug_views.png'} exists", "--log-dir")
     for name, files in runs.items():
@@ -327,7 +368,8 @@ def test_cli_train__a_log_dir_in_use_is_refused(data_dir, tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def one_epoch_run(tmp_path_factory):
-    """Data and a log dir holding a 1-epoch run (last.pt, history.csv); copy it before use."""
+    """Data and a log dir holding a 1-epoch run (last.pt, history.csv, quality.csv); copy it
+    before use."""
     root = tmp_path_factory.mktemp("one_epoch")
     (root / "data" / "images").mkdir(parents=True)
     (root / "data" / "labels").mkdir()
@@ -365,7 +407,7 @@ def test_cli_train__a_failed_checkpoint_write_keeps_the_previous_one(
         "checkpoint is kept",
     )
     assert ckpt.read_bytes() == before
-    assert sorted(p.name for p in logs.iterdir()) == ["history.csv", "last.pt"]
+    assert sorted(p.name for p in logs.iterdir()) == ["history.csv", "last.pt", "quality.csv"]
 
 
 def _read_until(proc, needle: bytes, timeout: float = 300) -> bytes:
@@ -404,4 +446,26 @@ def test_cli_train__a_second_ctrl_c_names_the_checkpoint_that_exists(one_epoch_r
         f"--resume-checkpoint {ckpt}"
     )
     sr.load_encoder(ckpt)
-    assert sorted(p.name for p in logs.iterdir()) == ["history.csv", "last.pt"]
+    assert sorted(p.name for p in logs.iterdir()) == ["history.csv", "last.pt", "quality.csv"]
+
+
+def test_cli_train__the_epoch_line_names_a_collapse():
+    from napari_segrep.cli.train import _quality_line, _quality_summary
+
+    start = {"epoch": 0, "step": 0, "loss": None, "effective_rank": 15.25, "view_agreement": 0.05}
+    start.update(monitor="held-back", n=32, collapsed=False)
+    collapsed = {**start, "epoch": 3, "step": 30, "loss": 1.5, "effective_rank": 1.8}
+    collapsed.update(view_agreement=0.03125, collapsed=True)
+    assert _quality_line(start, start, epochs=5) == (
+        "start (epoch 0): effective rank 15.2, view agreement 0.05 (32 held-back segments, "
+        "chance 0.03)"
+    )
+    assert _quality_line(collapsed, start, epochs=5) == (
+        "epoch 3/5: loss 1.5000, effective rank 1.8 (start 15.2), view agreement 0.03 "
+        "(start 0.05) - COLLAPSED: lower the learning rate or try another loss"
+    )
+    assert _quality_summary([start, collapsed]) == (
+        "; effective rank 15.2 -> 1.8 (collapsed), view agreement 0.05 -> 0.03 (32 held-back "
+        "segments)"
+    )
+    assert _quality_summary([]) == ""

@@ -1,16 +1,20 @@
-"""train_ssl: the loop, checkpoints, exact resume, stop, divergence."""
+"""train_ssl: the loop, checkpoints, exact resume, stop, divergence, quality records."""
 
 from __future__ import annotations
 
 import threading
+import warnings
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 import napari_segrep as sr
 from napari_segrep._sample_data import make_cells
 from napari_segrep.engine.checkpoint import load_checkpoint
+from napari_segrep.engine.quality import RepresentationCollapseWarning
 from napari_segrep.engine.training import TrainingDiverged, train_ssl
 
 from ..conftest import NARROW_BACKBONE
@@ -42,7 +46,7 @@ def test_train_ssl__runs_reports_and_checkpoints(cells, tmp_path):
     image, labels = cells
     seen = []
     result = train_ssl(
-        image, labels, epochs=2, checkpoint_dir=tmp_path, on_step=seen.append, **SMALL
+        image, labels, epochs=2, loss="tico", checkpoint_dir=tmp_path, on_step=seen.append, **SMALL
     )
     n_segments = int(labels.max())
     steps_per_epoch = n_segments // 8
@@ -56,7 +60,8 @@ def test_train_ssl__runs_reports_and_checkpoints(cells, tmp_path):
     assert ckpt["epoch"] == 2 and ckpt["kind"] == "training"
     assert ckpt["package_version"] == sr.__version__
     assert "C" in " ".join(ckpt["loss_state"])  # TiCo's running covariance is checkpointed
-    assert ckpt["config"]["loss"] == "tico" and ckpt["config"]["optimizer"] == "lars"
+    assert ckpt["config"]["loss"] == "tico" and ckpt["config"]["optimizer"] == "adamw"
+    assert ckpt["config"]["batchnorm_stats"] == "frozen"
     # the checkpoint's encoder is the trained one, ready for embed_segments
     loaded = sr.load_encoder(result.checkpoint_path)
     a = sr.embed_segments(image, labels, result.encoder, crop_size=32, device="cpu")
@@ -67,6 +72,40 @@ def test_train_ssl__runs_reports_and_checkpoints(cells, tmp_path):
     )
     assert not np.allclose(a.filter(like="emb_"), untrained.filter(like="emb_"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+
+
+@given(
+    steps_per_epoch=st.integers(1, 10_000),
+    min_steps=st.integers(1, 5_000),
+    epochs=st.none() | st.integers(1, 500),
+)
+def test_train_config__default_epochs_give_at_least_min_steps_and_at_least_ten(
+    steps_per_epoch, min_steps, epochs
+):
+    from napari_segrep.engine.train_config import DEFAULT_EPOCHS, TrainConfig
+
+    config = TrainConfig(epochs=epochs, min_steps=min_steps)
+    chosen = config.resolve_epochs(steps_per_epoch)
+    if epochs is not None:
+        assert chosen == epochs  # the user's number, whatever it gives
+    else:
+        assert chosen >= DEFAULT_EPOCHS and chosen * steps_per_epoch >= min_steps
+        # no more than needed: one epoch fewer would miss one of the two floors
+        assert chosen == DEFAULT_EPOCHS or (chosen - 1) * steps_per_epoch < min_steps
+
+
+def test_train_ssl__by_default_few_segments_train_for_more_epochs_and_the_checkpoint_says_so(
+    cells, tmp_path
+):
+    image, labels = cells  # 24 cells, batch 8: 3 steps per epoch
+    result = train_ssl(image, labels, min_steps=36, checkpoint_dir=tmp_path, **SMALL)
+    assert len(result.history) == 36 and result.history[-1]["epoch"] == 12
+    assert result.history[-1]["total_steps"] == 36 and len(result.quality) == 13
+    assert load_checkpoint(result.checkpoint_path)["config"]["epochs"] == 12
+    # resuming it (its config holds 12) continues the same run: nothing left to do
+    again = train_ssl(image, labels, min_steps=36, resume=result.checkpoint_path, **SMALL)
+    assert [r["step"] for r in again.history] == list(range(1, 37)) and not again.stopped
+    assert _losses(again) == _losses(result)
 
 
 @pytest.mark.parametrize("stop_after", [1, 3])  # mid-epoch, and at the end of epoch 1
@@ -99,6 +138,9 @@ def test_train_ssl__stop_and_resume_equals_an_uninterrupted_run(cells, tmp_path,
         full.encoder.state_dict().items(), second.encoder.state_dict().values(), strict=True
     ):
         assert torch.equal(p, q), name
+    # the quality series continues: the same records, the start's from the first part
+    assert len(full.quality) == 3 and second.quality == full.quality
+    assert first.quality == full.quality[: len(first.quality)]
 
 
 def test_train_ssl__nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(cells, tmp_path):
@@ -315,3 +357,215 @@ def test_train_ssl__a_failed_checkpoint_write_keeps_the_previous_one(cells, tmp_
     )
     assert first.checkpoint_path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+
+
+# ---------------------------------------------------------------------- quality figures
+QUALITY_KEYS = {
+    "epoch",
+    "step",
+    "loss",
+    "effective_rank",
+    "view_agreement",
+    "monitor",
+    "n",
+    "collapsed",
+}
+
+
+def test_train_ssl__quality_records_at_the_start_and_after_every_epoch(cells, tmp_path):
+    image, labels = cells
+    seen = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RepresentationCollapseWarning)  # a normal run: none
+        result = train_ssl(
+            image, labels, epochs=2, checkpoint_dir=tmp_path, on_quality=seen.append, **SMALL
+        )
+    assert result.quality == seen
+    assert [(r["epoch"], r["step"]) for r in seen] == [(0, 0), (1, 3), (2, 6)]
+    for record in seen:
+        assert set(record) == QUALITY_KEYS
+        # 24 segments: too few to hold any back; all of them are monitored
+        assert record["monitor"] == "training" and record["n"] == 24
+        assert 1.0 <= record["effective_rank"] <= 2 * 24
+        assert 0.0 <= record["view_agreement"] <= 1.0
+        assert record["collapsed"] is False
+    assert seen[0]["loss"] is None
+    assert seen[1]["loss"] == pytest.approx(np.mean(_losses(result)[:3]), rel=1e-12)
+    assert load_checkpoint(result.checkpoint_path)["quality"] == seen
+
+
+def test_train_ssl__the_loss_terms_are_in_the_step_records(cells):
+    image, labels = cells
+    for loss, terms in (("tico", ("invariance", "covariance")), ("ntxent", ())):
+        history = train_ssl(image, labels, epochs=1, loss=loss, monitor_size=0, **SMALL).history
+        for record in history:
+            assert {k for k in record if k.startswith("loss_")} == {f"loss_{t}" for t in terms}
+            if terms:
+                total = sum(record[f"loss_{t}"] for t in terms)
+                assert total == pytest.approx(record["loss"], rel=1e-5, abs=1e-6)
+
+
+def test_train_ssl__monitoring_changes_no_training_result(cells):
+    """The evaluations run in eval mode, without gradients, and leave the random state as it
+    was: with the monitor set among the training segments, the run is the one without it."""
+    image, labels = cells
+    monitored = train_ssl(image, labels, epochs=2, **SMALL)
+    plain = train_ssl(image, labels, epochs=2, monitor_size=0, **SMALL)
+    assert len(monitored.quality) == 3 and plain.quality == []
+    assert _losses(monitored) == _losses(plain)
+    for (name, p), q in zip(
+        monitored.encoder.state_dict().items(), plain.encoder.state_dict().values(), strict=True
+    ):
+        assert torch.equal(p, q), name
+
+
+def test_trainer__held_back_segments_are_never_trained_on(cells):
+    from napari_segrep.engine.dataset import SegmentDataset
+    from napari_segrep.engine.training import TrainConfig, Trainer
+
+    image, labels = cells
+    options = {k: v for k, v in SMALL.items() if k != "device"}
+    config = TrainConfig(monitor_size=6, monitor_hold_out=True, **options)
+    dataset = SegmentDataset(image, labels, crop_size=32)
+    trainer = Trainer(dataset, config, device="cpu")
+    held = set(trainer.split.monitor.tolist())
+    assert trainer.split.held_back and len(held) == 6
+    assert trainer.steps_per_epoch == 2  # 18 training segments, batches of 8
+    drawn = set()
+    for epoch in range(4):
+        for batch in trainer._loader(epoch, 0).batch_sampler:
+            drawn.update(batch)
+    assert not drawn & held
+    assert drawn <= set(trainer.train_indices.tolist())
+    assert len(drawn) > 12  # the sampler goes over the training segments, not a fixed few
+    # deterministic: another trainer with the same seed holds back the same segments
+    again = Trainer(dataset, config, device="cpu")
+    assert set(again.split.monitor.tolist()) == held
+    assert [list(b) for b in again._loader(3, 0).batch_sampler] == [
+        list(b) for b in trainer._loader(3, 0).batch_sampler
+    ]
+
+
+def test_train_ssl__held_back_run_stops_and_resumes_exactly(cells, tmp_path):
+    image, labels = cells
+    options = {**SMALL, "monitor_size": 6, "monitor_hold_out": True}
+    full = train_ssl(image, labels, epochs=2, **options)
+    assert [r["monitor"] for r in full.quality] == ["held-back"] * 3
+    assert {r["n"] for r in full.quality} == {6}
+    steps = []
+    first = train_ssl(
+        image,
+        labels,
+        epochs=2,
+        checkpoint_dir=tmp_path,
+        on_step=steps.append,
+        should_stop=lambda: len(steps) >= 3,  # in the middle of epoch 2
+        **options,
+    )
+    assert first.stopped and [r["epoch"] for r in first.quality] == [0, 1]
+    seen = []
+    second = train_ssl(
+        image,
+        labels,
+        epochs=2,
+        checkpoint_dir=tmp_path,
+        resume=first.checkpoint_path,
+        on_quality=seen.append,
+        **options,
+    )
+    assert _losses(second) == _losses(full)
+    assert second.quality == full.quality
+    assert seen == [full.quality[0], full.quality[2]]  # the run's start first, then epoch 2
+
+
+def test_train_ssl__a_collapse_warns_once_and_is_recorded(cells):
+    """A learning rate far too high (but finite losses and weights) squeezes the embeddings
+    into a few directions: the effective rank falls far below its start."""
+    image, labels = cells
+    with pytest.warns(RepresentationCollapseWarning) as caught:
+        result = train_ssl(image, labels, epochs=2, lr=1e4, warmup_fraction=0.0, **SMALL)
+    start, *after = result.quality
+    assert not start["collapsed"] and after[0]["collapsed"]
+    assert after[0]["effective_rank"] < 0.3 * start["effective_rank"]
+    collapse = [w for w in caught if issubclass(w.category, RepresentationCollapseWarning)]
+    assert len(collapse) == 1  # once, however many epochs stay collapsed
+    message = str(collapse[0].message)
+    assert "collapsed" in message and "at epoch 1" in message
+    assert "lower learning rate" in message and "another loss" in message
+
+
+def test_train_ssl__resumes_a_checkpoint_written_before_quality_records(cells, tmp_path):
+    """Checkpoints of earlier versions have no quality records, no monitor set and no TiCo
+    ``initialized`` flag: they resume (TiCo's non-zero covariance continues), and the quality
+    series starts where the run resumes."""
+    image, labels = cells
+    steps = []
+    path = train_ssl(
+        image,
+        labels,
+        epochs=2,
+        checkpoint_dir=tmp_path,
+        on_step=steps.append,
+        should_stop=lambda: len(steps) >= 3,  # at the end of epoch 1
+        **SMALL,
+    ).checkpoint_path
+    payload = torch.load(path, weights_only=True)
+    for key in ("quality", "monitor"):
+        del payload[key]
+    del payload["loss_state"]["initialized"]
+    torch.save(payload, path)
+    resumed = train_ssl(image, labels, epochs=2, checkpoint_dir=tmp_path, resume=path, **SMALL)
+    continued = train_ssl(image, labels, epochs=2, **SMALL)
+    assert _losses(resumed) == _losses(continued)
+    # the stop came after step 3, before epoch 1's end was processed: the series starts there
+    assert [(r["epoch"], r["step"]) for r in resumed.quality] == [(0, 3), (1, 3), (2, 6)]
+    assert resumed.quality[0]["effective_rank"] == resumed.quality[1]["effective_rank"]
+
+
+def _batchnorm_statistics(encoder) -> dict:
+    return {
+        k: v.clone()
+        for k, v in encoder.state_dict().items()
+        if "running_" in k or "num_batches_tracked" in k
+    }
+
+
+def test_train_ssl__batchnorm_statistics_stay_those_of_the_start_unless_asked(cells):
+    image, labels = cells
+    start = sr.SegmentEncoder(NARROW_BACKBONE, seed=3)
+    before = _batchnorm_statistics(start)
+    frozen = train_ssl(image, labels, encoder=start, epochs=1, **SMALL)
+    after = _batchnorm_statistics(frozen.encoder)
+    assert len(before) > 0 and before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    # ... while every weight trained, BatchNorm's own weights and biases included
+    start_state, trained = start.state_dict(), frozen.encoder.state_dict()
+    bn_weights = [k for k in trained if k.endswith("bn1.weight")]
+    assert bn_weights and all(not torch.equal(trained[k], start_state[k]) for k in bn_weights)
+    assert not frozen.encoder.training and not any(m.training for m in frozen.encoder.modules())
+
+    updated = train_ssl(image, labels, encoder=start, epochs=1, batchnorm_stats="update", **SMALL)
+    assert any(
+        not torch.equal(before[k], v) for k, v in _batchnorm_statistics(updated.encoder).items()
+    )
+    with pytest.raises(ValueError, match="batchnorm_stats"):
+        train_ssl(image, labels, epochs=1, batchnorm_stats="sometimes", **SMALL)
+
+
+@pytest.fixture(scope="module")
+def easy_cells():
+    """Two kinds of cells, bright discs and dim elongated ones: an easy problem."""
+    image, labels, _ = make_cells(shape=(256, 256), n_cells=64, seed=5)
+    return image, labels
+
+
+@pytest.mark.parametrize("loss", ["ntxent", "tico", "vicreg"])
+def test_train_ssl__every_loss_falls_from_the_first_epoch_with_the_defaults(easy_cells, loss):
+    image, labels = easy_cells
+    result = train_ssl(
+        image, labels, loss=loss, epochs=4, monitor_size=0, **{**SMALL, "batch_size": 16}
+    )
+    per_epoch = [
+        np.mean([r["loss"] for r in result.history if r["epoch"] == e]) for e in range(1, 5)
+    ]
+    assert per_epoch[1] < per_epoch[0] and per_epoch[-1] < per_epoch[0], per_epoch

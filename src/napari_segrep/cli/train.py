@@ -1,8 +1,10 @@
 """``napari-segrep train``: self-supervised fine-tuning on image/label file pairs.
 
 ``--devices N`` relaunches this command under torchrun (DDP); the first Ctrl-C stops after the
-current step and writes a checkpoint; rank 0 writes ``LOG_DIR/history.csv``; ``--debug`` writes
-the augmented view pairs instead of training.
+current step and writes a checkpoint; rank 0 prints one line per epoch (mean loss, effective
+rank and view agreement against their start values, a collapse; not with ``--quiet``) and
+writes ``LOG_DIR/history.csv`` (one row per step) and ``LOG_DIR/quality.csv`` (one row per
+quality record); ``--debug`` writes the augmented view pairs instead of training.
 """
 
 from __future__ import annotations
@@ -27,11 +29,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``train`` on ``subparsers`` (from ``ArgumentParser.add_subparsers``)."""
     parser = subparsers.add_parser(
         "train",
-        help="self-supervised fine-tuning on your own segments (TiCo + LARS by default)",
+        help="self-supervised fine-tuning on your own segments (NT-Xent + AdamW by default)",
         description="Fine-tune a SegmentEncoder without class labels: two augmented views of "
-        "every segment are pulled together (TiCo, NT-Xent or VICReg). Writes LOG_DIR/last.pt "
-        "(every epoch, and when interrupted) and LOG_DIR/history.csv; a LOG_DIR that holds "
-        "another run is refused (continue it with --resume-checkpoint LOG_DIR/last.pt). Option "
+        "every segment are pulled together (NT-Xent, TiCo or VICReg). Writes LOG_DIR/last.pt "
+        "(every epoch, and when interrupted), LOG_DIR/history.csv and LOG_DIR/quality.csv "
+        "(effective rank and view agreement of a fixed set of segments per epoch, also "
+        "printed); a LOG_DIR that holds another run is refused (continue it with "
+        "--resume-checkpoint LOG_DIR/last.pt). Option "
         "names follow the original segrep_training.py; its underscore spellings (--crop_size...) "
         "work too. Multi-GPU: --devices N (or run under torchrun).",
         formatter_class=HelpFormatter,
@@ -88,7 +92,8 @@ def _add_training_options(run) -> None:
         dest="log_dir",
         type=Path,
         default=Path("logs"),
-        help="last.pt and history.csv go here; a folder holding another run is refused",
+        help="last.pt, history.csv and quality.csv go here; a folder holding another run is "
+        "refused",
     )
     run.add_argument(
         "--no-mask",
@@ -125,24 +130,45 @@ def _add_training_options(run) -> None:
         default=64,
         help="per process (per GPU)",
     )
-    run.add_argument("--epochs", type=int, default=20, help="passes over all segments")
+    run.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="passes over all segments (default: 10, more when the segments are few, so that "
+        "training takes at least 160 steps)",
+    )
     run.add_argument(
         "--loss",
-        default="tico",
-        choices=["tico", "ntxent", "vicreg"],
+        default="ntxent",
+        choices=["ntxent", "tico", "vicreg"],
         help="self-supervised loss between the two views",
     )
     run.add_argument(
         "--optimizer",
-        default="lars",
-        choices=["lars", "adamw"],
-        help="LARS (SegRep's) or AdamW; warm-up then cosine decay",
+        default="adamw",
+        choices=["adamw", "lars"],
+        help="AdamW (short fine-tuning, small batches) or LARS (SegRep's, for batches of "
+        "thousands); warm-up then cosine decay",
     )
     run.add_argument(
         "--lr",
         type=float,
         default=None,
-        help="learning rate (default: LARS 0.3 x global batch / 256, AdamW 1e-3)",
+        help="learning rate (default: AdamW 1e-4, LARS 0.3 x global batch / 256)",
+    )
+    run.add_argument(
+        "--rotations",
+        action="store_true",
+        help="also teach invariance to 90-degree rotations and flips (objects whose "
+        "orientation carries no meaning; off by default: it merges a 6 and a 9)",
+    )
+    run.add_argument(
+        "--batchnorm-stats",
+        dest="batchnorm_stats",
+        default="frozen",
+        choices=["frozen", "update"],
+        help="keep the encoder's BatchNorm statistics (default) or re-estimate them from the "
+        "training views",
     )
     run.add_argument("--seed", type=int, default=0, help="seed of the model, data order, views")
     run.add_argument(
@@ -177,8 +203,11 @@ def _add_training_options(run) -> None:
         dest="init_checkpoint",
         type=Path,
         default=None,
-        help="encoder checkpoint to start a new run from",
+        help="encoder checkpoint to start a new run from (default: see --weights)",
     )
+    from .weights import add_weights_option
+
+    add_weights_option(run, checkpoint_flag="--init-checkpoint")
     run.add_argument(
         "--debug",
         action="store_true",
@@ -272,12 +301,26 @@ def _run(args: argparse.Namespace) -> int:
 
     import napari_segrep as sr
 
-    encoder = sr.load_encoder(args.init_checkpoint) if args.init_checkpoint else None
+    from .weights import start_encoder
+
+    encoder = start_encoder(
+        args.weights,
+        backbone=args.backbone,
+        seed=args.seed,
+        image=images[0],
+        channel_axis=args.channel_axis,
+        checkpoint=args.init_checkpoint,
+        resume=args.resume_checkpoint,
+        announce=not args.quiet,
+    )
     bar = None
     show = rank == 0 and not args.quiet
 
+    plan = {"epochs": args.epochs}  # the default is resolved once the segments are counted
+
     def on_step(record: dict) -> None:
         nonlocal bar
+        plan["epochs"] = record["total_steps"] // record["steps_per_epoch"]
         if not show:
             return
         if bar is None:
@@ -297,6 +340,18 @@ def _run(args: argparse.Namespace) -> int:
         )
         bar.update(1)
 
+    quality: list[dict] = []  # the start record first (also when resuming)
+
+    def on_quality(record: dict) -> None:
+        quality.append(record)
+        if not show:
+            return
+        line = _quality_line(record, quality[0], epochs=plan["epochs"])
+        if bar is not None:
+            bar.write(line, file=sys.stderr)
+        else:
+            print(line, file=sys.stderr)
+
     # First Ctrl-C: stop after the current step and write a checkpoint; second: abort.
     import signal
 
@@ -306,10 +361,9 @@ def _run(args: argparse.Namespace) -> int:
         if stop["requested"]:
             raise KeyboardInterrupt
         stop["requested"] = True
-        print(
+        sys.stderr.write(  # one write: a second Ctrl-C cannot cut the line short
             "\nnapari-segrep: stopping after this step and writing a checkpoint "
-            "(Ctrl-C again to abort)",
-            file=sys.stderr,
+            "(Ctrl-C again to abort)\n"
         )
 
     previous = signal.signal(signal.SIGINT, on_interrupt)
@@ -332,8 +386,11 @@ def _run(args: argparse.Namespace) -> int:
                 checkpoint_dir=args.log_dir,
                 resume=args.resume_checkpoint,
                 seed=args.seed,
+                batchnorm_stats=args.batchnorm_stats,
+                augment={"rotate90": args.rotations, "flip": args.rotations},
                 on_step=on_step,
                 should_stop=lambda: stop["requested"],
+                on_quality=on_quality,
                 **options,
             )
         finally:
@@ -342,6 +399,8 @@ def _run(args: argparse.Namespace) -> int:
                 bar.close()
     if rank == 0:
         _write_history(result.history, args.log_dir / "history.csv")
+        if result.quality:
+            _write_history(result.quality, args.log_dir / "quality.csv")
         if result.stopped:
             print(
                 "napari-segrep: stopped early; continue with --resume-checkpoint "
@@ -350,9 +409,10 @@ def _run(args: argparse.Namespace) -> int:
             )
         first = result.history[0]["loss"] if result.history else float("nan")
         last = result.history[-1]["loss"] if result.history else float("nan")
+        figures = _quality_summary(result.quality)
         print(
             f"trained {len(result.history)} steps on {len(images)} image(s): loss {first:.4f} "
-            f"-> {last:.4f}; checkpoint {result.checkpoint_path}",
+            f"-> {last:.4f}{figures}; checkpoint {result.checkpoint_path}",
             file=sys.stderr,
         )
     return 0
@@ -360,7 +420,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _check_log_dir(args: argparse.Namespace) -> None:
     """Before any work: the run writes nothing over another run's files (a new run into a
-    folder holding last.pt, history.csv or debug_views.png is refused)."""
+    folder holding last.pt, history.csv, quality.csv or debug_views.png is refused)."""
     from ..io import run_dir_conflict
 
     if args.debug:
@@ -368,7 +428,7 @@ def _check_log_dir(args: argparse.Namespace) -> None:
         conflict = conflict if conflict.exists() else None
     else:
         conflict = run_dir_conflict(
-            args.log_dir, resume=args.resume_checkpoint, others=("history.csv",)
+            args.log_dir, resume=args.resume_checkpoint, others=("history.csv", "quality.csv")
         )
     if conflict is None:
         return
@@ -429,6 +489,41 @@ def _load_pairs(args: argparse.Namespace):
     return images, labels, names
 
 
+def _quality_line(record: dict, start: dict, *, epochs: int | None) -> str:
+    """One line per quality record: the start's, then each epoch's (mean loss, effective rank
+    and view agreement with their start values, and a collapse)."""
+    figures = (
+        f"effective rank {record['effective_rank']:.1f}, view agreement "
+        f"{record['view_agreement']:.2f} ({record['n']} {record['monitor']} segments, chance "
+        f"{1 / record['n']:.2f})"
+    )
+    if record is start:
+        return f"start (epoch {record['epoch']}): {figures}"
+    loss = record["loss"] if record["loss"] is not None else float("nan")
+    line = (
+        f"epoch {record['epoch']}{f'/{epochs}' if epochs else ''}: loss {loss:.4f}, effective rank "
+        f"{record['effective_rank']:.1f} (start {start['effective_rank']:.1f}), view agreement "
+        f"{record['view_agreement']:.2f} (start {start['view_agreement']:.2f})"
+    )
+    if record.get("collapsed"):
+        line += " - COLLAPSED: lower the learning rate or try another loss"
+    return line
+
+
+def _quality_summary(quality: list[dict]) -> str:
+    """``"; effective rank A -> B, view agreement C -> D"`` for the summary line ("" without
+    quality records)."""
+    if not quality:
+        return ""
+    first, last = quality[0], quality[-1]
+    collapsed = " (collapsed)" if any(r.get("collapsed") for r in quality) else ""
+    return (
+        f"; effective rank {first['effective_rank']:.1f} -> {last['effective_rank']:.1f}"
+        f"{collapsed}, view agreement {first['view_agreement']:.2f} -> "
+        f"{last['view_agreement']:.2f} ({first['n']} {first['monitor']} segments)"
+    )
+
+
 def _write_history(history: list[dict], path: Path) -> None:
     import pandas as pd
 
@@ -455,7 +550,9 @@ def _write_debug_views(images, labels, names, args, normalize) -> int:
         channel_axis=args.channel_axis,
         normalize=normalize,
         min_size=args.min_size,
-        augment=AugmentConfig(crop_size=args.crop_size),
+        augment=AugmentConfig(
+            crop_size=args.crop_size, rotate90=args.rotations, flip=args.rotations
+        ),
         seed=args.seed,
         names=names,
     )

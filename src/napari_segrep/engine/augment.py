@@ -38,8 +38,8 @@ class AugmentConfig:
     crop_size: int = 64
     crop_scale: tuple[float, float] = (0.5, 1.0)
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    rotate90: bool = True
-    flip: bool = True
+    rotate90: bool = False
+    flip: bool = False
     affine_degrees: float = 15.0
     affine_translate: float = 0.05
     affine_scale: tuple[float, float] = (0.9, 1.1)

@@ -29,7 +29,7 @@ from .checkpoint import (
     state_mismatches,
     validate_encoder_config,
 )
-from .masking import binarize_mask
+from .masking import MaskedBatchNorm2d, binarize_mask
 
 __all__ = ["BACKBONES", "SegmentEncoder", "imagenet_cache_path", "load_encoder", "save_encoder"]
 
@@ -52,7 +52,9 @@ class SegmentEncoder(nn.Module):
     weights : None, "imagenet" or path
         ``None``: random initialisation from ``seed`` (deterministic).  ``"imagenet"``:
         torchvision's ImageNet weights, read **only** from the local torch hub cache (see
-        :func:`imagenet_cache_path`; nothing is downloaded).  A path: a napari-segrep checkpoint
+        :func:`imagenet_cache_path`; nothing is downloaded here: ``napari-segrep weights
+        download imagenet`` or :func:`napari_segrep.weights.download_weights` fetches them, when
+        asked).  A path: a napari-segrep checkpoint
         (written by :func:`napari_segrep.save_encoder` or by training).
     seed : int
         Seed of the random initialisation.
@@ -92,6 +94,8 @@ class SegmentEncoder(nn.Module):
         self.feature_masking = bool(feature_masking)
         self.seed = int(seed)
         self.weights_source: str | None = None
+        #: Keep the BatchNorm statistics fixed in training mode (see :meth:`train`).
+        self.freeze_batchnorm_stats = False
 
         self.backbone = build_backbone(backbone, in_channels=in_channels, seed=seed)
         self.embedding_dim: int = int(self.backbone.embedding_dim)
@@ -157,6 +161,26 @@ class SegmentEncoder(nn.Module):
             )
         self.load_state_dict(state)
         self.weights_source = source
+
+    # ------------------------------------------------------------------ training mode
+    def train(self, mode: bool = True) -> SegmentEncoder:
+        """Training mode, as ``nn.Module.train``; with ``freeze_batchnorm_stats`` set, the
+        BatchNorm layers stay in eval mode: they normalise with their running statistics and
+        do not update them (their weight and bias still train).
+
+        Fine-tuning uses this by default (``TrainConfig.batchnorm_stats="frozen"``): the
+        statistics the encoder starts with, ImageNet's or the identity of a new network, are
+        kept.  Re-estimating them from a few small batches of augmented views changes what
+        every layer computes before the weights have learnt anything (measured: it alone
+        lowers the k-NN accuracy of an untrained encoder's embeddings of digits from 0.90 to
+        0.72-0.74, see ``benchmarks/ssl_eval.py``).
+        """
+        super().train(mode)
+        if mode and self.freeze_batchnorm_stats:
+            for module in self.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm | MaskedBatchNorm2d):
+                    module.eval()
+        return self
 
     # ------------------------------------------------------------------ description
     def config(self) -> dict:

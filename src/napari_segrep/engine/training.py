@@ -9,6 +9,12 @@ Reproducibility: the sample order of each epoch comes from ``DistributedSampler(
 epoch)``, the views of each sample from a generator seeded by ``(seed, epoch, index)``, the
 models from ``seed``.  A checkpoint stores the position inside the epoch, so on the CPU a run
 stopped and resumed gives the same losses and weights as an uninterrupted one (tested).
+
+Quality: before the first step and at every epoch end, the encoder's effective rank and view
+agreement are measured on a fixed monitor set of the segments
+(:mod:`napari_segrep.engine.quality`), held back from training when there are enough segments.
+The evaluation runs in eval mode without gradients and leaves the random state untouched, so it
+changes no training result; its records are checkpointed with the rest.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +46,13 @@ from .health import diverged_error, unusable_reason
 from .losses import make_loss
 from .masking import MaskedBatchNorm2d
 from .optim import LARS, param_groups_for_lars, warmup_cosine_schedule
+from .quality import (
+    QualityMonitor,
+    RepresentationCollapseWarning,
+    choose_monitor,
+    collapse_message,
+    is_collapsed,
+)
 from .train_config import TrainConfig, steps_per_epoch
 
 __all__ = ["ProjectionHead", "TrainConfig", "TrainResult", "Trainer", "train_ssl"]
@@ -49,17 +62,31 @@ CHECKPOINT_NAME = "last.pt"
 
 @dataclass
 class TrainResult:
-    """What :func:`train_ssl` returns."""
+    """What :func:`train_ssl` returns: ``quality`` lists the quality records (see
+    :func:`train_ssl`'s ``on_quality``), the start's first."""
 
     encoder: SegmentEncoder
     history: list[dict]
     checkpoint_path: Path | None
     stopped: bool = False
     head: ProjectionHead | None = None
+    quality: list[dict] = field(default_factory=list)
 
 
 class Trainer:
-    """The training loop's state and its step generator (see :func:`train_ssl`)."""
+    """The training loop's state and its step generator (see :func:`train_ssl`).
+
+    Attributes
+    ----------
+    split : MonitorSplit
+        The monitor set and the indices the training sampler draws from
+        (:func:`~napari_segrep.engine.quality.choose_monitor` of ``config.seed``,
+        ``config.monitor_size``, ``config.monitor_hold_out``).
+    history : list of dict
+        Step records.
+    quality : list of dict
+        Quality records: the start's, then one per completed epoch.
+    """
 
     def __init__(
         self,
@@ -71,6 +98,18 @@ class Trainer:
     ) -> None:
         self.config = config
         self.dataset = dataset
+        self.split = choose_monitor(
+            len(dataset),
+            seed=config.seed,
+            size=config.monitor_size,
+            hold_out=config.monitor_hold_out,
+        )
+        self.train_indices = self.split.train
+        self.monitor = (
+            QualityMonitor(dataset, self.split.monitor, batch_size=config.batch_size)
+            if len(self.split.monitor)
+            else None
+        )
         self.dist = _distributed_setup(str(device))
         if self.dist.enabled and torch.cuda.is_available() and str(device) in ("auto", "cuda"):
             self.device = torch.device("cuda", self.dist.local_rank)
@@ -90,6 +129,7 @@ class Trainer:
                 )
         encoder.image_masking = config.image_masking
         encoder.feature_masking = config.feature_masking
+        encoder.freeze_batchnorm_stats = config.batchnorm_stats == "frozen"
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed + 2)
             head = ProjectionHead(
@@ -111,7 +151,11 @@ class Trainer:
         ).to(self.device)
         self.lr = config.effective_lr(self.dist.world_size)
         wd = config.effective_weight_decay()
-        groups = param_groups_for_lars(self.model, wd)
+        # The head is new in every run, the encoder is what the user keeps: the head learns at
+        # head_lr_scale times the encoder's rate (fine-tuning practice).
+        groups = param_groups_for_lars(self.model.encoder, wd)
+        for group in param_groups_for_lars(self.model.head, wd):
+            groups.append({**group, "lr": self.lr * config.head_lr_scale})
         if config.optimizer == "lars":
             self.optimizer = LARS(groups, lr=self.lr)
         else:
@@ -119,6 +163,10 @@ class Trainer:
                 [{k: v for k, v in g.items() if k != "lars_exclude"} for g in groups], lr=self.lr
             )
         self.steps_per_epoch = self._steps_per_epoch()
+        if config.epochs is None:  # resolved once the data is known, and stored so
+            config = self.config = replace(
+                config, epochs=config.resolve_epochs(self.steps_per_epoch)
+            )
         self.total_steps = self.steps_per_epoch * config.epochs
         self.scheduler = warmup_cosine_schedule(
             self.optimizer,
@@ -137,13 +185,16 @@ class Trainer:
         self.epoch_step = 0  # optimiser steps done inside the current epoch
         self.global_step = 0
         self.history: list[dict] = []
+        self.quality: list[dict] = []
+        self._collapse_warned = False
         self._probe: tuple[Tensor, Tensor] | None = None  # a few crops of the last micro-batch
         self._checked_step: int | None = None  # the step check_healthy() last passed
 
     # ------------------------------------------------------------------ data
     def _sampler(self, epoch: int) -> DistributedSampler:
+        """The sampler of positions in :attr:`train_indices` (the same on every rank)."""
         sampler = DistributedSampler(
-            self.dataset,
+            range(len(self.train_indices)),
             num_replicas=self.dist.world_size,
             rank=self.dist.rank,
             shuffle=True,
@@ -154,17 +205,17 @@ class Trainer:
         return sampler
 
     def _per_rank_batch(self) -> int:
-        return min(self.config.batch_size, len(self.dataset) // self.dist.world_size)
+        return min(self.config.batch_size, len(self.train_indices) // self.dist.world_size)
 
     def _steps_per_epoch(self) -> int:
-        n, batch, ws = len(self.dataset), self._per_rank_batch(), self.dist.world_size
+        n, batch, ws = len(self.train_indices), self._per_rank_batch(), self.dist.world_size
         return steps_per_epoch(
             n, batch=batch, grad_accumulate=self.config.grad_accumulate, world_size=ws
         )
 
     def _loader(self, epoch: int, skip_steps: int) -> DataLoader:
         self.dataset.set_epoch(epoch)
-        order = list(self._sampler(epoch))
+        order = [int(self.train_indices[i]) for i in self._sampler(epoch)]
         batch = self._per_rank_batch()
         micro = [order[i : i + batch] for i in range(0, len(order) - batch + 1, batch)]
         micro = micro[: self.steps_per_epoch * self.config.grad_accumulate]
@@ -190,17 +241,21 @@ class Trainer:
         return x
 
     def steps(self):
-        """Generator of step records, one per optimiser step, until ``config.epochs``."""
+        """Generator of records until ``config.epochs``: a step record per optimiser step,
+        ``{"epoch_end": n, "quality": record}`` at the end of epoch ``n`` (``"quality"`` when
+        monitoring), and ``{"quality": record}`` first when the run has no quality record yet."""
         cfg = self.config
         self.model.train()
         self.loss.train()
+        if self.monitor is not None and not self.quality:
+            yield {"quality": self.evaluate_quality()}
         while self.epoch < cfg.epochs:
             loader = self._loader(self.epoch, self.epoch_step)
             micro_batches = iter(loader)
             while self.epoch_step < self.steps_per_epoch:
                 t0 = time.perf_counter()
                 self.optimizer.zero_grad(set_to_none=True)
-                total, n_crops = 0.0, 0
+                total, n_crops, terms = 0.0, 0, {}
                 for _ in range(cfg.grad_accumulate):
                     a, ma, b, mb = (self._to_device(t) for t in next(micro_batches))
                     self._probe = (a[:8].detach().clone(), ma[:8].detach().clone())
@@ -212,6 +267,8 @@ class Trainer:
                         raise self._diverged(f"the loss became {loss.item()}", self.global_step + 1)
                     self.scaler.scale(loss / cfg.grad_accumulate).backward()
                     total += float(loss.detach()) / cfg.grad_accumulate
+                    for name, value in getattr(self.loss, "terms", {}).items():
+                        terms[name] = terms.get(name, 0.0) + float(value) / cfg.grad_accumulate
                     n_crops += 2 * len(a)
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
@@ -227,6 +284,7 @@ class Trainer:
                     "steps_per_epoch": self.steps_per_epoch,
                     "total_steps": self.total_steps,
                     "loss": total,
+                    **{f"loss_{name}": value for name, value in terms.items()},
                     "lr": lr,
                     "crops_per_s": n_crops * self.dist.world_size / max(seconds, 1e-9),
                 }
@@ -235,7 +293,52 @@ class Trainer:
             self.check_healthy()  # before the epoch's checkpoint: only a usable model is saved
             self.epoch += 1
             self.epoch_step = 0
-            yield {"epoch_end": self.epoch}
+            end = {"epoch_end": self.epoch}
+            if self.monitor is not None:
+                end["quality"] = self.evaluate_quality()
+            yield end
+
+    # ------------------------------------------------------------------ quality
+    def evaluate_quality(self) -> dict:
+        """Measure the encoder on the monitor set now, append the record to :attr:`quality`
+        and return a copy; warn (:class:`RepresentationCollapseWarning`, once, rank 0) when
+        the effective rank has collapsed since the start.
+
+        Rank 0 computes and broadcasts, so every rank records the same figures (every rank must
+        call).  Eval mode, no gradient, the modules' modes and the random state restored:
+        training goes on exactly as without it.
+        """
+        figures = torch.zeros(2, dtype=torch.float64)
+        if self.dist.is_main:
+            rank, agreement = self.monitor.evaluate(
+                self.model.encoder, device=self.device, autocast=self._autocast
+            )
+            figures = torch.tensor([rank, agreement], dtype=torch.float64)
+        if self.dist.enabled:
+            shared = figures.to(self.device)
+            dist.broadcast(shared, src=0)
+            figures = shared.cpu()
+        rank, agreement = (float(v) for v in figures)
+        start = self.quality[0] if self.quality else None
+        losses = [r["loss"] for r in self.history if r["epoch"] == self.epoch]
+        record = {
+            "epoch": self.epoch,
+            "step": self.global_step,
+            "loss": float(np.mean(losses)) if losses and self.epoch_step == 0 else None,
+            "effective_rank": rank,
+            "view_agreement": agreement,
+            "monitor": self.split.kind,
+            "n": len(self.monitor),
+            "collapsed": start is not None and is_collapsed(rank, start["effective_rank"]),
+        }
+        self.quality.append(record)
+        if record["collapsed"] and not self._collapse_warned:
+            self._collapse_warned = True
+            if self.dist.is_main:
+                warnings.warn(
+                    collapse_message(record, start), RepresentationCollapseWarning, stacklevel=2
+                )
+        return dict(record)
 
     def _diverged(self, what: str, step: int) -> TrainingDiverged:
         lr, optimizer = self.scheduler.get_last_lr()[0], self.config.optimizer
@@ -276,6 +379,11 @@ class Trainer:
             "rng": {"torch": torch.get_rng_state()},
             "config": self.config.to_dict(),
             "history": list(self.history),
+            "quality": list(self.quality),
+            "monitor": {
+                "indices": [int(i) for i in self.split.monitor],
+                "held_back": self.split.held_back,
+            },
             "world_size": self.dist.world_size,
         }
 
@@ -303,10 +411,25 @@ class Trainer:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
-        load_state_checked(self.loss, ckpt["loss_state"], what="loss_state", source=str(path))
+        loss_state = ckpt["loss_state"]
+        upgrade = getattr(self.loss, "upgrade_state_dict", None)  # older checkpoints
+        if upgrade is not None and isinstance(loss_state, dict):
+            loss_state = upgrade(loss_state)
+        load_state_checked(self.loss, loss_state, what="loss_state", source=str(path))
         self.epoch, self.epoch_step = int(ckpt["epoch"]), int(ckpt["epoch_step"])
         self.global_step = int(ckpt["global_step"])
         self.history = list(ckpt.get("history", []))
+        self.quality = [dict(r) for r in ckpt.get("quality", [])]
+        saved = ckpt.get("monitor")
+        ours = {"indices": [int(i) for i in self.split.monitor], "held_back": self.split.held_back}
+        if isinstance(saved, dict) and saved != ours:
+            warnings.warn(
+                f"resuming {path} with another monitor set than it was trained with "
+                f"({len(ours['indices'])} segments, held back: {ours['held_back']}; it had "
+                f"{len(saved.get('indices', []))}, held back: {saved.get('held_back')}): the run "
+                "will not match an uninterrupted one, and its quality figures change basis",
+                stacklevel=3,
+            )
         torch.set_rng_state(ckpt["rng"]["torch"])
         self.model.to(self.device)
 
@@ -332,11 +455,11 @@ def train_ssl(
     labels: np.ndarray | Sequence[np.ndarray],
     *,
     encoder: SegmentEncoder | None = None,
-    epochs: int = 20,
+    epochs: int | None = None,
     batch_size: int = 64,
     crop_size: int = 64,
-    loss: str = "tico",
-    optimizer: str = "lars",
+    loss: str = "ntxent",
+    optimizer: str = "adamw",
     lr: float | None = None,
     image_masking: bool = True,
     feature_masking: bool = True,
@@ -346,12 +469,15 @@ def train_ssl(
     seed: int = 0,
     on_step: Callable[[dict], object] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    on_quality: Callable[[dict], object] | None = None,
     **options,
 ) -> TrainResult:
     """Self-supervised fine-tuning of a :class:`SegmentEncoder` on the user's own segments.
 
     Each sample is one segment; two augmented views of it (with their masks) are embedded and
-    projected, and the loss pulls the views together (TiCo, the SegRep default; NT-Xent; VICReg).
+    projected, and the loss pulls the views together (NT-Xent, the default; TiCo, SegRep's;
+    VICReg).  The defaults are the recipe measured to help on held-out data
+    (``benchmarks/ssl_eval.py``; the README's "Why these defaults").
 
     Parameters
     ----------
@@ -359,14 +485,20 @@ def train_ssl(
         (image, labels) pairs as for :func:`~napari_segrep.embed_segments`.
     encoder : SegmentEncoder, optional
         Starting point (copied, not modified); default an untrained resnet18 from ``seed``.
-    epochs, batch_size, crop_size : int
+    epochs : int, optional
+        Passes over the segments.  Default: 10, more when the segments are few, so that the run
+        takes at least ``min_steps`` (160) optimiser steps; the number chosen is in the
+        checkpoint's ``config`` and in every step record (``total_steps / steps_per_epoch``).
+    batch_size, crop_size : int
         ``batch_size`` is per process (per GPU under torchrun).
-    loss : {"tico", "ntxent", "vicreg"}
-    optimizer : {"lars", "adamw"}
-        LARS (SegRep's default; biases and normalisation parameters are excluded from the trust
-        ratio and weight decay) or AdamW.  Warm-up (10% of the steps) then cosine decay.
+    loss : {"ntxent", "tico", "vicreg"}
+    optimizer : {"adamw", "lars"}
+        AdamW (the default) or LARS (SegRep's, for batches of thousands; biases and
+        normalisation parameters are excluded from the trust ratio and weight decay).  Warm-up
+        (10% of the steps) then cosine decay.  The projection head learns at ``head_lr_scale``
+        (10) times the encoder's rate.
     lr : float, optional
-        Default: LARS 0.3 x global batch / 256, AdamW 1e-3.
+        Default: AdamW 1e-4, LARS 0.3 x global batch / 256.
     image_masking, feature_masking : bool
         Both off is the plain SSL baseline (``--no-mask``).
     device : str
@@ -378,22 +510,44 @@ def train_ssl(
     seed : int
     on_step : callable(dict), optional
         Called after every optimiser step with ``epoch``, ``step``, ``epoch_step``,
-        ``steps_per_epoch``, ``total_steps``, ``loss``, ``lr``, ``crops_per_s``.
+        ``steps_per_epoch``, ``total_steps``, ``loss``, the loss's terms (``loss_invariance``,
+        ``loss_covariance`` for TiCo; ``loss_invariance``, ``loss_variance``,
+        ``loss_covariance`` for VICReg, each already weighted, so they add up to ``loss``;
+        none for NT-Xent), ``lr``, ``crops_per_s``.  With ``grad_accumulate`` > 1, ``loss``
+        and its terms are means over the micro-batches.
     should_stop : callable() -> bool, optional
         Polled every step; when it returns True a checkpoint is written and the result returned
         (``stopped=True``).
+    on_quality : callable(dict), optional
+        Called with each quality record: before the first step (the start value; when
+        resuming, the run's start record from the checkpoint) and after every epoch (after its
+        checkpoint is written).  Keys: ``epoch`` (epochs completed), ``step``, ``loss`` (the
+        mean loss of the epoch's steps; None for the start), ``effective_rank`` (RankMe of the encoder's embeddings of the monitor set:
+        how many directions they use; a fall to a small fraction of the start is a
+        collapse), ``view_agreement`` (the fraction of monitored segments whose two augmented
+        views are each other's nearest neighbours, in [0, 1], chance 1 / n: the network
+        recognises a segment under the augmentations), ``monitor`` (``"held-back"``: segments
+        left out of training, or ``"training"``: a fixed subset of the training segments),
+        ``n`` (segments monitored) and ``collapsed`` (True when the effective rank fell below
+        30% of its start; a ``RepresentationCollapseWarning`` is issued the first
+        time, saying what to try).  See :mod:`napari_segrep.engine.quality`.
     **options
         Further :class:`TrainConfig` fields: ``grad_accumulate``, ``num_workers``,
         ``weight_decay``, ``warmup_fraction``, ``loss_kwargs``, ``min_size``, ``normalize``,
         ``channel_axis``, ``backbone``, ``projection_dim``, ``projection_hidden``, ``amp``,
-        ``sync_batchnorm``, ``gather_distributed``, ``augment`` (a dict of
-        :class:`~napari_segrep.engine.augment.AugmentConfig` fields).
+        ``sync_batchnorm``, ``gather_distributed``, ``batchnorm_stats`` (``"frozen"``, the
+        default: the encoder's BatchNorm statistics stay the starting point's; ``"update"``),
+        ``head_lr_scale``, ``augment`` (a dict of
+        :class:`~napari_segrep.engine.augment.AugmentConfig` fields), ``monitor_size`` (None:
+        10% of the segments, at most 256, held back from training when at least 200 remain,
+        otherwise up to 256 training segments are monitored; 0: no quality figures) and
+        ``monitor_hold_out`` (None: that rule; True/False: hold the monitor set back or not).
 
     Returns
     -------
     TrainResult
         ``encoder`` (eval mode, ready for ``embed_segments``), ``history`` (list of step
-        records), ``checkpoint_path``, ``stopped``.
+        records), ``checkpoint_path``, ``stopped``, ``quality`` (the quality records).
 
     Raises
     ------
@@ -461,15 +615,19 @@ def train_ssl(
             raise write_failure(ckpt_path, exc, what="checkpoint") from exc
 
     stopped = False
+    if trainer.quality and on_quality is not None:  # resumed: its start first, the reference
+        on_quality(dict(trainer.quality[0]))
     with run_dir:
         for record in trainer.steps():
             if "epoch_end" in record:
                 if ckpt_path is not None:
                     save()
-            elif on_step is not None:
+            elif "step" in record and on_step is not None:
                 on_step(record)
+            if "quality" in record and on_quality is not None:
+                on_quality(dict(record["quality"]))
             if trainer.stop_requested(should_stop):
-                stopped = trainer.epoch < config.epochs
+                stopped = trainer.epoch < trainer.config.epochs
                 if stopped and ckpt_path is not None and "epoch_end" not in record:
                     save()
                 break
@@ -480,4 +638,5 @@ def train_ssl(
         checkpoint_path=ckpt_path if ckpt_path is not None and ckpt_path.exists() else None,
         stopped=stopped,
         head=trainer.model.head,
+        quality=[dict(r) for r in trainer.quality],
     )

@@ -34,6 +34,11 @@ class NTXentLoss(nn.Module):
         negatives come from the global batch.  No effect outside a multi-process
         ``torch.distributed`` run.
 
+    Attributes
+    ----------
+    terms : dict
+        Always empty: NT-Xent is a single term (the attribute exists for every loss).
+
     Notes
     -----
     ``forward(z_a, z_b)``: ``z_a`` and ``z_b`` are ``(N, D)`` embeddings of two views of the
@@ -57,12 +62,13 @@ class NTXentLoss(nn.Module):
     True
     """
 
-    def __init__(self, *, temperature: float = 0.5, gather_distributed: bool = False) -> None:
+    def __init__(self, *, temperature: float = 0.2, gather_distributed: bool = False) -> None:
         super().__init__()
         if not temperature > 0.0:
             raise ValueError(f"temperature must be > 0, got {temperature!r}")
         self.temperature = float(temperature)
         self.gather_distributed = bool(gather_distributed)
+        self.terms: dict[str, Tensor] = {}
 
     def extra_repr(self) -> str:  # noqa: D102
         return f"temperature={self.temperature}"
