@@ -51,6 +51,19 @@ def test_train_widget__one_epoch_curve_checkpoint_and_session_model(trainer, qtb
     _wait_done(qtbot, widget)
     assert len(widget.curve.values) == len(widget.history) == 2  # 20 cells // 8
     assert widget.result is not None and not widget.result.stopped
+    # quality: the start and the epoch's effective rank plotted, the view agreement as text
+    start, end = widget.result.quality
+    assert widget.quality == widget.result.quality
+    assert widget.rank_curve.values == [start["effective_rank"], end["effective_rank"]]
+    assert widget.rank_curve.reference == start["effective_rank"]
+    assert f"start {start['effective_rank']:.1f}" in widget.rank_curve.title
+    assert widget.quality_text.value.startswith(
+        f"view agreement {end['view_agreement']:.2f} (start {start['view_agreement']:.2f}, "
+        "chance 0.05) on 20 training segments"
+    )
+    assert widget.warning is None and not widget.status.value.startswith("Warning")
+    assert widget.rank_curve.isVisibleTo(widget.native)  # in the dock, under the loss curve
+    assert not widget.rank_curve.grab().isNull()  # it paints
     ckpt = tmp_path / "run" / "last.pt"
     assert widget.result.checkpoint_path == ckpt and sr.load_encoder(ckpt) is not None
     assert _session.trained_encoder is widget.result.encoder
@@ -188,3 +201,79 @@ def test_train_widget__each_start_gets_a_new_run_folder(trainer, qtbot, tmp_path
         "run-2",
     ]
     assert first.read_bytes() == before
+
+
+def test_train_widget__a_collapse_shows_as_a_warning_in_the_status(trainer, qtbot):
+    """A learning rate far too high collapses the embeddings: the status says so, in words
+    (not a traceback), with what to try, and keeps saying it until the next Start.  (LARS,
+    whose trust ratio keeps such a rate finite: AdamW's steps of ~lr give NaN.)"""
+    viewer, widget = trainer
+    widget.optimizer_input.value = "lars"
+    widget.lr_input.value = 100.0
+    widget.run()
+    _wait_done(qtbot, widget)
+    assert widget.result is not None  # the run finishes: a collapse is not an error
+    assert widget.quality[-1]["collapsed"]
+    status = widget.status.value
+    assert status.startswith("Warning: the embeddings collapsed at epoch 1")
+    assert "Lower the learning rate or try another loss" in status
+    assert "Training finished" in status and "Traceback" not in status
+    assert "rgb(255" in widget.status.native.styleSheet()  # shown in red
+    # the plot shows the fall below the start
+    assert widget.rank_curve.values[-1] < 0.3 * widget.rank_curve.reference
+    widget.lr_input.value = 0.0
+    widget.run()
+    assert widget.warning is None and not widget.status.value.startswith("Warning")
+    _wait_done(qtbot, widget)
+
+
+def test_train_widget__starts_from_imagenet_when_present_with_rotations_if_ticked(
+    make_napari_viewer, qtbot, tmp_path, weights_cache, monkeypatch
+):
+    import io
+
+    import torch
+    import torchvision
+
+    from napari_segrep._widgets.train import START_IMAGENET, START_UNTRAINED
+    from napari_segrep.engine.checkpoint import load_checkpoint
+
+    from ..weights_server import RESNET18_FILE
+
+    monkeypatch.setattr(_session, "imagenet_available", False)
+    viewer = make_napari_viewer()
+    image, labels, _ = make_cells(shape=(160, 160), n_cells=20, seed=5)
+    viewer.add_image(image, name="img")
+    viewer.add_labels(labels, name="cells")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-segrep", "Train SegRep")
+    # no weights in the cache: an untrained start, and the download button on show
+    assert widget.start_input.choices == (START_UNTRAINED,)
+    assert not widget.weights_button.native.isHidden()
+    assert widget.loss_input.value == "ntxent" and widget.optimizer_input.value == "adamw"
+    assert widget.epochs_input.value == 0 and widget.epochs_input.native.text() == "auto"
+    assert widget.rotate_input.value is False
+
+    weights_cache.mkdir(parents=True)
+    buffer = io.BytesIO()  # torchvision-format resnet18 weights stand in for ImageNet's
+    torch.save(torchvision.models.resnet18().state_dict(), buffer)
+    (weights_cache / RESNET18_FILE).write_bytes(buffer.getvalue())
+    widget.refresh_start()  # what the warm-up does once it has looked
+    assert widget.start_input.value == START_IMAGENET  # the default once present
+    widget.start_input.value = START_UNTRAINED
+    widget.refresh_start()  # a user's choice is kept once ImageNet is on offer
+    assert widget.start_input.value == START_UNTRAINED
+    widget.start_input.value = START_IMAGENET
+
+    widget.epochs_input.value = 1
+    widget.batch_input.value = 8
+    widget.crop_input.value = 32
+    widget.device_input.value = "cpu"
+    widget.rotate_input.value = True
+    widget.checkpoint_dir_input.value = tmp_path / "run"
+    widget.run()
+    _wait_done(qtbot, widget)
+    assert widget.result is not None, widget.status.value
+    assert widget.result.encoder.config()["weights"] == "imagenet"
+    config = load_checkpoint(tmp_path / "run" / "last.pt")["config"]
+    assert config["augment"] == {"rotate90": True, "flip": True}
+    assert config["loss"] == "ntxent" and config["batchnorm_stats"] == "frozen"

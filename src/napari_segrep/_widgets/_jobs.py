@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -31,7 +32,15 @@ from qtpy.QtCore import QEvent, QObject, Signal
 
 from ._common import unless_deleted
 
-__all__ = ["PROGRESS_INTERVAL_S", "Job", "cancel_all", "start_job", "wait_for", "watch_close"]
+__all__ = [
+    "PROGRESS_INTERVAL_S",
+    "CloseGuard",
+    "Job",
+    "cancel_all",
+    "start_job",
+    "wait_for",
+    "watch_close",
+]
 
 #: The least time between two progress reports reaching the GUI (the first and the last always do).
 PROGRESS_INTERVAL_S = 0.25
@@ -180,3 +189,34 @@ def watch_close(window) -> None:
     if id(window) not in _watched:  # an id, not a reference: no cycle to the viewer
         window.installEventFilter(_watcher)
         _watched.add(id(window))
+
+
+class CloseGuard(QObject):
+    """An event filter for napari's window that asks ``question`` before it closes while
+    ``widget.job`` runs; on yes, calls ``widget.stop()`` (which must save what is worth
+    keeping, e.g. a checkpoint) and waits for the job before letting the window close."""
+
+    def __init__(self, widget, title: str, question: str) -> None:
+        super().__init__()
+        self._widget = weakref.ref(widget)
+        self._title, self._question = title, question
+        #: Answer used instead of the dialog (tests, scripts): True, False or None to ask.
+        self.answer: bool | None = None
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802 - Qt's name
+        widget = self._widget()
+        if event.type() != QEvent.Type.Close or widget is None or widget.job is None:
+            return False
+        answer = self.answer
+        if answer is None:
+            from qtpy.QtWidgets import QMessageBox
+
+            reply = QMessageBox.question(None, self._title, self._question)
+            answer = reply == QMessageBox.StandardButton.Yes
+        if not answer:
+            event.ignore()
+            return True
+        widget.stop()
+        if widget.job is not None:  # until it has finished and its results were delivered
+            wait_for([widget.job], timeout_s=120.0)
+        return False

@@ -2,7 +2,10 @@
 
 Start calls ``run()``, which starts :func:`napari_segrep.train_ssl` in a napari worker.  Steps
 arrive in the GUI thread as messages (loss curve, status with its ETA); the widget's bar shows
-the step progress.  Pause holds the worker between two steps; Stop writes a checkpoint and
+the step progress.  Quality records (the start and every epoch's; see
+:mod:`napari_segrep.engine.quality`) arrive the same way: the effective rank is plotted under
+the loss with its start value as a reference line, the view agreement is shown as text, and a
+collapse is shown as a warning in the status.  Pause holds the worker between two steps; Stop writes a checkpoint and
 keeps the model, which **Embed segments** then offers as "model trained in this session".
 """
 
@@ -10,7 +13,6 @@ from __future__ import annotations
 
 import threading
 import time
-import weakref
 from pathlib import Path
 
 import napari
@@ -25,9 +27,6 @@ from magicgui.widgets import (
     SpinBox,
 )
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import QEvent, QObject, QPointF, Qt
-from qtpy.QtGui import QColor, QPainter, QPen
-from qtpy.QtWidgets import QMessageBox, QWidget
 
 from . import _session
 from ._common import (
@@ -39,48 +38,20 @@ from ._common import (
     status_label,
     unless_deleted,
 )
-from ._jobs import Job, start_job, wait_for
+from ._jobs import CloseGuard, Job, start_job
+from ._plots import LinePlot, LossCurve
+from ._weights import WeightsDownloadButton, imagenet_present
 
 __all__ = ["TrainSegRepWidget"]
 
+_WARNING_STYLE = "color: rgb(255, 120, 90);"
+START_IMAGENET = "ImageNet weights"
+START_UNTRAINED = "untrained network"
 
-class LossCurve(QWidget):
-    """A minimal live line plot of the loss per step (no plotting dependency)."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.values: list[float] = []
-        self.setMinimumHeight(110)
-
-    def clear(self) -> None:
-        self.values = []
-        self.update()
-
-    def add(self, value: float) -> None:
-        self.values.append(float(value))
-        self.update()
-
-    def paintEvent(self, event) -> None:  # noqa: N802 - Qt's name
-        painter = QPainter(self)
-        painter.fillRect(self.rect(), QColor(38, 41, 48))
-        painter.setPen(QColor(180, 180, 180))
-        finite = [v for v in self.values if np.isfinite(v)]
-        if not finite:
-            painter.drawText(self.rect(), Qt.AlignmentFlag.AlignCenter, "loss curve")
-            return
-        lo, hi = min(finite), max(finite)
-        span = hi - lo or 1.0
-        w, h, m = self.width(), self.height(), 14
-        painter.drawText(4, 12, f"{hi:.3f}")
-        painter.drawText(4, h - 3, f"{lo:.3f}")
-        n = max(len(self.values) - 1, 1)
-        points = [
-            QPointF(m + (w - 2 * m) * i / n, m + (h - 2 * m) * (1 - (v - lo) / span))
-            for i, v in enumerate(self.values)
-            if np.isfinite(v)
-        ]
-        painter.setPen(QPen(QColor(80, 200, 255), 2))
-        painter.drawPolyline(points)
+def _start_choices(_widget=None) -> list[str]:
+    """ImageNet first (the default) when its weights are in the local torch cache."""
+    return ([START_IMAGENET] if imagenet_present() else []) + [START_UNTRAINED]
 
 
 class _PairRow(Container):
@@ -113,13 +84,41 @@ class TrainSegRepWidget(Container):
             value="",
             tooltip="optional: a folder with images/ and labels/",
         )
-        self.loss_input = ComboBox(label="loss", choices=["tico", "ntxent", "vicreg"], value="tico")
-        self.optimizer_input = ComboBox(label="optimiser", choices=["lars", "adamw"], value="lars")
-        self.epochs_input = SpinBox(label="epochs", value=20, min=1, max=10_000)
+        self.start_input = ComboBox(
+            label="start from",
+            choices=_start_choices,
+            tooltip="the network training starts from: ImageNet's (the default once downloaded) "
+            "or a new, untrained one",
+        )
+        self.weights_button = WeightsDownloadButton(choices=self.start_input, select=START_IMAGENET)
+        self.loss_input = ComboBox(
+            label="loss", choices=["ntxent", "tico", "vicreg"], value="ntxent"
+        )
+        self.optimizer_input = ComboBox(
+            label="optimiser",
+            choices=["adamw", "lars"],
+            value="adamw",
+            tooltip="AdamW suits a short fine-tuning with small batches; LARS large batches",
+        )
+        self.epochs_input = SpinBox(
+            label="epochs (0: auto)",
+            value=0,
+            min=0,
+            max=10_000,
+            tooltip="passes over all segments; auto: 10, more when the segments are few, so "
+            "that training takes at least 160 steps",
+        )
+        self.epochs_input.native.setSpecialValueText("auto")
         self.batch_input = SpinBox(label="batch size", value=64, min=2, max=4096)
         self.crop_input = SpinBox(label="crop size", value=64, min=8, max=512, step=8)
         self.lr_input = FloatSpinBox(
             label="learning rate (0: default)", value=0.0, min=0.0, max=1e6, step=0.0001
+        )
+        self.rotate_input = CheckBox(
+            label="rotations and flips",
+            value=False,
+            tooltip="also teach invariance to 90-degree rotations and flips: only for objects "
+            "whose orientation carries no meaning (it merges a 6 and a 9)",
         )
         self.image_mask_input = CheckBox(label="image masking", value=True)
         self.feature_mask_input = CheckBox(label="feature masking", value=True)
@@ -142,17 +141,25 @@ class TrainSegRepWidget(Container):
             text="Re-embed labels with the trained model", enabled=False
         )
         self.curve = LossCurve()
+        #: Effective rank per epoch (start first), its start value as the reference line.
+        self.rank_curve = LinePlot("effective rank", color=(120, 220, 120), markers=True)
+        #: The latest view agreement, with its start value and chance.
+        self.quality_text = status_label()
+        self.quality_text.native.setMinimumHeight(0)
         self.extend(
             [
                 self.pairs,
                 self.add_pair_button,
                 self.folder_input,
+                self.start_input,
+                self.weights_button,
                 self.loss_input,
                 self.optimizer_input,
                 self.epochs_input,
                 self.batch_input,
                 self.crop_input,
                 self.lr_input,
+                self.rotate_input,
                 self.image_mask_input,
                 self.feature_mask_input,
                 self.device_input,
@@ -166,11 +173,17 @@ class TrainSegRepWidget(Container):
             ]
         )
         self.native.layout().addWidget(self.curve)
+        self.native.layout().addWidget(self.rank_curve)
+        self.native.layout().addWidget(self.quality_text.native)  # full width, under its plot
         self.append(self.reembed_button)
 
         self.job: Job | None = None
         self.result = None
         self.history: list[dict] = []
+        #: Quality records received (the start's first).
+        self.quality: list[dict] = []
+        #: The collapse warning of the current run, shown in the status (None: no collapse).
+        self.warning: str | None = None
         self._resume = threading.Event()
         self._resume.set()
         self.add_pair_button.changed.connect(lambda: self.add_pair())
@@ -184,15 +197,25 @@ class TrainSegRepWidget(Container):
         self._warm_relay = WarmRelay()
         self._warm_relay.ready.connect(unless_deleted(self._on_devices))
         _session.start_warm_up(self._warm_relay)
-        self._close_guard = _CloseGuard(self)
+        self._close_guard = CloseGuard(
+            self, "Training is running", "Stop training, save a checkpoint and close napari?"
+        )
         self._guarded_window = None
         self._refresh()
 
     def _on_devices(self, devices) -> None:
+        self.refresh_start()  # the warm-up may have found the ImageNet weights
         current = self.device_input.value
         self.device_input.choices = ["auto", *devices]
         if current in self.device_input.choices:
             self.device_input.value = current
+
+    def refresh_start(self) -> None:
+        """Offer the ImageNet start when its weights are in the cache; selected when new."""
+        offered = START_IMAGENET in self.start_input.choices
+        self.start_input.reset_choices()
+        if not offered and START_IMAGENET in self.start_input.choices:
+            self.start_input.value = START_IMAGENET
 
     # ------------------------------------------------------------------ inputs
     def add_pair(self) -> _PairRow:
@@ -260,7 +283,7 @@ class TrainSegRepWidget(Container):
         resume = chosen_path(self.resume_input.value)
         checkpoint_dir = self._checkpoint_dir_for_start(resume)
         options = {
-            "epochs": int(self.epochs_input.value),
+            "epochs": int(self.epochs_input.value) or None,
             "batch_size": int(self.batch_input.value),
             "crop_size": int(self.crop_input.value),
             "loss": self.loss_input.value,
@@ -269,7 +292,9 @@ class TrainSegRepWidget(Container):
             "image_masking": bool(self.image_mask_input.value),
             "feature_masking": bool(self.feature_mask_input.value),
             "device": self.device_input.value,
+            "augment": {"rotate90": self.rotate_input.value, "flip": self.rotate_input.value},
         }
+        imagenet = self.start_input.value == START_IMAGENET and resume is None
         resume_event = self._resume
 
         def call(progress, should_stop):
@@ -284,6 +309,14 @@ class TrainSegRepWidget(Container):
                     all_images.append(read_image(image_path))
                     all_labels.append(read_image(label_path))
 
+            encoder = None
+            if imagenet:
+                from ..engine.encoder import SegmentEncoder
+                from ..engine.inputs import as_channels_first
+
+                channels = as_channels_first(all_images[0], channel_axis=None).shape[0]
+                encoder = SegmentEncoder(in_channels=channels, weights="imagenet")
+
             def on_step(record):
                 progress(record["step"], record["total_steps"])
                 progress.message(record)
@@ -293,10 +326,12 @@ class TrainSegRepWidget(Container):
             return train_ssl(
                 all_images,
                 all_labels,
+                encoder=encoder,
                 checkpoint_dir=checkpoint_dir,
                 resume=resume,
                 on_step=on_step,
                 should_stop=should_stop,
+                on_quality=lambda record: progress.message({"quality": record}),
                 **options,
             )
 
@@ -305,7 +340,12 @@ class TrainSegRepWidget(Container):
             window.installEventFilter(self._close_guard)
             self._guarded_window = id(window)
         self.history = []
+        self.quality = []
+        self.warning = None
         self.curve.clear()
+        self.rank_curve.clear()
+        self.quality_text.value = ""
+        self.status.native.setStyleSheet("")
         self._resume.set()
         self.status.value = "Starting (loading data, building the model)..."
         self._set_running(True)
@@ -316,7 +356,7 @@ class TrainSegRepWidget(Container):
             on_result=self._on_trained,
             on_error=self._on_error,
             on_done=self._on_done,
-            on_message=self._on_step,
+            on_message=self._on_message,
             ask_before_close=True,  # the close guard asks, then stops with a checkpoint
         )
         return self.job.worker
@@ -368,14 +408,45 @@ class TrainSegRepWidget(Container):
         self.stop_button.enabled = running
         self.pause_button.text = "Pause"
 
+    def _on_message(self, message: dict) -> None:
+        if "quality" in message:
+            self._on_quality(message["quality"])
+        else:
+            self._on_step(message)
+
     def _on_step(self, record: dict) -> None:
         self.history.append(record)
         self.curve.add(record["loss"])
-        self.status.value = (
+        self._set_status(
             f"epoch {record['epoch']}, step {record['step']}/"
             f"{record['total_steps']}: loss {record['loss']:.4f} "
             f"({record['crops_per_s']:.0f} crops/s)"
         )
+
+    def _set_status(self, text: str) -> None:
+        """The status, after the run's collapse warning when there is one (in red)."""
+        self.status.value = f"Warning: {self.warning}\n{text}" if self.warning else text
+        self.status.native.setStyleSheet(_WARNING_STYLE if self.warning else "")
+
+    def _on_quality(self, record: dict) -> None:
+        self.quality.append(record)
+        start = self.quality[0]
+        self.rank_curve.add(record["effective_rank"])
+        self.rank_curve.set_reference(start["effective_rank"])
+        self.rank_curve.title = f"effective rank (start {start['effective_rank']:.1f})"
+        where = f"{record['n']} {record['monitor']} segments"
+        self.quality_text.value = (
+            f"view agreement {record['view_agreement']:.2f} (start "
+            f"{start['view_agreement']:.2f}, chance {1 / record['n']:.2f}) on {where}: the "
+            "fraction of segments recognised under the augmentations"
+        )
+        if record.get("collapsed") and self.warning is None:
+            self.warning = (
+                f"the embeddings collapsed at epoch {record['epoch']} (effective rank "
+                f"{start['effective_rank']:.1f} -> {record['effective_rank']:.1f}). Lower the "
+                "learning rate or try another loss."
+            )
+            self._set_status(self.status.value)
 
     def _on_trained(self, result) -> None:
         self.result = result
@@ -384,7 +455,7 @@ class TrainSegRepWidget(Container):
             widget.refresh_models()
         self.reembed_button.enabled = True
         how = "stopped" if result.stopped else "finished"
-        self.status.value = (
+        self._set_status(
             f"Training {how} after {len(result.history)} steps; checkpoint "
             f"{result.checkpoint_path}. The model is available in Embed "
             "segments."
@@ -426,34 +497,3 @@ def _embed_widgets(viewer) -> list:
     from .embed import EmbedSegmentsWidget
 
     return [w for w in EmbedSegmentsWidget.instances if w.viewer is viewer]
-
-
-class _CloseGuard(QObject):
-    """Asks before napari closes during training; on yes, stops training (a checkpoint is
-    written atomically) and waits for it before letting the window close."""
-
-    def __init__(self, widget: TrainSegRepWidget) -> None:
-        super().__init__()
-        self._widget = weakref.ref(widget)
-        #: Answer used instead of the dialog (tests, scripts): True, False or None to ask.
-        self.answer: bool | None = None
-
-    def eventFilter(self, obj, event) -> bool:  # noqa: N802 - Qt's name
-        widget = self._widget()
-        if event.type() != QEvent.Type.Close or widget is None or widget.job is None:
-            return False
-        answer = self.answer
-        if answer is None:
-            reply = QMessageBox.question(
-                None,
-                "Training is running",
-                "Stop training, save a checkpoint and close napari?",
-            )
-            answer = reply == QMessageBox.StandardButton.Yes
-        if not answer:
-            event.ignore()
-            return True
-        widget.stop()
-        if widget.job is not None:  # until it has finished and its results were delivered
-            wait_for([widget.job], timeout_s=120.0)
-        return False
