@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import threading
 import time
@@ -132,11 +133,17 @@ def test_embed_widget__map_process_waits_while_embedding(make_napari_viewer, qtb
         with open(f"/proc/{pid}/stat") as f:
             return f.read().rsplit(")", 1)[1].split()[0]
 
-    worker = widget.run()
-    qtbot.waitUntil(lambda: state() == "T" or widget.job is None, timeout=TIMEOUT_MS)
-    stopped_while_embedding = widget.job is not None and state() == "T"
-    with qtbot.waitSignal(worker.finished, timeout=TIMEOUT_MS):
-        pass
+    def stopped() -> bool:
+        """Stopped, or SIGSTOP already sent and waiting for the idle-priority process to be
+        scheduled (on a loaded machine it may not run before the embedding ends)."""
+        with open(f"/proc/{pid}/status") as f:
+            pending = {k: v for k, v in (line.split(":", 1) for line in f if ":" in line)}
+        mask = int(pending["ShdPnd"], 16) | int(pending["SigPnd"], 16)
+        return state() == "T" or bool(mask & (1 << (signal.SIGSTOP - 1)))
+
+    widget.run()
+    qtbot.waitUntil(lambda: stopped() or widget.job is None, timeout=TIMEOUT_MS)
+    stopped_while_embedding = widget.job is not None and stopped()
     qtbot.waitUntil(lambda: widget.job is None, timeout=TIMEOUT_MS)
     assert stopped_while_embedding
     qtbot.waitUntil(lambda: state() != "T", timeout=TIMEOUT_MS)  # and running again after
