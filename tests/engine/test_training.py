@@ -31,6 +31,9 @@ SMALL = {
     "projection_dim": 32,
 }
 
+# SegRep's own recipe (the defaults before issue 3/6): what some failure modes were found with.
+SEGREP_RECIPE = {"loss": "tico", "optimizer": "lars", "batchnorm_stats": "update"}
+
 
 @pytest.fixture(scope="module")
 def cells():
@@ -236,6 +239,7 @@ def test_train_ssl__a_model_that_embeds_nan_is_neither_saved_nor_returned(
             lr=lr,
             checkpoint_dir=tmp_path,
             on_step=steps.append,
+            **SEGREP_RECIPE,
             **SMALL,
         )
     assert np.isfinite([r["loss"] for r in steps]).all()
@@ -246,7 +250,7 @@ def test_train_ssl__a_model_that_embeds_nan_is_neither_saved_nor_returned(
         assert load_checkpoint(last)["epoch"] == saved
         assert _finite_embeddings(image, labels, sr.load_encoder(last))
     with pytest.raises(TrainingDiverged, match=where):  # without a checkpoint folder too
-        train_ssl(image, labels, epochs=epochs, lr=lr, **SMALL)
+        train_ssl(image, labels, epochs=epochs, lr=lr, **SEGREP_RECIPE, **SMALL)
 
 
 def test_trainer__refuses_to_save_non_finite_state(cells, tmp_path):
@@ -254,7 +258,7 @@ def test_trainer__refuses_to_save_non_finite_state(cells, tmp_path):
     from napari_segrep.engine.training import TrainConfig, Trainer
 
     image, labels = cells
-    config = TrainConfig(**{k: v for k, v in SMALL.items() if k != "device"})
+    config = TrainConfig(loss="tico", **{k: v for k, v in SMALL.items() if k != "device"})
     trainer = Trainer(SegmentDataset(image, labels, crop_size=32), config, device="cpu")
     name = next(k for k, v in trainer.loss.state_dict().items() if v.is_floating_point())
     with torch.no_grad():
@@ -483,7 +487,9 @@ def test_train_ssl__a_collapse_warns_once_and_is_recorded(cells):
     into a few directions: the effective rank falls far below its start."""
     image, labels = cells
     with pytest.warns(RepresentationCollapseWarning) as caught:
-        result = train_ssl(image, labels, epochs=2, lr=1e4, warmup_fraction=0.0, **SMALL)
+        result = train_ssl(
+            image, labels, epochs=2, optimizer="lars", lr=100.0, warmup_fraction=0.0, **SMALL
+        )
     start, *after = result.quality
     assert not start["collapsed"] and after[0]["collapsed"]
     assert after[0]["effective_rank"] < 0.3 * start["effective_rank"]
@@ -500,6 +506,7 @@ def test_train_ssl__resumes_a_checkpoint_written_before_quality_records(cells, t
     series starts where the run resumes."""
     image, labels = cells
     steps = []
+    options = {"loss": "tico", **SMALL}
     path = train_ssl(
         image,
         labels,
@@ -507,15 +514,15 @@ def test_train_ssl__resumes_a_checkpoint_written_before_quality_records(cells, t
         checkpoint_dir=tmp_path,
         on_step=steps.append,
         should_stop=lambda: len(steps) >= 3,  # at the end of epoch 1
-        **SMALL,
+        **options,
     ).checkpoint_path
     payload = torch.load(path, weights_only=True)
     for key in ("quality", "monitor"):
         del payload[key]
     del payload["loss_state"]["initialized"]
     torch.save(payload, path)
-    resumed = train_ssl(image, labels, epochs=2, checkpoint_dir=tmp_path, resume=path, **SMALL)
-    continued = train_ssl(image, labels, epochs=2, **SMALL)
+    resumed = train_ssl(image, labels, epochs=2, checkpoint_dir=tmp_path, resume=path, **options)
+    continued = train_ssl(image, labels, epochs=2, **options)
     assert _losses(resumed) == _losses(continued)
     # the stop came after step 3, before epoch 1's end was processed: the series starts there
     assert [(r["epoch"], r["step"]) for r in resumed.quality] == [(0, 3), (1, 3), (2, 6)]

@@ -250,7 +250,7 @@ def test_train_widget__starts_from_imagenet_when_present_with_rotations_if_ticke
     assert widget.start_input.choices == (START_UNTRAINED,)
     assert not widget.weights_button.native.isHidden()
     assert widget.loss_input.value == "ntxent" and widget.optimizer_input.value == "adamw"
-    assert widget.epochs_input.value == 0 and widget.epochs_input.native.text() == "auto"
+    assert widget.epochs_input.value == 0 and widget.epochs_input.label == "epochs (0: auto)"
     assert widget.rotate_input.value is False
 
     weights_cache.mkdir(parents=True)

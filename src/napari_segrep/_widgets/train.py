@@ -108,7 +108,6 @@ class TrainSegRepWidget(Container):
             tooltip="passes over all segments; auto: 10, more when the segments are few, so "
             "that training takes at least 160 steps",
         )
-        self.epochs_input.native.setSpecialValueText("auto")
         self.batch_input = SpinBox(label="batch size", value=64, min=2, max=4096)
         self.crop_input = SpinBox(label="crop size", value=64, min=8, max=512, step=8)
         self.lr_input = FloatSpinBox(
