@@ -96,14 +96,15 @@ def main() -> None:
     args = parser.parse_args()
     n = 96 if args.quick else 320
     size = (352, 352) if args.quick else (640, 640)
-    epochs = args.epochs or (2 if args.quick else 25)
+    epochs = args.epochs or (2 if args.quick else None)  # None: train_ssl's default
     crop, batch = 48, 64
     train = make_texture_cells(size, n, seed=0)
     test = make_texture_cells(size, n, seed=1)
     print(f"ssl_knn  (python benchmarks/ssl_knn.py{' --quick' if args.quick else ''})")
     print(
         f"  {len(train[2])} training cells, {len(test[2])} test cells, 4 texture classes; "
-        f"crop {crop}, batch {batch}, {epochs} epochs, TiCo + LARS (defaults)"
+        f"crop {crop}, batch {batch}, {epochs or 'default'} epochs, defaults otherwise "
+        "(NT-Xent + AdamW)"
     )
     untrained = sr.SegmentEncoder(seed=0)
     before = evaluate(untrained, *test, crop)
@@ -111,7 +112,7 @@ def main() -> None:
         f"  k-NN accuracy (k=5) on the test image, untrained encoder: {before:.3f} "
         f"(chance {1 / len(CLASSES):.2f})"
     )
-    results = {"before": before, "epochs": epochs, "runs": {}}
+    results = {"before": before, "runs": {}}
     for masked in (True, False):
         name = "masked" if masked else "no_mask"
         t0 = time.perf_counter()
@@ -128,9 +129,10 @@ def main() -> None:
         )
         seconds = time.perf_counter() - t0
         after = evaluate(res.encoder, *test, crop)
+        results["epochs"] = res.history[-1]["epoch"]
         per_epoch = [
             float(np.mean([h["loss"] for h in res.history if h["epoch"] == e]))
-            for e in range(1, epochs + 1)
+            for e in range(1, results["epochs"] + 1)
         ]
         speed = float(np.median([h["crops_per_s"] for h in res.history[1:]] or [np.nan]))
         results["runs"][name] = {
@@ -141,7 +143,8 @@ def main() -> None:
         }
         curve = " ".join(f"{v:.3f}" for v in per_epoch)
         print(
-            f"  {name:8s}: k-NN {before:.3f} -> {after:.3f}; {seconds:.0f} s, median "
+            f"  {name:8s}: k-NN {before:.3f} -> {after:.3f}; {results['epochs']} epochs, "
+            f"{len(res.history)} steps, {seconds:.0f} s, median "
             f"{speed:.0f} crops/s; loss per epoch: {curve}"
         )
     ratio = results["runs"]["masked"]["crops_per_s"] / results["runs"]["no_mask"]["crops_per_s"]
