@@ -254,3 +254,15 @@ def verdict(value: float, target: float, *, higher_is_better: bool = True) -> st
 
 def command_line() -> str:
     return " ".join([Path(sys.executable).name, *sys.argv])
+
+
+def knn_accuracy(emb: np.ndarray, truth: np.ndarray, k: int = 5) -> float:
+    """Leave-one-out k-NN accuracy (cosine on standardised features, majority vote; ties go to
+    the lowest class index)."""
+    z = (emb - emb.mean(0)) / (emb.std(0) + 1e-8)
+    z /= np.linalg.norm(z, axis=1, keepdims=True) + 1e-12
+    sim = z @ z.T
+    np.fill_diagonal(sim, -np.inf)
+    nn = np.argsort(-sim, axis=1)[:, :k]
+    pred = np.array([np.bincount(v).argmax() for v in truth[nn]])
+    return float((pred == truth).mean())

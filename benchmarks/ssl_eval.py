@@ -30,7 +30,7 @@ import warnings
 
 import _ssl_tasks as tasks
 import numpy as np
-from _common import OUT_DIR
+from _common import OUT_DIR, knn_accuracy
 
 import napari_segrep as sr
 from napari_segrep.engine.training import train_ssl
@@ -41,17 +41,6 @@ TASKS = ("digits", "nuclei", "texture", "ihc")
 #: (the default, ``--set normalize='"image"'``) ihc's halves are stretched differently (they
 #: differ in how much DAB they hold) and training makes the network more sensitive to that.
 NORMALIZE = {"ihc": (0, 255)}
-
-
-def knn_accuracy(emb: np.ndarray, truth: np.ndarray, k: int = 5) -> float:
-    """Leave-one-out k-NN accuracy (cosine, standardised features, majority vote)."""
-    z = (emb - emb.mean(0)) / (emb.std(0) + 1e-8)
-    z /= np.linalg.norm(z, axis=1, keepdims=True) + 1e-12
-    sim = z @ z.T
-    np.fill_diagonal(sim, -np.inf)
-    nn = np.argsort(-sim, axis=1)[:, :k]
-    pred = np.array([np.bincount(v).argmax() for v in truth[nn]])
-    return float((pred == truth).mean())
 
 
 def linear_probe(x_train, y_train, x_test, y_test) -> float:

@@ -16,16 +16,15 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 import numpy as np
+from _common import OUT_DIR, knn_accuracy
 from scipy import ndimage
 
 import napari_segrep as sr
 from napari_segrep.engine.training import train_ssl
 
 CLASSES = ("smooth", "spotty", "striped", "ringed")
-OUT = Path(__file__).parent / "out"
 
 
 def make_texture_cells(shape=(640, 640), n_cells=320, *, seed=0):
@@ -70,17 +69,6 @@ def make_texture_cells(shape=(640, 640), n_cells=320, *, seed=0):
         classes[k] = kind
     image = ndimage.gaussian_filter(image, 0.7) + 0.05 + rng.normal(0, 0.03, shape)
     return np.clip(image * 30000, 0, 65535).astype(np.uint16), labels, classes
-
-
-def knn_accuracy(emb: np.ndarray, truth: np.ndarray, k: int = 5) -> float:
-    z = (emb - emb.mean(0)) / (emb.std(0) + 1e-8)
-    z /= np.linalg.norm(z, axis=1, keepdims=True) + 1e-12
-    sim = z @ z.T
-    np.fill_diagonal(sim, -np.inf)
-    nn = np.argsort(-sim, axis=1)[:, :k]
-    votes = truth[nn]
-    pred = np.array([np.bincount(v, minlength=len(CLASSES)).argmax() for v in votes])
-    return float((pred == truth).mean())
 
 
 def evaluate(encoder, image, labels, classes, crop):
@@ -153,9 +141,9 @@ def main() -> None:
         f"  training throughput masked / no-mask (same loop, same run): {ratio:.2f}  "
         "target >= 0.8: " + ("MEETS" if ratio >= 0.8 else "MISSES")
     )
-    OUT.mkdir(exist_ok=True)
-    (OUT / "ssl_knn.json").write_text(json.dumps(results, indent=2))
-    print(f"  figures: {OUT / 'ssl_knn.json'}")
+    OUT_DIR.mkdir(exist_ok=True)
+    (OUT_DIR / "ssl_knn.json").write_text(json.dumps(results, indent=2))
+    print(f"  figures: {OUT_DIR / 'ssl_knn.json'}")
 
 
 if __name__ == "__main__":

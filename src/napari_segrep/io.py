@@ -37,6 +37,7 @@ __all__ = [
     "claim_run_dir",
     "file_sha256",
     "free_run_dir",
+    "fsync_dir",
     "pair_files",
     "read_image",
     "run_dir_conflict",
@@ -205,7 +206,7 @@ def atomic_write_files(
         for tmp, _ in temps:
             _unlink(tmp)
     for directory in {_parent(t) for t in targets}:
-        _fsync_dir(directory)
+        fsync_dir(directory)
     return targets
 
 
@@ -283,8 +284,9 @@ def _replace_all(temps: list[tuple[Path, Path]]) -> None:
             _unlink(backup)
 
 
-def _fsync_dir(directory: Path) -> None:
-    with contextlib.suppress(OSError):  # makes the renames durable where the platform can
+def fsync_dir(directory: Path) -> None:
+    """Make the renames in ``directory`` durable, where the platform can."""
+    with contextlib.suppress(OSError):
         fd = os.open(directory, os.O_RDONLY)
         try:
             os.fsync(fd)

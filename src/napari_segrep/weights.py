@@ -35,6 +35,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .io import fsync_dir
+
 __all__ = [
     "IMAGENET_FILES",
     "MIRROR_ENV",
@@ -266,7 +268,7 @@ def download_weights(
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    _fsync_dir(folder)
+    fsync_dir(folder)
     return dest
 
 
@@ -420,12 +422,3 @@ def _check_loads(path: Path, url: str) -> None:
         raise ValueError(
             f"what {url} sent is not a dict of tensors (a state dict); nothing was written"
         )
-
-
-def _fsync_dir(directory: Path) -> None:
-    with contextlib.suppress(OSError):  # makes the rename durable where the platform can
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
