@@ -20,7 +20,8 @@ import torch
 
 from napari_segrep._sample_data import make_cells
 from napari_segrep.engine.dataset import SegmentDataset
-from napari_segrep.engine.training import TrainConfig, Trainer
+from napari_segrep.engine.train_config import TrainConfig
+from napari_segrep.engine.trainer import Trainer
 
 OUT = Path(__file__).parent / "out"
 

@@ -458,22 +458,22 @@ def test_cli_train__a_second_ctrl_c_names_the_checkpoint_that_exists(one_epoch_r
 
 
 def test_cli_train__the_epoch_line_names_a_collapse():
-    from napari_segrep.cli.train import _quality_line, _quality_summary
+    from napari_segrep.cli._train_output import quality_line, quality_summary
 
     start = {"epoch": 0, "step": 0, "loss": None, "effective_rank": 15.25, "view_agreement": 0.05}
     start.update(monitor="held-back", n=32, collapsed=False)
     collapsed = {**start, "epoch": 3, "step": 30, "loss": 1.5, "effective_rank": 1.8}
     collapsed.update(view_agreement=0.03125, collapsed=True)
-    assert _quality_line(start, start, epochs=5) == (
+    assert quality_line(start, start, epochs=5) == (
         "start (epoch 0): effective rank 15.2, view agreement 0.05 (32 held-back segments, "
         "chance 0.03)"
     )
-    assert _quality_line(collapsed, start, epochs=5) == (
+    assert quality_line(collapsed, start, epochs=5) == (
         "epoch 3/5: loss 1.5000, effective rank 1.8 (start 15.2), view agreement 0.03 "
         "(start 0.05) - COLLAPSED: lower the learning rate or try another loss"
     )
-    assert _quality_summary([start, collapsed]) == (
+    assert quality_summary([start, collapsed]) == (
         "; effective rank 15.2 -> 1.8 (collapsed), view agreement 0.05 -> 0.03 (32 held-back "
         "segments)"
     )
-    assert _quality_summary([]) == ""
+    assert quality_summary([]) == ""

@@ -15,7 +15,8 @@ import napari_segrep as sr
 from napari_segrep._sample_data import make_cells
 from napari_segrep.engine.checkpoint import load_checkpoint
 from napari_segrep.engine.quality import RepresentationCollapseWarning
-from napari_segrep.engine.training import TrainingDiverged, train_ssl
+from napari_segrep.engine.training import train_ssl
+from napari_segrep.errors import TrainingDiverged
 
 from ..conftest import NARROW_BACKBONE
 
@@ -255,7 +256,8 @@ def test_train_ssl__a_model_that_embeds_nan_is_neither_saved_nor_returned(
 
 def test_trainer__refuses_to_save_non_finite_state(cells, tmp_path):
     from napari_segrep.engine.dataset import SegmentDataset
-    from napari_segrep.engine.training import TrainConfig, Trainer
+    from napari_segrep.engine.train_config import TrainConfig
+    from napari_segrep.engine.trainer import Trainer
 
     image, labels = cells
     config = TrainConfig(loss="tico", **{k: v for k, v in SMALL.items() if k != "device"})
@@ -425,7 +427,8 @@ def test_train_ssl__monitoring_changes_no_training_result(cells):
 
 def test_trainer__held_back_segments_are_never_trained_on(cells):
     from napari_segrep.engine.dataset import SegmentDataset
-    from napari_segrep.engine.training import TrainConfig, Trainer
+    from napari_segrep.engine.train_config import TrainConfig
+    from napari_segrep.engine.trainer import Trainer
 
     image, labels = cells
     options = {k: v for k, v in SMALL.items() if k != "device"}
