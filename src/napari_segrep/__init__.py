@@ -23,6 +23,8 @@ _LAZY = {
     "save_encoder": "napari_segrep.engine.encoder",
     "load_encoder": "napari_segrep.engine.encoder",
     "write_table": "napari_segrep.analysis.export",
+    "train_classifier": "napari_segrep.analysis.classify",
+    "load_classifier": "napari_segrep.analysis.classify",
 }
 
 __all__ = [
@@ -32,14 +34,17 @@ __all__ = [
     "TrainingDiverged",
     "embed_segments",
     "embed_stack",
+    "load_classifier",
     "load_encoder",
     "resolve_device",
     "save_encoder",
+    "train_classifier",
     "train_ssl",
     "write_table",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .analysis.classify import load_classifier, train_classifier
     from .analysis.export import write_table
     from .engine.devices import resolve_device
     from .engine.embed import embed_segments, embed_stack

@@ -1,0 +1,504 @@
+"""Object classifiers on segment embeddings: a few annotated segments -> a class for all.
+
+:func:`train_classifier` fits a classifier on the annotated rows of an embedding table (from
+``embed_segments``, or several concatenated with an ``image`` column);
+:meth:`SegmentClassifier.predict` classifies every row of a table, with probabilities and the
+margin between the two most likely classes (small margin: the model is unsure; label those
+next).  The fitted model is kept as plain arrays and predicts with numpy, the same code for a
+model just trained and one loaded from a file, so :meth:`SegmentClassifier.save` writes arrays
+and JSON (no pickle) and :func:`load_classifier` executes nothing it reads.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "CLASSIFIER_FORMAT",
+    "METHODS",
+    "SegmentClassifier",
+    "load_classifier",
+    "segment_keys",
+    "train_classifier",
+]
+
+METHODS = ("logistic", "random_forest", "knn")
+FEATURES = ("embedding",)
+#: The file format's name and version, checked on load.
+CLASSIFIER_FORMAT = {"name": "napari-segrep classifier", "version": 1}
+_MAX_LISTED = 5
+
+
+@dataclass(eq=False)
+class SegmentClassifier:
+    """A classifier of segments from their embeddings (see :func:`train_classifier`).
+
+    Attributes
+    ----------
+    classes_ : list of str
+        The class names, in the order of the probability columns.
+    cv_score_ : float or None
+        Cross-validated accuracy on the annotations (stratified, up to 5 folds).
+    method : str
+    feature_columns : list of str
+        The table columns it reads (``emb_0 ... emb_{D-1}``).
+    info : dict
+        What it was trained on: the number of annotations per class, the seed, the encoder and
+        normalisation the table recorded (``table.attrs``), when known.
+    """
+
+    method: str
+    classes_: list[str]
+    feature_columns: list[str]
+    arrays: dict[str, np.ndarray]
+    params: dict = field(default_factory=dict)
+    cv_score_: float | None = None
+    info: dict = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ predict
+    def predict_proba(self, table) -> np.ndarray:
+        """``(N, n_classes)`` class probabilities of every row of ``table``."""
+        return self._proba(self._features(table))
+
+    def predict(self, table):
+        """Classify every row of ``table``.
+
+        Returns
+        -------
+        DataFrame
+            ``label`` (and ``image`` when the table has it), ``class`` (the most likely),
+            ``probability`` (its probability), ``margin`` (its probability minus the next
+            one's: small = unsure), and ``prob_<class>`` for every class.
+        """
+        import pandas as pd
+
+        proba = self.predict_proba(table)
+        order = np.argsort(-proba, axis=1, kind="stable")
+        rows = np.arange(len(proba))
+        best = proba[rows, order[:, 0]] if len(proba) else np.zeros(0)
+        second = proba[rows, order[:, 1]] if len(proba) else np.zeros(0)
+        out = pd.DataFrame(index=table.index)
+        for key in segment_keys(table):
+            out[key] = table[key].to_numpy()
+        classes = np.asarray(self.classes_, dtype=object)
+        out["class"] = classes[order[:, 0]] if len(proba) else np.zeros(0, object)
+        out["probability"] = best
+        out["margin"] = best - second
+        for i, name in enumerate(self.classes_):
+            out[f"prob_{name}"] = proba[:, i]
+        return out
+
+    def _features(self, table) -> np.ndarray:
+        missing = [c for c in self.feature_columns if c not in table.columns]
+        found = _embedding_columns(table)
+        if missing or len(found) != len(self.feature_columns):
+            raise ValueError(
+                f"the table has {len(found)}-d embeddings, this classifier was trained on "
+                f"{len(self.feature_columns)}-d embeddings: embed the segments with the model "
+                f"the classifier was trained on ({_describe_encoder(self.info.get('encoder'))})"
+            )
+        x = table[self.feature_columns].to_numpy(np.float64)
+        bad = ~np.isfinite(x).all(axis=1)
+        if bad.any():
+            raise ValueError(
+                f"{int(bad.sum())} row(s) have NaN or infinite embeddings ({_rows(table, bad)}): "
+                "embed those segments again, or drop the rows"
+            )
+        return x
+
+    def _proba(self, x: np.ndarray) -> np.ndarray:
+        a = self.arrays
+        z = (x - a["mean"]) / a["scale"]
+        if self.method == "logistic":
+            return _logistic_proba(z, a["coef"], a["intercept"])
+        if self.method == "knn":
+            return _knn_proba(z, a["train_z"], a["train_y"], len(self.classes_), self.params["k"])
+        return _forest_proba(z, a, len(self.classes_))
+
+    # ------------------------------------------------------------------ save
+    def save(self, path: str | os.PathLike, *, overwrite: bool | None = None) -> Path:
+        """Write the classifier to ``path`` (conventionally ``*.segclf``): a NumPy ``.npz``
+        archive of arrays and one JSON record, written to a temporary then moved into place.
+
+        ``overwrite``: None (default) replaces an existing file only when it is a
+        napari-segrep classifier, never another file; False refuses any existing file; True
+        replaces it.
+        """
+        from ..io import atomic_write
+
+        path = Path(path)
+        if overwrite is not True and os.path.lexists(path) and not path.is_dir():
+            if overwrite is False or not _is_classifier_file(path):
+                mine = "" if overwrite is False else " and is not a napari-segrep classifier"
+                raise ValueError(f"{path} exists{mine}: choose another file name")
+
+        meta = {
+            "format": CLASSIFIER_FORMAT,
+            "method": self.method,
+            "classes": list(self.classes_),
+            "feature_columns": list(self.feature_columns),
+            "params": self.params,
+            "cv_score": self.cv_score_,
+            "info": self.info,
+        }
+        payload = {f"array_{k}": np.ascontiguousarray(v) for k, v in self.arrays.items()}
+        payload["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, **payload)
+        data = buffer.getvalue()
+        return atomic_write(path, lambda fh: fh.write(data))
+
+
+def load_classifier(path: str | os.PathLike) -> SegmentClassifier:
+    """Read a classifier written by :meth:`SegmentClassifier.save`.
+
+    Only arrays of numbers and one JSON record are read (``np.load(allow_pickle=False)``): a
+    file holding pickled objects is refused, nothing in it is executed.
+    """
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            contents = {k: archive[k] for k in archive.files}
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such classifier file") from None
+    except (ValueError, OSError) as exc:
+        raise ValueError(
+            f"{path} is not a napari-segrep classifier (an .npz archive of arrays and JSON; "
+            f"files holding pickled objects are refused): {exc}"
+        ) from None
+    try:
+        meta = json.loads(contents.pop("meta").tobytes().decode())
+        fmt = meta["format"]
+    except (KeyError, ValueError, UnicodeDecodeError, TypeError):
+        raise ValueError(f"{path} is not a napari-segrep classifier (no valid record)") from None
+    if fmt.get("name") != CLASSIFIER_FORMAT["name"]:
+        raise ValueError(f"{path} is not a napari-segrep classifier")
+    if fmt.get("version", 0) > CLASSIFIER_FORMAT["version"]:
+        raise ValueError(
+            f"{path} was written by a newer napari-segrep (classifier format "
+            f"{fmt.get('version')}): update napari-segrep to read it"
+        )
+    if meta.get("method") not in METHODS:
+        raise ValueError(f"{path}: unknown classifier method {meta.get('method')!r}")
+    arrays = {k.removeprefix("array_"): v for k, v in contents.items()}
+    for name, value in arrays.items():
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            raise ValueError(f"{path}: the classifier's {name} holds NaN or infinite values")
+    return SegmentClassifier(
+        method=meta["method"],
+        classes_=[str(c) for c in meta["classes"]],
+        feature_columns=[str(c) for c in meta["feature_columns"]],
+        arrays=arrays,
+        params=dict(meta.get("params") or {}),
+        cv_score_=meta.get("cv_score"),
+        info=dict(meta.get("info") or {}),
+    )
+
+
+def _is_classifier_file(path: Path) -> bool:
+    try:
+        load_classifier(path)
+    except (ValueError, OSError):
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------- training
+def train_classifier(
+    table,
+    annotations,
+    *,
+    method: str = "logistic",
+    features: str = "embedding",
+    seed: int = 0,
+    k: int = 5,
+    n_trees: int = 100,
+    C: float = 1.0,
+) -> SegmentClassifier:
+    """Fit a classifier of segments on the annotated rows of an embedding table.
+
+    Parameters
+    ----------
+    table : DataFrame
+        From ``embed_segments``: ``label`` and ``emb_0 ... emb_{D-1}``; several images'
+        tables concatenated need an ``image`` column (labels repeat across images).
+    annotations : mapping or DataFrame
+        ``{label: class name}``, or a DataFrame with ``label`` (and ``image`` for several
+        images) and ``class``.
+    method : {"logistic", "random_forest", "knn"}
+        Logistic regression (the default; L2, ``C``), a random forest (``n_trees``) or
+        k-nearest neighbours (``k``), all on standardised embeddings.
+    features : {"embedding"}
+    seed : int
+        For the forest and the cross-validation folds.
+
+    Returns
+    -------
+    SegmentClassifier
+        With ``cv_score_``: stratified cross-validated accuracy on the annotations (up to 5
+        folds; every class has at least 2 annotations).
+
+    Raises
+    ------
+    ValueError
+        Unknown method or features; annotations naming labels that are not in the table; a
+        single class; a class with fewer than 2 annotations; annotated rows whose embeddings
+        are not finite.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method={method!r}: choose one of {', '.join(METHODS)}")
+    if features not in FEATURES:
+        raise ValueError(f"features={features!r}: choose one of {', '.join(FEATURES)}")
+    if method == "knn" and (isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1):
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    columns = _embedding_columns(table)
+    if not columns:
+        raise ValueError(
+            "the table has no embedding columns (emb_0, emb_1, ...): pass a table from "
+            "embed_segments"
+        )
+    rows, names = _annotated_rows(table, annotations)
+    classes = sorted(set(names))
+    if len(classes) < 2:
+        only = f" (only {classes[0]!r})" if classes else ""
+        raise ValueError(f"annotations need at least 2 classes{only}: annotate another class")
+    y = np.searchsorted(classes, names)
+    counts = np.bincount(y, minlength=len(classes))
+    few = [f"{c!r} ({n})" for c, n in zip(classes, counts, strict=True) if n < 2]
+    if few:
+        raise ValueError(
+            f"every class needs at least 2 annotated segments; {', '.join(few)} "
+            "have fewer: annotate more"
+        )
+    x = table[columns].to_numpy(np.float64)[rows]
+    bad = ~np.isfinite(x).all(axis=1)
+    if bad.any():
+        sub = table.iloc[rows]
+        raise ValueError(
+            f"{int(bad.sum())} annotated row(s) have NaN or infinite embeddings "
+            f"({_rows(sub, bad)}): embed those segments again, or remove their annotations"
+        )
+    params = {"logistic": {"C": float(C)}, "knn": {"k": int(k)}}.get(
+        method, {"n_trees": int(n_trees)}
+    )
+    arrays = _fit(method, x, y, len(classes), params, seed)
+    info = {
+        "n_annotations": {c: int(n) for c, n in zip(classes, counts, strict=True)},
+        "seed": int(seed),
+        "features": features,
+    }
+    for key in ("encoder", "normalization"):
+        if key in getattr(table, "attrs", {}):
+            info[key] = table.attrs[key]
+    model = SegmentClassifier(method, classes, columns, arrays, params, info=info)
+    model.cv_score_ = _cv_score(method, x, y, len(classes), params, seed)
+    return model
+
+
+def _fit(method: str, x: np.ndarray, y: np.ndarray, n_classes: int, params: dict, seed: int):
+    """Fit with scikit-learn and keep what prediction needs as arrays."""
+    mean = x.mean(axis=0)
+    scale = x.std(axis=0)
+    scale[scale < 1e-12] = 1.0
+    z = (x - mean) / scale
+    arrays = {"mean": mean, "scale": scale}
+    if method == "logistic":
+        from sklearn.linear_model import LogisticRegression
+
+        model = LogisticRegression(C=params["C"], max_iter=2000).fit(z, y)
+        arrays["coef"] = model.coef_.astype(np.float64)
+        arrays["intercept"] = model.intercept_.astype(np.float64)
+    elif method == "knn":
+        arrays["train_z"] = z
+        arrays["train_y"] = y.astype(np.int64)
+    else:
+        from sklearn.ensemble import RandomForestClassifier
+
+        forest = RandomForestClassifier(n_estimators=params["n_trees"], random_state=seed)
+        forest.fit(z, y)
+        arrays.update(_forest_arrays(forest, n_classes))
+    return arrays
+
+
+def _cv_score(method, x, y, n_classes, params, seed) -> float | None:
+    """Stratified k-fold accuracy of the same fit, k = min(5, the smallest class's count)."""
+    from sklearn.model_selection import StratifiedKFold
+
+    folds = int(min(5, np.bincount(y).min()))
+    if folds < 2:
+        return None
+    correct = 0
+    split = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    for train, test in split.split(x, y):  # every class in every training part (>= 2 each)
+        arrays = _fit(method, x[train], y[train], n_classes, params, seed)
+        probe = SegmentClassifier(method, [str(i) for i in range(n_classes)], [], arrays, params)
+        correct += int((probe._proba(x[test]).argmax(axis=1) == y[test]).sum())
+    return correct / len(y)
+
+
+# ---------------------------------------------------------------------- prediction in numpy
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    logits = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(logits)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _logistic_proba(z: np.ndarray, coef: np.ndarray, intercept: np.ndarray) -> np.ndarray:
+    logits = z @ coef.T + intercept
+    if coef.shape[0] == 1:  # two classes: one logit for the second
+        p = 1.0 / (1.0 + np.exp(-logits[:, 0]))
+        return np.stack([1.0 - p, p], axis=1)
+    return _softmax(logits)
+
+
+def _knn_proba(z, train_z, train_y, n_classes: int, k: int) -> np.ndarray:
+    k = min(k, len(train_z))
+    out = np.zeros((len(z), n_classes))
+    for start in range(0, len(z), 4096):  # bounded memory for large tables
+        chunk = z[start : start + 4096]
+        d2 = (chunk**2).sum(1)[:, None] - 2.0 * chunk @ train_z.T + (train_z**2).sum(1)[None, :]
+        nearest = np.argpartition(d2, k - 1, axis=1)[:, :k] if k < len(train_z) else None
+        if nearest is None:
+            nearest = np.broadcast_to(np.arange(len(train_z)), (len(chunk), len(train_z)))
+        votes = train_y[nearest]
+        for c in range(n_classes):
+            out[start : start + len(chunk), c] = (votes == c).mean(axis=1)
+    return out
+
+
+def _forest_arrays(forest, n_classes: int) -> dict[str, np.ndarray]:
+    """The trees of a fitted scikit-learn forest as concatenated node arrays."""
+    lefts, rights, feats, thresholds, values, offsets = [], [], [], [], [], [0]
+    for tree in forest.estimators_:
+        t = tree.tree_
+        value = t.value[:, 0, :].astype(np.float64)
+        value /= np.maximum(value.sum(axis=1, keepdims=True), 1e-300)
+        full = np.zeros((t.node_count, n_classes))
+        full[:, tree.classes_.astype(int)] = value  # a tree may have seen fewer classes
+        lefts.append(t.children_left.astype(np.int64))
+        rights.append(t.children_right.astype(np.int64))
+        feats.append(t.feature.astype(np.int64))
+        thresholds.append(t.threshold.astype(np.float64))
+        values.append(full)
+        offsets.append(offsets[-1] + t.node_count)
+    return {
+        "tree_left": np.concatenate(lefts),
+        "tree_right": np.concatenate(rights),
+        "tree_feature": np.concatenate(feats),
+        "tree_threshold": np.concatenate(thresholds),
+        "tree_value": np.concatenate(values),
+        "tree_offsets": np.asarray(offsets, np.int64),
+    }
+
+
+def _forest_proba(z: np.ndarray, a: Mapping[str, np.ndarray], n_classes: int) -> np.ndarray:
+    # scikit-learn compares float32 features with the thresholds: so do we
+    z32 = z.astype(np.float32).astype(np.float64)
+    left, right, feature = a["tree_left"], a["tree_right"], a["tree_feature"]
+    threshold, value, offsets = a["tree_threshold"], a["tree_value"], a["tree_offsets"]
+    out = np.zeros((len(z), n_classes))
+    rows = np.arange(len(z))
+    for start in offsets[:-1]:
+        node = np.full(len(z), start, np.int64)
+        active = left[node] != -1
+        while active.any():
+            n = node[active]
+            go_left = z32[rows[active], feature[n]] <= threshold[n]
+            node[active] = start + np.where(go_left, left[n], right[n])
+            active = left[node] != -1
+        out += value[node]
+    return out / (len(offsets) - 1)
+
+
+# ---------------------------------------------------------------------- tables and annotations
+def segment_keys(table) -> list[str]:
+    """The columns that identify a segment in ``table``: ``image`` and ``frame`` where the
+    table has them (several images, or a stack's planes), then ``label``."""
+    return [c for c in ("image", "frame") if c in table.columns] + ["label"]
+
+
+def _embedding_columns(table) -> list[str]:
+    cols = [c for c in table.columns if isinstance(c, str) and c.startswith("emb_")]
+    return sorted(cols, key=lambda c: int(c[4:]) if c[4:].isdigit() else -1)
+
+
+def _rows(table, mask: np.ndarray) -> str:
+    """``label 3, label 7, ...`` (with the image when there is one) for the rows in ``mask``."""
+    sub = table[mask]
+    names = []
+    keys = segment_keys(sub)
+    for values in sub[keys].head(_MAX_LISTED).itertuples(index=False):
+        names.append(" ".join(f"{key} {value}" for key, value in zip(keys, values, strict=True)))
+    more = f" and {len(sub) - _MAX_LISTED} more" if len(sub) > _MAX_LISTED else ""
+    return ", ".join(names) + more
+
+
+def _annotated_rows(table, annotations) -> tuple[np.ndarray, list[str]]:
+    """Row positions in ``table`` of the annotated segments, and their class names."""
+    import pandas as pd
+
+    if "label" not in table.columns:
+        raise ValueError("the table has no 'label' column: pass a table from embed_segments")
+    keys = segment_keys(table)
+    several = " and ".join(keys[:-1])
+    if isinstance(annotations, pd.DataFrame):
+        for col in (*keys, "class"):
+            if col not in annotations.columns:
+                raise ValueError(
+                    f"the annotations have no {col!r} column: they need {', '.join(keys)} "
+                    "and class" + (f" (the table holds several {several}s)" if several else "")
+                )
+        ann = annotations.dropna(subset=["class"])[[*keys, "class"]]
+    elif isinstance(annotations, Mapping):
+        if several:
+            raise ValueError(
+                f"the table holds several {several}s (its {several!r} column), so a label "
+                f"number alone does not say which segment: give the annotations as a "
+                f"DataFrame with {', '.join(keys)} and class"
+            )
+        ann = pd.DataFrame({"label": list(annotations), "class": list(annotations.values())})
+        ann = ann.dropna(subset=["class"])
+    else:
+        raise TypeError(
+            "annotations must be a mapping {label: class} or a DataFrame with label and class"
+        )
+    ann = ann.assign(label=ann["label"].astype(np.int64), **{"class": ann["class"].astype(str)})
+    if ann.duplicated(keys).any():
+        dup = ann[ann.duplicated(keys, keep=False)]
+        conflicting = dup.groupby(keys)["class"].nunique()
+        if (conflicting > 1).any():
+            raise ValueError(
+                f"some segments are annotated with two classes: "
+                f"{', '.join(map(str, conflicting[conflicting > 1].index[:_MAX_LISTED]))}"
+            )
+        ann = ann.drop_duplicates(keys)
+    index = pd.MultiIndex.from_frame(table[keys].astype({"label": np.int64}))
+    if index.has_duplicates:
+        raise ValueError(
+            "the table has repeated labels: tables of several images, concatenated, need an "
+            "'image' column naming each row's image"
+        )
+    wanted = pd.MultiIndex.from_frame(ann[keys])
+    position = index.get_indexer(wanted)
+    if (position < 0).any():
+        unknown = [str(k[-1] if len(keys) == 1 else k) for k in wanted[position < 0]]
+        more = f" and {len(unknown) - _MAX_LISTED} more" if len(unknown) > _MAX_LISTED else ""
+        raise ValueError(
+            f"{len(unknown)} annotated segment(s) are not in the table (label "
+            f"{', '.join(unknown[:_MAX_LISTED])}{more}): embed them first, or remove those "
+            "annotations"
+        )
+    return position, list(ann["class"])
+
+
+def _describe_encoder(encoder: dict | None) -> str:
+    if not encoder:
+        return "not recorded"
+    return ", ".join(f"{k} {v}" for k, v in encoder.items() if not isinstance(v, dict | list))

@@ -1,0 +1,229 @@
+"""Object classifiers on embedding tables: numpy prediction equal to scikit-learn's, pickle-free
+files, clear errors."""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from napari_segrep.analysis.classify import (
+    METHODS,
+    SegmentClassifier,
+    load_classifier,
+    train_classifier,
+)
+
+from .conftest import blobs
+
+CLASS_NAMES = np.array(["round", "long", "spotty"])
+
+
+def table_of(emb: np.ndarray, **columns) -> pd.DataFrame:
+    """An embedding table like embed_segments': label from 1, then emb_0 ... emb_{D-1}."""
+    df = pd.DataFrame({"label": np.arange(1, len(emb) + 1), **columns})
+    emb_cols = pd.DataFrame(emb, columns=[f"emb_{i}" for i in range(emb.shape[1])])
+    return pd.concat([df, emb_cols], axis=1)
+
+
+@pytest.fixture
+def annotated():
+    """Blobs of 3 classes: a table of 90 rows and 8 annotated rows per class (random)."""
+    emb, truth = blobs(n_per=30, d=16, seed=0)
+    table = table_of(emb)
+    rng = np.random.default_rng(1)
+    picked = np.concatenate([rng.choice(np.flatnonzero(truth == c), 8, False) for c in range(3)])
+    annotations = {int(table.label[i]): str(CLASS_NAMES[truth[i]]) for i in picked}
+    return table, truth, annotations
+
+
+def _reference(method: str, z_train, y_train, seed):
+    """The scikit-learn model that the classifier's arrays stand for."""
+    if method == "logistic":
+        from sklearn.linear_model import LogisticRegression
+
+        return LogisticRegression(C=1.0, max_iter=2000).fit(z_train, y_train)
+    if method == "knn":
+        from sklearn.neighbors import KNeighborsClassifier
+
+        return KNeighborsClassifier(n_neighbors=5).fit(z_train, y_train)
+    from sklearn.ensemble import RandomForestClassifier
+
+    return RandomForestClassifier(n_estimators=100, random_state=seed).fit(z_train, y_train)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_classifier__numpy_probabilities_equal_scikit_learns(method, n_classes):
+    emb, truth = blobs(n_per=20, d=8, seed=3)
+    emb = emb + np.random.default_rng(4).normal(0, 6, emb.shape)  # overlapping classes
+    keep = truth < n_classes
+    emb, truth = emb[keep], truth[keep]
+    table = table_of(emb)
+    train = np.arange(len(emb)) % 2 == 0
+    names = np.array([f"c{c}" for c in range(n_classes)])
+    annotations = dict(zip(table.label[train], names[truth[train]], strict=True))
+
+    clf = train_classifier(table, annotations, method=method, seed=7)
+
+    mean, std = emb[train].mean(0), emb[train].std(0)
+    reference = _reference(method, (emb[train] - mean) / std, truth[train], seed=7)
+    expected = reference.predict_proba((emb - mean) / std)
+    np.testing.assert_allclose(clf.predict_proba(table), expected, rtol=1e-6, atol=1e-9)
+
+
+def test_classifier__learns_the_classes_from_a_few_annotations(annotated):
+    table, truth, annotations = annotated
+    clf = train_classifier(table, annotations)
+    pred = clf.predict(table)
+    assert clf.classes_ == sorted(CLASS_NAMES)
+    assert (pred["class"].to_numpy() == CLASS_NAMES[truth]).mean() > 0.95
+    assert clf.cv_score_ > 0.9
+    assert clf.info["n_annotations"] == {"long": 8, "round": 8, "spotty": 8}
+    assert list(pred.columns) == [
+        "label",
+        "class",
+        "probability",
+        "margin",
+        "prob_long",
+        "prob_round",
+        "prob_spotty",
+    ]
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    method=st.sampled_from(METHODS),
+    seed=st.integers(0, 10_000),
+    noise=st.floats(0.0, 20.0),
+)
+def test_classifier__predictions_are_consistent_probabilities(method, seed, noise):
+    emb, truth = blobs(n_per=10, d=6, seed=seed)
+    emb = emb + np.random.default_rng(seed).normal(0, noise, emb.shape)
+    table = table_of(emb)
+    annotations = dict(zip(table.label[::2], CLASS_NAMES[truth[::2]], strict=True))
+    clf = train_classifier(table, annotations, method=method, seed=seed, n_trees=10)
+    pred = clf.predict(table)
+    proba = pred[[f"prob_{c}" for c in clf.classes_]].to_numpy()
+    assert np.isfinite(proba).all() and (proba >= 0).all()
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+    np.testing.assert_allclose(pred["probability"], proba.max(axis=1))
+    assert ((pred["margin"] >= 0) & (pred["margin"] <= 1)).all()
+    assert (pred["class"].to_numpy() == np.asarray(clf.classes_)[proba.argmax(axis=1)]).all()
+    assert 0.0 <= clf.cv_score_ <= 1.0
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_classifier__save_and_load_predict_the_same(annotated, tmp_path, method):
+    table, _, annotations = annotated
+    table.attrs["normalization"] = {"mode": "image", "low": [1.0], "high": [9.0]}
+    clf = train_classifier(table, annotations, method=method)
+    path = clf.save(tmp_path / "cells.segclf")
+    loaded = load_classifier(path)
+    assert isinstance(loaded, SegmentClassifier)
+    assert loaded.classes_ == clf.classes_ and loaded.cv_score_ == clf.cv_score_
+    assert loaded.info["normalization"] == table.attrs["normalization"]
+    pd.testing.assert_frame_equal(loaded.predict(table), clf.predict(table))
+    assert os.listdir(tmp_path) == ["cells.segclf"]  # no temporary left
+
+
+def test_load_classifier__refuses_a_pickle_without_running_it(tmp_path):
+    marker = tmp_path / "executed"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    path = tmp_path / "evil.segclf"
+    path.write_bytes(pickle.dumps({"meta": Payload()}))
+    with pytest.raises(ValueError, match="not a napari-segrep classifier"):
+        load_classifier(path)
+    assert not marker.exists()
+
+    np.savez(tmp_path / "other.npz", x=np.zeros(3))
+    with pytest.raises(ValueError, match="not a napari-segrep classifier"):
+        load_classifier(tmp_path / "other.npz")
+
+
+def test_classifier_save__never_replaces_a_file_it_did_not_write(annotated, tmp_path):
+    table, _, annotations = annotated
+    clf = train_classifier(table, annotations)
+    mine = tmp_path / "notes.segclf"
+    mine.write_text("my notes")
+    with pytest.raises(ValueError, match="not a napari-segrep classifier"):
+        clf.save(mine)
+    assert mine.read_text() == "my notes"
+
+    path = clf.save(tmp_path / "cells.segclf")
+    other = train_classifier(table, annotations, method="knn")
+    other.save(path)  # a classifier replaces a classifier
+    assert load_classifier(path).method == "knn"
+    with pytest.raises(ValueError, match="exists"):
+        clf.save(path, overwrite=False)
+    clf.save(mine, overwrite=True)
+    assert load_classifier(mine).method == "logistic"
+
+
+def test_classifier__refuses_a_table_of_other_embeddings(annotated):
+    table, _, annotations = annotated
+    clf = train_classifier(table, annotations)
+    narrower = table.drop(columns=["emb_15"])
+    with pytest.raises(ValueError, match="15-d embeddings, this classifier was trained on 16-d"):
+        clf.predict(narrower)
+
+
+def test_classifier__several_images_need_image_in_the_annotations():
+    emb, truth = blobs(n_per=12, d=8, seed=5)
+    halves = [table_of(emb[i::2], image=f"img{i}") for i in (0, 1)]
+    table = pd.concat(halves, ignore_index=True)  # labels repeat across the images
+    truth_by_row = np.concatenate([truth[0::2], truth[1::2]])
+    with pytest.raises(ValueError, match="several images"):
+        train_classifier(table, {1: "round", 2: "long"})
+    ann = table[["image", "label"]].assign(**{"class": CLASS_NAMES[truth_by_row]})
+    clf = train_classifier(table, ann.iloc[::3])
+    pred = clf.predict(table)
+    assert list(pred.columns[:2]) == ["image", "label"]
+    assert (pred["class"].to_numpy() == CLASS_NAMES[truth_by_row]).mean() > 0.9
+
+
+@pytest.mark.parametrize(
+    ("annotations", "message"),
+    [
+        ({1: "round", 2: "round", 999: "long", 998: "long"}, r"2 annotated segment\(s\) are not"),
+        ({1: "round", 2: "round"}, "at least 2 classes \\(only 'round'\\)"),
+        ({1: "round", 2: "round", 3: "long"}, "'long' \\(1\\) have fewer"),
+        ({1: "round", 2: "round", 3: "long", 4: "long", 5: "spotty"}, "'spotty' \\(1\\)"),
+    ],
+)
+def test_train_classifier__bad_annotations_are_named(annotated, annotations, message):
+    table, _, _ = annotated
+    with pytest.raises(ValueError, match=message):
+        train_classifier(table, annotations)
+
+
+def test_train_classifier__non_finite_rows_are_named(annotated):
+    table, _, annotations = annotated
+    first = next(iter(annotations))
+    broken = table.copy()
+    broken.loc[broken.label == first, "emb_3"] = np.nan
+    with pytest.raises(ValueError, match=f"NaN or infinite embeddings \\(label {first}\\)"):
+        train_classifier(broken, annotations)
+    clf = train_classifier(table, annotations)
+    with pytest.raises(ValueError, match=f"label {first}\\): embed those segments again"):
+        clf.predict(broken)
+
+
+def test_train_classifier__bad_arguments(annotated):
+    table, _, annotations = annotated
+    with pytest.raises(ValueError, match="method='svm'"):
+        train_classifier(table, annotations, method="svm")
+    with pytest.raises(ValueError, match="no embedding columns"):
+        train_classifier(table[["label"]], annotations)
+    with pytest.raises(ValueError, match="two classes"):
+        ann = pd.DataFrame({"label": [1, 1], "class": ["round", "long"]})
+        train_classifier(table, ann)
