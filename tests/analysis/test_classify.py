@@ -150,6 +150,16 @@ def test_load_classifier__refuses_a_pickle_without_running_it(tmp_path):
         load_classifier(tmp_path / "other.npz")
 
 
+def test_load_classifier__names_what_an_incomplete_file_lacks(annotated, tmp_path):
+    table, _, annotations = annotated
+    path = train_classifier(table, annotations).save(tmp_path / "cells.segclf")
+    with np.load(path) as archive:
+        contents = {k: archive[k] for k in archive.files if k != "array_coef"}
+    np.savez(tmp_path / "cut.npz", **contents)
+    with pytest.raises(ValueError, match="incomplete \\(no coef\\)"):
+        load_classifier(tmp_path / "cut.npz")
+
+
 def test_classifier_save__never_replaces_a_file_it_did_not_write(annotated, tmp_path):
     table, _, annotations = annotated
     clf = train_classifier(table, annotations)

@@ -34,6 +34,21 @@ FEATURES = ("embedding",)
 #: The file format's name and version, checked on load.
 CLASSIFIER_FORMAT = {"name": "napari-segrep classifier", "version": 1}
 _MAX_LISTED = 5
+#: The arrays each method predicts from.
+_REQUIRED = {
+    "logistic": ("mean", "scale", "coef", "intercept"),
+    "knn": ("mean", "scale", "train_z", "train_y"),
+    "random_forest": (
+        "mean",
+        "scale",
+        "tree_left",
+        "tree_right",
+        "tree_feature",
+        "tree_threshold",
+        "tree_value",
+        "tree_offsets",
+    ),
+}
 
 
 @dataclass(eq=False)
@@ -73,7 +88,7 @@ class SegmentClassifier:
         Returns
         -------
         DataFrame
-            ``label`` (and ``image`` when the table has it), ``class`` (the most likely),
+            ``label`` (after ``image``/``frame`` when the table has them), ``class`` (the most likely),
             ``probability`` (its probability), ``margin`` (its probability minus the next
             one's: small = unsure), and ``prob_<class>`` for every class.
         """
@@ -102,7 +117,8 @@ class SegmentClassifier:
             raise ValueError(
                 f"the table has {len(found)}-d embeddings, this classifier was trained on "
                 f"{len(self.feature_columns)}-d embeddings: embed the segments with the model "
-                f"the classifier was trained on ({_describe_encoder(self.info.get('encoder'))})"
+                f"the classifier was trained on (its encoder: "
+                f"{_describe_encoder(self.info.get('encoder'))})"
             )
         x = table[self.feature_columns].to_numpy(np.float64)
         bad = ~np.isfinite(x).all(axis=1)
@@ -188,6 +204,9 @@ def load_classifier(path: str | os.PathLike) -> SegmentClassifier:
     if meta.get("method") not in METHODS:
         raise ValueError(f"{path}: unknown classifier method {meta.get('method')!r}")
     arrays = {k.removeprefix("array_"): v for k, v in contents.items()}
+    missing = sorted(set(_REQUIRED[meta["method"]]) - set(arrays))
+    if missing:
+        raise ValueError(f"{path}: the classifier file is incomplete (no {', '.join(missing)})")
     for name, value in arrays.items():
         if value.dtype.kind == "f" and not np.isfinite(value).all():
             raise ValueError(f"{path}: the classifier's {name} holds NaN or infinite values")
