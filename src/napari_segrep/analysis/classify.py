@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ._predict import forest_arrays, forest_proba, knn_proba, logistic_proba
+
 __all__ = [
     "CLASSIFIER_FORMAT",
     "METHODS",
@@ -133,10 +135,10 @@ class SegmentClassifier:
         a = self.arrays
         z = (x - a["mean"]) / a["scale"]
         if self.method == "logistic":
-            return _logistic_proba(z, a["coef"], a["intercept"])
+            return logistic_proba(z, a["coef"], a["intercept"])
         if self.method == "knn":
-            return _knn_proba(z, a["train_z"], a["train_y"], len(self.classes_), self.params["k"])
-        return _forest_proba(z, a, len(self.classes_))
+            return knn_proba(z, a["train_z"], a["train_y"], len(self.classes_), self.params["k"])
+        return forest_proba(z, a, len(self.classes_))
 
     # ------------------------------------------------------------------ save
     def save(self, path: str | os.PathLike, *, overwrite: bool | None = None) -> Path:
@@ -342,7 +344,7 @@ def _fit(method: str, x: np.ndarray, y: np.ndarray, n_classes: int, params: dict
 
         forest = RandomForestClassifier(n_estimators=params["n_trees"], random_state=seed)
         forest.fit(z, y)
-        arrays.update(_forest_arrays(forest, n_classes))
+        arrays.update(forest_arrays(forest, n_classes))
     return arrays
 
 
@@ -360,80 +362,6 @@ def _cv_score(method, x, y, n_classes, params, seed) -> float | None:
         probe = SegmentClassifier(method, [str(i) for i in range(n_classes)], [], arrays, params)
         correct += int((probe._proba(x[test]).argmax(axis=1) == y[test]).sum())
     return correct / len(y)
-
-
-# ---------------------------------------------------------------------- prediction in numpy
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    logits = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(logits)
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def _logistic_proba(z: np.ndarray, coef: np.ndarray, intercept: np.ndarray) -> np.ndarray:
-    logits = z @ coef.T + intercept
-    if coef.shape[0] == 1:  # two classes: one logit for the second
-        p = 1.0 / (1.0 + np.exp(-logits[:, 0]))
-        return np.stack([1.0 - p, p], axis=1)
-    return _softmax(logits)
-
-
-def _knn_proba(z, train_z, train_y, n_classes: int, k: int) -> np.ndarray:
-    k = min(k, len(train_z))
-    out = np.zeros((len(z), n_classes))
-    for start in range(0, len(z), 4096):  # bounded memory for large tables
-        chunk = z[start : start + 4096]
-        d2 = (chunk**2).sum(1)[:, None] - 2.0 * chunk @ train_z.T + (train_z**2).sum(1)[None, :]
-        nearest = np.argpartition(d2, k - 1, axis=1)[:, :k] if k < len(train_z) else None
-        if nearest is None:
-            nearest = np.broadcast_to(np.arange(len(train_z)), (len(chunk), len(train_z)))
-        votes = train_y[nearest]
-        for c in range(n_classes):
-            out[start : start + len(chunk), c] = (votes == c).mean(axis=1)
-    return out
-
-
-def _forest_arrays(forest, n_classes: int) -> dict[str, np.ndarray]:
-    """The trees of a fitted scikit-learn forest as concatenated node arrays."""
-    lefts, rights, feats, thresholds, values, offsets = [], [], [], [], [], [0]
-    for tree in forest.estimators_:
-        t = tree.tree_
-        value = t.value[:, 0, :].astype(np.float64)
-        value /= np.maximum(value.sum(axis=1, keepdims=True), 1e-300)
-        full = np.zeros((t.node_count, n_classes))
-        full[:, tree.classes_.astype(int)] = value  # a tree may have seen fewer classes
-        lefts.append(t.children_left.astype(np.int64))
-        rights.append(t.children_right.astype(np.int64))
-        feats.append(t.feature.astype(np.int64))
-        thresholds.append(t.threshold.astype(np.float64))
-        values.append(full)
-        offsets.append(offsets[-1] + t.node_count)
-    return {
-        "tree_left": np.concatenate(lefts),
-        "tree_right": np.concatenate(rights),
-        "tree_feature": np.concatenate(feats),
-        "tree_threshold": np.concatenate(thresholds),
-        "tree_value": np.concatenate(values),
-        "tree_offsets": np.asarray(offsets, np.int64),
-    }
-
-
-def _forest_proba(z: np.ndarray, a: Mapping[str, np.ndarray], n_classes: int) -> np.ndarray:
-    # scikit-learn compares float32 features with the thresholds: so do we
-    z32 = z.astype(np.float32).astype(np.float64)
-    left, right, feature = a["tree_left"], a["tree_right"], a["tree_feature"]
-    threshold, value, offsets = a["tree_threshold"], a["tree_value"], a["tree_offsets"]
-    out = np.zeros((len(z), n_classes))
-    rows = np.arange(len(z))
-    for start in offsets[:-1]:
-        node = np.full(len(z), start, np.int64)
-        active = left[node] != -1
-        while active.any():
-            n = node[active]
-            go_left = z32[rows[active], feature[n]] <= threshold[n]
-            node[active] = start + np.where(go_left, left[n], right[n])
-            active = left[node] != -1
-        out += value[node]
-    return out / (len(offsets) - 1)
 
 
 # ---------------------------------------------------------------------- tables and annotations
