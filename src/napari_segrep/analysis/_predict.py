@@ -8,7 +8,37 @@ from collections.abc import Mapping
 
 import numpy as np
 
-__all__ = ["forest_arrays", "forest_proba", "knn_proba", "logistic_proba"]
+__all__ = ["REQUIRED", "forest_arrays", "predict_proba"]
+
+
+#: The arrays each method predicts from.
+REQUIRED = {
+    "logistic": ("mean", "scale", "coef", "intercept"),
+    "knn": ("mean", "scale", "train_z", "train_y"),
+    "random_forest": (
+        "mean",
+        "scale",
+        "tree_left",
+        "tree_right",
+        "tree_feature",
+        "tree_threshold",
+        "tree_value",
+        "tree_offsets",
+    ),
+}
+
+
+def predict_proba(
+    method: str, arrays: Mapping[str, np.ndarray], params: Mapping, x: np.ndarray, n_classes: int
+) -> np.ndarray:
+    """``(N, n_classes)`` probabilities of the rows of ``x`` (raw embeddings), standardised
+    with the fitted mean and scale."""
+    z = (x - arrays["mean"]) / arrays["scale"]
+    if method == "logistic":
+        return _logistic_proba(z, arrays["coef"], arrays["intercept"])
+    if method == "knn":
+        return _knn_proba(z, arrays["train_z"], arrays["train_y"], n_classes, params["k"])
+    return _forest_proba(z, arrays, n_classes)
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -17,7 +47,7 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def logistic_proba(z: np.ndarray, coef: np.ndarray, intercept: np.ndarray) -> np.ndarray:
+def _logistic_proba(z: np.ndarray, coef: np.ndarray, intercept: np.ndarray) -> np.ndarray:
     logits = z @ coef.T + intercept
     if coef.shape[0] == 1:  # two classes: one logit for the second
         p = 1.0 / (1.0 + np.exp(-logits[:, 0]))
@@ -25,16 +55,13 @@ def logistic_proba(z: np.ndarray, coef: np.ndarray, intercept: np.ndarray) -> np
     return _softmax(logits)
 
 
-def knn_proba(z, train_z, train_y, n_classes: int, k: int) -> np.ndarray:
+def _knn_proba(z, train_z, train_y, n_classes: int, k: int) -> np.ndarray:
     k = min(k, len(train_z))
     out = np.zeros((len(z), n_classes))
     for start in range(0, len(z), 4096):  # bounded memory for large tables
         chunk = z[start : start + 4096]
         d2 = (chunk**2).sum(1)[:, None] - 2.0 * chunk @ train_z.T + (train_z**2).sum(1)[None, :]
-        nearest = np.argpartition(d2, k - 1, axis=1)[:, :k] if k < len(train_z) else None
-        if nearest is None:
-            nearest = np.broadcast_to(np.arange(len(train_z)), (len(chunk), len(train_z)))
-        votes = train_y[nearest]
+        votes = train_y[np.argpartition(d2, k - 1, axis=1)[:, :k]]
         for c in range(n_classes):
             out[start : start + len(chunk), c] = (votes == c).mean(axis=1)
     return out
@@ -65,7 +92,7 @@ def forest_arrays(forest, n_classes: int) -> dict[str, np.ndarray]:
     }
 
 
-def forest_proba(z: np.ndarray, a: Mapping[str, np.ndarray], n_classes: int) -> np.ndarray:
+def _forest_proba(z: np.ndarray, a: Mapping[str, np.ndarray], n_classes: int) -> np.ndarray:
     # scikit-learn compares float32 features with the thresholds: so do we
     z32 = z.astype(np.float32).astype(np.float64)
     left, right, feature = a["tree_left"], a["tree_right"], a["tree_feature"]

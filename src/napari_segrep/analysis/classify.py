@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._predict import forest_arrays, forest_proba, knn_proba, logistic_proba
+from ._predict import REQUIRED, forest_arrays, predict_proba
 
 __all__ = [
     "CLASSIFIER_FORMAT",
@@ -36,21 +36,6 @@ FEATURES = ("embedding",)
 #: The file format's name and version, checked on load.
 CLASSIFIER_FORMAT = {"name": "napari-segrep classifier", "version": 1}
 _MAX_LISTED = 5
-#: The arrays each method predicts from.
-_REQUIRED = {
-    "logistic": ("mean", "scale", "coef", "intercept"),
-    "knn": ("mean", "scale", "train_z", "train_y"),
-    "random_forest": (
-        "mean",
-        "scale",
-        "tree_left",
-        "tree_right",
-        "tree_feature",
-        "tree_threshold",
-        "tree_value",
-        "tree_offsets",
-    ),
-}
 
 
 @dataclass(eq=False)
@@ -82,7 +67,8 @@ class SegmentClassifier:
     # ------------------------------------------------------------------ predict
     def predict_proba(self, table) -> np.ndarray:
         """``(N, n_classes)`` class probabilities of every row of ``table``."""
-        return self._proba(self._features(table))
+        x = self._features(table)
+        return predict_proba(self.method, self.arrays, self.params, x, len(self.classes_))
 
     def predict(self, table):
         """Classify every row of ``table``.
@@ -130,15 +116,6 @@ class SegmentClassifier:
                 "embed those segments again, or drop the rows"
             )
         return x
-
-    def _proba(self, x: np.ndarray) -> np.ndarray:
-        a = self.arrays
-        z = (x - a["mean"]) / a["scale"]
-        if self.method == "logistic":
-            return logistic_proba(z, a["coef"], a["intercept"])
-        if self.method == "knn":
-            return knn_proba(z, a["train_z"], a["train_y"], len(self.classes_), self.params["k"])
-        return forest_proba(z, a, len(self.classes_))
 
     # ------------------------------------------------------------------ save
     def save(self, path: str | os.PathLike, *, overwrite: bool | None = None) -> Path:
@@ -191,13 +168,10 @@ def load_classifier(path: str | os.PathLike) -> SegmentClassifier:
             f"{path} is not a napari-segrep classifier (an .npz archive of arrays and JSON; "
             f"files holding pickled objects are refused): {exc}"
         ) from None
-    try:
-        meta = json.loads(contents.pop("meta").tobytes().decode())
-        fmt = meta["format"]
-    except (KeyError, ValueError, UnicodeDecodeError, TypeError):
-        raise ValueError(f"{path} is not a napari-segrep classifier (no valid record)") from None
-    if fmt.get("name") != CLASSIFIER_FORMAT["name"]:
-        raise ValueError(f"{path} is not a napari-segrep classifier")
+    meta = _record(contents.pop("meta", None))
+    if meta is None:
+        raise ValueError(f"{path} is not a napari-segrep classifier (no valid record)")
+    fmt = meta["format"]
     if fmt.get("version", 0) > CLASSIFIER_FORMAT["version"]:
         raise ValueError(
             f"{path} was written by a newer napari-segrep (classifier format "
@@ -206,7 +180,7 @@ def load_classifier(path: str | os.PathLike) -> SegmentClassifier:
     if meta.get("method") not in METHODS:
         raise ValueError(f"{path}: unknown classifier method {meta.get('method')!r}")
     arrays = {k.removeprefix("array_"): v for k, v in contents.items()}
-    missing = sorted(set(_REQUIRED[meta["method"]]) - set(arrays))
+    missing = sorted(set(REQUIRED[meta["method"]]) - set(arrays))
     if missing:
         raise ValueError(f"{path}: the classifier file is incomplete (no {', '.join(missing)})")
     for name, value in arrays.items():
@@ -223,12 +197,23 @@ def load_classifier(path: str | os.PathLike) -> SegmentClassifier:
     )
 
 
-def _is_classifier_file(path: Path) -> bool:
+def _record(meta: np.ndarray | None) -> dict | None:
+    """The JSON record of a classifier file, or None when it is not one."""
     try:
-        load_classifier(path)
+        record = json.loads(meta.tobytes().decode())
+        ours = record["format"]["name"] == CLASSIFIER_FORMAT["name"]
+    except (AttributeError, KeyError, ValueError, UnicodeDecodeError, TypeError):
+        return None
+    return record if ours else None
+
+
+def _is_classifier_file(path: Path) -> bool:
+    """Whether ``path`` is a napari-segrep classifier (its record only is read)."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return "meta" in archive.files and _record(archive["meta"]) is not None
     except (ValueError, OSError):
         return False
-    return True
 
 
 # ---------------------------------------------------------------------- training
@@ -249,10 +234,11 @@ def train_classifier(
     ----------
     table : DataFrame
         From ``embed_segments``: ``label`` and ``emb_0 ... emb_{D-1}``; several images'
-        tables concatenated need an ``image`` column (labels repeat across images).
+        tables concatenated need an ``image`` column, a stack's a ``frame`` column (labels
+        repeat across them).
     annotations : mapping or DataFrame
-        ``{label: class name}``, or a DataFrame with ``label`` (and ``image`` for several
-        images) and ``class``.
+        ``{label: class name}``, or a DataFrame with ``label`` (and ``image``/``frame`` where
+        the table has them) and ``class``.
     method : {"logistic", "random_forest", "knn"}
         Logistic regression (the default; L2, ``C``), a random forest (``n_trees``) or
         k-nearest neighbours (``k``), all on standardised embeddings.
@@ -359,8 +345,8 @@ def _cv_score(method, x, y, n_classes, params, seed) -> float | None:
     split = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     for train, test in split.split(x, y):  # every class in every training part (>= 2 each)
         arrays = _fit(method, x[train], y[train], n_classes, params, seed)
-        probe = SegmentClassifier(method, [str(i) for i in range(n_classes)], [], arrays, params)
-        correct += int((probe._proba(x[test]).argmax(axis=1) == y[test]).sum())
+        proba = predict_proba(method, arrays, params, x[test], n_classes)
+        correct += int((proba.argmax(axis=1) == y[test]).sum())
     return correct / len(y)
 
 
