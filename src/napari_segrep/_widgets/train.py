@@ -5,8 +5,9 @@ arrive in the GUI thread as messages (loss curve, status with its ETA); the widg
 the step progress.  Quality records (the start and every epoch's; see
 :mod:`napari_segrep.engine.quality`) arrive the same way: the effective rank is plotted under
 the loss with its start value as a reference line, the view agreement is shown as text, and a
-collapse is shown as a warning in the status.  Pause holds the worker between two steps; Stop writes a checkpoint and
-keeps the model, which **Embed segments** then offers as "model trained in this session".
+collapse is shown as a warning in the status.  Pause holds the worker between two steps; Stop
+writes a checkpoint and keeps the model, which **Embed segments** then offers as "model trained
+in this session".
 """
 
 from __future__ import annotations

@@ -76,7 +76,8 @@ class SegmentClassifier:
         Returns
         -------
         DataFrame
-            ``label`` (after ``image``/``frame`` when the table has them), ``class`` (the most likely),
+            ``label`` (after ``image``/``frame`` when the table has them), ``class`` (the most
+            likely),
             ``probability`` (its probability), ``margin`` (its probability minus the next
             one's: small = unsure), and ``prob_<class>`` for every class.
         """

@@ -110,7 +110,8 @@ class SegmentEncoder(nn.Module):
             self._load_checkpoint(Path(weights))
         else:
             raise TypeError(
-                f"weights must be None, 'imagenet' or a checkpoint path, got {type(weights).__name__}"
+                "weights must be None, 'imagenet' or a checkpoint path, got "
+                f"{type(weights).__name__}"
             )
 
     # ------------------------------------------------------------------ construction helpers

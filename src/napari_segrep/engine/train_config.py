@@ -30,7 +30,8 @@ class TrainConfig:
     """Every setting of a training run (stored in checkpoints)."""
 
     #: Passes over the segments.  None: :data:`DEFAULT_EPOCHS`, or more when the segments are
-    #: few, so that the run takes at least ``min_steps`` optimiser steps (see :meth:`resolve_epochs`).
+    #: few, so that the run takes at least ``min_steps`` optimiser steps
+    #: (see :meth:`resolve_epochs`).
     epochs: int | None = None
     #: With ``epochs=None``: the fewest optimiser steps a run takes.
     min_steps: int = 160

@@ -116,15 +116,16 @@ def train_ssl(
         Called with each quality record: before the first step (the start value; when
         resuming, the run's start record from the checkpoint) and after every epoch (after its
         checkpoint is written).  Keys: ``epoch`` (epochs completed), ``step``, ``loss`` (the
-        mean loss of the epoch's steps; None for the start), ``effective_rank`` (RankMe of the encoder's embeddings of the monitor set:
-        how many directions they use; a fall to a small fraction of the start is a
-        collapse), ``view_agreement`` (the fraction of monitored segments whose two augmented
-        views are each other's nearest neighbours, in [0, 1], chance 1 / n: the network
-        recognises a segment under the augmentations), ``monitor`` (``"held-back"``: segments
-        left out of training, or ``"training"``: a fixed subset of the training segments),
-        ``n`` (segments monitored) and ``collapsed`` (True when the effective rank fell below
-        30% of its start; a ``RepresentationCollapseWarning`` is issued the first
-        time, saying what to try).  See :mod:`napari_segrep.engine.quality`.
+        mean loss of the epoch's steps; None for the start), ``effective_rank`` (RankMe of the
+        encoder's embeddings of the monitor set: how many directions they use; a fall to a
+        small fraction of the start is a collapse), ``view_agreement`` (the fraction of
+        monitored segments whose two augmented views are each other's nearest neighbours, in
+        [0, 1], chance 1 / n: the network recognises a segment under the augmentations),
+        ``monitor`` (``"held-back"``: segments left out of training, or ``"training"``: a
+        fixed subset of the training segments), ``n`` (segments monitored) and ``collapsed``
+        (True when the effective rank fell below 30% of its start; a
+        ``RepresentationCollapseWarning`` is issued the first time, saying what to try).
+        See :mod:`napari_segrep.engine.quality`.
     **options
         Further :class:`TrainConfig` fields: ``grad_accumulate``, ``num_workers``,
         ``weight_decay``, ``warmup_fraction``, ``loss_kwargs``, ``min_size``, ``normalize``,
