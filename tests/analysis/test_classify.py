@@ -16,8 +16,10 @@ from napari_segrep.analysis.classify import (
     METHODS,
     SegmentClassifier,
     load_classifier,
+    suggest_next,
     train_classifier,
 )
+from napari_segrep.analysis.export import read_table, write_table
 
 from .conftest import blobs
 
@@ -237,3 +239,64 @@ def test_train_classifier__bad_arguments(annotated):
     with pytest.raises(ValueError, match="two classes"):
         ann = pd.DataFrame({"label": [1, 1], "class": ["round", "long"]})
         train_classifier(table, ann)
+
+
+def _with_encoder(table: pd.DataFrame, sha: str) -> pd.DataFrame:
+    table = table.copy()
+    table.attrs["encoder"] = {"backbone": "resnet18", "in_channels": 1, "sha256": sha}
+    return table
+
+
+def test_classifier__refuses_another_encoders_table_unless_forced(annotated, tmp_path):
+    table, _, annotations = annotated
+    clf = train_classifier(_with_encoder(table, "a" * 64), annotations)
+    clf.predict(_with_encoder(table, "a" * 64))
+    clf.predict(table)  # a table that records no encoder: nothing to check
+    other = _with_encoder(table, "b" * 64)
+    with pytest.raises(ValueError, match="another encoder.*bbbbbbbbbbbb.*aaaaaaaaaaaa.*force"):
+        clf.predict(other)
+    forced = clf.predict(other, force=True)
+    pd.testing.assert_frame_equal(forced, clf.predict(table))
+    # the record survives the file, and the table's survives its CSV + sidecar
+    clf.save(tmp_path / "m.segclf")
+    write_table(
+        other,
+        tmp_path / "t.csv",
+        provenance={"package": "napari-segrep", "encoder": other.attrs["encoder"]},
+    )
+    with pytest.raises(ValueError, match="another encoder"):
+        load_classifier(tmp_path / "m.segclf").predict(read_table(tmp_path / "t.csv"))
+
+
+def test_read_table__a_foreign_sidecar_adds_nothing(annotated, tmp_path):
+    table, _, _ = annotated
+    table.to_csv(tmp_path / "t.csv", index=False)
+    (tmp_path / "t.json").write_text('{"encoder": {"sha256": "x"}}')
+    back = read_table(tmp_path / "t.csv")
+    assert back.attrs == {}
+    np.testing.assert_allclose(back.to_numpy(), table.to_numpy())
+    (tmp_path / "bad.csv").write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(ValueError, match="not a readable CSV"):
+        read_table(tmp_path / "bad.csv")
+    with pytest.raises(FileNotFoundError, match="no such table"):
+        read_table(tmp_path / "missing.csv")
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    margins=st.lists(st.floats(0, 1), min_size=1, max_size=40),
+    n=st.integers(0, 10),
+    data=st.data(),
+)
+def test_suggest_next__the_least_sure_rows_not_excluded_in_order(margins, n, data):
+    pred = pd.DataFrame({"label": np.arange(1, len(margins) + 1), "margin": margins})
+    exclude = np.array(
+        data.draw(st.lists(st.booleans(), min_size=len(margins), max_size=len(margins)))
+    )
+    got = suggest_next(pred, n=n, exclude=exclude)
+    assert len(got) == min(n, int((~exclude).sum()))
+    assert not exclude[got.index].any()
+    assert np.all(np.diff(got["margin"].to_numpy()) >= 0)
+    if len(got):  # nothing left out is less sure than the last suggestion
+        rest = pred[~exclude & ~pred.index.isin(got.index)]
+        assert (rest["margin"] >= got["margin"].iloc[-1]).all()

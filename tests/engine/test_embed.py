@@ -154,6 +154,10 @@ def test_embed_segments__table_columns_dtypes_and_geometry(scene, narrow_encoder
         props[["bbox-0", "bbox-1", "bbox-2", "bbox-3"]],
     )
     assert (df["scale"] == 1.0).all()
+    assert df.attrs["encoder"] == {
+        **narrow_encoder.config(),
+        "sha256": narrow_encoder.fingerprint(),
+    }
 
 
 def test_embed_segments__crops_keep_native_scale_and_own_pixels_only(scene):

@@ -195,3 +195,22 @@ def test_segment_encoder__resnet50_dim_and_bad_arguments():
         enc(torch.rand(2, 1, 32, 32), torch.ones(2, 1, 16, 16))
     with pytest.raises(TypeError, match="weights must be"):
         sr.SegmentEncoder(weights=3)
+
+
+def test_fingerprint__same_state_same_hash_any_change_another_and_the_cache_follows():
+    a = sr.SegmentEncoder(backbone=NARROW_BACKBONE, seed=0)
+    b = sr.SegmentEncoder(backbone=NARROW_BACKBONE, seed=0)
+    first = a.fingerprint()
+    assert first == b.fingerprint() == a.fingerprint()
+    assert sr.SegmentEncoder(backbone=NARROW_BACKBONE, seed=1).fingerprint() != first
+    with torch.no_grad():  # an in-place update (what an optimiser step does)
+        next(a.parameters()).view(-1)[0] += 1e-6
+    assert a.fingerprint() != first
+    b.load_state_dict(a.state_dict())  # copied into b's tensors in place
+    assert b.fingerprint() == a.fingerprint()
+    a.eval()
+    with torch.inference_mode():  # embedding changes nothing
+        a(torch.rand(2, 1, 32, 32), torch.ones(2, 1, 32, 32))
+    assert a.fingerprint() == b.fingerprint()
+    assert a.record()["sha256"] == a.fingerprint()
+    assert a.record()["backbone"] == NARROW_BACKBONE

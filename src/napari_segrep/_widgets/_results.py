@@ -222,7 +222,7 @@ class SegmentResults:
         inputs["image_layers"] = run.image_layers
         return provenance(
             command="napari: Embed segments, Export CSV",
-            encoder_config=run.encoder.config(),
+            encoder_config=run.encoder.record(),
             n_segments=len(self._table),
             normalization=run.normalization,
             crop_size=run.params["crop_size"],

@@ -14,12 +14,12 @@ from __future__ import annotations
 import io
 import json
 import os
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from ._annotations import annotated_rows, describe_rows, embedding_columns, segment_keys
 from ._predict import REQUIRED, forest_arrays, predict_proba
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "SegmentClassifier",
     "load_classifier",
     "segment_keys",
+    "suggest_next",
     "train_classifier",
 ]
 
@@ -35,7 +36,6 @@ METHODS = ("logistic", "random_forest", "knn")
 FEATURES = ("embedding",)
 #: The file format's name and version, checked on load.
 CLASSIFIER_FORMAT = {"name": "napari-segrep classifier", "version": 1}
-_MAX_LISTED = 5
 
 
 @dataclass(eq=False)
@@ -65,13 +65,19 @@ class SegmentClassifier:
     info: dict = field(default_factory=dict)
 
     # ------------------------------------------------------------------ predict
-    def predict_proba(self, table) -> np.ndarray:
+    def predict_proba(self, table, *, force: bool = False) -> np.ndarray:
         """``(N, n_classes)`` class probabilities of every row of ``table``."""
-        x = self._features(table)
+        x = self._features(table, force=force)
         return predict_proba(self.method, self.arrays, self.params, x, len(self.classes_))
 
-    def predict(self, table):
+    def predict(self, table, *, force: bool = False):
         """Classify every row of ``table``.
+
+        A table that records its encoder (``table.attrs["encoder"]``, set by
+        ``embed_segments`` and read back from an export's JSON sidecar by
+        :func:`~napari_segrep.analysis.export.read_table`) must come from the encoder this
+        classifier was trained on (same ``sha256``): another encoder's embeddings mean other
+        things, and the predictions would be silently wrong.  ``force=True`` predicts anyway.
 
         Returns
         -------
@@ -83,7 +89,7 @@ class SegmentClassifier:
         """
         import pandas as pd
 
-        proba = self.predict_proba(table)
+        proba = self.predict_proba(table, force=force)
         order = np.argsort(-proba, axis=1, kind="stable")
         rows = np.arange(len(proba))
         best = proba[rows, order[:, 0]] if len(proba) else np.zeros(0)
@@ -99,9 +105,11 @@ class SegmentClassifier:
             out[f"prob_{name}"] = proba[:, i]
         return out
 
-    def _features(self, table) -> np.ndarray:
+    def _features(self, table, *, force: bool = False) -> np.ndarray:
+        if not force:
+            self.check_encoder(table)
         missing = [c for c in self.feature_columns if c not in table.columns]
-        found = _embedding_columns(table)
+        found = embedding_columns(table)
         if missing or len(found) != len(self.feature_columns):
             raise ValueError(
                 f"the table has {len(found)}-d embeddings, this classifier was trained on "
@@ -113,10 +121,23 @@ class SegmentClassifier:
         bad = ~np.isfinite(x).all(axis=1)
         if bad.any():
             raise ValueError(
-                f"{int(bad.sum())} row(s) have NaN or infinite embeddings ({_rows(table, bad)}): "
+                f"{int(bad.sum())} row(s) have NaN or infinite embeddings ({describe_rows(table, bad)}): "
                 "embed those segments again, or drop the rows"
             )
         return x
+
+    def check_encoder(self, table) -> None:
+        """Raise ``ValueError`` when ``table`` records an encoder (``attrs["encoder"]``) other
+        than the one this classifier was trained on; nothing when either is not recorded."""
+        mine = self.info.get("encoder") or {}
+        theirs = getattr(table, "attrs", {}).get("encoder") or {}
+        if mine.get("sha256") and theirs.get("sha256") and mine["sha256"] != theirs["sha256"]:
+            raise ValueError(
+                "the table was embedded with another encoder than this classifier was trained "
+                f"on (table: {_describe_encoder(theirs)}; classifier: "
+                f"{_describe_encoder(mine)}): embed the segments with the classifier's encoder, "
+                "or train a classifier on this table; force=True (--force) predicts anyway"
+            )
 
     # ------------------------------------------------------------------ save
     def save(self, path: str | os.PathLike, *, overwrite: bool | None = None) -> Path:
@@ -266,13 +287,13 @@ def train_classifier(
         raise ValueError(f"features={features!r}: choose one of {', '.join(FEATURES)}")
     if method == "knn" and (isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1):
         raise ValueError(f"k must be a positive integer, got {k!r}")
-    columns = _embedding_columns(table)
+    columns = embedding_columns(table)
     if not columns:
         raise ValueError(
             "the table has no embedding columns (emb_0, emb_1, ...): pass a table from "
             "embed_segments"
         )
-    rows, names = _annotated_rows(table, annotations)
+    rows, names = annotated_rows(table, annotations)
     classes = sorted(set(names))
     if len(classes) < 2:
         only = f" (only {classes[0]!r})" if classes else ""
@@ -291,7 +312,7 @@ def train_classifier(
         sub = table.iloc[rows]
         raise ValueError(
             f"{int(bad.sum())} annotated row(s) have NaN or infinite embeddings "
-            f"({_rows(sub, bad)}): embed those segments again, or remove their annotations"
+            f"({describe_rows(sub, bad)}): embed those segments again, or remove their annotations"
         )
     params = {"logistic": {"C": float(C)}, "knn": {"k": int(k)}}.get(
         method, {"n_trees": int(n_trees)}
@@ -351,88 +372,27 @@ def _cv_score(method, x, y, n_classes, params, seed) -> float | None:
     return correct / len(y)
 
 
-# ---------------------------------------------------------------------- tables and annotations
-def segment_keys(table) -> list[str]:
-    """The columns that identify a segment in ``table``: ``image`` and ``frame`` where the
-    table has them (several images, or a stack's planes), then ``label``."""
-    return [c for c in ("image", "frame") if c in table.columns] + ["label"]
-
-
-def _embedding_columns(table) -> list[str]:
-    cols = [c for c in table.columns if isinstance(c, str) and c.startswith("emb_")]
-    return sorted(cols, key=lambda c: int(c[4:]) if c[4:].isdigit() else -1)
-
-
-def _rows(table, mask: np.ndarray) -> str:
-    """``label 3, label 7, ...`` (with the image when there is one) for the rows in ``mask``."""
-    sub = table[mask]
-    names = []
-    keys = segment_keys(sub)
-    for values in sub[keys].head(_MAX_LISTED).itertuples(index=False):
-        names.append(" ".join(f"{key} {value}" for key, value in zip(keys, values, strict=True)))
-    more = f" and {len(sub) - _MAX_LISTED} more" if len(sub) > _MAX_LISTED else ""
-    return ", ".join(names) + more
-
-
-def _annotated_rows(table, annotations) -> tuple[np.ndarray, list[str]]:
-    """Row positions in ``table`` of the annotated segments, and their class names."""
-    import pandas as pd
-
-    if "label" not in table.columns:
-        raise ValueError("the table has no 'label' column: pass a table from embed_segments")
-    keys = segment_keys(table)
-    several = " and ".join(keys[:-1])
-    if isinstance(annotations, pd.DataFrame):
-        for col in (*keys, "class"):
-            if col not in annotations.columns:
-                raise ValueError(
-                    f"the annotations have no {col!r} column: they need {', '.join(keys)} "
-                    "and class" + (f" (the table holds several {several}s)" if several else "")
-                )
-        ann = annotations.dropna(subset=["class"])[[*keys, "class"]]
-    elif isinstance(annotations, Mapping):
-        if several:
-            raise ValueError(
-                f"the table holds several {several}s (its {several!r} column), so a label "
-                f"number alone does not say which segment: give the annotations as a "
-                f"DataFrame with {', '.join(keys)} and class"
-            )
-        ann = pd.DataFrame({"label": list(annotations), "class": list(annotations.values())})
-        ann = ann.dropna(subset=["class"])
-    else:
-        raise TypeError(
-            "annotations must be a mapping {label: class} or a DataFrame with label and class"
-        )
-    ann = ann.assign(label=ann["label"].astype(np.int64), **{"class": ann["class"].astype(str)})
-    if ann.duplicated(keys).any():
-        dup = ann[ann.duplicated(keys, keep=False)]
-        conflicting = dup.groupby(keys)["class"].nunique()
-        if (conflicting > 1).any():
-            raise ValueError(
-                f"some segments are annotated with two classes: "
-                f"{', '.join(map(str, conflicting[conflicting > 1].index[:_MAX_LISTED]))}"
-            )
-        ann = ann.drop_duplicates(keys)
-    index = pd.MultiIndex.from_frame(table[keys].astype({"label": np.int64}))
-    if index.has_duplicates:
-        raise ValueError(
-            "the table has repeated labels: tables of several images, concatenated, need an "
-            "'image' column naming each row's image"
-        )
-    wanted = pd.MultiIndex.from_frame(ann[keys])
-    position = index.get_indexer(wanted)
-    if (position < 0).any():
-        unknown = [str(k[-1] if len(keys) == 1 else k) for k in wanted[position < 0]]
-        more = f" and {len(unknown) - _MAX_LISTED} more" if len(unknown) > _MAX_LISTED else ""
-        raise ValueError(
-            f"{len(unknown)} annotated segment(s) are not in the table (label "
-            f"{', '.join(unknown[:_MAX_LISTED])}{more}): embed them first, or remove those "
-            "annotations"
-        )
-    return position, list(ann["class"])
+def suggest_next(predictions, *, n: int = 10, exclude=None):
+    """The ``n`` rows of ``predictions`` (from :meth:`SegmentClassifier.predict`) the model is
+    least sure of (smallest ``margin``, ties in table order), leaving out the rows where
+    ``exclude`` (a boolean array or Series aligned with ``predictions``) is true, typically
+    the segments already annotated.  Annotating these first reaches a good model with fewer
+    clicks than annotating at random (``benchmarks/classify_clicks.py``)."""
+    margin = predictions["margin"].to_numpy(np.float64)
+    keep = np.ones(len(margin), bool)
+    if exclude is not None:
+        keep &= ~np.asarray(exclude, bool)
+    candidates = np.flatnonzero(keep)
+    order = candidates[np.argsort(margin[candidates], kind="stable")]
+    return predictions.iloc[order[: max(int(n), 0)]]
 
 
 def _describe_encoder(encoder: dict | None) -> str:
     if not encoder:
         return "not recorded"
-    return ", ".join(f"{k} {v}" for k, v in encoder.items() if not isinstance(v, dict | list))
+    parts = [
+        f"{k} {str(v)[:12] if k == 'sha256' else v}"
+        for k, v in encoder.items()
+        if k in ("backbone", "in_channels", "weights", "sha256")
+    ]
+    return ", ".join(parts)

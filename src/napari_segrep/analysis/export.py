@@ -13,7 +13,7 @@ import pandas as pd
 from .._version import __version__
 from ..io import atomic_write_files, file_sha256
 
-__all__ = ["provenance", "sidecar_path", "table_files", "write_table"]
+__all__ = ["provenance", "read_table", "sidecar_path", "table_files", "write_table"]
 
 
 def sidecar_path(csv_path: str | os.PathLike) -> Path:
@@ -80,6 +80,32 @@ def write_table(
                 raise ValueError(f"{existing} exists{mine}: choose another output name")
     atomic_write_files({target: _writer(data) for target, data in files.items()})
     return path
+
+
+def read_table(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a table written by :func:`write_table` (or any CSV with a ``label`` column).
+
+    What the JSON sidecar records about the embedding (``encoder``, ``normalization``) goes
+    back into ``df.attrs``, as ``embed_segments`` left it, so a classifier can check the
+    table's encoder.  A CSV without a sidecar (or with someone else's JSON) is read as is.
+    """
+    path = Path(path)
+    try:
+        df = pd.read_csv(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such table") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is not a readable CSV table: {exc}") from None
+    try:
+        sidecar = sidecar_path(path)
+    except ValueError:
+        return df
+    if _is_ours(sidecar):
+        record = json.loads(sidecar.read_text())
+        for key in ("encoder", "normalization"):
+            if record.get(key):
+                df.attrs[key] = record[key]
+    return df
 
 
 def _writer(data: bytes):

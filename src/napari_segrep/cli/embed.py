@@ -210,7 +210,7 @@ def run_embedding(
     seconds = time.perf_counter() - t0
     sidecar = provenance(
         command=command,
-        encoder_config=encoder.config(),
+        encoder_config=encoder.record(),
         n_segments=len(df),
         normalization=df.attrs.get("normalization"),
         crop_size=crop_size,

@@ -132,7 +132,8 @@ def embed_segments(
         One row per non-zero label, ascending: ``label`` (int64), ``centroid_y``, ``centroid_x``,
         ``area``, ``bbox_y0``, ``bbox_x0``, ``bbox_y1``, ``bbox_x1`` (half-open), ``scale``,
         ``emb_0 ... emb_{D-1}`` (float32).  ``attrs["normalization"]`` records the
-        normalisation used (mode and values).
+        normalisation used (mode and values), ``attrs["encoder"]`` the encoder (its config and
+        ``sha256``, :meth:`SegmentEncoder.fingerprint`).
 
     Raises
     ------
@@ -184,7 +185,9 @@ def embed_segments(
             warnings.warn(
                 "labels contain no segment (all zero): returning an empty table", stacklevel=2
             )
-        return _empty_result(encoder.embedding_dim)
+        empty = _empty_result(encoder.embedding_dim)
+        empty.attrs["encoder"] = encoder.record()
+        return empty
 
     # channels_last: 1.14x faster than contiguous for the masked encoder on CPU
     # (benchmarks/masking_overhead.py); the layout cuDNN prefers under autocast on CUDA.
@@ -226,6 +229,7 @@ def embed_segments(
     emb = pd.DataFrame(out, columns=embedding_columns(encoder.embedding_dim), index=result.index)
     out = pd.concat([result, emb], axis=1)
     out.attrs["normalization"] = norm.describe()  # what was used, for provenance
+    out.attrs["encoder"] = encoder.record()  # config + sha256 of the weights (classifiers check)
     return out
 
 
@@ -331,5 +335,8 @@ def embed_stack(
         )
         empty = _empty_result(encoder.embedding_dim)
         empty.insert(1, "frame", np.empty(0, np.int64))
+        empty.attrs["encoder"] = encoder.record()
         return empty
-    return pd.concat(frames, ignore_index=True)
+    out = pd.concat(frames, ignore_index=True)
+    out.attrs["encoder"] = encoder.record()  # planes' normalisations differ: not kept here
+    return out

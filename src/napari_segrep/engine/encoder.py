@@ -15,6 +15,7 @@ With both masks off, the forward pass is the torchvision backbone's, call for ca
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -195,6 +196,33 @@ class SegmentEncoder(nn.Module):
             "embedding_dim": self.embedding_dim,
             "weights": self.weights_source,
         }
+
+    def fingerprint(self) -> str:
+        """sha256 of the encoder's state (every parameter and buffer, in order): two encoders
+        with the same fingerprint compute the same embeddings.  Tables record it
+        (``df.attrs["encoder"]["sha256"]``), so a classifier can tell another encoder's table.
+
+        Hashing a resnet18's state takes about 40 ms on CPU; the result is kept until a tensor
+        changes (every in-place update, an optimiser step included, bumps its version counter),
+        so embedding again with the same encoder costs nothing.
+        """
+        state = self.state_dict(keep_vars=True)
+        key = tuple((name, t.data_ptr(), t._version) for name, t in state.items())
+        cached = getattr(self, "_fingerprint_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        digest = hashlib.sha256()
+        for name, tensor in state.items():
+            value = tensor.detach().cpu().contiguous()
+            digest.update(f"{name}:{value.dtype}:{tuple(value.shape)};".encode())
+            digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
+        self._fingerprint_cache = (key, digest.hexdigest())
+        return self._fingerprint_cache[1]
+
+    def record(self) -> dict:
+        """:meth:`config` plus the :meth:`fingerprint` (``sha256``): what tables and
+        classifiers record about the encoder that made an embedding."""
+        return {**self.config(), "sha256": self.fingerprint()}
 
     def extra_repr(self) -> str:
         return (
