@@ -13,16 +13,36 @@ from napari.layers import Labels, Points
 from napari.utils.colormaps import DirectLabelColormap
 from qtpy.QtCore import QTimer
 
-from ._results import SegmentResults
+from ._results import ANNOTATION, PREDICTION_COLUMNS, SegmentResults
 
-__all__ = ["MapView"]
+__all__ = ["MapView", "class_colours"]
 
 DIM_ALPHA = 0.15
 #: The colour of the segments not selected while some are.
 DIMMED = np.array([0.6, 0.6, 0.6, DIM_ALPHA])
 MAP_MARGIN = 0.05
+#: Segments with neither an annotation nor a prediction, coloured by class.
+UNCLASSIFIED = np.array([0.5, 0.5, 0.5, 0.6])
 _PLAIN = ("the labels layer's own colours",)
 _TURN_MS = 15
+
+
+def class_colours(results: SegmentResults) -> np.ndarray:
+    """Each row's colour by class: its annotation's, else its predicted class's (fainter when
+    the model is unsure), else grey."""
+    table, palette = results.table, results.class_colours
+    out = np.tile(UNCLASSIFIED, (len(table), 1))
+    if "class_predicted" in table:
+        predicted = table["class_predicted"].to_numpy(dtype=object)
+        sure = np.clip(table["class_probability"].to_numpy(float), 0, 1)
+        for name, colour in palette.items():
+            rows = predicted == name
+            out[rows, :3] = colour[:3]
+            out[rows, 3] = 0.35 + 0.65 * sure[rows]
+    annotated = results.annotations
+    for name, colour in palette.items():
+        out[annotated == name] = (*colour[:3], 1.0)
+    return out
 
 
 class MapView:
@@ -83,6 +103,7 @@ class MapView:
         events.map.connect(self._on_map_changed)
         events.selection.connect(self._on_selection_changed)
         events.colour_by.connect(self._on_colour_by_changed)
+        events.classes.connect(self._on_classes_changed)
         events.closed.connect(self._on_results_closed)
         layer.events.selected_label.connect(self._on_selected_label_changed)
         layer.mouse_drag_callbacks.append(self._on_labels_click)
@@ -97,6 +118,7 @@ class MapView:
                 (events.map, self._on_map_changed),
                 (events.selection, self._on_selection_changed),
                 (events.colour_by, self._on_colour_by_changed),
+                (events.classes, self._on_classes_changed),
                 (events.closed, self._on_results_closed),
             ):
                 emitter.disconnect(callback)
@@ -163,11 +185,31 @@ class MapView:
     # ------------------------------------------------------------------ drawing
     def _on_table_changed(self, event=None) -> None:
         """Rows or columns changed: the labels layer's features, the points, the colours."""
+        self._set_layer_features()
+        self._draw_points(new_map=self.points_layer is None or self._box is None)
+
+    def _set_layer_features(self) -> None:
         results = self.results
         features = results.table.copy()
         features.insert(0, "index", results.labels)  # napari's key for label features
         results.labels_layer.features = features  # reassign: napari emits its event
-        self._draw_points(new_map=self.points_layer is None or self._box is None)
+
+    def _on_classes_changed(self, event=None) -> None:
+        """Annotations or predictions changed (same rows): features (shown on hover) and, when
+        coloured by class, the colours."""
+        self._set_layer_features()
+        if self.points_layer is not None:
+            self.points_layer.features = self._point_features()
+        self._on_colour_by_changed()
+
+    def _point_features(self) -> pd.DataFrame:
+        """What hovering a point shows: its label (frame, cluster, class, probability)."""
+        table = self.results.table
+        features = pd.DataFrame({"label": self.results.labels})
+        for column in ("frame", "cluster", ANNOTATION, *PREDICTION_COLUMNS):
+            if column in table:
+                features[column] = table[column].to_numpy()
+        return features
 
     def _on_map_changed(self, event=None) -> None:
         self._draw_points(new_map=True)
@@ -178,11 +220,7 @@ class MapView:
             c = np.nan_to_num(results.coords)
             self._box = (c.min(0), c.max(0)) if len(c) else (np.zeros(2), np.ones(2))
         data = self.world_coordinates(results.coords)
-        table = results.table
-        features = pd.DataFrame({"label": results.labels})
-        for column in ("frame", "cluster"):
-            if column in table:
-                features[column] = table[column].to_numpy()
+        features = self._point_features()
         points = self.points_layer
         if points is None or points not in self.viewer.layers:
             self.points_layer = self.viewer.add_points(
@@ -236,6 +274,8 @@ class MapView:
             out = np.asarray(label_colormap(49, seed=0.5).map(clusters), float).reshape(-1, 4)
             out[clusters == 0] = (0.5, 0.5, 0.5, 1.0)
             return out
+        if results.colour_by == "class":
+            return class_colours(results)
         cmap = self._original_colormap
         return np.asarray(cmap.map(results.labels), float).reshape(-1, 4)
 

@@ -1,8 +1,10 @@
 """One evented model of an embedding run's results per labels layer: the single source of truth.
 
-The table (``label``, geometry, ``emb_*``, ``frame``, ``cluster``), the 2D map coordinates of its
-rows, the selection (rows), how segments are coloured, and the run that produced them (encoder,
-parameters, the labels as embedded).  Views (the map's points layer and the labels layer's
+The table (``label``, geometry, ``emb_*``, ``frame``, ``cluster``, and the classifier's
+``class_annotation``, ``class_predicted``, ``class_probability``, ``class_margin``, ``prob_*``),
+the 2D map coordinates of its rows, the selection (rows), the classes and their colours, how
+segments are coloured, and the run that produced them (encoder, parameters, the labels as
+embedded).  Views (the map's points layer and the labels layer's
 features and highlight, see :mod:`._map_view`; live updates, :mod:`._live`) subscribe to
 ``events`` and never keep their own copy.  Engine and analysis calls do the maths;
 :func:`embed_run` is what a Run computes in its worker thread.
@@ -19,9 +21,12 @@ import pandas as pd
 from napari.layers import Labels
 from napari.utils.events import EmitterGroup
 
-__all__ = ["RunSetup", "SegmentResults", "embed_run", "results_for"]
+__all__ = ["ANNOTATION", "RunSetup", "SegmentResults", "embed_run", "results_for"]
 
-COLOUR_MODES = ("label", "cluster")
+COLOUR_MODES = ("label", "cluster", "class")
+#: The classifier's columns of the table: annotations (``""``: none) and predictions.
+ANNOTATION = "class_annotation"
+PREDICTION_COLUMNS = ("class_predicted", "class_probability", "class_margin")
 
 _by_layer: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -96,12 +101,19 @@ class SegmentResults:
 
     Events (``results.events.<name>``): ``table`` (rows or columns changed: views redraw
     everything), ``map`` (new map coordinates for the same rows), ``selection``,
-    ``colour_by``, ``closed`` (the results were dropped: views detach).
+    ``colour_by``, ``classes`` (annotations, predictions or the classes' names or colours
+    changed; same rows), ``closed`` (the results were dropped: views detach).
     """
 
     def __init__(self, labels_layer: Labels, table: pd.DataFrame, map_model, run: RunSetup) -> None:
         self.events = EmitterGroup(
-            source=self, table=None, map=None, selection=None, colour_by=None, closed=None
+            source=self,
+            table=None,
+            map=None,
+            selection=None,
+            colour_by=None,
+            classes=None,
+            closed=None,
         )
         self._layer = weakref.ref(labels_layer)
         self._table = table.reset_index(drop=True)
@@ -110,9 +122,12 @@ class SegmentResults:
         self.run = run
         self._selection: frozenset[int] = frozenset()
         self._colour_by = "label"
+        #: class name -> RGBA, in the order the classes were defined
+        self.class_colours: dict[str, np.ndarray] = {}
         previous = _by_layer.get(labels_layer)
         _by_layer[labels_layer] = self
         if previous is not None:
+            self._carry_annotations(previous)  # embedding again keeps the user's annotations
             previous.close()
 
     # ------------------------------------------------------------------ state
@@ -147,6 +162,8 @@ class SegmentResults:
         if value not in COLOUR_MODES:
             raise ValueError(f"colour_by={value!r}: choose one of {COLOUR_MODES}")
         if value == "cluster" and "cluster" not in self._table:
+            value = "label"
+        if value == "class" and not self.class_colours:
             value = "label"
         if value != self._colour_by:
             self._colour_by = value
@@ -206,6 +223,85 @@ class SegmentResults:
         self.run.labels = labels_now
         self.events.table()
 
+    # ------------------------------------------------------------------ classes
+    @property
+    def annotations(self) -> np.ndarray:
+        """Each row's annotated class (``""``: not annotated), as an object array."""
+        if ANNOTATION not in self._table:
+            return np.full(len(self._table), "", dtype=object)
+        return self._table[ANNOTATION].to_numpy(dtype=object)
+
+    def annotation_frame(self) -> pd.DataFrame:
+        """The annotated rows' keys (``frame``, ``label``) and ``class``, for
+        ``train_classifier``."""
+        from ..analysis.classify import segment_keys
+
+        ann = self.annotations
+        rows = np.flatnonzero(ann != "")
+        out = self._table.iloc[rows][segment_keys(self._table)].reset_index(drop=True)
+        out["class"] = ann[rows]
+        return out
+
+    def _carry_annotations(self, previous: SegmentResults) -> None:
+        """The classes and the annotations of the segments that are still there."""
+        from ..analysis.classify import segment_keys
+
+        if not previous.class_colours:
+            return
+        self.class_colours = dict(previous.class_colours)
+        keys = segment_keys(self._table)
+        old = previous.annotation_frame()
+        if not set(keys) <= set(old.columns):
+            return
+        merged = self._table[keys].merge(old, on=keys, how="left")["class"]
+        self._table[ANNOTATION] = merged.fillna("").to_numpy(dtype=object)
+
+    def set_classes(self, colours: dict, *, renamed: dict | None = None) -> None:
+        """The classes and their colours (``{name: RGBA}``, in order).  ``renamed`` maps old
+        names to new ones (annotations follow); annotations of classes no longer defined are
+        removed; predictions of another set of classes are dropped (train again)."""
+        colours = {str(k): np.asarray(v, float) for k, v in colours.items()}
+        ann = self.annotations.copy()
+        for old, new in (renamed or {}).items():
+            ann[ann == old] = new
+        ann[~np.isin(ann, [*colours, ""])] = ""
+        table = self._table.assign(**{ANNOTATION: ann})
+        if list(colours) != list(self.class_colours) or renamed:
+            table = _without_predictions(table)
+        self.class_colours = colours
+        self._table = table
+        self.events.classes()
+
+    def annotate_rows(self, rows: Iterable[int], name: str | None) -> None:
+        """Annotate ``rows`` with class ``name`` (None or ``""``: remove their annotation)."""
+        name = "" if name is None else str(name)
+        if name and name not in self.class_colours:
+            raise ValueError(f"no class {name!r}: add it first")
+        ann = self.annotations.copy()
+        ann[np.asarray(list(rows), dtype=np.int64)] = name
+        self._table = self._table.assign(**{ANNOTATION: ann})
+        self.events.classes()
+
+    def set_predictions(self, predictions: pd.DataFrame | None) -> None:
+        """The classifier's predictions of every row (``SegmentClassifier.predict`` of this
+        table, same row order) into ``class_predicted``, ``class_probability``,
+        ``class_margin`` and ``prob_<class>``; None drops them."""
+        table = _without_predictions(self._table)
+        if predictions is not None:
+            if len(predictions) != len(table):
+                raise ValueError(f"{len(predictions)} predictions for {len(table)} rows")
+            values = {
+                "class_predicted": predictions["class"].to_numpy(dtype=object),
+                "class_probability": predictions["probability"].to_numpy(float),
+                "class_margin": predictions["margin"].to_numpy(float),
+            }
+            for column in predictions.columns:
+                if column.startswith("prob_"):
+                    values[column] = predictions[column].to_numpy(float)
+            table = table.assign(**values)
+        self._table = table
+        self.events.classes()
+
     # ------------------------------------------------------------------ export
     def export_frame(self) -> pd.DataFrame:
         """label, geometry, map_0, map_1, map_method, cluster, emb_*."""
@@ -244,6 +340,11 @@ class SegmentResults:
         if layer is not None and _by_layer.get(layer) is self:
             del _by_layer[layer]
         self.events.closed()
+
+
+def _without_predictions(table: pd.DataFrame) -> pd.DataFrame:
+    drop = [c for c in table.columns if c in PREDICTION_COLUMNS or str(c).startswith("prob_")]
+    return table.drop(columns=drop)
 
 
 def _checked_coords(coords, n: int) -> np.ndarray:

@@ -98,7 +98,9 @@ class EmbedSegmentsWidget(Container):
         self.cluster_method = ComboBox(label="clustering", choices=["kmeans", "hdbscan"])
         self.cluster_k = SpinBox(label="k (kmeans)", value=5, min=1, max=200)
         self.cluster_button = PushButton(text="Cluster", enabled=False)
-        self.colour_by = ComboBox(label="colour by", choices=["label", "cluster"], value="label")
+        self.colour_by = ComboBox(
+            label="colour by", choices=["label", "cluster", "class"], value="label"
+        )
         self.selection_button = PushButton(text="New labels layer from selection", enabled=False)
         self.export_button = PushButton(text="Export CSV...", enabled=False)
         self.umap_input = CheckBox(label="UMAP map (PCA first)", value=True)

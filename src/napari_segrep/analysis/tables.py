@@ -25,7 +25,7 @@ def replace_rows(
     labels removed; every other row stays as it was.
 
     Columns of ``table`` that ``rows`` lacks are filled with 0 in the new rows (e.g. ``cluster``:
-    unassigned).  The result is sorted by label (stable) with a fresh index.
+    unassigned), or ``""`` for text columns (``class_annotation``: not annotated).  The result is sorted by label (stable) with a fresh index.
 
     Returns
     -------
@@ -39,8 +39,8 @@ def replace_rows(
     replaced = np.union1d(rows["label"].to_numpy(), np.asarray(drop, dtype=np.int64))
     keep = ~np.isin(table["label"].to_numpy(), replaced)
     missing = [c for c in table.columns if c not in rows]
-    if missing:
-        rows = rows.assign(**dict.fromkeys(missing, 0))
+    if missing:  # text columns (a class annotation) get "", numbers 0
+        rows = rows.assign(**{c: "" if table[c].dtype == object else 0 for c in missing})
     merged = pd.concat([table[keep], rows[table.columns]], ignore_index=True)
     order = np.argsort(merged["label"].to_numpy(), kind="stable")
     return merged.iloc[order].reset_index(drop=True), keep, order

@@ -1,0 +1,305 @@
+"""The classifier's files and its use beyond the layer it was trained on (part of the
+"Classify segments" widget): save and load a classifier, apply it to another labels layer
+(embedding that layer first with the classifier's own encoder when needed), show predictions as
+a labels layer, and export them to CSV."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from magicgui.widgets import ComboBox, Container, PushButton, Select
+from napari.layers import Labels
+from napari.utils.colormaps import DirectLabelColormap
+from napari.utils.notifications import show_error, show_info
+
+from . import _session
+from ._common import image_layers, labels_layers, layer_inputs, progress_bar, save_path
+from ._jobs import start_job
+from ._results import ANNOTATION, PREDICTION_COLUMNS, results_for
+
+__all__ = ["ClassifierFiles", "export_columns"]
+
+
+def export_columns(table: pd.DataFrame) -> list[str]:
+    """The columns of a predictions export: keys, centroid and area, the annotation, the
+    prediction and each class's probability."""
+    front = [
+        c for c in ("image", "frame", "label", "centroid_y", "centroid_x", "area") if c in table
+    ]
+    classes = [c for c in (ANNOTATION, *PREDICTION_COLUMNS) if c in table]
+    return front + classes + [c for c in table.columns if str(c).startswith("prob_")]
+
+
+class ClassifierFiles:
+    """Save/load/apply/export for :class:`~.classify.ClassifySegmentsWidget` (a mixin: it
+    uses the widget's ``viewer``, ``results``, ``classifier``, ``status``)."""
+
+    def add_file_widgets(self) -> None:
+        self.save_button = PushButton(text="Save classifier...")
+        self.load_button = PushButton(text="Load classifier...")
+        self.apply_labels = ComboBox(
+            label="apply to labels", choices=lambda _w=None: labels_layers(self.viewer)
+        )
+        self.apply_images = Select(
+            label="its image layer(s)", choices=lambda _w=None: image_layers(self.viewer)
+        )
+        self.apply_button = PushButton(text="Apply classifier")
+        self.apply_progress = progress_bar()
+        self.export_button = PushButton(text="Export predictions CSV...")
+        self.extend(
+            [
+                Container(
+                    layout="horizontal", labels=False, widgets=[self.save_button, self.load_button]
+                ),
+                self.apply_labels,
+                self.apply_images,
+                self.apply_button,
+                self.apply_progress,
+                self.export_button,
+            ]
+        )
+        self.apply_job = None
+        self.save_button.changed.connect(lambda: self.save_classifier())
+        self.load_button.changed.connect(lambda: self.load_classifier())
+        self.apply_button.changed.connect(lambda: self._apply_chosen())
+        self.export_button.changed.connect(lambda: self.export_csv())
+
+    # ------------------------------------------------------------------ files
+    def save_classifier(self, path=None, *, overwrite: bool | None = None) -> Path | None:
+        """Write the classifier (``.segclf``: arrays + JSON, no pickle).  A file that is not a
+        napari-segrep classifier is never replaced."""
+        if self.classifier is None:
+            raise ValueError("Train or load a classifier first.")
+        path = save_path(
+            self.native,
+            path,
+            title="Save classifier",
+            suggestion="classifier.segclf",
+            file_filter="napari-segrep classifier (*.segclf)",
+            overwrite=overwrite,
+        )
+        if path is None:
+            return None
+        try:
+            self.classifier.save(path)  # replaces only its own kind of file
+        except (OSError, ValueError) as exc:
+            show_error(f"Saving the classifier failed: {exc}")
+            return None
+        show_info(f"Wrote {path}")
+        return path
+
+    def load_classifier(self, path=None):
+        """Read a classifier and predict the followed layer's segments with it."""
+        from ..analysis.classify import load_classifier
+
+        if path is None:
+            from qtpy.QtWidgets import QFileDialog
+
+            path, _ = QFileDialog.getOpenFileName(
+                self.native, "Load classifier", "", "napari-segrep classifier (*.segclf)"
+            )
+            if not path:
+                return None
+        try:
+            model = load_classifier(path)
+        except (OSError, ValueError) as exc:
+            self._on_error(exc)
+            return None
+        self.classifier = model
+        if self.results is not None:
+            self.predict_with(model)
+        self.status.value = f"Loaded {Path(path).name}: classes {', '.join(model.classes_)}."
+        return model
+
+    # ------------------------------------------------------------------ apply to another layer
+    def _apply_chosen(self) -> None:
+        try:
+            self.apply_to(self.apply_labels.value, list(self.apply_images.value or []))
+        except (ValueError, RuntimeError) as exc:
+            self._on_error(exc)
+
+    def apply_to(self, labels_layer: Labels, images: list | None = None):
+        """Predict the segments of another labels layer: with its embeddings when it has some
+        from the classifier's encoder, else embedding it first (in a worker; returns it) with
+        that encoder and the followed run's settings.  The layer's features get the
+        predictions, and a "<layer> predictions" labels layer shows them."""
+        model = self.classifier
+        if model is None:
+            raise ValueError("Train or load a classifier first.")
+        sha = (model.info.get("encoder") or {}).get("sha256")
+        other = results_for(labels_layer)
+        if other is not None and sha in (None, other.table.attrs.get("encoder", {}).get("sha256")):
+            self._show_applied(labels_layer, other.table, model.predict(other.table, force=True))
+            return None
+        inputs = layer_inputs(labels_layer, images or [])
+        encoder, params = self._embedding_setup(model)
+        labels = inputs.labels.copy()
+
+        def call(progress, should_stop):
+            from ..engine.embed import embed_segments, embed_stack, encoder_for
+            from ..engine.segments import as_channels_first
+
+            enc = encoder
+            if not hasattr(enc, "fingerprint"):  # a record: rebuild, and check it is the same
+                plane = inputs.image[0] if inputs.stack else inputs.image
+                n = as_channels_first(plane, channel_axis=inputs.channel_axis).shape[0]
+                enc = encoder_for(enc.get("weights"), in_channels=n, seed=enc.get("seed", 0))
+                if sha is not None and enc.fingerprint() != sha:
+                    raise ValueError(
+                        "the classifier's encoder is not available here (the model it was "
+                        "trained on is not this session's, and its weights "
+                        f"{enc.weights_source or '(untrained)'} differ): embed the layer with "
+                        "that model in Embed segments first"
+                    )
+            embed = embed_stack if inputs.stack else embed_segments
+            table = embed(
+                inputs.image,
+                labels,
+                enc,
+                channel_axis=inputs.channel_axis,
+                progress=progress,
+                should_stop=should_stop,
+                **params,
+            )
+            return table, model.predict(table, force=True)
+
+        self.status.value = f"Embedding '{labels_layer.name}' to classify it..."
+        self.apply_job = start_job(
+            call,
+            desc="Embedding to classify",
+            progress_bar=self.apply_progress,
+            on_result=lambda out: self._show_applied(labels_layer, *out),
+            on_error=self._on_error,
+            on_done=lambda: setattr(self, "apply_job", None),
+        )
+        return self.apply_job.worker
+
+    def _embedding_setup(self, model):
+        """The encoder to embed with (an encoder whose fingerprint is the classifier's, or its
+        record to rebuild from) and the keyword arguments (the followed run's, the image's
+        normalisation recomputed for the new image)."""
+        from ..engine.segments import normalize_argument
+
+        sha = (model.info.get("encoder") or {}).get("sha256")
+        run = self.results.run if self.results is not None else None
+        candidates = [run.encoder] if run is not None else []
+        if _session.trained_encoder is not None:
+            candidates.append(_session.trained_encoder)
+        encoder = next((e for e in candidates if sha is None or e.fingerprint() == sha), None)
+        params = {"crop_size": 64, "batch_size": 128, "device": "auto", "normalize": "image"}
+        if run is not None:
+            params.update({k: run.params[k] for k in ("crop_size", "batch_size", "device")})
+            mode = (run.normalization or {}).get("mode", "image")
+            params["normalize"] = mode if mode == "image" else normalize_argument(run.normalization)
+        elif model.info.get("normalization"):
+            mode = model.info["normalization"].get("mode", "image")
+            params["normalize"] = (
+                mode if mode == "image" else normalize_argument(model.info["normalization"])
+            )
+        if "crop_size" in model.info:
+            params["crop_size"] = int(model.info["crop_size"])
+        return (encoder if encoder is not None else dict(model.info.get("encoder") or {})), params
+
+    def _show_applied(self, labels_layer: Labels, table: pd.DataFrame, predictions) -> None:
+        if labels_layer not in self.viewer.layers:
+            return
+        merged = table.drop(columns=[c for c in table.columns if str(c).startswith("emb_")])
+        for column in predictions.columns:
+            if column not in ("image", "frame", "label"):
+                name = {"class": "class_predicted", "probability": "class_probability"}.get(
+                    column, "class_margin" if column == "margin" else column
+                )
+                merged[name] = predictions[column].to_numpy()
+        features = merged.copy()
+        features.insert(0, "index", merged["label"].to_numpy())
+        labels_layer.features = features
+        colours = dict(self.results.class_colours) if self.results is not None else {}
+        for i, name in enumerate(self.classifier.classes_):
+            colours.setdefault(name, _palette(i))
+        self.show_predictions(labels_layer, merged, colours)
+        counts = merged["class_predicted"].value_counts()
+        self.status.value = f"'{labels_layer.name}': " + ", ".join(
+            f"{n} {name}" for name, n in counts.items()
+        )
+
+    def show_predictions(self, labels_layer: Labels, table: pd.DataFrame, colours: dict) -> Labels:
+        """Add (or update) "<layer> predictions": segments painted 1, 2, ... by predicted
+        class, in the classes' colours."""
+        names = list(colours)
+        index = {name: i + 1 for i, name in enumerate(names)}
+        ids = np.array([index.get(c, 0) for c in table["class_predicted"]], np.int32)
+        data = np.asarray(labels_layer.data)
+        out = np.zeros(data.shape, np.int32)
+        if "frame" in table:
+            for frame in np.unique(table["frame"]):
+                rows = table["frame"].to_numpy() == frame
+                out[frame] = _paint(data[frame], table["label"].to_numpy()[rows], ids[rows])
+        else:
+            out = _paint(data, table["label"].to_numpy(), ids)
+        colour_dict = {None: np.zeros(4), 0: np.zeros(4)}
+        colour_dict.update({i + 1: np.asarray(colours[n], float) for i, n in enumerate(names)})
+        name = f"{labels_layer.name} predictions"
+        features = pd.DataFrame({"index": np.arange(len(names) + 1), "class": ["", *names]})
+        if name in self.viewer.layers and isinstance(self.viewer.layers[name], Labels):
+            layer = self.viewer.layers[name]
+            layer.data = out
+        else:
+            layer = self.viewer.add_labels(
+                out, name=name, scale=labels_layer.scale, translate=labels_layer.translate
+            )
+        layer.colormap = DirectLabelColormap(color_dict=colour_dict)
+        layer.features = features
+        return layer
+
+    # ------------------------------------------------------------------ export
+    def export_csv(self, path=None, *, overwrite: bool | None = None) -> Path | None:
+        """Write the followed layer's predictions (keys, centroid, area, annotation, predicted
+        class, probability, margin, every class's probability) and a JSON sidecar."""
+        from ..analysis.export import write_table
+
+        results = self.results
+        if results is None or "class_predicted" not in results.table:
+            raise ValueError("Train or load a classifier first.")
+        path = save_path(
+            self.native,
+            path,
+            title="Export predictions",
+            suggestion=f"{results.labels_layer.name}_classes.csv",
+            file_filter="CSV (*.csv)",
+            overwrite=overwrite,
+        )
+        if path is None:
+            return None
+        table = results.table[export_columns(results.table)]
+        record = results.provenance()
+        model = self.classifier
+        record["command"] = "napari: Classify segments, Export predictions CSV"
+        if model is not None:
+            record["classifier"] = {
+                "method": model.method,
+                "classes": model.classes_,
+                "cv_score": model.cv_score_,
+                "n_annotations": model.info.get("n_annotations"),
+            }
+        try:
+            write_table(table, path, provenance=record)  # never replaces others' files
+        except (OSError, ValueError) as exc:
+            show_error(f"Export failed: {exc}")
+            return None
+        show_info(f"Wrote {path}")
+        return path
+
+
+def _paint(labels: np.ndarray, label_ids: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """``labels`` with each id of ``label_ids`` replaced by its value (others 0)."""
+    lut = np.zeros(int(max(labels.max(), label_ids.max(initial=0))) + 1, np.int32)
+    lut[label_ids] = values
+    return lut[labels]
+
+
+def _palette(i: int) -> np.ndarray:
+    from .classify import PALETTE
+
+    return PALETTE[i % len(PALETTE)]

@@ -1,0 +1,212 @@
+"""The "Classify segments" widget in real napari viewers (Xvfb in CI): annotate by clicking,
+train in the background, predictions in the results, colours, suggestions, files."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from napari_segrep._sample_data import make_cells
+
+from ..conftest import require_napari
+
+require_napari()
+
+from napari.utils._proxies import ReadOnlyWrapper  # noqa: E402
+from napari.utils.interactions import mouse_press_callbacks  # noqa: E402
+
+TIMEOUT_MS = 120_000
+
+
+@pytest.fixture()
+def cells():
+    image, labels, classes = make_cells(shape=(256, 256), n_cells=36, seed=2)
+    return image, labels, classes
+
+
+def _embedded(make_napari_viewer, qtbot, image, labels, name="cells"):
+    viewer = make_napari_viewer()
+    viewer.add_image(image, name="img")
+    viewer.add_labels(labels, name=name)
+    _, embed = viewer.window.add_plugin_dock_widget("napari-segrep", "Embed segments")
+    embed.crop_input.value = 32
+    embed.umap_input.value = False
+    worker = embed.run()
+    with qtbot.waitSignal(worker.finished, timeout=TIMEOUT_MS):
+        pass
+    qtbot.waitUntil(lambda: embed.job is None and embed.map_view.settled, timeout=TIMEOUT_MS)
+    return viewer, embed
+
+
+def _classify_dock(viewer):
+    _, widget = viewer.window.add_plugin_dock_widget("napari-segrep", "Classify segments")
+    return widget
+
+
+def _click(layer, label, labels, MouseEvent):
+    yy, xx = np.nonzero(labels == label)
+    i = len(yy) // 2
+    layer.mode = "pan_zoom"
+    event = ReadOnlyWrapper(MouseEvent(type="mouse_press", position=(yy[i], xx[i])))
+    mouse_press_callbacks(layer, event)
+
+
+def _wait_trained(qtbot, widget):
+    qtbot.waitUntil(
+        lambda: widget.job is None and widget.classifier is not None, timeout=TIMEOUT_MS
+    )
+    qtbot.waitUntil(lambda: "class_predicted" in widget.results.table, timeout=TIMEOUT_MS)
+
+
+def _annotate_by_clicks(qtbot, widget, layer, labels, classes, MouseEvent, per_class=3):
+    names = sorted(set(classes.values()))
+    for name in names:
+        widget.add_class(name)
+    for name in names:
+        widget.class_input.value = name
+        for label in [k for k, v in sorted(classes.items()) if v == name][:per_class]:
+            _click(layer, label, labels, MouseEvent)
+    _wait_trained(qtbot, widget)
+    return names
+
+
+def test_classify_widget__click_to_annotate_train_predict_colour_and_hover(
+    make_napari_viewer, qtbot, cells, MouseEvent
+):
+    image, labels, classes = cells
+    viewer, embed = _embedded(make_napari_viewer, qtbot, image, labels)
+    widget = _classify_dock(viewer)
+    layer = viewer.layers["cells"]
+    assert widget.results is embed.results
+    names = _annotate_by_clicks(qtbot, widget, layer, labels, classes, MouseEvent)
+    table = widget.results.table
+    # the clicks are annotations in the labels layer's features
+    annotated = table[table["class_annotation"] != ""]
+    assert len(annotated) == 3 * len(names)
+    assert all(classes[int(r.label)] == r.class_annotation for r in annotated.itertuples())
+    assert (layer.features["class_annotation"] != "").sum() == len(annotated)
+    # every segment predicted, with probabilities; most are right
+    assert set(table["class_predicted"]) <= set(names)
+    assert np.allclose(table[[f"prob_{n}" for n in names]].sum(axis=1), 1.0)
+    truth = np.array([classes[int(v)] for v in table["label"]])
+    assert (table["class_predicted"].to_numpy() == truth).mean() > 0.6
+    assert "cross-validated accuracy" in widget.status.value
+    # coloured by class: map points and segments in their predicted class's colour
+    assert embed.colour_by.value == "class"
+    points = viewer.layers["cells map"]
+    row = int(np.flatnonzero(table["class_annotation"] == names[0])[0])
+    colour = widget.results.class_colours[names[0]]
+    np.testing.assert_allclose(points.face_color[row][:3], colour[:3], atol=1e-6)
+    np.testing.assert_allclose(
+        layer.colormap.map(table["label"].iloc[row])[:3], colour[:3], atol=1e-6
+    )
+    # hovering a point or a segment shows the class and probability
+    status = points.get_status(tuple(points.data[row]), world=True)
+    text = status["coordinates"] if isinstance(status, dict) else str(status)
+    assert "class_predicted" in text and "class_probability" in text
+    # clicking an annotated segment again with its class removes the annotation
+    widget.class_input.value = names[0]
+    _click(layer, int(table["label"].iloc[row]), labels, MouseEvent)
+    assert widget.results.annotations[row] == ""
+
+
+def test_classify_widget__suggestions_are_least_sure_and_centre_the_view(
+    make_napari_viewer, qtbot, cells, MouseEvent
+):
+    image, labels, classes = cells
+    viewer, _ = _embedded(make_napari_viewer, qtbot, image, labels)
+    widget = _classify_dock(viewer)
+    _annotate_by_clicks(qtbot, widget, viewer.layers["cells"], labels, classes, MouseEvent)
+    table = widget.results.table
+    not_annotated = table["class_annotation"].to_numpy() == ""
+    margins = table["class_margin"].to_numpy()
+    assert len(widget.suggestions.choices) == 10
+    first = widget.next_suggestion()
+    assert not_annotated[first] and margins[first] == margins[not_annotated].min()
+    record = table.iloc[first]
+    scene = getattr(viewer, "scene", viewer)  # napari >= 0.9: viewer.scene.camera
+    np.testing.assert_allclose(
+        scene.camera.center[-2:], (record["centroid_y"], record["centroid_x"]), atol=1e-6
+    )
+    assert widget.results.selection == {first}
+    # annotating it moves on to the next least sure
+    widget.annotate_rows([first], classes[int(record["label"])])
+    _wait_trained(qtbot, widget)
+    qtbot.waitUntil(lambda: widget.job is None, timeout=TIMEOUT_MS)
+    assert widget.next_suggestion() != first
+
+
+def test_classify_widget__classes_rename_remove_and_annotate_selection(
+    make_napari_viewer, qtbot, cells, MouseEvent
+):
+    image, labels, classes = cells
+    viewer, _ = _embedded(make_napari_viewer, qtbot, image, labels)
+    widget = _classify_dock(viewer)
+    widget.add_class("a")
+    widget.add_class("b")
+    with pytest.raises(ValueError, match="already"):
+        widget.add_class("a")
+    widget.results.select_rows([0, 1, 2])
+    widget.class_input.value = "a"
+    widget.annotate_selection()
+    assert list(widget.results.annotations[:3]) == ["a"] * 3
+    widget.rename_class("a", "round")
+    assert list(widget.results.annotations[:3]) == ["round"] * 3
+    assert widget.class_input.choices == ("round", "b")
+    assert "Annotate at least 2" in widget.status.value  # one class: nothing to train
+    widget.remove_class("round")
+    assert (widget.results.annotations == "").all()
+
+
+def test_classify_widget__save_load_apply_to_a_second_layer_and_export(
+    make_napari_viewer, qtbot, cells, MouseEvent, tmp_path
+):
+    image, labels, classes = cells
+    viewer, embed = _embedded(make_napari_viewer, qtbot, image, labels)
+    widget = _classify_dock(viewer)
+    names = _annotate_by_clicks(qtbot, widget, viewer.layers["cells"], labels, classes, MouseEvent)
+    before = widget.results.table[["label", "class_predicted", "class_probability"]].copy()
+    # save, and never over someone else's file
+    path = widget.save_classifier(tmp_path / "cells.segclf", overwrite=True)
+    foreign = tmp_path / "notes.segclf"
+    foreign.write_text("mine")
+    assert widget.save_classifier(foreign, overwrite=True) is None
+    assert foreign.read_text() == "mine"
+    # load in a fresh widget state: the same predictions
+    widget.results.set_predictions(None)
+    model = widget.load_classifier(path)
+    assert model.classes_ == names
+    after = widget.results.table[["label", "class_predicted", "class_probability"]]
+    pd.testing.assert_frame_equal(before.reset_index(drop=True), after.reset_index(drop=True))
+    # apply to a second image's labels layer: embedded with the same encoder, then predicted
+    image2, labels2, classes2 = make_cells(shape=(256, 256), n_cells=30, seed=7)
+    viewer.add_image(image2, name="img2")
+    second = viewer.add_labels(labels2, name="cells2")
+    worker = widget.apply_to(second, [viewer.layers["img2"]])
+    with qtbot.waitSignal(worker.finished, timeout=TIMEOUT_MS):
+        pass
+    qtbot.waitUntil(lambda: "cells2 predictions" in viewer.layers, timeout=TIMEOUT_MS)
+    features = second.features
+    assert set(features["label"]) == set(np.unique(labels2[labels2 > 0]))
+    truth = np.array([classes2[int(v)] for v in features["label"]])
+    assert (features["class_predicted"].to_numpy() == truth).mean() > 0.6
+    predicted = viewer.layers["cells2 predictions"].data
+    one = int(features["label"].iloc[0])
+    expected = names.index(features["class_predicted"].iloc[0]) + 1
+    assert set(np.unique(predicted[labels2 == one])) == {expected}
+    # export: keys, the annotation, the prediction and the probabilities, with a sidecar
+    out = widget.export_csv(tmp_path / "classes.csv", overwrite=True)
+    written = pd.read_csv(out)
+    assert list(written.columns[:3]) == ["label", "centroid_y", "centroid_x"]
+    assert {"class_annotation", "class_predicted", "class_probability", "class_margin"} <= set(
+        written.columns
+    )
+    assert {f"prob_{n}" for n in names} <= set(written.columns)
+    sidecar = json.loads((tmp_path / "classes.json").read_text())
+    assert sidecar["classifier"]["classes"] == names
+    # the Embed segments export carries the classes too
+    full = embed.export_table()
+    assert {"class_annotation", "class_predicted"} <= set(full.columns)
