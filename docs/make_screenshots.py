@@ -1,9 +1,10 @@
 """Screenshots for the README tutorial: embed -> train -> re-embed, in a real napari window.
 
-    xvfb-run -a -s "-screen 0 1600x1000x24" python docs/make_screenshots.py
+    xvfb-run -a -s "-screen 0 1600x1000x24" python docs/make_screenshots.py [classify]
 
-Writes docs/train_widget.png (training finished: loss and effective-rank plots) and docs/reembed.png (the map of
-the trained model next to the map "before").
+Writes docs/train_widget.png (training finished: loss and effective-rank plots) and
+docs/reembed.png (the map of the trained model next to the map "before"); with ``classify``,
+docs/classify_widget.png only (three clicks per class, every cell coloured by its prediction).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 HERE = Path(__file__).parent
 
 
-def main() -> None:
+def main(only_classify: bool = False) -> None:
     import napari
     from qtpy.QtWidgets import QApplication
 
@@ -43,6 +44,11 @@ def main() -> None:
     embed.run()
     wait(lambda: embed.job is None and embed.points_layer is not None and embed.map_view.settled)
 
+    if only_classify:
+        classify_screenshot(viewer, wait, settle)
+        viewer.close()
+        return
+
     _, train = viewer.window.add_plugin_dock_widget("napari-segrep", "Train SegRep")
     train.epochs_input.value = 8
     train.batch_input.value = 32
@@ -68,5 +74,32 @@ def main() -> None:
     viewer.close()
 
 
+def classify_screenshot(viewer, wait, settle) -> None:
+    """Classify segments: three clicks per class (the sample's true classes), then predicted."""
+    from napari_segrep._sample_data import make_cells
+
+    _, _, classes = make_cells()  # the sample's cells and their classes
+    _, widget = viewer.window.add_plugin_dock_widget("napari-segrep", "Classify segments")
+    names = sorted(set(classes.values()))
+    for name in names:
+        widget.add_class(name)
+    for name in names:
+        labels = [k for k, v in sorted(classes.items()) if v == name][:3]
+        widget.annotate_labels(labels, name)
+        wait(lambda: widget.job is None)
+    wait(lambda: widget.job is None and "class_predicted" in widget.results.table)
+    widget.predictions_layer()
+    viewer.layers["cells labels predictions"].visible = False
+    viewer.layers.selection.active = viewer.layers["cells labels"]
+    viewer.reset_view()
+    settle()
+    viewer.screenshot(str(HERE / "classify_widget.png"), canvas_only=False)
+    truth = [classes[int(v)] for v in widget.results.table["label"]]
+    right = (widget.results.table["class_predicted"] == truth).mean()
+    print("wrote", HERE / "classify_widget.png", f"({right:.2f} of the cells predicted right)")
+
+
 if __name__ == "__main__":
-    main()
+    import sys
+
+    main(only_classify="classify" in sys.argv[1:])

@@ -124,6 +124,8 @@ def test_classify_widget__suggestions_are_least_sure_and_centre_the_view(
     not_annotated = table["class_annotation"].to_numpy() == ""
     margins = table["class_margin"].to_numpy()
     assert len(widget.suggestions.choices) == 10
+    widget.predictions_layer()  # a new layer (choices are re-read): the list stays
+    assert len(widget.suggestions.choices) == 10
     first = widget.next_suggestion()
     assert not_annotated[first] and margins[first] == margins[not_annotated].min()
     record = table.iloc[first]
@@ -210,3 +212,30 @@ def test_classify_widget__save_load_apply_to_a_second_layer_and_export(
     # the Embed segments export carries the classes too
     full = embed.export_table()
     assert {"class_annotation", "class_predicted"} <= set(full.columns)
+
+
+def test_classify_widget__opened_before_embedding_follows_the_results(
+    make_napari_viewer, qtbot, cells
+):
+    image, labels, _ = cells
+    viewer = make_napari_viewer()
+    viewer.add_image(image, name="img")
+    viewer.add_labels(labels, name="cells")
+    widget = _classify_dock(viewer)
+    assert widget.results is None and "Embed this layer first" in widget.status.value
+    with pytest.raises(RuntimeError, match="Embed this layer first"):
+        widget.add_class("a")
+    _, embed = viewer.window.add_plugin_dock_widget("napari-segrep", "Embed segments")
+    embed.crop_input.value = 32
+    embed.umap_input.value = False
+    with qtbot.waitSignal(embed.run().finished, timeout=TIMEOUT_MS):
+        pass
+    qtbot.waitUntil(lambda: widget.results is embed.results, timeout=TIMEOUT_MS)
+    widget.add_class("a")
+    widget.annotate_rows([0, 1], "a")
+    # embedding again (another model, say) keeps the annotations
+    with qtbot.waitSignal(embed.run().finished, timeout=TIMEOUT_MS):
+        pass
+    qtbot.waitUntil(lambda: widget.results is embed.results, timeout=TIMEOUT_MS)
+    assert list(widget.results.annotations[:2]) == ["a", "a"]
+    assert list(widget.results.class_colours) == ["a"]

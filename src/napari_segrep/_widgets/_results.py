@@ -105,7 +105,17 @@ class SegmentResults:
     changed; same rows), ``closed`` (the results were dropped: views detach).
     """
 
-    def __init__(self, labels_layer: Labels, table: pd.DataFrame, map_model, run: RunSetup) -> None:
+    def __init__(
+        self,
+        labels_layer: Labels,
+        table: pd.DataFrame,
+        map_model,
+        run: RunSetup,
+        *,
+        previous: SegmentResults | None = None,
+    ) -> None:
+        """``previous``: the layer's earlier results (closed already, or found and closed
+        here), whose classes and annotations carry over to the segments still there."""
         self.events = EmitterGroup(
             source=self,
             table=None,
@@ -124,11 +134,13 @@ class SegmentResults:
         self._colour_by = "label"
         #: class name -> RGBA, in the order the classes were defined
         self.class_colours: dict[str, np.ndarray] = {}
-        previous = _by_layer.get(labels_layer)
+        current = _by_layer.get(labels_layer)
         _by_layer[labels_layer] = self
+        previous = previous or current
         if previous is not None:
             self._carry_annotations(previous)  # embedding again keeps the user's annotations
-            previous.close()
+        if current is not None:
+            current.close()
 
     # ------------------------------------------------------------------ state
     @property

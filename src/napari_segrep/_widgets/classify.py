@@ -82,7 +82,11 @@ class ClassifySegmentsWidget(ClassifierFiles, Container):
         self.auto_input = CheckBox(label="retrain after every annotation", value=True)
         self.train_button = PushButton(text="Train now")
         self.status = status_label()
-        self.suggestions = Select(label="label next (least sure)", choices=[])
+        self._suggested_rows: list[int] = []
+        self._suggestion_texts: list[str] = []
+        self.suggestions = Select(
+            label="label next (least sure)", choices=lambda _w=None: self._suggestion_texts
+        )
         self.next_button = PushButton(text="Next suggestion")
         self.predictions_button = PushButton(text="Predictions as labels layer")
         self.extend(
@@ -120,6 +124,7 @@ class ClassifySegmentsWidget(ClassifierFiles, Container):
         viewer.layers.events.inserted.connect(self._on_layers_changed)
         viewer.layers.events.removed.connect(self._on_layers_changed)
         self._on_layers_changed()
+        self._show_state()
 
     # ------------------------------------------------------------------ following a layer
     def _on_layers_changed(self, event=None) -> None:
@@ -163,8 +168,8 @@ class ClassifySegmentsWidget(ClassifierFiles, Container):
                 self._adopt_classes(self.classifier.classes_)
         self._refresh_classes()
         self._show_state()
-        if results is not None and self.classifier is not None:
-            self.predict_with(self.classifier)
+        if results is not None:  # its annotations (carried over), or the model predicts
+            self.train(quiet=True)
 
     # ------------------------------------------------------------------ classes
     def _class_choices(self, _widget=None) -> list[str]:
@@ -323,7 +328,7 @@ class ClassifySegmentsWidget(ClassifierFiles, Container):
             return None
         data, why = self._training_data()
         if data is None:
-            if self.classifier is not None and self.results is not None and why is not None:
+            if self._model_fits():
                 self.predict_with(self.classifier)  # a loaded model predicts the new rows
             elif not quiet:
                 raise ValueError(why)
@@ -357,6 +362,16 @@ class ClassifySegmentsWidget(ClassifierFiles, Container):
         self.classifier = model
         self._apply_predictions(predictions)
 
+    def _model_fits(self) -> bool:
+        """Whether the current classifier can predict the followed table (same encoder)."""
+        if self.classifier is None or self.results is None:
+            return False
+        try:
+            self.classifier.check_encoder(self.results.table)
+        except ValueError:
+            return False
+        return True
+
     def predict_with(self, model) -> None:
         """Predict every segment with ``model`` (a loaded classifier), in the GUI thread
         (numpy: milliseconds for thousands of segments)."""
@@ -378,11 +393,12 @@ class ClassifySegmentsWidget(ClassifierFiles, Container):
 
         suggested = suggest_next(predictions, n=N_SUGGESTIONS, exclude=results.annotations != "")
         self._suggested_rows = suggested.index.to_list()
+        self._suggestion_texts = [
+            f"label {int(results.table['label'].iloc[r])}  (margin {m:.2f})"
+            for r, m in zip(self._suggested_rows, suggested["margin"], strict=True)
+        ]
         with self.suggestions.changed.blocked():
-            self.suggestions.choices = [
-                f"label {int(results.table['label'].iloc[r])}  (margin {m:.2f})"
-                for r, m in zip(self._suggested_rows, suggested["margin"], strict=True)
-            ]
+            self.suggestions.reset_choices()
         self._show_state()
 
     def _on_job_done(self) -> None:
@@ -436,9 +452,7 @@ class ClassifySegmentsWidget(ClassifierFiles, Container):
 
     def next_suggestion(self) -> int | None:
         """Go to the segment the model is least sure of (not annotated yet); its row."""
-        rows = [
-            r for r in getattr(self, "_suggested_rows", []) if self.results.annotations[r] == ""
-        ]
+        rows = [r for r in self._suggested_rows if self.results.annotations[r] == ""]
         if not rows:
             return None
         self.go_to_row(rows[0])

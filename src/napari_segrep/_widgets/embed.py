@@ -343,8 +343,9 @@ class EmbedSegmentsWidget(Container):
         if labels_layer not in self.viewer.layers:
             self.status.value = "The labels layer was removed during the run: nothing to show."
             return
+        previous = self.results if self.labels_layer is labels_layer else None
         self._drop_results()
-        self.results = SegmentResults(labels_layer, df, map_model, run)
+        self.results = SegmentResults(labels_layer, df, map_model, run, previous=previous)
         self.results.events.colour_by.connect(self._on_results_colour_by)
         self.colour_by.value = "label"
         self.map_view.attach(self.results)
