@@ -1,4 +1,4 @@
-"""Command line: ``napari-segrep embed``, ``train``, ``demo``, ``weights``.
+"""Command line: ``napari-segrep embed``, ``classify``, ``train``, ``demo``, ``weights``.
 
 The same engine/analysis calls as the widgets.  One module per subcommand, each registering its
 own parser with ``add_parser(subparsers)`` and running with ``run(args)``; this module assembles
@@ -13,19 +13,21 @@ import sys
 import warnings
 
 from ..errors import TrainingDiverged
-from . import demo, embed, train, weights
+from . import classify, demo, embed, train, weights
 from ._common import CLIError
 
 __all__ = ["get_arg_parser", "main"]
 
 # In the order ``--help`` lists them.
-_SUBCOMMANDS = (embed, train, demo, weights)
+_SUBCOMMANDS = (embed, classify, train, demo, weights)
 
 _EPILOG = """\
 examples:
   napari-segrep embed cells.tif cells_labels.tif -o cells.csv
   napari-segrep embed rgb.png labels.png -o out.csv --normalize segment --crop-size 96
   napari-segrep embed stack.tif labels.tif -o out.csv --channel-axis 0 --checkpoint model.pt
+  napari-segrep classify cells.csv --annotations ann.csv -o pred.csv --save-model cells.segclf
+  napari-segrep classify more.csv --model cells.segclf -o more_pred.csv
   napari-segrep train --images 'data/images/*.tif' --labels 'data/labels/*.tif' --epochs 50
   napari-segrep train --data data --debug        # look at the augmented views first
   napari-segrep demo --out demo_output
@@ -34,6 +36,9 @@ examples:
 Outputs: OUT.csv (label, centroid_y, centroid_x, area, bbox_y0, bbox_x0, bbox_y1, bbox_x1,
 scale, emb_0..emb_{D-1}) and OUT.json (provenance: package version, encoder configuration,
 checkpoint sha256, normalisation, crop size, seed, inputs), replaced together or not at all.
+classify writes PRED.csv (label, after image/frame when the table has them, class, probability,
+margin, prob_<class>), PRED.json (inputs with sha256, the classifier, the encoder) and with
+--save-model the classifier, together; ANN.csv has label (+ image/frame) and class.
 Nothing is overwritten unless you say so: an existing OUT.csv/OUT.json needs --overwrite, an
 output is never an input, and train never writes into another run's --log-dir.
 """

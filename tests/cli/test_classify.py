@@ -1,0 +1,405 @@
+"""`napari-segrep classify` on real files: an embedding table and annotations in, predictions
+(+ provenance, + the classifier) out; errors that write nothing and say what to do."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import napari_segrep as sr
+from napari_segrep._sample_data import make_cells
+from napari_segrep.analysis.classify import METHODS, load_classifier
+from napari_segrep.analysis.export import provenance, write_table
+from napari_segrep.cli import classify, main
+from napari_segrep.io import file_sha256
+
+CLASSES = ["elongated", "round", "spotty"]
+
+
+def _run(*argv):
+    return main([str(a) for a in argv])
+
+
+def _write_embedding(df, path, encoder):
+    """The table as `napari-segrep embed` writes it: CSV + a provenance sidecar with the
+    encoder's record (its sha256)."""
+    record = provenance(
+        command="embed",
+        encoder_config=encoder.record(),
+        n_segments=len(df),
+        normalization=df.attrs.get("normalization"),
+        crop_size=32,
+        batch_size=128,
+        channel_axis=None,
+        device="cpu",
+        inputs={},
+    )
+    write_table(df, path, provenance=record)
+    return path
+
+
+@pytest.fixture(scope="module")
+def cells(tmp_path_factory, narrow_backbone):
+    """A real embedding table: 60 generated cells of three classes embedded by the narrow test
+    ResNet; returns the folder, the table's path, the table and each row's true class."""
+    tmp = tmp_path_factory.mktemp("cells")
+    image, labels, truth = make_cells((256, 256), 60, seed=0)
+    encoder = sr.SegmentEncoder(narrow_backbone, in_channels=1, seed=0).eval()
+    df = sr.embed_segments(image, labels, encoder, crop_size=32, device="cpu")
+    _write_embedding(df, tmp / "cells.csv", encoder)
+    return tmp, tmp / "cells.csv", df, df["label"].map(truth).to_numpy()
+
+
+def _annotate(df, truth, n=6, seed=0):
+    """``n`` random annotated rows per class: their positions and the annotation frame."""
+    rng = np.random.default_rng(seed)
+    picked = np.sort(
+        np.concatenate([rng.choice(np.flatnonzero(truth == c), n, False) for c in CLASSES])
+    )
+    return picked, pd.DataFrame({"label": df["label"].to_numpy()[picked], "class": truth[picked]})
+
+
+def _blobs_table(images=("a.tif", "b.tif"), n_per=15, d=8, seed=0):
+    """Several images' synthetic embedding table (labels repeat across images) with two
+    well-separated classes; returns the table and each row's class."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 6, (2, d))
+    parts, truth = [], []
+    for image in images:
+        y = np.repeat([0, 1], n_per)
+        emb = centres[y] + rng.normal(0, 1, (len(y), d))
+        part = pd.DataFrame({"image": image, "label": np.arange(1, len(y) + 1)})
+        parts.append(pd.concat([part, pd.DataFrame(emb).add_prefix("emb_")], axis=1))
+        truth.append(np.array(["dim", "bright"])[y])
+    return pd.concat(parts, ignore_index=True), np.concatenate(truth)
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("napari-segrep: error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_cli_classify__trains_predicts_and_records_provenance(cells, tmp_path, capsys):
+    _, table, df, truth = cells
+    picked, ann = _annotate(df, truth)
+    ann.to_csv(tmp_path / "ann.csv", index=False)
+    out = tmp_path / "pred.csv"
+    assert _run("classify", table, "--annotations", tmp_path / "ann.csv", "-o", out) == 0
+
+    pred = pd.read_csv(out)
+    assert list(pred.columns) == [
+        "label",
+        "class",
+        "probability",
+        "margin",
+        *(f"prob_{c}" for c in CLASSES),
+    ]
+    assert list(pred["label"]) == list(df["label"])
+    held_out = np.setdiff1d(np.arange(len(df)), picked)
+    accuracy = (pred["class"].to_numpy()[held_out] == truth[held_out]).mean()
+    assert accuracy > 0.7  # chance: 1/3
+    proba = pred[[f"prob_{c}" for c in CLASSES]].to_numpy()
+    np.testing.assert_allclose(proba.sum(axis=1), 1, atol=1e-6)
+    np.testing.assert_allclose(pred["probability"], proba.max(axis=1), atol=1e-9)
+
+    side = json.loads(out.with_suffix(".json").read_text())
+    assert side["package"] == "napari-segrep" and side["command"] == "classify"
+    assert side["inputs"]["table"]["sha256"] == file_sha256(table)
+    assert side["inputs"]["annotations"]["sha256"] == file_sha256(tmp_path / "ann.csv")
+    assert side["inputs"]["model"] is None
+    assert side["classifier"]["method"] == "logistic"
+    assert side["classifier"]["classes"] == CLASSES
+    assert side["classifier"]["n_annotations"] == dict.fromkeys(CLASSES, 6)
+    assert 0.5 < side["classifier"]["cv_score"] <= 1
+    assert side["encoder"]["sha256"] == df.attrs["encoder"]["sha256"]
+    assert side["classifier"]["encoder"]["sha256"] == df.attrs["encoder"]["sha256"]
+    err = capsys.readouterr().err
+    assert "cross-validated accuracy" in err and "elongated 6, round 6, spotty 6" in err
+    assert f"{len(df)} segments classified" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ann.csv", "pred.csv", "pred.json"]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_cli_classify__saved_model_predicts_the_same(cells, tmp_path, method, capsys):
+    _, table, df, truth = cells
+    _, ann = _annotate(df, truth)
+    ann.to_csv(tmp_path / "ann.csv", index=False)
+    model = tmp_path / "cells.segclf"
+    args = ["--annotations", tmp_path / "ann.csv", "--method", method, "--seed", 3]
+    assert _run("classify", table, *args, "-o", tmp_path / "a.csv", "--save-model", model) == 0
+    assert load_classifier(model).method == method
+    capsys.readouterr()
+    assert _run("classify", table, "--model", model, "-o", tmp_path / "b.csv", "-q") == 0
+    assert capsys.readouterr().err == ""
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "a.csv"), pd.read_csv(tmp_path / "b.csv"))
+    side = json.loads((tmp_path / "b.json").read_text())
+    assert side["inputs"]["model"]["sha256"] == file_sha256(model)
+    assert side["classifier"]["method"] == method and side["classifier"]["seed"] == 3
+
+
+def test_cli_classify__several_images(tmp_path, capsys):
+    table, truth = _blobs_table()
+    table.to_csv(tmp_path / "t.csv", index=False)
+    picked = np.r_[0:4, 15:19, 30:33, 45:48]  # both classes, both images
+    ann = table.iloc[picked][["image", "label"]].assign(**{"class": truth[picked]})
+    ann.to_csv(tmp_path / "ann.csv", index=False)
+    out = tmp_path / "p.csv"
+    assert (
+        _run("classify", tmp_path / "t.csv", "--annotations", tmp_path / "ann.csv", "-o", out) == 0
+    )
+    pred = pd.read_csv(out)
+    assert list(pred.columns[:3]) == ["image", "label", "class"]
+    pd.testing.assert_frame_equal(pred[["image", "label"]], table[["image", "label"]])
+    assert (pred["class"].to_numpy() == truth).mean() > 0.95
+    assert "bright 7, dim 7" in capsys.readouterr().err
+
+    # without the image column, a label does not say which segment
+    ann.drop(columns="image").to_csv(tmp_path / "bad.csv", index=False)
+    bad = ["--annotations", tmp_path / "bad.csv", "-o", tmp_path / "q.csv"]
+    assert _run("classify", tmp_path / "t.csv", *bad) == 2
+    assert "no image column" in _one_error_line(capsys)
+    assert not (tmp_path / "q.csv").exists()
+
+
+def test_cli_classify__features_embedding_and_geometry(cells, tmp_path, capsys):
+    from napari_segrep.analysis.measure import add_measurements
+
+    tmp, table, df, truth = cells
+    _, ann = _annotate(df, truth)
+    ann.to_csv(tmp_path / "ann.csv", index=False)
+    train = ["--annotations", tmp_path / "ann.csv", "--features", "embedding+geometry"]
+    assert _run("classify", table, *train, "-o", tmp_path / "p.csv") == 2  # not measured
+    assert "measure" in _one_error_line(capsys)
+    assert not (tmp_path / "p.csv").exists()
+
+    image, labels, _ = make_cells((256, 256), 60, seed=0)
+    measured = add_measurements(df, image, labels)
+    measured.to_csv(tmp_path / "m.csv", index=False)
+    model = tmp_path / "m.segclf"
+    out = tmp_path / "p.csv"
+    assert _run("classify", tmp_path / "m.csv", *train, "-o", out, "--save-model", model) == 0
+    assert "area" in load_classifier(model).feature_columns
+    side = json.loads(out.with_suffix(".json").read_text())
+    assert side["classifier"]["features"] == "embedding+geometry"
+    assert len(pd.read_csv(out)) == len(df)
+
+
+def test_cli_classify__table_with_class_annotation_is_its_own_annotations(cells, tmp_path):
+    _, _, df, truth = cells
+    picked, _ = _annotate(df, truth)
+    table = df.assign(
+        class_annotation=pd.Series(truth, dtype=object).where(np.isin(np.arange(len(df)), picked))
+    )
+    table["class"] = "stale prediction"  # the annotations win over a predicted class column
+    table.to_csv(tmp_path / "t.csv", index=False)
+    out = tmp_path / "p.csv"
+    assert _run("classify", tmp_path / "t.csv", "--annotations", tmp_path / "t.csv", "-o", out) == 0
+    pred = pd.read_csv(out)
+    held_out = np.setdiff1d(np.arange(len(df)), picked)
+    assert (pred["class"].to_numpy()[held_out] == truth[held_out]).mean() > 0.7
+    side = json.loads((tmp_path / "p.json").read_text())
+    assert side["classifier"]["n_annotations"] == dict.fromkeys(CLASSES, 6)
+
+
+def test_cli_classify__class_names_stay_as_written_and_blanks_are_ignored(tmp_path):
+    table, truth = _blobs_table(images=("a",))
+    table.drop(columns="image").to_csv(tmp_path / "t.csv", index=False)
+    names = np.where(truth == "dim", "1", "01")  # would both be 1 if read as numbers
+    (tmp_path / "ann.csv").write_text(
+        "label,class\n" + "".join(f"{i + 1},{names[i]}\n" for i in range(0, 30, 3)) + "2,\n5,  \n"
+    )
+    out = tmp_path / "p.csv"
+    assert (
+        _run("classify", tmp_path / "t.csv", "--annotations", tmp_path / "ann.csv", "-o", out) == 0
+    )
+    pred = pd.read_csv(out, dtype={"class": str})
+    assert sorted(pred["class"].unique()) == ["01", "1"]
+    assert (pred["class"].to_numpy() == names).all()
+
+
+def test_cli_classify__refuses_an_output_that_is_an_input(cells, tmp_path, capsys):
+    _, table, df, truth = cells
+    _, ann = _annotate(df, truth)
+    ann.to_csv(tmp_path / "ann.csv", index=False)
+    before = {p: p.read_bytes() for p in (table, table.with_suffix(".json"), tmp_path / "ann.csv")}
+    train = ["--annotations", tmp_path / "ann.csv"]
+    for argv, what in [
+        (["-o", table], "is the input table"),
+        (["-o", table.with_suffix(".tsv")], "is the input table sidecar"),  # -> cells.json
+        (["-o", tmp_path / "ann.csv"], "is the input annotations"),
+        (["-o", tmp_path / "p.csv", "--save-model", table], "is the input table"),
+        (["-o", tmp_path / "p.csv", "--save-model", tmp_path / "p.json"], "choose another"),
+        (["-o", tmp_path / "p.json"], "its own JSON sidecar"),
+    ]:
+        assert _run("classify", table, *train, *argv, "--overwrite") == 2
+        assert what in _one_error_line(capsys)
+    assert {p: p.read_bytes() for p in before} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ann.csv"]
+
+
+def test_cli_classify__existing_outputs_need_overwrite_and_foreign_files_stay(
+    cells, tmp_path, capsys
+):
+    _, table, df, truth = cells
+    _, ann = _annotate(df, truth)
+    ann.to_csv(tmp_path / "ann.csv", index=False)
+    out, model = tmp_path / "p.csv", tmp_path / "m.segclf"
+    train = ["classify", table, "--annotations", tmp_path / "ann.csv", "-o", out]
+    out.write_bytes(b"my own precious results\n")
+    assert _run(*train) == 2
+    assert "--overwrite" in _one_error_line(capsys)
+    assert out.read_bytes() == b"my own precious results\n"
+    assert not out.with_suffix(".json").exists()
+
+    # a file at --save-model that is not a classifier is never replaced, even with --overwrite
+    model.write_bytes(b"not a classifier")
+    assert _run(*train, "--save-model", model, "--overwrite") == 2
+    assert "not a napari-segrep classifier" in _one_error_line(capsys)
+    assert model.read_bytes() == b"not a classifier"
+    assert out.read_bytes() == b"my own precious results\n"  # nothing written: all or none
+
+    # nor is a PRED.json that napari-segrep did not write
+    model.unlink()
+    out.with_suffix(".json").write_text('{"mine": true}')
+    assert _run(*train, "--overwrite") == 2
+    assert "not written by napari-segrep" in _one_error_line(capsys)
+    assert out.with_suffix(".json").read_text() == '{"mine": true}'
+    out.with_suffix(".json").unlink()
+
+    # --overwrite replaces our own outputs: the table, its sidecar and a classifier
+    assert _run(*train, "--save-model", model, "--overwrite", "-q") == 0
+    assert list(pd.read_csv(out).columns[:2]) == ["label", "class"]
+    assert _run(*train, "--save-model", model, "--method", "knn") == 2  # exists: no --overwrite
+    assert f"{out} exists: pass --overwrite" in _one_error_line(capsys)
+    assert load_classifier(model).method == "logistic"
+    assert _run(*train, "--save-model", model, "--method", "knn", "--overwrite", "-q") == 0
+    assert load_classifier(model).method == "knn"
+
+    # an output folder that does not exist: refused before any work
+    assert _run(*train[:-1], tmp_path / "nowhere" / "p.csv", "--overwrite") == 2
+    assert "does not exist" in _one_error_line(capsys)
+
+
+def test_cli_classify__another_encoders_table_needs_force(cells, tmp_path, narrow_backbone, capsys):
+    tmp, table, df, truth = cells
+    _, ann = _annotate(df, truth)
+    ann.to_csv(tmp_path / "ann.csv", index=False)
+    model = tmp_path / "m.segclf"
+    train = ["--annotations", tmp_path / "ann.csv", "--save-model", model, "-q"]
+    assert _run("classify", table, *train, "-o", tmp_path / "a.csv") == 0
+    other = sr.SegmentEncoder(narrow_backbone, in_channels=1, seed=1).eval()
+    image, labels, _ = make_cells((256, 256), 60, seed=0)
+    theirs = sr.embed_segments(image, labels, other, crop_size=32, device="cpu")
+    _write_embedding(theirs, tmp_path / "other.csv", other)
+
+    out = tmp_path / "b.csv"
+    assert _run("classify", tmp_path / "other.csv", "--model", model, "-o", out) == 2
+    line = _one_error_line(capsys)
+    assert "another encoder" in line and "--force" in line
+    assert not out.exists()
+    assert _run("classify", tmp_path / "other.csv", "--model", model, "-o", out, "--force") == 0
+    assert len(pd.read_csv(out)) == len(theirs)
+    side = json.loads(out.with_suffix(".json").read_text())
+    assert side["forced"] and side["encoder_mismatch_forced"]
+    assert side["encoder"]["sha256"] == other.record()["sha256"]
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        ("label,class\n1,a\n2,a\n999,b\n3,b\n", "not in the table (label 999)"),
+        ("label,class\n1,a\n2,a\n3,a\n", "at least 2 classes (only 'a')"),
+        ("label,class\n1,a\n2,a\n3,b\n", "at least 2 annotated segments; 'b' (1)"),
+        ("label,kind\n1,a\n2,b\n", "no class (or class_annotation) column"),
+        ("label,class\n1,a\nfirst,b\n", "label must be a whole number"),
+        ("label,class\n1,\n2,\n", "no annotated row"),
+        ("label,class\n1,a\n1,b\n2,b\n3,a\n", "annotated with two classes"),
+        ("", "not a readable CSV"),
+    ],
+)
+def test_cli_classify__bad_annotations_are_one_line(tmp_path, capsys, rows, message):
+    table, _ = _blobs_table(images=("a",))
+    table.drop(columns="image").to_csv(tmp_path / "t.csv", index=False)
+    (tmp_path / "ann.csv").write_text(rows)
+    argv = ["classify", tmp_path / "t.csv", "--annotations", tmp_path / "ann.csv"]
+    assert _run(*argv, "-o", tmp_path / "p.csv") == 2
+    assert message in _one_error_line(capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ann.csv", "t.csv"]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--model", "m.segclf", "--method", "knn"], "--method: training options apply"),
+        (["--model", "m.segclf", "--save-model", "x.segclf"], "already saved"),
+        (["--annotations", "a.csv", "--k", "3"], "--k applies to --method knn, not logistic"),
+        (["--model", "missing.segclf"], "no such classifier file"),
+        (["--annotations", "missing.csv"], "no such annotations file"),
+    ],
+)
+def test_cli_classify__option_errors(tmp_path, capsys, monkeypatch, options, message):
+    monkeypatch.chdir(tmp_path)
+    table, _ = _blobs_table(images=("a",))
+    table.drop(columns="image").to_csv("t.csv", index=False)
+    assert _run("classify", "t.csv", *options, "-o", "p.csv") == 2
+    assert message in _one_error_line(capsys)
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_cli_classify__model_or_annotations_exactly_one(capsys):
+    for options in ([], ["--model", "m.segclf", "--annotations", "a.csv"]):
+        with pytest.raises(SystemExit) as exit_:
+            _run("classify", "t.csv", "-o", "p.csv", *options)
+        assert exit_.value.code == 2
+    assert "--annotations" in capsys.readouterr().err
+
+
+def test_cli_classify__a_process_prints_one_line_and_exit_2(tmp_path):
+    """The real program, in its own process: a user error is one line, no traceback."""
+    table, _ = _blobs_table(images=("a",))
+    table.drop(columns="image").to_csv(tmp_path / "t.csv", index=False)
+    (tmp_path / "ann.csv").write_text("label,class\n1,a\n2,a\n999,b\n3,b\n")
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "napari_segrep.cli",
+            "classify",
+            "t.csv",
+            "--annotations",
+            "ann.csv",
+            "-o",
+            "p.csv",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "label 999" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_cli_classify__help_loads_nothing_heavy():
+    code = (
+        "import json, sys\n"
+        "import napari_segrep.cli as cli\n"
+        "try:\n"
+        "    cli.main(['classify', '--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "--annotations" in done.stdout and "--save-model" in done.stdout
+    loaded = set(json.loads(done.stdout.strip().splitlines()[-1]))
+    assert not loaded & {"torch", "pandas", "sklearn", "numpy", "napari"}
+    assert classify._METHODS == METHODS  # the parser's copy of the choices
