@@ -58,6 +58,20 @@ def main() -> None:
             app.processEvents()
             time.sleep(0.002)
 
+    # what napari's GUI thread spends on each kind of redraw
+    from napari_segrep._widgets._map_view import MapView
+
+    spent: dict[str, list[float]] = {}
+    for name in ("_redraw_classes", "_flush_layer_features"):
+        original = getattr(MapView, name)
+
+        def timed(self, _original=original, _name=name):
+            t0 = time.perf_counter()
+            _original(self)
+            spent.setdefault(_name, []).append((time.perf_counter() - t0) * 1e3)
+
+        setattr(MapView, name, timed)
+
     _, embed = viewer.window.add_plugin_dock_widget("napari-segrep", "Embed segments")
     embed.crop_input.value = 32
     embed.umap_input.value = False
@@ -116,6 +130,11 @@ def main() -> None:
     print(f"headless train + predict         {base:.0f} ms (median of 5)")
     print(f"ratio shown / headless           {lat / base:.2f}")
     print(f"longest event-loop stall         {stall * 1e3:.0f} ms")
+    for name, values in spent.items():
+        print(
+            f"{name:32s} {statistics.median(values):.0f} ms median, {max(values):.0f} max "
+            f"({len(values)} times)"
+        )
     print(f"accuracy after {args.clicks} clicks         {right:.3f}")
     viewer.close()
 

@@ -54,11 +54,19 @@ def _click(layer, label, labels, MouseEvent):
     mouse_press_callbacks(layer, event)
 
 
+def _drawn():
+    """Every map view has drawn the class changes (they are drawn once per burst)."""
+    from napari_segrep._widgets.embed import EmbedSegmentsWidget
+
+    return all(w.map_view.classes_drawn for w in EmbedSegmentsWidget.instances)
+
+
 def _wait_trained(qtbot, widget):
     qtbot.waitUntil(
         lambda: widget.job is None and widget.classifier is not None, timeout=TIMEOUT_MS
     )
     qtbot.waitUntil(lambda: "class_predicted" in widget.results.table, timeout=TIMEOUT_MS)
+    qtbot.waitUntil(lambda: widget.job is None and _drawn(), timeout=TIMEOUT_MS)
 
 
 def _annotate_by_clicks(qtbot, widget, layer, labels, classes, MouseEvent, per_class=3):

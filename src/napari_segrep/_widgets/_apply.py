@@ -17,7 +17,7 @@ from napari.utils.notifications import show_error, show_info
 from . import _session
 from ._common import image_layers, labels_layers, layer_inputs, progress_bar, save_path
 from ._jobs import start_job
-from ._results import ANNOTATION, PREDICTION_COLUMNS, results_for
+from ._results import ANNOTATION, PALETTE, PREDICTION_COLUMNS, results_for
 
 __all__ = ["ClassifierFiles", "export_columns"]
 
@@ -300,6 +300,4 @@ def _paint(labels: np.ndarray, label_ids: np.ndarray, values: np.ndarray) -> np.
 
 
 def _palette(i: int) -> np.ndarray:
-    from .classify import PALETTE
-
     return PALETTE[i % len(PALETTE)]

@@ -21,12 +21,26 @@ import pandas as pd
 from napari.layers import Labels
 from napari.utils.events import EmitterGroup
 
-__all__ = ["ANNOTATION", "RunSetup", "SegmentResults", "embed_run", "results_for"]
+__all__ = ["ANNOTATION", "PALETTE", "RunSetup", "SegmentResults", "embed_run", "results_for"]
 
 COLOUR_MODES = ("label", "cluster", "class")
 #: The classifier's columns of the table: annotations (``""``: none) and predictions.
 ANNOTATION = "class_annotation"
 PREDICTION_COLUMNS = ("class_predicted", "class_probability", "class_margin")
+#: Class colours, in the order classes are added (then repeated).
+PALETTE = np.array(
+    [
+        (0.12, 0.47, 0.71, 1.0),
+        (1.00, 0.50, 0.05, 1.0),
+        (0.17, 0.63, 0.17, 1.0),
+        (0.84, 0.15, 0.16, 1.0),
+        (0.58, 0.40, 0.74, 1.0),
+        (0.55, 0.34, 0.29, 1.0),
+        (0.89, 0.47, 0.76, 1.0),
+        (0.74, 0.74, 0.13, 1.0),
+        (0.09, 0.75, 0.81, 1.0),
+    ]
+)
 
 _by_layer: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 

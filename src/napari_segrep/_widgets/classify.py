@@ -19,24 +19,10 @@ from napari.utils.notifications import show_error
 from ._apply import ClassifierFiles
 from ._common import labels_layers, status_label
 from ._jobs import Job, start_job
-from ._results import SegmentResults, results_for
+from ._results import PALETTE, SegmentResults, results_for
 
-__all__ = ["ClassifySegmentsWidget", "PALETTE"]
+__all__ = ["ClassifySegmentsWidget"]
 
-#: Class colours, in the order classes are added (then repeated).
-PALETTE = np.array(
-    [
-        (0.12, 0.47, 0.71, 1.0),
-        (1.00, 0.50, 0.05, 1.0),
-        (0.17, 0.63, 0.17, 1.0),
-        (0.84, 0.15, 0.16, 1.0),
-        (0.58, 0.40, 0.74, 1.0),
-        (0.55, 0.34, 0.29, 1.0),
-        (0.89, 0.47, 0.76, 1.0),
-        (0.74, 0.74, 0.13, 1.0),
-        (0.09, 0.75, 0.81, 1.0),
-    ]
-)
 N_SUGGESTIONS = 10
 NOT_EMBEDDED = "Embed this layer first (Embed segments), then click segments to annotate them."
 
