@@ -25,6 +25,8 @@ _LAZY = {
     "write_table": "napari_segrep.analysis.export",
     "train_classifier": "napari_segrep.analysis.classify",
     "load_classifier": "napari_segrep.analysis.classify",
+    "measure_segments": "napari_segrep.analysis.measure",
+    "add_measurements": "napari_segrep.analysis.measure",
 }
 
 __all__ = [
@@ -32,10 +34,12 @@ __all__ = [
     "SegmentEncoder",
     "__version__",
     "TrainingDiverged",
+    "add_measurements",
     "embed_segments",
     "embed_stack",
     "load_classifier",
     "load_encoder",
+    "measure_segments",
     "resolve_device",
     "save_encoder",
     "train_classifier",
@@ -46,6 +50,7 @@ __all__ = [
 if TYPE_CHECKING:  # pragma: no cover
     from .analysis.classify import load_classifier, train_classifier
     from .analysis.export import write_table
+    from .analysis.measure import add_measurements, measure_segments
     from .engine.devices import resolve_device
     from .engine.embed import embed_segments, embed_stack
     from .engine.encoder import SegmentEncoder, load_encoder, save_encoder

@@ -281,3 +281,34 @@ def test_cli_embed__a_warning_is_one_clean_line(tmp_path, capsys):
     ], err
     assert "UserWarning" not in err and "warnings.warn" not in err
     assert len(pd.read_csv(tmp_path / "o.csv")) == 0
+
+
+def test_cli_embed__measure_adds_the_measurement_columns(files, capsys):
+    from napari_segrep.analysis.measure import SHAPE_COLUMNS
+
+    tmp, image, labels = files
+    out = tmp / "m.csv"
+    argv = ["embed", tmp / "img.tif", tmp / "lab.tif", "-o", out, "--crop-size", 32, "--measure"]
+    assert _run(*argv) == 0
+    assert "embedded in" in capsys.readouterr().err
+    df = pd.read_csv(out)
+    geometry = ["area", *SHAPE_COLUMNS, "intensity_mean_0", "intensity_std_0"]
+    first = list(df.columns).index("emb_0")
+    assert list(df.columns[first - len(geometry) + 1 : first]) == geometry[1:]
+    assert list(df.columns).count("area") == 1
+    expected = sr.measure_segments(image, labels)
+    np.testing.assert_allclose(df[geometry], expected[geometry], rtol=1e-9)
+    side = json.loads(out.with_suffix(".json").read_text())
+    assert side["measure"] is True and side["measurements"] == geometry
+    clf = sr.train_classifier(
+        df, {1: "a", 2: "a", 3: "b", 4: "b"}, features="embedding+geometry", method="knn", k=1
+    )
+    assert len(clf.predict(df)) == 6
+
+    plain = tmp / "p.csv"
+    assert (
+        _run("embed", tmp / "img.tif", tmp / "lab.tif", "-o", plain, "--crop-size", 32, "--quiet")
+        == 0
+    )
+    assert "perimeter" not in pd.read_csv(plain).columns
+    assert json.loads(plain.with_suffix(".json").read_text())["measure"] is False

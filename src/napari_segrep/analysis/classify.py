@@ -1,7 +1,9 @@
 """Object classifiers on segment embeddings: a few annotated segments -> a class for all.
 
 :func:`train_classifier` fits a classifier on the annotated rows of an embedding table (from
-``embed_segments``, or several concatenated with an ``image`` column);
+``embed_segments``, or several concatenated with an ``image`` column), on the embeddings alone
+or with the segments' measurements (``features="embedding+geometry"``, columns from
+:func:`~napari_segrep.analysis.measure.add_measurements`);
 :meth:`SegmentClassifier.predict` classifies every row of a table, with probabilities and the
 margin between the two most likely classes (small margin: the model is unsure; label those
 next).  The fitted model is kept as plain arrays and predicts with numpy, the same code for a
@@ -21,9 +23,11 @@ import numpy as np
 
 from ._annotations import annotated_rows, describe_rows, embedding_columns, segment_keys
 from ._predict import REQUIRED, forest_arrays, predict_proba
+from .measure import SHAPE_COLUMNS, geometry_columns
 
 __all__ = [
     "CLASSIFIER_FORMAT",
+    "FEATURES",
     "METHODS",
     "SegmentClassifier",
     "load_classifier",
@@ -33,7 +37,11 @@ __all__ = [
 ]
 
 METHODS = ("logistic", "random_forest", "knn")
-FEATURES = ("embedding",)
+FEATURES = ("embedding", "embedding+geometry")
+_ADD_MEASUREMENTS = (
+    "add them with napari_segrep.add_measurements(table, image, labels) "
+    "(or napari-segrep embed --measure)"
+)
 #: The file format's name and version, checked on load.
 CLASSIFIER_FORMAT = {"name": "napari-segrep classifier", "version": 1}
 
@@ -50,7 +58,8 @@ class SegmentClassifier:
         Cross-validated accuracy on the annotations (stratified, up to 5 folds).
     method : str
     feature_columns : list of str
-        The table columns it reads (``emb_0 ... emb_{D-1}``).
+        The table columns it reads (``emb_0 ... emb_{D-1}``, then with
+        ``features="embedding+geometry"`` the measurement columns, ``area`` first).
     info : dict
         What it was trained on: the number of annotations per class, the seed, the encoder and
         normalisation the table recorded (``table.attrs``), when known.
@@ -108,21 +117,27 @@ class SegmentClassifier:
     def _features(self, table, *, force: bool = False) -> np.ndarray:
         if not force:
             self.check_encoder(table)
-        missing = [c for c in self.feature_columns if c not in table.columns]
+        trained = [c for c in self.feature_columns if c.startswith("emb_")]
         found = embedding_columns(table)
-        if missing or len(found) != len(self.feature_columns):
+        if len(found) != len(trained) or any(c not in table.columns for c in trained):
             raise ValueError(
                 f"the table has {len(found)}-d embeddings, this classifier was trained on "
-                f"{len(self.feature_columns)}-d embeddings: embed the segments with the model "
+                f"{len(trained)}-d embeddings: embed the segments with the model "
                 f"the classifier was trained on (its encoder: "
                 f"{_describe_encoder(self.info.get('encoder'))})"
+            )
+        missing = [c for c in self.feature_columns if c not in table.columns]
+        if missing:
+            raise ValueError(
+                f"the table lacks {len(missing)} measurement column(s) this classifier was "
+                f"trained on ({', '.join(missing)}): {_ADD_MEASUREMENTS}"
             )
         x = table[self.feature_columns].to_numpy(np.float64)
         bad = ~np.isfinite(x).all(axis=1)
         if bad.any():
             raise ValueError(
-                f"{int(bad.sum())} row(s) have NaN or infinite embeddings ({describe_rows(table, bad)}): "
-                "embed those segments again, or drop the rows"
+                f"{int(bad.sum())} row(s) have NaN or infinite {_what(self.feature_columns)} "
+                f"({describe_rows(table, bad)}): embed those segments again, or drop the rows"
             )
         return x
 
@@ -264,7 +279,13 @@ def train_classifier(
     method : {"logistic", "random_forest", "knn"}
         Logistic regression (the default; L2, ``C``), a random forest (``n_trees``) or
         k-nearest neighbours (``k``), all on standardised embeddings.
-    features : {"embedding"}
+    features : {"embedding", "embedding+geometry"}
+        ``"embedding+geometry"``: the embeddings plus the table's measurements (``area``,
+        the shape columns and every ``intensity_mean_<c>``/``intensity_std_<c>``, from
+        :func:`~napari_segrep.analysis.measure.add_measurements`), standardised like the
+        embeddings; the measurement block is weighted so that its total variance matches the
+        embeddings' (each of its ``G`` columns times ``sqrt(D / G)``, ``D`` embedding
+        dimensions), else a few columns among hundreds count for little.
     seed : int
         For the forest and the cross-validation folds.
 
@@ -277,9 +298,9 @@ def train_classifier(
     Raises
     ------
     ValueError
-        Unknown method or features; annotations naming labels that are not in the table; a
-        single class; a class with fewer than 2 annotations; annotated rows whose embeddings
-        are not finite.
+        Unknown method or features; ``"embedding+geometry"`` on a table without
+        measurements; annotations naming labels that are not in the table; a single class; a
+        class with fewer than 2 annotations; annotated rows whose features are not finite.
     """
     if method not in METHODS:
         raise ValueError(f"method={method!r}: choose one of {', '.join(METHODS)}")
@@ -293,6 +314,18 @@ def train_classifier(
             "the table has no embedding columns (emb_0, emb_1, ...): pass a table from "
             "embed_segments"
         )
+    weights = None
+    if features == "embedding+geometry":
+        missing = [c for c in ("area", *SHAPE_COLUMNS) if c not in table.columns]
+        if missing:
+            raise ValueError(
+                f'features="embedding+geometry" needs measurement columns the table lacks '
+                f"({', '.join(missing)}): {_ADD_MEASUREMENTS}"
+            )
+        geometry = geometry_columns(table)
+        weights = np.ones(len(columns) + len(geometry))
+        weights[len(columns) :] = _geometry_weight(len(columns), len(geometry))
+        columns = columns + geometry
     rows, names = annotated_rows(table, annotations)
     classes = sorted(set(names))
     if len(classes) < 2:
@@ -311,31 +344,56 @@ def train_classifier(
     if bad.any():
         sub = table.iloc[rows]
         raise ValueError(
-            f"{int(bad.sum())} annotated row(s) have NaN or infinite embeddings "
+            f"{int(bad.sum())} annotated row(s) have NaN or infinite {_what(columns)} "
             f"({describe_rows(sub, bad)}): embed those segments again, or remove their annotations"
         )
     params = {"logistic": {"C": float(C)}, "knn": {"k": int(k)}}.get(
         method, {"n_trees": int(n_trees)}
     )
-    arrays = _fit(method, x, y, len(classes), params, seed)
+    arrays = _fit(method, x, y, len(classes), params, seed, weights)
     info = {
         "n_annotations": {c: int(n) for c, n in zip(classes, counts, strict=True)},
         "seed": int(seed),
         "features": features,
     }
+    if weights is not None:
+        info["geometry_weight"] = float(weights[-1])
     for key in ("encoder", "normalization"):
         if key in getattr(table, "attrs", {}):
             info[key] = table.attrs[key]
     model = SegmentClassifier(method, classes, columns, arrays, params, info=info)
-    model.cv_score_ = _cv_score(method, x, y, len(classes), params, seed)
+    model.cv_score_ = _cv_score(method, x, y, len(classes), params, seed, weights)
     return model
 
 
-def _fit(method: str, x: np.ndarray, y: np.ndarray, n_classes: int, params: dict, seed: int):
-    """Fit with scikit-learn and keep what prediction needs as arrays."""
+def _geometry_weight(n_embedding: int, n_geometry: int) -> float:
+    """The weight of each standardised measurement column: ``sqrt(D / G)``, so that the ``G``
+    measurement columns together have the variance of the ``D`` embedding columns."""
+    return float(np.sqrt(n_embedding / max(n_geometry, 1)))
+
+
+def _what(columns) -> str:
+    return "embeddings" if all(c.startswith("emb_") for c in columns) else "features"
+
+
+def _fit(
+    method: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    n_classes: int,
+    params: dict,
+    seed: int,
+    weights: np.ndarray | None = None,
+):
+    """Fit with scikit-learn and keep what prediction needs as arrays.
+
+    ``weights``: per column, multiplies the standardised values; kept in ``scale`` (divided
+    by it), so prediction, fresh or loaded, standardises and weights in one step."""
     mean = x.mean(axis=0)
     scale = x.std(axis=0)
     scale[scale < 1e-12] = 1.0
+    if weights is not None:
+        scale = scale / weights
     z = (x - mean) / scale
     arrays = {"mean": mean, "scale": scale}
     if method == "logistic":
@@ -356,7 +414,7 @@ def _fit(method: str, x: np.ndarray, y: np.ndarray, n_classes: int, params: dict
     return arrays
 
 
-def _cv_score(method, x, y, n_classes, params, seed) -> float | None:
+def _cv_score(method, x, y, n_classes, params, seed, weights=None) -> float | None:
     """Stratified k-fold accuracy of the same fit, k = min(5, the smallest class's count)."""
     from sklearn.model_selection import StratifiedKFold
 
@@ -366,7 +424,7 @@ def _cv_score(method, x, y, n_classes, params, seed) -> float | None:
     correct = 0
     split = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     for train, test in split.split(x, y):  # every class in every training part (>= 2 each)
-        arrays = _fit(method, x[train], y[train], n_classes, params, seed)
+        arrays = _fit(method, x[train], y[train], n_classes, params, seed, weights)
         proba = predict_proba(method, arrays, params, x[test], n_classes)
         correct += int((proba.argmax(axis=1) == y[test]).sum())
     return correct / len(y)

@@ -86,6 +86,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         default=None,
         help="channel axis of a multichannel image (RGB (Y, X, 3) needs none)",
     )
+    parser.add_argument(
+        "--measure",
+        action="store_true",
+        help="also measure every segment: area, shape (perimeter, eccentricity, solidity, "
+        "extent, axis lengths) and intensity mean and std per channel, as columns before "
+        "emb_0 (for classify with features embedding+geometry)",
+    )
     add_quiet_option(parser)
     parser.set_defaults(func=run)
     return parser
@@ -126,9 +133,21 @@ def run(args: argparse.Namespace) -> int:
         quiet=args.quiet,
         inputs={"image": str(args.image), "labels": str(args.labels)},
     )
+    sidecar["measure"] = bool(args.measure)
+    if args.measure:
+        from ..analysis.measure import add_measurements, geometry_columns
+
+        t0 = time.perf_counter()
+        try:
+            df = add_measurements(df, image, labels, channel_axis=args.channel_axis)
+        except (TypeError, ValueError) as exc:
+            raise CLIError(str(exc)) from None
+        sidecar["measurements"] = geometry_columns(df)
+        sidecar["measure_seconds"] = round(time.perf_counter() - t0, 3)
     write_table(df, args.output, provenance=sidecar, overwrite=args.overwrite)
     print(
-        f"{len(df)} segments embedded in {seconds:.1f} s -> {args.output} "
+        f"{len(df)} segments embedded in {seconds:.1f} s"
+        f"{' and measured' if args.measure else ''} -> {args.output} "
         f"(+ {sidecar_path(args.output).name})",
         file=sys.stderr,
     )
