@@ -50,7 +50,7 @@ def _reference(method: str, z_train, y_train, seed):
     if method == "logistic":
         from sklearn.linear_model import LogisticRegression
 
-        return LogisticRegression(C=1.0, max_iter=2000).fit(z_train, y_train)
+        return LogisticRegression(C=1.0, solver="newton-cg", max_iter=2000).fit(z_train, y_train)
     if method == "knn":
         from sklearn.neighbors import KNeighborsClassifier
 

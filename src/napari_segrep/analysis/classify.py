@@ -167,10 +167,14 @@ class SegmentClassifier:
 
         path = Path(path)
         if overwrite is not True and os.path.lexists(path) and not path.is_dir():
-            if overwrite is False or not _is_classifier_file(path):
+            if overwrite is False or not is_classifier_file(path):
                 mine = "" if overwrite is False else " and is not a napari-segrep classifier"
                 raise ValueError(f"{path} exists{mine}: choose another file name")
+        data = self.to_bytes()
+        return atomic_write(path, lambda fh: fh.write(data))
 
+    def to_bytes(self) -> bytes:
+        """The file :meth:`save` writes, in memory (to write it together with other files)."""
         meta = {
             "format": CLASSIFIER_FORMAT,
             "method": self.method,
@@ -184,8 +188,7 @@ class SegmentClassifier:
         payload["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
         buffer = io.BytesIO()
         np.savez_compressed(buffer, **payload)
-        data = buffer.getvalue()
-        return atomic_write(path, lambda fh: fh.write(data))
+        return buffer.getvalue()
 
 
 def load_classifier(path: str | os.PathLike) -> SegmentClassifier:
@@ -244,7 +247,7 @@ def _record(meta: np.ndarray | None) -> dict | None:
     return record if ours else None
 
 
-def _is_classifier_file(path: Path) -> bool:
+def is_classifier_file(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a napari-segrep classifier (its record only is read)."""
     try:
         with np.load(path, allow_pickle=False) as archive:
@@ -399,7 +402,9 @@ def _fit(
     if method == "logistic":
         from sklearn.linear_model import LogisticRegression
 
-        model = LogisticRegression(C=params["C"], max_iter=2000).fit(z, y)
+        # newton-cg: the optimum lbfgs finds, in 10 ms instead of 20-200 ms for a few dozen
+        # annotations of 512-d embeddings (scipy's L-BFGS-B costs ~3 ms an iteration here)
+        model = LogisticRegression(C=params["C"], solver="newton-cg", max_iter=2000).fit(z, y)
         arrays["coef"] = model.coef_.astype(np.float64)
         arrays["intercept"] = model.intercept_.astype(np.float64)
     elif method == "knn":

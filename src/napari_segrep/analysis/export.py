@@ -13,7 +13,14 @@ import pandas as pd
 from .._version import __version__
 from ..io import atomic_write_files, file_sha256
 
-__all__ = ["provenance", "read_table", "sidecar_path", "table_files", "write_table"]
+__all__ = [
+    "is_our_sidecar",
+    "provenance",
+    "read_table",
+    "sidecar_path",
+    "table_files",
+    "write_table",
+]
 
 
 def sidecar_path(csv_path: str | os.PathLike) -> Path:
@@ -75,7 +82,7 @@ def write_table(
         for existing in (path, sidecar) if overwrite is False else (sidecar,):
             if existing.is_dir():
                 continue  # atomic_write_files says that it is a directory
-            if os.path.lexists(existing) and not (overwrite is None and _is_ours(existing)):
+            if os.path.lexists(existing) and not (overwrite is None and is_our_sidecar(existing)):
                 mine = "" if overwrite is False else " and was not written by napari-segrep"
                 raise ValueError(f"{existing} exists{mine}: choose another output name")
     atomic_write_files({target: _writer(data) for target, data in files.items()})
@@ -100,7 +107,7 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
         sidecar = sidecar_path(path)
     except ValueError:
         return df
-    if _is_ours(sidecar):
+    if is_our_sidecar(sidecar):
         record = json.loads(sidecar.read_text())
         for key in ("encoder", "normalization"):
             if record.get(key):
@@ -112,7 +119,7 @@ def _writer(data: bytes):
     return lambda fh: fh.write(data)
 
 
-def _is_ours(sidecar: Path) -> bool:
+def is_our_sidecar(sidecar: Path) -> bool:
     """Whether ``sidecar`` is a provenance record that napari-segrep wrote."""
     try:
         record = json.loads(sidecar.read_text())

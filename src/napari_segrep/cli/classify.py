@@ -178,8 +178,8 @@ def _check_outputs(args: argparse.Namespace) -> list[Path]:
     """Before any work: PRED.csv, PRED.json (and the model) can be written, none is an input
     (TABLE, its sidecar, ANN, the model), none is another, none is a file napari-segrep did
     not write, and none exists without --overwrite.  Returns the outputs."""
-    from ..analysis.classify import _is_classifier_file
-    from ..analysis.export import _is_ours, sidecar_path
+    from ..analysis.classify import is_classifier_file
+    from ..analysis.export import is_our_sidecar, sidecar_path
     from ..io import same_file
     from .embed import check_outputs
 
@@ -201,13 +201,13 @@ def _check_outputs(args: argparse.Namespace) -> list[Path]:
             if a.resolve() == b.resolve() or same_file(a, b):
                 raise CLIError(f"--save-model {b} is also the output {a}: choose another name")
     sidecar = outputs[1]
-    if sidecar.is_file() and not _is_ours(sidecar):
+    if sidecar.is_file() and not is_our_sidecar(sidecar):
         raise CLIError(
             f"{sidecar} exists and was not written by napari-segrep (it would become "
             f"{args.output}'s provenance): choose another output name"
         )
     model = args.save_model
-    if model is not None and model.is_file() and not _is_classifier_file(model):
+    if model is not None and model.is_file() and not is_classifier_file(model):
         raise CLIError(
             f"--save-model {model} exists and is not a napari-segrep classifier: choose "
             "another file name"
@@ -292,16 +292,12 @@ def _load(path: Path):
 
 def _write(args, outputs: list[Path], table, clf, predictions) -> None:
     """PRED.csv, PRED.json and the model, replaced together or not at all."""
-    import tempfile
-
     from ..analysis.export import table_files
     from ..io import atomic_write_files
 
     files = table_files(predictions, args.output, provenance=_provenance(args, table, clf))
     if args.save_model is not None:
-        # the classifier's own writer, into a scratch folder: its bytes then go with the table
-        with tempfile.TemporaryDirectory() as scratch:
-            files[args.save_model] = clf.save(Path(scratch) / "model.segclf").read_bytes()
+        files[args.save_model] = clf.to_bytes()
     atomic_write_files(
         {path: (lambda fh, data=data: fh.write(data)) for path, data in files.items()}
     )
