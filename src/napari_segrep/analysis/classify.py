@@ -361,7 +361,7 @@ def train_classifier(
     }
     if weights is not None:
         info["geometry_weight"] = float(weights[-1])
-    for key in ("encoder", "normalization"):
+    for key in ("encoder", "normalization", "crop_size"):
         if key in getattr(table, "attrs", {}):
             info[key] = table.attrs[key]
     model = SegmentClassifier(method, classes, columns, arrays, params, info=info)

@@ -92,7 +92,8 @@ def write_table(
 def read_table(path: str | os.PathLike) -> pd.DataFrame:
     """Read a table written by :func:`write_table` (or any CSV with a ``label`` column).
 
-    What the JSON sidecar records about the embedding (``encoder``, ``normalization``) goes
+    What the JSON sidecar records about the embedding (``encoder``, ``normalization``,
+    ``crop_size``) goes
     back into ``df.attrs``, as ``embed_segments`` left it, so a classifier can check the
     table's encoder.  A CSV without a sidecar (or with someone else's JSON) is read as is.
     """
@@ -109,7 +110,7 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
         return df
     if is_our_sidecar(sidecar):
         record = json.loads(sidecar.read_text())
-        for key in ("encoder", "normalization"):
+        for key in ("encoder", "normalization", "crop_size"):
             if record.get(key):
                 df.attrs[key] = record[key]
     return df

@@ -277,8 +277,8 @@ def _train(table, annotations, options: dict, path: Path):
 
     try:
         return train_classifier(table, annotations, **options)
-    except ValueError as exc:
-        raise CLIError(f"{path}: {exc}") from None
+    except ValueError as exc:  # about the annotations, or the table's columns: it says which
+        raise CLIError(f"cannot train on the annotations in {path}: {exc}") from None
 
 
 def _load(path: Path):

@@ -230,6 +230,7 @@ def embed_segments(
     out = pd.concat([result, emb], axis=1)
     out.attrs["normalization"] = norm.describe()  # what was used, for provenance
     out.attrs["encoder"] = encoder.record()  # config + sha256 of the weights (classifiers check)
+    out.attrs["crop_size"] = int(crop_size)  # with the encoder: how to embed more segments alike
     return out
 
 
