@@ -171,13 +171,16 @@ def test_classify_widget__classes_rename_remove_and_annotate_selection(
     assert (widget.results.annotations == "").all()
 
 
+@pytest.mark.parametrize("features", ["embedding", "embedding+geometry"])
 def test_classify_widget__save_load_apply_to_a_second_layer_and_export(
-    make_napari_viewer, qtbot, cells, MouseEvent, tmp_path
+    make_napari_viewer, qtbot, cells, MouseEvent, tmp_path, features
 ):
     image, labels, classes = cells
     viewer, embed = _embedded(make_napari_viewer, qtbot, image, labels)
     widget = _classify_dock(viewer)
+    widget.features_input.value = features
     names = _annotate_by_clicks(qtbot, widget, viewer.layers["cells"], labels, classes, MouseEvent)
+    assert ("perimeter" in widget.classifier.feature_columns) == (features != "embedding")
     before = widget.results.table[["label", "class_predicted", "class_probability"]].copy()
     # save, and never over someone else's file
     path = widget.save_classifier(tmp_path / "cells.segclf", overwrite=True)

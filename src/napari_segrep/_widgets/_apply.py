@@ -19,7 +19,7 @@ from ._common import image_layers, labels_layers, layer_inputs, progress_bar, sa
 from ._jobs import start_job
 from ._results import ANNOTATION, PALETTE, PREDICTION_COLUMNS, results_for
 
-__all__ = ["ClassifierFiles", "export_columns"]
+__all__ = ["ClassifierFiles", "export_columns", "with_measurements"]
 
 
 def export_columns(table: pd.DataFrame) -> list[str]:
@@ -30,6 +30,17 @@ def export_columns(table: pd.DataFrame) -> list[str]:
     ]
     classes = [c for c in (ANNOTATION, *PREDICTION_COLUMNS) if c in table]
     return front + classes + [c for c in table.columns if str(c).startswith("prob_")]
+
+
+def with_measurements(table, image, labels, params: dict, cached=None):
+    """``table`` with the measurement columns (area, shape, intensity per channel) that
+    ``features="embedding+geometry"`` needs: ``cached`` ones (measured before on the same
+    labels, same rows) or measured now."""
+    from ..analysis.measure import add_measurements
+
+    if cached is not None and len(cached) == len(table):
+        return table.assign(**{c: cached[c].to_numpy() for c in cached.columns})
+    return add_measurements(table, image, labels, channel_axis=params.get("channel_axis"))
 
 
 class ClassifierFiles:
@@ -131,7 +142,11 @@ class ClassifierFiles:
         sha = (model.info.get("encoder") or {}).get("sha256")
         other = results_for(labels_layer)
         if other is not None and sha in (None, other.table.attrs.get("encoder", {}).get("sha256")):
-            self._show_applied(labels_layer, other.table, model.predict(other.table, force=True))
+            rows = other.table
+            if model.info.get("features") == "embedding+geometry":
+                run = other.run
+                rows = with_measurements(rows, run.image, run.labels, run.params)
+            self._show_applied(labels_layer, rows, model.predict(rows, force=True))
             return None
         inputs = layer_inputs(labels_layer, images or [])
         encoder, params = self._embedding_setup(model)
@@ -163,6 +178,9 @@ class ClassifierFiles:
                 should_stop=should_stop,
                 **params,
             )
+            if model.info.get("features") == "embedding+geometry":
+                axis = {"channel_axis": inputs.channel_axis}
+                table = with_measurements(table, inputs.image, labels, axis)
             return table, model.predict(table, force=True)
 
         self.status.value = f"Embedding '{labels_layer.name}' to classify it..."

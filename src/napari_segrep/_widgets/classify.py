@@ -16,7 +16,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, Label, LineEdit, Pus
 from napari.layers import Labels
 from napari.utils.notifications import show_error
 
-from ._apply import ClassifierFiles
+from ._apply import ClassifierFiles, with_measurements
 from ._common import labels_layers, status_label
 from ._jobs import Job, start_job
 from ._results import PALETTE, SegmentResults, results_for
@@ -65,6 +65,14 @@ class ClassifySegmentsWidget(ClassifierFiles, Container):
         from ..analysis.classify import METHODS
 
         self.method_input = ComboBox(label="method", choices=list(METHODS), value="logistic")
+        self.features_input = ComboBox(
+            label="features",
+            choices=["embedding", "embedding+geometry"],
+            value="embedding",
+            tooltip="embedding+geometry adds area, shape and intensity per channel: choose it "
+            "when size, brightness or texture tell the classes apart",
+        )
+        self._measured: tuple | None = None  # (labels as embedded, measurement columns)
         self.auto_input = CheckBox(label="retrain after every annotation", value=True)
         self.train_button = PushButton(text="Train now")
         self.status = status_label()
@@ -85,6 +93,7 @@ class ClassifySegmentsWidget(ClassifierFiles, Container):
                 self.annotate_input,
                 self.selection_button,
                 self.method_input,
+                self.features_input,
                 self.auto_input,
                 self.train_button,
                 self.status,
@@ -103,6 +112,7 @@ class ClassifySegmentsWidget(ClassifierFiles, Container):
         self.colour_button.changed.connect(self._choose_colour)
         self.selection_button.changed.connect(lambda: self.annotate_selection())
         self.method_input.changed.connect(self._on_annotations_changed)
+        self.features_input.changed.connect(self._on_annotations_changed)
         self.train_button.changed.connect(lambda: self.train())
         self.next_button.changed.connect(lambda: self.next_suggestion())
         self.suggestions.changed.connect(self._on_suggestion_chosen)
@@ -321,13 +331,18 @@ class ClassifySegmentsWidget(ClassifierFiles, Container):
             self._show_state(why)
             return None
         table, annotations = data
-        method, results = self.method_input.value, self.results
+        method, features, results = self.method_input.value, self.features_input.value, self.results
+        run, measured = results.run, self._measured
+        cached = measured[1] if measured is not None and measured[0] is run.labels else None
 
         def call(progress, should_stop):
             from ..analysis.classify import train_classifier
 
-            model = train_classifier(table, annotations, method=method)
-            return model, model.predict(table, force=True)
+            rows = table
+            if features == "embedding+geometry":
+                rows = with_measurements(table, run.image, run.labels, run.params, cached)
+            model = train_classifier(rows, annotations, method=method, features=features)
+            return model, model.predict(rows, force=True), rows
 
         self.status.value = "Training..."
         self.job = start_job(
@@ -339,7 +354,11 @@ class ClassifySegmentsWidget(ClassifierFiles, Container):
         )
         return self.job.worker
 
-    def _on_trained(self, results, table, model, predictions) -> None:
+    def _on_trained(self, results, table, model, predictions, rows) -> None:
+        if rows is not table:  # measured: kept for the next training on the same labels
+            from ..analysis.measure import geometry_columns
+
+            self._measured = (results.run.labels, rows[geometry_columns(rows)])
         if results is not self.results:
             return  # another layer is followed now
         if not np.array_equal(results.labels, table["label"].to_numpy()):
@@ -364,7 +383,11 @@ class ClassifySegmentsWidget(ClassifierFiles, Container):
         results = self._require_results()
         self._adopt_classes(model.classes_)
         try:
-            predictions = model.predict(results.table)
+            rows = results.table
+            if model.info.get("features") == "embedding+geometry":
+                run = results.run
+                rows = with_measurements(rows, run.image, run.labels, run.params, None)
+            predictions = model.predict(rows)
         except ValueError as exc:
             self._on_error(exc)
             return
