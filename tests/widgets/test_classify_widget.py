@@ -250,3 +250,76 @@ def test_classify_widget__opened_before_embedding_follows_the_results(
     qtbot.waitUntil(lambda: widget.results is embed.results, timeout=TIMEOUT_MS)
     assert list(widget.results.annotations[:2]) == ["a", "a"]
     assert list(widget.results.class_colours) == ["a"]
+
+
+CLOSE_SCRIPT = r"""
+import json, time
+import napari
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import QApplication
+
+from napari_segrep._sample_data import make_cells
+
+image, labels, classes = make_cells(shape=(320, 320), n_cells=50, seed=3)
+viewer = napari.Viewer(show=True)
+app = QApplication.instance()
+viewer.add_image(image, name="img")
+viewer.add_labels(labels, name="cells")
+app.processEvents()
+
+def wait(condition, timeout=600):
+    end = time.time() + timeout
+    while not condition():
+        assert time.time() < end, "timed out"
+        app.processEvents()
+        time.sleep(0.005)
+
+_, embed = viewer.window.add_plugin_dock_widget("napari-segrep", "Embed segments")
+embed.crop_input.value = 32
+embed.umap_input.value = False
+embed.run()
+wait(lambda: embed.job is None and embed.map_view.settled)
+_, widget = viewer.window.add_plugin_dock_widget("napari-segrep", "Classify segments")
+ticks = []
+heartbeat = QTimer()
+heartbeat.setInterval(10)
+heartbeat.timeout.connect(lambda: ticks.append(time.perf_counter()))
+heartbeat.start()
+names = sorted(set(classes.values()))
+for name in names:
+    widget.add_class(name)
+for name in names:  # the first training imports scikit-learn in the worker
+    widget.annotate_labels([k for k, v in sorted(classes.items()) if v == name][:2], name)
+wait(lambda: widget.job is None and "class_predicted" in widget.results.table)
+heartbeat.stop()
+# closed with work in flight: a training, and the embedding of another layer to classify it
+image2, labels2, _ = make_cells(shape=(640, 640), n_cells=200, seed=4)
+viewer.add_image(image2, name="img2")
+second = viewer.add_labels(labels2, name="cells2")
+widget.apply_to(second, [viewer.layers["img2"]])
+widget.annotate_labels([int(widget.results.table["label"].iloc[-1])], names[0])
+wait(lambda: widget.apply_job is not None and widget.apply_job.worker is not None)
+gaps = [b - a for a, b in zip(ticks, ticks[1:])]
+print("REPORT", json.dumps({"longest_stall_s": max(gaps), "in_flight": widget.apply_job is not None}))
+viewer.close()
+"""
+
+
+def test_classify_widget__first_training_does_not_freeze_and_closing_with_work_exits_cleanly(
+    tmp_path,
+):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba"), "PYTHONFAULTHANDLER": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", CLOSE_SCRIPT], capture_output=True, text=True, timeout=900, env=env
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    for bad in ("Aborted", "Fatal Python error", "Traceback", "has been deleted"):
+        assert bad not in done.stderr, done.stderr[-4000:]
+    line = next(x for x in done.stdout.splitlines() if x.startswith("REPORT "))
+    report = json.loads(line[len("REPORT ") :])
+    assert report["in_flight"] is True
+    assert report["longest_stall_s"] <= 1.0, report  # a freeze detector, not a speed target

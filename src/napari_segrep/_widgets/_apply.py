@@ -16,7 +16,7 @@ from napari.utils.notifications import show_error, show_info
 
 from . import _session
 from ._common import image_layers, labels_layers, layer_inputs, progress_bar, save_path
-from ._jobs import start_job
+from ._jobs import start_job, watch_close
 from ._results import ANNOTATION, PALETTE, PREDICTION_COLUMNS, results_for
 
 __all__ = ["ClassifierFiles", "export_columns", "with_measurements"]
@@ -184,6 +184,7 @@ class ClassifierFiles:
             return table, model.predict(table, force=True)
 
         self.status.value = f"Embedding '{labels_layer.name}' to classify it..."
+        watch_close(self.native.window())  # closing napari cancels the embedding first
         self.apply_job = start_job(
             call,
             desc="Embedding to classify",

@@ -18,7 +18,7 @@ from napari.utils.notifications import show_error
 
 from ._apply import ClassifierFiles, with_measurements
 from ._common import labels_layers, status_label
-from ._jobs import Job, start_job
+from ._jobs import Job, start_job, watch_close
 from ._results import PALETTE, SegmentResults, results_for
 
 __all__ = ["ClassifySegmentsWidget"]
@@ -345,6 +345,7 @@ class ClassifySegmentsWidget(ClassifierFiles, Container):
             return model, model.predict(rows, force=True), rows
 
         self.status.value = "Training..."
+        watch_close(self.native.window())  # closing napari waits for it (a fraction of a second)
         self.job = start_job(
             call,
             desc="Training the classifier",
