@@ -243,6 +243,14 @@ class ClassifierFiles:
             f"{n} {name}" for name, n in counts.items()
         )
 
+    def predictions_layer(self) -> Labels | None:
+        """A labels layer "<layer> predictions": every segment painted with its predicted
+        class (1 = the first class ...), in the class colours."""
+        results = self._require_results()
+        if "class_predicted" not in results.table:
+            raise ValueError("Train or load a classifier first.")
+        return self.show_predictions(results.labels_layer, results.table, results.class_colours)
+
     def show_predictions(self, labels_layer: Labels, table: pd.DataFrame, colours: dict) -> Labels:
         """Add (or update) "<layer> predictions": segments painted 1, 2, ... by predicted
         class, in the classes' colours."""

@@ -5,7 +5,8 @@ The widget only translates: clicks and selections -> annotations in the labels l
 :func:`napari_segrep.analysis.classify.train_classifier` and ``predict`` on the table; the
 predictions go back into the same results (``class_predicted``, ``class_probability``,
 ``class_margin``, ``prob_<class>``), which the map view colours by class and shows on hover.
-Saving, loading and applying a classifier to another layer are in :mod:`._apply`.
+Saving, loading, applying a classifier to another layer and the predictions layer are in
+:mod:`._apply`.
 """
 
 from __future__ import annotations
@@ -418,6 +419,11 @@ class ClassifySegmentsWidget(ClassifierFiles, Container):
             self.train(quiet=True)
 
     def _on_error(self, exc: BaseException) -> None:
+        from ..errors import Cancelled
+
+        if isinstance(exc, Cancelled):
+            self.status.value = "Cancelled: nothing was changed."
+            return
         self.status.value = f"Error: {exc}"
         show_error(f"Classify segments: {exc}")
 
@@ -483,15 +489,6 @@ class ClassifySegmentsWidget(ClassifierFiles, Container):
         camera = scene.camera if scene is not None else self.viewer.camera
         camera.center = tuple(world)
         results.select_rows([row])
-
-    # ------------------------------------------------------------------ predictions layer
-    def predictions_layer(self) -> Labels | None:
-        """A labels layer "<layer> predictions": every segment painted with its predicted
-        class (1 = the first class ...), in the class colours."""
-        results = self._require_results()
-        if "class_predicted" not in results.table:
-            raise ValueError("Train or load a classifier first.")
-        return self.show_predictions(results.labels_layer, results.table, results.class_colours)
 
     def close(self) -> None:
         self._follow(None)
