@@ -223,6 +223,34 @@ def test_classify_widget__save_load_apply_to_a_second_layer_and_export(
     # the Embed segments export carries the classes too
     full = embed.export_table()
     assert {"class_annotation", "class_predicted"} <= set(full.columns)
+    # a folder of files (x.tif beside x_labels.tif): one table with an image column
+    import tifffile
+
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    truth = {}
+    for stem, seed in (("a", 11), ("b", 12)):
+        img, lab, cls = make_cells(shape=(192, 192), n_cells=16, seed=seed)
+        tifffile.imwrite(folder / f"{stem}.tif", img)
+        tifffile.imwrite(folder / f"{stem}_labels.tif", lab)
+        truth.update({(stem, k): v for k, v in cls.items()})
+    (folder / "classes.csv").write_text("someone else's file\n")
+    # the user says no to replacing it: nothing runs, nothing is written
+    assert widget.apply_to_folder(folder, folder / "classes.csv", overwrite=False) is None
+    assert (folder / "classes.csv").read_text() == "someone else's file\n"
+    out = folder / "out.csv"
+    worker = widget.apply_to_folder(folder, out)
+    with qtbot.waitSignal(worker.finished, timeout=TIMEOUT_MS):
+        pass
+    qtbot.waitUntil(lambda: out.exists(), timeout=TIMEOUT_MS)
+    written = pd.read_csv(out)
+    assert list(written.columns[:3]) == ["image", "label", "class"]
+    assert set(zip(written["image"], written["label"], strict=True)) == set(truth)
+    right = [
+        truth[(i, k)] == c
+        for i, k, c in written[["image", "label", "class"]].itertuples(index=False)
+    ]
+    assert np.mean(right) > 0.6
 
 
 def test_classify_widget__opened_before_embedding_follows_the_results(

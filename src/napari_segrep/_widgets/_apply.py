@@ -19,7 +19,7 @@ from ._common import image_layers, labels_layers, layer_inputs, progress_bar, sa
 from ._jobs import start_job, watch_close
 from ._results import ANNOTATION, PALETTE, PREDICTION_COLUMNS, results_for
 
-__all__ = ["ClassifierFiles", "export_columns", "with_measurements"]
+__all__ = ["ClassifierFiles", "classify_arrays", "export_columns", "with_measurements"]
 
 
 def export_columns(table: pd.DataFrame) -> list[str]:
@@ -43,6 +43,40 @@ def with_measurements(table, image, labels, params: dict, cached=None):
     return add_measurements(table, image, labels, channel_axis=params.get("channel_axis"))
 
 
+def classify_arrays(model, encoder, image, labels, channel_axis, params, progress, should_stop):
+    """Embed the segments of ``labels`` (2D, or a ``(T, Y, X)`` stack) with ``encoder`` (an
+    encoder, or the classifier's record of one: rebuilt, and checked to be the same by its
+    fingerprint) and classify them: ``(table, predictions, encoder)``.  In a worker."""
+    from ..engine.embed import embed_segments, embed_stack, encoder_for
+    from ..engine.segments import as_channels_first
+
+    stack = np.asarray(labels).ndim == 3
+    if not hasattr(encoder, "fingerprint"):
+        sha = encoder.get("sha256")
+        plane = image[0] if stack else image
+        n = as_channels_first(plane, channel_axis=channel_axis).shape[0]
+        encoder = encoder_for(encoder.get("weights"), in_channels=n, seed=encoder.get("seed", 0))
+        if sha is not None and encoder.fingerprint() != sha:
+            raise ValueError(
+                "the classifier's encoder is not available here (the model it was trained on "
+                f"is not this session's, and its weights {encoder.weights_source or '(untrained)'}"
+                " differ): embed a layer with that model in Embed segments first"
+            )
+    embed = embed_stack if stack else embed_segments
+    table = embed(
+        image,
+        labels,
+        encoder,
+        channel_axis=channel_axis,
+        progress=progress,
+        should_stop=should_stop,
+        **params,
+    )
+    if model.info.get("features") == "embedding+geometry":
+        table = with_measurements(table, image, labels, {"channel_axis": channel_axis})
+    return table, model.predict(table, force=True), encoder
+
+
 class ClassifierFiles:
     """Save/load/apply/export for :class:`~.classify.ClassifySegmentsWidget` (a mixin: it
     uses the widget's ``viewer``, ``results``, ``classifier``, ``status``)."""
@@ -58,6 +92,7 @@ class ClassifierFiles:
         )
         self.apply_button = PushButton(text="Apply classifier")
         self.apply_progress = progress_bar()
+        self.folder_button = PushButton(text="Apply to a folder of files...")
         self.export_button = PushButton(text="Export predictions CSV...")
         self.extend(
             [
@@ -67,6 +102,7 @@ class ClassifierFiles:
                 self.apply_labels,
                 self.apply_images,
                 self.apply_button,
+                self.folder_button,
                 self.apply_progress,
                 self.export_button,
             ]
@@ -76,6 +112,7 @@ class ClassifierFiles:
         self.load_button.changed.connect(lambda: self.load_classifier())
         self.apply_button.changed.connect(lambda: self._apply_chosen())
         self.export_button.changed.connect(lambda: self.export_csv())
+        self.folder_button.changed.connect(self._apply_to_chosen_folder)
 
     # ------------------------------------------------------------------ files
     def save_classifier(self, path=None, *, overwrite: bool | None = None) -> Path | None:
@@ -153,35 +190,11 @@ class ClassifierFiles:
         labels = inputs.labels.copy()
 
         def call(progress, should_stop):
-            from ..engine.embed import embed_segments, embed_stack, encoder_for
-            from ..engine.segments import as_channels_first
-
-            enc = encoder
-            if not hasattr(enc, "fingerprint"):  # a record: rebuild, and check it is the same
-                plane = inputs.image[0] if inputs.stack else inputs.image
-                n = as_channels_first(plane, channel_axis=inputs.channel_axis).shape[0]
-                enc = encoder_for(enc.get("weights"), in_channels=n, seed=enc.get("seed", 0))
-                if sha is not None and enc.fingerprint() != sha:
-                    raise ValueError(
-                        "the classifier's encoder is not available here (the model it was "
-                        "trained on is not this session's, and its weights "
-                        f"{enc.weights_source or '(untrained)'} differ): embed the layer with "
-                        "that model in Embed segments first"
-                    )
-            embed = embed_stack if inputs.stack else embed_segments
-            table = embed(
-                inputs.image,
-                labels,
-                enc,
-                channel_axis=inputs.channel_axis,
-                progress=progress,
-                should_stop=should_stop,
-                **params,
+            image, axis = inputs.image, inputs.channel_axis
+            table, predictions, _ = classify_arrays(
+                model, encoder, image, labels, axis, params, progress, should_stop
             )
-            if model.info.get("features") == "embedding+geometry":
-                axis = {"channel_axis": inputs.channel_axis}
-                table = with_measurements(table, inputs.image, labels, axis)
-            return table, model.predict(table, force=True)
+            return table, predictions
 
         self.status.value = f"Embedding '{labels_layer.name}' to classify it..."
         watch_close(self.native.window())  # closing napari cancels the embedding first
@@ -190,6 +203,96 @@ class ClassifierFiles:
             desc="Embedding to classify",
             progress_bar=self.apply_progress,
             on_result=lambda out: self._show_applied(labels_layer, *out),
+            on_error=self._on_error,
+            on_done=lambda: setattr(self, "apply_job", None),
+        )
+        return self.apply_job.worker
+
+    def _apply_to_chosen_folder(self, *_) -> None:
+        from qtpy.QtWidgets import QFileDialog
+
+        folder = QFileDialog.getExistingDirectory(self.native, "Folder of images and labels")
+        if folder:
+            try:
+                self.apply_to_folder(folder)
+            except (ValueError, RuntimeError) as exc:
+                self._on_error(exc)
+
+    def apply_to_folder(self, folder, output=None, *, overwrite: bool | None = None):
+        """Classify every image of a folder (``images/`` + ``labels/``, or ``x.tif`` beside
+        ``x_labels.tif``, paired by file stem) in a worker (returns it; None when no output was
+        chosen): one CSV with an ``image`` column (the file stem) and the predictions, plus
+        its JSON sidecar, written when every image is done (a file napari-segrep did not
+        write is never replaced)."""
+        from ..io import pair_files
+
+        model = self.classifier
+        if model is None:
+            raise ValueError("Train or load a classifier first.")
+        folder = Path(folder)
+        if (folder / "images").is_dir() and (folder / "labels").is_dir():
+            pairs = pair_files(data_dir=folder)
+        else:
+            pairs = pair_files(str(folder / "*"), str(folder / "*_label*"))
+        output = save_path(
+            self.native,
+            output,
+            title="Write the predictions of the folder",
+            suggestion=str(folder / "classes.csv"),
+            file_filter="CSV (*.csv)",
+            overwrite=overwrite,
+        )
+        if output is None:
+            return None
+        encoder, params = self._embedding_setup(model)
+        axis = self.results.run.params["channel_axis"] if self.results is not None else None
+
+        def call(progress, should_stop):
+            from ..io import read_image
+
+            nonlocal encoder
+            parts = []
+            for i, (image_path, labels_path) in enumerate(pairs):
+                progress(i, len(pairs))
+                try:
+                    image, labels = read_image(image_path), read_image(labels_path)
+                    _, predictions, encoder = classify_arrays(
+                        model, encoder, image, labels, axis, params, None, should_stop
+                    )
+                except ValueError as exc:
+                    raise ValueError(f"{image_path.name}: {exc}") from None
+                predictions.insert(0, "image", image_path.stem)
+                parts.append(predictions)
+            progress(len(pairs), len(pairs))
+            return pd.concat(parts, ignore_index=True)
+
+        def write(table) -> None:
+            from ..analysis.export import write_table
+
+            record = {
+                "package": "napari-segrep",
+                "command": "napari: Classify segments, Apply to a folder",
+                "inputs": [[str(a), str(b)] for a, b in pairs],
+                "encoder": model.info.get("encoder"),
+                "classifier": {"method": model.method, "classes": model.classes_},
+            }
+            try:
+                write_table(table, output, provenance=record)
+            except (OSError, ValueError) as exc:
+                self._on_error(exc)
+                return
+            counts = table["class"].value_counts()
+            self.status.value = f"{len(pairs)} images, {len(table)} segments -> {output.name}: " + (
+                ", ".join(f"{n} {name}" for name, n in counts.items())
+            )
+
+        self.status.value = f"Classifying {len(pairs)} images of {folder.name}..."
+        watch_close(self.native.window())
+        self.apply_job = start_job(
+            call,
+            desc="Classifying the folder",
+            progress_bar=self.apply_progress,
+            on_result=write,
             on_error=self._on_error,
             on_done=lambda: setattr(self, "apply_job", None),
         )
