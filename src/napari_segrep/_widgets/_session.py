@@ -22,6 +22,8 @@ _started = False
 #: waits for it instead of competing with it (see :func:`load_engine`).
 _engine_lock = threading.Lock()
 _engine_loaded = False
+_classifier_tools_lock = threading.Lock()
+_classifier_tools_loaded = False
 
 
 def start_warm_up(relay, *, label_dtypes=()) -> None:
@@ -82,6 +84,30 @@ def load_engine() -> None:
         _engine_loaded = True
 
 
+def load_classifier_tools() -> None:
+    """Import what training a classifier needs (scikit-learn, scipy) the way
+    :func:`load_engine` imports torch: in a background thread, with the collector paused (the
+    import creates hundreds of thousands of objects; full collections scanning napari's heap
+    would hold the GIL).  Once per session; the Classify widget starts it when it opens, its
+    first training calls it too."""
+    global _classifier_tools_loaded
+    with _classifier_tools_lock:
+        if _classifier_tools_loaded:
+            return
+        with collector_paused():
+            import sklearn.linear_model  # noqa: F401
+            import sklearn.model_selection  # noqa: F401
+        _classifier_tools_loaded = True
+
+
+def start_loading_classifier_tools() -> None:
+    """:func:`load_classifier_tools` in a daemon thread (nothing when already loaded)."""
+    if not _classifier_tools_loaded:
+        threading.Thread(
+            target=load_classifier_tools, name="napari-segrep classifier tools", daemon=True
+        ).start()
+
+
 @contextmanager
 def collector_paused():
     """No garbage collection while the block runs (in any thread: the collector is the
@@ -136,10 +162,17 @@ def warm_up_label_colours(dtypes) -> None:
         from napari.utils.colormaps.colormap import _cast_labels_data_to_texture_dtype_direct
     except ImportError:  # another napari version: the first selection compiles instead
         return
-    colours = {None: np.zeros(4), 0: np.zeros(4), 1: np.ones(4), 2: np.ones(4)}
-    for dtype in dtypes:
-        data = (np.arange(64).reshape(8, 8) % 3).astype(dtype)
-        _cast_labels_data_to_texture_dtype_direct(data, DirectLabelColormap(color_dict=colours))
+    few = {None: np.zeros(4), 0: np.zeros(4), 1: np.ones(4), 2: np.ones(4)}
+    # more than 255 distinct colours (every segment in its own: colour by label, by class with
+    # the probability as alpha) take napari's 16-bit texture path, compiled separately
+    shades = np.linspace(0.0, 1.0, 300)
+    many = {None: np.zeros(4), 0: np.zeros(4)}
+    many.update({i + 1: np.array([s, 1 - s, 0.5, 1.0]) for i, s in enumerate(shades)})
+    for colours in (few, many):
+        colormap = DirectLabelColormap(color_dict=colours)
+        for dtype in dtypes:
+            data = (np.arange(400).reshape(20, 20) % len(colours)).astype(dtype)
+            _cast_labels_data_to_texture_dtype_direct(data, colormap)
 
 
 def _warm_up(label_dtypes) -> None:

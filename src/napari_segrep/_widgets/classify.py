@@ -17,6 +17,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, Label, LineEdit, Pus
 from napari.layers import Labels
 from napari.utils.notifications import show_error
 
+from . import _session
 from ._apply import ClassifierFiles, with_measurements
 from ._common import labels_layers, status_label
 from ._jobs import Job, start_job, watch_close
@@ -122,6 +123,7 @@ class ClassifySegmentsWidget(ClassifierFiles, Container):
         viewer.layers.events.removed.connect(self._on_layers_changed)
         self._on_layers_changed()
         self._show_state()
+        _session.start_loading_classifier_tools()  # scikit-learn, before the first training
 
     # ------------------------------------------------------------------ following a layer
     def _on_layers_changed(self, event=None) -> None:
@@ -337,6 +339,7 @@ class ClassifySegmentsWidget(ClassifierFiles, Container):
         cached = measured[1] if measured is not None and measured[0] is run.labels else None
 
         def call(progress, should_stop):
+            _session.load_classifier_tools()  # without freezing napari, the first time
             from ..analysis.classify import train_classifier
 
             rows = table
