@@ -120,6 +120,6 @@ def test_segment_results__export_frame_and_provenance_match_the_cli_keys(embedde
     np.testing.assert_array_equal(frame[["map_0", "map_1"]].to_numpy(), map_model.coords)
     side = results.provenance()
     assert side["labels_layer"] == "cells" and side["n_segments"] == len(df)
-    assert side["encoder"] == run.encoder.config() and side["seed"] == run.encoder.seed
+    assert side["encoder"] == run.encoder.record() and side["seed"] == run.encoder.seed
     assert side["crop_size"] == 32 and side["map_method"] == "pca"
     assert side["torch_version"] and side["package_version"]
