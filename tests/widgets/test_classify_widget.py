@@ -352,3 +352,32 @@ def test_classify_widget__first_training_does_not_freeze_and_closing_with_work_e
     assert report["in_flight"] is True
     assert "ERROR" not in done.stdout + done.stderr  # a cancel is not an error
     assert report["longest_stall_s"] <= 1.0, report  # a freeze detector, not a speed target
+
+
+def test_classify_widget__image_after_image_keeps_what_the_first_taught(
+    make_napari_viewer, qtbot, cells, MouseEvent
+):
+    image, labels, classes = cells
+    viewer, embed = _embedded(make_napari_viewer, qtbot, image, labels)
+    widget = _classify_dock(viewer)
+    names = _annotate_by_clicks(qtbot, widget, viewer.layers["cells"], labels, classes, MouseEvent)
+    # the next image: embedded (the same model), followed; not one click on it yet
+    image2, labels2, classes2 = make_cells(shape=(256, 256), n_cells=30, seed=9)
+    viewer.add_image(image2, name="img2")
+    viewer.add_labels(labels2, name="cells2")
+    embed.image_input.value = [viewer.layers["img2"]]
+    embed.labels_input.value = viewer.layers["cells2"]
+    with qtbot.waitSignal(embed.run().finished, timeout=TIMEOUT_MS):
+        pass
+    qtbot.waitUntil(lambda: embed.job is None, timeout=TIMEOUT_MS)
+    widget.labels_input.value = viewer.layers["cells2"]
+    qtbot.waitUntil(lambda: widget.results is embed.results, timeout=TIMEOUT_MS)
+    _wait_trained(qtbot, widget)
+    assert widget.classifier.info["layers"] == {"cells2": 0, "cells": 3 * len(names)}
+    assert "in 2 layers" in widget.status.value
+    table = widget.results.table
+    truth = np.array([classes2[int(v)] for v in table["label"]])
+    assert (table["class_predicted"].to_numpy() == truth).mean() > 0.6
+    # without the earlier layers, there is nothing to train on
+    widget.remember_input.value = False
+    assert "Annotate at least 2" in widget.status.value

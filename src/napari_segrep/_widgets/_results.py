@@ -21,7 +21,15 @@ import pandas as pd
 from napari.layers import Labels
 from napari.utils.events import EmitterGroup
 
-__all__ = ["ANNOTATION", "PALETTE", "RunSetup", "SegmentResults", "embed_run", "results_for"]
+__all__ = [
+    "ANNOTATION",
+    "PALETTE",
+    "RunSetup",
+    "SegmentResults",
+    "all_results",
+    "embed_run",
+    "results_for",
+]
 
 COLOUR_MODES = ("label", "cluster", "class")
 #: The classifier's columns of the table: annotations (``""``: none) and predictions.
@@ -43,6 +51,11 @@ PALETTE = np.array(
 )
 
 _by_layer: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def all_results() -> list[SegmentResults]:
+    """The results of every labels layer that has some."""
+    return list(_by_layer.values())
 
 
 def results_for(layer: Labels) -> SegmentResults | None:

@@ -22,11 +22,11 @@ from ._apply import ClassifierFiles, with_measurements
 from ._common import labels_layers, status_label
 from ._jobs import Job, start_job, watch_close
 from ._results import PALETTE, SegmentResults, results_for
+from ._training import NOT_EMBEDDED, annotated_examples, fit_and_predict, training_layers
 
 __all__ = ["ClassifySegmentsWidget"]
 
 N_SUGGESTIONS = 10
-NOT_EMBEDDED = "Embed this layer first (Embed segments), then click segments to annotate them."
 
 
 class ClassifySegmentsWidget(ClassifierFiles, Container):
@@ -76,6 +76,14 @@ class ClassifySegmentsWidget(ClassifierFiles, Container):
         )
         self._measured: tuple | None = None  # (labels as embedded, measurement columns)
         self.auto_input = CheckBox(label="retrain after every annotation", value=True)
+        self.remember_input = CheckBox(
+            label="also train on the layers annotated before (same model)",
+            value=True,
+            tooltip="annotate one image, then the next: the classifier keeps the first image's "
+            "annotations (kept until this widget closes)",
+        )
+        #: layer name -> (its annotated rows, their annotations), once another layer is followed
+        self._remembered: dict = {}
         self.train_button = PushButton(text="Train now")
         self.status = status_label()
         self._suggested_rows: list[int] = []
@@ -97,6 +105,7 @@ class ClassifySegmentsWidget(ClassifierFiles, Container):
                 self.method_input,
                 self.features_input,
                 self.auto_input,
+                self.remember_input,
                 self.train_button,
                 self.status,
                 self.suggestions,
@@ -115,6 +124,7 @@ class ClassifySegmentsWidget(ClassifierFiles, Container):
         self.selection_button.changed.connect(lambda: self.annotate_selection())
         self.method_input.changed.connect(self._on_annotations_changed)
         self.features_input.changed.connect(self._on_annotations_changed)
+        self.remember_input.changed.connect(self._on_annotations_changed)
         self.train_button.changed.connect(lambda: self.train())
         self.next_button.changed.connect(lambda: self.next_suggestion())
         self.suggestions.changed.connect(self._on_suggestion_chosen)
@@ -308,45 +318,28 @@ class ClassifySegmentsWidget(ClassifierFiles, Container):
             self.train(quiet=True)
 
     # ------------------------------------------------------------------ training
-    def _training_data(self):
-        """The table and its annotations, or the reason there is nothing to train on."""
-        results = self.results
-        if results is None:
-            return None, NOT_EMBEDDED
-        ann = results.annotation_frame()
-        counts = ann["class"].value_counts()
-        if (counts >= 2).sum() < 2:
-            return None, "Annotate at least 2 segments of each of 2 classes to train."
-        return (results.table, ann), None
-
     def train(self, *, quiet: bool = False):
         """Train on the annotations and predict every segment, in a worker; returns it (None
         when there is nothing to train on, or a training runs: it trains again after)."""
         if self.job is not None:
             self._again = True
             return None
-        data, why = self._training_data()
-        if data is None:
+        remembered = self._remembered if self.remember_input.value else {}
+        layers, why = training_layers(self.results, remembered, features=self.features_input.value)
+        if layers is None:
             if self._model_fits():
                 self.predict_with(self.classifier)  # a loaded model predicts the new rows
             elif not quiet:
                 raise ValueError(why)
             self._show_state(why)
             return None
-        table, annotations = data
         method, features, results = self.method_input.value, self.features_input.value, self.results
-        run, measured = results.run, self._measured
-        cached = measured[1] if measured is not None and measured[0] is run.labels else None
+        table, measured = results.table, self._measured
+        cached = measured[1] if measured is not None and measured[0] is results.run.labels else None
 
         def call(progress, should_stop):
             _session.load_classifier_tools()  # without freezing napari, the first time
-            from ..analysis.classify import train_classifier
-
-            rows = table
-            if features == "embedding+geometry":
-                rows = with_measurements(table, run.image, run.labels, run.params, cached)
-            model = train_classifier(rows, annotations, method=method, features=features)
-            return model, model.predict(rows, force=True), rows
+            return fit_and_predict(layers, method=method, features=features, cached=cached)
 
         self.status.value = "Training..."
         watch_close(self.native.window())  # closing napari waits for it (a fraction of a second)
@@ -369,7 +362,10 @@ class ClassifySegmentsWidget(ClassifierFiles, Container):
         if not np.array_equal(results.labels, table["label"].to_numpy()):
             self._again = True  # live edits changed the rows meanwhile: train on the new ones
             return
+        if results.labels_layer is not None:  # kept for training on the next layers
+            self._remembered[results.labels_layer.name] = annotated_examples(results, rows)
         self.classifier = model
+        self._adopt_classes(model.classes_)  # classes annotated in other layers too
         self._apply_predictions(predictions)
 
     def _model_fits(self) -> bool:
@@ -457,9 +453,11 @@ class ClassifySegmentsWidget(ClassifierFiles, Container):
             self.status.value = why
         elif model is not None and len(predicted):
             cv = "n/a" if model.cv_score_ is None else f"{model.cv_score_:.2f}"
+            layers = model.info.get("layers", {})
+            where = f" in {len(layers)} layers" if len(layers) > 1 else ""
             self.status.value = (
                 f"{model.method}: cross-validated accuracy {cv} on "
-                f"{sum(model.info.get('n_annotations', {}).values())} annotations; "
+                f"{sum(model.info.get('n_annotations', {}).values())} annotations{where}; "
                 f"{len(predicted)} segments predicted."
             )
 
