@@ -18,6 +18,7 @@ from napari_segrep.analysis.classify import (
     load_classifier,
     suggest_next,
     train_classifier,
+    training_examples,
 )
 from napari_segrep.analysis.export import read_table, write_table
 from napari_segrep.analysis.measure import SHAPE_COLUMNS
@@ -410,3 +411,20 @@ def test_classifier__missing_measurements_are_named(sized, annotated):
     alone = train_classifier(table, annotations)
     assert alone.feature_columns == [c for c in table.columns if c.startswith("emb_")]
     alone.predict(table.drop(columns=["extent"]))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_classifier__its_training_examples_survive_the_file_and_retrain_the_same(
+    annotated, tmp_path, method
+):
+    table, _, annotations = annotated
+    clf = train_classifier(table, annotations, method=method)
+    clf.save(tmp_path / "m.segclf")
+    examples, ann = training_examples(load_classifier(tmp_path / "m.segclf"))
+    assert len(examples) == len(annotations) and sorted(ann["class"]) == sorted(
+        annotations.values()
+    )
+    again = train_classifier(examples, ann, method=method)
+    np.testing.assert_allclose(
+        again.predict_proba(table), clf.predict_proba(table), rtol=1e-5, atol=1e-6
+    )

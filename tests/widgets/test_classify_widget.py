@@ -194,6 +194,10 @@ def test_classify_widget__save_load_apply_to_a_second_layer_and_export(
     assert model.classes_ == names
     after = widget.results.table[["label", "class_predicted", "class_probability"]]
     pd.testing.assert_frame_equal(before.reset_index(drop=True), after.reset_index(drop=True))
+    # a loaded classifier is improved, not replaced: new clicks add to its training examples
+    widget.annotate_rows([int(np.flatnonzero(widget.results.annotations == "")[0])], names[0])
+    _wait_trained(qtbot, widget)
+    assert widget.classifier.info["layers"]["cells.segclf (file)"] == 3 * len(names)
     # apply to a second image's labels layer: embedded with the same encoder, then predicted
     image2, labels2, classes2 = make_cells(shape=(256, 256), n_cells=30, seed=7)
     viewer.add_image(image2, name="img2")

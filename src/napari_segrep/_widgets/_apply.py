@@ -156,6 +156,11 @@ class ClassifierFiles:
             self._on_error(exc)
             return None
         self.classifier = model
+        from ..analysis.classify import training_examples
+
+        examples = training_examples(model)
+        if examples is not None:  # new annotations add to what it was trained on
+            self._remembered[f"{Path(path).name} (file)"] = examples
         if self.results is not None:
             self.predict_with(model)
         self.status.value = f"Loaded {Path(path).name}: classes {', '.join(model.classes_)}."
