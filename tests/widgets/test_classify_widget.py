@@ -115,6 +115,10 @@ def test_classify_widget__click_to_annotate_train_predict_colour_and_hover(
     status = points.get_status(tuple(points.data[row]), world=True)
     text = status["coordinates"] if isinstance(status, dict) else str(status)
     assert "class_predicted" in text and "class_probability" in text
+    yy, xx = np.nonzero(labels == table["label"].iloc[row])
+    status = layer.get_status((yy[0], xx[0]), world=True)
+    text = status["coordinates"] if isinstance(status, dict) else str(status)
+    assert f"class_predicted: {table['class_predicted'].iloc[row]}" in text
     # clicking an annotated segment again with its class removes the annotation
     widget.class_input.value = names[0]
     _click(layer, int(table["label"].iloc[row]), labels, MouseEvent)
@@ -385,3 +389,44 @@ def test_classify_widget__image_after_image_keeps_what_the_first_taught(
     # without the earlier layers, there is nothing to train on
     widget.remember_input.value = False
     assert "Annotate at least 2" in widget.status.value
+
+
+def test_classify_widget__stacks_frame_by_frame(make_napari_viewer, qtbot, MouseEvent):
+    planes = [make_cells(shape=(160, 160), n_cells=15, seed=s) for s in (21, 22)]
+    image = np.stack([p[0] for p in planes])
+    labels = np.stack([p[1] for p in planes])
+    viewer, _ = _embedded(make_napari_viewer, qtbot, image, labels)
+    widget = _classify_dock(viewer)
+    table = widget.results.table
+    assert "frame" in table
+    names = sorted(set(planes[0][2].values()))
+    for name in names:
+        widget.add_class(name)
+    # a click annotates the segment of the frame shown only (labels repeat across frames)
+    viewer.dims.current_step = (1, *viewer.dims.current_step[1:])
+    label = int(table[table["frame"] == 1]["label"].iloc[0])
+    widget.class_input.value = names[0]
+    _click_plane(viewer.layers["cells"], label, labels, 1, MouseEvent)
+    hit = table[widget.results.annotations != ""]
+    assert list(hit["frame"]) == [1] and list(hit["label"]) == [label]
+    for frame, (_, _, classes) in enumerate(planes):
+        for name in names:
+            rows = [
+                int(r)
+                for r in np.flatnonzero(table["frame"] == frame)
+                if classes[int(table["label"].iloc[r])] == name
+            ][:2]
+            widget.annotate_rows(rows, name)
+    _wait_trained(qtbot, widget)
+    layer = widget.predictions_layer()
+    assert layer.data.shape == labels.shape
+    row = widget.next_suggestion()
+    assert viewer.dims.current_step[0] == int(widget.results.table["frame"].iloc[row])
+
+
+def _click_plane(layer, label, labels, frame, MouseEvent):
+    yy, xx = np.nonzero(labels[frame] == label)
+    i = len(yy) // 2
+    layer.mode = "pan_zoom"
+    event = ReadOnlyWrapper(MouseEvent(type="mouse_press", position=(frame, yy[i], xx[i])))
+    mouse_press_callbacks(layer, event)
