@@ -25,6 +25,7 @@ _LAZY = {
     "write_table": "napari_segrep.analysis.export",
     "train_classifier": "napari_segrep.analysis.classify",
     "load_classifier": "napari_segrep.analysis.classify",
+    "improve_classifier": "napari_segrep.analysis.improve",
     "measure_segments": "napari_segrep.analysis.measure",
     "add_measurements": "napari_segrep.analysis.measure",
 }
@@ -37,6 +38,7 @@ __all__ = [
     "add_measurements",
     "embed_segments",
     "embed_stack",
+    "improve_classifier",
     "load_classifier",
     "load_encoder",
     "measure_segments",
@@ -50,6 +52,7 @@ __all__ = [
 if TYPE_CHECKING:  # pragma: no cover
     from .analysis.classify import load_classifier, train_classifier
     from .analysis.export import write_table
+    from .analysis.improve import improve_classifier
     from .analysis.measure import add_measurements, measure_segments
     from .engine.devices import resolve_device
     from .engine.embed import embed_segments, embed_stack

@@ -18,9 +18,9 @@ from napari_segrep.analysis.classify import (
     load_classifier,
     suggest_next,
     train_classifier,
-    training_examples,
 )
 from napari_segrep.analysis.export import read_table, write_table
+from napari_segrep.analysis.improve import improve_classifier, training_examples
 from napari_segrep.analysis.measure import SHAPE_COLUMNS
 
 from .conftest import blobs
@@ -428,3 +428,34 @@ def test_classifier__its_training_examples_survive_the_file_and_retrain_the_same
     np.testing.assert_allclose(
         again.predict_proba(table), clf.predict_proba(table), rtol=1e-5, atol=1e-6
     )
+
+
+def test_improve_classifier__adds_annotations_to_what_it_learnt(annotated, tmp_path):
+    table, truth, annotations = annotated
+    first = dict(list(annotations.items())[::2])  # half the clicks
+    rest = {k: v for k, v in annotations.items() if k not in first}
+    clf = train_classifier(_with_encoder(table, "a" * 64), first, method="logistic", C=0.5)
+    clf.save(tmp_path / "m.segclf")
+    better = improve_classifier(
+        load_classifier(tmp_path / "m.segclf"), _with_encoder(table, "a" * 64), rest
+    )
+    whole = train_classifier(table, annotations, method="logistic", C=0.5)
+    # the same as training on all the annotations at once (same rows, same method and C)
+    np.testing.assert_allclose(
+        better.predict_proba(table), whole.predict_proba(table), rtol=1e-4, atol=1e-5
+    )
+    assert better.params == {"C": 0.5} and sum(better.info["n_annotations"].values()) == len(
+        annotations
+    )
+    with pytest.raises(ValueError, match="another encoder"):
+        improve_classifier(clf, _with_encoder(table, "b" * 64), rest)
+    old = SegmentClassifier(
+        clf.method,
+        clf.classes_,
+        clf.feature_columns,
+        {k: v for k, v in clf.arrays.items() if not k.startswith("example")},
+        clf.params,
+        info=clf.info,
+    )
+    with pytest.raises(ValueError, match="does not keep the segments"):
+        improve_classifier(old, table, rest)

@@ -156,7 +156,7 @@ class ClassifierFiles:
             self._on_error(exc)
             return None
         self.classifier = model
-        from ..analysis.classify import training_examples
+        from ..analysis.improve import training_examples
 
         examples = training_examples(model)
         if examples is not None:  # new annotations add to what it was trained on

@@ -34,7 +34,6 @@ __all__ = [
     "segment_keys",
     "suggest_next",
     "train_classifier",
-    "training_examples",
 ]
 
 METHODS = ("logistic", "random_forest", "knn")
@@ -445,23 +444,6 @@ def _cv_score(method, x, y, n_classes, params, seed, weights=None) -> float | No
         proba = predict_proba(method, arrays, params, x[test], n_classes)
         correct += int((proba.argmax(axis=1) == y[test]).sum())
     return correct / len(y)
-
-
-def training_examples(model: SegmentClassifier):
-    """The segments ``model`` was trained on, as a table (``label`` 1..n, its feature columns,
-    ``attrs`` with its encoder) and their annotations (``label``, ``class``), to train again
-    on them plus new annotations; None for a file written before they were kept."""
-    import pandas as pd
-
-    if "examples" not in model.arrays:
-        return None
-    x, y = model.arrays["examples"], model.arrays["example_classes"]
-    labels = np.arange(1, len(x) + 1)
-    table = pd.DataFrame(x.astype(np.float64), columns=model.feature_columns)
-    table.insert(0, "label", labels)
-    table.attrs = {k: model.info[k] for k in ("encoder", "normalization") if k in model.info}
-    names = np.asarray(model.classes_, dtype=object)[y]
-    return table, pd.DataFrame({"label": labels, "class": names})
 
 
 def suggest_next(predictions, *, n: int = 10, exclude=None):
