@@ -354,12 +354,69 @@ def test_cli_classify__option_errors(tmp_path, capsys, monkeypatch, options, mes
     assert not (tmp_path / "p.csv").exists()
 
 
-def test_cli_classify__model_or_annotations_exactly_one(capsys):
-    for options in ([], ["--model", "m.segclf", "--annotations", "a.csv"]):
-        with pytest.raises(SystemExit) as exit_:
-            _run("classify", "t.csv", "-o", "p.csv", *options)
-        assert exit_.value.code == 2
-    assert "--annotations" in capsys.readouterr().err
+def test_cli_classify__model_or_annotations_at_least_one(capsys):
+    assert _run("classify", "t.csv", "-o", "p.csv") == 2
+    assert "give --annotations ANN.csv (train), --model M.segclf" in _one_error_line(capsys)
+
+
+def test_cli_classify__model_and_annotations_improve_the_model(cells, tmp_path, monkeypatch):
+    """--model with --annotations: trained on what the model learnt plus the new clicks; the
+    same model as training on all the clicks at once."""
+    _, table_path, df, truth = cells
+    monkeypatch.chdir(tmp_path)
+    picked, ann = _annotate(df, truth, n=6)
+    ann.iloc[::2].to_csv("first.csv", index=False)
+    ann.iloc[1::2].to_csv("more.csv", index=False)
+    ann.to_csv("all.csv", index=False)
+    assert (
+        _run(
+            "classify",
+            table_path,
+            "--annotations",
+            "first.csv",
+            "-o",
+            "p1.csv",
+            "--save-model",
+            "m.segclf",
+        )
+        == 0
+    )
+    assert (
+        _run(
+            "classify",
+            table_path,
+            "--model",
+            "m.segclf",
+            "--annotations",
+            "more.csv",
+            "-o",
+            "p2.csv",
+            "--save-model",
+            "m2.segclf",
+        )
+        == 0
+    )
+    assert _run("classify", table_path, "--annotations", "all.csv", "-o", "p3.csv") == 0
+    improved, whole = pd.read_csv("p2.csv"), pd.read_csv("p3.csv")
+    prob = [c for c in whole.columns if c.startswith("prob_")]
+    np.testing.assert_allclose(improved[prob], whole[prob], rtol=1e-4, atol=1e-5)
+    assert sum(sr.load_classifier("m2.segclf").info["n_annotations"].values()) == len(ann)
+    # its method is the model's: training options are refused with --model
+    assert (
+        _run(
+            "classify",
+            table_path,
+            "--model",
+            "m.segclf",
+            "--annotations",
+            "more.csv",
+            "-o",
+            "p4.csv",
+            "--method",
+            "knn",
+        )
+        == 2
+    )
 
 
 def test_cli_classify__a_process_prints_one_line_and_exit_2(tmp_path):

@@ -48,7 +48,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument(
         "table", type=Path, help="embedding table TABLE.csv (its TABLE.json names the encoder)"
     )
-    source = parser.add_mutually_exclusive_group(required=True)
+    source = parser
     source.add_argument(
         "--annotations",
         type=Path,
@@ -62,7 +62,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--model",
         type=Path,
         metavar="M.segclf",
-        help="a classifier saved by --save-model to predict with",
+        help="a classifier saved by --save-model (or the napari widget) to predict with; "
+        "with --annotations too, it is improved: trained on what it learnt plus the new "
+        "annotations, with its own method and parameters",
     )
     parser.add_argument(
         "-o",
@@ -136,7 +138,8 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"{args.table} has no 'label' column: pass a table from napari-segrep embed")
     if args.model is not None:
         clf = _load(args.model)
-        annotations = None
+        if args.annotations is not None:
+            clf = _improve(clf, table, read_annotations(args.annotations, table), args)
     else:
         annotations = read_annotations(args.annotations, table)
         clf = _train(table, annotations, training, args.annotations)
@@ -155,17 +158,22 @@ def _training_options(args: argparse.Namespace) -> dict:
     """The training keyword arguments (defaults filled in); a :class:`CLIError` for one given
     with --model, or one that does not apply to the chosen method."""
     given = {dest: getattr(args, dest) for dest in _TRAINING if getattr(args, dest) is not None}
+    if args.model is None and args.annotations is None:
+        raise CLIError(
+            "give --annotations ANN.csv (train), --model M.segclf (predict), or both (improve "
+            "the model with the annotations)"
+        )
     if args.model is not None:
         if given:
             flags = ", ".join(_TRAINING[d][0] for d in given)
             raise CLIError(
-                f"{flags}: training options apply to --annotations, not --model (a saved "
-                "classifier is used as it was trained)"
+                f"{flags}: training options apply to --annotations alone, not with --model (a "
+                "saved classifier keeps its method and parameters, also when improved)"
             )
-        if args.save_model is not None:
+        if args.save_model is not None and args.annotations is None:
             raise CLIError(
-                "--save-model saves the classifier trained from --annotations; with --model "
-                "it is already saved"
+                "--save-model saves a classifier trained (or improved) with --annotations; "
+                "--model alone is already saved"
             )
     options = {dest: given.get(dest, default) for dest, (_, default, _) in _TRAINING.items()}
     for dest, (flag, _, method) in _TRAINING.items():
@@ -279,6 +287,15 @@ def _train(table, annotations, options: dict, path: Path):
         return train_classifier(table, annotations, **options)
     except ValueError as exc:  # about the annotations, or the table's columns: it says which
         raise CLIError(f"cannot train on the annotations in {path}: {exc}") from None
+
+
+def _improve(clf, table, annotations, args):
+    from ..analysis.improve import improve_classifier
+
+    try:
+        return improve_classifier(clf, table, annotations)
+    except ValueError as exc:
+        raise CLIError(f"cannot improve {args.model} with {args.annotations}: {exc}") from None
 
 
 def _load(path: Path):
