@@ -23,8 +23,13 @@ def training_examples(model: SegmentClassifier):
         return None
     x, y = model.arrays["examples"], model.arrays["example_classes"]
     labels = np.arange(1, len(x) + 1)
-    table = pd.DataFrame(x.astype(np.float64), columns=model.feature_columns)
-    table.insert(0, "label", labels)
+    table = pd.concat(  # one block, label first (no insert into a wide frame)
+        [
+            pd.DataFrame({"label": labels}),
+            pd.DataFrame(x.astype(np.float64), columns=model.feature_columns),
+        ],
+        axis=1,
+    )
     table.attrs = {k: model.info[k] for k in ("encoder", "normalization") if k in model.info}
     names = np.asarray(model.classes_, dtype=object)[y]
     return table, pd.DataFrame({"label": labels, "class": names})
@@ -61,8 +66,9 @@ def improve_classifier(model: SegmentClassifier, table, annotations) -> SegmentC
         )
     rows, names = annotated_rows(table, annotations)
     new = table.iloc[rows][model.feature_columns]
-    combined = pd.concat([examples[model.feature_columns], new], ignore_index=True)
-    combined.insert(0, "label", np.arange(1, len(combined) + 1))
+    features = pd.concat([examples[model.feature_columns], new], ignore_index=True)
+    labels = pd.DataFrame({"label": np.arange(1, len(features) + 1)})
+    combined = pd.concat([labels, features], axis=1)
     combined.attrs = dict(getattr(table, "attrs", {})) or dict(examples.attrs)
     labels = dict(zip(combined["label"], [*classes["class"], *names], strict=True))
     info = model.info

@@ -369,7 +369,10 @@ def _report(args, clf, predictions, outputs: list[Path]) -> None:
     counts = clf.info.get("n_annotations") or {}
     annotated = ", ".join(f"{name} {n}" for name, n in counts.items())
     cv = "n/a" if clf.cv_score_ is None else f"{clf.cv_score_:.3f}"
-    where = f"classifier {args.model}: " if args.model is not None else "trained "
+    if args.model is not None and args.annotations is not None:
+        where = f"classifier {args.model} improved with {args.annotations}: "
+    else:
+        where = f"classifier {args.model}: " if args.model is not None else "trained "
     print(
         f"{where}{clf.method} on {sum(counts.values())} annotations ({annotated}); "
         f"cross-validated accuracy {cv}",
