@@ -173,6 +173,12 @@ def test_classify_widget__classes_rename_remove_and_annotate_selection(
     assert "Annotate at least 2" in widget.status.value  # one class: nothing to train
     widget.remove_class("round")
     assert (widget.results.annotations == "").all()
+    # a button clicked too early says what to do first (no traceback)
+    widget.name_input.value = ""
+    widget.add_button.native.click()
+    assert "Type the new class's name first" in widget.status.value
+    widget.predictions_button.native.click()
+    assert "Train or load a classifier first" in widget.status.value
 
 
 @pytest.mark.parametrize("features", ["embedding", "embedding+geometry"])

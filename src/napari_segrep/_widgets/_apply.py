@@ -108,11 +108,14 @@ class ClassifierFiles:
             ]
         )
         self.apply_job = None
-        self.save_button.changed.connect(lambda: self.save_classifier())
-        self.load_button.changed.connect(lambda: self.load_classifier())
-        self.apply_button.changed.connect(lambda: self._apply_chosen())
-        self.export_button.changed.connect(lambda: self.export_csv())
-        self.folder_button.changed.connect(self._apply_to_chosen_folder)
+        act = self._user_action
+        self.save_button.changed.connect(act(self.save_classifier))
+        self.load_button.changed.connect(act(self.load_classifier))
+        self.apply_button.changed.connect(
+            act(lambda: self.apply_to(self.apply_labels.value, list(self.apply_images.value or [])))
+        )
+        self.export_button.changed.connect(act(self.export_csv))
+        self.folder_button.changed.connect(act(self._apply_to_chosen_folder))
 
     # ------------------------------------------------------------------ files
     def save_classifier(self, path=None, *, overwrite: bool | None = None) -> Path | None:
@@ -167,12 +170,6 @@ class ClassifierFiles:
         return model
 
     # ------------------------------------------------------------------ apply to another layer
-    def _apply_chosen(self) -> None:
-        try:
-            self.apply_to(self.apply_labels.value, list(self.apply_images.value or []))
-        except (ValueError, RuntimeError) as exc:
-            self._on_error(exc)
-
     def apply_to(self, labels_layer: Labels, images: list | None = None):
         """Predict the segments of another labels layer: with its embeddings when it has some
         from the classifier's encoder, else embedding it first (in a worker; returns it) with
@@ -213,15 +210,12 @@ class ClassifierFiles:
         )
         return self.apply_job.worker
 
-    def _apply_to_chosen_folder(self, *_) -> None:
+    def _apply_to_chosen_folder(self) -> None:
         from qtpy.QtWidgets import QFileDialog
 
         folder = QFileDialog.getExistingDirectory(self.native, "Folder of images and labels")
         if folder:
-            try:
-                self.apply_to_folder(folder)
-            except (ValueError, RuntimeError) as exc:
-                self._on_error(exc)
+            self.apply_to_folder(folder)
 
     def apply_to_folder(self, folder, output=None, *, overwrite: bool | None = None):
         """Classify every image of a folder (``images/`` + ``labels/``, or ``x.tif`` beside

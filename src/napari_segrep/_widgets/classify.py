@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import napari
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, Label, LineEdit, PushButton, Select
+from magicgui.widgets import CheckBox, ComboBox, Container, Label, LineEdit, PushButton
 from napari.layers import Labels
 from napari.utils.notifications import show_error
 
@@ -22,14 +22,13 @@ from ._apply import ClassifierFiles, with_measurements
 from ._common import labels_layers, status_label
 from ._jobs import Job, start_job, watch_close
 from ._results import PALETTE, SegmentResults, results_for
+from ._suggest import Suggestions
 from ._training import NOT_EMBEDDED, annotated_examples, fit_and_predict, training_layers
 
 __all__ = ["ClassifySegmentsWidget"]
 
-N_SUGGESTIONS = 10
 
-
-class ClassifySegmentsWidget(ClassifierFiles, Container):
+class ClassifySegmentsWidget(ClassifierFiles, Suggestions, Container):
     """Annotate segments with classes, train a classifier on their embeddings in the
     background after every annotation, and predict every segment.
 
@@ -86,12 +85,7 @@ class ClassifySegmentsWidget(ClassifierFiles, Container):
         self._remembered: dict = {}
         self.train_button = PushButton(text="Train now")
         self.status = status_label()
-        self._suggested_rows: list[int] = []
-        self._suggestion_texts: list[str] = []
-        self.suggestions = Select(
-            label="label next (least sure)", choices=lambda _w=None: self._suggestion_texts
-        )
-        self.next_button = PushButton(text="Next suggestion")
+        self.add_suggestion_widgets()
         self.predictions_button = PushButton(text="Predictions as labels layer")
         self.extend(
             [
@@ -115,25 +109,38 @@ class ClassifySegmentsWidget(ClassifierFiles, Container):
         )
         self.add_file_widgets()
         self.labels_input.changed.connect(self._on_labels_chosen)
-        self.add_button.changed.connect(lambda: self.add_class(self.name_input.value))
+        act = self._user_action
+        self.add_button.changed.connect(act(lambda: self.add_class(self.name_input.value)))
         self.rename_button.changed.connect(
-            lambda: self.rename_class(self.class_input.value, self.name_input.value)
+            act(lambda: self.rename_class(self.class_input.value, self.name_input.value))
         )
-        self.remove_button.changed.connect(lambda: self.remove_class(self.class_input.value))
+        self.remove_button.changed.connect(act(lambda: self.remove_class(self.class_input.value)))
         self.colour_button.changed.connect(self._choose_colour)
-        self.selection_button.changed.connect(lambda: self.annotate_selection())
+        self.selection_button.changed.connect(act(self.annotate_selection))
         self.method_input.changed.connect(self._on_annotations_changed)
         self.features_input.changed.connect(self._on_annotations_changed)
         self.remember_input.changed.connect(self._on_annotations_changed)
-        self.train_button.changed.connect(lambda: self.train())
-        self.next_button.changed.connect(lambda: self.next_suggestion())
+        self.train_button.changed.connect(act(self.train))
+        self.next_button.changed.connect(act(self.next_suggestion))
         self.suggestions.changed.connect(self._on_suggestion_chosen)
-        self.predictions_button.changed.connect(lambda: self.predictions_layer())
+        self.predictions_button.changed.connect(act(self.predictions_layer))
         viewer.layers.events.inserted.connect(self._on_layers_changed)
         viewer.layers.events.removed.connect(self._on_layers_changed)
         self._on_layers_changed()
         self._show_state()
         _session.start_loading_classifier_tools()  # scikit-learn, before the first training
+
+    def _user_action(self, action):
+        """A button's action: what the user must do first (a ValueError or RuntimeError with
+        the reason) goes to the status line and a notification, not a traceback."""
+
+        def run(*_):
+            try:
+                action()
+            except (ValueError, RuntimeError) as exc:
+                self._on_error(exc)
+
+        return run
 
     # ------------------------------------------------------------------ following a layer
     def _on_layers_changed(self, event=None) -> None:
@@ -399,16 +406,7 @@ class ClassifySegmentsWidget(ClassifierFiles, Container):
         results.set_predictions(predictions)
         if results.colour_by != "class":
             results.colour_by = "class"
-        from ..analysis.classify import suggest_next
-
-        suggested = suggest_next(predictions, n=N_SUGGESTIONS, exclude=results.annotations != "")
-        self._suggested_rows = suggested.index.to_list()
-        self._suggestion_texts = [
-            f"label {int(results.table['label'].iloc[r])}  (margin {m:.2f})"
-            for r, m in zip(self._suggested_rows, suggested["margin"], strict=True)
-        ]
-        with self.suggestions.changed.blocked():
-            self.suggestions.reset_choices()
+        self.update_suggestions(predictions)
         self._show_state()
 
     def _on_job_done(self) -> None:
@@ -460,36 +458,6 @@ class ClassifySegmentsWidget(ClassifierFiles, Container):
                 f"{sum(model.info.get('n_annotations', {}).values())} annotations{where}; "
                 f"{len(predicted)} segments predicted."
             )
-
-    # ------------------------------------------------------------------ suggestions
-    def _on_suggestion_chosen(self, *_) -> None:
-        chosen = self.suggestions.value
-        if chosen:
-            self.go_to_row(self._suggested_rows[self.suggestions.choices.index(chosen[0])])
-
-    def next_suggestion(self) -> int | None:
-        """Go to the segment the model is least sure of (not annotated yet); its row."""
-        rows = [r for r in self._suggested_rows if self.results.annotations[r] == ""]
-        if not rows:
-            return None
-        self.go_to_row(rows[0])
-        return rows[0]
-
-    def go_to_row(self, row: int) -> None:
-        """Select the segment of ``row`` (and its point) and centre the view on it."""
-        results = self._require_results()
-        layer = results.labels_layer
-        record = results.table.iloc[row]
-        if "frame" in results.table:
-            step = list(self.viewer.dims.current_step)
-            step[0] = int(record["frame"])
-            self.viewer.dims.current_step = tuple(step)
-        centre = np.array([record["centroid_y"], record["centroid_x"]], float)
-        world = centre * np.asarray(layer.scale[-2:]) + np.asarray(layer.translate[-2:])
-        scene = getattr(self.viewer, "scene", None)  # napari >= 0.9; viewer.camera before
-        camera = scene.camera if scene is not None else self.viewer.camera
-        camera.center = tuple(world)
-        results.select_rows([row])
 
     def close(self) -> None:
         self._follow(None)
