@@ -15,7 +15,14 @@ from napari.utils.colormaps import DirectLabelColormap
 from napari.utils.notifications import show_error, show_info
 
 from . import _session
-from ._common import image_layers, labels_layers, layer_inputs, progress_bar, save_path
+from ._common import (
+    export_table,
+    image_layers,
+    labels_layers,
+    layer_inputs,
+    progress_bar,
+    save_path,
+)
 from ._jobs import start_job, watch_close
 from ._results import ANNOTATION, PALETTE, PREDICTION_COLUMNS, results_for
 
@@ -386,22 +393,9 @@ class ClassifierFiles:
     def export_csv(self, path=None, *, overwrite: bool | None = None) -> Path | None:
         """Write the followed layer's predictions (keys, centroid, area, annotation, predicted
         class, probability, margin, every class's probability) and a JSON sidecar."""
-        from ..analysis.export import write_table
-
         results = self.results
         if results is None or "class_predicted" not in results.table:
             raise ValueError("Train or load a classifier first.")
-        path = save_path(
-            self.native,
-            path,
-            title="Export predictions",
-            suggestion=f"{results.labels_layer.name}_classes.csv",
-            file_filter="CSV (*.csv)",
-            overwrite=overwrite,
-        )
-        if path is None:
-            return None
-        table = results.table[export_columns(results.table)]
         record = results.provenance()
         model = self.classifier
         record["command"] = "napari: Classify segments, Export predictions CSV"
@@ -412,13 +406,15 @@ class ClassifierFiles:
                 "cv_score": model.cv_score_,
                 "n_annotations": model.info.get("n_annotations"),
             }
-        try:
-            write_table(table, path, provenance=record)  # never replaces others' files
-        except (OSError, ValueError) as exc:
-            show_error(f"Export failed: {exc}")
-            return None
-        show_info(f"Wrote {path}")
-        return path
+        return export_table(
+            self.native,
+            results.table[export_columns(results.table)],
+            record,
+            path,
+            title="Export predictions",
+            suggestion=f"{results.labels_layer.name}_classes.csv",
+            overwrite=overwrite,
+        )
 
 
 def _paint(labels: np.ndarray, label_ids: np.ndarray, values: np.ndarray) -> np.ndarray:

@@ -88,6 +88,35 @@ def save_path(
     return path
 
 
+def export_table(
+    parent, table, provenance: dict, path, *, title: str, suggestion: str, overwrite: bool | None
+) -> Path | None:
+    """Write ``table`` as CSV with its JSON sidecar (``write_table``: together or not at all;
+    another program's JSON is never replaced) where :func:`save_path` says; a failure is shown,
+    not raised.  Returns the path, or None when nothing was written."""
+    from napari.utils.notifications import show_error, show_info
+
+    from ..analysis.export import write_table
+
+    path = save_path(
+        parent,
+        path,
+        title=title,
+        suggestion=suggestion,
+        file_filter="CSV (*.csv)",
+        overwrite=overwrite,
+    )
+    if path is None:
+        return None
+    try:
+        write_table(table, path, provenance=provenance)
+    except (OSError, ValueError) as exc:
+        show_error(f"Export failed: {exc}")
+        return None
+    show_info(f"Wrote {path}")
+    return path
+
+
 def chosen_path(value) -> Path | None:
     """A FileEdit's value as a path, or None when nothing is chosen ("" or ".")."""
     if value is None or str(value) in ("", "."):

@@ -22,12 +22,12 @@ from ._common import (
     LayerInputs,
     WarmRelay,
     chosen_path,
+    export_table,
     image_layers,
     is_file,
     labels_layers,
     layer_inputs,
     progress_bar,
-    save_path,
     status_label,
     unless_deleted,
 )
@@ -479,22 +479,12 @@ class EmbedSegmentsWidget(Container):
         results = self.results
         if results is None:
             raise RuntimeError("Run the embedding first.")
-        path = save_path(
+        return export_table(
             self.native,
+            results.export_frame(),
+            results.provenance(),
             path,
             title="Export CSV",
             suggestion=f"{results.labels_layer.name}.csv",
-            file_filter="CSV (*.csv)",
             overwrite=overwrite,
         )
-        if path is None:
-            return None
-        from ..analysis.export import write_table
-
-        try:
-            write_table(results.export_frame(), path, provenance=results.provenance())
-        except (OSError, ValueError) as exc:
-            show_error(f"Export failed: {exc}")
-            return None
-        show_info(f"Wrote {path}")
-        return path
