@@ -169,6 +169,12 @@ def test_classify_widget__classes_rename_remove_and_annotate_selection(
     assert list(widget.results.annotations[:3]) == ["a"] * 3
     widget.rename_class("a", "round")
     assert list(widget.results.annotations[:3]) == ["round"] * 3
+    widget.set_class_colour("round", (1.0, 0.0, 1.0, 1.0))  # what Colour... sets
+    widget.results.colour_by = "class"
+    qtbot.waitUntil(_drawn, timeout=TIMEOUT_MS)
+    colour = viewer.layers["cells"].colormap.map(int(widget.results.table["label"].iloc[0]))
+    np.testing.assert_allclose(colour[:3], (1.0, 0.0, 1.0), atol=1e-6)
+    assert "#ff00ff" in widget.legend.value
     assert widget.class_input.choices == ("round", "b")
     assert "Annotate at least 2" in widget.status.value  # one class: nothing to train
     widget.remove_class("round")
