@@ -1,6 +1,6 @@
 """Render the README's pictures from the generated sample (numpy + imageio only).
 
-    python docs/make_figures.py        # writes docs/sample_cells.png and docs/crops.png
+python docs/make_figures.py        # writes docs/sample_cells.png and docs/crops.png
 """
 
 from __future__ import annotations
