@@ -16,6 +16,7 @@ _LAZY = {
     "SegmentEncoder": "napari_segrep.engine.encoder",
     "embed_segments": "napari_segrep.engine.embed",
     "embed_stack": "napari_segrep.engine.embed",
+    "embed_images": "napari_segrep.engine.collection",
     "train_ssl": "napari_segrep.engine.training",
     "TrainingDiverged": "napari_segrep.errors",
     "resolve_device": "napari_segrep.engine.devices",
@@ -36,6 +37,7 @@ __all__ = [
     "__version__",
     "TrainingDiverged",
     "add_measurements",
+    "embed_images",
     "embed_segments",
     "embed_stack",
     "improve_classifier",
@@ -54,6 +56,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .analysis.export import write_table
     from .analysis.improve import improve_classifier
     from .analysis.measure import add_measurements, measure_segments
+    from .engine.collection import embed_images
     from .engine.devices import resolve_device
     from .engine.embed import embed_segments, embed_stack
     from .engine.encoder import SegmentEncoder, load_encoder, save_encoder
