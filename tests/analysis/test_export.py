@@ -200,3 +200,26 @@ def test_write_table__files_get_the_users_permissions(tmp_path):
         write_table(_table(), tmp_path / "t.csv", provenance={"n": 2})
     for name in ("t.csv", "t.json"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o640, name
+
+
+def test_write_table__parquet_by_extension_exact_and_read_back_with_its_sidecar(tmp_path):
+    from napari_segrep.analysis.export import read_table
+
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame(
+        {
+            "image": ["a", "a", "b"],
+            "label": np.array([3, 9, 3], np.int64),
+            "emb_0": rng.random(3).astype(np.float32),
+        }
+    )
+    record = _provenance(encoder_config={"backbone": "resnet18", "sha256": "f" * 64})
+    write_table(df, tmp_path / "t.parquet", provenance=record)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.json", "t.parquet"]
+    assert (tmp_path / "t.parquet").read_bytes()[:4] == b"PAR1"
+    back = read_table(tmp_path / "t.parquet")
+    pd.testing.assert_frame_equal(back, df)  # exact: no decimal text on the way
+    assert back.attrs["encoder"]["sha256"] == "f" * 64
+    (tmp_path / "text.parquet").write_text("label,emb_0\n1,0.5\n")
+    with pytest.raises(ValueError, match="not a readable Parquet table"):
+        read_table(tmp_path / "text.parquet")

@@ -42,11 +42,23 @@ def table_files(
     df: pd.DataFrame, path: str | os.PathLike, *, provenance: dict | None = None
 ) -> dict[Path, bytes]:
     """``{OUT.csv: the CSV (no index), OUT.json: the provenance}``, rendered in memory, for
-    :func:`napari_segrep.io.atomic_write_files` (alone, or with other files of the same run)."""
-    buffer = io.StringIO()
-    df.to_csv(buffer, index=False)
+    :func:`napari_segrep.io.atomic_write_files` (alone, or with other files of the same run).
+    ``OUT.parquet`` is written as Parquet (pyarrow): smaller, exact floats, faster to read."""
+    if is_parquet(path):
+        buffer = io.BytesIO()
+        df.to_parquet(buffer, index=False)
+        data = buffer.getvalue()
+    else:
+        text = io.StringIO()
+        df.to_csv(text, index=False)
+        data = text.getvalue().encode()
     sidecar = json.dumps(provenance or {}, indent=2, sort_keys=True, default=str).encode() + b"\n"
-    return {Path(path): buffer.getvalue().encode(), sidecar_path(path): sidecar}
+    return {Path(path): data, sidecar_path(path): sidecar}
+
+
+def is_parquet(path: str | os.PathLike) -> bool:
+    """Whether a table path is Parquet (``.parquet``/``.pq``); anything else is CSV."""
+    return Path(path).suffix.lower() in (".parquet", ".pq")
 
 
 def write_table(
@@ -90,7 +102,8 @@ def write_table(
 
 
 def read_table(path: str | os.PathLike) -> pd.DataFrame:
-    """Read a table written by :func:`write_table` (or any CSV with a ``label`` column).
+    """Read a table written by :func:`write_table` (or any CSV with a ``label`` column);
+    ``.parquet`` as Parquet.
 
     What the JSON sidecar records about the embedding (``encoder``, ``normalization``,
     ``crop_size``) goes
@@ -99,11 +112,17 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
     """
     path = Path(path)
     try:
-        df = pd.read_csv(path)
+        if is_parquet(path):
+            df = pd.read_parquet(path)
+            df.attrs = {}  # what the sidecar says, below
+        else:
+            df = pd.read_csv(path)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no such table") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path} is not a readable CSV table: {exc}") from None
+    except (OSError, ValueError) as exc:  # pyarrow: not a Parquet file, or a damaged one
+        raise ValueError(f"{path} is not a readable Parquet table: {exc}") from None
     try:
         sidecar = sidecar_path(path)
     except ValueError:
