@@ -442,3 +442,52 @@ def _click_plane(layer, label, labels, frame, MouseEvent):
     layer.mode = "pan_zoom"
     event = ReadOnlyWrapper(MouseEvent(type="mouse_press", position=(frame, yy[i], xx[i])))
     mouse_press_callbacks(layer, event)
+
+
+def test_classify_widget__apply_to_a_layer_with_results_of_its_own(
+    make_napari_viewer, qtbot, cells, MouseEvent
+):
+    from napari_segrep._widgets._map_view import MapView
+    from napari_segrep._widgets._results import SegmentResults, embed_run
+
+    image, labels, classes = cells
+    viewer, embed = _embedded(make_napari_viewer, qtbot, image, labels)
+    widget = _classify_dock(viewer)
+    names = _annotate_by_clicks(qtbot, widget, viewer.layers["cells"], labels, classes, MouseEvent)
+    # applied to the layer it follows: predicts it (its features keep the embeddings)
+    assert widget.apply_to(viewer.layers["cells"]) is None
+    assert "emb_0" in viewer.layers["cells"].features
+    # a second layer embedded with the same model, shown by a map view of its own
+    image2, labels2, classes2 = make_cells(shape=(256, 256), n_cells=30, seed=7)
+    viewer.add_image(image2, name="img2")
+    second = viewer.add_labels(labels2, name="cells2")
+    params = {**embed.results.run.params, "normalize": "image"}
+    table, coords, run = embed_run(
+        image2,
+        labels2,
+        embed.results.run.encoder,
+        params,
+        stack=False,
+        model="",
+        checkpoint=None,
+        image_layers=["img2"],
+        progress=None,
+        should_stop=None,
+    )
+    other = SegmentResults(second, table, coords, run)
+    MapView(viewer).attach(other)
+    assert widget.apply_to(second) is None  # no embedding needed
+    qtbot.waitUntil(_drawn_all(other), timeout=TIMEOUT_MS)
+    features = second.features
+    assert "emb_0" in features and "class_predicted" in features
+    truth = np.array([classes2[int(v)] for v in features["label"]])
+    assert (features["class_predicted"].to_numpy() == truth).mean() > 0.6
+    assert list(other.class_colours) == names
+    assert "cells2 predictions" in viewer.layers
+
+
+def _drawn_all(results):
+    def drawn():
+        return "class_predicted" in results.labels_layer.features
+
+    return drawn

@@ -188,11 +188,20 @@ class ClassifierFiles:
         sha = (model.info.get("encoder") or {}).get("sha256")
         other = results_for(labels_layer)
         if other is not None and sha in (None, other.table.attrs.get("encoder", {}).get("sha256")):
-            rows = other.table
+            if other is self.results:  # the layer followed here
+                self.predict_with(model)
+                return None
+            rows = other.table  # embedded already: its results own its features
             if model.info.get("features") == "embedding+geometry":
                 run = other.run
                 rows = with_measurements(rows, run.image, run.labels, run.params)
-            self._show_applied(labels_layer, rows, model.predict(rows, force=True))
+            colours = dict(other.class_colours)
+            for name in model.classes_:
+                colours.setdefault(name, _palette(len(colours)))
+            other.set_classes(colours)
+            other.set_predictions(model.predict(rows, force=True))
+            self.show_predictions(labels_layer, other.table, other.class_colours)
+            self.status.value = f"'{labels_layer.name}': {len(rows)} segments predicted."
             return None
         inputs = layer_inputs(labels_layer, images or [])
         encoder, params = self._embedding_setup(model)
