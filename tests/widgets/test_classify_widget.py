@@ -491,3 +491,12 @@ def _drawn_all(results):
         return "class_predicted" in results.labels_layer.features
 
     return drawn
+
+
+def test_predictions_paint__large_label_ids_need_no_table_of_their_size():
+    from napari_segrep._widgets._apply import _paint
+
+    labels = np.array([[0, 3_000_000_000, 7], [7, 12, 3_000_000_000]], np.int64)
+    out = _paint(labels, np.array([7, 3_000_000_000]), np.array([1, 2]))
+    np.testing.assert_array_equal(out, [[0, 2, 1], [1, 0, 2]])  # 12: not predicted, 0
+    assert _paint(labels, np.array([], np.int64), np.array([], np.int32)).max() == 0

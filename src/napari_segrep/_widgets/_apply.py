@@ -24,7 +24,13 @@ from ._common import (
     save_path,
 )
 from ._jobs import start_job, watch_close
-from ._results import ANNOTATION, PALETTE, PREDICTION_COLUMNS, results_for
+from ._results import (
+    ANNOTATION,
+    PREDICTION_COLUMNS,
+    prediction_columns,
+    results_for,
+    with_classes,
+)
 
 __all__ = ["ClassifierFiles", "classify_arrays", "export_columns", "with_measurements"]
 
@@ -195,10 +201,7 @@ class ClassifierFiles:
             if model.info.get("features") == "embedding+geometry":
                 run = other.run
                 rows = with_measurements(rows, run.image, run.labels, run.params)
-            colours = dict(other.class_colours)
-            for name in model.classes_:
-                colours.setdefault(name, _palette(len(colours)))
-            other.set_classes(colours)
+            other.set_classes(with_classes(other.class_colours, model.classes_))
             other.set_predictions(model.predict(rows, force=True))
             self.show_predictions(labels_layer, other.table, other.class_colours)
             self.status.value = f"'{labels_layer.name}': {len(rows)} segments predicted."
@@ -328,13 +331,9 @@ class ClassifierFiles:
         params = {"crop_size": 64, "batch_size": 128, "device": "auto", "normalize": "image"}
         if run is not None:
             params.update({k: run.params[k] for k in ("crop_size", "batch_size", "device")})
-            mode = (run.normalization or {}).get("mode", "image")
-            params["normalize"] = mode if mode == "image" else normalize_argument(run.normalization)
-        elif model.info.get("normalization"):
-            mode = model.info["normalization"].get("mode", "image")
-            params["normalize"] = (
-                mode if mode == "image" else normalize_argument(model.info["normalization"])
-            )
+        recorded = run.normalization if run is not None else model.info.get("normalization")
+        if recorded and recorded.get("mode", "image") != "image":  # "image": the new image's
+            params["normalize"] = normalize_argument(recorded)
         if "crop_size" in model.info:
             params["crop_size"] = int(model.info["crop_size"])
         return (encoder if encoder is not None else dict(model.info.get("encoder") or {})), params
@@ -343,19 +342,12 @@ class ClassifierFiles:
         if labels_layer not in self.viewer.layers:
             return
         merged = table.drop(columns=[c for c in table.columns if str(c).startswith("emb_")])
-        for column in predictions.columns:
-            if column not in ("image", "frame", "label"):
-                name = {"class": "class_predicted", "probability": "class_probability"}.get(
-                    column, "class_margin" if column == "margin" else column
-                )
-                merged[name] = predictions[column].to_numpy()
+        merged = merged.assign(**prediction_columns(predictions))
         features = merged.copy()
         features.insert(0, "index", merged["label"].to_numpy())
         labels_layer.features = features
-        colours = dict(self.results.class_colours) if self.results is not None else {}
-        for i, name in enumerate(self.classifier.classes_):
-            colours.setdefault(name, _palette(i))
-        self.show_predictions(labels_layer, merged, colours)
+        colours = self.results.class_colours if self.results is not None else {}
+        self.show_predictions(labels_layer, merged, with_classes(colours, self.classifier.classes_))
         counts = merged["class_predicted"].value_counts()
         self.status.value = f"'{labels_layer.name}': " + ", ".join(
             f"{n} {name}" for name, n in counts.items()
@@ -427,11 +419,11 @@ class ClassifierFiles:
 
 
 def _paint(labels: np.ndarray, label_ids: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """``labels`` with each id of ``label_ids`` replaced by its value (others 0)."""
-    lut = np.zeros(int(max(labels.max(), label_ids.max(initial=0))) + 1, np.int32)
-    lut[label_ids] = values
-    return lut[labels]
-
-
-def _palette(i: int) -> np.ndarray:
-    return PALETTE[i % len(PALETTE)]
+    """``labels`` with each id of ``label_ids`` replaced by its value (others 0); by sorted
+    lookup, so ids as large as 3e9 need no table of that size."""
+    order = np.argsort(label_ids, kind="stable")
+    ids, values = np.asarray(label_ids)[order], np.asarray(values, np.int32)[order]
+    if not len(ids):
+        return np.zeros(labels.shape, np.int32)
+    at = np.clip(np.searchsorted(ids, labels), 0, len(ids) - 1)
+    return np.where(ids[at] == labels, values[at], 0).astype(np.int32)

@@ -28,7 +28,9 @@ __all__ = [
     "SegmentResults",
     "all_results",
     "embed_run",
+    "prediction_columns",
     "results_for",
+    "with_classes",
 ]
 
 COLOUR_MODES = ("label", "cluster", "class")
@@ -329,15 +331,7 @@ class SegmentResults:
         if predictions is not None:
             if len(predictions) != len(table):
                 raise ValueError(f"{len(predictions)} predictions for {len(table)} rows")
-            values = {
-                "class_predicted": predictions["class"].to_numpy(dtype=object),
-                "class_probability": predictions["probability"].to_numpy(float),
-                "class_margin": predictions["margin"].to_numpy(float),
-            }
-            for column in predictions.columns:
-                if column.startswith("prob_"):
-                    values[column] = predictions[column].to_numpy(float)
-            table = table.assign(**values)
+            table = table.assign(**prediction_columns(predictions))
         self._table = table
         self.events.classes()
 
@@ -379,6 +373,30 @@ class SegmentResults:
         if layer is not None and _by_layer.get(layer) is self:
             del _by_layer[layer]
         self.events.closed()
+
+
+def prediction_columns(predictions: pd.DataFrame) -> dict[str, np.ndarray]:
+    """``SegmentClassifier.predict``'s columns under the table's names: ``class_predicted``,
+    ``class_probability``, ``class_margin`` and every ``prob_<class>``."""
+    values = {
+        "class_predicted": predictions["class"].to_numpy(dtype=object),
+        "class_probability": predictions["probability"].to_numpy(float),
+        "class_margin": predictions["margin"].to_numpy(float),
+    }
+    for column in predictions.columns:
+        if str(column).startswith("prob_"):
+            values[column] = predictions[column].to_numpy(float)
+    return values
+
+
+def with_classes(colours: dict, names) -> dict:
+    """``colours`` (class -> RGBA) with every class of ``names`` it lacks added, in the next
+    palette colours; the classes already there keep theirs."""
+    out = dict(colours)
+    for name in names:
+        if name not in out:
+            out[name] = PALETTE[len(out) % len(PALETTE)]
+    return out
 
 
 def _without_predictions(table: pd.DataFrame) -> pd.DataFrame:

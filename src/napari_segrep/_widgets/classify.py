@@ -21,7 +21,7 @@ from . import _session
 from ._apply import ClassifierFiles, with_measurements
 from ._common import labels_layers, status_label
 from ._jobs import Job, start_job, watch_close
-from ._results import PALETTE, SegmentResults, results_for
+from ._results import PALETTE, SegmentResults, results_for, with_classes
 from ._suggest import Suggestions
 from ._training import NOT_EMBEDDED, annotated_examples, fit_and_predict, training_layers
 
@@ -263,10 +263,7 @@ class ClassifySegmentsWidget(ClassifierFiles, Suggestions, Container):
     def _adopt_classes(self, names) -> None:
         """Define ``names`` as classes (keeping the colours of those already defined)."""
         results = self._require_results()
-        colours = dict(results.class_colours)
-        for name in names:
-            if name not in colours:
-                colours[name] = PALETTE[len(colours) % len(PALETTE)]
+        colours = with_classes(results.class_colours, names)
         if list(colours) != list(results.class_colours):
             results.set_classes(colours)
             self._refresh_classes()
