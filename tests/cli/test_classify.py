@@ -364,59 +364,23 @@ def test_cli_classify__model_and_annotations_improve_the_model(cells, tmp_path, 
     same model as training on all the clicks at once."""
     _, table_path, df, truth = cells
     monkeypatch.chdir(tmp_path)
-    picked, ann = _annotate(df, truth, n=6)
+    _, ann = _annotate(df, truth, n=6)
     ann.iloc[::2].to_csv("first.csv", index=False)
     ann.iloc[1::2].to_csv("more.csv", index=False)
     ann.to_csv("all.csv", index=False)
-    assert (
-        _run(
-            "classify",
-            table_path,
-            "--annotations",
-            "first.csv",
-            "-o",
-            "p1.csv",
-            "--save-model",
-            "m.segclf",
-        )
-        == 0
-    )
-    assert (
-        _run(
-            "classify",
-            table_path,
-            "--model",
-            "m.segclf",
-            "--annotations",
-            "more.csv",
-            "-o",
-            "p2.csv",
-            "--save-model",
-            "m2.segclf",
-        )
-        == 0
-    )
-    assert _run("classify", table_path, "--annotations", "all.csv", "-o", "p3.csv") == 0
+
+    def classify(options: str) -> int:
+        return _run("classify", table_path, *options.split())
+
+    assert classify("--annotations first.csv -o p1.csv --save-model m.segclf") == 0
+    assert classify("--model m.segclf --annotations more.csv -o p2.csv --save-model m2.segclf") == 0
+    assert classify("--annotations all.csv -o p3.csv") == 0
     improved, whole = pd.read_csv("p2.csv"), pd.read_csv("p3.csv")
     prob = [c for c in whole.columns if c.startswith("prob_")]
     np.testing.assert_allclose(improved[prob], whole[prob], rtol=1e-4, atol=1e-5)
     assert sum(sr.load_classifier("m2.segclf").info["n_annotations"].values()) == len(ann)
     # its method is the model's: training options are refused with --model
-    assert (
-        _run(
-            "classify",
-            table_path,
-            "--model",
-            "m.segclf",
-            "--annotations",
-            "more.csv",
-            "-o",
-            "p4.csv",
-            "--method",
-            "knn",
-        )
-        == 2
-    )
+    assert classify("--model m.segclf --annotations more.csv -o p4.csv --method knn") == 2
 
 
 def test_cli_classify__a_process_prints_one_line_and_exit_2(tmp_path):
