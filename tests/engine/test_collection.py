@@ -9,6 +9,7 @@ import tifffile
 
 import napari_segrep as sr
 from napari_segrep._sample_data import make_cells
+from napari_segrep.engine.collection import iter_embed_images, merge_parts
 from napari_segrep.errors import Cancelled
 
 KW = {"crop_size": 32, "device": "cpu"}
@@ -109,3 +110,17 @@ def test_embed_images__cancel_stops_between_images(pairs, narrow_encoder):
             **KW,
         )
     assert done == [1]
+
+
+def test_iter_embed_images__parts_merge_to_the_whole_table(pairs, narrow_encoder):
+    images, labels = zip(*pairs, strict=True)
+    whole = sr.embed_images(images, labels, encoder=narrow_encoder, **KW)
+    parts = list(iter_embed_images(images, labels, encoder=narrow_encoder, **KW))
+    assert [name for name, _ in parts] == ["image_0", "image_1", "image_2"]
+    merged = merge_parts([part for _, part in parts])
+    pd.testing.assert_frame_equal(merged, whole)
+    assert merged.attrs == whole.attrs
+    other = parts[1][1].copy()
+    other.attrs = {**other.attrs, "crop_size": 48}
+    with pytest.raises(ValueError, match="differ in crop_size"):
+        merge_parts([parts[0][1], other])

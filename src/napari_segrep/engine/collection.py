@@ -10,7 +10,7 @@ applied to that image).  Memory: one image and one batch at a time, plus the tab
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from inspect import signature
 from pathlib import Path
 
@@ -19,7 +19,7 @@ import pandas as pd
 
 from ..errors import Cancelled
 
-__all__ = ["embed_images", "image_names"]
+__all__ = ["check_inputs", "embed_images", "image_names", "iter_embed_images", "merge_parts"]
 
 
 def image_names(images: Sequence, names: Sequence[str] | None = None) -> list[str]:
@@ -89,11 +89,61 @@ def embed_images(
         Before any work: different numbers of images and labels, repeated names, a file that
         does not exist.  Then, naming the image: what ``embed_segments`` refuses (shapes,
         label values...).
-    """
-    from ..io import read_image
-    from .embed import embed_segments, embed_stack, encoder_for
-    from .segments import as_channels_first
 
+    See Also
+    --------
+    iter_embed_images : the same, one image's table at a time (for writing parts as they come).
+    """
+    parts = list(
+        iter_embed_images(
+            images,
+            labels,
+            names=names,
+            encoder=encoder,
+            progress=progress,
+            should_stop=should_stop,
+            **kwargs,
+        )
+    )
+    if not parts:
+        raise ValueError("no images: give at least one image and its labels")
+    return merge_parts([part for _, part in parts])
+
+
+def merge_parts(parts: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """One table from per-image tables (as :func:`iter_embed_images` yields them, or read back
+    from files), in the order given: ``attrs["normalization"]`` maps each image name to its
+    normalisation; ``encoder`` and ``crop_size`` are the first part's (``ValueError`` if the
+    parts were embedded by different encoders or crop sizes)."""
+    if not parts:
+        raise ValueError("no parts to merge")
+    first = parts[0].attrs
+    for part in parts[1:]:
+        for key in ("encoder", "crop_size"):
+            a, b = first.get(key), part.attrs.get(key)
+            if isinstance(a, dict) and isinstance(b, dict):
+                a, b = a.get("sha256"), b.get("sha256")
+            if a != b:
+                raise ValueError(
+                    f"the parts differ in {key} ({a!r} vs {b!r}): they were not embedded alike, "
+                    "so they cannot share one table"
+                )
+    normalizations = {}
+    for part in parts:
+        for name in dict.fromkeys(part["image"]) if len(part) else ():
+            normalizations[str(name)] = part.attrs.get("normalization")
+    out = pd.concat(list(parts), ignore_index=True)
+    out.attrs = {
+        "encoder": first.get("encoder"),
+        "crop_size": first.get("crop_size"),
+        "normalization": normalizations,
+    }
+    return out
+
+
+def check_inputs(images: Sequence, labels: Sequence, names: Sequence[str] | None) -> list[str]:
+    """Refuse, before any work, what :func:`embed_images` cannot do: unequal numbers of images
+    and labels, repeated names, files that do not exist.  Returns the image names."""
     images, labels = list(images), list(labels)
     if len(images) != len(labels):
         raise ValueError(
@@ -109,7 +159,34 @@ def embed_images(
     if missing:
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
         raise ValueError(f"no such file: {', '.join(missing[:5])}{more}")
-    parts, normalizations = [], {}
+    return names
+
+
+def iter_embed_images(
+    images: Sequence,
+    labels: Sequence,
+    *,
+    names: Sequence[str] | None = None,
+    encoder=None,
+    progress: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    **kwargs,
+) -> Iterator[tuple[str, pd.DataFrame]]:
+    """:func:`embed_images`, one image at a time: yields ``(name, table)`` per image, in the
+    order given, as soon as that image is done.
+
+    Each table has the ``image`` column first and is exactly what :func:`embed_images` gives
+    for that image's rows; its ``attrs`` hold ``encoder``, ``crop_size`` and that image's
+    ``normalization``.  Inputs are checked (:func:`check_inputs`) before the first image is
+    read.
+    """
+    from ..io import read_image
+    from .embed import embed_segments, embed_stack, encoder_for
+    from .segments import as_channels_first
+
+    images, labels = list(images), list(labels)
+    names = check_inputs(images, labels, names)
+    crop_size = kwargs.get("crop_size", signature(embed_segments).parameters["crop_size"].default)
     for i, (image, label_image, name) in enumerate(zip(images, labels, names, strict=True)):
         if should_stop is not None and should_stop():
             raise Cancelled("embedding cancelled")
@@ -129,18 +206,12 @@ def embed_images(
             part = embed(image, label_image, encoder, should_stop=should_stop, **kwargs)
         except (ValueError, OSError) as exc:
             raise type(exc)(f"image {name!r}: {exc}") from exc
-        normalizations[name] = part.attrs.get("normalization")
         part.insert(0, "image", name)
-        parts.append(part)
+        part.attrs = {
+            "encoder": encoder.record(),
+            "crop_size": int(crop_size),
+            "normalization": part.attrs.get("normalization"),
+        }
+        yield name, part
         if progress is not None:
             progress(i + 1, len(images))
-    if not parts:
-        raise ValueError("no images: give at least one image and its labels")
-    out = pd.concat(parts, ignore_index=True)
-    crop_size = kwargs.get("crop_size", signature(embed_segments).parameters["crop_size"].default)
-    out.attrs = {
-        "encoder": encoder.record(),
-        "crop_size": int(crop_size),
-        "normalization": normalizations,
-    }
-    return out
