@@ -223,3 +223,50 @@ def test_write_table__parquet_by_extension_exact_and_read_back_with_its_sidecar(
     (tmp_path / "text.parquet").write_text("label,emb_0\n1,0.5\n")
     with pytest.raises(ValueError, match="not a readable Parquet table"):
         read_table(tmp_path / "text.parquet")
+
+
+def test_write_table__h5ad_for_scverse_round_trips_with_provenance(tmp_path):
+    anndata = pytest.importorskip("anndata")  # the [anndata] extra; installed by [test]
+    from napari_segrep.analysis.export import read_table
+
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame(
+        {
+            "image": ["a", "a", "b"],
+            "label": np.array([1, 2, 1], np.int64),
+            "area": np.array([10, 20, 30], np.int64),
+            "emb_0": rng.random(3, dtype=np.float32),
+            "emb_1": rng.random(3, dtype=np.float32),
+            "umap_0": rng.random(3),
+            "umap_1": rng.random(3),
+            "cluster": np.array([0, 1, 1], np.int64),
+        }
+    )
+    record = {"package": "napari-segrep", "encoder": {"sha256": "ab"}, "crop_size": 32}
+    write_table(df, tmp_path / "t.h5ad", provenance=record)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.h5ad", "t.json"]
+    adata = anndata.read_h5ad(tmp_path / "t.h5ad")  # what scanpy users get
+    assert adata.n_obs == 3
+    np.testing.assert_array_equal(adata.obsm["X_segrep"], df[["emb_0", "emb_1"]].to_numpy())
+    np.testing.assert_array_equal(adata.obsm["X_umap"], df[["umap_0", "umap_1"]].to_numpy())
+    assert list(adata.obs["image"]) == ["a", "a", "b"]
+    back = read_table(tmp_path / "t.h5ad")
+    pd.testing.assert_frame_equal(back, df)
+    assert back.attrs["encoder"] == {"sha256": "ab"} and back.attrs["crop_size"] == 32
+    (tmp_path / "t.json").unlink()  # the provenance travels inside the file too
+    assert read_table(tmp_path / "t.h5ad").attrs["crop_size"] == 32
+    (tmp_path / "bad.h5ad").write_text("label\n1\n")
+    with pytest.raises(ValueError, match="not a readable AnnData"):
+        read_table(tmp_path / "bad.h5ad")
+
+
+def test_check_table_path__names_the_install_when_anndata_is_missing(tmp_path):
+    code = (
+        "import sys; sys.modules['anndata'] = None\n"
+        "from napari_segrep.analysis.export import check_table_path\n"
+        "check_table_path('t.csv'); check_table_path('t.parquet')\n"
+        "try:\n    check_table_path('t.h5ad')\n"
+        "except ValueError as e:\n    print(e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "napari-segrep[anndata]" in out.stdout

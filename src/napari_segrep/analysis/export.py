@@ -12,8 +12,10 @@ import pandas as pd
 
 from .._version import __version__
 from ..io import atomic_write_files, file_sha256
+from ._anndata import ATTRS, check_anndata, h5ad_bytes, is_h5ad, read_h5ad
 
 __all__ = [
+    "check_table_path",
     "is_our_sidecar",
     "provenance",
     "read_table",
@@ -43,8 +45,11 @@ def table_files(
 ) -> dict[Path, bytes]:
     """``{OUT.csv: the CSV (no index), OUT.json: the provenance}``, rendered in memory, for
     :func:`napari_segrep.io.atomic_write_files` (alone, or with other files of the same run).
-    ``OUT.parquet`` is written as Parquet (pyarrow): smaller, exact floats, faster to read."""
-    if is_parquet(path):
+    ``OUT.parquet`` is written as Parquet (pyarrow): smaller, exact floats, faster to read;
+    ``OUT.h5ad`` as AnnData (:mod:`napari_segrep.analysis._anndata`, optional dependency)."""
+    if is_h5ad(path):
+        data = h5ad_bytes(df, provenance=provenance)
+    elif is_parquet(path):
         buffer = io.BytesIO()
         df.to_parquet(buffer, index=False)
         data = buffer.getvalue()
@@ -54,6 +59,13 @@ def table_files(
         data = text.getvalue().encode()
     sidecar = json.dumps(provenance or {}, indent=2, sort_keys=True, default=str).encode() + b"\n"
     return {Path(path): data, sidecar_path(path): sidecar}
+
+
+def check_table_path(path: str | os.PathLike) -> None:
+    """Before any work: ``ValueError`` when a table cannot be written at ``path`` in its format
+    (``.h5ad`` without anndata installed: the message gives the install command)."""
+    if is_h5ad(path):
+        check_anndata()
 
 
 def is_parquet(path: str | os.PathLike) -> bool:
@@ -103,7 +115,7 @@ def write_table(
 
 def read_table(path: str | os.PathLike) -> pd.DataFrame:
     """Read a table written by :func:`write_table` (or any CSV with a ``label`` column);
-    ``.parquet`` as Parquet.
+    ``.parquet`` as Parquet, ``.h5ad`` as AnnData.
 
     What the JSON sidecar records about the embedding (``encoder``, ``normalization``,
     ``crop_size``) goes
@@ -112,7 +124,9 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
     """
     path = Path(path)
     try:
-        if is_parquet(path):
+        if is_h5ad(path):
+            df = read_h5ad(path)  # its own errors; attrs from the provenance it holds
+        elif is_parquet(path):
             df = pd.read_parquet(path)
             df.attrs = {}  # what the sidecar says, below
         else:
@@ -122,6 +136,8 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path} is not a readable CSV table: {exc}") from None
     except (OSError, ValueError) as exc:  # pyarrow: not a Parquet file, or a damaged one
+        if is_h5ad(path):
+            raise
         raise ValueError(f"{path} is not a readable Parquet table: {exc}") from None
     try:
         sidecar = sidecar_path(path)
@@ -129,7 +145,7 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
         return df
     if is_our_sidecar(sidecar):
         record = json.loads(sidecar.read_text())
-        for key in ("encoder", "normalization", "crop_size"):
+        for key in ATTRS:
             if record.get(key):
                 df.attrs[key] = record[key]
     return df

@@ -1,0 +1,116 @@
+"""Tables as AnnData (``.h5ad``) for the scverse ecosystem (scanpy, squidpy...).
+
+One segment per observation: ``obs`` holds every column that is not an embedding or a map
+coordinate (``image``, ``label``, ``frame``, geometry, ``cluster``, classes...), ``obsm["X_segrep"]``
+the embeddings (``emb_*``), ``obsm["X_umap"]`` the map (``umap_0``, ``umap_1``) when the table
+has one, and ``uns["napari_segrep"]`` the provenance record (as JSON text) and the table's
+column order, so :func:`read_h5ad` gives back the very table that was written.  ``X`` is left
+empty (the embeddings are not expression values): scanpy takes them with
+``sc.pp.neighbors(adata, use_rep="X_segrep")``.
+
+anndata is an optional dependency (``pip install "napari-segrep[anndata]"``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["check_anndata", "h5ad_bytes", "is_h5ad", "read_h5ad"]
+
+ATTRS = ("encoder", "normalization", "crop_size")  # what read_table restores into df.attrs
+_INSTALL = 'pip install "napari-segrep[anndata]" (or: pip install anndata)'
+
+
+def is_h5ad(path: str | os.PathLike) -> bool:
+    """Whether a table path is AnnData (``.h5ad``)."""
+    return Path(path).suffix.lower() == ".h5ad"
+
+
+def check_anndata() -> None:
+    """``ValueError`` naming the install command when anndata is missing (call before work)."""
+    try:
+        import anndata  # noqa: F401
+    except ImportError:
+        raise ValueError(f"writing or reading .h5ad tables needs anndata: {_INSTALL}") from None
+
+
+def _split(df: pd.DataFrame) -> tuple[list[str], list[str], list[str]]:
+    emb = [c for c in df.columns if isinstance(c, str) and c.startswith("emb_")]
+    umap = [c for c in ("umap_0", "umap_1") if c in df.columns]
+    obs = [c for c in df.columns if c not in emb and c not in umap]
+    return obs, emb, umap
+
+
+def h5ad_bytes(df: pd.DataFrame, *, provenance: dict | None = None) -> bytes:
+    """The ``.h5ad`` file of ``df``, rendered in memory (for an atomic write with its sidecar).
+
+    Parameters
+    ----------
+    df : DataFrame
+        A segment table (``label``, geometry, ``emb_0 ... emb_{D-1}``, optionally ``image``,
+        ``umap_0/1``, ``cluster``...).
+    provenance : dict, optional
+        Stored as JSON text in ``uns["napari_segrep"]["provenance"]``.
+    """
+    check_anndata()
+    import anndata as ad
+
+    obs_cols, emb_cols, umap_cols = _split(df)
+    obs = df[obs_cols].copy()
+    obs.index = pd.Index([str(i) for i in range(len(df))])  # AnnData wants unique str names
+    obs.columns = [str(c) for c in obs.columns]
+    obsm = {"X_segrep": df[emb_cols].to_numpy(np.float32)}
+    if umap_cols:
+        obsm["X_umap"] = df[umap_cols].to_numpy()
+    uns = {
+        "napari_segrep": {
+            "columns": json.dumps([str(c) for c in df.columns]),
+            "provenance": json.dumps(provenance or {}, sort_keys=True, default=str),
+        }
+    }
+    adata = ad.AnnData(obs=obs, obsm=obsm, uns=uns)
+    with tempfile.TemporaryDirectory(prefix="segrep-h5ad-") as tmp:
+        path = Path(tmp) / "table.h5ad"
+        adata.write_h5ad(path)
+        return path.read_bytes()
+
+
+def read_h5ad(path: str | os.PathLike) -> pd.DataFrame:
+    """The table that :func:`h5ad_bytes` wrote, columns in their order; another AnnData file
+    is read as its ``obs`` plus ``emb_*`` from ``obsm["X_segrep"]`` (when present) and
+    ``umap_0/1`` from ``obsm["X_umap"]``.  ``ValueError`` when the file is not AnnData."""
+    check_anndata()
+    import anndata as ad
+
+    try:
+        adata = ad.read_h5ad(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such table") from None
+    except (OSError, ValueError, KeyError) as exc:
+        raise ValueError(f"{path} is not a readable AnnData (.h5ad) file: {exc}") from None
+    df = adata.obs.reset_index(drop=True)
+    for col in df.columns:  # anndata stores strings as categoricals
+        if isinstance(df[col].dtype, pd.CategoricalDtype):
+            df[col] = df[col].astype(df[col].cat.categories.dtype)
+    parts = [df]
+    if "X_segrep" in adata.obsm:
+        emb = np.asarray(adata.obsm["X_segrep"])
+        parts.append(pd.DataFrame(emb, columns=[f"emb_{i}" for i in range(emb.shape[1])]))
+    if "X_umap" in adata.obsm:
+        umap = np.asarray(adata.obsm["X_umap"])[:, :2]
+        parts.append(pd.DataFrame(umap, columns=["umap_0", "umap_1"]))
+    out = pd.concat(parts, axis=1)
+    ours = adata.uns.get("napari_segrep", {})
+    if "columns" in ours:
+        order = json.loads(ours["columns"])
+        if set(order) == set(out.columns):
+            out = out[order]
+    record = json.loads(ours.get("provenance", "{}"))
+    out.attrs = {key: record[key] for key in ATTRS if record.get(key)}
+    return out
