@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
+import torch
 
 import napari_segrep as sr
 from napari_segrep._sample_data import make_cells
@@ -124,3 +125,136 @@ def test_iter_embed_images__parts_merge_to_the_whole_table(pairs, narrow_encoder
     other.attrs = {**other.attrs, "crop_size": 48}
     with pytest.raises(ValueError, match="differ in crop_size"):
         merge_parts([parts[0][1], other])
+
+
+# ----------------------------------------------------------------------------- worker processes
+def _children() -> set[int]:
+    import multiprocessing
+
+    return {p.pid for p in multiprocessing.active_children()}
+
+
+@pytest.mark.parametrize("normalize", ["image", "segment"])
+def test_embed_images__workers_give_bit_identical_rows_in_order(pairs, narrow_encoder, normalize):
+    images = [make_cells(shape=(160, 160), n_cells=14, seed=7)[0]]
+    labels = [make_cells(shape=(160, 160), n_cells=14, seed=7)[1]]
+    image, label_image = pairs[0]
+    images.append(np.stack([image, image[::-1], image]))
+    labels.append(np.stack([label_image, label_image[::-1], np.zeros_like(label_image)]))
+    images += [pairs[1][0], pairs[2][0]]
+    labels += [pairs[1][1], pairs[2][1]]
+    kw = {**KW, "normalize": normalize, "batch_size": 3}  # several batches per image
+    before = _children()
+    done = []
+    none = sr.embed_images(images, labels, encoder=narrow_encoder, **kw)
+    two = sr.embed_images(
+        images,
+        labels,
+        encoder=narrow_encoder,
+        num_workers=2,
+        progress=lambda d, t: done.append(d),
+        **kw,
+    )
+    pd.testing.assert_frame_equal(two, none, check_exact=True)
+    assert two.attrs == none.attrs
+    assert list(dict.fromkeys(two["image"])) == [f"image_{i}" for i in range(4)]
+    assert done == [1, 2, 3, 4]  # in order, although image 0 (the largest) finishes last
+    parts = dict(iter_embed_images(images, labels, encoder=narrow_encoder, num_workers=2, **kw))
+    for i in (0, 2, 3):
+        alone = sr.embed_segments(images[i], labels[i], narrow_encoder, **kw)
+        pd.testing.assert_frame_equal(
+            parts[f"image_{i}"].drop(columns="image"), alone, check_exact=True
+        )
+    stack = sr.embed_stack(images[1], labels[1], narrow_encoder, **kw)
+    pd.testing.assert_frame_equal(parts["image_1"].drop(columns="image"), stack, check_exact=True)
+    assert sorted(set(stack["frame"])) == [0, 1]
+    assert _children() == before
+
+
+def test_embed_images__errors_in_workers_name_the_image(pairs, narrow_encoder, tmp_path):
+    images, labels = zip(*pairs, strict=True)
+    before = _children()
+    with pytest.raises(ValueError, match="image 'image_1': .*shape"):
+        sr.embed_images(
+            images, [labels[0], labels[0], labels[2]], encoder=narrow_encoder, num_workers=2, **KW
+        )
+    broken = tmp_path / "broken.tif"
+    broken.write_bytes(b"not a tiff at all")
+    done = []
+    with pytest.raises(ValueError, match="image 'broken': cannot read .*broken.tif") as info:
+        sr.embed_images(
+            [images[0], broken, images[2]],
+            labels,
+            encoder=narrow_encoder,
+            num_workers=2,
+            progress=lambda d, t: done.append(d),
+            **KW,
+        )
+    assert "Traceback" not in str(info.value)  # the message, not the worker's traceback
+    assert done == [1]  # the images before it were done, in turn
+    assert _children() == before
+
+
+def test_embed_images__cancel_shuts_the_workers_down(pairs, narrow_encoder):
+    images, labels = zip(*pairs, strict=True)
+    before = _children()
+    done = []
+    with pytest.raises(Cancelled):
+        sr.embed_images(
+            images * 3,
+            labels * 3,
+            encoder=narrow_encoder,
+            num_workers=2,
+            progress=lambda d, t: done.append(d),
+            should_stop=lambda: len(done) >= 1,
+            **KW,
+        )
+    assert done == [1]
+    assert _children() == before
+    parts = iter_embed_images(images * 3, labels * 3, encoder=narrow_encoder, num_workers=2, **KW)
+    assert next(parts)[0] == "image_0"
+    assert _children() - before  # the workers are running
+    parts.close()  # a caller that stops reading
+    assert _children() == before
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_embed_images__label_warnings_reach_the_caller_once_per_image(narrow_encoder, num_workers):
+    image = np.random.default_rng(0).random((64, 64))
+    dots = np.zeros((64, 64), np.int32)
+    dots.flat[::97] = np.arange(1, dots.flat[::97].size + 1)  # one-pixel "segments"
+    with pytest.warns(UserWarning) as record:
+        df = sr.embed_images(
+            [image, image, image],
+            [dots, np.zeros_like(dots), dots],
+            names=["a", "b", "c"],
+            encoder=narrow_encoder,
+            num_workers=num_workers,
+            **KW,
+        )
+    messages = [str(w.message) for w in record]
+    assert sum(m.startswith("image 'a': ") and "1 or 2 pixels" in m for m in messages) == 1
+    assert sum(m.startswith("image 'c': ") and "1 or 2 pixels" in m for m in messages) == 1
+    assert sum(m.startswith("image 'b': labels contain no segment") for m in messages) == 1
+    assert len(messages) == 3
+    assert list(dict.fromkeys(df["image"])) == ["a", "c"]
+
+
+def test_embed_images__options_are_checked(pairs, narrow_encoder):
+    images, labels = zip(*pairs, strict=True)
+    with pytest.raises(ValueError, match="num_workers must be an integer >= 0"):
+        sr.embed_images(images, labels, encoder=narrow_encoder, num_workers=-1)
+    with pytest.raises(TypeError, match="unexpected option.*crop"):
+        sr.embed_images(images, labels, encoder=narrow_encoder, crop=32)
+
+
+def test_iter_embed_images__the_encoder_keeps_its_mode_between_images(pairs, narrow_encoder):
+    images, labels = zip(*pairs, strict=True)
+    narrow_encoder.train()
+    try:
+        for _ in iter_embed_images(images, labels, encoder=narrow_encoder, **KW):
+            assert narrow_encoder.training  # the caller's code runs with the caller's mode
+            assert not torch.is_inference_mode_enabled()
+        assert narrow_encoder.training
+    finally:
+        narrow_encoder.eval()

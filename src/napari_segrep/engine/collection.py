@@ -1,21 +1,27 @@
 """embed_images(): many images, one table.
 
-Each image is read when its turn comes (a file path) and embedded alone with
-:func:`~napari_segrep.engine.embed.embed_segments` (a ``(T, Y, X)`` stack with
-:func:`~napari_segrep.engine.embed.embed_stack`), with the same encoder and the same settings,
-so its rows are exactly what embedding that image alone gives (the same normalisation rule,
-applied to that image).  Memory: one image and one batch at a time, plus the table.
+Each image is read when its turn comes (a file path) and embedded alone, through the same two
+halves as :func:`~napari_segrep.engine.embed.embed_segments` (:mod:`.pipeline`: prepare the
+crops, run the encoder on them; a ``(T, Y, X)`` stack plane by plane as
+:func:`~napari_segrep.engine.embed.embed_stack`), with the same encoder and settings, so its
+rows are exactly what embedding that image alone gives (the same normalisation rule, applied
+to that image).  The preparing can run in worker processes (``num_workers``,
+:mod:`._image_stream`).  Memory: one image per worker (or one in all) and a few batches in
+flight, plus the tables of images not yet handed out (an image that a worker finished before
+an earlier one waits as its embeddings, not its crops).
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from inspect import signature
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from ..errors import Cancelled
 
@@ -51,6 +57,8 @@ def embed_images(
     *,
     names: Sequence[str] | None = None,
     encoder=None,
+    num_workers: int = 0,
+    pin_memory: bool | None = None,
     progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     **kwargs,
@@ -68,10 +76,22 @@ def embed_images(
     encoder : SegmentEncoder, optional
         One encoder for every image (default: the untrained one for the first image's
         channels).
+    num_workers : int
+        Worker processes that read, check, segment-table and crop the images (the CPU work)
+        while this process runs the encoder (``torch.utils.data.DataLoader``; image ``i`` is
+        prepared by worker ``i % num_workers``, tables still come in the order given).  The
+        rows are bit-identical whatever the number.  Default 0 (all in this process):
+        measured on a 2-core CPU, preparing is about 3% of the time (the encoder is the rest),
+        so workers only take cores from the encoder (``benchmarks/embed_collection.py``);
+        with a GPU, 2-4 workers keep it fed.
+    pin_memory : bool, optional
+        Crops in page-locked memory, copied to the GPU asynchronously on a side CUDA stream;
+        default: when the device is CUDA.
     progress : callable(done, total), optional
         Images done out of all, after each image.
     should_stop : callable() -> bool, optional
-        Polled between batches; :class:`~napari_segrep.errors.Cancelled` when it says stop.
+        Polled between batches; :class:`~napari_segrep.errors.Cancelled` when it says stop
+        (worker processes are shut down first).
     **kwargs
         ``embed_segments``' options (``crop_size``, ``batch_size``, ``device``,
         ``channel_axis``, ``normalize``), the same for every image.
@@ -87,8 +107,14 @@ def embed_images(
     ------
     ValueError
         Before any work: different numbers of images and labels, repeated names, a file that
-        does not exist.  Then, naming the image: what ``embed_segments`` refuses (shapes,
-        label values...).
+        does not exist.  Then, naming the image (``"image 'name': ..."``, also from a worker
+        process): what ``embed_segments`` refuses (shapes, label values...); ``TypeError``
+        and ``OSError`` likewise.
+
+    Warns
+    -----
+    UserWarning
+        What ``embed_segments`` warns about an image's labels, once per image, naming it.
 
     See Also
     --------
@@ -100,6 +126,8 @@ def embed_images(
             labels,
             names=names,
             encoder=encoder,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
             progress=progress,
             should_stop=should_stop,
             **kwargs,
@@ -168,6 +196,8 @@ def iter_embed_images(
     *,
     names: Sequence[str] | None = None,
     encoder=None,
+    num_workers: int = 0,
+    pin_memory: bool | None = None,
     progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     **kwargs,
@@ -178,40 +208,178 @@ def iter_embed_images(
     Each table has the ``image`` column first and is exactly what :func:`embed_images` gives
     for that image's rows; its ``attrs`` hold ``encoder``, ``crop_size`` and that image's
     ``normalization``.  Inputs are checked (:func:`check_inputs`) before the first image is
-    read.
+    read.  Parameters as for :func:`embed_images`.  Closing the generator early stops the
+    worker processes.
     """
-    from ..io import read_image
-    from .embed import embed_segments, embed_stack, encoder_for
-    from .segments import as_channels_first
+    from ._image_stream import IMAGE_ERRORS, image_stream
+    from .devices import resolve_device
+    from .encoder import SegmentEncoder
+    from .pipeline import on_device
 
+    unknown = sorted(set(kwargs) - set(EMBED_OPTIONS))
+    if unknown:
+        raise TypeError(
+            f"unexpected option(s) {', '.join(unknown)}: the options are {', '.join(EMBED_OPTIONS)}"
+        )
+    if encoder is not None and not isinstance(encoder, SegmentEncoder):
+        raise TypeError(f"encoder must be a SegmentEncoder, got {type(encoder).__name__}")
     images, labels = list(images), list(labels)
     names = check_inputs(images, labels, names)
-    crop_size = kwargs.get("crop_size", signature(embed_segments).parameters["crop_size"].default)
-    for i, (image, label_image, name) in enumerate(zip(images, labels, names, strict=True)):
-        if should_stop is not None and should_stop():
+    workers = _count(num_workers)
+    options = dict(kwargs)
+    device = resolve_device(options.pop("device", "auto"))
+    pin = device.type == "cuda" if pin_memory is None else bool(pin_memory)
+    collector = _Collector(names, encoder, device, should_stop, options.get("crop_size"))
+    stream = image_stream(
+        images,
+        labels,
+        num_workers=workers,
+        pin_memory=pin and torch.cuda.is_available(),
+        options=options,
+        in_channels=None if encoder is None else encoder.in_channels,
+        mask_image=True if encoder is None else encoder.image_masking,
+    )
+    turn = 0
+    try:
+        for item, crops, masks in on_device(stream, device):
+            part = collector.parts.setdefault(item.image, _Part(names[item.image]))
+            if part.error is None:
+                try:
+                    collector.take(item, part, crops, masks)
+                except IMAGE_ERRORS as exc:
+                    part.error, part.ended = exc, True
+            while turn in collector.parts and collector.parts[turn].ended:
+                if should_stop is not None and should_stop():  # a worker ran ahead: stop here
+                    raise Cancelled("embedding cancelled")
+                part = collector.parts.pop(turn)
+                collector.pause()
+                yield part.name, collector.table(part)
+                turn += 1
+                if progress is not None:
+                    progress(turn, len(images))
+    finally:
+        collector.pause()
+        stream.close()
+    if turn != len(images):  # pragma: no cover - a stream that lost an image: a bug
+        raise RuntimeError(f"{len(images) - turn} image(s) were never embedded")
+
+
+#: The options of :func:`embed_images` that it passes on to ``embed_segments``.
+EMBED_OPTIONS = ("crop_size", "batch_size", "device", "channel_axis", "normalize", "only")
+
+
+def _count(num_workers) -> int:
+    if (
+        isinstance(num_workers, bool)
+        or not isinstance(num_workers, int | np.integer)
+        or num_workers < 0
+    ):
+        raise ValueError(f"num_workers must be an integer >= 0, got {num_workers!r}")
+    return int(num_workers)
+
+
+class _Part:
+    """One image on its way: its planes' rows (``None``: a 2D image), the labels' warnings
+    ``(plane, message)``, whether its last item came, its error."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.planes: dict = {}
+        self.messages: list[tuple[int | None, str]] = []
+        self.stack = False
+        self.ended = False
+        self.error: BaseException | None = None
+
+
+class _Collector:
+    """The main process's side: runs the encoder on the stream's batches, fills each image's
+    rows, makes its table (warning what its labels look like)."""
+
+    def __init__(self, names, encoder, device, should_stop, crop_size):
+        from .embed import embed_segments
+
+        self.names, self.encoder, self.device = names, encoder, device
+        self.should_stop = should_stop
+        default = signature(embed_segments).parameters["crop_size"].default
+        self.crop_size = int(default if crop_size is None else crop_size)
+        self.parts: dict[int, _Part] = {}
+        self._run = None
+
+    def pause(self) -> None:
+        """Give the encoder its own mode back (before a table is handed out, and at the end)."""
+        if self._run is not None:
+            self._run.__exit__(None, None, None)
+            self._run = None
+
+    def _encoder_for(self, channels: int):
+        from .embed import encoder_for
+        from .pipeline import check_channels
+
+        if self.encoder is None:  # the untrained one for the first image's channels
+            self.encoder = encoder_for(None, in_channels=int(channels))
+        check_channels(self.encoder.in_channels, int(channels))
+        return self.encoder
+
+    def take(self, item, part: _Part, crops, masks) -> None:
+        """One stream item of ``part``'s image (``crops``, ``masks``: a batch's, on the
+        device)."""
+        from .pipeline import BatchEncoder, EmbeddingRows
+
+        if item.kind == "error":
+            raise item.error
+        if item.kind == "end":
+            if self.encoder is None:  # an image without segments came first
+                self._encoder_for(item.info["channels"])
+            part.stack, part.ended = item.info["stack"], True
+            return
+        if self.should_stop is not None and self.should_stop():
             raise Cancelled("embedding cancelled")
-        try:
-            image = read_image(image) if isinstance(image, str | os.PathLike) else image
-            if isinstance(label_image, str | os.PathLike):
-                label_image = read_image(label_image)
-            label_image = np.asarray(label_image)
-            stack = label_image.ndim == 3
-            if encoder is None:
-                plane = np.asarray(image)[0] if stack else image
-                axis = kwargs.get("channel_axis")
-                encoder = encoder_for(
-                    None, in_channels=as_channels_first(plane, channel_axis=axis).shape[0]
-                )
-            embed = embed_stack if stack else embed_segments
-            part = embed(image, label_image, encoder, should_stop=should_stop, **kwargs)
-        except (ValueError, OSError) as exc:
-            raise type(exc)(f"image {name!r}: {exc}") from exc
-        part.insert(0, "image", name)
-        part.attrs = {
+        if item.kind == "plane":
+            info = item.info
+            encoder = self._encoder_for(info["channels"])
+            part.planes[item.plane] = EmbeddingRows(
+                info["geometry"],
+                encoder.embedding_dim,
+                normalization=info["normalization"],
+                crop_size=info["crop_size"],
+            )
+            part.messages += [(item.plane, message) for message in info["messages"]]
+            return
+        if self._run is None:  # eval mode on the device until pause() (5 ms: not per batch)
+            self._run = BatchEncoder(self.encoder, self.device).__enter__()
+        z = self._run(crops, masks)
+        part.planes[item.plane].add(item.start, z, item.scales.numpy(), self.encoder)
+
+    def table(self, part: _Part) -> pd.DataFrame:
+        """``part``'s table (``image`` first), its warnings given; its error raised, naming
+        it."""
+        from .embed import stack_messages, stack_result
+        from .pipeline import NO_SEGMENT, empty_result
+
+        if part.error is not None:
+            exc = part.error
+            raise type(exc)(f"image {part.name!r}: {exc}") from exc
+        encoder = self.encoder
+        if part.stack:
+            planes = sorted(part.planes)
+            messages = stack_messages(part.messages)
+            frames = [part.planes[t].frame(encoder) for t in planes]
+            table = stack_result(frames, planes, encoder)
+        else:
+            messages = [message for _, message in part.messages]
+            rows = part.planes[None]
+            if len(rows):
+                table = rows.frame(encoder)
+            else:
+                table = empty_result(encoder.embedding_dim)
+        if not len(table):
+            messages.append(NO_SEGMENT)
+        for message in messages:
+            warnings.warn(f"image {part.name!r}: {message}", UserWarning, stacklevel=4)
+        table.insert(0, "image", part.name)
+        table.attrs = {
             "encoder": encoder.record(),
-            "crop_size": int(crop_size),
-            "normalization": part.attrs.get("normalization"),
+            "crop_size": self.crop_size,
+            "normalization": None if part.stack else table.attrs.get("normalization"),
         }
-        yield name, part
-        if progress is not None:
-            progress(i + 1, len(images))
+        return table

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import warnings
@@ -15,18 +14,27 @@ import torch
 from ..errors import Cancelled
 from .devices import resolve_device
 from .encoder import SegmentEncoder
-from .inputs import check_crop_size, check_image_values
-from .segments import (
-    GEOMETRY_COLUMNS,
-    as_channels_first,
-    iter_crop_batches,
-    labels_warnings,
-    resolve_normalization,
-    segment_table,
-    validate_labels,
+from .pipeline import (
+    NO_SEGMENT,
+    BatchEncoder,
+    EmbeddingRows,
+    embedding_columns,
+    empty_result,
+    on_device,
+    prepare_segments,
+    warn_messages,
 )
+from .segments import as_channels_first, validate_labels
 
-__all__ = ["embed_segments", "embed_stack", "embedding_columns", "encoder_for"]
+__all__ = [
+    "check_stack",
+    "embed_segments",
+    "embed_stack",
+    "embedding_columns",
+    "encoder_for",
+    "stack_messages",
+    "stack_result",
+]
 
 
 def encoder_for(
@@ -54,26 +62,6 @@ def encoder_for(
     from .encoder import load_encoder
 
     return load_encoder(weights)
-
-
-def embedding_columns(dim: int) -> list[str]:
-    return [f"emb_{i}" for i in range(dim)]
-
-
-def _empty_result(dim: int) -> pd.DataFrame:
-    data: dict = {"label": np.empty(0, np.int64)}
-    for col in GEOMETRY_COLUMNS:
-        data[col] = np.empty(0, np.int64 if col.startswith(("bbox", "area")) else np.float64)
-    for col in embedding_columns(dim):
-        data[col] = np.empty(0, np.float32)
-    return pd.DataFrame(data)
-
-
-def _autocast(device: torch.device):
-    if device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
-    return contextlib.nullcontext()
 
 
 def embed_segments(
@@ -156,108 +144,54 @@ def embed_segments(
     >>> list(df["label"]), df.shape[1] - 9
     ([1, 7], 512)
     """
-    image_cf = as_channels_first(image, channel_axis=channel_axis)
-    labels = validate_labels(labels, image_cf.shape[1:])
-    check_image_values(image_cf)
-    crop_size = check_crop_size(crop_size, image_cf.shape[1:])
-    batch_size = _positive_int(batch_size, "batch_size")
-    n_channels = image_cf.shape[0]
-    if encoder is None:
-        encoder = SegmentEncoder(in_channels=n_channels)
-    elif not isinstance(encoder, SegmentEncoder):
+    if encoder is not None and not isinstance(encoder, SegmentEncoder):
         raise TypeError(f"encoder must be a SegmentEncoder, got {type(encoder).__name__}")
-    if encoder.in_channels != n_channels:
-        raise ValueError(
-            f"the encoder takes {encoder.in_channels} channel(s) but the image has {n_channels}: "
-            "pass channel_axis for multichannel images, or an encoder with in_channels="
-            f"{n_channels}"
-        )
-    norm = resolve_normalization(image_cf, normalize)
+    prepared = prepare_segments(
+        image,
+        labels,
+        in_channels=None if encoder is None else encoder.in_channels,
+        crop_size=crop_size,
+        batch_size=batch_size,
+        channel_axis=channel_axis,
+        normalize=normalize,
+        only=only,
+    )
+    if encoder is None:
+        encoder = SegmentEncoder(in_channels=prepared.n_channels)
     dev = resolve_device(device)
-
-    table = segment_table(labels, only=only)
-    if only is None:
-        for message in labels_warnings(table):
-            warnings.warn(message, UserWarning, stacklevel=2)
-    total = len(table)
+    warn_messages(prepared.messages, stacklevel=2)
+    total = len(prepared)
     if total == 0:
         if only is None:
-            warnings.warn(
-                "labels contain no segment (all zero): returning an empty table", stacklevel=2
-            )
-        empty = _empty_result(encoder.embedding_dim)
+            warnings.warn(NO_SEGMENT, stacklevel=2)
+        empty = empty_result(encoder.embedding_dim)
         empty.attrs["encoder"] = encoder.record()
         return empty
 
-    # channels_last: 1.14x faster than contiguous for the masked encoder on CPU
-    # (benchmarks/masking_overhead.py); the layout cuDNN prefers under autocast on CUDA.
-    memory_format = torch.channels_last
-    was_training = encoder.training
-    encoder.eval().to(dev, memory_format=memory_format)
-    out = np.empty((total, encoder.embedding_dim), np.float32)
-    scales = np.ones(total, np.float64)
+    rows = EmbeddingRows(
+        prepared.table.geometry,
+        encoder.embedding_dim,
+        normalization=prepared.norm.describe(),
+        crop_size=prepared.crop_size,
+    )
     if progress is not None:
         progress(0, total)
-    try:
-        with torch.inference_mode(), _autocast(dev):
-            for batch in iter_crop_batches(
-                image_cf,
-                table,
-                crop_size=crop_size,
-                batch_size=batch_size,
-                norm=norm,
-                mask_image=encoder.image_masking,
-            ):
-                if should_stop is not None and should_stop():
-                    raise Cancelled("embedding cancelled")
-                images = torch.from_numpy(batch.images).to(dev, non_blocking=True)
-                images = images.contiguous(memory_format=memory_format)
-                masks = torch.from_numpy(batch.masks).to(dev, non_blocking=True)
-                z = encoder(images, masks)
-                stop = batch.start + len(batch.images)
-                out[batch.start : stop] = z.float().cpu().numpy()
-                if not np.isfinite(out[batch.start : stop]).all():  # (B, D): cheap
-                    raise _nonfinite_embeddings(encoder, table, batch.start, stop, out)
-                scales[batch.start : stop] = batch.scales
-                if progress is not None:
-                    progress(stop, total)
-    finally:
-        encoder.train(was_training)
-
-    result = table.geometry
-    result["scale"] = scales
-    emb = pd.DataFrame(out, columns=embedding_columns(encoder.embedding_dim), index=result.index)
-    out = pd.concat([result, emb], axis=1)
-    out.attrs["normalization"] = norm.describe()  # what was used, for provenance
-    out.attrs["encoder"] = encoder.record()  # config + sha256 of the weights (classifiers check)
-    out.attrs["crop_size"] = int(crop_size)  # with the encoder: how to embed more segments alike
-    return out
+    with BatchEncoder(encoder, dev) as run:
+        batches = prepared.batches(mask_image=encoder.image_masking)
+        for batch, images, masks in on_device(_polled(batches, should_stop), dev):
+            rows.add(batch.start, run(images, masks), batch.scales, encoder)
+            if progress is not None:
+                progress(rows.filled, total)
+    return rows.frame(encoder)
 
 
-def _nonfinite_embeddings(encoder, table, start: int, stop: int, out: np.ndarray) -> ValueError:
-    """The error for NaN/Inf embeddings, naming the model and the likely cause."""
-    source = encoder.weights_source
-    if source is None:
-        model = f"an untrained {encoder.backbone_name} (seed {encoder.seed})"
-    elif source == "imagenet":
-        model = f"{encoder.backbone_name} with ImageNet weights"
-    else:
-        model = f"{encoder.backbone_name} from {source}"
-    bad = ~np.isfinite(out[start:stop]).all(axis=1)
-    labels = table.geometry["label"].to_numpy()[start:stop][bad]
-    shown = ", ".join(map(str, labels[:5])) + (", ..." if len(labels) > 5 else "")
-    return ValueError(
-        f"the encoder ({model}) gave NaN or Inf embeddings (segments {shown}): the model is "
-        "probably diverged or corrupt (e.g. trained with too high a learning rate), or the image "
-        "values are extreme (try normalize='image'). Use another checkpoint, or train again "
-        "with a lower learning rate."
-    )
-
-
-def _positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
+def _polled(batches, should_stop: Callable[[], bool] | None):
+    """``batches``, asking ``should_stop()`` before each (:class:`Cancelled` when it says
+    stop): no crop is made after a stop."""
+    for batch in batches:
+        if should_stop is not None and should_stop():
+            raise Cancelled("embedding cancelled")
+        yield batch
 
 
 def embed_stack(
@@ -278,16 +212,7 @@ def embed_stack(
     ``label``; a label id present in several planes gives one row per plane.  ``progress`` counts
     segments over the whole stack.
     """
-    image = np.asarray(image)
-    labels = np.asarray(labels)
-    if labels.ndim != 3:
-        raise ValueError(f"a stack's labels must be (T, Y, X), got shape {labels.shape}")
-    if image.shape[0] != labels.shape[0]:
-        raise ValueError(
-            f"image has {image.shape[0]} planes but labels have {labels.shape[0]}: the leading "
-            "(time or z) axes must match"
-        )
-    validate_labels(labels, labels.shape)
+    image, labels = check_stack(image, labels)
     counts = [len(np.unique(plane[plane > 0])) for plane in labels]
     total = int(sum(counts))
     if encoder is None:
@@ -296,8 +221,7 @@ def embed_stack(
         )
     frames = []
     done = 0
-    # each kind of warning once, naming its planes (numbers differ from plane to plane)
-    planes_warned: dict[tuple[type, str], tuple[str, list[int]]] = {}
+    plane_messages: list[tuple[int, str]] = []
     for t in range(labels.shape[0]):
         if counts[t] == 0:
             continue
@@ -318,26 +242,62 @@ def embed_stack(
                 **kwargs,
             )
         for w in caught:
-            kind = (w.category, re.sub(r"\d+", "#", str(w.message)))
-            planes_warned.setdefault(kind, (str(w.message), []))[1].append(t)
-        df.insert(1, "frame", np.int64(t))
+            if w.category is UserWarning:
+                plane_messages.append((t, str(w.message)))
+            else:  # not ours (a library's deprecation...): passed on as it came
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         frames.append(df)
         done += counts[t]
-    for (category, _), (first, planes) in planes_warned.items():
+    warn_messages(stack_messages(plane_messages), stacklevel=2)
+    if not frames:
+        warnings.warn(NO_SEGMENT, stacklevel=2)
+    return stack_result(frames, [t for t, n in enumerate(counts) if n], encoder)
+
+
+def check_stack(image, labels) -> tuple[np.ndarray, np.ndarray]:
+    """A ``(T, ...)`` image and ``(T, Y, X)`` labels as arrays, checked to pair plane by plane
+    (``ValueError`` otherwise)."""
+    image = np.asarray(image)
+    labels = np.asarray(labels)
+    if labels.ndim != 3:
+        raise ValueError(f"a stack's labels must be (T, Y, X), got shape {labels.shape}")
+    if image.shape[0] != labels.shape[0]:
+        raise ValueError(
+            f"image has {image.shape[0]} planes but labels have {labels.shape[0]}: the leading "
+            "(time or z) axes must match"
+        )
+    validate_labels(labels, labels.shape)
+    return image, labels
+
+
+def stack_messages(plane_messages: Sequence[tuple[int, str]]) -> list[str]:
+    """A stack's warnings from its planes' ``(plane, message)``: each kind once (numbers differ
+    from plane to plane), naming its planes."""
+    planes_warned: dict[str, tuple[str, list[int]]] = {}
+    for t, message in plane_messages:
+        kind = re.sub(r"\d+", "#", message)
+        planes_warned.setdefault(kind, (message, []))[1].append(t)
+    out = []
+    for first, planes in planes_warned.values():
         if len(planes) == 1:
             where = f"plane {planes[0]}"
         else:
             listed = ", ".join(map(str, planes[:5])) + (", ..." if len(planes) > 5 else "")
             where = f"planes {listed} ({len(planes)}; plane {planes[0]} shown)"
-        warnings.warn(f"{where}: {first}", category, stacklevel=2)
+        out.append(f"{where}: {first}")
+    return out
+
+
+def stack_result(frames: Sequence[pd.DataFrame], planes: Sequence[int], encoder) -> pd.DataFrame:
+    """A stack's table from its non-empty planes' tables (``frame`` inserted after ``label``;
+    ``planes`` their plane numbers); with no plane, the empty table (the caller warns)."""
     if not frames:
-        warnings.warn(
-            "labels contain no segment (all zero): returning an empty table", stacklevel=2
-        )
-        empty = _empty_result(encoder.embedding_dim)
+        empty = empty_result(encoder.embedding_dim)
         empty.insert(1, "frame", np.empty(0, np.int64))
         empty.attrs["encoder"] = encoder.record()
         return empty
+    for df, t in zip(frames, planes, strict=True):
+        df.insert(1, "frame", np.int64(t))
     out = pd.concat(frames, ignore_index=True)
     out.attrs["encoder"] = encoder.record()  # planes' normalisations differ: not kept here
     return out
