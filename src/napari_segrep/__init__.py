@@ -29,6 +29,8 @@ _LAZY = {
     "improve_classifier": "napari_segrep.analysis.improve",
     "measure_segments": "napari_segrep.analysis.measure",
     "add_measurements": "napari_segrep.analysis.measure",
+    "segment_thumbnails": "napari_segrep.engine.thumbnails",
+    "nearest_segments": "napari_segrep.analysis.neighbours",
 }
 
 __all__ = [
@@ -44,8 +46,10 @@ __all__ = [
     "load_classifier",
     "load_encoder",
     "measure_segments",
+    "nearest_segments",
     "resolve_device",
     "save_encoder",
+    "segment_thumbnails",
     "train_classifier",
     "train_ssl",
     "write_table",
@@ -56,10 +60,12 @@ if TYPE_CHECKING:  # pragma: no cover
     from .analysis.export import write_table
     from .analysis.improve import improve_classifier
     from .analysis.measure import add_measurements, measure_segments
+    from .analysis.neighbours import nearest_segments
     from .engine.collection import embed_images
     from .engine.devices import resolve_device
     from .engine.embed import embed_segments, embed_stack
     from .engine.encoder import SegmentEncoder, load_encoder, save_encoder
+    from .engine.thumbnails import segment_thumbnails
     from .engine.training import train_ssl
     from .errors import Cancelled, TrainingDiverged
 
