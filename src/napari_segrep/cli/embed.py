@@ -16,6 +16,7 @@ from ._common import (
     add_quiet_option,
     parse_normalize,
 )
+from ._embed_collection import add_collection_options, run_collection
 from .weights import add_weights_option, choose_weights
 
 __all__ = ["add_parser", "check_outputs", "run", "run_embedding"]
@@ -25,26 +26,36 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``embed`` on ``subparsers`` (from ``ArgumentParser.add_subparsers``)."""
     parser = subparsers.add_parser(
         "embed",
-        help="embed every segment of a label image and write a CSV",
+        help="embed every segment of a label image (or of a collection) and write a table",
         description="Embed every non-zero label of LABELS, seen in IMAGE, and write one row per "
-        "segment to OUT.csv plus an OUT.json provenance sidecar. Existing files are only "
-        "replaced with --overwrite; an input is never an output.",
+        "segment to OUT.csv (or OUT.parquet) plus an OUT.json provenance sidecar. Many pairs: "
+        "--images GLOB --labels GLOB or --data DIR, into one table with an image column; "
+        "finished images are kept in OUT.parquet.parts/ as they come, so rerunning an "
+        "interrupted command continues it; --devices N shares the images among N processes "
+        "(or run under torchrun). Existing files are only replaced with --overwrite; an input "
+        "is never an output.",
         formatter_class=HelpFormatter,
     )
     parser.add_argument(
         "image",
         type=Path,
-        help="image file (TIFF, PNG or JPEG): 2D, RGB, or multichannel with --channel-axis",
+        nargs="?",
+        help="image file (TIFF, PNG or JPEG): 2D, RGB, or multichannel with --channel-axis "
+        "(default: none, with --images or --data)",
     )
     parser.add_argument(
-        "labels", type=Path, help="label image file of the same (Y, X) shape; 0 is background"
+        "labels_file",
+        metavar="labels",
+        type=Path,
+        nargs="?",
+        help="label image file of the same (Y, X) shape; 0 is background (default: none)",
     )
     parser.add_argument(
         "-o",
         "--output",
         type=Path,
         required=True,
-        help="output table OUT.csv; its provenance goes to OUT.json beside it",
+        help="output table OUT.csv or OUT.parquet; its provenance goes to OUT.json beside it",
     )
     parser.add_argument(
         "--overwrite",
@@ -94,6 +105,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "emb_0 (for classify with features embedding+geometry)",
     )
     add_quiet_option(parser)
+    add_collection_options(parser)
     parser.set_defaults(func=run)
     return parser
 
@@ -103,6 +115,22 @@ def run(args: argparse.Namespace) -> int:
     OUT.json (together, or neither)."""
     from ..analysis.export import sidecar_path, write_table
 
+    collection = args.images is not None or args.labels is not None or args.data is not None
+    if collection and (args.image is not None or args.labels_file is not None):
+        raise CLIError(
+            "give IMAGE LABELS, or --images GLOB --labels GLOB, or --data DIR: not both forms"
+        )
+    if args.images is not None and args.data is not None:
+        raise CLIError("give --images GLOB --labels GLOB, or --data DIR: not both")
+    if collection:
+        return run_collection(args)
+    if args.image is None or args.labels_file is None:
+        raise CLIError(
+            "give IMAGE LABELS (one pair), or --images GLOB --labels GLOB, or --data DIR"
+        )
+    if args.devices != 1 or args.hash or args.workers:
+        raise CLIError("--devices, --hash and --workers are for collections (--images or --data)")
+    args.labels = args.labels_file
     normalize = parse_normalize(args.normalize)
     weights, start = choose_weights(
         args.weights, backbone=args.backbone, seed=args.seed, checkpoint=args.checkpoint
