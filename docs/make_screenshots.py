@@ -1,10 +1,12 @@
 """Screenshots for the README tutorial: embed -> train -> re-embed, in a real napari window.
 
-    xvfb-run -a -s "-screen 0 1600x1000x24" python docs/make_screenshots.py [classify]
+    xvfb-run -a -s "-screen 0 1600x1000x24" python docs/make_screenshots.py [classify|multi]
 
 Writes docs/train_widget.png (training finished: loss and effective-rank plots) and
 docs/reembed.png (the map of the trained model next to the map "before"); with ``classify``,
-docs/classify_widget.png only (three clicks per class, every cell coloured by its prediction).
+docs/classify_widget.png only (three clicks per class, every cell coloured by its prediction);
+with ``multi``, docs/embed_multi.png only (three generated images embedded together, one map
+coloured by image, a few neighbouring points selected).
 """
 
 from __future__ import annotations
@@ -99,7 +101,55 @@ def classify_screenshot(viewer, wait, settle) -> None:
     print("wrote", HERE / "classify_widget.png", f"({right:.2f} of the cells predicted right)")
 
 
+def multi_screenshot() -> None:
+    """Embed segments with three (image, labels) pairs: one map, coloured by image."""
+    import napari
+    import numpy as np
+    from qtpy.QtWidgets import QApplication
+
+    from napari_segrep._sample_data import make_cells
+
+    viewer = napari.Viewer(title="napari-segrep: many images, one map")
+    viewer.window.resize(1500, 950)
+    app = QApplication.instance()
+    pairs = []
+    for name, seed in (("plate A", 1), ("plate B", 2), ("plate C", 3)):
+        image, labels, _ = make_cells(shape=(512, 512), n_cells=100, seed=seed)
+        pairs.append(
+            (viewer.add_image(image, name=name), viewer.add_labels(labels, name=f"{name} cells"))
+        )
+    _, embed = viewer.window.add_plugin_dock_widget("napari-segrep", "Embed segments")
+    embed.image_input.value, embed.labels_input.value = [pairs[0][0]], pairs[0][1]
+    for image, labels in pairs[1:]:
+        embed.multi.add_pair(image, labels)
+    embed.run()
+    t0 = time.time()
+    while not (embed.job is None and embed.points_layer is not None and embed.multi.view.settled):
+        app.processEvents()
+        time.sleep(0.01)
+    while embed.map_model.method != "umap" and time.time() - t0 < 600:  # UMAP, when it comes
+        app.processEvents()
+        time.sleep(0.01)
+    points = embed.points_layer
+    # a point of the image on top (plate C) and its nearest neighbours of that image
+    rows = np.flatnonzero(points.features["image"].to_numpy() == "plate C cells")
+    d = np.linalg.norm(points.data[rows] - points.data[rows[len(rows) // 2]], axis=1)
+    points.selected_data = set(rows[np.argsort(d)[:12]].tolist())
+    viewer.layers.selection.active = points
+    viewer.reset_view()
+    t0 = time.time()
+    while time.time() - t0 < 0.5:
+        app.processEvents()
+        time.sleep(0.01)
+    viewer.screenshot(str(HERE / "embed_multi.png"), canvas_only=False)
+    print("wrote", HERE / "embed_multi.png", f"({len(points.data)} segments, 3 images)")
+    viewer.close()
+
+
 if __name__ == "__main__":
     import sys
 
-    main(only_classify="classify" in sys.argv[1:])
+    if "multi" in sys.argv[1:]:
+        multi_screenshot()
+    else:
+        main(only_classify="classify" in sys.argv[1:])

@@ -8,21 +8,19 @@ The widget only translates: layer data -> one engine call in a worker thread -> 
 from __future__ import annotations
 
 import weakref
-from pathlib import Path
 
 import napari
 import numpy as np
 import pandas as pd
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, PushButton, Select, SpinBox
 from napari.layers import Labels, Points
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error
 
 from . import _session
 from ._common import (
     LayerInputs,
     WarmRelay,
     chosen_path,
-    export_table,
     image_layers,
     is_file,
     labels_layers,
@@ -31,9 +29,11 @@ from ._common import (
     status_label,
     unless_deleted,
 )
+from ._embed_actions import ResultsActions
 from ._jobs import Job, start_job, watch_close
 from ._live import LiveEmbedding
 from ._map_view import MapView
+from ._multi import MultiPairs
 from ._results import SegmentResults, embed_run
 from ._weights import WeightsDownloadButton, imagenet_present
 
@@ -45,12 +45,16 @@ MODEL_FILE = "checkpoint file..."
 MODEL_SESSION = "model trained in this session"
 
 
-class EmbedSegmentsWidget(Container):
-    """Embed every segment of a labels layer and explore them as a map.
+class EmbedSegmentsWidget(ResultsActions, Container):
+    """Embed every segment of a labels layer (or of several (image, labels) pairs) and
+    explore them as a map.
 
     ``run()`` (what Run calls) starts the embedding in a napari worker and returns it.  The
     results are ``self.results`` (a :class:`~._results.SegmentResults`); ``table``,
-    ``map_model``, ``labels_layer`` and ``points_layer`` read from it and its map view.
+    ``map_model``, ``labels_layer`` and ``points_layer`` read from it and its map view.  With
+    more pairs (``multi.add_pair``, ``multi.add_folder``) they are ``self.group`` (a
+    :class:`~._group.ResultsGroup`: each labels layer's results, one map), ``results`` is None,
+    and ``table`` (with an ``image`` column), ``map_model`` and ``points_layer`` are the group's.
     """
 
     #: Open widgets (Train SegRep finds them to offer its model and to re-embed).
@@ -67,6 +71,7 @@ class EmbedSegmentsWidget(Container):
         self._map_request: int | None = None  # the UMAP fit whose result is awaited
         self._view_at_run: tuple | None = None
         self.map_view = MapView(viewer)
+        self.multi = MultiPairs(self)
         self.live = LiveEmbedding(
             busy=lambda: self.job is not None,
             on_applied=self._on_live_applied,
@@ -98,9 +103,7 @@ class EmbedSegmentsWidget(Container):
         self.cluster_method = ComboBox(label="clustering", choices=["kmeans", "hdbscan"])
         self.cluster_k = SpinBox(label="k (kmeans)", value=5, min=1, max=200)
         self.cluster_button = PushButton(text="Cluster", enabled=False)
-        self.colour_by = ComboBox(
-            label="colour by", choices=["label", "cluster", "class"], value="label"
-        )
+        self.colour_by = ComboBox(label="colour by", choices=self._colour_choices, value="label")
         self.selection_button = PushButton(text="New labels layer from selection", enabled=False)
         self.export_button = PushButton(text="Export CSV...", enabled=False)
         self.umap_input = CheckBox(label="UMAP map (PCA first)", value=True)
@@ -110,6 +113,7 @@ class EmbedSegmentsWidget(Container):
             [
                 self.image_input,
                 self.labels_input,
+                *self.multi.widgets,
                 self.model_input,
                 self.weights_button,
                 self.checkpoint_input,
@@ -155,11 +159,13 @@ class EmbedSegmentsWidget(Container):
     # ------------------------------------------------------------------ the results, read-only
     @property
     def table(self) -> pd.DataFrame | None:
-        return self.results.table if self.results is not None else None
+        shown = self._shown()
+        return shown.table if shown is not None else None
 
     @property
     def map_model(self):
-        return self.results.map_model if self.results is not None else None
+        shown = self._shown()
+        return shown.map_model if shown is not None else None
 
     @property
     def labels_layer(self) -> Labels | None:
@@ -167,7 +173,8 @@ class EmbedSegmentsWidget(Container):
 
     @property
     def points_layer(self) -> Points | None:
-        return self.map_view.points_layer
+        view = self.multi.view if self.group is not None else self.map_view
+        return view.points_layer
 
     @property
     def live_job(self) -> Job | None:
@@ -186,6 +193,7 @@ class EmbedSegmentsWidget(Container):
             if self.results is not None and event.value is self.results.labels_layer:
                 self._drop_results()
             self.map_view.forget_layer(event.value)
+            self.multi.forget_layer(event.value)
         self.reset_choices()
         if not self.image_input.value and self.image_input.choices:
             self.image_input.value = [self.image_input.choices[0]]
@@ -210,6 +218,8 @@ class EmbedSegmentsWidget(Container):
         """Why Run is not possible now (None when it is)."""
         try:
             self._collect_inputs(build=False)
+            if self.multi.active:
+                self.multi.validate()
         except ValueError as exc:
             return str(exc)
         return None
@@ -236,7 +246,8 @@ class EmbedSegmentsWidget(Container):
 
     # ------------------------------------------------------------------ run
     def run(self):
-        """Start embedding the chosen labels layer; returns the napari worker."""
+        """Start embedding the chosen labels layer (every pair, with more pairs); returns the
+        napari worker."""
         if self.job is not None:
             raise RuntimeError("An embedding is already running: cancel it first.")
         inputs = self._collect_inputs()  # ValueError with the reason when Run is disabled
@@ -245,15 +256,17 @@ class EmbedSegmentsWidget(Container):
         weights = {MODEL_IMAGENET: "imagenet", MODEL_FILE: checkpoint}.get(model)
         if model == MODEL_SESSION and _session.trained_encoder is not None:
             weights = _session.trained_encoder
+        normalize = self.normalize_input.value
         params = {
             "crop_size": int(self.crop_input.value),
             "batch_size": int(self.batch_input.value),
             "device": self.device_input.value,
-            "normalize": None
-            if self.normalize_input.value == "none"
-            else self.normalize_input.value,
-            "channel_axis": inputs.channel_axis,
+            "normalize": None if normalize == "none" else normalize,
         }
+        run = {"model": model, "checkpoint": checkpoint}
+        if self.multi.active:
+            call, on_result = self.multi.prepare(weights, params, **run)
+            return self._start(call, on_result)
         image = inputs.image
         labels = inputs.labels.copy()  # the user may paint while we work
         layer_names = [layer.name for layer in inputs.image_layers]
@@ -264,20 +277,23 @@ class EmbedSegmentsWidget(Container):
                 image,
                 labels,
                 weights,
-                params,
+                {**params, "channel_axis": inputs.channel_axis},
                 stack=inputs.stack,
-                model=model,
-                checkpoint=checkpoint,
                 image_layers=layer_names,
                 progress=progress,
                 should_stop=should_stop,
+                **run,
             )
 
+        target = inputs.labels_layer
+        return self._start(call, lambda result: self._on_embedded(target, *result))
+
+    def _start(self, call, on_result):
+        """Run ``call`` as the widget's job; ``on_result`` shows what it returns."""
         self.status.value = "Embedding..."
         watch_close(self.native.window())  # closing napari cancels the run first
         self._view_at_run = self._camera_view()
         self._set_running(True)
-        target = inputs.labels_layer
         from ._map_process import map_process
 
         # the map process (compiling UMAP, or fitting an earlier map) waits meanwhile
@@ -291,7 +307,7 @@ class EmbedSegmentsWidget(Container):
             call,
             desc="Embedding segments",
             progress_bar=self.progress,
-            on_result=lambda result: self._on_embedded(target, *result),
+            on_result=on_result,
             on_error=self._on_error,
             on_done=done,
         )
@@ -349,6 +365,10 @@ class EmbedSegmentsWidget(Container):
         self.results.events.colour_by.connect(self._on_results_colour_by)
         self.colour_by.value = "label"
         self.map_view.attach(self.results)
+        self._show_new_results(len(df))
+
+    def _show_new_results(self, n: int, what: str = "") -> None:
+        """Fit the view, enable the actions, start UMAP: for the results just shown."""
         if self._camera_view() == self._view_at_run:  # the user has not zoomed or panned since
             self.viewer.reset_view()  # show the image and its map beside it
         for b in (
@@ -359,41 +379,14 @@ class EmbedSegmentsWidget(Container):
         ):
             b.enabled = True
         self._on_live_toggled()
-        n = len(df)
         umap = self.umap_input.value and n >= 4
-        self.status.value = f"{n} segments embedded. Map: PCA" + (
+        self.status.value = f"{n} segments{what} embedded. Map: PCA" + (
             " (UMAP on its way...)" if umap else ""
         )
         if umap:
             self._start_umap()
         else:
             self._compare_with_previous()
-
-    def _start_umap(self) -> None:
-        """Fit UMAP in the session's map process (never in napari's: see ``_map_process``);
-        the map replaces the PCA preview when it arrives."""
-        from ..analysis.tables import embedding_matrix
-        from ._map_process import RemoteMap, map_process
-
-        results, process, key = self.results, map_process(), RemoteMap.next_key()
-        n_rows = len(results.table)
-        self._map_request = key
-
-        def done(ok: bool, value) -> None:
-            if self._map_request != key or self.results is not results:
-                return  # newer results or a newer map replaced this one meanwhile
-            self._map_request = None
-            if not ok:
-                self._on_error(RuntimeError(f"UMAP map failed: {value}"))
-                return
-            if len(results.table) != n_rows:
-                return  # live edits changed the rows meanwhile: 'Refit map' fits them all
-            method, coords = value
-            results.set_map(RemoteMap(process, key, method, coords))
-            self.status.value = f"{n_rows} segments embedded. Map: UMAP"
-            self._compare_with_previous()
-
-        process.submit("fit", key, embedding_matrix(results.table), 0, on_done=done)
 
     def _camera_view(self) -> tuple:
         scene = getattr(self.viewer, "scene", None)  # napari >= 0.9; viewer.camera before
@@ -407,14 +400,7 @@ class EmbedSegmentsWidget(Container):
             self.results.events.colour_by.disconnect(self._on_results_colour_by)
             self.results.close()
         self.results = None
-
-    # ------------------------------------------------------------------ colours
-    def _on_colour_by_chosen(self, *_) -> None:
-        if self.results is not None:
-            self.results.colour_by = self.colour_by.value
-
-    def _on_results_colour_by(self, event=None) -> None:
-        self.colour_by.value = self.results.colour_by
+        self.multi.drop()
 
     # ------------------------------------------------------------------ live embedding
     def _on_live_toggled(self, *_) -> None:
@@ -424,67 +410,4 @@ class EmbedSegmentsWidget(Container):
         self.status.value = (
             f"Live: {n_embedded} segment(s) embedded, {n_removed} removed;"
             f" {len(self.results.table)} in the map ('Refit map' refits it)."
-        )
-
-    def refit_map(self) -> None:
-        """Fit the 2D map again on all current embeddings (PCA now, then UMAP if chosen)."""
-        from ..analysis.reduce import pca_map
-        from ..analysis.tables import embedding_matrix
-
-        if self.results is None:
-            raise RuntimeError("Run the embedding first.")
-        emb = embedding_matrix(self.results.table)
-        self.results.set_map(pca_map(emb))
-        if self.umap_input.value and len(emb) >= 4:
-            self._start_umap()
-
-    # ------------------------------------------------------------------ clusters, selection, CSV
-    def cluster(self) -> np.ndarray:
-        """Cluster the embeddings (KMeans k, or HDBSCAN); ids from 1, 0 = noise."""
-        from ..analysis.cluster import cluster_embeddings
-        from ..analysis.tables import embedding_matrix
-
-        if self.results is None:
-            raise RuntimeError("Run the embedding first.")
-        ids = cluster_embeddings(
-            embedding_matrix(self.results.table),
-            method=self.cluster_method.value,
-            k=int(self.cluster_k.value),
-        )
-        self.results.set_clusters(ids)
-        show_info(f"{len(set(ids.tolist()) - {0})} clusters")
-        return ids
-
-    def labels_from_selection(self) -> Labels | None:
-        """A new labels layer holding only the selected segments."""
-        selected = self.results.selected_labels() if self.results is not None else set()
-        if not selected:
-            show_info("Select points in the map first.")
-            return None
-        layer = self.labels_layer
-        data = np.asarray(layer.data)
-        out = np.where(np.isin(data, list(selected)), data, 0)
-        return self.viewer.add_labels(
-            out, name=f"{layer.name} selection", scale=layer.scale, translate=layer.translate
-        )
-
-    def export_table(self) -> pd.DataFrame:
-        """label, geometry, map_0, map_1, map_method, cluster, emb_*."""
-        return self.results.export_frame()
-
-    def export_csv(self, path: str | Path | None = None, *, overwrite: bool | None = None):
-        """Write the table (and its JSON sidecar, the same provenance as the CLI's).  Asks
-        before replacing a file unless ``overwrite`` says; returns the path, or None when
-        nothing was written."""
-        results = self.results
-        if results is None:
-            raise RuntimeError("Run the embedding first.")
-        return export_table(
-            self.native,
-            results.export_frame(),
-            results.provenance(),
-            path,
-            title="Export CSV",
-            suggestion=f"{results.labels_layer.name}.csv",
-            overwrite=overwrite,
         )
