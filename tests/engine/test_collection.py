@@ -192,6 +192,9 @@ def test_embed_images__errors_in_workers_name_the_image(pairs, narrow_encoder, t
         )
     assert "Traceback" not in str(info.value)  # the message, not the worker's traceback
     assert done == [1]  # the images before it were done, in turn
+    with pytest.raises(ValueError) as in_process:
+        sr.embed_images([images[0], broken, images[2]], labels, encoder=narrow_encoder, **KW)
+    assert str(in_process.value) == str(info.value)  # the same error either way
     assert _children() == before
 
 
