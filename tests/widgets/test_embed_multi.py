@@ -187,6 +187,7 @@ def test_embed_multi__cancel_mid_run_leaves_no_half_results(make_napari_viewer, 
     widget.job._relay.progressed.connect(lambda d, t: seen.append((d, t)))
     # well into the second image: the first one is done, nothing of it may show
     qtbot.waitUntil(lambda: any(d > t * 0.6 for d, t in seen), timeout=TIMEOUT_MS)
+    assert widget.status.value == "Embedding cells_b (2 of 2 images)..."
     widget.cancel()
     qtbot.waitUntil(lambda: widget.job is None, timeout=TIMEOUT_MS)
     assert results_for(cells_a) is None and results_for(cells_b) is None
@@ -240,3 +241,34 @@ def test_embed_multi__pairs_that_cannot_share_a_map_disable_run(make_napari_view
     other.metadata["segrep_image_name"] = "cells"  # as if opened from a file "cells.tif"
     widget._update_run_state()
     assert not widget.run_button.enabled and "Two pairs" in widget.status.value
+
+
+def test_embed_multi__classify_one_layer_colours_its_points_in_the_shared_map(
+    make_napari_viewer, qtbot
+):
+    from napari_segrep._widgets._results import results_for
+
+    viewer, widget, cells_a, cells_b = _two_pairs(make_napari_viewer)
+    _run_and_wait(qtbot, widget)
+    res_a, res_b = results_for(cells_a), results_for(cells_b)
+    n_a = len(res_a.table)
+    _, classify = viewer.window.add_plugin_dock_widget("napari-segrep", "Classify segments")
+    classify.labels_input.value = cells_b
+    assert classify.results is res_b
+    for name in ("x", "y"):
+        classify.add_class(name)
+    classify.annotate_labels([int(v) for v in res_b.labels[:3]], "x")
+    classify.annotate_labels([int(v) for v in res_b.labels[3:6]], "y")
+    qtbot.waitUntil(
+        lambda: classify.job is None and "class_predicted" in res_b.table, timeout=TIMEOUT_MS
+    )
+    qtbot.waitUntil(lambda: classify.job is None, timeout=TIMEOUT_MS)
+    assert widget.colour_by.value == "class" and widget.group.colour_by == "class"
+    points = widget.points_layer
+    np.testing.assert_allclose(points.face_color[n_a][:3], res_b.class_colours["x"][:3])
+    np.testing.assert_allclose(points.face_color[n_a + 3][:3], res_b.class_colours["y"][:3])
+    # A has no classes: its points keep its segments' colours
+    np.testing.assert_allclose(
+        points.face_color[0], cells_a.colormap.map(res_a.labels[0]), atol=1e-6
+    )
+    assert "class_predicted" in points.features and res_a.selection == frozenset()

@@ -59,7 +59,8 @@ def embed_pairs_run(pairs: Sequence, weights, params: dict, *, progress, should_
     params : dict
         ``embed_segments``' options but ``channel_axis`` (each pair's own).
     progress : callable(done, total)
-        Segments embedded out of all pairs' segments.
+        Segments embedded out of all pairs' segments; its ``message((i, n))``, when it has
+        one, is called as pair ``i`` of ``n`` starts.
     should_stop : callable() -> bool
         Polled between batches (``Cancelled``: nothing is returned).
     **run
@@ -78,7 +79,12 @@ def embed_pairs_run(pairs: Sequence, weights, params: dict, *, progress, should_
     totals = [_n_rows(np.asarray(p[1])) for p in pairs]
     grand, done, parts = max(sum(totals), 1), 0, []
     encoder = weights
-    for (image, labels, stack, axis, names), total in zip(pairs, totals, strict=True):
+    tell = getattr(progress, "message", None)  # the job's messages to the GUI thread
+    for i, ((image, labels, stack, axis, names), total) in enumerate(
+        zip(pairs, totals, strict=True)
+    ):
+        if tell is not None:
+            tell((i, len(pairs)))
 
         def report(d, _t, _done=done):
             progress(min(_done + d, grand), grand)

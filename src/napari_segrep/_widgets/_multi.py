@@ -186,7 +186,8 @@ class MultiPairs:
 
     # ------------------------------------------------------------------ run and results
     def prepare(self, weights, params: dict, **run):
-        """The worker's call and what to do with its result, for :meth:`EmbedSegmentsWidget.run`."""
+        """The worker's call, what to do with its result and with its messages (which image it
+        embeds), for :meth:`~.embed.EmbedSegmentsWidget.run`."""
         pairs = self.pairs(build=True)
         self.validate()
         args = [
@@ -204,7 +205,11 @@ class MultiPairs:
                 args, weights, params, progress=progress, should_stop=should_stop, **run
             )
 
-        return call, lambda result: self._on_embedded(targets, names, *result)
+        def on_message(message) -> None:
+            i, n = message
+            self.widget.status.value = f"Embedding {names[i]} ({i + 1} of {n} images)..."
+
+        return call, lambda result: self._on_embedded(targets, names, *result), on_message
 
     def _on_embedded(self, targets, names, parts, map_model) -> None:
         w = self.widget

@@ -265,8 +265,8 @@ class EmbedSegmentsWidget(ResultsActions, Container):
         }
         run = {"model": model, "checkpoint": checkpoint}
         if self.multi.active:
-            call, on_result = self.multi.prepare(weights, params, **run)
-            return self._start(call, on_result)
+            call, on_result, on_message = self.multi.prepare(weights, params, **run)
+            return self._start(call, on_result, on_message=on_message)
         image = inputs.image
         labels = inputs.labels.copy()  # the user may paint while we work
         layer_names = [layer.name for layer in inputs.image_layers]
@@ -288,7 +288,7 @@ class EmbedSegmentsWidget(ResultsActions, Container):
         target = inputs.labels_layer
         return self._start(call, lambda result: self._on_embedded(target, *result))
 
-    def _start(self, call, on_result):
+    def _start(self, call, on_result, *, on_message=None):
         """Run ``call`` as the widget's job; ``on_result`` shows what it returns."""
         self.status.value = "Embedding..."
         watch_close(self.native.window())  # closing napari cancels the run first
@@ -308,6 +308,7 @@ class EmbedSegmentsWidget(ResultsActions, Container):
             desc="Embedding segments",
             progress_bar=self.progress,
             on_result=on_result,
+            on_message=on_message,
             on_error=self._on_error,
             on_done=done,
         )
