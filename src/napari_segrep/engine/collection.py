@@ -80,10 +80,12 @@ def embed_images(
         Worker processes that read, check, segment-table and crop the images (the CPU work)
         while this process runs the encoder (``torch.utils.data.DataLoader``; image ``i`` is
         prepared by worker ``i % num_workers``, tables still come in the order given).  The
-        rows are bit-identical whatever the number.  Default 0 (all in this process):
-        measured on a 2-core CPU, preparing is about 3% of the time (the encoder is the rest),
-        so workers only take cores from the encoder (``benchmarks/embed_collection.py``);
-        with a GPU, 2-4 workers keep it fed.
+        rows are bit-identical whatever the number.  Default 0 (all in this process), by
+        measurement on a 2-core CPU (resnet18, 1024 x 1024 images of 1,000 segments):
+        preparing is about 3% of the time (0.08 s of 3 s per image), so workers can save at
+        most that while taking cores from the encoder, and ``benchmarks/embed_collection.py``
+        found no difference beyond a shared machine's noise.  With a GPU the encoder is fast
+        and the CPU work dominates: use 2-4 workers there.
     pin_memory : bool, optional
         Crops in page-locked memory, copied to the GPU asynchronously on a side CUDA stream;
         default: when the device is CUDA.
