@@ -72,7 +72,7 @@ def test_embed_multi__two_pairs_one_map_linked_both_ways_per_layer(
     n_a, n_b = len(res_a.table), len(res_b.table)
     assert n_a == len(np.unique(cells_a.data)) - 1 and n_b == len(np.unique(cells_b.data)) - 1
     assert widget.results is None and widget.group.members == [res_a, res_b]
-    assert "2 images" in widget.status.value
+    assert "2 images" in widget.status.value and not widget.live_input.enabled
 
     # one points layer with the rows of both, carrying image and label
     points = widget.points_layer
@@ -174,6 +174,7 @@ def test_embed_multi__two_pairs_one_map_linked_both_ways_per_layer(
     _run_and_wait(qtbot, widget)
     assert widget.group is None and widget.results is results_for(cells_a)
     assert widget.points_layer.name == "cells_a map" and "image" not in widget.colour_by.choices
+    assert widget.live_input.enabled
 
 
 def test_embed_multi__cancel_mid_run_leaves_no_half_results(make_napari_viewer, qtbot):

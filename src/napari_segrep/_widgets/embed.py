@@ -379,6 +379,7 @@ class EmbedSegmentsWidget(ResultsActions, Container):
             self.refit_button,
         ):
             b.enabled = True
+        self.live_input.enabled = self.group is None  # live follows one labels layer
         self._on_live_toggled()
         umap = self.umap_input.value and n >= 4
         self.status.value = f"{n} segments{what} embedded. Map: PCA" + (
