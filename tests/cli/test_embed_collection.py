@@ -262,3 +262,13 @@ def test_embed_collection__two_processes_report_a_failing_image_in_one_line(data
     errors = [x for x in done.stderr.splitlines() if x.startswith("napari-segrep: error:")]
     assert len(errors) == 1 and "image 'im1'" in errors[0], done.stderr[-3000:]
     assert {0, 2} <= set(PartsFolder(parts_dir(out)).done())
+
+
+def test_embed_collection__h5ad_output_for_scanpy(data, tmp_path):
+    pytest.importorskip("anndata")
+    out = tmp_path / "cells.h5ad"
+    assert _run("embed", "--data", data, "-o", out, *SMALL) == 0
+    back = read_table(out)
+    assert list(back.columns[:2]) == ["image", "label"] and len(back) == 24
+    assert back.attrs["encoder"]["sha256"]
+    pd.testing.assert_frame_equal(back, read_table(out), check_exact=True)

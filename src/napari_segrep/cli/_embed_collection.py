@@ -131,8 +131,9 @@ def _prepare(args: argparse.Namespace, *, check_folder: bool) -> _Plan:
     from ..analysis.export import sidecar_path
     from ..analysis.parts import PartsFolder, input_record, parts_dir
     from ..engine.input_files import check_pair_headers
-    from ..io import check_output_paths, pair_files
+    from ..io import pair_files
     from ._common import parse_normalize
+    from .embed import check_outputs
     from .weights import choose_weights
 
     if args.measure:
@@ -146,12 +147,7 @@ def _prepare(args: argparse.Namespace, *, check_folder: bool) -> _Plan:
     inputs = {"checkpoint": args.checkpoint}
     for name, (image, labels) in zip(names, pairs, strict=True):
         inputs[f"image {name}"], inputs[f"labels of {name}"] = image, labels
-    check_output_paths(
-        [args.output, sidecar_path(args.output)],
-        inputs=inputs,
-        overwrite=args.overwrite,
-        overwrite_hint="pass --overwrite to replace it, or choose another output name",
-    )
+    check_outputs([args.output, sidecar_path(args.output)], inputs=inputs, overwrite=args.overwrite)
     shapes = check_pair_headers(pairs, channel_axis=args.channel_axis)
     channels = [_channels(i, lab, args.channel_axis) for i, lab in shapes]
     if len(set(channels)) > 1:
@@ -159,9 +155,9 @@ def _prepare(args: argparse.Namespace, *, check_folder: bool) -> _Plan:
         for (image, _), count in zip(pairs, channels, strict=True):
             by_count.setdefault(count, []).append(image.name)
         shown = "; ".join(
-            f"{count} channel{'s' * (count > 1)}: {', '.join(names[:3])}"
-            + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-            for count, names in by_count.items()
+            f"{count} channel{'s' * (count > 1)}: {', '.join(files[:3])}"
+            + (f" and {len(files) - 3} more" if len(files) > 3 else "")
+            for count, files in by_count.items()
         )
         raise CLIError(
             f"the images have different numbers of channels ({shown}): one encoder takes one "

@@ -184,10 +184,14 @@ def run(args: argparse.Namespace) -> int:
 
 def check_outputs(outputs, *, inputs: dict, overwrite: bool, flag: str = "--overwrite") -> None:
     """Before any work: every output can be written, none is an input, none exists unless
-    ``overwrite`` (a :class:`CLIError` naming the file and ``flag``)."""
+    ``overwrite`` (a :class:`CLIError` naming the file and ``flag``); a table's format can be
+    written (``.h5ad`` needs anndata)."""
+    from ..analysis.export import check_table_path
     from ..io import check_output_paths
 
     try:
+        for path in outputs:
+            check_table_path(path)
         check_output_paths(
             outputs,
             inputs=inputs,
