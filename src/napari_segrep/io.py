@@ -38,10 +38,12 @@ __all__ = [
     "file_sha256",
     "free_run_dir",
     "fsync_dir",
+    "lock_holder",
     "pair_files",
     "read_image",
     "run_dir_conflict",
     "same_file",
+    "take_lock",
     "write_failure",
 ]
 
@@ -386,8 +388,7 @@ def check_free_space(
         )
 
 
-#: Present in a checkpoint folder while a training writes there (holds "PID HOSTNAME").
-RUN_LOCK_NAME = ".napari-segrep.lock"
+RUN_LOCK_NAME = ".napari-segrep.lock"  #: in a run folder while a run writes ("PID HOSTNAME")
 
 
 def run_dir_conflict(
@@ -429,7 +430,7 @@ def claim_run_dir(
     with contextlib.suppress(OSError):  # if it fails, check_writable_dir says why
         directory.mkdir(parents=True, exist_ok=True)
     check_writable_dir(directory)
-    lock = _take_lock(directory)
+    lock = take_lock(directory)
     try:
         conflict = run_dir_conflict(directory, resume=resume, checkpoint_name=checkpoint_name)
         if conflict is not None:
@@ -454,33 +455,32 @@ def free_run_dir(directory: str | os.PathLike, *, resume: str | os.PathLike | No
     if directory.is_dir() and not os.path.lexists(directory / RUN_LOCK_NAME):
         if run_dir_conflict(directory, resume=resume) is None:
             return directory
-    n = 2
-    while os.path.lexists(directory.with_name(f"{directory.name}-{n}")):
-        n += 1
+    n = next(n for n in range(2, 1 << 62) if not os.path.lexists(f"{directory}-{n}"))
     return directory.with_name(f"{directory.name}-{n}")
 
 
-def _take_lock(directory: Path) -> Path:
-    lock = directory / RUN_LOCK_NAME
+def take_lock(directory: Path, *, name: str = RUN_LOCK_NAME, user: str = "training") -> Path:
+    """Create ``directory/name`` exclusively (pid, host); a stale one is taken over."""
+    lock = directory / name
     for _ in range(3):
         try:
             fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         except FileExistsError:
-            pid = _lock_holder(lock)
+            pid = lock_holder(lock)
             if pid is not None:
                 raise ValueError(
-                    f"{directory} is in use by another training (process {pid}): wait for it to "
+                    f"{directory} is in use by another {user} (process {pid}): wait for it to "
                     f"end or choose another folder (if none runs, delete {lock})"
                 ) from None
-            _unlink(lock)  # left by a training that ended without removing it
+            _unlink(lock)  # left by a process that ended without removing it
             continue
         with os.fdopen(fd, "w") as fh:
             fh.write(f"{os.getpid()} {socket.gethostname()}\n")
         return lock
-    raise ValueError(f"cannot take the lock {lock}: delete it if no training uses the folder")
+    raise ValueError(f"cannot take the lock {lock}: delete it if no {user} uses the folder")
 
 
-def _lock_holder(lock: Path) -> int | str | None:
+def lock_holder(lock: Path) -> int | str | None:
     """The pid holding ``lock`` ("?" while it is being written or unreadable), or None when
     that process has ended (a stale lock).  A lock from another machine counts as held."""
     try:

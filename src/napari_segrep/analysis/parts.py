@@ -16,14 +16,13 @@ import contextlib
 import json
 import os
 import re
-import socket
 import time
 from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
 
-from ..io import atomic_write, check_writable_dir, fsync_dir
+from ..io import atomic_write, check_writable_dir, fsync_dir, lock_holder, take_lock
 
 __all__ = ["MANIFEST_NAME", "PartsFolder", "input_record", "manifest_differences", "parts_dir"]
 
@@ -229,45 +228,12 @@ class PartsFolder:
 
     # --- lock and removal ---------------------------------------------------------------------
     def _take_lock(self) -> None:
-        lock = self.path / _LOCK_NAME
-        text = f"{os.getpid()} {socket.gethostname()}\n".encode()
-        for _ in range(3):
-            try:
-                fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-            except FileExistsError:
-                holder = self._lock_holder()
-                if holder is not None:
-                    raise ValueError(
-                        f"{self.path} is in use by another embedding (process {holder})"
-                    ) from None
-                with contextlib.suppress(FileNotFoundError):
-                    lock.unlink()  # left by a run that was killed
-                continue
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(text)
-            return
-        raise ValueError(f"cannot take the lock {lock}: delete it if no embedding uses the folder")
+        take_lock(self.path, name=_LOCK_NAME, user="embedding")
 
     def _lock_holder(self) -> int | str | None:
-        """The live process holding the lock, or None (no lock, or its process has ended)."""
-        lock = self.path / _LOCK_NAME
-        try:
-            pid_text, _, host = lock.read_text().strip().partition(" ")
-            pid = int(pid_text)
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError):
-            return "?"
-        if pid == os.getpid():
-            return None
-        if (host and host != socket.gethostname()) or os.name == "nt":
-            return pid
-        with contextlib.suppress(PermissionError):
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return None
-        return pid
+        """The live process holding the lock, or None (no lock, this process, or ended)."""
+        holder = lock_holder(self.path / _LOCK_NAME)
+        return None if holder == os.getpid() else holder
 
     def release(self) -> None:
         """Give the lock back (the parts stay)."""
