@@ -58,7 +58,7 @@ def test_cli_train__writes_checkpoint_and_history(data_dir, tmp_path, capsys):
     ckpt = load_checkpoint(logs / "last.pt")
     assert ckpt["epoch"] == 2 and ckpt["config"]["crop_size"] == 32
     sr.load_encoder(logs / "last.pt")  # usable for embedding
-    quality = pd.read_csv(logs / "quality.csv")
+    quality = pd.read_csv(logs / "quality.csv", float_precision="round_trip")  # exact floats
     assert quality["epoch"].tolist() == [0, 1, 2]
     assert quality["step"].tolist() == [0, 3, 6]
     assert set(quality["monitor"]) == {"training"} and set(quality["n"]) == {24}
@@ -295,7 +295,7 @@ def test_cli_train__torchrun_two_processes_equals_one_process_with_the_global_ba
     )
     np.testing.assert_allclose(ddp["loss"], [r["loss"] for r in single.history], rtol=2e-3)
     # quality: rank 0 measures, every rank records the same; as one process does
-    quality = pd.read_csv(logs / "quality.csv")
+    quality = pd.read_csv(logs / "quality.csv", float_precision="round_trip")  # exact floats
     assert quality["epoch"].tolist() == [0, 1, 2, 3, 4]
     single_rank = [r["effective_rank"] for r in single.quality]
     assert quality["effective_rank"][0] == pytest.approx(single_rank[0], rel=1e-6)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 __all__ = [
     "BACKBONES",
@@ -95,3 +96,21 @@ class ProgressBar:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def add_pair_options(group) -> None:
+    """``--images GLOB --labels GLOB`` or ``--data DIR``: image/label files paired by stem
+    (:func:`napari_segrep.io.pair_files`), for ``train`` and ``embed``."""
+    group.add_argument(
+        "--images",
+        help="glob of image files, e.g. 'data/images/*.tif' (files the --labels glob matches "
+        "are left out, so x.tif beside x_labels.tif works)",
+    )
+    group.add_argument(
+        "--labels",
+        help="glob of label files, paired with images by file stem (a _labels/_mask suffix is "
+        "allowed)",
+    )
+    group.add_argument(
+        "--data", type=Path, help="folder with images/ and labels/ (instead of the two globs)"
+    )

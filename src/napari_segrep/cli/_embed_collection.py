@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._common import CLIError, Interrupted
+from ._common import CLIError, Interrupted, add_pair_options
 
 __all__ = ["add_collection_options", "run_collection"]
 
@@ -34,19 +34,7 @@ def add_collection_options(parser) -> None:
     group = parser.add_argument_group(
         "collections (instead of IMAGE LABELS; resumable: rerun the same command to continue)"
     )
-    group.add_argument(
-        "--images",
-        help="glob of image files, e.g. 'data/images/*.tif' (files the --labels glob matches "
-        "are left out, so x.tif beside x_labels.tif works)",
-    )
-    group.add_argument(
-        "--labels",
-        help="glob of label files, paired with images by file stem (a _labels/_mask suffix is "
-        "allowed)",
-    )
-    group.add_argument(
-        "--data", type=Path, help="folder with images/ and labels/ (instead of the two globs)"
-    )
+    add_pair_options(group)
     group.add_argument(
         "--devices",
         type=int,

@@ -18,6 +18,7 @@ from ._common import (
     CLIError,
     HelpFormatter,
     Interrupted,
+    add_pair_options,
     add_quiet_option,
     parse_normalize,
 )
@@ -49,19 +50,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _add_data_options(data) -> None:
-    data.add_argument(
-        "--images",
-        help="glob of image files, e.g. 'data/images/*.tif' (files the --labels glob matches "
-        "are left out)",
-    )
-    data.add_argument(
-        "--labels",
-        help="glob of label files, paired with images by file stem "
-        "(a _labels/_mask suffix is allowed)",
-    )
-    data.add_argument(
-        "--data", type=Path, help="folder with images/ and labels/ (instead of --images/--labels)"
-    )
+    add_pair_options(data)
     data.add_argument(
         "--channel-axis",
         "--channel_axis",
