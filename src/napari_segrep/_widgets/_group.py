@@ -123,13 +123,20 @@ class ResultsGroup:
         self.members, self.names = list(members), [str(n) for n in names]
         self._colour_by = "image"
         for member in self.members:
-            ev = member.events
-            ev.selection.connect(self._on_member_selection)
-            ev.colour_by.connect(self._on_member_colour_by)
-            for emitter in (ev.table, ev.map, ev.classes):
-                emitter.connect(self._on_member_changed)
-            ev.closed.connect(self._on_member_closed)
+            for emitter, callback in self._member_links(member):
+                emitter.connect(callback)
         self.set_map(map_model)
+
+    def _member_links(self, member):
+        """The (emitter, callback) pairs that link a member's events to the group."""
+        ev = member.events
+        changed = [(e, self._on_member_changed) for e in (ev.table, ev.map, ev.classes)]
+        return [
+            (ev.selection, self._on_member_selection),
+            (ev.colour_by, self._on_member_colour_by),
+            *changed,
+            (ev.closed, self._on_member_closed),
+        ]
 
     # ------------------------------------------------------------------ state
     @property
@@ -284,11 +291,7 @@ class ResultsGroup:
         """Unlink from the members (their results stay, each for its own layer)."""
         members, self.members = self.members, []
         for member in members:
-            ev = member.events
-            ev.selection.disconnect(self._on_member_selection)
-            ev.colour_by.disconnect(self._on_member_colour_by)
-            for emitter in (ev.table, ev.map, ev.classes):
-                emitter.disconnect(self._on_member_changed)
-            ev.closed.disconnect(self._on_member_closed)
+            for emitter, callback in self._member_links(member):
+                emitter.disconnect(callback)
         if members:
             self.events.closed()
