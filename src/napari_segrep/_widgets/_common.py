@@ -12,6 +12,8 @@ from magicgui.widgets import Label, ProgressBar
 from napari.layers import Image, Labels
 from qtpy.QtCore import QObject, Signal
 
+from ._highlight import is_overlay
+
 __all__ = [
     "LayerInputs",
     "WarmRelay",
@@ -38,7 +40,8 @@ def image_layers(viewer) -> list[Image]:
 
 
 def labels_layers(viewer) -> list[Labels]:
-    return [layer for layer in viewer.layers if isinstance(layer, Labels)]
+    """The viewer's labels layers, less the highlight overlays the map views draw."""
+    return [layer for layer in viewer.layers if isinstance(layer, Labels) and not is_overlay(layer)]
 
 
 def status_label() -> Label:
