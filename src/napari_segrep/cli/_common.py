@@ -17,7 +17,9 @@ __all__ = [
     "HelpFormatter",
     "Interrupted",
     "ProgressBar",
+    "add_pair_options",
     "add_quiet_option",
+    "check_outputs",
     "parse_normalize",
 ]
 
@@ -114,3 +116,23 @@ def add_pair_options(group) -> None:
     group.add_argument(
         "--data", type=Path, help="folder with images/ and labels/ (instead of the two globs)"
     )
+
+
+def check_outputs(outputs, *, inputs: dict, overwrite: bool, flag: str = "--overwrite") -> None:
+    """Before any work: every output can be written, none is an input, none exists unless
+    ``overwrite`` (a :class:`CLIError` naming the file and ``flag``); a table's format can be
+    written (``.h5ad`` needs anndata)."""
+    from ..analysis.export import check_table_path
+    from ..io import check_output_paths
+
+    try:
+        for path in outputs:
+            check_table_path(path)
+        check_output_paths(
+            outputs,
+            inputs=inputs,
+            overwrite=overwrite,
+            overwrite_hint=f"pass {flag} to replace it, or choose another output name",
+        )
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None

@@ -120,8 +120,7 @@ def _prepare(args: argparse.Namespace, *, check_folder: bool) -> _Plan:
     from ..analysis.parts import PartsFolder, input_record, parts_dir
     from ..engine.input_files import check_pair_headers
     from ..io import pair_files
-    from ._common import parse_normalize
-    from .embed import check_outputs
+    from ._common import check_outputs, parse_normalize
     from .weights import choose_weights
 
     if args.measure:

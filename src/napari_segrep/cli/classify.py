@@ -189,7 +189,7 @@ def _check_outputs(args: argparse.Namespace) -> list[Path]:
     from ..analysis.classify import is_classifier_file
     from ..analysis.export import is_our_sidecar, sidecar_path
     from ..io import same_file
-    from .embed import check_outputs
+    from ._common import check_outputs
 
     try:
         outputs = [args.output, sidecar_path(args.output)]

@@ -131,7 +131,7 @@ def _check_demo_folder(out: Path, *, overwrite: bool) -> None:
     napari-segrep record of the generated sample."""
     import json
 
-    from .embed import check_outputs
+    from ._common import check_outputs
 
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -14,12 +14,13 @@ from ._common import (
     HelpFormatter,
     ProgressBar,
     add_quiet_option,
+    check_outputs,
     parse_normalize,
 )
 from ._embed_collection import add_collection_options, run_collection
 from .weights import add_weights_option, choose_weights
 
-__all__ = ["add_parser", "check_outputs", "run", "run_embedding"]
+__all__ = ["add_parser", "run", "run_embedding"]
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -180,26 +181,6 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
-
-
-def check_outputs(outputs, *, inputs: dict, overwrite: bool, flag: str = "--overwrite") -> None:
-    """Before any work: every output can be written, none is an input, none exists unless
-    ``overwrite`` (a :class:`CLIError` naming the file and ``flag``); a table's format can be
-    written (``.h5ad`` needs anndata)."""
-    from ..analysis.export import check_table_path
-    from ..io import check_output_paths
-
-    try:
-        for path in outputs:
-            check_table_path(path)
-        check_output_paths(
-            outputs,
-            inputs=inputs,
-            overwrite=overwrite,
-            overwrite_hint=f"pass {flag} to replace it, or choose another output name",
-        )
-    except ValueError as exc:
-        raise CLIError(str(exc)) from None
 
 
 def run_embedding(
