@@ -89,7 +89,13 @@ def main() -> None:
     parser.add_argument("--side", type=int, default=3200)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--mapview", action="store_true", help="also MapView end to end")
+    parser.add_argument(
+        "--only-mapview", action="store_true", help="MapView end to end only (about 2 min)"
+    )
     args = parser.parse_args()
+    if args.only_mapview:
+        only_mapview(args)
+        return
 
     import napari
     from napari.utils.colormaps import CyclicLabelColormap, DirectLabelColormap
@@ -247,6 +253,26 @@ def main() -> None:
         write_json("map_scale", {"n": n, "side": args.side, "cases": cases})
 
 
+def only_mapview(args) -> None:
+    """The (e) cases alone, in a fresh viewer."""
+    import napari
+    from qtpy.QtWidgets import QApplication
+
+    labels = grid_labels(args.side, 10)
+    viewer = napari.Viewer(show=True)
+    app = QApplication.instance()
+    painter = Painter(viewer, app)
+    cases: dict[str, dict] = {}
+
+    def run(name, actions, repeats=args.repeats):
+        cases[name] = measure(painter, actions, repeats)
+        print(f"  ... {name}: paint median {cases[name]['paint_median_ms']:.0f} ms", flush=True)
+
+    mapview_cases(viewer, labels, run, np.random.default_rng(0), app)
+    report(cases, int(labels.max()), args.side)
+    write_json("map_scale_mapview", {"n": int(labels.max()), "side": args.side, "cases": cases})
+
+
 def report(cases: dict, n: int, side: int) -> None:
     print(
         f"\nmap_scale  (xvfb-run -a -s '-screen 0 1600x1000x24' nice -n 10 python "
@@ -284,7 +310,7 @@ def mapview_cases(viewer, labels, run, rng, app) -> None:
     for _ in range(50):
         app.processEvents()
         time.sleep(0.02)
-    for k in (1, 100, 1_000, 50_000):
+    for k in (1, 100, 1_000, 5_000, 10_000, 50_000):
         sel = [rng.choice(n, k, replace=False).tolist() for _ in range(2)]
         run(f"(e) MapView: select {k} rows -> highlight", [
             lambda s=s: results.select_rows(s) for s in sel],
