@@ -270,3 +270,18 @@ def test_check_table_path__names_the_install_when_anndata_is_missing(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "napari-segrep[anndata]" in out.stdout
+
+
+@pytest.mark.parametrize("method, key", [("umap", "X_umap"), ("pca", "X_pca")])
+def test_write_table__h5ad_takes_the_widgets_map_columns(tmp_path, method, key):
+    anndata = pytest.importorskip("anndata")
+    from napari_segrep.analysis.export import read_table
+    from napari_segrep.analysis.tables import export_frame
+
+    rng = np.random.default_rng(1)
+    table = pd.DataFrame({"label": np.arange(1, 5), "emb_0": rng.random(4, dtype=np.float32)})
+    df = export_frame(table, rng.random((4, 2)), map_method=method)
+    write_table(df, tmp_path / "w.h5ad", provenance={})
+    adata = anndata.read_h5ad(tmp_path / "w.h5ad")
+    np.testing.assert_array_equal(adata.obsm[key], df[["map_0", "map_1"]].to_numpy())
+    pd.testing.assert_frame_equal(read_table(tmp_path / "w.h5ad"), df)

@@ -1,11 +1,12 @@
 """Tables as AnnData (``.h5ad``) for the scverse ecosystem (scanpy, squidpy...).
 
 One segment per observation: ``obs`` holds every column that is not an embedding or a map
-coordinate (``image``, ``label``, ``frame``, geometry, ``cluster``, classes...), ``obsm["X_segrep"]``
-the embeddings (``emb_*``), ``obsm["X_umap"]`` the map (``umap_0``, ``umap_1``) when the table
-has one, and ``uns["napari_segrep"]`` the provenance record (as JSON text) and the table's
-column order, so :func:`read_h5ad` gives back the very table that was written.  ``X`` is left
-empty (the embeddings are not expression values): scanpy takes them with
+coordinate (``image``, ``label``, ``frame``, geometry, ``cluster``, classes...),
+``obsm["X_segrep"]`` the embeddings (``emb_*``), ``obsm["X_umap"]`` the map when the table has
+one (``umap_0/1``, or the widget's ``map_0/1``; ``X_pca`` for a PCA map), and
+``uns["napari_segrep"]`` the provenance record (as JSON text) and the table's column order, so
+:func:`read_h5ad` gives back the very table that was written.  ``X`` is left empty (the
+embeddings are not expression values): scanpy takes them with
 ``sc.pp.neighbors(adata, use_rep="X_segrep")``.
 
 anndata is an optional dependency (``pip install "napari-segrep[anndata]"``).
@@ -40,11 +41,22 @@ def check_anndata() -> None:
         raise ValueError(f"writing or reading .h5ad tables needs anndata: {_INSTALL}") from None
 
 
-def _split(df: pd.DataFrame) -> tuple[list[str], list[str], list[str]]:
+def _split(df: pd.DataFrame) -> tuple[list[str], list[str], list[str], str]:
+    """obs columns, embedding columns, map columns and the map's obsm key: ``umap_0/1``, or
+    the widget's ``map_0/1`` (``X_umap``, or ``X_pca`` when ``map_method`` says so)."""
     emb = [c for c in df.columns if isinstance(c, str) and c.startswith("emb_")]
-    umap = [c for c in ("umap_0", "umap_1") if c in df.columns]
-    obs = [c for c in df.columns if c not in emb and c not in umap]
-    return obs, emb, umap
+    key = "X_umap"
+    for pair in (["umap_0", "umap_1"], ["map_0", "map_1"]):
+        if all(c in df.columns for c in pair):
+            mapped = pair
+            methods = set(df["map_method"]) if "map_method" in df.columns else set()
+            if pair[0] == "map_0" and methods == {"pca"}:
+                key = "X_pca"
+            break
+    else:
+        mapped = []
+    obs = [c for c in df.columns if c not in emb and c not in mapped]
+    return obs, emb, mapped, key
 
 
 def h5ad_bytes(df: pd.DataFrame, *, provenance: dict | None = None) -> bytes:
@@ -61,16 +73,17 @@ def h5ad_bytes(df: pd.DataFrame, *, provenance: dict | None = None) -> bytes:
     check_anndata()
     import anndata as ad
 
-    obs_cols, emb_cols, umap_cols = _split(df)
+    obs_cols, emb_cols, map_cols, map_key = _split(df)
     obs = df[obs_cols].copy()
     obs.index = pd.Index([str(i) for i in range(len(df))])  # AnnData wants unique str names
     obs.columns = [str(c) for c in obs.columns]
     obsm = {"X_segrep": df[emb_cols].to_numpy(np.float32)}
-    if umap_cols:
-        obsm["X_umap"] = df[umap_cols].to_numpy()
+    if map_cols:
+        obsm[map_key] = df[map_cols].to_numpy()
     uns = {
         "napari_segrep": {
             "columns": json.dumps([str(c) for c in df.columns]),
+            "map_columns": json.dumps(map_cols),
             "provenance": json.dumps(provenance or {}, sort_keys=True, default=str),
         }
     }
@@ -102,11 +115,13 @@ def read_h5ad(path: str | os.PathLike) -> pd.DataFrame:
     if "X_segrep" in adata.obsm:
         emb = np.asarray(adata.obsm["X_segrep"])
         parts.append(pd.DataFrame(emb, columns=[f"emb_{i}" for i in range(emb.shape[1])]))
-    if "X_umap" in adata.obsm:
-        umap = np.asarray(adata.obsm["X_umap"])[:, :2]
-        parts.append(pd.DataFrame(umap, columns=["umap_0", "umap_1"]))
-    out = pd.concat(parts, axis=1)
     ours = adata.uns.get("napari_segrep", {})
+    map_cols = json.loads(ours.get("map_columns", '["umap_0", "umap_1"]')) or ["umap_0", "umap_1"]
+    key = next((k for k in ("X_umap", "X_pca") if k in adata.obsm), None)
+    if key is not None:
+        coords = np.asarray(adata.obsm[key])[:, :2]
+        parts.append(pd.DataFrame(coords, columns=map_cols))
+    out = pd.concat(parts, axis=1)
     if "columns" in ours:
         order = json.loads(ours["columns"])
         if set(order) == set(out.columns):
