@@ -17,6 +17,7 @@ from napari.utils.notifications import show_error, show_info
 from . import _session
 from ._common import (
     export_table,
+    folder_pairs,
     image_layers,
     labels_layers,
     layer_inputs,
@@ -242,16 +243,11 @@ class ClassifierFiles:
         chosen): one CSV with an ``image`` column (the file stem) and the predictions, plus
         its JSON sidecar, written when every image is done (a file napari-segrep did not
         write is never replaced)."""
-        from ..io import pair_files
-
         model = self.classifier
         if model is None:
             raise ValueError("Train or load a classifier first.")
         folder = Path(folder)
-        if (folder / "images").is_dir() and (folder / "labels").is_dir():
-            pairs = pair_files(data_dir=folder)
-        else:
-            pairs = pair_files(str(folder / "*"), str(folder / "*_label*"))
+        pairs = folder_pairs(folder)
         output = save_path(
             self.native,
             output,

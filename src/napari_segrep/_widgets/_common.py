@@ -192,3 +192,14 @@ def unless_deleted(callback: Callable) -> Callable:
                 raise
 
     return guarded
+
+
+def folder_pairs(folder) -> list:
+    """The (image, labels) file pairs of a folder a user chose: ``images/`` + ``labels/``, or
+    ``x.tif`` beside ``x_labels.tif`` (:func:`napari_segrep.io.pair_files`' errors)."""
+    from ..io import pair_files
+
+    folder = Path(folder)
+    if (folder / "images").is_dir() and (folder / "labels").is_dir():
+        return pair_files(data_dir=folder)
+    return pair_files(str(folder / "*"), str(folder / "*_label*"))

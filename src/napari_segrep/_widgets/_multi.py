@@ -16,7 +16,7 @@ import numpy as np
 from magicgui.widgets import ComboBox, Container, PushButton
 from napari.utils.notifications import show_info
 
-from ._common import LayerInputs, image_layers, labels_layers, layer_inputs
+from ._common import LayerInputs, folder_pairs, image_layers, labels_layers, layer_inputs
 from ._group import MapPart, ResultsGroup, embed_pairs_run
 from ._group_view import GroupMapView
 from ._results import SegmentResults, results_for
@@ -149,13 +149,10 @@ class MultiPairs:
         ``x_labels.tif``, paired by file stem as the CLI does) as image and labels layers and
         add them as pairs; returns their labels layers.  ``ValueError`` when nothing pairs up
         or there are more than ``limit`` pairs (embed those with ``napari-segrep embed``)."""
-        from ..io import pair_files, read_image
+        from ..io import read_image
 
         folder = Path(folder)
-        if (folder / "images").is_dir() and (folder / "labels").is_dir():
-            found = pair_files(data_dir=folder)
-        else:
-            found = pair_files(str(folder / "*"), str(folder / "*_label*"))
+        found = folder_pairs(folder)
         if len(found) > limit:
             raise ValueError(
                 f"{folder.name} has {len(found)} pairs; up to {limit} open as layers here. "
