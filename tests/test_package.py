@@ -65,6 +65,20 @@ def test_package__analysis_io_errors_and_the_cli_parser_never_load_torch():
     assert not loaded & {"torch", "torchvision", *GUI_MODULES}, loaded & {"torch", *GUI_MODULES}
 
 
+def test_package__thumbnails_and_segment_windows_never_load_torch():
+    """The gallery shows thumbnails before (and without) torch: engine.thumbnails and
+    engine.segments import it only where a large segment is resampled for the encoder."""
+    code = (
+        "import numpy as np\n"
+        "from napari_segrep.engine.thumbnails import segment_thumbnails\n"
+        "labels = np.zeros((40, 40), np.int32); labels[5:15, 5:15] = 1\n"
+        "segment_thumbnails(np.random.rand(40, 40), labels, [1], size=16)\n"
+    )
+    loaded = _modules_after(code)
+    assert "scipy" in loaded  # the imports really happened (engine.segments needs scipy)
+    assert not loaded & {"torch", "torchvision", *GUI_MODULES}, loaded & {"torch", *GUI_MODULES}
+
+
 # Which parts of the package may import which (every import counts, also inside functions):
 # imports only go downward, and _widgets never imports the CLI.
 _BASE = {"_version", "errors", "io", "_images"}

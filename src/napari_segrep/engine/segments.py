@@ -12,8 +12,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import torch
-import torch.nn.functional as F
 from scipy import ndimage
 
 from .inputs import as_channels_first, validate_labels
@@ -311,6 +309,9 @@ def _crop_one(
         return img, mask, 1.0
     # Larger than the crop: area-downscale.  Mask first (when image masking is on), and divide by
     # the pooled mask, so boundary pixels are in-mask averages: no context leaks in.
+    import torch
+    import torch.nn.functional as F
+
     scale = crop_size / side
     m = torch.from_numpy(mask[None, None].astype(np.float32))
     t = torch.from_numpy(img[None])
