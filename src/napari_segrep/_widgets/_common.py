@@ -17,6 +17,7 @@ from ._highlight import is_overlay
 __all__ = [
     "LayerInputs",
     "WarmRelay",
+    "centre_view_on",
     "chosen_path",
     "image_layers",
     "is_file",
@@ -203,3 +204,15 @@ def folder_pairs(folder) -> list:
     if (folder / "images").is_dir() and (folder / "labels").is_dir():
         return pair_files(data_dir=folder)
     return pair_files(str(folder / "*"), str(folder / "*_label*"))
+
+
+def centre_view_on(viewer, centre, frame: int | None = None) -> None:
+    """Centre the camera on ``centre`` (world y, x) and show ``frame`` (the first axis of a
+    stack; None: leave it)."""
+    if frame is not None:
+        step = list(viewer.dims.current_step)
+        step[0] = int(frame)
+        viewer.dims.current_step = tuple(step)
+    scene = getattr(viewer, "scene", None)  # napari >= 0.9; viewer.camera before
+    camera = scene.camera if scene is not None else viewer.camera
+    camera.center = tuple(float(v) for v in centre)

@@ -15,7 +15,7 @@ from qtpy.QtCore import QTimer
 
 from ._group import ResultsGroup
 from ._map_view import _TURN_MS, MAP_MARGIN, MapView
-from ._results import ANNOTATION, PALETTE, PREDICTION_COLUMNS
+from ._results import ANNOTATION, PALETTE, PREDICTION_COLUMNS, register_map
 
 __all__ = ["GroupMapView", "SegmentsView"]
 
@@ -134,6 +134,7 @@ class GroupMapView:
                     points.data = self.world_coordinates(coords)
             points.features = features
             points.metadata["map_method"] = group.map_method
+        register_map(self.points_layer, group)
         self._drawn = coords
         self._on_selection_changed()
         self._on_colour_by_changed()

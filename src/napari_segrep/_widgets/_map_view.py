@@ -14,7 +14,7 @@ from napari.utils.colormaps import DirectLabelColormap
 from qtpy.QtCore import QTimer
 
 from . import _highlight as overlay
-from ._results import ANNOTATION, PREDICTION_COLUMNS, SegmentResults
+from ._results import ANNOTATION, PREDICTION_COLUMNS, SegmentResults, register_map
 
 __all__ = ["MapView", "class_colours"]
 
@@ -316,6 +316,7 @@ class MapView:
             points.features = features
             points.size = self._point_size()
             points.metadata["map_method"] = results.map_method
+        register_map(self.points_layer, results)
         self._on_selection_changed()
         self._on_colour_by_changed()
 

@@ -29,7 +29,9 @@ __all__ = [
     "all_results",
     "embed_run",
     "prediction_columns",
+    "register_map",
     "results_for",
+    "shown_by",
     "with_classes",
 ]
 
@@ -53,6 +55,8 @@ PALETTE = np.array(
 )
 
 _by_layer: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+#: Points layer -> weak reference to what it maps (a SegmentResults or a ResultsGroup).
+_by_map: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def all_results() -> list[SegmentResults]:
@@ -63,6 +67,27 @@ def all_results() -> list[SegmentResults]:
 def results_for(layer: Labels) -> SegmentResults | None:
     """The results shown for ``layer`` (None when it was not embedded, or they were dropped)."""
     return _by_layer.get(layer)
+
+
+def register_map(points, shown) -> None:
+    """Record that the Points layer ``points`` draws the map of ``shown`` (a
+    :class:`SegmentResults` or a :class:`~._group.ResultsGroup`): point ``i`` is its row ``i``.
+    The map views call it whenever they draw; the gallery finds maps through :func:`shown_by`."""
+    _by_map[points] = weakref.ref(shown)
+
+
+def shown_by(points):
+    """What the Points layer ``points`` maps (None: not one of our maps, or its results were
+    dropped)."""
+    ref = _by_map.get(points)
+    shown = ref() if ref is not None else None
+    if shown is None:
+        return None
+    members = getattr(shown, "members", None)
+    if members is not None:  # a group: closed when its members went
+        return shown if members else None
+    layer = shown.labels_layer
+    return shown if layer is not None and results_for(layer) is shown else None
 
 
 @dataclass

@@ -4,7 +4,6 @@ centre the view on it, move to its frame)."""
 
 from __future__ import annotations
 
-import numpy as np
 from magicgui.widgets import PushButton, Select
 
 __all__ = ["N_SUGGESTIONS", "Suggestions"]
@@ -54,16 +53,10 @@ class Suggestions:
 
     def go_to_row(self, row: int) -> None:
         """Select the segment of ``row`` (and its point) and centre the view on it."""
+        from ._common import centre_view_on
+        from ._gallery_source import GallerySource
+
         results = self._require_results()
-        layer = results.labels_layer
-        record = results.table.iloc[row]
-        if "frame" in results.table:
-            step = list(self.viewer.dims.current_step)
-            step[0] = int(record["frame"])
-            self.viewer.dims.current_step = tuple(step)
-        centre = np.array([record["centroid_y"], record["centroid_x"]], float)
-        world = centre * np.asarray(layer.scale[-2:]) + np.asarray(layer.translate[-2:])
-        scene = getattr(self.viewer, "scene", None)  # napari >= 0.9; viewer.camera before
-        camera = scene.camera if scene is not None else self.viewer.camera
-        camera.center = tuple(world)
+        _, world, frame = GallerySource(results).place(row)
+        centre_view_on(self.viewer, world, frame)
         results.select_rows([row])

@@ -44,6 +44,7 @@ class ClassifySegmentsWidget(ClassifierFiles, Suggestions, Container):
         self.job: Job | None = None
         self._again = False  # annotations changed while training: train again after
         self._clicked_layer: Labels | None = None
+        self._seen_annotations = None  # the followed results' annotations, as last seen
         self.labels_input = ComboBox(
             label="labels layer", choices=lambda _w=None: labels_layers(viewer)
         )
@@ -177,6 +178,7 @@ class ClassifySegmentsWidget(ClassifierFiles, Suggestions, Container):
             self.results.events.table.disconnect(self._on_rows_changed)
             self.results.events.classes.disconnect(self._on_classes_event)
         self.results = results
+        self._seen_annotations = results.annotations.copy() if results is not None else None
         if results is not None:
             results.events.table.connect(self._on_rows_changed)
             results.events.classes.connect(self._on_classes_event)
@@ -229,7 +231,9 @@ class ClassifySegmentsWidget(ClassifierFiles, Suggestions, Container):
         if not new or new in results.class_colours:
             raise ValueError("Type a new, unused name for the class first.")
         colours = {new if k == old else k: v for k, v in results.class_colours.items()}
-        results.set_classes(colours, renamed={old: new})
+        with results.events.classes.blocker(self._on_classes_event):
+            results.set_classes(colours, renamed={old: new})
+        self._seen_annotations = results.annotations.copy()
         self._refresh_classes()
         self.class_input.value = new
         self._on_annotations_changed()
@@ -238,7 +242,9 @@ class ClassifySegmentsWidget(ClassifierFiles, Suggestions, Container):
         """Remove a class and its annotations."""
         results = self._require_results()
         colours = {k: v for k, v in results.class_colours.items() if k != name}
-        results.set_classes(colours)
+        with results.events.classes.blocker(self._on_classes_event):
+            results.set_classes(colours)
+        self._seen_annotations = results.annotations.copy()
         self._refresh_classes()
         self._on_annotations_changed()
 
@@ -294,9 +300,9 @@ class ClassifySegmentsWidget(ClassifierFiles, Suggestions, Container):
         return np.flatnonzero(hit)
 
     def annotate_rows(self, rows, name: str | None) -> None:
-        """Annotate table rows with class ``name`` (None: remove their annotation)."""
+        """Annotate table rows with class ``name`` (None: remove their annotation); training
+        follows (:meth:`_on_classes_event`)."""
         self._require_results().annotate_rows(rows, name)
-        self._on_annotations_changed()
 
     def annotate_labels(self, labels, name: str | None) -> None:
         """Annotate the segments with these label ids (in the frame shown, for stacks)."""
@@ -311,6 +317,13 @@ class ClassifySegmentsWidget(ClassifierFiles, Suggestions, Container):
         self.annotate_rows(sorted(results.selection), self.class_input.value)
 
     def _on_classes_event(self, event=None) -> None:
+        """Classes, annotations or predictions changed: annotated here or elsewhere (the
+        Segment gallery), the classifier trains again."""
+        annotations = self.results.annotations
+        seen = self._seen_annotations
+        if seen is None or not np.array_equal(annotations, seen):
+            self._seen_annotations = annotations.copy()
+            self._on_annotations_changed()
         self._show_state()
 
     def _on_rows_changed(self, event=None) -> None:
