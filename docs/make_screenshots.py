@@ -1,12 +1,14 @@
 """Screenshots for the README tutorial: embed -> train -> re-embed, in a real napari window.
 
-    xvfb-run -a -s "-screen 0 1600x1000x24" python docs/make_screenshots.py [classify|multi]
+    xvfb-run -a -s "-screen 0 1600x1000x24" python docs/make_screenshots.py [classify|multi|gallery]
 
 Writes docs/train_widget.png (training finished: loss and effective-rank plots) and
 docs/reembed.png (the map of the trained model next to the map "before"); with ``classify``,
 docs/classify_widget.png only (three clicks per class, every cell coloured by its prediction);
 with ``multi``, docs/embed_multi.png only (three generated images embedded together, one map
-coloured by image, a few neighbouring points selected).
+coloured by image, a few neighbouring points selected); with ``gallery``, docs/gallery.png only
+(the sample's cells embedded, a patch of the map selected, the Segment gallery showing those
+segments, most typical first, and the preview of one point).
 """
 
 from __future__ import annotations
@@ -146,10 +148,50 @@ def multi_screenshot() -> None:
     viewer.close()
 
 
+def gallery_screenshot() -> None:
+    """The Segment gallery: a patch of the map selected, its segments most typical first."""
+    import napari
+    import numpy as np
+    from qtpy.QtWidgets import QApplication
+
+    viewer = napari.Viewer(title="napari-segrep: segment gallery")
+    viewer.window.resize(1500, 1000)
+    app = QApplication.instance()
+    viewer.open_sample("napari-segrep", "cells")
+
+    def pump(condition=lambda: False, seconds=0.5, timeout=600.0):
+        t0 = time.time()
+        while not condition() and time.time() - t0 < (timeout if seconds is None else seconds):
+            app.processEvents()
+            time.sleep(0.01)
+
+    gallery_dock, gallery = viewer.window.add_plugin_dock_widget("napari-segrep", "Segment gallery")
+    embed_dock, embed = viewer.window.add_plugin_dock_widget("napari-segrep", "Embed segments")
+    embed.run()
+    pump(lambda: embed.job is None and embed.points_layer is not None, seconds=None)
+    pump(lambda: embed.map_model.method == "umap" and embed.map_view.settled, seconds=None)
+    embed_dock.hide()  # the gallery takes the dock's height
+    points = embed.points_layer
+    d = np.linalg.norm(points.data - points.data[len(points.data) // 3], axis=1)
+    rows = np.argsort(d)[:24].tolist()
+    points.selected_data = set(rows)
+    viewer.layers.selection.active = points
+    gallery.order_input.value = "most typical"
+    pump(lambda: gallery.loaded and len(gallery.shown_rows) == len(rows), seconds=None)
+    gallery.preview_row(rows[3])
+    viewer.reset_view()
+    pump(seconds=0.8)
+    viewer.screenshot(str(HERE / "gallery.png"), canvas_only=False)
+    print("wrote", HERE / "gallery.png", f"({len(rows)} segments selected)")
+    viewer.close()
+
+
 if __name__ == "__main__":
     import sys
 
-    if "multi" in sys.argv[1:]:
+    if "gallery" in sys.argv[1:]:
+        gallery_screenshot()
+    elif "multi" in sys.argv[1:]:
         multi_screenshot()
     else:
         main(only_classify="classify" in sys.argv[1:])
