@@ -351,26 +351,12 @@ def test_gallery_widget__montage_png_is_written_atomically(scene, qtbot, tmp_pat
 
 
 RESPONSIVE_SCRIPT = r"""
-import json, time
-import napari
-from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import QApplication
-
-from napari_segrep._sample_data import make_cells
-
 image, labels, _ = make_cells(shape=(768, 768), n_cells=420, seed=5)
 viewer = napari.Viewer(show=True)
 app = QApplication.instance()
 viewer.add_image(image, name="img")
 viewer.add_labels(labels, name="cells")
 app.processEvents()
-
-def wait(condition, timeout=600):
-    end = time.time() + timeout
-    while not condition():
-        assert time.time() < end, "timed out"
-        app.processEvents()
-        time.sleep(0.005)
 
 _, gallery = viewer.window.add_plugin_dock_widget("napari-segrep", "Segment gallery")
 gallery.size_input.value = 96
@@ -380,11 +366,7 @@ embed.umap_input.value = False
 embed.run()
 wait(lambda: embed.job is None and embed.map_view.settled)
 n = len(embed.table)
-ticks = []
-heartbeat = QTimer()
-heartbeat.setInterval(10)
-heartbeat.timeout.connect(lambda: ticks.append(time.perf_counter()))
-heartbeat.start()
+heartbeat, ticks = start_heartbeat()
 embed.points_layer.selected_data = set(range(n))  # more than a page
 wait(lambda: gallery.loaded and len(gallery.shown_rows) == 200)
 first = list(gallery.shown_rows)
@@ -410,24 +392,9 @@ def test_gallery_widget__first_session_stays_responsive_and_closes_cleanly(tmp_p
     """A fresh process with an empty numba cache, napari first: paging through more than
     a page of thumbnails keeps the event loop ticking; closing napari while thumbnails load
     exits cleanly."""
-    import json
-    import os
-    import subprocess
-    import sys
+    from ._fresh_session import run_fresh_session
 
-    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba"), "PYTHONFAULTHANDLER": "1"}
-    done = subprocess.run(
-        [sys.executable, "-c", RESPONSIVE_SCRIPT],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env=env,
-    )
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
-    for bad in ("Aborted", "Fatal Python error", "Traceback", "has been deleted"):
-        assert bad not in done.stderr, done.stderr[-4000:]
-    line = next(x for x in done.stdout.splitlines() if x.startswith("REPORT "))
-    report = json.loads(line[len("REPORT ") :])
+    report = run_fresh_session(RESPONSIVE_SCRIPT, tmp_path)
     assert report["first"] == list(range(200)) and report["second"] == list(range(200, 400))
     assert report["in_flight"] is True
     assert report["longest_stall_s"] <= 1.0, report  # a freeze detector, not a speed target
