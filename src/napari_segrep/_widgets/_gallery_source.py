@@ -1,6 +1,8 @@
 """What the segment gallery shows, whatever the map: the rows of one labels layer's results
 (:class:`~._results.SegmentResults`) or of several embedded together
-(:class:`~._group.ResultsGroup`), row ``i`` being the map's point ``i``.
+(:class:`~._group.ResultsGroup`), row ``i`` being the map's point ``i``; or of a table of
+``napari-segrep embed`` (:class:`~._gallery_table.TableCollection`: no map, no layers, its
+images' files read only when a thumbnail of them is asked for).
 
 A :class:`GallerySource` turns rows into what the gallery needs: which rows a cluster, a class
 or the classifier's suggestions hold, the thumbnails' requests to the engine
@@ -38,10 +40,14 @@ class ThumbnailRequest:
 
 
 class GallerySource:
-    """The rows of ``shown`` (a SegmentResults or a ResultsGroup) for the gallery."""
+    """The rows of ``shown`` (a SegmentResults, a ResultsGroup or a
+    :class:`~._gallery_table.TableCollection`: images read from files) for the gallery."""
 
     def __init__(self, shown) -> None:
+        from ._gallery_table import TableCollection
+
         self.shown = shown
+        self.is_table = isinstance(shown, TableCollection)  # no map, no layers: files
         self.is_group = hasattr(shown, "members")
         self.members = list(shown.members) if self.is_group else [shown]
         if self.is_group:
@@ -54,7 +60,8 @@ class GallerySource:
 
     # ------------------------------------------------------------------ rows
     def rows_key(self) -> tuple:
-        """Changes when the rows do (a live edit, a member re-embedded)."""
+        """Changes when the rows do (a live edit, a member re-embedded).  A table's members
+        keep their runs (and so the path strings) as long as they live: ids stay the same."""
         return tuple((id(m.run.labels), len(m.table)) for m in self.members)
 
     @property

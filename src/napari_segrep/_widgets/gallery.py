@@ -1,6 +1,8 @@
 """The "Segment gallery" dock widget: the segments behind a map's points, as thumbnails.
 
-It shows the selected points, a cluster, a class (annotated or predicted), the classifier's
+It follows a map, or a table of ``napari-segrep embed`` opened with "Open table..." (images
+read from their files as their thumbnails are needed, :mod:`._gallery_table`).  It shows every
+segment, the selected points, a cluster, a class (annotated or predicted), the classifier's
 "label next" suggestions or the nearest neighbours of one segment in embedding space ("more like
 this"), a page of :data:`PAGE` at a time, first / random / most typical (nearest the group's
 centroid) first.  Clicking a thumbnail selects its point and centres the view on the segment
@@ -17,6 +19,8 @@ loading are in :mod:`._gallery_pages`, the Qt grid and preview in :mod:`._galler
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import napari
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton, SpinBox
@@ -28,11 +32,13 @@ from ._common import centre_view_on, status_label
 from ._gallery_grid import PreviewLabel, ThumbnailGrid
 from ._gallery_pages import PAGE, GalleryPages
 from ._gallery_source import GallerySource
+from ._gallery_table import TableCollection, choose_table, open_table_collection
 from ._results import shown_by
 
 __all__ = ["MODES", "ORDERS", "PAGE", "SegmentGalleryWidget"]
 
-MODES = ("selected points", "cluster", "class", "label next (least sure)", "more like this")
+_ORDERED = ("selected points", "all segments", "cluster", "class")  # modes with an order
+MODES = (*_ORDERED, "label next (least sure)", "more like this")
 ORDERS = ("first", "random", "most typical")
 #: The hover preview follows the mouse at most this often (ms).
 HOVER_MS = 40
@@ -59,7 +65,13 @@ class SegmentGalleryWidget(GalleryPages, Container):
         self._shuffle = 0
         self._what = ""  # what the page shows, in words (status line and montage title)
         self._hover_position = None
+        self._tables: list[TableCollection] = []  # opened with open_table()
         self.map_input = ComboBox(label="map", choices=self._map_choices)
+        self.open_button = PushButton(
+            text="Open table...",
+            tooltip="browse a table of napari-segrep embed (Parquet, CSV, h5ad): its images are "
+            "read from their files, not opened in napari",
+        )
         self.show_input = ComboBox(label="show", choices=MODES, value=MODES[0])
         self.which_input = ComboBox(label="which", choices=self._which_choices)
         self.order_input = ComboBox(
@@ -90,6 +102,7 @@ class SegmentGalleryWidget(GalleryPages, Container):
         self.extend(
             [
                 self.map_input,
+                self.open_button,
                 self.show_input,
                 self.which_input,
                 self.order_input,
@@ -128,12 +141,13 @@ class SegmentGalleryWidget(GalleryPages, Container):
         self._hover_timer.setSingleShot(True)
         self._hover_timer.setInterval(HOVER_MS)
         self._hover_timer.timeout.connect(self._hover)
-        self._reload_timer = QTimer()  # a burst of selection events reloads once
+        self._reload_timer = QTimer()  # selection events of one turn of the loop reload once
         self._reload_timer.setSingleShot(True)
-        self._reload_timer.setInterval(30)
+        self._reload_timer.setInterval(0)
         self._reload_timer.timeout.connect(self.reload)
 
         self.map_input.changed.connect(self._on_map_chosen)
+        self.open_button.changed.connect(self._user_action(lambda: self.open_table()))
         self.show_input.changed.connect(self._on_show_chosen)
         for control in (self.which_input, self.order_input, self.k_input, self.metric_input):
             control.changed.connect(self._on_choice_changed)
@@ -156,8 +170,9 @@ class SegmentGalleryWidget(GalleryPages, Container):
     # ------------------------------------------------------------------ state
     @property
     def points_layer(self) -> Points | None:
-        """The map the gallery follows."""
-        return self.map_input.value
+        """The map the gallery follows (None: none, or a table)."""
+        value = self.map_input.value
+        return value if isinstance(value, Points) else None
 
     def _user_action(self, action):
         def run(*_):
@@ -170,15 +185,15 @@ class SegmentGalleryWidget(GalleryPages, Container):
 
     # ------------------------------------------------------------------ following a map
     def _map_choices(self, _widget=None) -> list:
-        return [
-            (la.name, la) for la in self.viewer.layers if isinstance(la, Points) and shown_by(la)
-        ]
+        maps = [la for la in self.viewer.layers if isinstance(la, Points) and shown_by(la)]
+        return [(la.name, la) for la in maps] + [(t.name, t) for t in self._tables]
 
     def _on_layers_changed(self, event=None) -> None:
         # a new map is registered once its layer is drawn, after the insertion: look then
         QTimer.singleShot(0, self._refresh_maps)
 
     def _refresh_maps(self) -> None:
+        self._tables = [t for t in self._tables if not t.closed]
         try:
             before = self.map_input.value
             self.map_input.reset_choices()
@@ -190,8 +205,8 @@ class SegmentGalleryWidget(GalleryPages, Container):
             pass
 
     def _on_map_chosen(self, *_) -> None:
-        layer = self.map_input.value
-        shown = shown_by(layer) if layer is not None else None
+        value = self.map_input.value
+        shown = value if isinstance(value, TableCollection) or value is None else shown_by(value)
         if self.source is not None and shown is self.source.shown:
             return
         self._follow(shown)
@@ -241,7 +256,7 @@ class SegmentGalleryWidget(GalleryPages, Container):
     def _show_controls(self) -> None:
         mode = self.show_input.value
         self.which_input.visible = mode in ("cluster", "class")
-        self.order_input.visible = mode in ("selected points", "cluster", "class")
+        self.order_input.visible = mode in _ORDERED
         self.k_input.visible = self.metric_input.visible = mode == "more like this"
 
     def _on_show_chosen(self, *_) -> None:
@@ -289,7 +304,13 @@ class SegmentGalleryWidget(GalleryPages, Container):
         order = self.order_input.value
         if mode == "more like this":
             return self._show_neighbours()
-        if mode == "selected points":
+        if mode == "selected points" and source.is_table:
+            return self._show_nothing(
+                "A table has no map to select in: show all segments, a cluster or a class."
+            )
+        if mode == "all segments":
+            rows, what, empty = np.arange(len(source), dtype=np.int64), "all segments", ""
+        elif mode == "selected points":
             rows = np.array(sorted(source.selection), np.int64)
             what, empty = "selected points", "Select points in the map (or choose what to show)."
         elif mode == "cluster":
@@ -372,6 +393,10 @@ class SegmentGalleryWidget(GalleryPages, Container):
         source = self.source
         if select:
             source.select_rows([row], quiet_for=self._on_selection)
+        if source.is_table:
+            name = Path(source.shown.image_file(row)).name
+            self.status.value = f"{name} is not open in the viewer: the gallery reads its file."
+            return
         layer, centre, frame = source.place(row)
         if layer is None or layer not in self.viewer.layers:
             self.status.value = "Its labels layer is not in the viewer: its point is selected."
@@ -379,6 +404,29 @@ class SegmentGalleryWidget(GalleryPages, Container):
         centre_view_on(self.viewer, centre, frame)
         if not layer.visible:
             self.status.value = f"{layer.name} is hidden: show it to see the segment."
+
+    # ------------------------------------------------------------------ tables
+    def open_table(self, path=None) -> TableCollection | None:
+        """Open a table of ``napari-segrep embed`` (a file dialog when ``path`` is None) and
+        follow it: every segment (or its clusters) from the image files, read as needed.
+        Returns the :class:`~._gallery_table.TableCollection` (None: cancelled)."""
+        path = choose_table(self.native) if path is None else path
+        if path is None:
+            return None
+        table = open_table_collection(path)
+        for old in [t for t in self._tables if t.path == table.path]:  # opened again: re-read
+            self._tables.remove(old)
+            old.close()
+        self._tables.append(table)
+        has_clusters = any("cluster" in m.table for m in table.members)
+        with self.show_input.changed.blocked():
+            self.show_input.value = "cluster" if has_clusters else "all segments"
+        self._show_controls()
+        with self.map_input.changed.blocked():
+            self.map_input.reset_choices()
+            self.map_input.value = table
+        self._on_map_chosen()
+        return table
 
     # ------------------------------------------------------------------ hover preview
     def _on_mouse_move(self, viewer, event) -> None:
@@ -445,4 +493,6 @@ class SegmentGalleryWidget(GalleryPages, Container):
         self.viewer.layers.events.inserted.disconnect(self._on_layers_changed)
         self.viewer.layers.events.removed.disconnect(self._on_layers_changed)
         self._follow(None)
+        for table in self._tables:
+            table.close()
         super().close()

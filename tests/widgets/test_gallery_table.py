@@ -1,0 +1,304 @@
+"""The segment gallery on a table of ``napari-segrep embed`` (real files, a real viewer): every
+segment of many images not open in napari, each image read only when a thumbnail of it is
+needed, thumbnails identical to the engine's, exact nearest neighbours, clusters, clear errors
+for a missing sidecar or a moved file, clicks that say the image is not open."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_segrep._sample_data import make_cells
+
+from ..conftest import require_napari
+
+require_napari()
+
+TIMEOUT_MS = 120_000
+SMALL = ["--crop-size", "32", "--batch-size", "8", "--device", "cpu", "--weights", "none"]
+
+
+def _write_pairs(root, n, *, shape=(96, 96), cells=6):
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    for i in range(n):
+        image, labels, _ = make_cells(shape=shape, n_cells=cells, seed=i)
+        tifffile.imwrite(root / "images" / f"im{i}.tif", image)
+        tifffile.imwrite(root / "labels" / f"im{i}_labels.tif", labels)
+    return root
+
+
+def _embed_collection(root, out, *more):
+    from napari_segrep.cli import main
+
+    assert main(["embed", "--data", str(root), "-o", str(out), "--quiet", *SMALL, *more]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory):
+    """Three image/label pairs embedded into one Parquet table by the CLI."""
+    root = tmp_path_factory.mktemp("collection")
+    data = _write_pairs(root / "data", 3)
+    return _embed_collection(data, root / "cells.parquet")
+
+
+def _gallery(viewer):
+    _, gallery = viewer.window.add_plugin_dock_widget("napari-segrep", "Segment gallery")
+    return gallery
+
+
+def _loaded(qtbot, gallery, n=None):
+    qtbot.waitUntil(
+        lambda: gallery.loaded and (n is None or len(gallery.shown_rows) == n),
+        timeout=TIMEOUT_MS,
+    )
+
+
+def _files(out):
+    """Image name -> (image path, labels path), as the CLI's sidecar lists them."""
+    record = json.loads(out.with_suffix(".json").read_text())
+    return {r["name"]: (r["image"], r["labels"]) for r in record["images"]}
+
+
+def _expected(out, rows, *, size=64):
+    """The thumbnails of table rows ``rows`` straight from the engine, on the files."""
+    import napari_segrep as sr
+    from napari_segrep.analysis.export import read_table
+
+    table, files = read_table(out), _files(out)
+    out_thumbs = []
+    for row in rows:
+        image, labels = files[table["image"].iloc[row]]
+        label = int(table["label"].iloc[row])
+        thumb = sr.segment_thumbnails(
+            tifffile.imread(image), tifffile.imread(labels), [label], size=size, normalize="image"
+        )
+        out_thumbs.append(thumb[0])
+    return np.stack(out_thumbs)
+
+
+def _made_sources(gallery):
+    """Member index -> whether its ThumbnailSource has read its files (absent: never made)."""
+    return {i: source._loaded for i, (_, source) in gallery.source._thumbnail_sources.items()}
+
+
+def test_gallery_table__all_segments_are_the_files_thumbnails_in_table_order(
+    make_napari_viewer, qtbot, collection
+):
+    from napari_segrep.analysis.export import read_table
+
+    viewer = make_napari_viewer()
+    gallery = _gallery(viewer)
+    table = gallery.open_table(collection)
+    n = len(read_table(collection))
+    assert gallery.map_input.value is table
+    assert table.name == "cells.parquet (table, 3 images)"
+    assert gallery.points_layer is None
+    assert gallery.show_input.value == "all segments"  # no cluster column
+    _loaded(qtbot, gallery, n)
+    assert gallery.shown_rows == list(range(n))
+    assert gallery.page_label.value == f"1-{n} of {n}"
+    expected = _expected(collection, range(n))
+    for i in range(n):
+        np.testing.assert_array_equal(gallery.thumbnail(i), expected[i])
+    assert gallery.grid.item(7).text().startswith("im1 ")
+    assert _made_sources(gallery) == {0: True, 1: True, 2: True}
+    assert len(viewer.layers) == 0  # nothing was opened in napari
+
+    again = gallery.open_table(collection)  # opened again: read again, listed once
+    assert table.closed and gallery.map_input.value is again
+    assert [c for c in gallery.map_input.choices if c is table] == []
+    _loaded(qtbot, gallery, n)
+
+    # the orders work on a table too
+    gallery.order_input.value = "random"
+    _loaded(qtbot, gallery, n)
+    assert sorted(gallery.shown_rows) == list(range(n))
+
+
+def test_gallery_table__clusters_read_only_the_images_they_show(
+    make_napari_viewer, qtbot, collection, tmp_path
+):
+    from napari_segrep.analysis.export import read_table, write_table
+
+    df = read_table(collection)
+    names = sorted(df["image"].unique())
+    clustered = df.assign(cluster=[names.index(v) * 10 for v in df["image"]])
+    record = json.loads(collection.with_suffix(".json").read_text())
+    out = write_table(clustered, tmp_path / "clustered.parquet", provenance=record)
+
+    viewer = make_napari_viewer()
+    gallery = _gallery(viewer)
+    gallery.open_table(out)
+    assert gallery.show_input.value == "cluster"  # the table has clusters
+    assert list(gallery.which_input.choices) == [0, 10, 20]
+    assert gallery.which_input.value == 0
+    rows_0 = np.flatnonzero(df["image"].to_numpy() == "im0").tolist()
+    _loaded(qtbot, gallery, len(rows_0))
+    assert gallery.shown_rows == rows_0
+    assert _made_sources(gallery) == {0: True}  # im1 and im2 were never read
+
+    gallery.which_input.value = 20
+    rows_2 = np.flatnonzero(df["image"].to_numpy() == "im2").tolist()
+    _loaded(qtbot, gallery, len(rows_2))
+    assert gallery.shown_rows == rows_2
+    assert _made_sources(gallery) == {0: True, 2: True}
+    expected = _expected(out, rows_2)
+    for i in range(len(rows_2)):
+        np.testing.assert_array_equal(gallery.thumbnail(i), expected[i])
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_gallery_table__more_like_this_is_the_exact_nearest_neighbours(
+    make_napari_viewer, qtbot, collection, metric
+):
+    from scipy.spatial.distance import cdist
+
+    from napari_segrep.analysis.export import read_table
+    from napari_segrep.analysis.tables import embedding_matrix
+
+    viewer = make_napari_viewer()
+    gallery = _gallery(viewer)
+    gallery.open_table(collection)
+    n = len(read_table(collection))
+    _loaded(qtbot, gallery, n)
+    item = gallery.grid.item(8)  # a row of the second image
+    gallery.grid.setCurrentItem(item)
+    assert item.isSelected()
+    gallery.metric_input.value = metric
+    gallery.k_input.value = 10
+    gallery.more_like_this()
+    _loaded(qtbot, gallery, 11)
+    x = embedding_matrix(read_table(collection)).astype(np.float64)
+    dist = cdist(x[8:9], x, metric=metric)[0]
+    dist[8] = np.inf
+    direct = np.argsort(dist, kind="stable")[:10]
+    assert gallery.shown_rows == [8, *direct.tolist()]
+    assert "query" in gallery.grid.item(0).text()
+    expected = _expected(collection, gallery.shown_rows)
+    for i in range(11):
+        np.testing.assert_array_equal(gallery.thumbnail(i), expected[i])
+
+
+def test_gallery_table__clicks_go_nowhere_and_say_the_image_is_not_open(
+    make_napari_viewer, qtbot, collection
+):
+    from qtpy.QtCore import Qt
+
+    viewer = make_napari_viewer()
+    gallery = _gallery(viewer)
+    table = gallery.open_table(collection)
+    _loaded(qtbot, gallery)
+    item = gallery.grid.item(9)
+    rect = gallery.grid.visualItemRect(item)
+    qtbot.mouseClick(gallery.grid.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
+    assert "im1.tif is not open in the viewer" in gallery.status.value
+    assert table.selection == frozenset({9})
+    gallery.go_to(14)
+    assert "im2.tif is not open in the viewer" in gallery.status.value
+    assert table.selection == frozenset({14})
+
+    # annotating needs the segments in napari
+    with pytest.raises(ValueError, match="annotating needs the segments in napari"):
+        gallery.annotate_chosen("")
+    gallery.annotate_button.changed.emit(True)  # the button: an error in the status, no raise
+    assert "annotating needs the segments in napari" in gallery.status.value
+
+    # the hover preview has no map to follow
+    gallery._hover_position = (10.0, 10.0)
+    gallery._hover()
+    assert gallery.preview.row is None
+
+    # a table has no map to select points in
+    gallery.show_input.value = "selected points"
+    assert gallery.grid.count() == 0
+    assert "no map to select in" in gallery.status.value
+
+
+def test_gallery_table__one_image_table_with_relative_paths(
+    make_napari_viewer, qtbot, tmp_path, monkeypatch
+):
+    import napari_segrep as sr
+    from napari_segrep.analysis.export import read_table
+    from napari_segrep.cli import main
+
+    _write_pairs(tmp_path / "data", 1)
+    monkeypatch.chdir(tmp_path)  # the CLI records IMAGE LABELS as given: relative here
+    image, labels = "data/images/im0.tif", "data/labels/im0_labels.tif"
+    assert main(["embed", image, labels, "-o", "one.csv", "--quiet", *SMALL]) == 0
+    monkeypatch.chdir(tmp_path / "data")  # found beside the table, not from here
+    viewer = make_napari_viewer()
+    gallery = _gallery(viewer)
+    table = gallery.open_table(tmp_path / "one.csv")
+    assert table.names == ["im0"]
+    assert table.members[0].run.image == str(tmp_path / image)
+    df = read_table(tmp_path / "one.csv")
+    _loaded(qtbot, gallery, len(df))
+    expected = sr.segment_thumbnails(
+        tifffile.imread(tmp_path / image),
+        tifffile.imread(tmp_path / labels),
+        df["label"].to_numpy(),
+        size=64,
+    )
+    for i in range(len(df)):
+        np.testing.assert_array_equal(gallery.thumbnail(i), expected[i])
+
+
+def test_gallery_table__missing_sidecar_and_moved_files_are_clear_errors(
+    make_napari_viewer, tmp_path, collection
+):
+    from napari_segrep._widgets._gallery_table import open_table_collection
+
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(collection, alone / "cells.parquet")
+    with pytest.raises(ValueError, match=r"sidecar cells\.json is missing.*re-run"):
+        open_table_collection(alone / "cells.parquet")
+    (alone / "cells.json").write_text('{"someone": "else"}')
+    with pytest.raises(ValueError, match="not a napari-segrep provenance record"):
+        open_table_collection(alone / "cells.parquet")
+
+    data = _write_pairs(tmp_path / "data", 2)
+    out = _embed_collection(data, tmp_path / "moved.csv")
+    (data / "images" / "im1.tif").rename(tmp_path / "im1.tif")
+    viewer = make_napari_viewer()
+    gallery = _gallery(viewer)
+    with pytest.raises(ValueError, match=r"image im1\.tif of im1 listed in moved\.json is not"):
+        gallery.open_table(out)
+    assert gallery.source is None and gallery.map_input.value is None
+    with pytest.raises(ValueError, match="no such table"):
+        gallery.open_table(tmp_path / "nothing.parquet")
+
+
+def test_gallery_table__all_segments_of_a_map(make_napari_viewer, qtbot):
+    """The "all segments" mode works for maps too: every row, in order."""
+    from napari_segrep._widgets._results import results_for
+    from napari_segrep.analysis.neighbours import typical_segments
+
+    viewer = make_napari_viewer()
+    image, labels, _ = make_cells(shape=(128, 128), n_cells=12, seed=3)
+    viewer.add_image(image, name="img")
+    viewer.add_labels(labels, name="cells")
+    gallery = _gallery(viewer)
+    _, embed = viewer.window.add_plugin_dock_widget("napari-segrep", "Embed segments")
+    embed.crop_input.value = 32
+    embed.umap_input.value = False
+    worker = embed.run()
+    with qtbot.waitSignal(worker.finished, timeout=TIMEOUT_MS):
+        pass
+    qtbot.waitUntil(lambda: embed.job is None and embed.map_view.settled, timeout=TIMEOUT_MS)
+    qtbot.waitUntil(lambda: gallery.points_layer == embed.points_layer, timeout=5000)
+    table = results_for(viewer.layers["cells"]).table
+    n = len(table)
+    gallery.show_input.value = "all segments"
+    _loaded(qtbot, gallery, n)
+    assert gallery.shown_rows == list(range(n))
+    assert not gallery.order_input.native.isHidden()  # first / random / most typical
+    gallery.order_input.value = "most typical"
+    _loaded(qtbot, gallery, n)
+    assert gallery.shown_rows == typical_segments(table, range(n), k=n).index.tolist()
