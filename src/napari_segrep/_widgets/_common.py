@@ -16,6 +16,7 @@ from ._highlight import is_overlay
 
 __all__ = [
     "LayerInputs",
+    "UserActions",
     "WarmRelay",
     "centre_view_on",
     "chosen_path",
@@ -216,3 +217,18 @@ def centre_view_on(viewer, centre, frame: int | None = None) -> None:
     scene = getattr(viewer, "scene", None)  # napari >= 0.9; viewer.camera before
     camera = scene.camera if scene is not None else viewer.camera
     camera.center = tuple(float(v) for v in centre)
+
+
+class UserActions:
+    """A widget's buttons: ``_user_action(action)`` is the slot that calls ``action()``; what
+    the user must do first (a ValueError or RuntimeError with the reason) goes to the widget's
+    ``_on_error`` (status line and notification), not a traceback."""
+
+    def _user_action(self, action):
+        def run(*_):
+            try:
+                action()
+            except (ValueError, RuntimeError) as exc:
+                self._on_error(exc)
+
+        return run

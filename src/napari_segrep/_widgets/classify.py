@@ -19,7 +19,7 @@ from napari.utils.notifications import show_error
 
 from . import _session
 from ._apply import ClassifierFiles, with_measurements
-from ._common import labels_layers, status_label
+from ._common import UserActions, labels_layers, status_label
 from ._jobs import Job, start_job, watch_close
 from ._results import PALETTE, SegmentResults, results_for, with_classes
 from ._suggest import Suggestions
@@ -28,7 +28,7 @@ from ._training import NOT_EMBEDDED, annotated_examples, fit_and_predict, traini
 __all__ = ["ClassifySegmentsWidget"]
 
 
-class ClassifySegmentsWidget(ClassifierFiles, Suggestions, Container):
+class ClassifySegmentsWidget(UserActions, ClassifierFiles, Suggestions, Container):
     """Annotate segments with classes, train a classifier on their embeddings in the
     background after every annotation, and predict every segment.
 
@@ -130,18 +130,6 @@ class ClassifySegmentsWidget(ClassifierFiles, Suggestions, Container):
         self._on_layers_changed()
         self._show_state()
         _session.start_loading_classifier_tools()  # scikit-learn, before the first training
-
-    def _user_action(self, action):
-        """A button's action: what the user must do first (a ValueError or RuntimeError with
-        the reason) goes to the status line and a notification, not a traceback."""
-
-        def run(*_):
-            try:
-                action()
-            except (ValueError, RuntimeError) as exc:
-                self._on_error(exc)
-
-        return run
 
     # ------------------------------------------------------------------ following a layer
     def _on_layers_changed(self, event=None) -> None:

@@ -28,7 +28,7 @@ from napari.layers import Points
 from napari.utils.notifications import show_error
 from qtpy.QtCore import QTimer
 
-from ._common import centre_view_on, status_label
+from ._common import UserActions, centre_view_on, status_label
 from ._gallery_grid import PreviewLabel, ThumbnailGrid
 from ._gallery_pages import PAGE, GalleryPages
 from ._gallery_source import GallerySource
@@ -48,7 +48,7 @@ NO_MAP = (
 )
 
 
-class SegmentGalleryWidget(GalleryPages, Container):
+class SegmentGalleryWidget(UserActions, GalleryPages, Container):
     """Thumbnails of the segments behind a map's points.
 
     ``reload()`` shows what ``show`` asks for (returns the worker, None when there is nothing
@@ -173,15 +173,6 @@ class SegmentGalleryWidget(GalleryPages, Container):
         """The map the gallery follows (None: none, or a table)."""
         value = self.map_input.value
         return value if isinstance(value, Points) else None
-
-    def _user_action(self, action):
-        def run(*_):
-            try:
-                action()
-            except (ValueError, RuntimeError) as exc:
-                self._on_error(exc)
-
-        return run
 
     # ------------------------------------------------------------------ following a map
     def _map_choices(self, _widget=None) -> list:
