@@ -53,6 +53,22 @@ def emb(df):
     return df.filter(regex=r"^emb_").to_numpy()
 
 
+def write_pairs_folder(root, n, *, shape=(96, 96), cells=6):
+    """``root/images/im<i>.tif`` and ``root/labels/im<i>_labels.tif``: ``n`` generated cell
+    images and their labels (``napari-segrep embed --data root``'s layout)."""
+    import tifffile
+
+    from napari_segrep._sample_data import make_cells
+
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    for i in range(n):
+        image, labels, _ = make_cells(shape=shape, n_cells=cells, seed=i)
+        tifffile.imwrite(root / "images" / f"im{i}.tif", image)
+        tifffile.imwrite(root / "labels" / f"im{i}_labels.tif", labels)
+    return root
+
+
 @pytest.fixture()
 def one_torch_thread():
     """Run a test with one torch intra-op thread (restored afterwards)."""

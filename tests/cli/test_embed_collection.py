@@ -16,27 +16,18 @@ import pandas as pd
 import pytest
 import tifffile
 
-from napari_segrep._sample_data import make_cells
 from napari_segrep.analysis.export import read_table
 from napari_segrep.analysis.parts import PartsFolder, parts_dir
 from napari_segrep.cli import main
 
+from ..conftest import write_pairs_folder
+
 SMALL = ["--crop-size", "32", "--batch-size", "4", "--device", "cpu", "--weights", "none"]
-
-
-def _write_collection(root, n, *, shape=(96, 96), cells=6):
-    (root / "images").mkdir(parents=True)
-    (root / "labels").mkdir()
-    for i in range(n):
-        image, labels, _ = make_cells(shape=shape, n_cells=cells, seed=i)
-        tifffile.imwrite(root / "images" / f"im{i}.tif", image)
-        tifffile.imwrite(root / "labels" / f"im{i}_labels.tif", labels)
-    return root
 
 
 @pytest.fixture()
 def data(tmp_path):
-    return _write_collection(tmp_path / "data", 4)
+    return write_pairs_folder(tmp_path / "data", 4)
 
 
 def _run(*argv):
@@ -189,7 +180,7 @@ def test_embed_collection__a_failing_image_keeps_the_finished_parts(data, tmp_pa
 def test_embed_collection__resume_after_kill_equals_an_uninterrupted_run(tmp_path, capsys):
     """SIGKILL once the first parts are written; the rerun keeps them (same files: inode and
     mtime) and embeds only the rest; the table equals a run that was never interrupted."""
-    data = _write_collection(tmp_path / "data", 8, shape=(128, 128), cells=12)
+    data = write_pairs_folder(tmp_path / "data", 8, shape=(128, 128), cells=12)
     out = tmp_path / "o.parquet"
     argv = ["embed", "--data", data, "-o", out, *SMALL, "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # slow enough to be killed half-way

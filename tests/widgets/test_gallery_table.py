@@ -14,22 +14,16 @@ import tifffile
 
 from napari_segrep._sample_data import make_cells
 
-from ..conftest import require_napari
+from ..conftest import require_napari, write_pairs_folder
 
 require_napari()
 
+from ._gallery import dock_gallery as _gallery  # noqa: E402
+from ._gallery import embed_layer as _embed  # noqa: E402
+from ._gallery import wait_loaded as _loaded  # noqa: E402
+
 TIMEOUT_MS = 120_000
 SMALL = ["--crop-size", "32", "--batch-size", "8", "--device", "cpu", "--weights", "none"]
-
-
-def _write_pairs(root, n, *, shape=(96, 96), cells=6):
-    (root / "images").mkdir(parents=True)
-    (root / "labels").mkdir()
-    for i in range(n):
-        image, labels, _ = make_cells(shape=shape, n_cells=cells, seed=i)
-        tifffile.imwrite(root / "images" / f"im{i}.tif", image)
-        tifffile.imwrite(root / "labels" / f"im{i}_labels.tif", labels)
-    return root
 
 
 def _embed_collection(root, out, *more):
@@ -43,20 +37,8 @@ def _embed_collection(root, out, *more):
 def collection(tmp_path_factory):
     """Three image/label pairs embedded into one Parquet table by the CLI."""
     root = tmp_path_factory.mktemp("collection")
-    data = _write_pairs(root / "data", 3)
+    data = write_pairs_folder(root / "data", 3)
     return _embed_collection(data, root / "cells.parquet")
-
-
-def _gallery(viewer):
-    _, gallery = viewer.window.add_plugin_dock_widget("napari-segrep", "Segment gallery")
-    return gallery
-
-
-def _loaded(qtbot, gallery, n=None):
-    qtbot.waitUntil(
-        lambda: gallery.loaded and (n is None or len(gallery.shown_rows) == n),
-        timeout=TIMEOUT_MS,
-    )
 
 
 def _files(out):
@@ -227,7 +209,7 @@ def test_gallery_table__one_image_table_with_relative_paths(
     from napari_segrep.analysis.export import read_table
     from napari_segrep.cli import main
 
-    _write_pairs(tmp_path / "data", 1)
+    write_pairs_folder(tmp_path / "data", 1)
     monkeypatch.chdir(tmp_path)  # the CLI records IMAGE LABELS as given: relative here
     image, labels = "data/images/im0.tif", "data/labels/im0_labels.tif"
     assert main(["embed", image, labels, "-o", "one.csv", "--quiet", *SMALL]) == 0
@@ -263,7 +245,7 @@ def test_gallery_table__missing_sidecar_and_moved_files_are_clear_errors(
     with pytest.raises(ValueError, match="not a napari-segrep provenance record"):
         open_table_collection(alone / "cells.parquet")
 
-    data = _write_pairs(tmp_path / "data", 2)
+    data = write_pairs_folder(tmp_path / "data", 2)
     out = _embed_collection(data, tmp_path / "moved.csv")
     (data / "images" / "im1.tif").rename(tmp_path / "im1.tif")
     viewer = make_napari_viewer()
@@ -285,13 +267,7 @@ def test_gallery_table__all_segments_of_a_map(make_napari_viewer, qtbot):
     viewer.add_image(image, name="img")
     viewer.add_labels(labels, name="cells")
     gallery = _gallery(viewer)
-    _, embed = viewer.window.add_plugin_dock_widget("napari-segrep", "Embed segments")
-    embed.crop_input.value = 32
-    embed.umap_input.value = False
-    worker = embed.run()
-    with qtbot.waitSignal(worker.finished, timeout=TIMEOUT_MS):
-        pass
-    qtbot.waitUntil(lambda: embed.job is None and embed.map_view.settled, timeout=TIMEOUT_MS)
+    embed = _embed(viewer, qtbot)
     qtbot.waitUntil(lambda: gallery.points_layer == embed.points_layer, timeout=5000)
     table = results_for(viewer.layers["cells"]).table
     n = len(table)

@@ -16,34 +16,11 @@ require_napari()
 from napari.utils._proxies import ReadOnlyWrapper  # noqa: E402
 from napari.utils.interactions import mouse_move_callbacks  # noqa: E402
 
+from ._gallery import dock_gallery as _gallery  # noqa: E402
+from ._gallery import embed_layer as _embed  # noqa: E402
+from ._gallery import wait_loaded as _loaded  # noqa: E402
+
 TIMEOUT_MS = 120_000
-
-
-def _embed(viewer, qtbot, *, labels_layer=None):
-    _, embed = viewer.window.add_plugin_dock_widget("napari-segrep", "Embed segments")
-    embed.crop_input.value = 32
-    embed.umap_input.value = False
-    if labels_layer is not None:
-        embed.labels_input.value = labels_layer
-    worker = embed.run()
-    with qtbot.waitSignal(worker.finished, timeout=TIMEOUT_MS):
-        pass
-    qtbot.waitUntil(lambda: embed.job is None, timeout=TIMEOUT_MS)
-    view = embed.multi.view if embed.group is not None else embed.map_view
-    qtbot.waitUntil(lambda: view.settled, timeout=TIMEOUT_MS)
-    return embed
-
-
-def _gallery(viewer):
-    _, gallery = viewer.window.add_plugin_dock_widget("napari-segrep", "Segment gallery")
-    return gallery
-
-
-def _loaded(qtbot, gallery, n=None):
-    qtbot.waitUntil(
-        lambda: gallery.loaded and (n is None or len(gallery.shown_rows) == n),
-        timeout=TIMEOUT_MS,
-    )
 
 
 def _expected(results, rows, *, size=64, masked=False):
