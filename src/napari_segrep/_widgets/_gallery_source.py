@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from ..engine.thumbnails import BBOX_COLUMNS
 from ._results import ANNOTATION
 
 __all__ = ["GallerySource", "ThumbnailRequest"]
@@ -190,13 +191,13 @@ class GallerySource:
         if cached is not None and cached[0] == key:
             return cached[1]
         table = member.table
-        columns = [c for c in ("label", "frame", *_BBOX) if c in table]
+        columns = [c for c in ("label", "frame", *BBOX_COLUMNS) if c in table]
         source = ThumbnailSource(
             run.image,
             run.labels,
             channel_axis=run.params.get("channel_axis"),
             normalize=run.params.get("normalize", "image"),
-            table=table[columns] if set(_BBOX) <= set(columns) else None,
+            table=table[columns] if set(BBOX_COLUMNS) <= set(columns) else None,
         )
         self._thumbnail_sources[i] = (key, source)
         return source
@@ -286,6 +287,3 @@ class GallerySource:
             if name and name not in results.class_colours:
                 results.set_classes({**results.class_colours, name: colour})
             results.annotate_rows(own[member == i].tolist(), name)
-
-
-_BBOX = ("bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1")

@@ -23,13 +23,13 @@ import numpy as np
 import pandas as pd
 from napari.utils.events import EmitterGroup
 
+from ..engine.thumbnails import BBOX_COLUMNS
 from ._results import ANNOTATION, with_classes
 
 __all__ = ["FileMember", "FileRun", "TableCollection", "choose_table", "open_table_collection"]
 
 #: The file dialog's filter of the tables the gallery opens.
 TABLE_FILTER = "Tables (*.parquet *.pq *.csv *.h5ad);;All files (*)"
-_BBOX = ("bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1")
 _RERUN = "re-run napari-segrep embed"
 
 
@@ -212,7 +212,7 @@ def _locate(file: str, table: Path) -> str:
 
 
 def _check_columns(df: pd.DataFrame, path: Path) -> None:
-    missing = [c for c in ("label", *_BBOX) if c not in df.columns]
+    missing = [c for c in ("label", *BBOX_COLUMNS) if c not in df.columns]
     if not any(str(c).startswith("emb_") for c in df.columns):
         missing.append("emb_*")
     if missing:

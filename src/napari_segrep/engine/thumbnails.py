@@ -29,9 +29,10 @@ from .segments import (
     segment_window,
 )
 
-__all__ = ["ThumbnailSource", "segment_thumbnails"]
+__all__ = ["BBOX_COLUMNS", "ThumbnailSource", "segment_thumbnails"]
 
-_BBOX = ("bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1")
+#: The bounding-box columns of an embedding table (``embed_segments``' ``bbox_*``).
+BBOX_COLUMNS = ("bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1")
 #: The smallest window (pixels of the image) a thumbnail shows: tiny segments keep context.
 MIN_WINDOW = 16
 _MAX_SIZE = 1024
@@ -124,7 +125,7 @@ class ThumbnailSource:
         table=None,
     ):
         if table is not None:
-            missing = [c for c in ("label", *_BBOX) if c not in table.columns]
+            missing = [c for c in ("label", *BBOX_COLUMNS) if c not in table.columns]
             if missing:
                 raise ValueError(f"table lacks the columns {missing} (bounding boxes by label)")
         self._image, self._labels = image, labels
@@ -201,7 +202,7 @@ class ThumbnailSource:
             table = table[table["frame"].to_numpy() == frame]
         keys = table["label"].to_numpy(np.int64)
         order = np.argsort(keys, kind="stable")
-        bbox = table[list(_BBOX)].to_numpy(np.int64)[order]
+        bbox = table[list(BBOX_COLUMNS)].to_numpy(np.int64)[order]
         return _Lookup(keys[order], bbox, from_table=True)
 
     # ------------------------------------------------------------------ thumbnails
