@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ._embed import run_and_wait
+
 TIMEOUT_MS = 120_000
 
 
@@ -27,10 +29,5 @@ def embed_layer(viewer, qtbot, *, labels_layer=None):
     embed.umap_input.value = False
     if labels_layer is not None:
         embed.labels_input.value = labels_layer
-    worker = embed.run()
-    with qtbot.waitSignal(worker.finished, timeout=TIMEOUT_MS):
-        pass
-    qtbot.waitUntil(lambda: embed.job is None, timeout=TIMEOUT_MS)
-    view = embed.multi.view if embed.group is not None else embed.map_view
-    qtbot.waitUntil(lambda: view.settled, timeout=TIMEOUT_MS)
+    run_and_wait(qtbot, embed)
     return embed

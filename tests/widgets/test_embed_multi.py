@@ -17,6 +17,8 @@ require_napari()
 from napari.utils._proxies import ReadOnlyWrapper  # noqa: E402
 from napari.utils.interactions import mouse_press_callbacks  # noqa: E402
 
+from ._embed import run_and_wait as _run_and_wait  # noqa: E402
+
 TIMEOUT_MS = 120_000
 
 
@@ -25,15 +27,6 @@ def _dock(viewer):
     widget.crop_input.value = 32
     widget.umap_input.value = False
     return widget
-
-
-def _run_and_wait(qtbot, widget):
-    worker = widget.run()
-    with qtbot.waitSignal(worker.finished, timeout=TIMEOUT_MS):
-        pass
-    qtbot.waitUntil(lambda: widget.job is None, timeout=TIMEOUT_MS)
-    qtbot.waitUntil(lambda: widget.multi.view.settled, timeout=TIMEOUT_MS)
-    return worker
 
 
 def _two_pairs(make_napari_viewer, shape=(160, 160), n_cells=14):

@@ -21,6 +21,8 @@ require_napari()
 from napari.utils._proxies import ReadOnlyWrapper  # noqa: E402
 from napari.utils.interactions import mouse_press_callbacks  # noqa: E402
 
+from ._embed import run_and_wait as _run_and_wait  # noqa: E402
+
 TIMEOUT_MS = 120_000
 
 
@@ -36,15 +38,6 @@ def _dock(viewer):
     widget.umap_input.value = False
     widget.device_input.value = "auto"
     return widget
-
-
-def _run_and_wait(qtbot, widget):
-    worker = widget.run()
-    with qtbot.waitSignal(worker.finished, timeout=TIMEOUT_MS):
-        pass
-    qtbot.waitUntil(lambda: widget.job is None, timeout=TIMEOUT_MS)
-    qtbot.waitUntil(lambda: widget.map_view.settled, timeout=TIMEOUT_MS)  # features, points shown
-    return worker
 
 
 def _ready(make_napari_viewer, scene):
