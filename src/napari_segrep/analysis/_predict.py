@@ -1,6 +1,7 @@
 """The classifiers' prediction in numpy, from the arrays a fitted scikit-learn model leaves
 (the same code for a model just trained and one loaded from a file; tested equal to
-scikit-learn's ``predict_proba``)."""
+scikit-learn's ``predict_proba``).  The arrays each method needs, with their shapes and
+dtypes, are listed in ``_classifier_file``, which checks a file's before they get here."""
 
 from __future__ import annotations
 
@@ -8,24 +9,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-__all__ = ["REQUIRED", "forest_arrays", "predict_proba"]
-
-
-#: The arrays each method predicts from.
-REQUIRED = {
-    "logistic": ("mean", "scale", "coef", "intercept"),
-    "knn": ("mean", "scale", "train_z", "train_y"),
-    "random_forest": (
-        "mean",
-        "scale",
-        "tree_left",
-        "tree_right",
-        "tree_feature",
-        "tree_threshold",
-        "tree_value",
-        "tree_offsets",
-    ),
-}
+__all__ = ["forest_arrays", "predict_proba"]
 
 
 def predict_proba(
@@ -58,8 +42,9 @@ def _logistic_proba(z: np.ndarray, coef: np.ndarray, intercept: np.ndarray) -> n
 def _knn_proba(z, train_z, train_y, n_classes: int, k: int) -> np.ndarray:
     k = min(k, len(train_z))
     out = np.zeros((len(z), n_classes))
-    for start in range(0, len(z), 4096):  # bounded memory for large tables
-        chunk = z[start : start + 4096]
+    step = max(1, min(4096, 2**22 // max(len(train_z), 1)))  # <= 32 MB of distances a chunk
+    for start in range(0, len(z), step):  # bounded memory for large tables
+        chunk = z[start : start + step]
         d2 = (chunk**2).sum(1)[:, None] - 2.0 * chunk @ train_z.T + (train_z**2).sum(1)[None, :]
         votes = train_y[np.argpartition(d2, k - 1, axis=1)[:, :k]]
         for c in range(n_classes):

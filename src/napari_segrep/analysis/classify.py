@@ -1,14 +1,17 @@
 """Object classifiers on segment embeddings: a few annotated segments -> a class for all.
 
 :func:`train_classifier` fits a classifier on the annotated rows of an embedding table (from
-``embed_segments``, or several concatenated with an ``image`` column), on the embeddings alone
-or with the segments' measurements (``features="embedding+geometry"``, columns from
+``embed_segments``, or several concatenated with an ``image`` column), on the embeddings (by
+default with the segment's size, log area: a segment larger than the crop is downscaled, and
+its embedding cannot show how large it is) or with the segments' measurements
+(``features="embedding+geometry"``, columns from
 :func:`~napari_segrep.analysis.measure.add_measurements`);
 :meth:`SegmentClassifier.predict` classifies every row of a table, with probabilities and the
 margin between the two most likely classes (small margin: the model is unsure; label those
 next).  The fitted model is kept as plain arrays and predicts with numpy, the same code for a
 model just trained and one loaded from a file, so :meth:`SegmentClassifier.save` writes arrays
-and JSON (no pickle) and :func:`load_classifier` executes nothing it reads.
+and JSON (no pickle) and :func:`load_classifier` executes nothing it reads, and checks every
+field and array against the method's schema before use (``_classifier_file``).
 """
 
 from __future__ import annotations
@@ -16,20 +19,31 @@ from __future__ import annotations
 import io
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ._annotations import annotated_rows, describe_rows, embedding_columns, segment_keys
-from ._predict import REQUIRED, forest_arrays, predict_proba
+from ._classifier_file import (
+    CLASSIFIER_FORMAT,
+    MAX_ARRAY_BYTES,
+    MAX_CLASSES,
+    MAX_TREES,
+    is_classifier_file,
+    read_classifier_file,
+)
+from ._predict import forest_arrays, predict_proba
 from .measure import SHAPE_COLUMNS, geometry_columns
 
 __all__ = [
     "CLASSIFIER_FORMAT",
     "FEATURES",
+    "MAX_CLASSES",
     "METHODS",
     "SegmentClassifier",
+    "is_classifier_file",
     "load_classifier",
     "segment_keys",
     "suggest_next",
@@ -42,8 +56,12 @@ _ADD_MEASUREMENTS = (
     "add them with napari_segrep.add_measurements(table, image, labels) "
     "(or napari-segrep embed --measure)"
 )
-#: The file format's name and version, checked on load.
-CLASSIFIER_FORMAT = {"name": "napari-segrep classifier", "version": 1}
+#: The table columns the default features read on a log scale, when the table has them: the
+#: segment's area in pixels (``embed_segments`` writes it).  A segment larger than the crop is
+#: downscaled to fit, so its embedding alone does not say how large it is.
+SIZE_COLUMNS = ("area",)
+#: The working memory a fit may need, at most (estimated before fitting; see _check_cost).
+MAX_FIT_BYTES = 4 * 1024**3
 
 
 @dataclass(eq=False)
@@ -58,8 +76,12 @@ class SegmentClassifier:
         Cross-validated accuracy on the annotations (stratified, up to 5 folds).
     method : str
     feature_columns : list of str
-        The table columns it reads (``emb_0 ... emb_{D-1}``, then with
-        ``features="embedding+geometry"`` the measurement columns, ``area`` first).
+        The table columns it reads (``emb_0 ... emb_{D-1}``, then ``area`` (the segment's
+        size, see ``log_columns``), or with ``features="embedding+geometry"`` the measurement
+        columns, ``area`` first).
+    log_columns : list of str
+        The feature columns read on a log scale (``["area"]`` by default: a segment larger
+        than the crop is downscaled, so its embedding does not say how large it is).
     info : dict
         What it was trained on: the number of annotations per class, the seed, the encoder and
         normalisation the table recorded (``table.attrs``), when known.
@@ -72,12 +94,25 @@ class SegmentClassifier:
     params: dict = field(default_factory=dict)
     cv_score_: float | None = None
     info: dict = field(default_factory=dict)
+    log_columns: list[str] = field(default_factory=list)
 
     # ------------------------------------------------------------------ predict
     def predict_proba(self, table, *, force: bool = False) -> np.ndarray:
-        """``(N, n_classes)`` class probabilities of every row of ``table``."""
+        """``(N, n_classes)`` class probabilities of every row of ``table``.
+
+        Raises ``ValueError`` naming the rows whose features are so far from the training
+        annotations that their probabilities are not finite numbers (never returned)."""
         x = self._features(table, force=force)
-        return predict_proba(self.method, self.arrays, self.params, x, len(self.classes_))
+        with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
+            proba = predict_proba(self.method, self.arrays, self.params, x, len(self.classes_))
+        bad = ~np.isfinite(proba).all(axis=1)
+        if bad.any():
+            raise ValueError(
+                f"{int(bad.sum())} row(s) get no finite probabilities "
+                f"({describe_rows(table, bad)}): their {_what(self.feature_columns)} are far "
+                "outside the range of the annotated segments; check those rows"
+            )
+        return proba
 
     def predict(self, table, *, force: bool = False):
         """Classify every row of ``table``.
@@ -92,27 +127,24 @@ class SegmentClassifier:
         -------
         DataFrame
             ``label`` (after ``image``/``frame`` when the table has them), ``class`` (the most
-            likely),
+            likely; ties: the first in ``classes_``),
             ``probability`` (its probability), ``margin`` (its probability minus the next
             one's: small = unsure), and ``prob_<class>`` for every class.
         """
         import pandas as pd
 
         proba = self.predict_proba(table, force=force)
-        order = np.argsort(-proba, axis=1, kind="stable")
-        rows = np.arange(len(proba))
-        best = proba[rows, order[:, 0]] if len(proba) else np.zeros(0)
-        second = proba[rows, order[:, 1]] if len(proba) else np.zeros(0)
-        out = pd.DataFrame(index=table.index)
-        for key in segment_keys(table):
-            out[key] = table[key].to_numpy()
-        classes = np.asarray(self.classes_, dtype=object)
-        out["class"] = classes[order[:, 0]] if len(proba) else np.zeros(0, object)
-        out["probability"] = best
-        out["margin"] = best - second
-        for i, name in enumerate(self.classes_):
-            out[f"prob_{name}"] = proba[:, i]
-        return out
+        best = proba.argmax(axis=1) if len(proba) else np.zeros(0, np.int64)
+        top = proba[np.arange(len(proba)), best]
+        second = np.partition(proba, -2, axis=1)[:, -2] if len(proba) else np.zeros(0)
+        head = {key: table[key].to_numpy() for key in segment_keys(table)}
+        head["class"] = np.asarray(self.classes_, dtype=object)[best]
+        head["probability"] = top
+        head["margin"] = top - second
+        probabilities = pd.DataFrame(
+            proba, index=table.index, columns=[f"prob_{name}" for name in self.classes_]
+        )
+        return pd.concat([pd.DataFrame(head, index=table.index), probabilities], axis=1)
 
     def _features(self, table, *, force: bool = False) -> np.ndarray:
         if not force:
@@ -128,9 +160,14 @@ class SegmentClassifier:
             )
         missing = [c for c in self.feature_columns if c not in table.columns]
         if missing:
+            how = (
+                "embed the segments with napari-segrep (embed_segments writes area)"
+                if set(missing) <= set(SIZE_COLUMNS)
+                else _ADD_MEASUREMENTS
+            )
             raise ValueError(
                 f"the table lacks {len(missing)} measurement column(s) this classifier was "
-                f"trained on ({', '.join(missing)}): {_ADD_MEASUREMENTS}"
+                f"trained on ({', '.join(missing)}): {how}"
             )
         x = table[self.feature_columns].to_numpy(np.float64)
         bad = ~np.isfinite(x).all(axis=1)
@@ -139,7 +176,7 @@ class SegmentClassifier:
                 f"{int(bad.sum())} row(s) have NaN or infinite {_what(self.feature_columns)} "
                 f"({describe_rows(table, bad)}): embed those segments again, or drop the rows"
             )
-        return x
+        return _log_scale(x, self.feature_columns, self.log_columns, table, "drop the rows")
 
     def check_encoder(self, table) -> None:
         """Raise ``ValueError`` when ``table`` records an encoder (``attrs["encoder"]``) other
@@ -180,6 +217,7 @@ class SegmentClassifier:
             "method": self.method,
             "classes": list(self.classes_),
             "feature_columns": list(self.feature_columns),
+            "log_columns": list(self.log_columns),
             "params": self.params,
             "cv_score": self.cv_score_,
             "info": self.info,
@@ -192,68 +230,33 @@ class SegmentClassifier:
 
 
 def load_classifier(path: str | os.PathLike) -> SegmentClassifier:
-    """Read a classifier written by :meth:`SegmentClassifier.save`.
+    """Read a classifier written by :meth:`SegmentClassifier.save`, checked before use.
 
-    Only arrays of numbers and one JSON record are read (``np.load(allow_pickle=False)``): a
-    file holding pickled objects is refused, nothing in it is executed.
+    Only arrays of numbers and one JSON record are read (no pickle: nothing in the file is
+    executed).  Every field and array is checked against the method's schema first (see
+    :mod:`napari_segrep.analysis._classifier_file`): the sizes the arrays declare before any
+    is read (at most 2 GiB), types, shapes against the classes and feature columns, finite
+    values, a positive scale, a forest's trees well formed, unique class names.
+
+    Raises
+    ------
+    FileNotFoundError
+        No such file.
+    ValueError
+        Naming the file and what is wrong: not a classifier, written by a newer version,
+        damaged, or a field or array that does not hold what its method needs.
     """
-    path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            contents = {k: archive[k] for k in archive.files}
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such classifier file") from None
-    except (ValueError, OSError) as exc:
-        raise ValueError(
-            f"{path} is not a napari-segrep classifier (an .npz archive of arrays and JSON; "
-            f"files holding pickled objects are refused): {exc}"
-        ) from None
-    meta = _record(contents.pop("meta", None))
-    if meta is None:
-        raise ValueError(f"{path} is not a napari-segrep classifier (no valid record)")
-    fmt = meta["format"]
-    if fmt.get("version", 0) > CLASSIFIER_FORMAT["version"]:
-        raise ValueError(
-            f"{path} was written by a newer napari-segrep (classifier format "
-            f"{fmt.get('version')}): update napari-segrep to read it"
-        )
-    if meta.get("method") not in METHODS:
-        raise ValueError(f"{path}: unknown classifier method {meta.get('method')!r}")
-    arrays = {k.removeprefix("array_"): v for k, v in contents.items()}
-    missing = sorted(set(REQUIRED[meta["method"]]) - set(arrays))
-    if missing:
-        raise ValueError(f"{path}: the classifier file is incomplete (no {', '.join(missing)})")
-    for name, value in arrays.items():
-        if value.dtype.kind == "f" and not np.isfinite(value).all():
-            raise ValueError(f"{path}: the classifier's {name} holds NaN or infinite values")
+    record, arrays = read_classifier_file(path)
     return SegmentClassifier(
-        method=meta["method"],
-        classes_=[str(c) for c in meta["classes"]],
-        feature_columns=[str(c) for c in meta["feature_columns"]],
+        method=record["method"],
+        classes_=list(record["classes"]),
+        feature_columns=list(record["feature_columns"]),
         arrays=arrays,
-        params=dict(meta.get("params") or {}),
-        cv_score_=meta.get("cv_score"),
-        info=dict(meta.get("info") or {}),
+        params=dict(record["params"]),
+        cv_score_=None if record.get("cv_score") is None else float(record["cv_score"]),
+        info=dict(record["info"]),
+        log_columns=list(record["log_columns"]),
     )
-
-
-def _record(meta: np.ndarray | None) -> dict | None:
-    """The JSON record of a classifier file, or None when it is not one."""
-    try:
-        record = json.loads(meta.tobytes().decode())
-        ours = record["format"]["name"] == CLASSIFIER_FORMAT["name"]
-    except (AttributeError, KeyError, ValueError, UnicodeDecodeError, TypeError):
-        return None
-    return record if ours else None
-
-
-def is_classifier_file(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a napari-segrep classifier (its record only is read)."""
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            return "meta" in archive.files and _record(archive["meta"]) is not None
-    except (ValueError, OSError):
-        return False
 
 
 # ---------------------------------------------------------------------- training
@@ -263,6 +266,7 @@ def train_classifier(
     *,
     method: str = "logistic",
     features: str = "embedding",
+    size: bool = True,
     seed: int = 0,
     k: int = 5,
     n_trees: int = 100,
@@ -273,24 +277,36 @@ def train_classifier(
     Parameters
     ----------
     table : DataFrame
-        From ``embed_segments``: ``label`` and ``emb_0 ... emb_{D-1}``; several images'
-        tables concatenated need an ``image`` column, a stack's a ``frame`` column (labels
-        repeat across them).
+        From ``embed_segments``: ``label``, ``area`` and ``emb_0 ... emb_{D-1}``; several
+        images' tables concatenated need an ``image`` column, a stack's a ``frame`` column
+        (labels repeat across them).
     annotations : mapping or DataFrame
         ``{label: class name}``, or a DataFrame with ``label`` (and ``image``/``frame`` where
         the table has them) and ``class``.
     method : {"logistic", "random_forest", "knn"}
         Logistic regression (the default; L2, ``C``), a random forest (``n_trees``) or
-        k-nearest neighbours (``k``), all on standardised embeddings.
+        k-nearest neighbours (``k``), all on standardised features.
     features : {"embedding", "embedding+geometry"}
+        ``"embedding"``: the embeddings, and with ``size`` the segment's area.
         ``"embedding+geometry"``: the embeddings plus the table's measurements (``area``,
         the shape columns and every ``intensity_mean_<c>``/``intensity_std_<c>``, from
         :func:`~napari_segrep.analysis.measure.add_measurements`), standardised like the
         embeddings; the measurement block is weighted so that its total variance matches the
         embeddings' (each of its ``G`` columns times ``sqrt(D / G)``, ``D`` embedding
         dimensions), else a few columns among hundreds count for little.
+    size : bool
+        With ``features="embedding"``: add ``log(area)`` when the table has an ``area``
+        column (``embed_segments`` writes it), standardised and weighted by how much the
+        annotated classes differ in size (``sqrt(D) * min(B / W, 4)``, at least 1: ``B`` and
+        ``W`` its between- and within-class sums of squares).  A segment larger than the crop
+        is downscaled to fit it, so its embedding alone does not say how large it is; this
+        column does, and counts as much as the embeddings where size tells the classes apart
+        (as one embedding dimension where it does not).  ``False``: the embeddings alone.
     seed : int
-        For the forest and the cross-validation folds.
+        For the forest and the cross-validation folds, 0 to 2^32 - 1.
+    k, n_trees, C : int, int, float
+        Neighbours (knn, >= 1), trees (random_forest, 1 to 10,000), inverse L2 strength
+        (logistic, > 0).
 
     Returns
     -------
@@ -301,16 +317,14 @@ def train_classifier(
     Raises
     ------
     ValueError
-        Unknown method or features; ``"embedding+geometry"`` on a table without
-        measurements; annotations naming labels that are not in the table; a single class; a
-        class with fewer than 2 annotations; annotated rows whose features are not finite.
+        Unknown method or features, a parameter out of range; ``"embedding+geometry"`` on a
+        table without measurements; annotations naming labels that are not in the table; a
+        single class; a class with fewer than 2 annotations; more than 1,000 classes, or a
+        fit that would need more than 4 GiB of memory or make a classifier of more than 2 GiB
+        (both estimated before fitting, the estimate in the message); annotated rows whose
+        features are not finite (or whose area is not positive).
     """
-    if method not in METHODS:
-        raise ValueError(f"method={method!r}: choose one of {', '.join(METHODS)}")
-    if features not in FEATURES:
-        raise ValueError(f"features={features!r}: choose one of {', '.join(FEATURES)}")
-    if method == "knn" and (isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1):
-        raise ValueError(f"k must be a positive integer, got {k!r}")
+    _check_arguments(method, features, seed=seed, k=k, n_trees=n_trees, C=C)
     columns = embedding_columns(table)
     if not columns:
         raise ValueError(
@@ -318,6 +332,7 @@ def train_classifier(
             "embed_segments"
         )
     weights = None
+    log_columns: list[str] = []
     if features == "embedding+geometry":
         missing = [c for c in ("area", *SHAPE_COLUMNS) if c not in table.columns]
         if missing:
@@ -329,27 +344,32 @@ def train_classifier(
         weights = np.ones(len(columns) + len(geometry))
         weights[len(columns) :] = _geometry_weight(len(columns), len(geometry))
         columns = columns + geometry
+    elif size:
+        log_columns = [c for c in SIZE_COLUMNS if c in table.columns]
+        columns = columns + log_columns
     rows, names = annotated_rows(table, annotations)
     classes = sorted(set(names))
     if len(classes) < 2:
         only = f" (only {classes[0]!r})" if classes else ""
         raise ValueError(f"annotations need at least 2 classes{only}: annotate another class")
+    _check_cost(method, len(rows), len(columns), len(classes), n_trees)
     y = np.searchsorted(classes, names)
     counts = np.bincount(y, minlength=len(classes))
     few = [f"{c!r} ({n})" for c, n in zip(classes, counts, strict=True) if n < 2]
     if few:
+        shown = ", ".join(few[:10]) + (f" and {len(few) - 10} more" if len(few) > 10 else "")
         raise ValueError(
-            f"every class needs at least 2 annotated segments; {', '.join(few)} "
-            "have fewer: annotate more"
+            f"every class needs at least 2 annotated segments; {shown} have fewer: annotate more"
         )
-    x = table[columns].to_numpy(np.float64)[rows]
-    bad = ~np.isfinite(x).all(axis=1)
+    raw = table[columns].to_numpy(np.float64)[rows]
+    bad = ~np.isfinite(raw).all(axis=1)
     if bad.any():
         sub = table.iloc[rows]
         raise ValueError(
             f"{int(bad.sum())} annotated row(s) have NaN or infinite {_what(columns)} "
             f"({describe_rows(sub, bad)}): embed those segments again, or remove their annotations"
         )
+    x = _log_scale(raw.copy(), columns, log_columns, table.iloc[rows], "remove their annotations")
     params = {"logistic": {"C": float(C)}, "knn": {"k": int(k)}}.get(
         method, {"n_trees": int(n_trees)}
     )
@@ -359,12 +379,20 @@ def train_classifier(
     # with napari's GUI thread when the widget retrains after every click (measured 1.35x
     # faster on an idle 2-core machine, and 40x when another process keeps a core busy)
     with threadpool_limits(limits=1):
-        arrays = _fit(method, x, y, len(classes), params, seed, weights)
-        cv_score = _cv_score(method, x, y, len(classes), params, seed, weights)
+        size_at = tuple(columns.index(c) for c in log_columns)
+        arrays = _fit(method, x, y, len(classes), params, seed, weights, size_at)
+        cv_score = _cv_score(method, x, y, len(classes), params, seed, weights, size_at)
     # what it was trained on (features as in the table, class ids): saved with it, so a
     # classifier can be improved later by training on these plus new annotations
-    arrays["examples"] = x.astype(np.float32)
+    arrays["examples"] = raw.astype(np.float32)
     arrays["example_classes"] = y.astype(np.int64)
+    total = sum(a.nbytes for a in arrays.values())
+    if total > MAX_ARRAY_BYTES:  # the estimate let it through: never save what cannot load
+        raise ValueError(
+            f"the {method} classifier of {len(classes)} classes on {len(rows)} annotations "
+            f"holds {total / 1024**3:.1f} GiB of arrays, more than a classifier file may "
+            f"({MAX_ARRAY_BYTES / 1024**3:.0f} GiB): {_SMALLER}"
+        )
     info = {
         "n_annotations": {c: int(n) for c, n in zip(classes, counts, strict=True)},
         "seed": int(seed),
@@ -372,12 +400,111 @@ def train_classifier(
     }
     if weights is not None:
         info["geometry_weight"] = float(weights[-1])
+    for i in size_at:
+        info["size_weight"] = _size_weight(x[:, i], y, len(columns) - len(size_at))
     for key in ("encoder", "normalization", "crop_size"):
         if key in getattr(table, "attrs", {}):
             info[key] = table.attrs[key]
-    model = SegmentClassifier(method, classes, columns, arrays, params, info=info)
+    model = SegmentClassifier(
+        method, classes, columns, arrays, params, info=info, log_columns=log_columns
+    )
     model.cv_score_ = cv_score
     return model
+
+
+_SMALLER = (
+    "use fewer classes or annotations, fewer trees (n_trees, --n-trees), or the logistic "
+    "method (the smallest)"
+)
+
+
+def _check_arguments(method, features, *, seed, k, n_trees, C) -> None:
+    """A ``ValueError`` naming the first argument out of range, before any work."""
+    if method not in METHODS:
+        raise ValueError(f"method={method!r}: choose one of {', '.join(METHODS)}")
+    if features not in FEATURES:
+        raise ValueError(f"features={features!r}: choose one of {', '.join(FEATURES)}")
+
+    def whole(value) -> bool:
+        return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+    if not (whole(seed) and 0 <= seed < 2**32):
+        raise ValueError(f"seed must be a whole number from 0 to {2**32 - 1}, got {seed!r}")
+    if method == "knn" and not (whole(k) and k >= 1):
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    if method == "random_forest" and not (whole(n_trees) and 1 <= n_trees <= MAX_TREES):
+        raise ValueError(f"n_trees must be a whole number from 1 to {MAX_TREES}, got {n_trees!r}")
+    if method == "logistic" and not (
+        isinstance(C, (int, float, np.number)) and np.isfinite(C) and C > 0
+    ):
+        raise ValueError(f"C must be a positive number, got {C!r}")
+
+
+def estimated_cost(method: str, n_rows: int, n_features: int, n_classes: int, n_trees: int = 100):
+    """``(fit_bytes, model_bytes)``: the memory a fit needs at its peak and the size of the
+    classifier's arrays, estimated from the problem's size (checked against the real sizes
+    in ``benchmarks/``: within a factor 2).
+
+    Logistic: scikit-learn's multinomial newton-cg holds a few ``(rows, classes)`` and
+    ``(classes, features)`` arrays; k-NN: the standardised rows; a random forest: every node's
+    class probabilities, ``trees x nodes x classes`` (a fully grown tree on a bootstrap sample
+    of ``n`` rows has about ``1.3 n`` nodes), once in scikit-learn's trees and once here."""
+    f8 = 8
+    rows_logits = 1 if n_classes == 2 else n_classes
+    examples = n_rows * (n_features * 4 + f8)
+    if method == "logistic":
+        model = f8 * (2 * n_features + rows_logits * (n_features + 1))
+        fit = f8 * (
+            2 * n_rows * n_features + 4 * n_rows * rows_logits + 6 * rows_logits * n_features
+        )
+    elif method == "knn":
+        model = f8 * (2 * n_features + n_rows * (n_features + 1))
+        fit = 2 * f8 * n_rows * n_features
+    else:
+        nodes = n_trees * max(int(1.3 * n_rows), 1)
+        model = f8 * (2 * n_features + nodes * (n_classes + 4) + n_trees + 1)
+        fit = 2 * model
+    return fit + model + examples, model + examples
+
+
+def _check_cost(method: str, n_rows: int, n_features: int, n_classes: int, n_trees: int) -> None:
+    """Refuse, before any fitting and naming the estimate, what would run for many minutes
+    and take gigabytes: more than :data:`MAX_CLASSES` classes, or a fit or classifier beyond
+    :data:`MAX_FIT_BYTES` / :data:`MAX_ARRAY_BYTES`."""
+    if n_classes > MAX_CLASSES:
+        fit, _ = estimated_cost(method, n_rows, n_features, n_classes, n_trees)
+        raise ValueError(
+            f"the annotations name {n_classes:,} classes ({n_rows:,} annotated segments, "
+            f"{n_rows / n_classes:.1f} per class): at most {MAX_CLASSES:,} are supported "
+            f"(this fit would need about {fit / 1024**3:.1f} GiB and a long time, and every "
+            "prediction a probability column per class); check that the class column holds "
+            "classes, not one name per segment, or merge rare classes"
+        )
+    fit, model = estimated_cost(method, n_rows, n_features, n_classes, n_trees)
+    if fit > MAX_FIT_BYTES or model > MAX_ARRAY_BYTES:
+        raise ValueError(
+            f"a {method} classifier of {n_classes} classes on {n_rows:,} annotated segments "
+            f"x {n_features} features would need about {fit / 1024**3:.1f} GiB to fit and "
+            f"{model / 1024**3:.1f} GiB to keep (limits {MAX_FIT_BYTES / 1024**3:.0f} and "
+            f"{MAX_ARRAY_BYTES / 1024**3:.0f} GiB): {_SMALLER}"
+        )
+
+
+def _log_scale(x: np.ndarray, columns, log_columns, table, fix: str) -> np.ndarray:
+    """``x`` (the rows of ``table``, as read from ``columns``) with the ``log_columns`` on a
+    log scale; a ``ValueError`` naming the rows where one of them is not positive."""
+    where = [columns.index(c) for c in log_columns]
+    if not where:
+        return x
+    values = x[:, where]
+    bad = ~(values > 0).all(axis=1)
+    if bad.any():
+        raise ValueError(
+            f"{int(bad.sum())} row(s) have a {' or '.join(log_columns)} that is not positive "
+            f"({describe_rows(table, bad)}): a segment has at least one pixel; {fix}"
+        )
+    x[:, where] = np.log(values)
+    return x
 
 
 def _geometry_weight(n_embedding: int, n_geometry: int) -> float:
@@ -398,14 +525,21 @@ def _fit(
     params: dict,
     seed: int,
     weights: np.ndarray | None = None,
+    size_at: tuple[int, ...] = (),
 ):
     """Fit with scikit-learn and keep what prediction needs as arrays.
 
     ``weights``: per column, multiplies the standardised values; kept in ``scale`` (divided
-    by it), so prediction, fresh or loaded, standardises and weights in one step."""
+    by it), so prediction, fresh or loaded, standardises and weights in one step.
+    ``size_at``: the columns of the segments' size (log area), weighted by how much the
+    classes of ``y`` differ in it (:func:`_size_weight`)."""
     mean = x.mean(axis=0)
     scale = x.std(axis=0)
     scale[scale < 1e-12] = 1.0
+    if size_at:
+        weights = np.ones(x.shape[1]) if weights is None else weights.copy()
+        for i in size_at:
+            weights[i] = _size_weight(x[:, i], y, x.shape[1] - len(size_at))
     if weights is not None:
         scale = scale / weights
     z = (x - mean) / scale
@@ -415,7 +549,10 @@ def _fit(
 
         # newton-cg: the optimum lbfgs finds, in 10 ms instead of 20-200 ms for a few dozen
         # annotations of 512-d embeddings (scipy's L-BFGS-B costs ~3 ms an iteration here)
-        model = LogisticRegression(C=params["C"], solver="newton-cg", max_iter=2000).fit(z, y)
+        model = LogisticRegression(C=params["C"], solver="newton-cg", max_iter=2000)
+        with warnings.catch_warnings():  # y are class ids, whatever their number
+            warnings.filterwarnings("ignore", message="The number of unique classes")
+            model.fit(z, y)
         arrays["coef"] = model.coef_.astype(np.float64)
         arrays["intercept"] = model.intercept_.astype(np.float64)
     elif method == "knn":
@@ -430,7 +567,35 @@ def _fit(
     return arrays
 
 
-def _cv_score(method, x, y, n_classes, params, seed, weights=None) -> float | None:
+#: The most a size column weighs, in units of sqrt(D) (see _size_weight).
+_SIZE_WEIGHT_CAP = 4.0
+
+
+def _size_weight(values: np.ndarray, y: np.ndarray, n_embedding: int) -> float:
+    """The weight of a size column (log area) among ``n_embedding`` standardised embedding
+    dimensions: ``sqrt(D) * min(B / W, 4)``, at least 1, with ``B`` and ``W`` the between- and
+    within-class sums of squares of ``values`` over the annotated classes ``y``.
+
+    Where the annotated classes differ in size (small vs large: ``B >> W``) it counts as
+    much as all the embedding dimensions together, or more: a segment larger than the crop,
+    downscaled to fit it, is then classed by its size, not by an embedding that cannot show
+    it.  Where size varies within every class (``B / W`` about ``(K - 1) / (n - K)`` by
+    chance) it counts as one embedding dimension, and costs nothing measurable
+    (``benchmarks/classify_geometry.py``, ``classify_clicks.py``)."""
+    centred = values - values.mean()
+    total = float(centred @ centred)
+    if total <= 1e-12 * len(values):
+        return 1.0
+    within = 0.0
+    for c in np.unique(y):
+        part = values[y == c]
+        within += float(((part - part.mean()) ** 2).sum())
+    between = total - within
+    ratio = _SIZE_WEIGHT_CAP if within <= 1e-12 * total else min(between / within, _SIZE_WEIGHT_CAP)
+    return float(max(1.0, np.sqrt(n_embedding) * ratio))
+
+
+def _cv_score(method, x, y, n_classes, params, seed, weights=None, size_at=()) -> float | None:
     """Stratified k-fold accuracy of the same fit, k = min(5, the smallest class's count)."""
     from sklearn.model_selection import StratifiedKFold
 
@@ -440,7 +605,7 @@ def _cv_score(method, x, y, n_classes, params, seed, weights=None) -> float | No
     correct = 0
     split = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     for train, test in split.split(x, y):  # every class in every training part (>= 2 each)
-        arrays = _fit(method, x[train], y[train], n_classes, params, seed, weights)
+        arrays = _fit(method, x[train], y[train], n_classes, params, seed, weights, size_at)
         proba = predict_proba(method, arrays, params, x[test], n_classes)
         correct += int((proba.argmax(axis=1) == y[test]).sum())
     return correct / len(y)
