@@ -14,7 +14,7 @@ import pytest
 import napari_segrep as sr
 from napari_segrep._sample_data import make_cells
 from napari_segrep.analysis.classify import METHODS, load_classifier
-from napari_segrep.analysis.export import provenance, write_table
+from napari_segrep.analysis.export import provenance, sidecar_path, write_table
 from napari_segrep.cli import classify, main
 from napari_segrep.io import file_sha256
 
@@ -424,3 +424,195 @@ def test_cli_classify__help_loads_nothing_heavy():
     loaded = set(json.loads(done.stdout.strip().splitlines()[-1]))
     assert not loaded & {"torch", "pandas", "sklearn", "numpy", "napari"}
     assert classify._METHODS == METHODS  # the parser's copy of the choices
+
+
+# ---------------------------------------------------------------------- issue 22: trust
+def _two_class_files(tmp_path, names=("dim", "bright"), *, per_class=5):
+    """t.csv (30 rows, two well-separated classes) and ann.csv annotating ``per_class`` rows
+    of each class with ``names`` as written; returns each row's class index."""
+    table, truth = _blobs_table(images=("a",))
+    table.drop(columns="image").to_csv(tmp_path / "t.csv", index=False)
+    index = (truth == "bright").astype(int)
+    rows = np.r_[0:per_class, 15 : 15 + per_class]
+    lines = "".join(f"{r + 1},{names[index[r]]}\n" for r in rows)
+    (tmp_path / "ann.csv").write_text("label,class\n" + lines + "7,\n8,   \n")
+    return index
+
+
+@pytest.mark.parametrize(
+    "names", [("NA", "None"), ("null", "nan"), ("N/A", "#N/A"), ("NULL", "<NA>"), ("000", "0")]
+)
+def test_cli_classify__class_names_pandas_reads_as_missing_are_classes(tmp_path, capsys, names):
+    """A class named NA, None, null... is a class, exactly as written (pandas' default reads
+    them as missing values and the annotations were silently dropped); only an empty cell
+    (or one of spaces) is "not annotated"."""
+    index = _two_class_files(tmp_path, names)
+    out = tmp_path / "p.csv"
+    assert (
+        _run("classify", tmp_path / "t.csv", "--annotations", tmp_path / "ann.csv", "-o", out) == 0
+    )
+    pred = pd.read_csv(out, dtype=str, keep_default_na=False)
+    assert list(pred.columns[-2:]) == [f"prob_{n}" for n in sorted(names)]
+    assert (pred["class"].to_numpy() == np.asarray(names)[index]).all()
+    side = json.loads(sidecar_path(out).read_text())
+    assert side["classifier"]["n_annotations"] == dict.fromkeys(sorted(names), 5)
+    assert f"{names[0]} 5" in capsys.readouterr().err
+
+
+def test_cli_classify__image_names_are_text_as_written(tmp_path):
+    """Images named NA or 000 (a Parquet table keeps them as text) are matched by their names,
+    not read as a missing value or the number 0."""
+    table, truth = _blobs_table(images=("NA", "000"))
+    table.to_parquet(tmp_path / "t.parquet")
+    picked = np.r_[0:4, 15:19, 30:34, 45:49]
+    ann = table.iloc[picked][["image", "label"]].assign(**{"class": truth[picked]})
+    ann.to_csv(tmp_path / "ann.csv", index=False)
+    assert "NA," in (tmp_path / "ann.csv").read_text()  # as a user's CSV has it
+    out = tmp_path / "p.csv"
+    argv = ["classify", tmp_path / "t.parquet", "--annotations", tmp_path / "ann.csv", "-o", out]
+    assert _run(*argv) == 0
+    pred = pd.read_csv(out, dtype=str, keep_default_na=False)
+    assert list(pred["image"]) == list(table["image"])
+    assert (pred["class"].to_numpy() == truth).mean() > 0.95
+
+
+@pytest.mark.parametrize(
+    ("label", "message"),
+    [
+        ("100000000000000000000000", "line 4: label '100000000000000000000000' is out of range"),
+        ("1e23", "line 4: label '1e23' is out of range"),
+        ("-9223372036854775809", "is out of range"),
+        ("2.5", "line 4: label '2.5' is not a whole number"),
+        ("inf", "line 4: label 'inf' is not a whole number"),
+        ("NA", "line 4: label 'NA' is not a whole number"),
+        ("9007199254740993", "not in the table (label 9007199254740993)"),  # exact: no rounding
+        ("9007199254740993.0", "not in the table (label 9007199254740993)"),
+    ],
+)
+def test_cli_classify__a_label_out_of_range_is_named_with_its_line(
+    tmp_path, capsys, label, message
+):
+    table, _ = _blobs_table(images=("a",))
+    table.drop(columns="image").to_csv(tmp_path / "t.csv", index=False)
+    (tmp_path / "ann.csv").write_text(f"label,class\n1,a\n2,a\n{label},b\n3,b\n4,b\n")
+    argv = ["classify", tmp_path / "t.csv", "--annotations", tmp_path / "ann.csv"]
+    assert _run(*argv, "-o", tmp_path / "p.csv") == 2
+    line = _one_error_line(capsys)
+    assert message in line and str(tmp_path / "ann.csv") in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ann.csv", "t.csv"]
+
+
+def test_cli_classify__ten_thousand_classes_are_refused_before_any_fitting(tmp_path, capsys):
+    """10,000 classes x 2 annotations (the old code fitted for > 5 min at 5 GB): refused at
+    once, saying how many classes, the limit and what it would cost."""
+    rng = np.random.default_rng(0)
+    n = 20_000
+    table = pd.DataFrame({"label": np.arange(1, n + 1)})
+    table = pd.concat([table, pd.DataFrame(rng.normal(size=(n, 4))).add_prefix("emb_")], axis=1)
+    table.to_csv(tmp_path / "t.csv", index=False)
+    ann = pd.DataFrame({"label": table["label"], "class": [f"c{i // 2}" for i in range(n)]})
+    ann.to_csv(tmp_path / "ann.csv", index=False)
+    argv = ["classify", tmp_path / "t.csv", "--annotations", tmp_path / "ann.csv"]
+    assert _run(*argv, "-o", tmp_path / "p.csv") == 2
+    line = _one_error_line(capsys)
+    assert "10,000 classes" in line and "at most 1,000" in line and "GiB" in line, line
+    assert str(tmp_path / "ann.csv") in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ann.csv", "t.csv"]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--seed", "99999999999999999999"], "--seed 99999999999999999999: it must be a whole"),
+        (["--seed", "-1"], "--seed -1: it must be a whole number from 0 to 4294967295"),
+        (["--method", "random_forest", "--n-trees", "0"], "--n-trees 0: it must be"),
+        (["--method", "knn", "--k", "0"], "--k 0: it must be a whole number, at least 1"),
+        (["--C", "0"], "--C 0.0: it must be a positive number"),
+        (["--C", "nan"], "--C nan: it must be a positive number"),
+        (["--features", "embedding+geometry", "--no-size"], "--no-size applies to"),
+    ],
+)
+def test_cli_classify__training_options_out_of_range_are_one_line(
+    tmp_path, capsys, options, message
+):
+    _two_class_files(tmp_path)
+    argv = ["classify", tmp_path / "t.csv", "--annotations", tmp_path / "ann.csv", *options]
+    assert _run(*argv, "-o", tmp_path / "p.csv") == 2
+    assert message in _one_error_line(capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ann.csv", "t.csv"]
+
+
+def _damage(path, change) -> None:
+    """Rewrite the classifier file at ``path`` with ``change(record, arrays)`` applied."""
+    with np.load(path, allow_pickle=False) as archive:
+        arrays = {k: archive[k] for k in archive.files if k != "meta"}
+        record = json.loads(archive["meta"].tobytes().decode())
+    change(record, arrays)
+    arrays["meta"] = np.frombuffer(json.dumps(record).encode(), np.uint8)
+    with open(path, "wb") as fh:
+        np.savez_compressed(fh, **arrays)
+
+
+def _cycle(record, arrays):
+    inner = int(np.flatnonzero(arrays["array_tree_left"] != -1)[0])
+    arrays["array_tree_left"][inner] = inner
+
+
+DAMAGE = {
+    "all-zero scale": ("logistic", lambda r, a: a["array_scale"].fill(0), "scale is not positive"),
+    "a node that is its own child": ("random_forest", _cycle, "a cycle"),
+    "cv_score as text": ("logistic", lambda r, a: r.update(cv_score="0.9"), "cv_score '0.9'"),
+    "duplicate classes": (
+        "knn",
+        lambda r, a: r.update(classes=["x", "x"], info={}),
+        "classes repeats 'x'",
+    ),
+    "complex scale": (
+        "logistic",
+        lambda r, a: a.update(array_scale=a["array_scale"] + 0j),
+        "complex",
+    ),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_cli_classify__a_damaged_model_is_one_line_and_writes_nothing(tmp_path, capsys, damage):
+    """The old code wrote NaN probabilities (zero scale), hung (a cycle), failed after writing
+    PRED.csv (cv_score text), merged two classes into one column, wrote "(0.91+0j)"."""
+    method, change, message = DAMAGE[damage]
+    _two_class_files(tmp_path)
+    model = tmp_path / "m.segclf"
+    train = ["--annotations", tmp_path / "ann.csv", "--method", method, "-q"]
+    assert (
+        _run(
+            "classify", tmp_path / "t.csv", *train, "-o", tmp_path / "a.csv", "--save-model", model
+        )
+        == 0
+    )
+    _damage(model, change)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    out = tmp_path / "p.csv"
+    assert _run("classify", tmp_path / "t.csv", "--model", model, "-o", out) == 2
+    line = _one_error_line(capsys)
+    assert line.startswith(f"napari-segrep: error: {model}: ") and message in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no p.csv, no sidecar
+
+
+def test_cli_classify__a_damaged_model_in_a_real_process(tmp_path, monkeypatch):
+    """The real program: a classifier whose scale is all zeros (NaN probabilities, exit 0 in
+    the old code) is one line on stderr, exit 2, nothing written."""
+    monkeypatch.chdir(tmp_path)
+    _two_class_files(tmp_path)
+    train = "--annotations ann.csv -o a.csv --save-model m.segclf -q"
+    assert _run("classify", "t.csv", *train.split()) == 0
+    _damage(tmp_path / "m.segclf", lambda r, a: a["array_scale"].fill(0))
+    predict = "classify t.csv --model m.segclf -o p.csv"
+    done = subprocess.run(
+        [sys.executable, "-m", "napari_segrep.cli", *predict.split()],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and "m.segclf: scale is not positive" in done.stderr
+    assert not (tmp_path / "p.csv").exists() and not sidecar_path(tmp_path / "p.csv").exists()

@@ -8,6 +8,7 @@ and optionally the classifier (``--save-model``), all together or none.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -23,10 +24,18 @@ _FEATURES = ("embedding", "embedding+geometry")
 _TRAINING = {
     "method": ("--method", "logistic", None),
     "features": ("--features", "embedding", None),
+    "size": ("--no-size", True, None),
     "seed": ("--seed", 0, None),
     "k": ("--k", 5, "knn"),
     "n_trees": ("--n-trees", 100, "random_forest"),
     "C": ("--C", 1.0, "logistic"),
+}
+#: The training options' ranges, checked before any work: dest -> (lowest, highest, rule).
+_RANGES = {
+    "seed": (0, 2**32 - 1, "a whole number from 0 to 4294967295"),
+    "k": (1, None, "a whole number, at least 1"),
+    "n_trees": (1, 10_000, "a whole number from 1 to 10000"),
+    "C": (0, None, "a positive number"),
 }
 #: The annotation columns read, the first one present wins (the napari widget exports
 #: class_annotation next to the predicted class).
@@ -93,20 +102,39 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--features",
         choices=_FEATURES,
         default=None,
-        help="what to classify on (default: embedding)",
+        help="what to classify on: the embeddings (with the segment's size, see --no-size), "
+        "or the embeddings and the measurements of 'embed --measure' (default: embedding)",
+    )
+    training.add_argument(
+        "--no-size",
+        dest="size",
+        action="store_const",
+        const=False,
+        default=None,
+        help="with --features embedding: leave out the segment's size (log area, weighted by "
+        "how much the annotated classes differ in it), which is used by default because a "
+        "segment larger than the crop is downscaled and its embedding cannot show its size",
     )
     training.add_argument(
         "--seed",
         type=int,
         default=None,
-        help="seed of the forest and the cross-validation folds (default: 0)",
-    )
-    training.add_argument("--k", type=int, default=None, help="neighbours, knn (default: 5)")
-    training.add_argument(
-        "--n-trees", type=int, default=None, help="trees, random_forest (default: 100)"
+        help="seed of the forest and the cross-validation folds, 0 to 2^32-1 (default: 0)",
     )
     training.add_argument(
-        "--C", type=float, default=None, help="inverse L2 strength, logistic (default: 1.0)"
+        "--k", type=int, default=None, help="neighbours, knn, at least 1 (default: 5)"
+    )
+    training.add_argument(
+        "--n-trees",
+        type=int,
+        default=None,
+        help="trees, random_forest, 1 to 10000 (default: 100)",
+    )
+    training.add_argument(
+        "--C",
+        type=float,
+        default=None,
+        help="inverse L2 strength, logistic, a positive number (default: 1.0)",
     )
     parser.add_argument(
         "--overwrite",
@@ -147,9 +175,10 @@ def run(args: argparse.Namespace) -> int:
         predictions = clf.predict(table, force=args.force)
     except ValueError as exc:
         raise CLIError(f"{args.table}: {exc}") from None
+    report = _report(args, clf, predictions, outputs)  # before writing: nothing fails after
     _write(args, outputs, table, clf, predictions)
     if not args.quiet:
-        _report(args, clf, predictions, outputs)
+        print(report, file=sys.stderr)
     return 0
 
 
@@ -179,6 +208,19 @@ def _training_options(args: argparse.Namespace) -> dict:
     for dest, (flag, _, method) in _TRAINING.items():
         if dest in given and method is not None and method != options["method"]:
             raise CLIError(f"{flag} applies to --method {method}, not {options['method']}")
+    if "size" in given and options["features"] != "embedding":
+        raise CLIError(
+            "--no-size applies to --features embedding (embedding+geometry has the area among "
+            "its measurements)"
+        )
+    for dest, (low, high, rule) in _RANGES.items():
+        value = options[dest]
+        if dest == "C":
+            ok = math.isfinite(value) and value > low
+        else:
+            ok = value >= low and (high is None or value <= high)
+        if not ok:
+            raise CLIError(f"{_TRAINING[dest][0]} {value}: it must be {rule}")
     return options
 
 
@@ -235,14 +277,20 @@ def _sidecar_or_none(path: Path) -> Path | None:
 
 def read_annotations(path: Path, table):
     """ANN.csv -> a DataFrame of the table's segment keys and ``class`` (rows with an empty
-    class dropped), for ``train_classifier``; a :class:`CLIError` naming what is wrong."""
-    import numpy as np
+    class dropped), for ``train_classifier``; a :class:`CLIError` naming what is wrong.
+
+    Every cell is read as the text written there (``NA``, ``None``, ``null``, ``nan`` are
+    class or image names like any other, ``000`` stays ``000``); only an empty cell (or one
+    of spaces) means "not annotated".  Surrounding spaces are ignored.  A numeric key
+    (``label``, and ``frame``/``image`` where the table holds numbers) must be a whole number
+    in range in every annotated row: the first one that is not is named with its line.
+    """
     import pandas as pd
 
     from ..analysis.classify import segment_keys
 
-    try:
-        raw = pd.read_csv(path, dtype=str)  # class names as written ("1" stays "1")
+    try:  # as written: no value is taken for a missing one or converted to a number
+        raw = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
     except FileNotFoundError:
         raise CLIError(f"{path}: no such annotations file") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
@@ -257,27 +305,50 @@ def read_annotations(path: Path, table):
             f"{path} has no {lacking} column: annotations need {', '.join(keys)} and class{several}"
         )
     names = raw[column].str.strip()
-    ann = raw.loc[names.notna() & (names != ""), keys].copy()
+    ann = raw.loc[names != "", keys].copy()
     ann["class"] = names[ann.index]
     if ann.empty:
         raise CLIError(f"{path}: no annotated row (every {column} is empty)")
     for key in keys:
-        values = ann[key]
+        values = ann[key].str.strip()
         if key == "label" or table[key].dtype.kind in "iuf":
-            numbers = pd.to_numeric(values, errors="coerce")
-            bad = numbers.isna() | (numbers % 1 != 0)
-            if bad.any():
-                first = values[bad].iloc[0]
-                raise CLIError(
-                    f"{path}: {key} must be a whole number in every annotated row "
-                    f"({int(bad.sum())} are not, e.g. {first!r})"
-                )
-            ann[key] = numbers.astype(np.int64)
-            if table[key].dtype.kind == "f":
-                ann[key] = ann[key].astype(table[key].dtype)
+            numbers = _whole_numbers(values, path, key)
+            ann[key] = numbers if table[key].dtype.kind != "f" else numbers.astype(table[key].dtype)
         else:
             ann[key] = values.astype(table[key].dtype)
     return ann.reset_index(drop=True)
+
+
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def _whole_numbers(values, path: Path, key: str):
+    """The text of ``values`` (a Series of ``raw``'s rows) as int64, read exactly as a
+    decimal (``12``, ``12.0``, ``1.2e1``; never through a float, which rounds labels above
+    2^53); a :class:`CLIError` naming the line of the first that is not a whole number or
+    is beyond int64."""
+    from decimal import Decimal, InvalidOperation
+
+    import numpy as np
+
+    out = np.empty(len(values), np.int64)
+    for i, (row, text) in enumerate(values.items()):
+        try:
+            number = Decimal(text)
+        except InvalidOperation:
+            number = None
+        if number is None or not number.is_finite() or number != number.to_integral_value():
+            problem = "is not a whole number"
+        elif number.adjusted() > 19 or not _INT64[0] <= int(number) <= _INT64[1]:
+            problem = f"is out of range (a {key} is at most {_INT64[1]})"
+        else:
+            out[i] = int(number)
+            continue
+        raise CLIError(
+            f"{path}, line {row + 2}: {key} {text!r} {problem}: fix that row "
+            f"({key} must be a whole number in every annotated row)"
+        )
+    return out
 
 
 def _train(table, annotations, options: dict, path: Path):
@@ -352,6 +423,8 @@ def _provenance(args, table, clf) -> dict:
             "cv_score": clf.cv_score_,
             "params": clf.params,
             "features": clf.info.get("features", "embedding"),
+            "log_columns": list(clf.log_columns),
+            "size_weight": clf.info.get("size_weight"),
             "n_annotations": clf.info.get("n_annotations"),
             "seed": clf.info.get("seed"),
             "encoder": clf.info.get("encoder"),
@@ -364,8 +437,8 @@ def _provenance(args, table, clf) -> dict:
     }
 
 
-def _report(args, clf, predictions, outputs: list[Path]) -> None:
-    """What was trained (or loaded) and what was predicted, on stderr."""
+def _report(args, clf, predictions, outputs: list[Path]) -> str:
+    """What was trained (or loaded) and what was predicted, two lines for stderr."""
     counts = clf.info.get("n_annotations") or {}
     annotated = ", ".join(f"{name} {n}" for name, n in counts.items())
     cv = "n/a" if clf.cv_score_ is None else f"{clf.cv_score_:.3f}"
@@ -373,15 +446,11 @@ def _report(args, clf, predictions, outputs: list[Path]) -> None:
         where = f"classifier {args.model} improved with {args.annotations}: "
     else:
         where = f"classifier {args.model}: " if args.model is not None else "trained "
-    print(
-        f"{where}{clf.method} on {sum(counts.values())} annotations ({annotated}); "
-        f"cross-validated accuracy {cv}",
-        file=sys.stderr,
-    )
     predicted = predictions["class"].value_counts()
     summary = ", ".join(f"{name} {int(predicted.get(name, 0))}" for name in clf.classes_)
     written = ", ".join(p.name for p in outputs[1:])
-    print(
-        f"{len(predictions)} segments classified -> {args.output} (+ {written}): {summary}",
-        file=sys.stderr,
+    return (
+        f"{where}{clf.method} on {sum(counts.values())} annotations ({annotated}); "
+        f"cross-validated accuracy {cv}\n"
+        f"{len(predictions)} segments classified -> {args.output} (+ {written}): {summary}"
     )
