@@ -1,4 +1,5 @@
-"""Does ``features="embedding+geometry"`` help the object classifier?  Accuracy with and without.
+"""Does ``features="embedding+geometry"`` help the object classifier?  And the segment's size in
+the default features?  Accuracy of three feature sets, paired.
 
 Generated scenes of 400 segments (ellipses on a 20 x 20 grid of 32 px cells, 640 x 640 float
 image, background ~0.1): every segment has a random size (radius 4-12 px), elongation (1-1.6),
@@ -15,14 +16,23 @@ in every task; only which property is the class changes:
 Each scene is embedded once with ``embed_segments``' defaults (the **untrained** resnet18, seed
 0, on the CPU: no ImageNet weights here) and measured once with ``add_measurements``.  A
 simulated user annotates 10 and 30 segments per class at random (``--draws`` draws; the same
-segments for every method and both feature sets, so the comparison is paired);
-``train_classifier(table, annotations, method=..., features=..., seed=draw)`` with the library's
-own weighting of the measurement block (each of its G columns times sqrt(D / G)), then
-``predict``; the accuracy is measured on **every segment not annotated**.  Reported: mean ± sd
-(sample sd) over the draws, and the paired difference embedding+geometry - embedding.
+segments for every method and every feature set, so the comparison is paired);
+``train_classifier(table, annotations, method=..., features=..., size=..., seed=draw)``, then
+``predict``; the accuracy is measured on **every segment not annotated**.  The feature sets:
 
-Expected: geometry helps where a measurement defines the class (size, brightness, texture via
-the intensity std) and costs accuracy on the control, where the measurements are noise that the
+- ``alone``: ``features="embedding", size=False``, the embeddings alone (the default before
+  issue 22);
+- ``embedding``: the default, the embeddings plus log(area) weighted by how much the annotated
+  classes differ in size (sqrt(D) x min(between / within sums of squares, 4), at least 1);
+- ``embedding+geometry``: with the library's own weighting of the measurement block (each of
+  its G columns times sqrt(D / G)).
+
+Reported: mean ± sd (sample sd) over the draws, and the paired differences embedding - alone
+(what the size column changes) and embedding+geometry - embedding.
+
+Expected: the size column helps where size defines the class and changes nothing elsewhere;
+geometry helps where a measurement defines the class (size, brightness, texture via the
+intensity std) and costs accuracy on the control, where the measurements are noise that the
 weighting makes as loud as the embeddings.
 
     python benchmarks/classify_geometry.py            # 4 tasks x 3 methods x 5 draws, ~1 min
@@ -40,13 +50,19 @@ import numpy as np
 from _common import command_line, environment, write_json
 
 import napari_segrep as sr
-from napari_segrep.analysis.classify import FEATURES, METHODS
+from napari_segrep.analysis.classify import METHODS
 from napari_segrep.analysis.measure import geometry_columns
 
 TASKS = ("size", "brightness", "texture", "radial")
 CONTROL = "radial"  # the measurements cannot see its classes
 CELL = 32  # px per grid cell
 HEADLINE = ("logistic", 10)  # the comparison the verdicts use
+#: name -> train_classifier's (features, size)
+FEATURE_SETS = {
+    "alone": ("embedding", False),
+    "embedding": ("embedding", True),
+    "embedding+geometry": ("embedding+geometry", True),
+}
 
 
 # ----------------------------------------------------------------------------- scenes
@@ -113,11 +129,12 @@ def draw_annotations(y: np.ndarray, n_per: int, seed: int) -> np.ndarray:
     )
 
 
-def accuracy(table, y, picked, method: str, features: str, seed: int) -> float:
+def accuracy(table, y, picked, method: str, feature_set: str, seed: int) -> float:
     """Train on the ``picked`` rows, predict every row; accuracy on the rows not picked."""
     labels = table["label"].to_numpy()
     ann = {int(labels[i]): y[i] for i in picked}
-    clf = sr.train_classifier(table, ann, method=method, features=features, seed=seed)
+    features, size = FEATURE_SETS[feature_set]
+    clf = sr.train_classifier(table, ann, method=method, features=features, size=size, seed=seed)
     pred = clf.predict(table)["class"].to_numpy()
     rest = np.ones(len(y), bool)
     rest[picked] = False
@@ -160,14 +177,14 @@ def main() -> None:
     draw_seeds = [100 + 1000 * args.seed + d for d in range(args.draws)]
     print(f"classify_geometry  ({command_line()})")
     print(
-        f"  features {' vs '.join(FEATURES)}; embed_segments' defaults (untrained resnet18, "
+        f"  features {' vs '.join(FEATURE_SETS)}; embed_segments' defaults (untrained resnet18, "
         f"seed 0; no ImageNet weights), CPU, {env['torch_threads']} torch threads, load "
         f"{env['loadavg_1min']:.1f}\n  scenes of {args.segments} segments, seed {args.seed}; "
         f"{args.draws} draws (annotation seeds {draw_seeds[0]}..{draw_seeds[-1]}); "
         f"methods {', '.join(args.methods)}; annotations per class {args.per_class}"
     )
     results = {"args": vars(args), "environment": env, "tasks": {}}
-    fit_s = {(m, f): 0.0 for m in args.methods for f in FEATURES}
+    fit_s = {(m, f): 0.0 for m in args.methods for f in FEATURE_SETS}
     fit_n = dict.fromkeys(fit_s, 0)
     for task in args.tasks:
         t0 = time.perf_counter()
@@ -192,22 +209,22 @@ def main() -> None:
         )
         if task == args.tasks[0]:  # warm-up, untimed: imports, first-call overheads
             for method in args.methods:
-                for features in FEATURES:
+                for features in FEATURE_SETS:
                     accuracy(table, y, draw_annotations(y, 2, 0), method, features, seed=0)
         acc = {}  # (method, n_per, features) -> accuracies per draw
         for method in args.methods:
             for n_per in args.per_class:
                 for d, draw_seed in enumerate(draw_seeds):
                     picked = draw_annotations(y, n_per, draw_seed)
-                    for features in FEATURES:
+                    for features in FEATURE_SETS:
                         t = time.perf_counter()
                         a = accuracy(table, y, picked, method, features, seed=d)
                         fit_s[method, features] += time.perf_counter() - t
                         fit_n[method, features] += 1
                         acc.setdefault((method, n_per, features), []).append(a)
-                emb, geo = (acc[method, n_per, f] for f in FEATURES)
+                alone, emb, geo = (acc[method, n_per, f] for f in FEATURE_SETS)
                 print(
-                    f"    {method:13s} {n_per:3d}/class  {fmt(emb)} -> {fmt(geo)}",
+                    f"    {method:13s} {n_per:3d}/class  {fmt(alone)} -> {fmt(emb)} -> {fmt(geo)}",
                     flush=True,
                 )
         results["tasks"][task] = {
@@ -228,28 +245,36 @@ def main() -> None:
         f"\n  accuracy on the segments not annotated, mean ± sd over {args.draws} draws "
         "(diff: paired, per draw)"
     )
-    head = f"  {'task':12s} {'method':13s} {'ann/class':>9s} {'embedding':>15s} "
-    print(head + f"{'emb+geometry':>15s} {'diff':>15s}")
-    verdicts = {}
+    head = f"  {'task':12s} {'method':13s} {'ann/class':>9s} {'alone':>15s} {'embedding':>15s} "
+    print(head + f"{'size diff':>15s} {'emb+geometry':>15s} {'geometry diff':>15s}")
+    verdicts, size_verdicts = {}, {}
     for task in args.tasks:
         acc = results["tasks"][task]["accuracy"]
         for method in args.methods:
             for n_per in args.per_class:
-                emb, geo = (acc[f"{method}_{n_per}_{f}"]["all"] for f in FEATURES)
-                diff = np.subtract(geo, emb)
+                alone, emb, geo = (acc[f"{method}_{n_per}_{f}"]["all"] for f in FEATURE_SETS)
+                diff, size_diff = np.subtract(geo, emb), np.subtract(emb, alone)
                 name = f"{task} (ctl)" if task == CONTROL else task
                 print(
-                    f"  {name:12s} {method:13s} {n_per:9d} {fmt(emb):>15s} {fmt(geo):>15s} "
-                    f"{fmt(diff, '+'):>15s}"
+                    f"  {name:12s} {method:13s} {n_per:9d} {fmt(alone):>15s} {fmt(emb):>15s} "
+                    f"{fmt(size_diff, '+'):>15s} {fmt(geo):>15s} {fmt(diff, '+'):>15s}"
                 )
                 if (method, n_per) == HEADLINE:
                     verdicts[task] = float(diff.mean())
+                    size_verdicts[task] = float(size_diff.mean())
+    if size_verdicts:
+        method, n_per = HEADLINE
+        print(
+            f"\n  {method}, {n_per}/class: embedding (with size) - alone "
+            + ", ".join(f"{t} {v:+.3f}" for t, v in size_verdicts.items())
+        )
+        results["headline_size_diff"] = size_verdicts
     if verdicts:
         method, n_per = HEADLINE
         helped = [t for t in verdicts if t != CONTROL]
         ok = all(verdicts[t] > 0 for t in helped)
         print(
-            f"\n  {method}, {n_per}/class: embedding+geometry - embedding "
+            f"  {method}, {n_per}/class: embedding+geometry - embedding "
             + ", ".join(f"{t} {v:+.3f}" for t, v in verdicts.items())
         )
         if helped:
