@@ -29,11 +29,12 @@ D = 4  # embedding dimensions of the small classifiers
 
 
 def _table(n_per=6, seed=0, classes=3) -> tuple[pd.DataFrame, dict]:
-    """A small embedding table (label, area, emb_0..emb_3) and annotations of every row."""
+    """A small embedding table (label, area, emb_0..emb_3) and annotations of every row; the
+    classes differ in size, so every method keeps the size column (log area)."""
     emb, truth = blobs(n_per=n_per, d=D, seed=seed)
     keep = truth < classes
     emb, truth = emb[keep], truth[keep]
-    area = np.random.default_rng(seed).integers(20, 400, len(emb))
+    area = np.array([30, 120, 400])[truth] * np.random.default_rng(seed).uniform(0.9, 1.1, len(emb))
     table = pd.concat(
         [
             pd.DataFrame({"label": np.arange(1, len(emb) + 1), "area": area}),

@@ -529,6 +529,26 @@ def test_classifier__a_segment_larger_than_the_crop_keeps_its_size(beyond_the_cr
     assert (pred["class"][~beyond] == kind[~beyond]).all()  # the annotated stay right
 
 
+def test_size_weight__one_dimension_unless_size_alone_separates_the_classes():
+    """The log-area column counts as one embedding dimension, unless thresholds class the
+    annotations by size (>= 95%) beyond chance (F test, p < 0.01): then sqrt(D) * B / W, at
+    most 4 sqrt(D).  Overlapping sizes that differ in mean (the generated cells' kinds: mean
+    log areas 5.03, 5.26, 5.41, sd 0.13) stay at 1: weighting them up cost accuracy."""
+    from napari_segrep.analysis.classify import _size_weight
+
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1, 2], 5)
+    overlapping = np.array([5.03, 5.26, 5.41])[y] + rng.normal(0, 0.13, 15)
+    assert _size_weight(overlapping, y, 512) == 1.0
+    apart = np.array([3.5, 5.8, 8.0])[y] + rng.normal(0, 0.1, 15)  # small, large, huge
+    assert _size_weight(apart, y, 512) == pytest.approx(4 * np.sqrt(512))
+    two = np.array([1.0, 1.2, 1.5, 1.7])  # separated, but 2 + 2 could be chance
+    assert _size_weight(two, np.array([0, 0, 1, 1]), 64) == 1.0
+    threshold = np.sort(rng.uniform(3.3, 5.8, 40))  # classes by a size threshold
+    weight = _size_weight(threshold, (threshold > 4.9).astype(int), 64)
+    assert 8 < weight <= 32
+
+
 def test_classifier__size_is_kept_through_the_file_and_improvement(sized, tmp_path):
     """The size column (log area) is recorded in the file (format 2) and used again when the
     classifier is loaded or improved with more annotations."""
@@ -552,6 +572,25 @@ def test_classifier__size_is_kept_through_the_file_and_improvement(sized, tmp_pa
     label = zero["label"].iloc[4]
     with pytest.raises(ValueError, match=f"area that is not positive \\(label {label}\\)"):
         clf.predict(zero)
+
+
+def test_classifier__a_forest_gets_the_size_column_only_where_size_separates_the_classes(
+    annotated,
+):
+    """A forest ignores weights, so one more column only changes its random splits: it gets
+    the size column where size separates the classes, and is otherwise the forest of the
+    embeddings alone (the same trees).  Logistic and k-NN keep it at weight 1."""
+    table, truth, annotations = annotated
+    noise = table.assign(area=np.random.default_rng(3).integers(50, 500, len(table)))
+    forest = train_classifier(noise, annotations, method="random_forest", n_trees=10)
+    alone = train_classifier(noise, annotations, method="random_forest", n_trees=10, size=False)
+    assert forest.log_columns == [] and "area" not in forest.feature_columns
+    np.testing.assert_array_equal(forest.predict_proba(noise), alone.predict_proba(noise))
+    logistic = train_classifier(noise, annotations)
+    assert logistic.log_columns == ["area"] and logistic.info["size_weight"] == 1.0
+    by_class = noise.assign(area=np.array([40, 150, 600])[truth])  # size tells them apart
+    forest = train_classifier(by_class, annotations, method="random_forest", n_trees=10)
+    assert forest.log_columns == ["area"] and forest.info["size_weight"] > 1
 
 
 def test_classifier__a_table_without_area_is_classified_on_its_embeddings(annotated):
