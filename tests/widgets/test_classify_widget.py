@@ -210,6 +210,19 @@ def test_classify_widget__save_load_apply_to_a_second_layer_and_export(
     assert model.classes_ == names
     after = widget.results.table[["label", "class_predicted", "class_probability"]]
     pd.testing.assert_frame_equal(before.reset_index(drop=True), after.reset_index(drop=True))
+    # a damaged file (all-zero scale: NaN probabilities before issue 22): refused, named in
+    # the status, the classifier in use and its predictions kept
+    with np.load(path, allow_pickle=False) as archive:
+        contents = {k: archive[k] for k in archive.files}
+    contents["array_scale"] = np.zeros_like(contents["array_scale"])
+    bad = tmp_path / "bad.segclf"
+    with open(bad, "wb") as fh:
+        np.savez_compressed(fh, **contents)
+    assert widget.load_classifier(bad) is None
+    assert widget.classifier is model
+    assert f"{bad}: scale is not positive" in widget.status.value
+    after = widget.results.table[["label", "class_predicted", "class_probability"]]
+    pd.testing.assert_frame_equal(before.reset_index(drop=True), after.reset_index(drop=True))
     # a loaded classifier is improved, not replaced: new clicks add to its training examples
     widget.annotate_rows([int(np.flatnonzero(widget.results.annotations == "")[0])], names[0])
     _wait_trained(qtbot, widget)
