@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 import zipfile
@@ -312,7 +313,11 @@ def test_load_classifier__not_an_archive_of_ours_is_named(tmp_path):
     (tmp_path / "folder.segclf").mkdir()
     np.savez(tmp_path / "other.npz", meta=np.frombuffer(b'{"format": 1}', np.uint8))
     np.savez(tmp_path / "list.npz", meta=np.frombuffer(b"[" * 100_000, np.uint8))
-    for name in ("plain.npy", "text.segclf", "folder.segclf", "other.npz", "list.npz"):
+    names = ["plain.npy", "text.segclf", "folder.segclf", "other.npz", "list.npz"]
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(tmp_path / "pipe.segclf")  # opening it to read would wait for a writer
+        names.append("pipe.segclf")
+    for name in names:
         with pytest.raises(ValueError, match="not a napari-segrep classifier") as caught:
             load_classifier(tmp_path / name)
         assert str(tmp_path / name) in str(caught.value)

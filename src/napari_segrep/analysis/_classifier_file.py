@@ -127,6 +127,8 @@ def read_classifier_file(path: str | os.PathLike) -> tuple[dict, dict[str, np.nd
         raise FileNotFoundError(f"{path}: no such classifier file") from None
     if path.is_dir():
         raise ValueError(f"{path} is a folder, not a napari-segrep classifier file")
+    if not path.is_file():  # a pipe or a device would be read forever
+        raise ValueError(f"{path} is not a regular file, so not a napari-segrep classifier")
     if size > MAX_FILE_BYTES:
         raise ValueError(
             f"{path} is {size / 1024**3:.1f} GiB: a napari-segrep classifier is at most "
