@@ -371,9 +371,34 @@ def _check_info(info: dict, classes: list[str]) -> None:
         isinstance(encoder, dict) and isinstance(encoder.get("sha256", ""), str)
     ):
         raise _Invalid("info.encoder must be a JSON object (with a sha256 text)")
-    crop = info.get("crop_size")
-    if crop is not None and not (_is_int(crop) and crop > 0):
-        raise _Invalid(f"info.crop_size {crop!r} is not a positive whole number")
+    if "crop_size" in info and not (_is_int(info["crop_size"]) and info["crop_size"] > 0):
+        raise _Invalid(f"info.crop_size {info['crop_size']!r} is not a positive whole number")
+    layers = info.get("layers")
+    if layers is not None and not (
+        isinstance(layers, dict) and all(_is_int(v) and v >= 0 for v in layers.values())
+    ):
+        raise _Invalid("info.layers must map layer names to counts")
+    _check_normalization(info.get("normalization"))
+
+
+def _check_normalization(record) -> None:
+    """``info.normalization`` as ``embed_segments`` records it (the widget re-embeds another
+    image with it): null, or an object whose ``mode`` is text and, for fixed values, ``low``
+    and ``high`` lists of as many finite numbers."""
+    if record is None:
+        return
+    if not isinstance(record, dict) or not isinstance(record.get("mode", "image"), str):
+        raise _Invalid("info.normalization must be a JSON object with a mode (text)")
+    if record.get("mode", "image") in ("image", "segment", "none"):
+        return
+    low, high = record.get("low"), record.get("high")
+    if not (
+        isinstance(low, list)
+        and isinstance(high, list)
+        and 0 < len(low) == len(high)
+        and all(_is_real(v) for v in low + high)
+    ):
+        raise _Invalid("info.normalization: fixed values need low and high, lists of numbers")
 
 
 def _is_int(value) -> bool:
