@@ -96,7 +96,12 @@ _MAX_MEMBERS = 16
 
 
 class _Invalid(ValueError):
-    """What is wrong, without the file's name (added once, by :func:`read_classifier_file`)."""
+    """What is wrong, without the file's name (added once, by :func:`read_classifier_file`),
+    nor the fix: for a classifier file whose contents are wrong, :data:`_FIX`."""
+
+
+#: What to do about a classifier file that holds something it should not.
+_FIX = "the file is damaged or was not written by napari-segrep: train and save it again"
 
 
 def read_classifier_file(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:
@@ -138,7 +143,10 @@ def read_classifier_file(path: str | os.PathLike) -> tuple[dict, dict[str, np.nd
         with zipfile.ZipFile(path) as archive:
             return _read(archive)
     except _Invalid as exc:
-        raise ValueError(f"{path}: {exc}") from None
+        text = str(exc)
+        if not text.startswith(("not a napari-segrep classifier", "written by a newer")):
+            text = f"{text} ({_FIX})"
+        raise ValueError(f"{path}: {text}") from None
     except (zipfile.BadZipFile, zlib.error, EOFError, RuntimeError, NotImplementedError) as exc:
         raise ValueError(
             f"{path} is not a napari-segrep classifier, or is damaged (it should be an .npz "
