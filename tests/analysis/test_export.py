@@ -453,10 +453,19 @@ def test_read_table__a_sidecar_too_large_is_refused_before_it_is_read(tmp_path, 
     write_table(_table(), tmp_path / "t.csv", provenance=_provenance(), overwrite=True)
     size = (tmp_path / "t.csv.json").stat().st_size
     monkeypatch.setattr(_sidecar, "MAX_SIDECAR_BYTES", size - 1)  # the limit, made small
-    with pytest.raises(ValueError, match=r"t\.csv\.json is 0 MB, more than a sidecar can be"):
+    with pytest.raises(
+        ValueError, match=rf"t\.csv\.json is {size} bytes, more than a sidecar can be \({size - 1}"
+    ):
         read_table(tmp_path / "t.csv")
     monkeypatch.setattr(_sidecar, "MAX_SIDECAR_BYTES", size)
     assert read_table(tmp_path / "t.csv").attrs["crop_size"] == 32
+
+
+def test_read_table__a_directory_at_the_sidecar_place_is_one_line(tmp_path):
+    _table().to_csv(tmp_path / "t.csv", index=False)
+    (tmp_path / "t.csv.json").mkdir()
+    with pytest.raises(ValueError, match=r"t\.csv\.json cannot be read \(Is a directory\): delete"):
+        read_table(tmp_path / "t.csv")
 
 
 def test_read_table__a_damaged_record_inside_an_h5ad_is_one_line(tmp_path):

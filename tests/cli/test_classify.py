@@ -268,7 +268,7 @@ def test_cli_classify__existing_outputs_need_overwrite_and_foreign_files_stay(
     assert model.read_bytes() == b"not a classifier"
     assert out.read_bytes() == b"my own precious results\n"  # nothing written: all or none
 
-    # nor is a PRED.json that napari-segrep did not write
+    # nor is a PRED.csv.json that napari-segrep did not write
     model.unlink()
     sidecar_path(out).write_text('{"mine": true}')
     assert _run(*train, "--overwrite") == 2

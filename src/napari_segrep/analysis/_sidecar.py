@@ -123,10 +123,13 @@ def _load(sidecar: Path):
     size = sidecar.stat().st_size
     if size > MAX_SIDECAR_BYTES:
         raise ValueError(
-            f"{sidecar} is {size / 2**20:.0f} MB, more than a sidecar can be "
-            f"({MAX_SIDECAR_BYTES >> 20} MB)"
+            f"{sidecar} is {_size(size)}, more than a sidecar can be ({_size(MAX_SIDECAR_BYTES)})"
         )
     return parse_json(sidecar.read_bytes(), str(sidecar))
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:.0f} MB" if n >= 2**20 else f"{n} bytes"
 
 
 def is_our_sidecar(sidecar: str | os.PathLike) -> bool:
@@ -159,6 +162,10 @@ def read_sidecar(
     )
     try:
         record = _load(sidecar)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:  # a directory, no permission...
+        raise ValueError(f"{sidecar} cannot be read ({exc.strerror}): {fix}") from None
     except ValueError as exc:
         raise ValueError(f"{exc}; {what} is damaged: {fix}") from None
     if not isinstance(record, dict) or record.get("package") != PACKAGE:
