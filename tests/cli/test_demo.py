@@ -40,18 +40,27 @@ def test_cli_demo__replaces_its_own_output_but_never_a_users_file(tmp_path, caps
     out = tmp_path / "demo"
     argv = ["demo", "--headless", "--out", out, "--device", "cpu"]
     assert _run(*argv) == 0
-    assert _run(*argv) == 0  # a previous demo's files (its demo.json says so) are replaced
-    names = ["cells.tif", "cells_labels.tif", "demo.csv", "demo.json"]
+    assert _run(*argv) == 0  # a previous demo's files (its demo.csv.json says so) are replaced
+    names = ["cells.tif", "cells_labels.tif", "demo.csv", "demo.csv.json"]
     assert sorted(p.name for p in out.iterdir()) == names
     capsys.readouterr()
-    (out / "demo.json").write_text("my notes\n")  # now the folder is not a demo's any more
+    (out / "demo.csv.json").write_text("my notes\n")  # now the folder is not a demo's any more
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    for extra in ([], ["--overwrite"]):  # a file of the user's at the sidecar's place: never
+        assert _run(*argv, *extra) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(
+            f"napari-segrep: error: {out / 'demo.csv.json'} exists and was not written by"
+        )
+        assert err.count("\n") == 1
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    (out / "demo.csv.json").unlink()  # without a demo's record, its files are the user's
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     assert _run(*argv) == 2
     err = capsys.readouterr().err
     assert (
-        err.startswith(f"napari-segrep: error: {out / 'demo.json'} exists") and "--overwrite" in err
+        err.startswith(f"napari-segrep: error: {out / 'cells.tif'} exists") and "--overwrite" in err
     )
-    assert err.count("\n") == 1
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     mine = tmp_path / "mine"
     mine.mkdir()

@@ -13,6 +13,7 @@ import pytest
 import tifffile
 
 import napari_segrep as sr
+from napari_segrep.analysis.export import sidecar_path
 from napari_segrep.cli import main
 from napari_segrep.io import file_sha256
 
@@ -57,14 +58,19 @@ def test_cli_embed__tiff_round_trip_matches_the_api(files, capsys):
     np.testing.assert_allclose(
         df.filter(like="emb_"), api.filter(like="emb_"), rtol=1e-6, atol=1e-7
     )
-    side = json.loads(out.with_suffix(".json").read_text())
+    side = json.loads(sidecar_path(out).read_text())
     assert side["package_version"] == sr.__version__
     assert side["encoder"]["backbone"] == "resnet18" and side["seed"] == 0
     assert side["normalization"] == {"mode": "fixed", "low": [0.0], "high": [4000.0]}
     assert side["crop_size"] == 32 and side["n_segments"] == 6
     assert side["checkpoint_sha256"] is None
     assert "6 segments embedded" in capsys.readouterr().err
-    assert sorted(p.name for p in tmp.iterdir()) == ["img.tif", "lab.tif", "out.csv", "out.json"]
+    assert sorted(p.name for p in tmp.iterdir()) == [
+        "img.tif",
+        "lab.tif",
+        "out.csv",
+        "out.csv.json",
+    ]
 
 
 def test_cli_embed__checkpoint_png_rgb_and_segment_normalisation(tmp_path):
@@ -92,7 +98,7 @@ def test_cli_embed__checkpoint_png_rgb_and_segment_normalisation(tmp_path):
         )
         == 0
     )
-    side = json.loads(out.with_suffix(".json").read_text())
+    side = json.loads(sidecar_path(out).read_text())
     assert side["checkpoint_sha256"] == file_sha256(ckpt)
     assert side["encoder"]["in_channels"] == 3 and side["encoder"]["seed"] == 5
     api = sr.embed_segments(rgb, labels, sr.load_encoder(ckpt), crop_size=32, normalize="segment")
@@ -121,7 +127,7 @@ def test_cli_embed__multichannel_channel_axis(tmp_path):
         )
         == 0
     )
-    assert json.loads((tmp_path / "o.json").read_text())["encoder"]["in_channels"] == 2
+    assert json.loads((tmp_path / "o.csv.json").read_text())["encoder"]["in_channels"] == 2
 
 
 @pytest.mark.parametrize(
@@ -211,9 +217,9 @@ def test_cli_embed__refuses_an_output_that_is_an_input(files, capsys, case):
     elif case == "hardlink":
         os.link(tmp / "lab.tif", tmp / "hard.csv")
         out, role = tmp / "hard.csv", "labels"
-    else:  # the sidecar out.json is the checkpoint
-        sr.save_encoder(sr.SegmentEncoder(seed=1), tmp / "out.json")
-        out, role, extra = tmp / "out.csv", "checkpoint", ["--checkpoint", tmp / "out.json"]
+    else:  # the sidecar out.csv.json is the checkpoint
+        sr.save_encoder(sr.SegmentEncoder(seed=1), tmp / "out.csv.json")
+        out, role, extra = tmp / "out.csv", "checkpoint", ["--checkpoint", tmp / "out.csv.json"]
     before = _listing(tmp)
     argv = ["embed", tmp / "img.tif", tmp / "lab.tif", "-o", out, "--overwrite", "--quiet"]
     assert _run(*argv, *extra) == 2
@@ -226,21 +232,25 @@ def test_cli_embed__refuses_an_output_named_like_its_sidecar(files, capsys, name
     tmp, _, _ = files
     before = _listing(tmp)
     assert _run("embed", tmp / "img.tif", tmp / "lab.tif", "-o", tmp / name, "--quiet") == 2
-    _one_line_error(capsys, "its own JSON sidecar", "OUT.csv")
+    _one_line_error(capsys, "ends in .json, which napari-segrep keeps for", "OUT.csv")
     assert _listing(tmp) == before
 
 
-@pytest.mark.parametrize("existing", ["out.csv", "out.json"])
+@pytest.mark.parametrize("existing", ["out.csv", "out.csv.json"])
 def test_cli_embed__existing_outputs_are_replaced_only_with_overwrite(files, capsys, existing):
     tmp, _, _ = files
-    (tmp / existing).write_text("the user's file\n")
+    if existing == "out.csv":
+        (tmp / existing).write_text("the user's file\n")
+    else:  # a sidecar of ours (a JSON someone else wrote is never replaced: below)
+        sr.write_table(pd.DataFrame({"label": [1]}), tmp / "out.csv")
+        (tmp / "out.csv").unlink()
     before = _listing(tmp)
     argv = ["embed", tmp / "img.tif", tmp / "lab.tif", "-o", tmp / "out.csv", "--crop-size", 32]
     assert _run(*argv, "--quiet") == 2
     _one_line_error(capsys, f"{tmp / existing} exists", "--overwrite")
     assert _listing(tmp) == before
     assert _run(*argv, "--quiet", "--overwrite") == 0
-    assert json.loads((tmp / "out.json").read_text())["n_segments"] == 6
+    assert json.loads((tmp / "out.csv.json").read_text())["n_segments"] == 6
     assert len(pd.read_csv(tmp / "out.csv")) == 6
 
 
@@ -261,7 +271,7 @@ def test_cli_embed__outputs_get_the_users_permissions(files):
     with umask(0o027):
         argv = ["embed", tmp / "img.tif", tmp / "lab.tif", "-o", tmp / "o.csv", "--crop-size", 32]
         assert _run(*argv, "--quiet") == 0
-    for name in ("o.csv", "o.json"):
+    for name in ("o.csv", "o.csv.json"):
         assert stat.S_IMODE((tmp / name).stat().st_mode) == 0o640, name
 
 
@@ -298,7 +308,7 @@ def test_cli_embed__measure_adds_the_measurement_columns(files, capsys):
     assert list(df.columns).count("area") == 1
     expected = sr.measure_segments(image, labels)
     np.testing.assert_allclose(df[geometry], expected[geometry], rtol=1e-9)
-    side = json.loads(out.with_suffix(".json").read_text())
+    side = json.loads(sidecar_path(out).read_text())
     assert side["measure"] is True and side["measurements"] == geometry
     clf = sr.train_classifier(
         df, {1: "a", 2: "a", 3: "b", 4: "b"}, features="embedding+geometry", method="knn", k=1
@@ -311,4 +321,36 @@ def test_cli_embed__measure_adds_the_measurement_columns(files, capsys):
         == 0
     )
     assert "perimeter" not in pd.read_csv(plain).columns
-    assert json.loads(plain.with_suffix(".json").read_text())["measure"] is False
+    assert json.loads(sidecar_path(plain).read_text())["measure"] is False
+
+
+@pytest.mark.parametrize("inputs", ["pair", "data"])
+def test_cli_embed__a_users_json_beside_the_output_is_never_replaced(files, capsys, inputs):
+    """Issue 22, item 3: ``out.json`` of the user's next to ``-o out.csv --overwrite`` stays; a
+    JSON of the user's at the sidecar's own place (``out.csv.json``) is refused in one line,
+    with or without --overwrite, before any work."""
+    tmp, _, _ = files
+    if inputs == "pair":
+        given = [tmp / "img.tif", tmp / "lab.tif"]
+    else:
+        (tmp / "data" / "images").mkdir(parents=True)
+        (tmp / "data" / "labels").mkdir()
+        os.link(tmp / "img.tif", tmp / "data" / "images" / "a.tif")
+        os.link(tmp / "lab.tif", tmp / "data" / "labels" / "a.tif")
+        given = ["--data", tmp / "data"]
+    (tmp / "out.json").write_text('{"my": "notes"}\n')
+    (tmp / "out.csv.json").write_text('{"my": "other notes"}\n')
+    before = _listing(tmp)
+    argv = ["embed", *given, "-o", tmp / "out.csv", "--crop-size", 32, "--quiet"]
+    for extra in ([], ["--overwrite"]):
+        assert _run(*argv, *extra) == 2
+        _one_line_error(
+            capsys,
+            f"{tmp / 'out.csv.json'} exists and was not written by napari-segrep",
+            "choose another output name, or move that file",
+        )
+        assert _listing(tmp) == before
+    (tmp / "out.csv.json").unlink()
+    assert _run(*argv, "--overwrite") == 0
+    assert (tmp / "out.json").read_text() == '{"my": "notes"}\n'
+    assert json.loads(sidecar_path(tmp / "out.csv").read_text())["n_segments"] == 6

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import tifffile
 
-from napari_segrep.analysis.export import read_table
+from napari_segrep.analysis.export import read_table, sidecar_path
 from napari_segrep.analysis.parts import PartsFolder, parts_dir
 from napari_segrep.cli import main
 
@@ -61,7 +61,7 @@ def test_embed_collection__data_glob_and_flat_layouts_give_one_table(data, tmp_p
     assert list(df.columns[:2]) == ["image", "label"]
     assert list(dict.fromkeys(df["image"])) == ["im0", "im1", "im2", "im3"]
     assert not parts_dir(out).exists()  # merged, then removed
-    side = json.loads(out.with_suffix(".json").read_text())
+    side = json.loads(sidecar_path(out).read_text())
     assert side["n_images"] == 4 and side["n_segments"] == 24 and side["world_size"] == 1
     assert [r["name"] for r in side["images"]] == ["im0", "im1", "im2", "im3"]
     first = side["images"][0]
@@ -81,7 +81,7 @@ def test_embed_collection__data_glob_and_flat_layouts_give_one_table(data, tmp_p
     flat_df = pd.read_csv(csv)
     assert flat_df["image"].tolist() == df["image"].tolist()
     np.testing.assert_allclose(flat_df.filter(like="emb_"), df.filter(like="emb_"), rtol=1e-6)
-    side = json.loads(csv.with_suffix(".json").read_text())
+    side = json.loads(sidecar_path(csv).read_text())
     assert len(side["images"][0]["image_sha256"]) == 64
 
 
@@ -174,7 +174,7 @@ def test_embed_collection__a_failing_image_keeps_the_finished_parts(data, tmp_pa
     finally:
         PartsFolder.write = original
     pd.testing.assert_frame_equal(read_table(out), resumed, check_exact=True)
-    assert json.loads(out.with_suffix(".json").read_text())["resumed_images"] == 0
+    assert json.loads(sidecar_path(out).read_text())["resumed_images"] == 0
 
 
 def test_embed_collection__resume_after_kill_equals_an_uninterrupted_run(tmp_path, capsys):
@@ -233,7 +233,7 @@ def test_embed_collection__two_processes_equal_one(data, tmp_path):
     assert "Traceback" not in done.stderr and "24 segments of 4 images" in done.stderr
     assert "rank 0 of 2: images" in done.stderr
     pd.testing.assert_frame_equal(read_table(out), read_table(single), check_exact=True)
-    assert json.loads(out.with_suffix(".json").read_text())["world_size"] == 2
+    assert json.loads(sidecar_path(out).read_text())["world_size"] == 2
     assert not parts_dir(out).exists()
 
 

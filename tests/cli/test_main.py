@@ -143,3 +143,30 @@ def test_cli__every_option_shows_its_help_and_its_default_once(command, capsys):
             assert "(required)" in text and "(default:" not in text, text
         else:
             assert text.count("(default:") == 1, f"{option}: {text!r}"
+
+
+@pytest.mark.parametrize("output", [".", "", "/", ".."])
+@pytest.mark.parametrize("command", ["embed", "embed --data", "classify"])
+def test_cli__every_output_option_needs_a_file_name(tmp_path, capsys, monkeypatch, command, output):
+    """``-o .``, ``-o ""``, ``-o /`` and ``-o ..``: one line saying a file name is needed (not
+    "PosixPath('.') has an empty name"), before any work and writing nothing."""
+    image, labels, _ = make_cells(shape=(64, 64), n_cells=4, seed=0)
+    (tmp_path / "data" / "images").mkdir(parents=True)
+    (tmp_path / "data" / "labels").mkdir()
+    tifffile.imwrite(tmp_path / "data" / "images" / "a.tif", image)
+    tifffile.imwrite(tmp_path / "data" / "labels" / "a.tif", labels)
+    (tmp_path / "t.csv").write_text("label,emb_0\n1,0.5\n2,0.25\n")
+    (tmp_path / "ann.csv").write_text("label,class\n1,a\n2,b\n")
+    argv = {
+        "embed": ["embed", "data/images/a.tif", "data/labels/a.tif"],
+        "embed --data": ["embed", "--data", "data"],
+        "classify": ["classify", "t.csv", "--annotations", "ann.csv"],
+    }[command]
+    monkeypatch.chdir(tmp_path)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    assert main([*argv, "-o", output, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("napari-segrep: error: output ") and err.count("\n") == 1, err
+    assert "is a folder, not a file name: give the table a file name, e.g." in err, err
+    assert "PosixPath" not in err
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before

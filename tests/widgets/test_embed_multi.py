@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from napari_segrep._sample_data import make_cells
+from napari_segrep.analysis.export import sidecar_path
 
 from ..conftest import require_napari
 
@@ -153,7 +154,7 @@ def test_embed_multi__two_pairs_one_map_linked_both_ways_per_layer(
     assert list(back.columns[:2]) == ["image", "label"] and len(back) == n_a + n_b
     assert list(back["image"]) == list(points.features["image"])
     np.testing.assert_array_equal(back["cluster"], ids)
-    side = json.loads(out.with_suffix(".json").read_text())
+    side = json.loads(sidecar_path(out).read_text())
     assert side["n_segments"] == n_a + n_b
     assert [p["labels_layer"] for p in side["pairs"]] == ["cells_a", "cells_b"]
 

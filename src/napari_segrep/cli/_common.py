@@ -121,13 +121,15 @@ def add_pair_options(group) -> None:
 def check_outputs(outputs, *, inputs: dict, overwrite: bool, flag: str = "--overwrite") -> None:
     """Before any work: every output can be written, none is an input, none exists unless
     ``overwrite`` (a :class:`CLIError` naming the file and ``flag``); a table's format can be
-    written (``.h5ad`` needs anndata)."""
-    from ..analysis.export import check_table_path
+    written (``.h5ad`` needs anndata) and a file at its sidecar's place that napari-segrep did
+    not write is refused whatever ``overwrite`` says."""
+    from ..analysis.export import check_table_outputs
     from ..io import check_output_paths
 
+    outputs = list(outputs)
     try:
-        for path in outputs:
-            check_table_path(path)
+        check_output_paths(outputs, inputs=inputs, overwrite=True)  # first: inputs, folders
+        check_table_outputs(outputs)  # then: someone else's JSON, whatever overwrite says
         check_output_paths(
             outputs,
             inputs=inputs,

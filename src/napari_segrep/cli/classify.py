@@ -40,13 +40,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="classify every segment of an embedding table (train on annotations, or a model)",
         description="Classify every row of TABLE.csv (from 'napari-segrep embed', or several "
         "images' tables with an 'image' column) and write PRED.csv (the segment keys, class, "
-        "probability, margin and prob_<class>) plus a PRED.json provenance sidecar. The "
+        "probability, margin and prob_<class>) plus a PRED.csv.json provenance sidecar. The "
         "classifier is trained on --annotations or read from --model. Existing files are only "
         "replaced with --overwrite; an input is never an output.",
         formatter_class=HelpFormatter,
     )
     parser.add_argument(
-        "table", type=Path, help="embedding table TABLE.csv (its TABLE.json names the encoder)"
+        "table", type=Path, help="embedding table TABLE.csv (its TABLE.csv.json names the encoder)"
     )
     source = parser
     source.add_argument(
@@ -72,7 +72,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         type=Path,
         required=True,
         metavar="PRED.csv",
-        help="output predictions PRED.csv; its provenance goes to PRED.json beside it",
+        help="output predictions PRED.csv; its provenance goes to PRED.csv.json beside it",
     )
     parser.add_argument(
         "--save-model",
@@ -111,8 +111,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace PRED.csv, PRED.json and the --save-model file when they exist; a "
-        "--save-model file that is not a classifier, or a PRED.json that napari-segrep did "
+        help="replace PRED.csv, PRED.csv.json and the --save-model file when they exist; a "
+        "--save-model file that is not a classifier, or a PRED.csv.json that napari-segrep did "
         "not write, is never replaced",
     )
     parser.add_argument(
@@ -128,7 +128,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """The ``classify`` command: check the options and outputs, read the table, train (or
-    load) the classifier, predict every row, write PRED.csv, PRED.json and the model."""
+    load) the classifier, predict every row, write PRED.csv, PRED.csv.json and the model."""
     training = _training_options(args)
     outputs = _check_outputs(args)
     from ..analysis.export import read_table
@@ -183,7 +183,7 @@ def _training_options(args: argparse.Namespace) -> dict:
 
 
 def _check_outputs(args: argparse.Namespace) -> list[Path]:
-    """Before any work: PRED.csv, PRED.json (and the model) can be written, none is an input
+    """Before any work: PRED.csv, PRED.csv.json (and the model) can be written, none is an input
     (TABLE, its sidecar, ANN, the model), none is another, none is a file napari-segrep did
     not write, and none exists without --overwrite.  Returns the outputs."""
     from ..analysis.classify import is_classifier_file
@@ -225,12 +225,10 @@ def _check_outputs(args: argparse.Namespace) -> list[Path]:
 
 
 def _sidecar_or_none(path: Path) -> Path | None:
-    from ..analysis.export import sidecar_path
+    """The sidecar TABLE is read with (``TABLE.csv.json``, or an earlier ``TABLE.json``)."""
+    from ..analysis.export import find_sidecar
 
-    try:
-        return sidecar_path(path)
-    except ValueError:  # TABLE.json: it has no sidecar of its own
-        return None
+    return find_sidecar(path)
 
 
 def read_annotations(path: Path, table):
@@ -308,7 +306,7 @@ def _load(path: Path):
 
 
 def _write(args, outputs: list[Path], table, clf, predictions) -> None:
-    """PRED.csv, PRED.json and the model, replaced together or not at all."""
+    """PRED.csv, PRED.csv.json and the model, replaced together or not at all."""
     from ..analysis.export import table_files
     from ..io import atomic_write_files
 

@@ -20,7 +20,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description="Open napari on a generated image of three classes of cells, with the Embed "
         "segments widget docked and its run started. Without napari (or without a display), or "
         "with --headless: embed the cells with an untrained SegmentEncoder and write "
-        "demo.csv/demo.json plus the sample image and labels (cells.tif, cells_labels.tif) to "
+        "demo.csv/demo.csv.json plus the sample image and labels (cells.tif, cells_labels.tif) to "
         "--out, replacing a previous demo's files there but no other file of those names.",
         formatter_class=HelpFormatter,
     )
@@ -76,11 +76,12 @@ def _viewer_possible() -> str | None:
     return None
 
 
-_DEMO_FILES = ("cells.tif", "cells_labels.tif", "demo.csv", "demo.json")
+_DEMO_TABLE = "demo.csv"  # with its sidecar (analysis.export.sidecar_path): demo.csv.json
+_DEMO_FILES = ("cells.tif", "cells_labels.tif", _DEMO_TABLE)
 
 
 def _headless_demo(args: argparse.Namespace) -> int:
-    """Embed the sample cells; write the image, the labels, demo.csv and demo.json together
+    """Embed the sample cells; write the image, the labels, demo.csv and its sidecar together
     (all four, or none: a Ctrl-C leaves nothing half-written)."""
     import io
 
@@ -96,7 +97,7 @@ def _headless_demo(args: argparse.Namespace) -> int:
 
     _check_demo_folder(args.out, overwrite=args.overwrite)
     image, labels, classes = make_cells()
-    output = args.out / "demo.csv"
+    output = args.out / _DEMO_TABLE
     df, seconds, sidecar = run_embedding(
         image,
         labels,
@@ -127,20 +128,22 @@ def _headless_demo(args: argparse.Namespace) -> int:
 
 def _check_demo_folder(out: Path, *, overwrite: bool) -> None:
     """Create ``out``; refuse (before any work) to replace a file of the demo's names that a
-    previous demo did not write: a folder is a previous demo's when its demo.json is a
+    previous demo did not write: a folder is a previous demo's when demo.csv's sidecar is a
     napari-segrep record of the generated sample."""
-    import json
-
+    from ..analysis.export import find_sidecar, read_sidecar, sidecar_path
     from ._common import check_outputs
 
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise CLIError(f"cannot create the demo folder {out}: {exc.strerror}") from None
+    found = find_sidecar(out / _DEMO_TABLE)
     try:
-        record = json.loads((out / "demo.json").read_text())
-        ours = record.get("package") == "napari-segrep" and "sample" in record.get("inputs", {})
-    except (OSError, ValueError, AttributeError, TypeError):  # none, or not a demo's record
-        ours = False
-    names = sorted(_DEMO_FILES, key=lambda n: n != "demo.json")  # demo.json named first
-    check_outputs([out / n for n in names], inputs={}, overwrite=overwrite or ours)
+        record = None if found is None else read_sidecar(found)  # None: not ours
+    except (OSError, ValueError):  # damaged: not a demo's record
+        record = None
+    inputs = record.get("inputs") if record is not None else None
+    ours = isinstance(inputs, dict) and "sample" in inputs
+    sidecar = sidecar_path(out / _DEMO_TABLE)
+    names = [sidecar, *(out / n for n in _DEMO_FILES)]  # the sidecar named first
+    check_outputs(names, inputs={}, overwrite=overwrite or ours)

@@ -29,7 +29,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "embed",
         help="embed every segment of a label image (or of a collection) and write a table",
         description="Embed every non-zero label of LABELS, seen in IMAGE, and write one row per "
-        "segment to OUT.csv (or OUT.parquet) plus an OUT.json provenance sidecar. Many pairs: "
+        "segment to OUT.csv (or OUT.parquet) plus an OUT.csv.json provenance sidecar. Many pairs: "
         "--images GLOB --labels GLOB or --data DIR, into one table with an image column; "
         "finished images are kept in OUT.parquet.parts/ as they come, so rerunning an "
         "interrupted command continues it; --devices N shares the images among N processes "
@@ -56,12 +56,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--output",
         type=Path,
         required=True,
-        help="output table OUT.csv or OUT.parquet; its provenance goes to OUT.json beside it",
+        help="output table OUT.csv or OUT.parquet; its provenance goes to OUT.csv.json beside it",
     )
     parser.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace OUT.csv and OUT.json when they exist (otherwise: an error, nothing done)",
+        help="replace OUT.csv and OUT.csv.json when they exist (otherwise: an error, nothing done)",
     )
     parser.add_argument(
         "--checkpoint",
@@ -113,7 +113,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """The ``embed`` command: check the outputs, read both files, embed, write OUT.csv and
-    OUT.json (together, or neither)."""
+    OUT.csv.json (together, or neither)."""
     from ..analysis.export import sidecar_path, write_table
 
     collection = args.images is not None or args.labels is not None or args.data is not None
