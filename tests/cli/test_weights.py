@@ -14,6 +14,7 @@ import pytest
 import tifffile
 
 from napari_segrep._sample_data import make_cells
+from napari_segrep.analysis.export import sidecar_path
 from napari_segrep.cli import main
 from napari_segrep.weights import format_size, weights_info
 
@@ -256,7 +257,7 @@ def test_cli_embed__weights_auto_without_the_cache_says_how_to_get_them(
     line = next(line for line in err.splitlines() if "weights:" in line)
     assert "untrained resnet18 (random init, seed 0)" in line
     assert "`napari-segrep weights download imagenet` gets them" in line
-    side = json.loads((tmp_path / "o.json").read_text())
+    side = json.loads(sidecar_path(tmp_path / "o.csv").read_text())
     assert side["encoder"]["weights"] is None
 
 
@@ -266,10 +267,10 @@ def test_cli_embed__weights_auto_uses_imagenet_when_it_is_there(
     assert _run(*_embed_argv(images, tmp_path / "a.csv")) == 0
     err = capsys.readouterr().err
     assert f"napari-segrep: weights: ImageNet (resnet18, {resnet18_in_the_cache})" in err
-    assert json.loads((tmp_path / "a.json").read_text())["encoder"]["weights"] == "imagenet"
+    assert json.loads(sidecar_path(tmp_path / "a.csv").read_text())["encoder"]["weights"] == "imagenet"
     assert _run(*_embed_argv(images, tmp_path / "n.csv", "--weights", "none")) == 0
     assert "weights: untrained resnet18" in capsys.readouterr().err
-    assert json.loads((tmp_path / "n.json").read_text())["encoder"]["weights"] is None
+    assert json.loads(sidecar_path(tmp_path / "n.csv").read_text())["encoder"]["weights"] is None
 
 
 @pytest.mark.parametrize("command", ["embed", "train"])
@@ -352,7 +353,7 @@ def test_cli_embed__a_damaged_weights_file_is_one_line_with_the_fix(
         "download it again with `napari-segrep weights download imagenet --force`",
     )
     assert "weights_only" not in line
-    assert not out.exists() and not out.with_suffix(".json").exists()
+    assert not out.exists() and not sidecar_path(out).exists()
 
 
 def test_cli_embed__a_damaged_weights_file_gives_no_traceback(weights_cache, images, tmp_path):
