@@ -337,7 +337,8 @@ def test_embed_collection__a_kill_during_the_final_write_is_finished_by_the_reru
 ):
     """SIGKILL while OUT and its sidecar are written (a hidden temporary left beside OUT) or
     while the parts are removed: the same command, without --overwrite, finishes the job from
-    the kept parts (no image embedded again), writes the pair and leaves no temporary."""
+    the kept parts (no image embedded again), writes the pair and leaves no temporary.  Only
+    the file the run wrote counts as its own: another one at OUT is refused."""
     from napari_segrep.io import leftover_temporaries
 
     out = tmp_path / "o.parquet"
@@ -350,6 +351,13 @@ def test_embed_collection__a_kill_during_the_final_write_is_finished_by_the_reru
     if "before_replacing" in kill:
         assert not side.exists()
         assert leftover_temporaries(side)  # .o.parquet.json.<8 hex>.tmp
+
+    written = out.read_bytes()  # another file at OUT is never taken for the run's own
+    out.write_bytes(b"the user's own file")
+    assert _run(*argv) == 2
+    _one_line_error(capsys, f"{out} exists", "--overwrite")
+    assert out.read_bytes() == b"the user's own file"
+    out.write_bytes(written)
 
     writes = _Writes(monkeypatch)
     assert _run(*argv) == 0, capsys.readouterr().err
@@ -364,21 +372,6 @@ def test_embed_collection__a_kill_during_the_final_write_is_finished_by_the_reru
     assert leftover_temporaries(out) == leftover_temporaries(side) == []
     assert _run(*argv) == 2  # done: the next run is refused as before (OUT exists)
     _one_line_error(capsys, "exists", "--overwrite")
-
-
-def test_embed_collection__a_file_the_run_did_not_write_is_never_taken_for_its_own(
-    data, tmp_path, capsys
-):
-    """Killed between the two renames, then the user puts another file at OUT: the rerun
-    without --overwrite refuses it (only a file whose hash the merge recorded is its own)."""
-    out = tmp_path / "o.parquet"
-    argv = ["embed", "--data", data, "-o", out, *SMALL, "--quiet"]
-    killed = _run_with_fault(argv, signal="SIGKILL", before_replacing=sidecar_path(out).name)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
-    out.write_bytes(b"the user's own file")
-    assert _run(*argv) == 2
-    _one_line_error(capsys, f"{out} exists", "--overwrite")
-    assert out.read_bytes() == b"the user's own file"
 
 
 # --- parts that do not check out (item 2) -----------------------------------------------------

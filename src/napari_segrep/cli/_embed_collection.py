@@ -545,7 +545,8 @@ def _remove_parts(plan: _Plan) -> None:
         shown = ", ".join(left[:3]) + (f" and {len(left) - 3} more" if len(left) > 3 else "")
         warnings.warn(
             f"{plan.folder.path} was kept: it holds files napari-segrep did not write "
-            f"({shown}); the run's own files there are removed",
+            f"({shown}); the run's own files there are removed: move yours elsewhere and "
+            "delete the folder before embedding to this output again",
             UserWarning,
             stacklevel=1,
         )
@@ -574,17 +575,18 @@ def _relaunch_under_torchrun(n: int, plan: _Plan) -> int:
         interrupted = threading.Event()
         relay = _Relay(tmp / "rank0.err")
         relay.start()
-        with open(tmp / "torchrun.log", "wb") as log:
-            process = subprocess.Popen(
-                cmd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
-            )
-            # Ctrl-C reaches every process of the terminal's group: the ranks stop and say so
-            previous = signal.signal(signal.SIGINT, lambda *_: interrupted.set())
-            try:
+        # Ctrl-C reaches every process of the terminal's group: the ranks stop, this one
+        # waits for them and says what is kept (a handler, not SIG_IGN: exec resets it)
+        previous = signal.signal(signal.SIGINT, lambda *_: interrupted.set())
+        try:
+            with open(tmp / "torchrun.log", "wb") as log:
+                process = subprocess.Popen(
+                    cmd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+                )
                 rc = process.wait()
-            finally:
-                signal.signal(signal.SIGINT, previous)
-                relay.stop()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+            relay.stop()
         codes = {}
         for path in tmp.glob("status.*"):
             try:
