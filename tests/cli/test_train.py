@@ -329,6 +329,29 @@ def test_cli_train__flat_layout_pairs_each_image_with_its_labels(data_dir, tmp_p
     assert err.startswith("24 segments (0 skipped"), err  # 2 images x 12 cells
 
 
+def test_cli_train__data_takes_a_flat_folder_and_skips_unmatched_files_when_asked(
+    data_dir, tmp_path, capsys
+):
+    """``--data flat/`` pairs x.tif with x_labels.tif (as embed and the widgets do); an orphan
+    is refused naming --skip-unmatched, which leaves it out with one warning."""
+    data, _ = data_dir
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for f in [*(data / "images").iterdir(), *(data / "labels").iterdir()]:
+        shutil.copy(f, flat / f.name)
+    shutil.copy(flat / "img0.tif", flat / "orphan.tif")
+    argv = ["train", "--data", flat, "--log-dir", tmp_path / "logs", "--debug", *SMALL]
+    assert _run(*argv) == 2
+    err = capsys.readouterr().err
+    assert "unmatched images: ['orphan.tif']" in err and "--skip-unmatched" in err
+    assert _run(*argv, "--skip-unmatched") == 0
+    err = capsys.readouterr().err
+    assert err.startswith(
+        "napari-segrep: warning: skipped 1 unmatched file (no image or label file of the same "
+        "name): orphan.tif\n24 segments (0 skipped"
+    ), err
+
+
 def test_cli_train__never_replaces_another_runs_files(data_dir, tmp_path, capsys):
     """A second run into a log dir that holds a run (or a file named like our outputs) is
     refused before any work, naming how to continue it and how to start a new one."""

@@ -205,13 +205,11 @@ def unless_deleted(callback: Callable) -> Callable:
 
 def folder_pairs(folder) -> list:
     """The (image, labels) file pairs of a folder a user chose: ``images/`` + ``labels/``, or
-    ``x.tif`` beside ``x_labels.tif`` (:func:`napari_segrep.io.pair_files`' errors)."""
+    ``x.tif`` beside ``x_labels.tif``, by the CLI's one rule (:func:`napari_segrep.io.pair_files`
+    and its errors; files without a partner are refused, naming them)."""
     from ..io import pair_files
 
-    folder = Path(folder)
-    if (folder / "images").is_dir() and (folder / "labels").is_dir():
-        return pair_files(data_dir=folder)
-    return pair_files(str(folder / "*"), str(folder / "*_label*"))
+    return pair_files(data_dir=Path(folder), unmatched_fix=None)
 
 
 def centre_view_on(viewer, centre, frame: int | None = None) -> None:

@@ -20,6 +20,7 @@ __all__ = [
     "add_pair_options",
     "add_quiet_option",
     "check_outputs",
+    "pairs_from_args",
     "parse_normalize",
 ]
 
@@ -101,8 +102,9 @@ class ProgressBar:
 
 
 def add_pair_options(group) -> None:
-    """``--images GLOB --labels GLOB`` or ``--data DIR``: image/label files paired by stem
-    (:func:`napari_segrep.io.pair_files`), for ``train`` and ``embed``."""
+    """``--images GLOB --labels GLOB`` or ``--data DIR``, and ``--skip-unmatched``: image/label
+    files paired by stem (:func:`napari_segrep.io.pair_files`, read by :func:`pairs_from_args`),
+    for ``train`` and ``embed``."""
     group.add_argument(
         "--images",
         help="glob of image files, e.g. 'data/images/*.tif' (files the --labels glob matches "
@@ -114,7 +116,30 @@ def add_pair_options(group) -> None:
         "allowed)",
     )
     group.add_argument(
-        "--data", type=Path, help="folder with images/ and labels/ (instead of the two globs)"
+        "--data",
+        type=Path,
+        help="folder with images/ and labels/, or with x.tif beside x_labels.tif (instead of "
+        "the two globs)",
+    )
+    group.add_argument(
+        "--skip-unmatched",
+        action="store_true",
+        help="leave out the files that pair with nothing (one warning lists them) instead of "
+        "refusing them",
+    )
+
+
+def pairs_from_args(args: argparse.Namespace):
+    """The image/label pairs of ``--images/--labels`` or ``--data`` (a
+    :class:`napari_segrep.io.FilePairs`; with ``--skip-unmatched`` its ``skipped`` files are
+    left out with one warning)."""
+    from ..io import pair_files
+
+    return pair_files(
+        args.images,
+        args.labels,
+        data_dir=args.data,
+        skip_unmatched=bool(getattr(args, "skip_unmatched", False)),
     )
 
 

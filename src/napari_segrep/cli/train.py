@@ -20,6 +20,7 @@ from ._common import (
     Interrupted,
     add_pair_options,
     add_quiet_option,
+    pairs_from_args,
     parse_normalize,
 )
 from ._train_output import quality_line, quality_summary, write_debug_views, write_history
@@ -451,9 +452,9 @@ def _relaunch_under_torchrun(n: int) -> int:
 def _load_pairs(args: argparse.Namespace):
     """Read the image/label pairs; a pair the engine would refuse is a :class:`CLIError` naming
     the files (the same message the engine's dataset would give)."""
-    from ..io import pair_files, read_image
+    from ..io import read_image
 
-    pairs = pair_files(args.images, args.labels, data_dir=args.data)
+    pairs = pairs_from_args(args)
     images, labels, names = [], [], []
     for image_path, label_path in pairs:
         image, lab = read_image(image_path), read_image(label_path)
