@@ -143,3 +143,68 @@ def test_cli__every_option_shows_its_help_and_its_default_once(command, capsys):
             assert "(required)" in text and "(default:" not in text, text
         else:
             assert text.count("(default:") == 1, f"{option}: {text!r}"
+
+
+@pytest.fixture()
+def small_inputs(tmp_path):
+    """A tiny image/labels pair (also as --data), an embedding table and its annotations."""
+    import numpy as np
+    import pandas as pd
+
+    (tmp_path / "data" / "images").mkdir(parents=True)
+    (tmp_path / "data" / "labels").mkdir()
+    image, labels, _ = make_cells(shape=(64, 64), n_cells=4, seed=1)
+    tifffile.imwrite(tmp_path / "data" / "images" / "im.tif", image)
+    tifffile.imwrite(tmp_path / "data" / "labels" / "im_labels.tif", labels)
+    rng = np.random.default_rng(0)
+    table = {"label": range(1, 13), **{f"emb_{i}": rng.random(12) for i in range(4)}}
+    pd.DataFrame(table).to_csv(tmp_path / "table.csv", index=False)
+    pd.DataFrame({"label": range(1, 7), "class": ["a", "b"] * 3}).to_csv(
+        tmp_path / "ann.csv", index=False
+    )
+    return tmp_path
+
+
+_SEED_COMMANDS = {
+    "embed": (lambda d: ["embed", *_pair(d), "-o", d / "out.csv", "--weights", "none"], 2**63 - 1),
+    "embed --data": (lambda d: ["embed", "--data", d / "data", "-o", d / "out.csv"], 2**63 - 1),
+    "train": (lambda d: ["train", "--data", d / "data", "--log-dir", d / "out"], 2**63 - 1),
+    "classify": (
+        lambda d: ["classify", d / "table.csv", "--annotations", d / "ann.csv", "-o", d / "out.csv"],
+        2**32 - 1,
+    ),
+}
+
+
+def _pair(d):
+    return d / "data" / "images" / "im.tif", d / "data" / "labels" / "im_labels.tif"
+
+
+@pytest.mark.parametrize("command", list(_SEED_COMMANDS))
+@pytest.mark.parametrize("seed", ["99999999999999999999", "-1", "max+1"])
+def test_main__an_out_of_range_seed_is_one_line_before_any_work(
+    small_inputs, capsys, command, seed
+):
+    """Every command taking --seed refuses one its libraries cannot take, naming the range,
+    before writing anything (it used to end in "Overflow when unpacking long long", after the
+    work had started, or in scikit-learn's message blaming the annotations)."""
+    argv, maximum = _SEED_COMMANDS[command]
+    seed = str(maximum + 1) if seed == "max+1" else seed
+    assert main([str(a) for a in [*argv(small_inputs), "--seed", seed, "--quiet"]]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"napari-segrep: error: --seed {seed} is out of range: give an integer from 0 to "
+        f"{maximum} (2**{maximum.bit_length()} - 1)\n"
+    )
+    assert not list(small_inputs.glob("out*"))
+
+
+@pytest.mark.parametrize("command", ["embed", "classify"])
+def test_main__the_largest_seed_works(small_inputs, capsys, command):
+    argv, maximum = _SEED_COMMANDS[command]
+    assert main([str(a) for a in [*argv(small_inputs), "--seed", maximum, "--quiet"]]) == 0
+    from napari_segrep.analysis.export import sidecar_path
+
+    sidecar = json.loads(sidecar_path(small_inputs / "out.csv").read_text())
+    recorded = sidecar["encoder" if command == "embed" else "classifier"]["seed"]
+    assert recorded == maximum

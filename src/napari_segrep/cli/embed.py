@@ -10,11 +10,13 @@ from pathlib import Path
 from ._common import (
     BACKBONES,
     DEVICE_HELP,
+    TORCH_SEED_MAX,
     CLIError,
     HelpFormatter,
     ProgressBar,
     add_quiet_option,
     check_outputs,
+    check_seed,
     parse_normalize,
 )
 from ._embed_collection import add_collection_options, run_collection
@@ -76,7 +78,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         choices=BACKBONES,
         help="backbone of the ImageNet or untrained encoder (ignored with --checkpoint)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the untrained encoder")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        metavar="N",
+        help=f"seed of the untrained encoder, 0 to {TORCH_SEED_MAX}",
+    )
     parser.add_argument(
         "--crop-size",
         type=int,
@@ -116,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
     OUT.json (together, or neither)."""
     from ..analysis.export import sidecar_path, write_table
 
+    check_seed(args.seed, maximum=TORCH_SEED_MAX)
     collection = args.images is not None or args.labels is not None or args.data is not None
     if collection and (args.image is not None or args.labels_file is not None):
         raise CLIError(

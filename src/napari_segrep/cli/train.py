@@ -15,11 +15,13 @@ from pathlib import Path
 
 from ._common import (
     BACKBONES,
+    TORCH_SEED_MAX,
     CLIError,
     HelpFormatter,
     Interrupted,
     add_pair_options,
     add_quiet_option,
+    check_seed,
     parse_normalize,
 )
 from ._train_output import quality_line, quality_summary, write_debug_views, write_history
@@ -160,7 +162,13 @@ def _add_training_options(run) -> None:
         help="keep the encoder's BatchNorm statistics (default) or re-estimate them from the "
         "training views",
     )
-    run.add_argument("--seed", type=int, default=0, help="seed of the model, data order, views")
+    run.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        metavar="N",
+        help=f"seed of the model, data order and views, 0 to {TORCH_SEED_MAX}",
+    )
     run.add_argument(
         "--grad-accumulate",
         "--grad_accumulate",
@@ -260,6 +268,7 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     import os
 
+    check_seed(args.seed, maximum=TORCH_SEED_MAX)
     if args.devices > 1 and "WORLD_SIZE" not in os.environ:
         return _relaunch_under_torchrun(args.devices)
     from ..io import check_writable_dir
