@@ -170,7 +170,14 @@ _SEED_COMMANDS = {
     "embed --data": (lambda d: ["embed", "--data", d / "data", "-o", d / "out.csv"], 2**63 - 1),
     "train": (lambda d: ["train", "--data", d / "data", "--log-dir", d / "out"], 2**63 - 1),
     "classify": (
-        lambda d: ["classify", d / "table.csv", "--annotations", d / "ann.csv", "-o", d / "out.csv"],
+        lambda d: [
+            "classify",
+            d / "table.csv",
+            "--annotations",
+            d / "ann.csv",
+            "-o",
+            d / "out.csv",
+        ],
         2**32 - 1,
     ),
 }
