@@ -59,9 +59,10 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action) or ""
 
 
-def add_quiet_option(parser) -> None:
-    """``--quiet`` on ``parser`` (an ``ArgumentParser`` or one of its argument groups)."""
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+def add_quiet_option(parser, *, help: str = "no progress bar") -> None:
+    """``-q``/``--quiet`` on ``parser`` (an ``ArgumentParser`` or one of its argument groups),
+    the same spelling in every command."""
+    parser.add_argument("-q", "--quiet", action="store_true", help=help)
 
 
 def check_seed(seed: int | None, *, maximum: int) -> None:

@@ -212,7 +212,7 @@ def _add_training_options(run) -> None:
         help="write LOG_DIR/debug_views.png (augmented view pairs with mask "
         "outlines) and exit without training",
     )
-    add_quiet_option(run)
+    add_quiet_option(run, help="no progress bar and no epoch lines")
 
 
 def _add_hardware_options(hw) -> None:
