@@ -124,16 +124,21 @@ def add_pair_options(group) -> None:
     (:func:`napari_segrep.io.pair_files`), for ``train`` and ``embed``."""
     group.add_argument(
         "--images",
+        metavar="GLOB",
         help="glob of image files, e.g. 'data/images/*.tif' (files the --labels glob matches "
         "are left out, so x.tif beside x_labels.tif works)",
     )
     group.add_argument(
         "--labels",
+        metavar="GLOB",
         help="glob of label files, paired with images by file stem (a _labels/_mask suffix is "
         "allowed)",
     )
     group.add_argument(
-        "--data", type=Path, help="folder with images/ and labels/ (instead of the two globs)"
+        "--data",
+        type=Path,
+        metavar="DIR",
+        help="folder with images/ and labels/ (instead of the two globs)",
     )
 
 

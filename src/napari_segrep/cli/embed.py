@@ -43,12 +43,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "image",
         type=Path,
         nargs="?",
+        metavar="IMAGE",
         help="image file (TIFF, PNG or JPEG): 2D, RGB, or multichannel with --channel-axis "
         "(default: none, with --images or --data)",
     )
     parser.add_argument(
         "labels_file",
-        metavar="labels",
+        metavar="LABELS",
         type=Path,
         nargs="?",
         help="label image file of the same (Y, X) shape; 0 is background (default: none)",
@@ -58,7 +59,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--output",
         type=Path,
         required=True,
-        help="output table OUT.csv or OUT.parquet; its provenance goes to OUT.json beside it",
+        metavar="OUT",
+        help="output table OUT.csv, OUT.parquet or OUT.h5ad (AnnData: the [anndata] extra); its "
+        "provenance goes to OUT.json beside it",
     )
     parser.add_argument(
         "--overwrite",
@@ -69,6 +72,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--checkpoint",
         type=Path,
         default=None,
+        metavar="PATH",
         help="napari-segrep checkpoint to embed with (default: see --weights)",
     )
     add_weights_option(parser, checkpoint_flag="--checkpoint")
@@ -89,9 +93,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--crop-size",
         type=int,
         default=64,
+        metavar="N",
         help="crop side in pixels; larger segments are downscaled to fit",
     )
-    parser.add_argument("--batch-size", type=int, default=128, help="crops per forward pass")
+    parser.add_argument(
+        "--batch-size", type=int, default=128, metavar="N", help="crops per forward pass"
+    )
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument(
         "--normalize",
@@ -104,14 +111,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--channel-axis",
         type=int,
         default=None,
+        metavar="K",
         help="channel axis of a multichannel image (RGB (Y, X, 3) needs none)",
     )
     parser.add_argument(
         "--measure",
         action="store_true",
-        help="also measure every segment: area, shape (perimeter, eccentricity, solidity, "
-        "extent, axis lengths) and intensity mean and std per channel, as columns before "
-        "emb_0 (for classify with features embedding+geometry)",
+        help="also measure every segment (one IMAGE LABELS pair only): area, shape (perimeter, "
+        "eccentricity, solidity, extent, axis lengths) and intensity mean and std per channel, "
+        "as columns before emb_0 (for classify with features embedding+geometry)",
     )
     add_quiet_option(parser)
     add_collection_options(parser)

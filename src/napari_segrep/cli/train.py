@@ -57,6 +57,7 @@ def _add_data_options(data) -> None:
         "--channel-axis",
         "--channel_axis",
         dest="channel_axis",
+        metavar="K",
         type=int,
         default=None,
         help="channel axis of multichannel images",
@@ -71,6 +72,7 @@ def _add_data_options(data) -> None:
         "--min-size",
         "--min_size",
         dest="min_size",
+        metavar="N",
         type=int,
         default=16,
         help="skip segments with fewer pixels",
@@ -82,6 +84,7 @@ def _add_training_options(run) -> None:
         "--log-dir",
         "--log_dir",
         dest="log_dir",
+        metavar="DIR",
         type=Path,
         default=Path("logs"),
         help="last.pt, history.csv and quality.csv go here; a folder holding another run is "
@@ -110,6 +113,7 @@ def _add_training_options(run) -> None:
         "--crop-size",
         "--crop_size",
         dest="crop_size",
+        metavar="N",
         type=int,
         default=64,
         help="crop side in pixels; larger segments are downscaled to fit",
@@ -118,6 +122,7 @@ def _add_training_options(run) -> None:
         "--batch-size",
         "--batch_size",
         dest="batch_size",
+        metavar="N",
         type=int,
         default=64,
         help="per process (per GPU)",
@@ -126,6 +131,7 @@ def _add_training_options(run) -> None:
         "--epochs",
         type=int,
         default=None,
+        metavar="N",
         help="passes over all segments (default: 10, more when the segments are few, so that "
         "training takes at least 160 steps)",
     )
@@ -173,6 +179,7 @@ def _add_training_options(run) -> None:
         "--grad-accumulate",
         "--grad_accumulate",
         dest="grad_accumulate",
+        metavar="N",
         type=int,
         default=1,
         help="micro-batches per optimiser step",
@@ -181,6 +188,7 @@ def _add_training_options(run) -> None:
         "--num-workers",
         "--num_workers",
         dest="num_workers",
+        metavar="N",
         type=int,
         default=0,
         help="data loader worker processes",
@@ -192,6 +200,7 @@ def _add_training_options(run) -> None:
         "--resume-checkpoint",
         "--resume_checkpoint",
         dest="resume_checkpoint",
+        metavar="PATH",
         type=Path,
         default=None,
         help="training checkpoint to continue from (LOG_DIR/last.pt continues that run)",
@@ -199,6 +208,7 @@ def _add_training_options(run) -> None:
     run.add_argument(
         "--init-checkpoint",
         dest="init_checkpoint",
+        metavar="PATH",
         type=Path,
         default=None,
         help="encoder checkpoint to start a new run from (default: see --weights)",
@@ -224,7 +234,11 @@ def _add_hardware_options(hw) -> None:
         help="auto, cpu, cuda (gpu), mps",
     )
     hw.add_argument(
-        "--devices", type=int, default=1, help="processes/GPUs; > 1 relaunches under torchrun (DDP)"
+        "--devices",
+        type=int,
+        default=1,
+        metavar="N",
+        help="processes/GPUs; > 1 relaunches under torchrun (DDP)",
     )
     hw.add_argument(
         "--strategy",
