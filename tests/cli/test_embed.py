@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import os
 import stat
+from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
 import pandas as pd
 import pytest
 import tifffile
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import napari_segrep as sr
 from napari_segrep.analysis.export import sidecar_path
@@ -331,17 +334,17 @@ def test_cli_embed__a_users_json_beside_the_output_is_never_replaced(files, caps
     with or without --overwrite, before any work."""
     tmp, _, _ = files
     if inputs == "pair":
-        given = [tmp / "img.tif", tmp / "lab.tif"]
+        pair = [tmp / "img.tif", tmp / "lab.tif"]
     else:
         (tmp / "data" / "images").mkdir(parents=True)
         (tmp / "data" / "labels").mkdir()
         os.link(tmp / "img.tif", tmp / "data" / "images" / "a.tif")
         os.link(tmp / "lab.tif", tmp / "data" / "labels" / "a.tif")
-        given = ["--data", tmp / "data"]
+        pair = ["--data", tmp / "data"]
     (tmp / "out.json").write_text('{"my": "notes"}\n')
     (tmp / "out.csv.json").write_text('{"my": "other notes"}\n')
     before = _listing(tmp)
-    argv = ["embed", *given, "-o", tmp / "out.csv", "--crop-size", 32, "--quiet"]
+    argv = ["embed", *pair, "-o", tmp / "out.csv", "--crop-size", 32, "--quiet"]
     for extra in ([], ["--overwrite"]):
         assert _run(*argv, *extra) == 2
         _one_line_error(
@@ -354,3 +357,59 @@ def test_cli_embed__a_users_json_beside_the_output_is_never_replaced(files, caps
     assert _run(*argv, "--overwrite") == 0
     assert (tmp / "out.json").read_text() == '{"my": "notes"}\n'
     assert json.loads(sidecar_path(tmp / "out.csv").read_text())["n_segments"] == 6
+
+
+@pytest.mark.parametrize("sample", ["cells", "coins"])
+def test_cli_embed__swapped_image_and_labels_are_refused_before_any_work(tmp_path, capsys, sample):
+    """``embed coins_labels.tif coins.tif`` (labels first): one line naming both files and the
+    right order, exit 2, nothing written, no encoder built (it used to warn and write a table
+    of 250 "segments" of the photograph)."""
+    from napari_segrep._sample_data import make_cells, make_coins
+
+    image, labels = make_coins() if sample == "coins" else make_cells((128, 128), 12)[:2]
+    tifffile.imwrite(tmp_path / f"{sample}.tif", image)
+    tifffile.imwrite(tmp_path / f"{sample}_labels.tif", labels)
+    image_path, labels_path = tmp_path / f"{sample}.tif", tmp_path / f"{sample}_labels.tif"
+    out = tmp_path / "out.csv"
+    assert _run("embed", labels_path, image_path, "-o", out, "--weights", "none") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith(
+        f"napari-segrep: error: image and labels seem swapped: the LABELS {image_path} look like "
+        "an intensity image ("
+    ), err
+    assert f"the IMAGE {labels_path} like a label image ({int(labels.max())} compact" in err
+    assert f"give the image first: napari-segrep embed {image_path} {labels_path} ..." in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([image_path.name, labels_path.name])
+    # the right way round it embeds
+    argv = ["embed", image_path, labels_path, "-o", out, "--weights", "none", "--quiet"]
+    assert _run(*argv, "--crop-size", 32, "--device", "cpu") == 0
+    assert len(pd.read_csv(out)) == len(np.unique(labels)) - 1
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    cells=st.lists(
+        st.tuples(st.integers(0, 15), st.integers(1, 7)),
+        min_size=1,
+        max_size=16,
+        unique_by=lambda cell: cell[0],
+    ),
+    background=st.integers(0, 255),
+    noise=st.integers(0, 40),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_refuse_swapped__never_refuses_a_label_image_given_as_labels(
+    cells, background, noise, seed
+):
+    """Whatever the image (flat, noisy, with a background of zeros, even a label image
+    itself), labels made of compact segments (discs on a 4x4 grid, radius 1-7) are never
+    called swapped: the refusal needs LABELS that look like an intensity image."""
+    from napari_segrep.cli.embed import _refuse_swapped
+
+    discs = [(8 + 16 * (i // 4), 8 + 16 * (i % 4), r) for i, r in cells]
+    labels = disc_labels((64, 64), discs)
+    rng = np.random.default_rng(seed)
+    image = background * (labels > 0) + rng.integers(0, noise + 1, labels.shape)
+    for candidate in (image.astype(np.uint8), labels.astype(np.uint16), np.zeros_like(labels)):
+        _refuse_swapped(candidate, labels, image_path=Path("i.tif"), labels_path=Path("l.tif"))

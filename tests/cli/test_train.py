@@ -441,6 +441,32 @@ def test_cli_train__a_failed_checkpoint_write_keeps_the_previous_one(
     assert sorted(p.name for p in logs.iterdir()) == ["history.csv", "last.pt", "quality.csv"]
 
 
+def test_cli_train__resuming_a_damaged_checkpoint_names_it_in_one_line(
+    one_epoch_run, tmp_path, capsys
+):
+    """A training checkpoint with a bad random state, config=None or epoch="one" (plain values,
+    as torch.save writes them): one line naming the checkpoint and the problem, exit 2, nothing
+    written (these were a TypeError traceback, "incomplete (missing [])" and int()'s message)."""
+    import torch
+
+    data, run = one_epoch_run
+    damages = {
+        "rng is not torch's random state": lambda p: p["rng"].update(torch=torch.zeros(3)),
+        "config is not a dict: None": lambda p: p.update(config=None),
+        "epoch='one' is not a count": lambda p: p.update(epoch="one"),
+    }
+    for problem, change in damages.items():
+        payload = torch.load(run / "last.pt", weights_only=True)
+        change(payload)
+        ckpt = tmp_path / "damaged.pt"
+        torch.save(payload, ckpt)
+        logs = tmp_path / "logs"
+        argv = ["train", "--data", data, "--log-dir", logs, "--resume-checkpoint", ckpt]
+        assert _run(*argv, "--epochs", 2, *SMALL) == 2, problem
+        _one_line_error(capsys, f"training checkpoint {ckpt} cannot be resumed: {problem}")
+        assert list(logs.iterdir()) == [], problem  # nothing written
+
+
 def _read_until(proc, needle: bytes, timeout: float = 300) -> bytes:
     seen = b""
     deadline = time.monotonic() + timeout

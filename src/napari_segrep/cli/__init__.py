@@ -40,7 +40,9 @@ classify writes PRED.csv (label, after image/frame when the table has them, clas
 margin, prob_<class>), PRED.csv.json (inputs with sha256, the classifier, the encoder) and with
 --save-model the classifier, together; ANN.csv has label (+ image/frame) and class.
 Nothing is overwritten unless you say so: an existing OUT.csv/OUT.csv.json needs --overwrite, an
-output is never an input, and train never writes into another run's --log-dir.
+output is never an input, train never writes into another run's --log-dir, and demo replaces
+only files it wrote (unchanged, or with --overwrite). -q/--quiet: no progress bar (every
+command that shows one).
 """
 
 

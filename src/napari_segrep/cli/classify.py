@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ._common import CLIError, HelpFormatter
+from ._common import SKLEARN_SEED_MAX, CLIError, HelpFormatter, check_seed
 
 __all__ = ["add_parser", "run"]
 
@@ -99,7 +99,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--seed",
         type=int,
         default=None,
-        help="seed of the forest and the cross-validation folds (default: 0)",
+        metavar="N",
+        help=f"seed of the forest and the cross-validation folds, 0 to {SKLEARN_SEED_MAX} "
+        "(default: 0)",
     )
     training.add_argument("--k", type=int, default=None, help="neighbours, knn (default: 5)")
     training.add_argument(
@@ -129,6 +131,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """The ``classify`` command: check the options and outputs, read the table, train (or
     load) the classifier, predict every row, write PRED.csv, PRED.csv.json and the model."""
+    check_seed(args.seed, maximum=SKLEARN_SEED_MAX)
     training = _training_options(args)
     outputs = _check_outputs(args)
     from ..analysis.export import read_table
