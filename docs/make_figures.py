@@ -1,4 +1,5 @@
-"""Render the README's pictures from the generated sample (numpy + imageio only).
+"""Render the README's pictures from the generated "cells" sample (``make_cells()``, what
+``napari-segrep demo`` and napari's File > Open Sample show).
 
 python docs/make_figures.py        # writes docs/sample_cells.png and docs/crops.png
 """
@@ -25,13 +26,13 @@ def _grey_to_rgb(img: np.ndarray) -> np.ndarray:
 
 
 def main() -> None:
-    image, labels, classes = make_cells(shape=(384, 384), n_cells=70, seed=3)
-    # 1. the sample with outlines coloured by class
+    image, labels, classes = make_cells()  # the "cells" sample itself: 512x512, 120 cells
+    # 1. the sample with outlines coloured by class, at its own size
     rgb = _grey_to_rgb(image)
     edges = find_boundaries(labels, mode="inner")
     for lab, kind in classes.items():
         rgb[edges & (labels == lab)] = COLOURS[kind]
-    iio.imwrite(HERE / "sample_cells.png", np.kron(rgb, np.ones((2, 2, 1), np.uint8)))
+    iio.imwrite(HERE / "sample_cells.png", rgb)
 
     # 2. what the encoder sees: crop (context visible), its mask, the image-masked input
     table = segment_table(labels)

@@ -11,8 +11,13 @@ import socket
 import stat
 import subprocess
 import sys
+import tempfile
+import warnings
+from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from napari_segrep.io import (
     RUN_LOCK_NAME,
@@ -77,6 +82,102 @@ def test_pair_files__refuses_an_image_that_is_a_label_file(tmp_path):
     (tmp_path / "labels" / "a_mask.tif").write_bytes(b"x")  # two label files for one image
     with pytest.raises(ValueError, match=r"a_labels\.tif.*a_mask\.tif"):
         pair_files(data_dir=tmp_path)
+
+
+def test_pair_files__unmatched_files_are_refused_naming_the_fix_or_skipped_with_one_warning(
+    tmp_path,
+):
+    """A flat folder with an orphan label file (no image) and an orphan image: refused, naming
+    both and --skip-unmatched; with skip_unmatched they are left out with one warning and
+    listed in ``skipped``."""
+    for name in ("a.tif", "a_labels.tif", "b.tif", "b_mask.tif", "lone.tif", "z_labels.tif"):
+        (tmp_path / name).write_bytes(b"x")
+    with pytest.raises(ValueError) as info:
+        pair_files(data_dir=tmp_path)
+    message = str(info.value)
+    assert "unmatched images: ['lone.tif']; unmatched labels: ['z_labels.tif']" in message
+    assert message.endswith("or pass --skip-unmatched to leave them out")
+    with pytest.warns(UserWarning) as caught:
+        pairs = pair_files(data_dir=tmp_path, skip_unmatched=True)
+    assert len(caught) == 1
+    assert str(caught[0].message) == (
+        "skipped 2 unmatched files (no image or label file of the same name): lone.tif, "
+        "z_labels.tif"
+    )
+    assert [(i.name, lab.name) for i, lab in pairs] == [
+        ("a.tif", "a_labels.tif"),
+        ("b.tif", "b_mask.tif"),
+    ]
+    assert [p.name for p in pairs.skipped] == ["lone.tif", "z_labels.tif"]
+    (tmp_path / "lone.tif").unlink()
+    (tmp_path / "z_labels.tif").unlink()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing skipped: no warning
+        assert len(pair_files(data_dir=tmp_path, skip_unmatched=True)) == 2
+
+
+def test_pair_files__a_folder_of_neither_layout_says_what_it_takes(tmp_path):
+    with pytest.raises(ValueError, match="is not a folder: give a folder holding images/"):
+        pair_files(data_dir=tmp_path / "missing")
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "a.tif").write_bytes(b"x")
+    with pytest.raises(ValueError, match=r"it has images/ but not labels/"):
+        pair_files(data_dir=tmp_path)
+    (tmp_path / "a.tif").write_bytes(b"x")
+    with pytest.raises(ValueError, match=r"no label file in .*x\.tif beside x_labels\.tif"):
+        pair_files(data_dir=tmp_path)
+
+
+_STEMS = st.sampled_from(["a", "b", "c1", "d e", "x.y"])
+_PAIRING = st.dictionaries(
+    _STEMS,
+    st.tuples(st.booleans(), st.sampled_from([None, "_labels", "_label", "_mask", "_masks"])),
+    min_size=1,
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(files=_PAIRING)
+def test_pair_files__one_rule_for_both_folder_layouts_and_the_globs(files):
+    """Any set of images and label files: ``data_dir`` with images/ + labels/, ``data_dir``
+    flat (x.tif beside x_labels.tif) and the two globs pair the same stems and skip the same
+    files, or all refuse the same orphans."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        for layout in ("folders", "flat"):
+            (root / layout / "images").mkdir(parents=True)
+            (root / layout / "labels").mkdir()
+        (root / "flat" / "images").rmdir()
+        (root / "flat" / "labels").rmdir()
+        for stem, (has_image, suffix) in files.items():
+            if has_image:
+                (root / "folders" / "images" / f"{stem}.tif").write_bytes(b"x")
+                (root / "flat" / f"{stem}.tif").write_bytes(b"x")
+            if suffix is not None:
+                (root / "folders" / "labels" / f"{stem}{suffix}.tif").write_bytes(b"x")
+                (root / "flat" / f"{stem}{suffix}.tif").write_bytes(b"x")
+        images = str(root / "folders" / "images" / "*")
+        ways = [
+            lambda **kw: pair_files(data_dir=root / "folders", **kw),
+            lambda **kw: pair_files(data_dir=root / "flat", **kw),
+            lambda **kw: pair_files(images, str(root / "folders" / "labels" / "*"), **kw),
+        ]
+        paired = {s for s, (has_image, suffix) in files.items() if has_image and suffix}
+        lone = sum(has_image != (suffix is not None) for has_image, suffix in files.values())
+        for way in ways:
+            if not paired:
+                with pytest.raises(ValueError):
+                    way(skip_unmatched=True)
+                continue
+            if lone:
+                with pytest.raises(ValueError, match="unmatched images: .*--skip-unmatched"):
+                    way()
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                pairs = way(skip_unmatched=True)
+            assert sorted(i.stem for i, _ in pairs) == sorted(paired)
+            assert all(lab.stem.startswith(i.stem) for i, lab in pairs)
+            assert len(pairs.skipped) == lone and len(caught) == (1 if lone else 0)
 
 
 # ---------------------------------------------------------------------------- atomic writes

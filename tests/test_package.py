@@ -181,6 +181,37 @@ def test_package__public_api_names_resolve():
         napari_segrep.nope  # noqa: B018
 
 
+def test_package__read_table_is_public_beside_write_table():
+    """Issue 22, item 14: ``sr.read_table`` reads back what ``sr.write_table`` writes."""
+    from napari_segrep.analysis import export
+
+    assert napari_segrep.read_table is export.read_table
+    assert napari_segrep.write_table is export.write_table
+    assert {"read_table", "write_table"} <= set(napari_segrep.__all__) & set(dir(napari_segrep))
+    loaded = _modules_after("import napari_segrep as sr\nsr.read_table")
+    assert "pandas" in loaded and not loaded & {"torch", *GUI_MODULES}, loaded
+
+
+def test_package__public_names_have_one_source():
+    """``_LAZY`` (name -> module) is the one list: ``__all__`` is made from it, and the imports
+    for type checkers name the same names from the same modules."""
+    import ast
+
+    lazy = napari_segrep._LAZY
+    assert napari_segrep.__all__ == ["__version__", *sorted(lazy)]
+    tree = ast.parse((ROOT / "src" / "napari_segrep" / "__init__.py").read_text())
+    block = next(n for n in tree.body if isinstance(n, ast.If) and "TYPE_CHECKING" in ast.dump(n))
+    typed = {
+        alias.name: "napari_segrep." + node.module
+        for node in block.body
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+    }
+    assert typed == lazy
+    for name, module in lazy.items():
+        assert name in importlib.import_module(module).__all__, (name, module)
+
+
 def test_package__version_matches_metadata_and_torch_is_a_range():
     from importlib.metadata import requires, version
 

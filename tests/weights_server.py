@@ -1,9 +1,11 @@
 """A real HTTP server on 127.0.0.1 standing in for download.pytorch.org in the weights tests
 (tests/test_weights.py, tests/cli/test_weights.py, tests/widgets/test_weights_widget.py).
 
-It serves bytes per path: whole, slowly in chunks, cut short (with or without a
-Content-Length), or with an HTTP error; and it records the requests.  Stand-in weights are real
-``torch.save`` files of small state dicts, named like torchvision's.
+It serves bytes per path: whole, slowly in chunks (down to a drip of one byte at a time), cut
+short (with or without a Content-Length), endlessly, with a false Content-Length, with headers
+that drip, with an HTTP error or a redirect; and it records the requests.  Stand-in weights are
+real ``torch.save`` files of small state dicts, named like torchvision's; :func:`publish` makes
+one "torchvision's file" for a test (its size and SHA-256 are what the checks expect).
 """
 
 from __future__ import annotations
@@ -29,7 +31,10 @@ class Route:
     chunk: int = 1 << 16  # bytes per write
     delay_s: float = 0.0  # pause after each chunk (a slow server)
     send: int | None = None  # send only this many bytes, then close (None: all)
-    content_length: bool = True  # send a Content-Length header (of the whole body)
+    content_length: bool | int = True  # a Content-Length header: of the body, this one, none
+    endless: bool = False  # send the body again and again until the client goes
+    headers: dict[str, str] | None = None  # more headers (Location: ...)
+    drip_headers_s: float = 0.0  # send the status line and headers a byte at a time, so slowly
 
 
 class WeightsServer:
@@ -49,20 +54,37 @@ class WeightsServer:
                 if route is None:
                     self.send_error(404, "Not Found")
                     return
-                self.send_response(route.status)
-                self.send_header("Content-Type", "application/octet-stream")
-                if route.content_length:
-                    self.send_header("Content-Length", str(len(route.body)))
-                self.end_headers()
-                body = route.body if route.send is None else route.body[: route.send]
                 try:
+                    self._answer(route)
+                except (BrokenPipeError, ConnectionResetError):  # the client stopped reading
+                    pass
+
+            def _answer(self, route: Route) -> None:
+                if route.drip_headers_s:
+                    head = f"HTTP/1.0 {route.status} OK\r\n\r\n".encode()
+                    for i in range(len(head)):
+                        self.wfile.write(head[i : i + 1])
+                        self.wfile.flush()
+                        time.sleep(route.drip_headers_s)
+                else:
+                    self.send_response(route.status)
+                    self.send_header("Content-Type", "application/octet-stream")
+                    if route.content_length is True:
+                        self.send_header("Content-Length", str(len(route.body)))
+                    elif route.content_length is not False:
+                        self.send_header("Content-Length", str(route.content_length))
+                    for name, value in (route.headers or {}).items():
+                        self.send_header(name, value)
+                    self.end_headers()
+                body = route.body if route.send is None else route.body[: route.send]
+                while True:
                     for start in range(0, len(body), route.chunk):
                         self.wfile.write(body[start : start + route.chunk])
                         self.wfile.flush()
                         if route.delay_s:
                             time.sleep(route.delay_s)
-                except (BrokenPipeError, ConnectionResetError):  # the client stopped reading
-                    pass
+                    if not route.endless or not body:
+                        return
 
             def log_message(self, *args) -> None:  # quiet
                 pass
@@ -118,6 +140,20 @@ def leftovers(folder) -> list[str]:
     if not folder.exists():
         return []
     return sorted(p.name for p in folder.iterdir() if ".part-" in p.name)
+
+
+def publish(monkeypatch, data: bytes, backbone: str = "resnet18") -> None:
+    """For this test, ``data`` is torchvision's ImageNet weights file of ``backbone``: its size
+    and SHA-256 are what the checks of files in the cache and of downloads expect (the real
+    file, 45 MB and more, is never fetched in tests).  Its name stays torchvision's."""
+    from napari_segrep import weights
+
+    published = weights.IMAGENET_FILES[backbone]
+    monkeypatch.setitem(
+        weights.IMAGENET_FILES,
+        backbone,
+        weights.PublishedFile(published.filename, len(data), sha256(data)),
+    )
 
 
 def use_temporary_torch_cache(tmp_path, monkeypatch):

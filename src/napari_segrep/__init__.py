@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING
 
 from ._version import __version__
 
-# public name -> module that defines it
+# The public names, each with the module that defines it: the one list (``__all__`` is made
+# from it; the imports for type checkers below are tested to match it).
 _LAZY = {
     "SegmentEncoder": "napari_segrep.engine.encoder",
     "embed_segments": "napari_segrep.engine.embed",
@@ -24,6 +25,7 @@ _LAZY = {
     "save_encoder": "napari_segrep.engine.encoder",
     "load_encoder": "napari_segrep.engine.encoder",
     "write_table": "napari_segrep.analysis.export",
+    "read_table": "napari_segrep.analysis.export",
     "train_classifier": "napari_segrep.analysis.classify",
     "load_classifier": "napari_segrep.analysis.classify",
     "improve_classifier": "napari_segrep.analysis.improve",
@@ -33,41 +35,21 @@ _LAZY = {
     "nearest_segments": "napari_segrep.analysis.neighbours",
 }
 
-__all__ = [
-    "Cancelled",
-    "SegmentEncoder",
-    "__version__",
-    "TrainingDiverged",
-    "add_measurements",
-    "embed_images",
-    "embed_segments",
-    "embed_stack",
-    "improve_classifier",
-    "load_classifier",
-    "load_encoder",
-    "measure_segments",
-    "nearest_segments",
-    "resolve_device",
-    "save_encoder",
-    "segment_thumbnails",
-    "train_classifier",
-    "train_ssl",
-    "write_table",
-]
+__all__ = ["__version__", *sorted(_LAZY)]
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .analysis.classify import load_classifier, train_classifier
-    from .analysis.export import write_table
-    from .analysis.improve import improve_classifier
-    from .analysis.measure import add_measurements, measure_segments
-    from .analysis.neighbours import nearest_segments
-    from .engine.collection import embed_images
-    from .engine.devices import resolve_device
-    from .engine.embed import embed_segments, embed_stack
-    from .engine.encoder import SegmentEncoder, load_encoder, save_encoder
-    from .engine.thumbnails import segment_thumbnails
-    from .engine.training import train_ssl
-    from .errors import Cancelled, TrainingDiverged
+if TYPE_CHECKING:  # pragma: no cover - for type checkers: _LAZY's names (tested to agree)
+    from .analysis.classify import load_classifier, train_classifier  # noqa: F401
+    from .analysis.export import read_table, write_table  # noqa: F401
+    from .analysis.improve import improve_classifier  # noqa: F401
+    from .analysis.measure import add_measurements, measure_segments  # noqa: F401
+    from .analysis.neighbours import nearest_segments  # noqa: F401
+    from .engine.collection import embed_images  # noqa: F401
+    from .engine.devices import resolve_device  # noqa: F401
+    from .engine.embed import embed_segments, embed_stack  # noqa: F401
+    from .engine.encoder import SegmentEncoder, load_encoder, save_encoder  # noqa: F401
+    from .engine.thumbnails import segment_thumbnails  # noqa: F401
+    from .engine.training import train_ssl  # noqa: F401
+    from .errors import Cancelled, TrainingDiverged  # noqa: F401
 
 
 def __getattr__(name: str):

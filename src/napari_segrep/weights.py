@@ -10,7 +10,15 @@ download streams into ``<file>.part-<random>`` beside its destination, its SHA-2
 (torchvision's file names carry the first hex digits of it, torch.hub's convention), the file
 must load with ``torch.load(weights_only=True)`` as a dict of tensors, and only then is it moved
 into place with ``os.replace``.  On any failure, cancel or Ctrl-C the temporary file is removed
-and an existing file is left as it was.
+and an existing file is left as it was.  The download refuses more bytes than the file has
+(declared or received, with a small margin), and gives up when it stalls (less than 64 KiB in
+``timeout`` seconds, from the request on: an answer that never comes, headers or a body that
+drip).
+
+A file found in the cache is checked too (:attr:`WeightsInfo.damaged`): its size, then its SHA-256
+against the digits in its name, once per version of the file (the verdict is remembered by
+path, size and times).  A damaged file (truncated, empty, an error page saved by hand, another
+file under torchvision's name) is named with the fix, and :func:`download_weights` replaces it.
 
 Cheap to import (standard library only): :func:`weights_info` does not import torch either
 (the cache folder follows ``torch.hub.get_dir()``'s rule; when torch is loaded, it is asked).
@@ -21,6 +29,8 @@ Examples
 >>> info = weights_info("resnet18")
 >>> info.path.name, info.size_text
 ('resnet18-f37072fd.pth', '45 MB')
+>>> info.damaged is None  # missing (None), or there and torchvision's own file (None)
+True
 """
 
 from __future__ import annotations
@@ -31,35 +41,65 @@ import os
 import re
 import secrets
 import sys
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
-from .io import fsync_dir
+from .io import file_sha256, fsync_dir
 
 __all__ = [
     "IMAGENET_FILES",
     "MIRROR_ENV",
     "TORCHVISION_URL",
+    "UNKNOWN_SIZE_LIMIT",
+    "PublishedFile",
     "WeightsInfo",
+    "damaged_message",
     "download_command",
     "download_weights",
+    "file_problem",
     "format_size",
     "imagenet_backbones",
+    "size_limit",
     "weights_info",
 ]
 
 #: Where torchvision publishes its weights.
 TORCHVISION_URL = "https://download.pytorch.org/models/"
 
-#: Backbone -> (file name, size in bytes) of torchvision's IMAGENET1K_V1 weights.  The same
-#: names as the engine's registry (a test checks they agree with torchvision's own URLs);
-#: kept here so that answering "are they there?" needs no torch.
-IMAGENET_FILES: dict[str, tuple[str, int]] = {
-    "resnet18": ("resnet18-f37072fd.pth", 46_830_571),
-    "resnet34": ("resnet34-b627a593.pth", 87_319_819),
-    "resnet50": ("resnet50-0676ba61.pth", 102_530_333),
+
+class PublishedFile(NamedTuple):
+    """A weights file as its publisher serves it.
+
+    Attributes
+    ----------
+    filename : str
+        Its name (torchvision's: ``<model>-<first 8 hex digits of its SHA-256>.pth``).
+    size : int
+        Its size in bytes.
+    sha256 : str or None
+        Its SHA-256, in full or its first hex digits; None: the digits in ``filename``.
+    """
+
+    filename: str
+    size: int
+    sha256: str | None = None
+
+
+#: Backbone -> torchvision's IMAGENET1K_V1 weights file.  The same names as the engine's
+#: registry (a test checks they agree with torchvision's own URLs and sizes); kept here so that
+#: answering "are they there, and whole?" needs no torch.
+IMAGENET_FILES: dict[str, PublishedFile] = {
+    "resnet18": PublishedFile("resnet18-f37072fd.pth", 46_830_571),
+    "resnet34": PublishedFile("resnet34-b627a593.pth", 87_319_819),
+    "resnet50": PublishedFile("resnet50-0676ba61.pth", 102_530_333),
 }
+
+#: The most a download of a file of unknown size may bring (a registered backbone's weights).
+UNKNOWN_SIZE_LIMIT = 2**31
 
 #: Environment variable naming a mirror: a base URL (``https://``, ``http://`` or ``file://``)
 #: under which the file name (e.g. ``resnet18-f37072fd.pth``) is found.
@@ -68,11 +108,13 @@ MIRROR_ENV = "SEGREP_WEIGHTS_URL"
 # torch.hub's check_hash convention: "<name>-<first hex digits of the sha256>.<ext>"
 _HASH_IN_NAME = re.compile(r"-([a-f0-9]*)\.")
 _CHUNK = 1 << 16
+#: A download that brings less than this in ``timeout`` seconds has stalled.
+_STALL_BYTES = 1 << 16
 
 
 @dataclass(frozen=True)
 class WeightsInfo:
-    """What is known about one backbone's ImageNet weights before downloading them.
+    """What is known about one backbone's ImageNet weights, and the file in the cache.
 
     Attributes
     ----------
@@ -85,11 +127,16 @@ class WeightsInfo:
         ``~/.cache/torch/hub/checkpoints``), where ``SegmentEncoder(weights="imagenet")`` and
         torchvision look for them.
     present : bool
-        Whether a file lies at ``path`` now.
+        Whether a file lies at ``path`` now (whole or damaged: see ``damaged``).
     size : int or None
-        Approximate size in bytes (None: unknown).
+        The published file's size in bytes (None: unknown).
     sha256_prefix : str or None
-        The first hex digits of the file's SHA-256, from its name (None: the name has none).
+        The published file's SHA-256, its first hex digits (those in its name) or all of them
+        (None: unknown).
+    damaged : str or None
+        Why the file at ``path`` is not the published one (``"it is empty"``, ``"it has 1,234
+        bytes, torchvision's file has 46,830,571"``, ``"its SHA-256 starts with ..."``); None
+        when there is no file, or it is the published one (see :func:`file_problem`).
     """
 
     backbone: str
@@ -98,10 +145,16 @@ class WeightsInfo:
     present: bool
     size: int | None
     sha256_prefix: str | None
+    damaged: str | None = None
 
     @property
     def filename(self) -> str:
         return self.path.name
+
+    @property
+    def usable(self) -> bool:
+        """Whether the weights are in the cache and whole (present and not damaged)."""
+        return self.present and self.damaged is None
 
     @property
     def size_text(self) -> str:
@@ -120,13 +173,40 @@ def download_command(backbone: str = "resnet18") -> str:
     return f"napari-segrep weights download imagenet{extra}"
 
 
+def damaged_message(info: WeightsInfo) -> str:
+    """One line for a damaged file in the cache: which file, why, and the fix."""
+    return (
+        f"the ImageNet weights file {info.path} is damaged ({info.damaged}): download it "
+        f"again with `{download_command(info.backbone)} --force`, or copy torchvision's "
+        f"{info.filename} there again from a machine with internet"
+    )
+
+
 def format_size(n_bytes: float) -> str:
-    """``46830571`` -> ``"45 MB"`` (binary megabytes, as download tools show them)."""
+    """``46830571`` -> ``"45 MB"`` (binary megabytes, as download tools show them); under a
+    megabyte in KB or bytes (``"12 KB"``, ``"19 B"``): a damaged file is often tiny."""
+    if n_bytes < 2**10:
+        return f"{n_bytes:.0f} B"
+    if n_bytes < 2**20:
+        return f"{n_bytes / 2**10:.0f} KB"
     return f"{n_bytes / 2**20:.0f} MB"
 
 
+def size_limit(size: int | None) -> int:
+    """The most bytes a download of a file of ``size`` bytes may bring: the size and a margin
+    (2% and 1 MiB), or :data:`UNKNOWN_SIZE_LIMIT` when the size is unknown.  A file in the
+    cache whose size is off by more than the margin is damaged without being hashed."""
+    if size is None:
+        return UNKNOWN_SIZE_LIMIT
+    return size + size // 50 + 2**20
+
+
 def weights_info(backbone: str = "resnet18", *, url: str | None = None) -> WeightsInfo:
-    """Where ``backbone``'s ImageNet weights come from and go, and whether they are there.
+    """Where ``backbone``'s ImageNet weights come from and go, whether they are there, and
+    whether the file there is whole.
+
+    The file is checked with :func:`file_problem` (its size, then its SHA-256: about 0.1 s for
+    45 MB, once per version of the file).
 
     Parameters
     ----------
@@ -143,18 +223,28 @@ def weights_info(backbone: str = "resnet18", *, url: str | None = None) -> Weigh
     ValueError
         Unknown backbone, or one without ImageNet weights.
     """
-    source, path, size = _source_and_path(backbone)
+    source, path, published = _source_and_path(backbone)
     filename = path.name
     if url is None:
         mirror = os.environ.get(MIRROR_ENV, "").strip()
         url = f"{mirror.rstrip('/')}/{filename}" if mirror else source
-    match = _HASH_IN_NAME.search(filename)
-    prefix = match.group(1) if match and match.group(1) else None
-    return WeightsInfo(backbone, url, path, path.is_file(), size, prefix)
+    prefix = published.sha256
+    if prefix is None:
+        match = _HASH_IN_NAME.search(filename)
+        prefix = match.group(1) if match and match.group(1) else None
+    size = published.size if published.size > 0 else None
+    present, damaged = path.is_file(), None
+    if present:
+        try:
+            damaged = file_problem(path, size=size, sha256=prefix)
+        except FileNotFoundError:  # removed meanwhile
+            present = False
+    return WeightsInfo(backbone, url, path, present, size, prefix, damaged)
 
 
-def _source_and_path(backbone: str) -> tuple[str, Path, int | None]:
-    """(torchvision's URL, the cache path, the size or None) of ``backbone``'s weights.
+def _source_and_path(backbone: str) -> tuple[str, Path, PublishedFile]:
+    """(torchvision's URL, the cache path, the published file) of ``backbone``'s weights (a
+    size of 0 and a sha256 of None where unknown).
 
     The built-in backbones come from :data:`IMAGENET_FILES`, never from the engine: a widget
     asks in napari's GUI thread, maybe while a background thread is importing the engine, and
@@ -164,9 +254,103 @@ def _source_and_path(backbone: str) -> tuple[str, Path, int | None]:
 
         spec = registry.get_backbone(backbone)  # ValueError naming the choices
         path = registry.imagenet_cache_path(backbone)  # ValueError when it has none
-        return str(spec.imagenet_url), path, None
-    filename, size = IMAGENET_FILES[backbone]
-    return TORCHVISION_URL + filename, _hub_dir() / "checkpoints" / filename, size
+        return str(spec.imagenet_url), path, PublishedFile(path.name, 0)
+    published = IMAGENET_FILES[backbone]
+    path = _hub_dir() / "checkpoints" / published.filename
+    return TORCHVISION_URL + published.filename, path, published
+
+
+# (path, size, mtime, ctime, inode, device, expected size, expected sha256) -> the verdict
+_verdicts: dict[tuple, str | None] = {}
+_verdicts_lock = threading.Lock()
+_RACY_NS = 2 * 10**9
+
+
+def file_problem(
+    path: str | os.PathLike, *, size: int | None = None, sha256: str | None = None
+) -> str | None:
+    """Why the file at ``path`` is not the published one of ``size`` bytes whose SHA-256
+    starts with ``sha256``; None when it is (or nothing is known to check it against).
+
+    The size is checked first (a file off by more than :func:`size_limit`'s margin is damaged
+    without reading it), then the SHA-256.  The verdict is remembered for this version of the
+    file (path, size, modification and change times, inode; not for a file changed in the
+    last 2 s), so asking again costs a ``stat``.
+
+    Parameters
+    ----------
+    path : path-like
+        An existing file.
+    size : int, optional
+        The published file's size in bytes.
+    sha256 : str, optional
+        The published file's SHA-256, in full or its first hex digits.
+
+    Returns
+    -------
+    str or None
+        A phrase for messages (``"it is empty"``, ``"it has 1,234 bytes, torchvision's file has
+        46,830,571"``, ``"its SHA-256 starts with 0c1d2e3f, torchvision's with f37072fd"``,
+        ``"it cannot be read: Permission denied"``), or None.
+
+    Raises
+    ------
+    FileNotFoundError
+        There is no file at ``path``.
+    """
+    path = Path(path)
+    st = path.stat()
+    key = (
+        str(path.absolute()),
+        st.st_size,
+        st.st_mtime_ns,
+        st.st_ctime_ns,
+        st.st_ino,
+        st.st_dev,
+        size,
+        sha256,
+    )
+    with _verdicts_lock:
+        if key in _verdicts:
+            return _verdicts[key]
+    verdict = _file_problem(path, st.st_size, size, sha256)
+    # A file changed in the last seconds may change again within the same tick of the file
+    # system's clock, unseen by stat: its verdict is not remembered (git's "racy" rule).
+    if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > _RACY_NS:
+        with _verdicts_lock:
+            _verdicts[key] = verdict
+    return verdict
+
+
+def _file_problem(path: Path, actual: int, size: int | None, sha256: str | None) -> str | None:
+    if actual == 0:
+        return "it is empty"
+    if size is not None and abs(actual - size) > size_limit(size) - size:
+        return f"it has {actual:,} bytes, torchvision's file has {size:,}{_looks_like(path)}"
+    if not sha256:
+        return None
+    try:
+        digest = file_sha256(path)
+    except OSError as exc:
+        return f"it cannot be read: {exc.strerror or exc}"
+    expected = sha256.lower()
+    if digest.startswith(expected):
+        return None
+    return (
+        f"its SHA-256 starts with {digest[: len(expected)]}, torchvision's with "
+        f"{expected}{_looks_like(path)}"
+    )
+
+
+def _looks_like(path: Path) -> str:
+    """``"; it looks like a web page"`` when the file starts like one (a proxy's login page
+    saved as weights), else ``""``."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(512).lstrip().lower()
+    except OSError:
+        return ""
+    return "; it looks like a web page" if head.startswith(b"<") else ""
 
 
 def _hub_dir() -> Path:
@@ -195,8 +379,8 @@ def download_weights(
 
     The file streams into a temporary file beside its destination, is checked (SHA-256, and
     that it loads with ``torch.load(weights_only=True)`` as a dict of tensors), then moved into
-    place atomically.  On any failure (network, checksum, cancel, Ctrl-C, full disk) the
-    temporary file is removed and nothing at the destination changes.
+    place atomically.  On any failure (network, checksum, cancel, Ctrl-C, full disk, too many
+    bytes, a stall) the temporary file is removed and nothing at the destination changes.
 
     Parameters
     ----------
@@ -208,18 +392,22 @@ def download_weights(
         ``SEGREP_WEIGHTS_URL`` environment variable (a base URL, the file name is appended)
         when set, else torchvision's URL.
     sha256 : str, optional
-        Expected SHA-256 of the file, in full or its first hex digits (at least 8).  Default:
-        the digits in torchvision's file name (e.g. ``f37072fd`` of ``resnet18-f37072fd.pth``).
+        Expected SHA-256 of the file, in full or its first hex digits (at least 8); it must
+        agree with the digits in torchvision's file name (the file is saved under that name).
+        Default: those digits (e.g. ``f37072fd`` of ``resnet18-f37072fd.pth``).
     force : bool
-        Download even when the file is already in the cache (it is replaced only once the new
-        one is verified).  Otherwise an existing file is returned without downloading.
+        Download even when whole weights are already in the cache (they are replaced only once
+        the new file is verified).  Otherwise a whole file is returned without downloading; a
+        damaged one (:attr:`WeightsInfo.damaged`) is downloaded again and replaced.
     progress : callable(done_bytes, total_bytes or None), optional
         Called when the download starts and after every chunk.
     should_stop : callable() -> bool, optional
         Polled between chunks; when true, the download stops and
         :class:`~napari_segrep.errors.Cancelled` is raised (nothing written).
     timeout : float
-        Seconds to wait for the server (connecting, and each read).
+        Seconds without progress before the download gives up: from the request on, less than
+        64 KiB arriving in ``timeout`` seconds (no answer, or headers or a body that drip) is a
+        stall.
 
     Returns
     -------
@@ -229,22 +417,26 @@ def download_weights(
     Raises
     ------
     ConnectionError
-        The server could not be reached, answered with an HTTP error, or the connection broke;
-        the message names the host, the reason and the fixes (connection/proxy, a mirror, or
-        copying the file from a machine with internet).
+        The server could not be reached, answered with an HTTP error or a redirect loop, the
+        connection broke, or the download stalled; the message names the host, the reason and
+        the fixes (connection/proxy, a mirror, or copying the file from a machine with
+        internet).
     ValueError
-        Bad arguments, a checksum mismatch, or a file that is not torch weights (an error page,
-        a truncated file); nothing was written.
+        Bad arguments, a checksum mismatch, more bytes than the file has (announced or sent:
+        refused before reading, or stopped at :func:`size_limit`), or a file that is not torch
+        weights (an error page, a truncated file); nothing was written.
     OSError
         The cache folder cannot be created or written (named, with the reason).
     napari_segrep.errors.Cancelled
         ``should_stop()`` became true.
     """
+    if not timeout > 0:
+        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
     info = weights_info(backbone, url=url)
     dest = info.path
-    if dest.is_file() and not force:
-        return dest
     expected = _expected_sha256(sha256, info)
+    if info.usable and not force:
+        return dest
     folder = dest.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -273,14 +465,23 @@ def download_weights(
 
 
 def _expected_sha256(sha256: str | None, info: WeightsInfo) -> str | None:
+    """The digits the download must start with: ``sha256`` (checked: hex, 8 digits or more,
+    agreeing with the published digits) or the published ones."""
+    published = info.sha256_prefix
     if sha256 is None:
-        return info.sha256_prefix
+        return published
     text = str(sha256).strip().lower()
     if not re.fullmatch(r"[0-9a-f]{8,64}", text):
         raise ValueError(
             f"sha256 {sha256!r} is not a SHA-256: give its 64 hex digits, or at least the first 8"
         )
-    return text
+    if published and not (text.startswith(published) or published.startswith(text)):
+        raise ValueError(
+            f"sha256 {sha256!r} disagrees with torchvision's {info.filename}, whose SHA-256 "
+            f"starts with {published[:8]}: the cache keeps that file under that name only; "
+            "check the digits (or leave the option out)"
+        )
+    return text if published is None or len(text) > len(published) else published
 
 
 def _new_partial(dest: Path) -> Path:
@@ -300,6 +501,66 @@ def _new_partial(dest: Path) -> Path:
             ) from None
 
 
+class _StallWatch:
+    """Gives up on a download that makes no progress: when less than ``_STALL_BYTES`` arrive in
+    ``timeout`` seconds (counted from the request on), it shuts the connection's sockets down,
+    which wakes a read blocked in another thread, and says so in :attr:`stalled`.
+
+    Per-read socket timeouts alone never trip on a server that sends a byte every few seconds,
+    in its headers or its body."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = float(timeout)
+        self.stalled = False
+        self._sockets: list = []
+        self._lock = threading.Lock()
+        self._mark = time.monotonic()
+        self._since_mark = 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="weights-stall", daemon=True)
+
+    def __enter__(self) -> _StallWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def connected(self, sock) -> None:
+        """A socket of this download (one per connection: redirects open more)."""
+        with self._lock:
+            self._sockets.append(sock)
+            if self.stalled:
+                _shut_down(sock)
+
+    def received(self, n_bytes: int) -> None:
+        with self._lock:
+            self._since_mark += n_bytes
+            if self._since_mark >= _STALL_BYTES:
+                self._mark, self._since_mark = time.monotonic(), 0
+
+    def _watch(self) -> None:
+        while True:
+            with self._lock:
+                left = self._mark + self.timeout - time.monotonic()
+                if left <= 0:
+                    self.stalled = True
+                    for sock in self._sockets:
+                        _shut_down(sock)
+                    return
+            if self._done.wait(left):
+                return
+
+
+def _shut_down(sock) -> None:
+    import socket
+
+    with contextlib.suppress(OSError):
+        # the plain socket's shutdown, also under TLS: it wakes a blocked read at once
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
 def _stream_to(tmp: Path, info: WeightsInfo, progress, should_stop, timeout: float) -> str:
     """Stream ``info.url`` into ``tmp``; return the hex SHA-256 of what was received."""
     from http.client import HTTPException
@@ -309,34 +570,47 @@ def _stream_to(tmp: Path, info: WeightsInfo, progress, should_stop, timeout: flo
 
     digest = hashlib.sha256()
     done = 0
-    response = _open(info, timeout)
-    with response:
-        total = _content_length(response)
-        if progress is not None:
-            progress(0, total)
-        with open(tmp, "wb") as fh:
-            while True:
-                if should_stop is not None and should_stop():
-                    raise Cancelled(f"download of {info.filename} cancelled; nothing was written")
+    limit = size_limit(info.size)
+    with _StallWatch(timeout) as watch:
+        response = _open(info, timeout, watch)
+        with response:
+            total = _content_length(response)
+            if total is not None and total > limit:
+                raise _too_large(info, f"announces {total:,} bytes", limit)
+            if progress is not None:
+                progress(0, total)
+            with open(tmp, "wb") as fh:
+                while True:
+                    if should_stop is not None and should_stop():
+                        raise Cancelled(
+                            f"download of {info.filename} cancelled; nothing was written"
+                        )
+                    try:
+                        chunk = _read_chunk(response)
+                    except (OSError, HTTPException) as exc:  # a reset connection, a timeout
+                        if watch.stalled or isinstance(exc, TimeoutError):
+                            raise _stalled(info, watch) from None
+                        raise _connection_error(info, exc, during=True) from None
+                    if watch.stalled:
+                        raise _stalled(info, watch)
+                    if not chunk:
+                        break
+                    if done + len(chunk) > limit:
+                        raise _too_large(info, f"sent more than {limit:,} bytes", limit)
+                    watch.received(len(chunk))
+                    try:
+                        fh.write(chunk)
+                    except OSError as exc:
+                        raise (write_failure(info.path, exc, what="weights") or exc) from None
+                    digest.update(chunk)
+                    done += len(chunk)
+                    if progress is not None:
+                        progress(done, total)
                 try:
-                    chunk = _read_chunk(response)
-                except (OSError, HTTPException) as exc:  # a reset connection, a timeout
-                    raise _connection_error(info, exc, during=True) from None
-                if not chunk:
-                    break
-                try:
-                    fh.write(chunk)
+                    fh.flush()
+                    os.fsync(fh.fileno())
                 except OSError as exc:
                     raise (write_failure(info.path, exc, what="weights") or exc) from None
-                digest.update(chunk)
-                done += len(chunk)
-                if progress is not None:
-                    progress(done, total)
-            try:
-                fh.flush()
-                os.fsync(fh.fileno())
-            except OSError as exc:
-                raise (write_failure(info.path, exc, what="weights") or exc) from None
     if total is not None and done != total:
         raise _connection_error(
             info, f"the connection ended after {done} of {total} bytes", during=True
@@ -344,10 +618,33 @@ def _stream_to(tmp: Path, info: WeightsInfo, progress, should_stop, timeout: flo
     return digest.hexdigest()
 
 
-def _open(info: WeightsInfo, timeout: float):
-    """``urlopen(info.url)``; failures become one clear error."""
+def _too_large(info: WeightsInfo, what: str, limit: int) -> ValueError:
+    expected = (
+        f"torchvision's {info.filename} has {info.size:,}"
+        if info.size
+        else f"at most {limit:,} are accepted for {info.filename}"
+    )
+    return ValueError(
+        f"{info.url} {what}, {expected}: refused, nothing was written (the server sends "
+        "another file: check the URL or the mirror)"
+    )
+
+
+def _stalled(info: WeightsInfo, watch: _StallWatch, *, during: bool = True) -> ConnectionError:
+    return _connection_error(
+        info,
+        f"it stalled (less than {_STALL_BYTES // 1024} KiB in {watch.timeout:g} s; --timeout "
+        "sets the limit)",
+        during=during,
+    )
+
+
+def _open(info: WeightsInfo, timeout: float, watch: _StallWatch):
+    """Open ``info.url`` (its connections reported to ``watch``); failures become one clear
+    error."""
+    from http.client import HTTPException
     from urllib.error import HTTPError, URLError
-    from urllib.request import Request, urlopen
+    from urllib.request import Request
 
     from ._version import __version__
 
@@ -359,14 +656,51 @@ def _open(info: WeightsInfo, timeout: float):
         )
     request = Request(info.url, headers={"User-Agent": f"napari-segrep/{__version__}"})
     try:
-        return urlopen(request, timeout=timeout)  # noqa: S310 - the schemes are checked above
+        return _opener(watch).open(request, timeout=timeout)
     except HTTPError as exc:
         exc.close()
-        raise _connection_error(info, f"HTTP {exc.code} {exc.reason}") from None
-    except URLError as exc:
-        raise _connection_error(info, exc.reason) from None
-    except OSError as exc:  # a timeout while connecting, a file:// path that is missing
-        raise _connection_error(info, exc) from None
+        if 300 <= exc.code < 400:  # urllib's redirect loop (or too many redirects)
+            reason = f"HTTP {exc.code}: the server redirects in a loop (or too many times)"
+        else:
+            reason = f"HTTP {exc.code} {exc.reason}"
+        raise _connection_error(info, reason) from None
+    except (URLError, OSError, HTTPException) as exc:  # a timeout, a missing file:// path...
+        if watch.stalled:
+            raise _stalled(info, watch, during=False) from None
+        raise _connection_error(info, getattr(exc, "reason", exc)) from None
+
+
+def _opener(watch: _StallWatch):
+    """urllib's opener (proxies, redirects, TLS as ``urlopen``), whose HTTP(S) connections
+    report their sockets to ``watch``."""
+    import http.client
+    import urllib.request
+
+    def watched(base):
+        class Connection(base):
+            def connect(self) -> None:
+                super().connect()
+                watch.connected(self.sock)
+
+        return Connection
+
+    class HTTPHandler(urllib.request.HTTPHandler):
+        def http_open(self, req):
+            return self.do_open(watched(http.client.HTTPConnection), req)
+
+    handlers: list = [HTTPHandler()]
+    if hasattr(http.client, "HTTPSConnection"):
+
+        class HTTPSHandler(urllib.request.HTTPSHandler):
+            def https_open(self, req):
+                return self.do_open(
+                    watched(http.client.HTTPSConnection),
+                    req,
+                    context=self._context,
+                )
+
+        handlers.append(HTTPSHandler())
+    return urllib.request.build_opener(*handlers)
 
 
 def _read_chunk(response) -> bytes:
@@ -390,6 +724,7 @@ def _connection_error(info: WeightsInfo, reason, *, during: bool = False) -> Con
     where = parts.netloc or parts.path or info.url
     if isinstance(reason, BaseException):
         reason = getattr(reason, "strerror", None) or str(reason) or type(reason).__name__
+    reason = " ".join(str(reason).split())  # one line, whatever the library said
     head = (
         f"the download of {info.filename} from {where} failed: {reason}"
         if during
@@ -410,7 +745,13 @@ def _check_loads(path: Path, url: str) -> None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any reason: it is not a weights file
-        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+        # (torch's own message advises weights_only=False, which could run code: never shown)
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        reason = (
+            f"it holds pickled Python objects ({found.group(1)}), never loaded: they could run code"
+            if found
+            else "cut short, empty, or another file"
+        )
         raise ValueError(
             f"what {url} sent is not a torch weights file ({reason}); nothing was written"
         ) from None

@@ -273,7 +273,7 @@ def test_classifier__refuses_another_encoders_table_unless_forced(annotated, tmp
 def test_read_table__a_foreign_sidecar_adds_nothing(annotated, tmp_path):
     table, _, _ = annotated
     table.to_csv(tmp_path / "t.csv", index=False)
-    (tmp_path / "t.json").write_text('{"encoder": {"sha256": "x"}}')
+    (tmp_path / "t.csv.json").write_text('{"encoder": {"sha256": "x"}}')  # not ours
     back = read_table(tmp_path / "t.csv")
     assert back.attrs == {}
     np.testing.assert_allclose(back.to_numpy(), table.to_numpy())
@@ -302,6 +302,58 @@ def test_suggest_next__the_least_sure_rows_not_excluded_in_order(margins, n, dat
     if len(got):  # nothing left out is less sure than the last suggestion
         rest = pred[~exclude & ~pred.index.isin(got.index)]
         assert (rest["margin"] >= got["margin"].iloc[-1]).all()
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    margins=st.lists(st.floats(0, 1), min_size=1, max_size=30),
+    n_images=st.integers(1, 3),
+    n=st.integers(0, 12),
+    data=st.data(),
+)
+def test_suggest_next__exclude_by_labels_keys_or_annotations_equals_the_row_mask(
+    margins, n_images, n, data
+):
+    """Issue 22, item 14: ``exclude`` takes the annotated segments themselves (labels, keys,
+    the annotations), not only a boolean row mask, and means the same rows."""
+    rows = len(margins)
+    images = [
+        f"im{i}"
+        for i in data.draw(st.lists(st.integers(0, n_images - 1), min_size=rows, max_size=rows))
+    ]
+    pred = pd.DataFrame({"label": np.arange(1, rows + 1) * 7, "margin": margins})
+    if n_images > 1:
+        pred.insert(0, "image", images)
+    mask = np.array(data.draw(st.lists(st.booleans(), min_size=rows, max_size=rows)))
+    expected = suggest_next(pred, n=n, exclude=mask)
+    chosen = pred[mask]
+    ways = [
+        pd.Series(mask),
+        chosen.assign(**{"class": "x"}),  # annotations as a DataFrame
+        [tuple(key) for key in chosen.drop(columns="margin").itertuples(index=False)],
+    ]
+    if n_images == 1:
+        labels = chosen["label"].tolist()
+        ways += [labels, np.asarray(labels), dict.fromkeys(labels, "x")]
+    for exclude in ways:
+        pd.testing.assert_frame_equal(suggest_next(pred, n=n, exclude=exclude), expected)
+
+
+def test_suggest_next__a_wrong_exclude_says_what_it_expects():
+    pred = pd.DataFrame({"image": ["a", "a", "b"], "label": [1, 2, 1], "margin": [0.3, 0.1, 0.2]})
+    expects = r"exclude must be a boolean row mask \(3 values, True = leave out\), or the"
+    for exclude, why in [
+        (np.array([True, False]), "boolean mask of shape \\(2,\\)"),
+        ([1, 2], "labels alone are ambiguous: the predictions hold several images"),
+        ([("a",)], "a tuple of 1 values"),
+        (pd.DataFrame({"label": [1]}), "the DataFrame lacks image"),
+        (["a"], "got list of other values"),
+    ]:
+        with pytest.raises(ValueError, match=f"{expects}.*{why}"):
+            suggest_next(pred, exclude=exclude)
+    assert suggest_next(pred, exclude=[]).index.tolist() == [1, 2, 0]
+    single = pred[pred["image"] == "a"].drop(columns="image")
+    assert suggest_next(single, exclude=[2]).index.tolist() == [0]  # labels, not a mask
 
 
 # ---------------------------------------------------------------------- embedding+geometry

@@ -110,7 +110,7 @@ def test_cli_classify__trains_predicts_and_records_provenance(cells, tmp_path, c
     np.testing.assert_allclose(proba.sum(axis=1), 1, atol=1e-6)
     np.testing.assert_allclose(pred["probability"], proba.max(axis=1), atol=1e-9)
 
-    side = json.loads(out.with_suffix(".json").read_text())
+    side = json.loads(sidecar_path(out).read_text())
     assert side["package"] == "napari-segrep" and side["command"] == "classify"
     assert side["inputs"]["table"]["sha256"] == file_sha256(table)
     assert side["inputs"]["annotations"]["sha256"] == file_sha256(tmp_path / "ann.csv")
@@ -124,7 +124,7 @@ def test_cli_classify__trains_predicts_and_records_provenance(cells, tmp_path, c
     err = capsys.readouterr().err
     assert "cross-validated accuracy" in err and "elongated 6, round 6, spotty 6" in err
     assert f"{len(df)} segments classified" in err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ann.csv", "pred.csv", "pred.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ann.csv", "pred.csv", "pred.csv.json"]
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -140,7 +140,7 @@ def test_cli_classify__saved_model_predicts_the_same(cells, tmp_path, method, ca
     assert _run("classify", table, "--model", model, "-o", tmp_path / "b.csv", "-q") == 0
     assert capsys.readouterr().err == ""
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "a.csv"), pd.read_csv(tmp_path / "b.csv"))
-    side = json.loads((tmp_path / "b.json").read_text())
+    side = json.loads((tmp_path / "b.csv.json").read_text())
     assert side["inputs"]["model"]["sha256"] == file_sha256(model)
     assert side["classifier"]["method"] == method and side["classifier"]["seed"] == 3
 
@@ -187,7 +187,7 @@ def test_cli_classify__features_embedding_and_geometry(cells, tmp_path, capsys):
     out = tmp_path / "p.csv"
     assert _run("classify", tmp_path / "m.csv", *train, "-o", out, "--save-model", model) == 0
     assert "area" in load_classifier(model).feature_columns
-    side = json.loads(out.with_suffix(".json").read_text())
+    side = json.loads(sidecar_path(out).read_text())
     assert side["classifier"]["features"] == "embedding+geometry"
     assert len(pd.read_csv(out)) == len(df)
 
@@ -205,7 +205,7 @@ def test_cli_classify__table_with_class_annotation_is_its_own_annotations(cells,
     pred = pd.read_csv(out)
     held_out = np.setdiff1d(np.arange(len(df)), picked)
     assert (pred["class"].to_numpy()[held_out] == truth[held_out]).mean() > 0.7
-    side = json.loads((tmp_path / "p.json").read_text())
+    side = json.loads((tmp_path / "p.csv.json").read_text())
     assert side["classifier"]["n_annotations"] == dict.fromkeys(CLASSES, 6)
 
 
@@ -229,19 +229,21 @@ def test_cli_classify__refuses_an_output_that_is_an_input(cells, tmp_path, capsy
     _, table, df, truth = cells
     _, ann = _annotate(df, truth)
     ann.to_csv(tmp_path / "ann.csv", index=False)
-    before = {p: p.read_bytes() for p in (table, table.with_suffix(".json"), tmp_path / "ann.csv")}
+    before = {p: p.read_bytes() for p in (table, sidecar_path(table), tmp_path / "ann.csv")}
     train = ["--annotations", tmp_path / "ann.csv"]
+    (tmp_path / "link.csv.json").symlink_to(sidecar_path(table))
     for argv, what in [
         (["-o", table], "is the input table"),
-        (["-o", table.with_suffix(".tsv")], "is the input table sidecar"),  # -> cells.json
+        (["-o", tmp_path / "link.csv"], "is the input table sidecar"),  # -> cells.csv.json
         (["-o", tmp_path / "ann.csv"], "is the input annotations"),
         (["-o", tmp_path / "p.csv", "--save-model", table], "is the input table"),
-        (["-o", tmp_path / "p.csv", "--save-model", tmp_path / "p.json"], "choose another"),
-        (["-o", tmp_path / "p.json"], "its own JSON sidecar"),
+        (["-o", tmp_path / "p.csv", "--save-model", tmp_path / "p.csv.json"], "choose another"),
+        (["-o", tmp_path / "p.json"], "ends in .json, which napari-segrep keeps for"),
     ]:
         assert _run("classify", table, *train, *argv, "--overwrite") == 2
         assert what in _one_error_line(capsys)
     assert {p: p.read_bytes() for p in before} == before
+    (tmp_path / "link.csv.json").unlink()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ann.csv"]
 
 
@@ -257,7 +259,7 @@ def test_cli_classify__existing_outputs_need_overwrite_and_foreign_files_stay(
     assert _run(*train) == 2
     assert "--overwrite" in _one_error_line(capsys)
     assert out.read_bytes() == b"my own precious results\n"
-    assert not out.with_suffix(".json").exists()
+    assert not sidecar_path(out).exists()
 
     # a file at --save-model that is not a classifier is never replaced, even with --overwrite
     model.write_bytes(b"not a classifier")
@@ -266,13 +268,13 @@ def test_cli_classify__existing_outputs_need_overwrite_and_foreign_files_stay(
     assert model.read_bytes() == b"not a classifier"
     assert out.read_bytes() == b"my own precious results\n"  # nothing written: all or none
 
-    # nor is a PRED.json that napari-segrep did not write
+    # nor is a PRED.csv.json that napari-segrep did not write
     model.unlink()
-    out.with_suffix(".json").write_text('{"mine": true}')
+    sidecar_path(out).write_text('{"mine": true}')
     assert _run(*train, "--overwrite") == 2
     assert "not written by napari-segrep" in _one_error_line(capsys)
-    assert out.with_suffix(".json").read_text() == '{"mine": true}'
-    out.with_suffix(".json").unlink()
+    assert sidecar_path(out).read_text() == '{"mine": true}'
+    sidecar_path(out).unlink()
 
     # --overwrite replaces our own outputs: the table, its sidecar and a classifier
     assert _run(*train, "--save-model", model, "--overwrite", "-q") == 0
@@ -307,7 +309,7 @@ def test_cli_classify__another_encoders_table_needs_force(cells, tmp_path, narro
     assert not out.exists()
     assert _run("classify", tmp_path / "other.csv", "--model", model, "-o", out, "--force") == 0
     assert len(pd.read_csv(out)) == len(theirs)
-    side = json.loads(out.with_suffix(".json").read_text())
+    side = json.loads(sidecar_path(out).read_text())
     assert side["forced"] and side["encoder_mismatch_forced"]
     assert side["encoder"]["sha256"] == other.record()["sha256"]
 
@@ -426,6 +428,66 @@ def test_cli_classify__help_loads_nothing_heavy():
     assert classify._METHODS == METHODS  # the parser's copy of the choices
 
 
+def test_cli_classify__image_names_stay_as_written_in_the_predictions(tmp_path, capsys):
+    """Issue 22, item 5: images ``000`` and ``001`` stay so in PRED.csv (not 0 and 1)."""
+    table, truth = _blobs_table(images=("000", "001"))
+    write_table(table, tmp_path / "t.csv")
+    picked = np.r_[0:3, 15:18, 30:33, 45:48]
+    ann = table.iloc[picked][["image", "label"]].assign(**{"class": truth[picked]})
+    ann.to_csv(tmp_path / "ann.csv", index=False)
+    out = tmp_path / "p.csv"
+    assert (
+        _run("classify", tmp_path / "t.csv", "--annotations", tmp_path / "ann.csv", "-o", out) == 0
+    )
+    column = pd.read_csv(out, usecols=["image"], dtype=str)["image"]
+    assert column.tolist() == table["image"].tolist()
+    assert sorted(set(column)) == ["000", "001"]
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        pytest.param("[" * 200_000 + "]" * 200_000, "nested deeper than 32", id="200000 deep"),
+        ('{"package": "napari-segrep", "encoder": 5}', "'encoder' must be an object"),
+    ],
+)
+def test_cli_classify__a_damaged_table_sidecar_is_one_line(tmp_path, capsys, content, problem):
+    """Issue 22, item 8: no RecursionError or AttributeError, one line naming the file and the
+    fix, nothing written."""
+    table, truth = _blobs_table(images=("a",))
+    table.drop(columns="image").to_csv(tmp_path / "t.csv", index=False)
+    sidecar_path(tmp_path / "t.csv").write_text(content)
+    pd.DataFrame({"label": [1, 2, 16, 17], "class": ["dim", "dim", "bright", "bright"]}).to_csv(
+        tmp_path / "ann.csv", index=False
+    )
+    out = tmp_path / "p.csv"
+    assert (
+        _run("classify", tmp_path / "t.csv", "--annotations", tmp_path / "ann.csv", "-o", out) == 2
+    )
+    line = _one_error_line(capsys)
+    assert f"{tmp_path / 't.csv.json'}" in line and problem in line
+    assert "delete it to read t.csv without its provenance, or restore it" in line
+    assert not out.exists() and not sidecar_path(out).exists()
+
+
+def test_cli_classify__warns_once_about_class_names_a_spreadsheet_could_run(tmp_path, capsys):
+    """CSV injection (OWASP): the names are written as they are, with one warning line."""
+    table, truth = _blobs_table(images=("a",))
+    table.drop(columns="image").to_csv(tmp_path / "t.csv", index=False)
+    names = np.where(truth == "dim", "=1+1", "@SUM(A1)")
+    picked = np.r_[0:3, 15:18]
+    ann = pd.DataFrame({"label": table["label"].to_numpy()[picked], "class": names[picked]})
+    ann.to_csv(tmp_path / "ann.csv", index=False)
+    out = tmp_path / "p.csv"
+    argv = ["classify", tmp_path / "t.csv", "--annotations", tmp_path / "ann.csv", "-o", out]
+    assert _run(*argv, "-q") == 0
+    err = capsys.readouterr().err
+    assert err.startswith("napari-segrep: warning: p.csv: 30 text cell(s) start with =, +, -, @")
+    assert err.count("\n") == 1 and "a spreadsheet may run them as formulas" in err
+    pred = pd.read_csv(out, dtype={"class": str})
+    assert (pred["class"].to_numpy() == names).mean() > 0.95  # written as they are
+
+
 # ---------------------------------------------------------------------- issue 22: trust
 def _two_class_files(tmp_path, names=("dim", "bright"), *, per_class=5):
     """t.csv (30 rows, two well-separated classes) and ann.csv annotating ``per_class`` rows
@@ -523,8 +585,8 @@ def test_cli_classify__ten_thousand_classes_are_refused_before_any_fitting(tmp_p
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        (["--seed", "99999999999999999999"], "--seed 99999999999999999999: it must be a whole"),
-        (["--seed", "-1"], "--seed -1: it must be a whole number from 0 to 4294967295"),
+        (["--seed", "99999999999999999999"], "--seed 99999999999999999999 is out of range"),
+        (["--seed", "-1"], "--seed -1 is out of range: give an integer from 0 to 4294967295"),
         (["--method", "random_forest", "--n-trees", "0"], "--n-trees 0: it must be"),
         (["--method", "knn", "--k", "0"], "--k 0: it must be a whole number, at least 1"),
         (["--C", "0"], "--C 0.0: it must be a positive number"),

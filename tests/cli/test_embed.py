@@ -5,14 +5,18 @@ from __future__ import annotations
 import json
 import os
 import stat
+from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
 import pandas as pd
 import pytest
 import tifffile
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import napari_segrep as sr
+from napari_segrep.analysis.export import sidecar_path
 from napari_segrep.cli import main
 from napari_segrep.io import file_sha256
 
@@ -57,14 +61,19 @@ def test_cli_embed__tiff_round_trip_matches_the_api(files, capsys):
     np.testing.assert_allclose(
         df.filter(like="emb_"), api.filter(like="emb_"), rtol=1e-6, atol=1e-7
     )
-    side = json.loads(out.with_suffix(".json").read_text())
+    side = json.loads(sidecar_path(out).read_text())
     assert side["package_version"] == sr.__version__
     assert side["encoder"]["backbone"] == "resnet18" and side["seed"] == 0
     assert side["normalization"] == {"mode": "fixed", "low": [0.0], "high": [4000.0]}
     assert side["crop_size"] == 32 and side["n_segments"] == 6
     assert side["checkpoint_sha256"] is None
     assert "6 segments embedded" in capsys.readouterr().err
-    assert sorted(p.name for p in tmp.iterdir()) == ["img.tif", "lab.tif", "out.csv", "out.json"]
+    assert sorted(p.name for p in tmp.iterdir()) == [
+        "img.tif",
+        "lab.tif",
+        "out.csv",
+        "out.csv.json",
+    ]
 
 
 def test_cli_embed__checkpoint_png_rgb_and_segment_normalisation(tmp_path):
@@ -92,7 +101,7 @@ def test_cli_embed__checkpoint_png_rgb_and_segment_normalisation(tmp_path):
         )
         == 0
     )
-    side = json.loads(out.with_suffix(".json").read_text())
+    side = json.loads(sidecar_path(out).read_text())
     assert side["checkpoint_sha256"] == file_sha256(ckpt)
     assert side["encoder"]["in_channels"] == 3 and side["encoder"]["seed"] == 5
     api = sr.embed_segments(rgb, labels, sr.load_encoder(ckpt), crop_size=32, normalize="segment")
@@ -121,7 +130,7 @@ def test_cli_embed__multichannel_channel_axis(tmp_path):
         )
         == 0
     )
-    assert json.loads((tmp_path / "o.json").read_text())["encoder"]["in_channels"] == 2
+    assert json.loads((tmp_path / "o.csv.json").read_text())["encoder"]["in_channels"] == 2
 
 
 @pytest.mark.parametrize(
@@ -211,9 +220,9 @@ def test_cli_embed__refuses_an_output_that_is_an_input(files, capsys, case):
     elif case == "hardlink":
         os.link(tmp / "lab.tif", tmp / "hard.csv")
         out, role = tmp / "hard.csv", "labels"
-    else:  # the sidecar out.json is the checkpoint
-        sr.save_encoder(sr.SegmentEncoder(seed=1), tmp / "out.json")
-        out, role, extra = tmp / "out.csv", "checkpoint", ["--checkpoint", tmp / "out.json"]
+    else:  # the sidecar out.csv.json is the checkpoint
+        sr.save_encoder(sr.SegmentEncoder(seed=1), tmp / "out.csv.json")
+        out, role, extra = tmp / "out.csv", "checkpoint", ["--checkpoint", tmp / "out.csv.json"]
     before = _listing(tmp)
     argv = ["embed", tmp / "img.tif", tmp / "lab.tif", "-o", out, "--overwrite", "--quiet"]
     assert _run(*argv, *extra) == 2
@@ -226,21 +235,25 @@ def test_cli_embed__refuses_an_output_named_like_its_sidecar(files, capsys, name
     tmp, _, _ = files
     before = _listing(tmp)
     assert _run("embed", tmp / "img.tif", tmp / "lab.tif", "-o", tmp / name, "--quiet") == 2
-    _one_line_error(capsys, "its own JSON sidecar", "OUT.csv")
+    _one_line_error(capsys, "ends in .json, which napari-segrep keeps for", "OUT.csv")
     assert _listing(tmp) == before
 
 
-@pytest.mark.parametrize("existing", ["out.csv", "out.json"])
+@pytest.mark.parametrize("existing", ["out.csv", "out.csv.json"])
 def test_cli_embed__existing_outputs_are_replaced_only_with_overwrite(files, capsys, existing):
     tmp, _, _ = files
-    (tmp / existing).write_text("the user's file\n")
+    if existing == "out.csv":
+        (tmp / existing).write_text("the user's file\n")
+    else:  # a sidecar of ours (a JSON someone else wrote is never replaced: below)
+        sr.write_table(pd.DataFrame({"label": [1]}), tmp / "out.csv")
+        (tmp / "out.csv").unlink()
     before = _listing(tmp)
     argv = ["embed", tmp / "img.tif", tmp / "lab.tif", "-o", tmp / "out.csv", "--crop-size", 32]
     assert _run(*argv, "--quiet") == 2
     _one_line_error(capsys, f"{tmp / existing} exists", "--overwrite")
     assert _listing(tmp) == before
     assert _run(*argv, "--quiet", "--overwrite") == 0
-    assert json.loads((tmp / "out.json").read_text())["n_segments"] == 6
+    assert json.loads((tmp / "out.csv.json").read_text())["n_segments"] == 6
     assert len(pd.read_csv(tmp / "out.csv")) == 6
 
 
@@ -261,7 +274,7 @@ def test_cli_embed__outputs_get_the_users_permissions(files):
     with umask(0o027):
         argv = ["embed", tmp / "img.tif", tmp / "lab.tif", "-o", tmp / "o.csv", "--crop-size", 32]
         assert _run(*argv, "--quiet") == 0
-    for name in ("o.csv", "o.json"):
+    for name in ("o.csv", "o.csv.json"):
         assert stat.S_IMODE((tmp / name).stat().st_mode) == 0o640, name
 
 
@@ -298,7 +311,7 @@ def test_cli_embed__measure_adds_the_measurement_columns(files, capsys):
     assert list(df.columns).count("area") == 1
     expected = sr.measure_segments(image, labels)
     np.testing.assert_allclose(df[geometry], expected[geometry], rtol=1e-9)
-    side = json.loads(out.with_suffix(".json").read_text())
+    side = json.loads(sidecar_path(out).read_text())
     assert side["measure"] is True and side["measurements"] == geometry
     clf = sr.train_classifier(
         df, {1: "a", 2: "a", 3: "b", 4: "b"}, features="embedding+geometry", method="knn", k=1
@@ -311,4 +324,92 @@ def test_cli_embed__measure_adds_the_measurement_columns(files, capsys):
         == 0
     )
     assert "perimeter" not in pd.read_csv(plain).columns
-    assert json.loads(plain.with_suffix(".json").read_text())["measure"] is False
+    assert json.loads(sidecar_path(plain).read_text())["measure"] is False
+
+
+@pytest.mark.parametrize("inputs", ["pair", "data"])
+def test_cli_embed__a_users_json_beside_the_output_is_never_replaced(files, capsys, inputs):
+    """Issue 22, item 3: ``out.json`` of the user's next to ``-o out.csv --overwrite`` stays; a
+    JSON of the user's at the sidecar's own place (``out.csv.json``) is refused in one line,
+    with or without --overwrite, before any work."""
+    tmp, _, _ = files
+    if inputs == "pair":
+        pair = [tmp / "img.tif", tmp / "lab.tif"]
+    else:
+        (tmp / "data" / "images").mkdir(parents=True)
+        (tmp / "data" / "labels").mkdir()
+        os.link(tmp / "img.tif", tmp / "data" / "images" / "a.tif")
+        os.link(tmp / "lab.tif", tmp / "data" / "labels" / "a.tif")
+        pair = ["--data", tmp / "data"]
+    (tmp / "out.json").write_text('{"my": "notes"}\n')
+    (tmp / "out.csv.json").write_text('{"my": "other notes"}\n')
+    before = _listing(tmp)
+    argv = ["embed", *pair, "-o", tmp / "out.csv", "--crop-size", 32, "--quiet"]
+    for extra in ([], ["--overwrite"]):
+        assert _run(*argv, *extra) == 2
+        _one_line_error(
+            capsys,
+            f"{tmp / 'out.csv.json'} exists and was not written by napari-segrep",
+            "choose another output name, or move that file",
+        )
+        assert _listing(tmp) == before
+    (tmp / "out.csv.json").unlink()
+    assert _run(*argv, "--overwrite") == 0
+    assert (tmp / "out.json").read_text() == '{"my": "notes"}\n'
+    assert json.loads(sidecar_path(tmp / "out.csv").read_text())["n_segments"] == 6
+
+
+@pytest.mark.parametrize("sample", ["cells", "coins"])
+def test_cli_embed__swapped_image_and_labels_are_refused_before_any_work(tmp_path, capsys, sample):
+    """``embed coins_labels.tif coins.tif`` (labels first): one line naming both files and the
+    right order, exit 2, nothing written, no encoder built (it used to warn and write a table
+    of 250 "segments" of the photograph)."""
+    from napari_segrep._sample_data import make_cells, make_coins
+
+    image, labels = make_coins() if sample == "coins" else make_cells((128, 128), 12)[:2]
+    tifffile.imwrite(tmp_path / f"{sample}.tif", image)
+    tifffile.imwrite(tmp_path / f"{sample}_labels.tif", labels)
+    image_path, labels_path = tmp_path / f"{sample}.tif", tmp_path / f"{sample}_labels.tif"
+    out = tmp_path / "out.csv"
+    assert _run("embed", labels_path, image_path, "-o", out, "--weights", "none") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith(
+        f"napari-segrep: error: image and labels seem swapped: the LABELS {image_path} look like "
+        "an intensity image ("
+    ), err
+    assert f"the IMAGE {labels_path} like a label image ({int(labels.max())} compact" in err
+    assert f"give the image first: napari-segrep embed {image_path} {labels_path} ..." in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([image_path.name, labels_path.name])
+    # the right way round it embeds
+    argv = ["embed", image_path, labels_path, "-o", out, "--weights", "none", "--quiet"]
+    assert _run(*argv, "--crop-size", 32, "--device", "cpu") == 0
+    assert len(pd.read_csv(out)) == len(np.unique(labels)) - 1
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    cells=st.lists(
+        st.tuples(st.integers(0, 15), st.integers(1, 7)),
+        min_size=1,
+        max_size=16,
+        unique_by=lambda cell: cell[0],
+    ),
+    background=st.integers(0, 255),
+    noise=st.integers(0, 40),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_refuse_swapped__never_refuses_a_label_image_given_as_labels(
+    cells, background, noise, seed
+):
+    """Whatever the image (flat, noisy, with a background of zeros, even a label image
+    itself), labels made of compact segments (discs on a 4x4 grid, radius 1-7) are never
+    called swapped: the refusal needs LABELS that look like an intensity image."""
+    from napari_segrep.cli.embed import _refuse_swapped
+
+    discs = [(8 + 16 * (i // 4), 8 + 16 * (i % 4), r) for i, r in cells]
+    labels = disc_labels((64, 64), discs)
+    rng = np.random.default_rng(seed)
+    image = background * (labels > 0) + rng.integers(0, noise + 1, labels.shape)
+    for candidate in (image.astype(np.uint8), labels.astype(np.uint16), np.zeros_like(labels)):
+        _refuse_swapped(candidate, labels, image_path=Path("i.tif"), labels_path=Path("l.tif"))

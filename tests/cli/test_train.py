@@ -329,6 +329,29 @@ def test_cli_train__flat_layout_pairs_each_image_with_its_labels(data_dir, tmp_p
     assert err.startswith("24 segments (0 skipped"), err  # 2 images x 12 cells
 
 
+def test_cli_train__data_takes_a_flat_folder_and_skips_unmatched_files_when_asked(
+    data_dir, tmp_path, capsys
+):
+    """``--data flat/`` pairs x.tif with x_labels.tif (as embed and the widgets do); an orphan
+    is refused naming --skip-unmatched, which leaves it out with one warning."""
+    data, _ = data_dir
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for f in [*(data / "images").iterdir(), *(data / "labels").iterdir()]:
+        shutil.copy(f, flat / f.name)
+    shutil.copy(flat / "img0.tif", flat / "orphan.tif")
+    argv = ["train", "--data", flat, "--log-dir", tmp_path / "logs", "--debug", *SMALL]
+    assert _run(*argv) == 2
+    err = capsys.readouterr().err
+    assert "unmatched images: ['orphan.tif']" in err and "--skip-unmatched" in err
+    assert _run(*argv, "--skip-unmatched") == 0
+    err = capsys.readouterr().err
+    assert err.startswith(
+        "napari-segrep: warning: skipped 1 unmatched file (no image or label file of the same "
+        "name): orphan.tif\n24 segments (0 skipped"
+    ), err
+
+
 def test_cli_train__never_replaces_another_runs_files(data_dir, tmp_path, capsys):
     """A second run into a log dir that holds a run (or a file named like our outputs) is
     refused before any work, naming how to continue it and how to start a new one."""
@@ -416,6 +439,32 @@ def test_cli_train__a_failed_checkpoint_write_keeps_the_previous_one(
     )
     assert ckpt.read_bytes() == before
     assert sorted(p.name for p in logs.iterdir()) == ["history.csv", "last.pt", "quality.csv"]
+
+
+def test_cli_train__resuming_a_damaged_checkpoint_names_it_in_one_line(
+    one_epoch_run, tmp_path, capsys
+):
+    """A training checkpoint with a bad random state, config=None or epoch="one" (plain values,
+    as torch.save writes them): one line naming the checkpoint and the problem, exit 2, nothing
+    written (these were a TypeError traceback, "incomplete (missing [])" and int()'s message)."""
+    import torch
+
+    data, run = one_epoch_run
+    damages = {
+        "rng is not torch's random state": lambda p: p["rng"].update(torch=torch.zeros(3)),
+        "config is not a dict: None": lambda p: p.update(config=None),
+        "epoch='one' is not a count": lambda p: p.update(epoch="one"),
+    }
+    for problem, change in damages.items():
+        payload = torch.load(run / "last.pt", weights_only=True)
+        change(payload)
+        ckpt = tmp_path / "damaged.pt"
+        torch.save(payload, ckpt)
+        logs = tmp_path / "logs"
+        argv = ["train", "--data", data, "--log-dir", logs, "--resume-checkpoint", ckpt]
+        assert _run(*argv, "--epochs", 2, *SMALL) == 2, problem
+        _one_line_error(capsys, f"training checkpoint {ckpt} cannot be resumed: {problem}")
+        assert list(logs.iterdir()) == [], problem  # nothing written
 
 
 def _read_until(proc, needle: bytes, timeout: float = 300) -> bytes:

@@ -14,10 +14,19 @@ import pytest
 import tifffile
 
 from napari_segrep._sample_data import make_cells
+from napari_segrep.analysis.export import sidecar_path
 from napari_segrep.cli import main
-from napari_segrep.weights import weights_info
+from napari_segrep.weights import format_size, weights_info
 
-from ..weights_server import RESNET18_FILE, Route, free_port, leftovers, sha256, state_dict_bytes
+from ..weights_server import (
+    RESNET18_FILE,
+    Route,
+    free_port,
+    leftovers,
+    publish,
+    sha256,
+    state_dict_bytes,
+)
 
 
 @pytest.fixture(scope="module")
@@ -45,14 +54,15 @@ def _one_line_error(capsys, *needles) -> str:
 
 # ---------------------------------------------------------------------- weights download / list
 def test_cli_weights__download_shows_progress_and_prints_the_path(
-    weights_cache, weights_server, stand_in, capsys
+    weights_cache, weights_server, stand_in, capsys, monkeypatch
 ):
+    publish(monkeypatch, stand_in)
     url = _serve(weights_server, stand_in, chunk=30_000)
-    assert _run("weights", "download", "imagenet", "--url", url, "--sha256", sha256(stand_in)) == 0
+    assert _run("weights", "download", "imagenet", "--url", url) == 0
     out, err = capsys.readouterr()
     path = weights_info().path
     assert out.splitlines()[-1] == str(path) and path.read_bytes() == stand_in
-    assert f"from {url}" in err and "about 45 MB" in err
+    assert f"from {url}" in err and f"about {format_size(len(stand_in))}" in err
     progress = [part for part in err.split("\r") if part.startswith(RESNET18_FILE)]
     assert progress and "(100%)" in progress[-1] and "MB/s" in progress[-1]
     assert len(progress) <= 3  # a few updates a second, not one per chunk (~7 here)
@@ -60,15 +70,26 @@ def test_cli_weights__download_shows_progress_and_prints_the_path(
     # again: already there, nothing downloaded
     assert _run("weights", "download", "imagenet", "--url", url) == 0
     out, err = capsys.readouterr()
-    assert out.strip() == str(path) and "already in the cache" in err
+    assert out.strip() == str(path) and "already in the cache, whole" in err
     assert weights_server.requests == [f"/{RESNET18_FILE}"]
+    # --force: downloaded again, even though the file there is whole
+    assert _run("weights", "download", "imagenet", "--url", url, "--force", "--quiet") == 0
+    assert "checked and saved" in capsys.readouterr().err
+    assert weights_server.requests == [f"/{RESNET18_FILE}"] * 2 and path.read_bytes() == stand_in
 
 
 def test_cli_weights__list_says_what_is_there_without_loading_torch(weights_cache, stand_in):
+    """resnet18 whole, resnet34 damaged (an error page saved under its name), resnet50
+    missing; in a fresh interpreter, where torch must not load."""
     weights_cache.mkdir(parents=True)
     (weights_cache / RESNET18_FILE).write_bytes(stand_in)
+    (weights_cache / "resnet34-b627a593.pth").write_bytes(b"<html>Sign in</html>")
     code = (
-        "import sys, json\nfrom napari_segrep.cli import main\n"
+        "import sys, json\nfrom napari_segrep import weights\n"
+        "from napari_segrep.cli import main\n"
+        # the stand-in is torchvision's resnet18 file here (as publish() does in-process)
+        f"weights.IMAGENET_FILES['resnet18'] = weights.PublishedFile({RESNET18_FILE!r}, "
+        f"{len(stand_in)}, {sha256(stand_in)!r})\n"
         "status = main(['weights', 'list'])\n"
         "print(json.dumps([status, 'torch' in sys.modules]))"
     )
@@ -78,16 +99,37 @@ def test_cli_weights__list_says_what_is_there_without_loading_torch(weights_cach
     *rows, last = done.stdout.splitlines()
     assert json.loads(last) == [0, False]
     assert len(rows) == 3
-    assert rows[0].split()[:2] == ["resnet18", "present"]
+    assert rows[0].split()[:4] == ["resnet18", "present", *format_size(len(stand_in)).split()]
     assert rows[0].endswith(str(weights_cache / RESNET18_FILE))
-    assert rows[1].split()[:3] == ["resnet34", "missing", "~83"]
+    assert rows[1].split()[:4] == ["resnet34", "damaged", "20", "B"]
+    assert rows[2].split()[:3] == ["resnet50", "missing", "~98"]
     assert rows[2].endswith(str(weights_cache / "resnet50-0676ba61.pth"))
-    assert "napari-segrep weights download imagenet --backbone NAME" in done.stderr
+    errors = done.stderr.splitlines()
+    damaged = [line for line in errors if "damaged" in line]
+    assert len(damaged) == 1 and "resnet34-b627a593.pth is damaged (it has 20 bytes" in damaged[0]
+    assert "it looks like a web page" in damaged[0]
+    assert "`napari-segrep weights download imagenet --backbone resnet34 --force`" in damaged[0]
+    assert "napari-segrep weights download imagenet --backbone NAME (resnet50)" in done.stderr
 
 
-@pytest.mark.parametrize("case", ["refused", "404", "checksum", "not_weights", "bad_sha"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "refused",
+        "404",
+        "checksum",
+        "not_weights",
+        "bad_sha",
+        "other_sha",
+        "redirect_loop",
+        "too_large",
+        "endless",
+        "stalled",
+        "bad_timeout",
+    ],
+)
 def test_cli_weights__download_errors_are_one_line_and_write_nothing(
-    weights_cache, weights_server, stand_in, capsys, case
+    weights_cache, weights_server, stand_in, capsys, monkeypatch, case
 ):
     argv = ["weights", "download", "imagenet", "--quiet"]
     if case == "refused":
@@ -102,11 +144,43 @@ def test_cli_weights__download_errors_are_one_line_and_write_nothing(
         needles = ["checksum mismatch", "f37072fd", "nothing was written"]
     elif case == "not_weights":
         page = b"<html>proxy login</html>"
-        argv += ["--url", _serve(weights_server, page), "--sha256", sha256(page)]
+        publish(monkeypatch, page)
+        argv += ["--url", _serve(weights_server, page)]
         needles = ["not a torch weights file", "nothing was written"]
-    else:
+    elif case == "bad_sha":
         argv += ["--sha256", "12"]
         needles = ["at least the first 8"]
+    elif case == "other_sha":
+        argv += ["--url", _serve(weights_server, stand_in), "--sha256", sha256(stand_in)]
+        needles = ["disagrees with torchvision's resnet18-f37072fd.pth", "f37072fd"]
+    elif case == "redirect_loop":
+        loop = weights_server.url("/loop.pth")
+        weights_server.routes["/loop.pth"] = Route(b"", status=302, headers={"Location": loop})
+        argv += ["--url", loop]
+        needles = ["redirects in a loop", "nothing was written"]
+    elif case == "too_large":
+        argv += ["--url", _serve(weights_server, stand_in, content_length=10**15)]
+        needles = ["announces 1,000,000,000,000,000 bytes", "has 46,830,571", "refused"]
+    elif case == "endless":
+        publish(monkeypatch, stand_in)
+        argv += ["--url", _serve(weights_server, stand_in, content_length=False, endless=True)]
+        needles = ["sent more than", "refused, nothing was written"]
+    elif case == "stalled":
+        publish(monkeypatch, b"x" * 30)
+        url = _serve(weights_server, b"x" * 30, chunk=1, delay_s=0.3, content_length=False)
+        argv += ["--url", url, "--timeout", "1"]
+        needles = ["it stalled (less than 64 KiB in 1 s; --timeout sets the limit)"]
+    else:
+        argv += ["--timeout", "0"]
+        needles = []
+    if case == "bad_timeout":  # argparse's own error: one usage line and one error line
+        with pytest.raises(SystemExit) as exit_info:
+            _run(*argv)
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert "argument --timeout: '0' is not a positive number of seconds" in err
+        assert "Traceback" not in err
+        return
     assert _run(*argv) == 2
     _one_line_error(capsys, *needles)
     assert not weights_cache.exists() or os.listdir(weights_cache) == []
@@ -117,7 +191,7 @@ def test_cli_weights__ctrl_c_exits_cleanly_and_leaves_no_partial_file(
 ):
     url = _serve(weights_server, stand_in * 4, chunk=4096, delay_s=0.02)  # ~5 s in all
     cmd = [sys.executable, "-m", "napari_segrep.cli", "weights", "download", "imagenet"]
-    cmd += ["--url", url, "--sha256", sha256(stand_in * 4)]
+    cmd += ["--url", url]  # (interrupted long before its checksum is checked)
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, env=os.environ)
     try:
         deadline = time.monotonic() + 60
@@ -146,17 +220,27 @@ def images(tmp_path):
     return tmp_path / "data"
 
 
-@pytest.fixture()
-def resnet18_in_the_cache(weights_cache):
-    """torchvision-format resnet18 weights in the cache (random values stand in for the real
-    download, as in tests/engine/test_backbones.py)."""
+@pytest.fixture(scope="module")
+def resnet18_bytes() -> bytes:
+    """torchvision-format resnet18 weights (random values stand in for ImageNet's)."""
+    import io
+
     import torch
     import torchvision
 
     torch.manual_seed(0)
+    buffer = io.BytesIO()
+    torch.save(torchvision.models.resnet18().state_dict(), buffer)
+    return buffer.getvalue()
+
+
+@pytest.fixture()
+def resnet18_in_the_cache(weights_cache, resnet18_bytes, monkeypatch):
+    """torchvision's resnet18 file in the cache: the stand-in, published for the test."""
+    publish(monkeypatch, resnet18_bytes)
     weights_cache.mkdir(parents=True)
     path = weights_cache / RESNET18_FILE
-    torch.save(torchvision.models.resnet18().state_dict(), path)
+    path.write_bytes(resnet18_bytes)
     return path
 
 
@@ -173,7 +257,7 @@ def test_cli_embed__weights_auto_without_the_cache_says_how_to_get_them(
     line = next(line for line in err.splitlines() if "weights:" in line)
     assert "untrained resnet18 (random init, seed 0)" in line
     assert "`napari-segrep weights download imagenet` gets them" in line
-    side = json.loads((tmp_path / "o.json").read_text())
+    side = json.loads(sidecar_path(tmp_path / "o.csv").read_text())
     assert side["encoder"]["weights"] is None
 
 
@@ -183,10 +267,10 @@ def test_cli_embed__weights_auto_uses_imagenet_when_it_is_there(
     assert _run(*_embed_argv(images, tmp_path / "a.csv")) == 0
     err = capsys.readouterr().err
     assert f"napari-segrep: weights: ImageNet (resnet18, {resnet18_in_the_cache})" in err
-    assert json.loads((tmp_path / "a.json").read_text())["encoder"]["weights"] == "imagenet"
+    assert json.loads(sidecar_path(tmp_path / "a.csv").read_text())["encoder"]["weights"] == "imagenet"
     assert _run(*_embed_argv(images, tmp_path / "n.csv", "--weights", "none")) == 0
     assert "weights: untrained resnet18" in capsys.readouterr().err
-    assert json.loads((tmp_path / "n.json").read_text())["encoder"]["weights"] is None
+    assert json.loads(sidecar_path(tmp_path / "n.csv").read_text())["encoder"]["weights"] is None
 
 
 @pytest.mark.parametrize("command", ["embed", "train"])
@@ -235,3 +319,91 @@ def test_cli_train__weights_auto_starts_from_imagenet_when_it_is_there(
     resume = ["--resume-checkpoint", tmp_path / "logs" / "last.pt", "--quiet"]
     assert _run(*argv, *resume, "--weights", "imagenet") == 2
     _one_line_error(capsys, "--weights imagenet and --resume-checkpoint")
+
+
+# ---------------------------------------------------------------------- a damaged file in the cache
+def _damage(path, good: bytes, damage: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if damage == "empty":
+        path.write_bytes(b"")
+    elif damage == "truncated":
+        path.write_bytes(good[: len(good) // 2])
+    elif damage == "html_page":
+        path.write_bytes(b"<!DOCTYPE html><html><body>Sign in to the proxy</body></html>")
+    elif damage == "tiny_dict":
+        path.write_bytes(state_dict_bytes(100))
+    else:  # the right size, one byte changed
+        middle = len(good) // 2
+        path.write_bytes(good[:middle] + bytes([good[middle] ^ 0xFF]) + good[middle + 1 :])
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "html_page", "tiny_dict", "one_byte"])
+@pytest.mark.parametrize("choice", ["auto", "imagenet"])
+def test_cli_embed__a_damaged_weights_file_is_one_line_with_the_fix(
+    weights_cache, images, tmp_path, capsys, monkeypatch, stand_in, damage, choice
+):
+    publish(monkeypatch, stand_in)
+    path = weights_cache / RESNET18_FILE
+    _damage(path, stand_in, damage)
+    out = tmp_path / "o.csv"
+    assert _run(*_embed_argv(images, out, "--weights", choice, "--quiet")) == 2
+    line = _one_line_error(
+        capsys,
+        f"the ImageNet weights file {path} is damaged (",
+        "download it again with `napari-segrep weights download imagenet --force`",
+    )
+    assert "weights_only" not in line
+    assert not out.exists() and not sidecar_path(out).exists()
+
+
+def test_cli_embed__a_damaged_weights_file_gives_no_traceback(weights_cache, images, tmp_path):
+    """The command as a user runs it (no stand-in: torchvision's real size and digits): one
+    line, exit status 2, where a 31-line traceback was."""
+    (weights_cache).mkdir(parents=True)
+    (weights_cache / RESNET18_FILE).write_bytes(b"<html><body>Sign in</body></html>")
+    argv = [str(a) for a in _embed_argv(images, tmp_path / "o.csv", "--quiet")]
+    done = subprocess.run(
+        [sys.executable, "-m", "napari_segrep.cli", *argv],
+        capture_output=True,
+        text=True,
+        env=os.environ,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines() == [
+        f"napari-segrep: error: the ImageNet weights file {weights_cache / RESNET18_FILE} is "
+        "damaged (it has 33 bytes, torchvision's file has 46,830,571; it looks like a web page): "
+        "download it again with `napari-segrep weights download imagenet --force`, or copy "
+        "torchvision's resnet18-f37072fd.pth there again from a machine with internet"
+    ]
+    assert not (tmp_path / "o.csv").exists()
+
+
+def test_cli_weights__download_replaces_a_damaged_file_without_force(
+    weights_cache, weights_server, stand_in, capsys, monkeypatch
+):
+    publish(monkeypatch, stand_in)
+    path = weights_cache / RESNET18_FILE
+    _damage(path, stand_in, "truncated")
+    url = _serve(weights_server, stand_in)
+    assert _run("weights", "download", "imagenet", "--url", url, "--quiet") == 0
+    out, err = capsys.readouterr()
+    assert "the file in the cache is damaged (its SHA-256 starts with" in err
+    assert "it is replaced once the new one is verified" in err
+    assert out.strip() == str(path) and path.read_bytes() == stand_in
+    assert weights_server.requests == [f"/{RESNET18_FILE}"] and leftovers(weights_cache) == []
+    assert _run("weights", "list") == 0
+    assert capsys.readouterr().out.splitlines()[0].split()[:2] == ["resnet18", "present"]
+
+
+def test_cli_weights__a_failed_download_keeps_the_damaged_file_and_says_so_again(
+    weights_cache, weights_server, stand_in, capsys, monkeypatch
+):
+    publish(monkeypatch, stand_in)
+    path = weights_cache / RESNET18_FILE
+    _damage(path, stand_in, "truncated")
+    before = path.read_bytes()
+    url = _serve(weights_server, stand_in, send=1000)  # cut short
+    assert _run("weights", "download", "imagenet", "--url", url, "--quiet") == 2
+    _one_line_error(capsys, "ended after 1000 of", "nothing was written")
+    assert path.read_bytes() == before and leftovers(weights_cache) == []
+    assert weights_info().damaged is not None

@@ -168,3 +168,113 @@ def test_load_checkpoint__arbitrary_objects_are_named_without_torch_s_advice(tmp
         load_checkpoint(pickled)
     assert "numpy" in str(info.value)  # the class it would have to run
     assert "weights_only" not in str(info.value)
+
+
+# ---------------------------------------------------------------------- training checkpoints
+@pytest.fixture(scope="module")
+def training_run(tmp_path_factory):
+    """A real training checkpoint (1 epoch of the narrow ResNet on 24 cells) and its data."""
+    from napari_segrep._sample_data import make_cells
+    from napari_segrep.engine.training import train_ssl
+
+    image, labels, _ = make_cells(shape=(160, 160), n_cells=24, seed=2)
+    folder = tmp_path_factory.mktemp("run")
+    result = train_ssl(image, labels, epochs=1, checkpoint_dir=folder, **TRAIN_SMALL)
+    return result.checkpoint_path, image, labels
+
+
+TRAIN_SMALL = {
+    "backbone": NARROW_BACKBONE,
+    "batch_size": 8,
+    "crop_size": 32,
+    "device": "cpu",
+    "projection_hidden": 64,
+    "projection_dim": 32,
+}
+
+
+def _damaged_copy(path, tmp_path, change, name="damaged.pt"):
+    """A copy of the training checkpoint at ``path``, changed by ``change(payload)``, saved with
+    ``torch.save`` of plain values (what a weights_only load accepts)."""
+    payload = torch.load(path, weights_only=True)
+    change(payload)
+    out = tmp_path / name
+    torch.save(payload, out)
+    return out
+
+
+_RESUME_PROBLEMS = {
+    "rng None": (lambda p: p.update(rng=None), r"rng is not torch's random state.*: None"),
+    "rng missing key": (lambda p: p.update(rng={}), "rng is not torch's random state"),
+    "rng text": (lambda p: p.update(rng={"torch": "x"}), r"rng is not torch.*: 'x'"),
+    "rng wrong tensor": (
+        lambda p: p.update(rng={"torch": torch.zeros(3)}),
+        r"rng is not torch.*torch.float32 tensor of shape \(3,\)",
+    ),
+    "config None": (lambda p: p.update(config=None), "config is not a dict: None"),
+    "epoch text": (lambda p: p.update(epoch="one"), r"epoch='one' is not a count"),
+    "epoch negative": (lambda p: p.update(epoch=-1), r"epoch=-1 is not a count"),
+    "epoch huge": (lambda p: p.update(epoch=10**30), r"epoch=1000.* is not a count"),
+    "epoch_step float": (lambda p: p.update(epoch_step=1.5), r"epoch_step=1.5 is not a count"),
+    "global_step None": (lambda p: p.update(global_step=None), "global_step=None is not"),
+    "optimizer empty": (lambda p: p.update(optimizer={}), "optimizer is not an optimiser"),
+    "scheduler text": (lambda p: p.update(scheduler="x"), "scheduler is not a learning-rate"),
+    "scaler None": (lambda p: p.update(scaler=None), "scaler is not a dict"),
+    "head None": (lambda p: p.update(head=None), "head is not a dict"),
+    "history text": (lambda p: p.update(history="abc"), "history is not a list of records"),
+    "history record": (lambda p: p.update(history=[1]), r"history\[0\] is not a record"),
+    "quality record": (
+        lambda p: p["quality"][0].update(effective_rank="x"),
+        r"quality\[0\]\['effective_rank'\] is 'x'",
+    ),
+    "monitor text": (lambda p: p.update(monitor="x"), "monitor is not a monitor set"),
+    "key missing": (lambda p: p.pop("global_step"), "'global_step' missing"),
+}
+
+
+@pytest.mark.parametrize("problem", list(_RESUME_PROBLEMS))
+def test_load_training_checkpoint__a_damaged_checkpoint_names_the_file_and_the_problem(
+    training_run, tmp_path, problem
+):
+    """Every damage is one ValueError naming the file, the value and what to do (they used to be
+    TypeError/KeyError/int() messages naming no file, or "incomplete (missing [])")."""
+    from napari_segrep.engine.checkpoint import load_training_checkpoint
+
+    change, match = _RESUME_PROBLEMS[problem]
+    path = _damaged_copy(training_run[0], tmp_path, change)
+    with pytest.raises(ValueError, match=match) as info:
+        load_training_checkpoint(path)
+    message = str(info.value)
+    assert message.startswith(f"training checkpoint {path} cannot be resumed: ")
+    assert "intact checkpoint" in message and "\n" not in message
+
+
+def test_load_training_checkpoint__accepts_what_the_trainer_wrote(training_run):
+    from napari_segrep.engine.checkpoint import (
+        load_training_checkpoint,
+        training_checkpoint_problems,
+    )
+
+    payload = load_training_checkpoint(training_run[0])
+    assert training_checkpoint_problems(payload) == []
+    assert payload["epoch"] == 1 and payload["rng"]["torch"].dtype == torch.uint8
+
+
+def test_train_ssl__resume_with_a_state_that_does_not_fit_names_the_checkpoint(
+    training_run, tmp_path
+):
+    """An optimiser, schedule or scaler state of the right type that torch cannot load (another
+    number of parameter groups, a schedule without its lambdas) is one ValueError naming the
+    checkpoint, not torch's KeyError or unnamed ValueError."""
+    from napari_segrep.engine.training import train_ssl
+
+    path, image, labels = training_run
+    changes = {
+        "optimizer state": lambda p: p["optimizer"]["param_groups"].pop(),
+        "scheduler state": lambda p: p.update(scheduler={"last_epoch": 3}),
+    }
+    for what, change in changes.items():
+        damaged = _damaged_copy(path, tmp_path, change, name=f"{what.split()[0]}.pt")
+        with pytest.raises(ValueError, match=f"its {what} does not fit this run") as info:
+            train_ssl(image, labels, epochs=2, resume=damaged, **TRAIN_SMALL)
+        assert str(info.value).startswith(f"checkpoint {damaged}: "), what

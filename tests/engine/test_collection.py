@@ -127,6 +127,20 @@ def test_iter_embed_images__parts_merge_to_the_whole_table(pairs, narrow_encoder
         merge_parts([parts[0][1], other])
 
 
+def test_merge_parts__refuses_one_image_twice_and_non_finite_values(pairs, narrow_encoder):
+    """A part copied under another image's name (one image twice), a part edited to hold NaN
+    or Inf: refused naming the image, never a table."""
+    images, labels = zip(*pairs, strict=True)
+    parts = [part for _, part in iter_embed_images(images, labels, encoder=narrow_encoder, **KW)]
+    with pytest.raises(ValueError, match=r"parts 1 and 2 both hold rows of image 'image_1'"):
+        merge_parts([parts[0], parts[1], parts[1]])
+    for bad in (np.nan, np.inf):
+        edited = parts[2].copy()
+        edited.loc[0, "emb_3"] = bad
+        with pytest.raises(ValueError, match=r"image 'image_2' holds NaN or Inf"):
+            merge_parts([parts[0], parts[1], edited])
+
+
 # ----------------------------------------------------------------------------- worker processes
 def _children() -> set[int]:
     import multiprocessing

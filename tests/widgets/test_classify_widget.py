@@ -251,7 +251,7 @@ def test_classify_widget__save_load_apply_to_a_second_layer_and_export(
         written.columns
     )
     assert {f"prob_{n}" for n in names} <= set(written.columns)
-    sidecar = json.loads((tmp_path / "classes.json").read_text())
+    sidecar = json.loads((tmp_path / "classes.csv.json").read_text())
     assert sidecar["classifier"]["classes"] == names
     # the Embed segments export carries the classes too
     full = embed.export_table()

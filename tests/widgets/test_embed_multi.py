@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from napari_segrep._sample_data import make_cells
+from napari_segrep.analysis.export import sidecar_path
 
 from ..conftest import require_napari
 
@@ -153,7 +154,7 @@ def test_embed_multi__two_pairs_one_map_linked_both_ways_per_layer(
     assert list(back.columns[:2]) == ["image", "label"] and len(back) == n_a + n_b
     assert list(back["image"]) == list(points.features["image"])
     np.testing.assert_array_equal(back["cluster"], ids)
-    side = json.loads(out.with_suffix(".json").read_text())
+    side = json.loads(sidecar_path(out).read_text())
     assert side["n_segments"] == n_a + n_b
     assert [p["labels_layer"] for p in side["pairs"]] == ["cells_a", "cells_b"]
 
@@ -217,6 +218,30 @@ def test_embed_multi__folder_pairs_open_as_layers_and_embed_as_one(
     images = widget.points_layer.features["image"]
     assert list(dict.fromkeys(images)) == ["well0", "well1", "well2"]  # the file stems
     assert len(images) == sum(len(np.unique(la.data)) - 1 for la in added)
+
+
+def test_embed_multi__a_flat_folder_pairs_by_the_clis_rule(make_napari_viewer, tmp_path):
+    """Folder... on ``x.tif`` beside ``x_mask.tif`` pairs as ``embed --data`` does (any label
+    suffix); an orphan is refused naming it, with the way out a widget has (no CLI option)."""
+    import tifffile
+
+    from napari_segrep.io import pair_files
+
+    for i, suffix in enumerate(("_labels", "_mask")):
+        image, labels, _ = make_cells(shape=(64, 64), n_cells=4, seed=i)
+        tifffile.imwrite(tmp_path / f"well{i}.tif", image)
+        tifffile.imwrite(tmp_path / f"well{i}{suffix}.tif", labels)
+    viewer = make_napari_viewer()
+    widget = _dock(viewer)
+    added = widget.multi.add_folder(tmp_path)
+    assert [la.name for la in added] == ["well0 labels", "well1 labels"]
+    assert [la.name for la in added] == [
+        f"{i.stem} labels" for i, _ in pair_files(data_dir=tmp_path)
+    ]
+    tifffile.imwrite(tmp_path / "orphan_labels.tif", np.zeros((64, 64), np.uint16))
+    with pytest.raises(ValueError, match=r"unmatched labels: \['orphan_labels.tif'\]") as info:
+        widget.multi.add_folder(tmp_path)
+    assert "--skip-unmatched" not in str(info.value) and "move it away" in str(info.value)
 
 
 def test_embed_multi__pairs_that_cannot_share_a_map_disable_run(make_napari_viewer):

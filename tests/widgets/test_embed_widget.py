@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from napari_segrep._sample_data import make_cells
+from napari_segrep.analysis.export import sidecar_path
 
 from ..conftest import disc_labels, require_napari
 
@@ -235,7 +236,7 @@ def test_embed_widget__clusters_selection_layer_and_csv(
         back.filter(like="emb_"), table.filter(like="emb_"), rtol=1e-6, atol=1e-7
     )
     np.testing.assert_array_equal(back["cluster"], ids)
-    side = json.loads(out.with_suffix(".json").read_text())
+    side = json.loads(sidecar_path(out).read_text())
     assert side["labels_layer"] == "cells" and side["n_segments"] == len(table)
     out.write_text("keep me")
     assert widget.export_csv(out, overwrite=False) is None

@@ -13,6 +13,7 @@ import pytest
 import tifffile
 
 from napari_segrep._sample_data import make_cells
+from napari_segrep.analysis.export import sidecar_path
 
 from ..conftest import require_napari, write_pairs_folder
 
@@ -43,7 +44,7 @@ def collection(tmp_path_factory):
 
 def _files(out):
     """Image name -> (image path, labels path), as the CLI's sidecar lists them."""
-    record = json.loads(out.with_suffix(".json").read_text())
+    record = json.loads(sidecar_path(out).read_text())
     return {r["name"]: (r["image"], r["labels"]) for r in record["images"]}
 
 
@@ -111,7 +112,7 @@ def test_gallery_table__clusters_read_only_the_images_they_show(
     df = read_table(collection)
     names = sorted(df["image"].unique())
     clustered = df.assign(cluster=[names.index(v) * 10 for v in df["image"]])
-    record = json.loads(collection.with_suffix(".json").read_text())
+    record = json.loads(sidecar_path(collection).read_text())
     out = write_table(clustered, tmp_path / "clustered.parquet", provenance=record)
 
     viewer = make_napari_viewer()
@@ -239,9 +240,9 @@ def test_gallery_table__missing_sidecar_and_moved_files_are_clear_errors(
     alone = tmp_path / "alone"
     alone.mkdir()
     shutil.copy(collection, alone / "cells.parquet")
-    with pytest.raises(ValueError, match=r"sidecar cells\.json is missing.*re-run"):
+    with pytest.raises(ValueError, match=r"sidecar cells\.parquet\.json is missing.*re-run"):
         open_table_collection(alone / "cells.parquet")
-    (alone / "cells.json").write_text('{"someone": "else"}')
+    (alone / "cells.parquet.json").write_text('{"someone": "else"}')
     with pytest.raises(ValueError, match="not a napari-segrep provenance record"):
         open_table_collection(alone / "cells.parquet")
 
@@ -250,7 +251,7 @@ def test_gallery_table__missing_sidecar_and_moved_files_are_clear_errors(
     (data / "images" / "im1.tif").rename(tmp_path / "im1.tif")
     viewer = make_napari_viewer()
     gallery = _gallery(viewer)
-    with pytest.raises(ValueError, match=r"image im1\.tif of im1 listed in moved\.json is not"):
+    with pytest.raises(ValueError, match=r"image im1\.tif of im1 listed in moved\.csv\.json is"):
         gallery.open_table(out)
     assert gallery.source is None and gallery.map_input.value is None
     with pytest.raises(ValueError, match="no such table"):
@@ -278,3 +279,67 @@ def test_gallery_table__all_segments_of_a_map(make_napari_viewer, qtbot):
     gallery.order_input.value = "most typical"
     _loaded(qtbot, gallery, n)
     assert gallery.shown_rows == typical_segments(table, range(n), k=n).index.tolist()
+
+
+@pytest.fixture(scope="module")
+def tricky_names(tmp_path_factory):
+    """Images named NA, None and 000 (what pandas reads as missing values or numbers)
+    embedded by the CLI into a CSV table; returns the table's path."""
+    root = tmp_path_factory.mktemp("tricky")
+    data = write_pairs_folder(root / "data", 3)
+    for i, name in enumerate(["NA", "None", "000"]):
+        (data / "images" / f"im{i}.tif").rename(data / "images" / f"{name}.tif")
+        (data / "labels" / f"im{i}_labels.tif").rename(data / "labels" / f"{name}_labels.tif")
+    return _embed_collection(data, root / "cells.csv")
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_gallery_table__images_named_like_missing_values_or_numbers(tmp_path, tricky_names, suffix):
+    """Issue 22, item 5: an image named NA.tif (or None, 000) keeps its rows in the gallery."""
+    from napari_segrep._widgets._gallery_table import open_table_collection
+    from napari_segrep.analysis.export import read_table, write_table
+
+    table = tricky_names
+    if suffix == ".parquet":
+        record = json.loads(sidecar_path(tricky_names).read_text())
+        table = write_table(read_table(tricky_names), tmp_path / "t.parquet", provenance=record)
+    collection = open_table_collection(table)
+    assert sorted(collection.names) == ["000", "NA", "None"]
+    df = read_table(table)
+    for member in collection.members:
+        assert len(member.table) == (df["image"] == member.name).sum() > 0
+        assert member.run.image.endswith(f"{member.name}.tif")
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        pytest.param("[" * 200_000 + "]" * 200_000, "nested deeper than 32", id="200000 deep"),
+        ('{"package": "napari-segrep", "images": [5]}', "'images[0]' must be an object"),
+        ('{"package": "napari-segrep", "images": "x"}', "'images' must be a list"),
+        ('{"package": "napari-segrep", "inputs": {"image": 3}}', "'inputs.image' must be"),
+        ('{"package": "napari-segrep", "normalize": {}}', "'normalize' must be"),
+    ],
+)
+def test_gallery_table__a_damaged_sidecar_is_one_line_naming_it(
+    tmp_path, collection, content, problem
+):
+    """Issue 22, item 8: no RecursionError or AttributeError from Open table..."""
+    from napari_segrep._widgets._gallery_table import open_table_collection
+
+    shutil.copy(collection, tmp_path / "cells.parquet")
+    sidecar_path(tmp_path / "cells.parquet").write_text(content)
+    with pytest.raises(ValueError) as caught:
+        open_table_collection(tmp_path / "cells.parquet")
+    message = str(caught.value)
+    assert message.startswith(str(tmp_path / "cells.parquet.json")) and problem in message
+    assert "restore it, or re-run napari-segrep embed" in message and "\n" not in message
+
+
+def test_gallery_table__an_earlier_versions_sidecar_still_opens(tmp_path, collection):
+    from napari_segrep._widgets._gallery_table import open_table_collection
+
+    shutil.copy(collection, tmp_path / "cells.parquet")
+    shutil.copy(sidecar_path(collection), tmp_path / "cells.json")  # the name before issue 22
+    opened = open_table_collection(tmp_path / "cells.parquet")
+    assert opened.names == ["im0", "im1", "im2"]

@@ -238,7 +238,7 @@ def test_train_widget__starts_from_imagenet_when_present_with_rotations_if_ticke
     from napari_segrep._widgets.train import START_IMAGENET, START_UNTRAINED
     from napari_segrep.engine.checkpoint import load_checkpoint
 
-    from ..weights_server import RESNET18_FILE
+    from ..weights_server import RESNET18_FILE, publish
 
     monkeypatch.setattr(_session, "imagenet_available", False)
     viewer = make_napari_viewer()
@@ -256,6 +256,7 @@ def test_train_widget__starts_from_imagenet_when_present_with_rotations_if_ticke
     weights_cache.mkdir(parents=True)
     buffer = io.BytesIO()  # torchvision-format resnet18 weights stand in for ImageNet's
     torch.save(torchvision.models.resnet18().state_dict(), buffer)
+    publish(monkeypatch, buffer.getvalue())  # the stand-in is torchvision's file here
     (weights_cache / RESNET18_FILE).write_bytes(buffer.getvalue())
     widget.refresh_start()  # what the warm-up does once it has looked
     assert widget.start_input.value == START_IMAGENET  # the default once present

@@ -11,7 +11,14 @@ import pytest
 from napari_segrep._sample_data import make_cells
 
 from ..conftest import require_napari
-from ..weights_server import RESNET18_FILE, Route, free_port, leftovers, sha256, state_dict_bytes
+from ..weights_server import (
+    RESNET18_FILE,
+    Route,
+    free_port,
+    leftovers,
+    publish,
+    state_dict_bytes,
+)
 
 require_napari()
 
@@ -64,8 +71,9 @@ def _click_and_wait(qtbot, button: WeightsDownloadButton) -> None:
 
 
 def test_weights_button__downloads_after_consent_then_imagenet_is_the_model(
-    make_napari_viewer, qtbot, cache, weights_server, resnet18_bytes
+    make_napari_viewer, qtbot, cache, weights_server, resnet18_bytes, monkeypatch
 ):
+    publish(monkeypatch, resnet18_bytes)
     viewer, widget = _dock(make_napari_viewer)
     button = widget.weights_button
     assert MODEL_IMAGENET not in widget.model_input.choices
@@ -74,7 +82,6 @@ def test_weights_button__downloads_after_consent_then_imagenet_is_the_model(
     asked = []
     button.confirm = lambda info: asked.append(info) or True  # the dialog, answered yes
     button.url = _serve(weights_server, resnet18_bytes, chunk=1 << 20)
-    button.sha256 = sha256(resnet18_bytes)
     _click_and_wait(qtbot, button)
 
     path = cache / RESNET18_FILE
@@ -120,14 +127,14 @@ def test_weights_button__errors_are_shown_in_the_widget(make_napari_viewer, qtbo
 
 
 def test_weights_button__cancel_midway_leaves_nothing(
-    make_napari_viewer, qtbot, cache, weights_server
+    make_napari_viewer, qtbot, cache, weights_server, monkeypatch
 ):
     _, widget = _dock(make_napari_viewer)
     button = widget.weights_button
     button.confirm = lambda info: True
     body = state_dict_bytes()
+    publish(monkeypatch, body)
     button.url = _serve(weights_server, body, chunk=4096, delay_s=0.02)  # ~4 s in all
-    button.sha256 = sha256(body)
     button.button.native.click()
     assert button.job is not None and not button.button.enabled
     assert not button.cancel_button.native.isHidden()
@@ -139,22 +146,27 @@ def test_weights_button__cancel_midway_leaves_nothing(
     assert button.cancel_button.native.isHidden()
 
 
-def test_embed_widget__imagenet_is_the_default_model_when_present(make_napari_viewer, cache):
+def test_embed_widget__imagenet_is_the_default_model_when_present(
+    make_napari_viewer, cache, monkeypatch
+):
+    body = state_dict_bytes(1000)
+    publish(monkeypatch, body)
     cache.mkdir(parents=True)
-    (cache / RESNET18_FILE).write_bytes(state_dict_bytes(1000))
+    (cache / RESNET18_FILE).write_bytes(body)
     _, widget = _dock(make_napari_viewer)
     assert widget.model_input.value == MODEL_IMAGENET
     assert widget.weights_button.native.isHidden()
 
 
-def test_weights_button__stands_alone_and_calls_back(qtbot, cache, weights_server):
+def test_weights_button__stands_alone_and_calls_back(qtbot, cache, weights_server, monkeypatch):
     """What another widget (Train SegRep) uses: the button with an ``on_downloaded``."""
     body = state_dict_bytes()
+    publish(monkeypatch, body)
     done = []
     button = WeightsDownloadButton("resnet18", on_downloaded=done.append)
     qtbot.addWidget(button.native)
     button.confirm = lambda info: True
-    button.url, button.sha256 = _serve(weights_server, body), sha256(body)
+    button.url = _serve(weights_server, body)
     _click_and_wait(qtbot, button)
     assert done == [cache / RESNET18_FILE] and button.native.isHidden()
     assert _session.imagenet_available  # the session knows (monkeypatch restores it)
@@ -182,3 +194,56 @@ def test_weights_button__the_dialog_names_url_size_and_destination(
     assert title == "Download ImageNet weights?"
     assert f"{weights_server.base}/{RESNET18_FILE}" in text and "about 45 MB" in text
     assert str(cache / RESNET18_FILE) in text
+
+
+def test_weights_button__a_damaged_file_is_named_and_downloaded_again(
+    make_napari_viewer, qtbot, cache, weights_server, monkeypatch
+):
+    """An error page saved under torchvision's name: ImageNet is not offered, the button
+    says why and downloads the file again, replacing it; then ImageNet is the model."""
+    body = state_dict_bytes()
+    publish(monkeypatch, body)
+    cache.mkdir(parents=True)
+    path = cache / RESNET18_FILE
+    path.write_bytes(b"<html><body>Sign in to the proxy</body></html>")
+    _, widget = _dock(make_napari_viewer)
+    button = widget.weights_button
+    assert MODEL_IMAGENET not in widget.model_input.choices
+    assert widget.model_input.value == MODEL_UNTRAINED
+    assert not button.native.isHidden() and button.button.text.startswith(
+        "Download ImageNet weights again ("
+    )
+    status = button.status.value
+    assert status.startswith("The ImageNet weights file in the torch cache is damaged (")
+    assert "it looks like a web page" in status and not button.status.native.isHidden()
+    asked = []
+    button.confirm = lambda info: asked.append(info) or True
+    button.url = _serve(weights_server, body)
+    _click_and_wait(qtbot, button)
+    assert asked[0].damaged is not None  # the dialog says the file there is damaged
+    assert path.read_bytes() == body and leftovers(cache) == []
+    assert button.native.isHidden()
+    assert MODEL_IMAGENET in widget.model_input.choices
+    assert widget.model_input.value == MODEL_IMAGENET
+
+
+def test_weights_button__the_dialog_says_a_damaged_file_is_replaced(qtbot, cache, monkeypatch):
+    from qtpy.QtWidgets import QMessageBox
+
+    cache.mkdir(parents=True)
+    (cache / RESNET18_FILE).write_bytes(b"")
+    asked = []
+
+    def answer(parent, title, text, *args):
+        asked.append(text)
+        return QMessageBox.StandardButton.No
+
+    monkeypatch.setattr(QMessageBox, "question", answer)
+    button = WeightsDownloadButton()
+    qtbot.addWidget(button.native)
+    assert button.download() is None
+    assert (
+        "The file there now is damaged (it is empty): it is replaced once the new one is "
+        in (asked[0])
+    )
+    assert (cache / RESNET18_FILE).read_bytes() == b""  # declined: untouched

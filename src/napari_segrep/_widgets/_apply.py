@@ -291,7 +291,7 @@ class ClassifierFiles:
                 "classifier": {"method": model.method, "classes": model.classes_},
             }
             try:
-                write_table(table, output, provenance=record)
+                write_table(table, output, provenance=record, overwrite=True)  # asked
             except (OSError, ValueError) as exc:
                 self._on_error(exc)
                 return

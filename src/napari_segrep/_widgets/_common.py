@@ -98,8 +98,11 @@ def export_table(
 ) -> Path | None:
     """Write ``table`` as CSV with its JSON sidecar (``write_table``: together or not at all;
     another program's JSON is never replaced) where :func:`save_path` says; a failure is shown,
-    not raised.  Returns the path, or None when nothing was written."""
-    from napari.utils.notifications import show_error, show_info
+    not raised, and so is a warning (text cells a spreadsheet could run as formulas).  Returns
+    the path, or None when nothing was written."""
+    import warnings
+
+    from napari.utils.notifications import show_error, show_info, show_warning
 
     from ..analysis.export import write_table
 
@@ -114,10 +117,14 @@ def export_table(
     if path is None:
         return None
     try:
-        write_table(table, path, provenance=provenance)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            write_table(table, path, provenance=provenance, overwrite=True)  # asked above
     except (OSError, ValueError) as exc:
         show_error(f"Export failed: {exc}")
         return None
+    for warning in caught:
+        show_warning(str(warning.message))
     show_info(f"Wrote {path}")
     return path
 
@@ -198,13 +205,11 @@ def unless_deleted(callback: Callable) -> Callable:
 
 def folder_pairs(folder) -> list:
     """The (image, labels) file pairs of a folder a user chose: ``images/`` + ``labels/``, or
-    ``x.tif`` beside ``x_labels.tif`` (:func:`napari_segrep.io.pair_files`' errors)."""
+    ``x.tif`` beside ``x_labels.tif``, by the CLI's one rule (:func:`napari_segrep.io.pair_files`
+    and its errors; files without a partner are refused, naming them)."""
     from ..io import pair_files
 
-    folder = Path(folder)
-    if (folder / "images").is_dir() and (folder / "labels").is_dir():
-        return pair_files(data_dir=folder)
-    return pair_files(str(folder / "*"), str(folder / "*_label*"))
+    return pair_files(data_dir=Path(folder), unmatched_fix=None)
 
 
 def centre_view_on(viewer, centre, frame: int | None = None) -> None:

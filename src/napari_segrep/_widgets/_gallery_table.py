@@ -14,7 +14,6 @@ needs the segments open in napari (Embed segments); the selection is the gallery
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,7 +109,8 @@ def open_table_collection(path: str | os.PathLike) -> TableCollection:
     Parameters
     ----------
     path : str or PathLike
-        ``OUT.parquet``, ``OUT.csv`` or ``OUT.h5ad``, with ``OUT.json`` beside it.
+        ``OUT.parquet``, ``OUT.csv`` or ``OUT.h5ad``, with its sidecar ``OUT.parquet.json``
+        (or an earlier version's ``OUT.json``) beside it.
 
     Returns
     -------
@@ -120,26 +120,26 @@ def open_table_collection(path: str | os.PathLike) -> TableCollection:
     Raises
     ------
     ValueError
-        The table or its sidecar is missing, not ours, lacks columns, or names files that are
-        not there any more: the message says which and what to do.
+        The table or its sidecar is missing, not ours, damaged, lacks columns, or names files
+        that are not there any more: the message says which and what to do.
     """
-    from ..analysis.export import is_our_sidecar, read_table, sidecar_path
+    from ..analysis.export import find_sidecar, read_sidecar, read_table, sidecar_path
 
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: no such table")
-    sidecar = sidecar_path(path)
-    if not sidecar.is_file():
+    sidecar = find_sidecar(path)
+    if sidecar is None or not sidecar.is_file():
         raise ValueError(
-            f"the table's sidecar {sidecar.name} is missing: the gallery needs it to find the "
-            f"images; put it back beside {path.name}, or {_RERUN}"
+            f"the table's sidecar {sidecar_path(path).name} is missing: the gallery needs it to "
+            f"find the images; put it back beside {path.name}, or {_RERUN}"
         )
-    if not is_our_sidecar(sidecar):
+    record = read_sidecar(sidecar, table=path, fix=f"restore it, or {_RERUN}")
+    if record is None:
         raise ValueError(
             f"{sidecar.name} is not a napari-segrep provenance record: the gallery cannot find "
             f"the images of {path.name}; {_RERUN}"
         )
-    record = json.loads(sidecar.read_text())
     try:
         df = read_table(path)
     except FileNotFoundError as exc:
@@ -152,8 +152,6 @@ def open_table_collection(path: str | os.PathLike) -> TableCollection:
                 f"images: the gallery cannot tell which row is of which image; {_RERUN}"
             )
         df = df.assign(image=next(iter(files)))
-    elif path.suffix.lower() == ".csv":  # names such as "001" must stay text
-        df["image"] = pd.read_csv(path, usecols=["image"], dtype={"image": str})["image"]
     _check_columns(df, path)
     names = [str(n) for n in pd.unique(df["image"].astype(str))]
     unknown = [n for n in names if n not in files]
@@ -179,7 +177,7 @@ def _image_files(record: dict, path: Path, sidecar: Path) -> dict[str, tuple[str
     if isinstance(images, list):  # a collection
         pairs = [(str(r.get("name")), r.get("image"), r.get("labels")) for r in images]
     else:  # one IMAGE LABELS pair: its paths as given on the command line
-        inputs = record.get("inputs") or {}
+        inputs = record.get("inputs") if isinstance(record.get("inputs"), dict) else {}
         image, labels = inputs.get("image"), inputs.get("labels")
         if not image or not labels:
             raise ValueError(

@@ -6,7 +6,9 @@ its model choice.  Clicking asks first (the URL, the size and where the file goe
 in a background worker through :func:`._jobs.start_job` with
 :func:`napari_segrep.weights.download_weights` (checked, atomic: see there), shows errors in its
 status line, and once the weights are there hides itself and tells its owner.  It is hidden
-from the start when the weights are already in the cache.
+from the start when whole weights are already in the cache; when the file there is damaged
+(truncated, empty, an error page, another file: ``WeightsInfo.damaged``) it stays on show, says
+so, and offers to download the file again (replacing it once the new one is verified).
 
 Putting it in a widget (Embed segments does this; Train SegRep can do the same)::
 
@@ -34,10 +36,12 @@ __all__ = ["WeightsDownloadButton", "ask_to_download", "imagenet_present"]
 
 
 def imagenet_present(backbone: str = "resnet18") -> bool:
-    """Whether ``backbone``'s ImageNet weights are in the local torch cache now (a file check;
-    imports no torch, so it is cheap enough for a combo box's choices)."""
+    """Whether ``backbone``'s ImageNet weights are in the local torch cache now, whole (a
+    damaged file does not count).  Imports no torch; the file's SHA-256 is computed once per
+    version of the file (about 0.1 s for 45 MB), so it is cheap enough for a combo box's
+    choices."""
     try:
-        return weights_info(backbone).present
+        return weights_info(backbone).usable
     except ValueError:  # no ImageNet weights for this backbone
         return False
 
@@ -46,9 +50,15 @@ def ask_to_download(parent, info: WeightsInfo) -> bool:
     """Ask in a dialog whether to download ``info``'s weights (URL, size, destination)."""
     from qtpy.QtWidgets import QMessageBox
 
+    again = (
+        f"\n\nThe file there now is damaged ({info.damaged}): it is replaced once the new one "
+        "is verified."
+        if info.damaged
+        else ""
+    )
     text = (
         f"Download torchvision's ImageNet weights for {info.backbone} (about {info.size_text})?"
-        f"\n\nFrom: {info.url}\nTo: {info.path}\n\n"
+        f"\n\nFrom: {info.url}\nTo: {info.path}{again}\n\n"
         "The file is checked (SHA-256) before it is used; torchvision finds it there too."
     )
     answer = QMessageBox.question(parent, "Download ImageNet weights?", text)
@@ -57,7 +67,8 @@ def ask_to_download(parent, info: WeightsInfo) -> bool:
 
 class WeightsDownloadButton(Container):
     """A button that downloads ``backbone``'s ImageNet weights after asking, with progress and
-    Cancel; hidden while (and as soon as) the weights are in the cache.
+    Cancel; hidden while (and as soon as) whole weights are in the cache.  A damaged file there
+    is named in the status line and the button downloads it again (:meth:`refresh`).
 
     Parameters
     ----------
@@ -116,8 +127,24 @@ class WeightsDownloadButton(Container):
         self.extend([self.button, self.cancel_button, self.progress, self.status])
         self.button.changed.connect(lambda: self.download())
         self.cancel_button.changed.connect(self.cancel)
-        if info.present:  # (showing a widget without a parent would open a window)
+        self.refresh(info)
+
+    def refresh(self, info: WeightsInfo | None = None) -> None:
+        """Show what the cache holds now: hidden when whole weights are there; otherwise on
+        show, and when the file there is damaged, saying so and offering to download it
+        again."""
+        if info is None:
+            info = weights_info(self.backbone, url=self.url)
+        if info.usable:  # (showing a widget without a parent would open a window)
             self.visible = False
+            return
+        again = " again" if info.damaged else ""
+        self.button.text = f"Download ImageNet weights{again} ({info.size_text})"
+        if info.damaged:
+            self._say(
+                f"The ImageNet weights file in the torch cache is damaged ({info.damaged}): "
+                "download it again."
+            )
 
     def download(self):
         """Ask, then download in a background worker; returns the napari worker (None when
@@ -125,7 +152,7 @@ class WeightsDownloadButton(Container):
         if self.job is not None:
             return self.job.worker
         info = weights_info(self.backbone, url=self.url)
-        if info.present:
+        if info.usable:
             self._on_present(info.path)
             return None
         if not self.confirm(info):

@@ -33,6 +33,7 @@ from . import _session
 from ._common import (
     WarmRelay,
     chosen_path,
+    folder_pairs,
     image_layers,
     labels_layers,
     progress_bar,
@@ -83,7 +84,7 @@ class TrainSegRepWidget(Container):
             label="also a folder",
             mode="d",
             value="",
-            tooltip="optional: a folder with images/ and labels/",
+            tooltip="optional: a folder with images/ and labels/, or x.tif beside x_labels.tif",
         )
         self.start_input = ComboBox(
             label="start from",
@@ -303,9 +304,9 @@ class TrainSegRepWidget(Container):
 
             all_images, all_labels = list(images), list(labels)
             if folder is not None:
-                from ..io import pair_files, read_image
+                from ..io import read_image
 
-                for image_path, label_path in pair_files(data_dir=folder):
+                for image_path, label_path in folder_pairs(folder):
                     all_images.append(read_image(image_path))
                     all_labels.append(read_image(label_path))
 

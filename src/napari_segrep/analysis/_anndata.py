@@ -115,17 +115,60 @@ def read_h5ad(path: str | os.PathLike) -> pd.DataFrame:
     if "X_segrep" in adata.obsm:
         emb = np.asarray(adata.obsm["X_segrep"])
         parts.append(pd.DataFrame(emb, columns=[f"emb_{i}" for i in range(emb.shape[1])]))
-    ours = adata.uns.get("napari_segrep", {})
-    map_cols = json.loads(ours.get("map_columns", '["umap_0", "umap_1"]')) or ["umap_0", "umap_1"]
+    ours = _our_record(adata.uns.get("napari_segrep", {}), path)
+    map_cols = ours["map_columns"] or ["umap_0", "umap_1"]
     key = next((k for k in ("X_umap", "X_pca") if k in adata.obsm), None)
     if key is not None:
         coords = np.asarray(adata.obsm[key])[:, :2]
         parts.append(pd.DataFrame(coords, columns=map_cols))
     out = pd.concat(parts, axis=1)
-    if "columns" in ours:
-        order = json.loads(ours["columns"])
-        if set(order) == set(out.columns):
-            out = out[order]
-    record = json.loads(ours.get("provenance", "{}"))
+    order = ours["columns"]
+    if order is not None and set(order) == set(out.columns):
+        out = out[order]
+    record = ours["provenance"]
     out.attrs = {key: record[key] for key in ATTRS if record.get(key)}
+    return out
+
+
+def _our_record(uns, path) -> dict:
+    """What :func:`h5ad_bytes` put in ``uns["napari_segrep"]``, parsed and checked like a
+    sidecar (``columns``, ``map_columns``: lists of names; ``provenance``: a record, {} when
+    none was written); ``ValueError`` naming the file when it is damaged."""
+    from ._sidecar import check_record, parse_json
+
+    fix = "the file is damaged: write it again (napari-segrep embed -o ...h5ad)"
+    source = f"uns['napari_segrep'] of {path}"
+    if not isinstance(uns, dict):
+        raise ValueError(f"{source} is not a mapping: {fix}")
+
+    def parsed(key: str, default: str):
+        value = uns.get(key, default)
+        if isinstance(value, np.ndarray) and value.shape == ():  # h5py may give 0-d arrays
+            value = value.item()
+        if isinstance(value, bytes):
+            value = value.decode("utf-8", "replace")
+        if not isinstance(value, str):
+            raise ValueError(f"{source}: {key} must be JSON text: {fix}")
+        try:
+            return parse_json(value, f"{source}: {key}")
+        except ValueError as exc:
+            raise ValueError(f"{exc}: {fix}") from None
+
+    out: dict = {}
+    for key in ("columns", "map_columns"):
+        value = parsed(key, "null")
+        if value is not None and not (
+            isinstance(value, list) and all(isinstance(v, str) for v in value)
+        ):
+            raise ValueError(f"{source}: {key} must be a list of column names: {fix}")
+        out[key] = value
+    if out["map_columns"] is None:
+        out["map_columns"] = ["umap_0", "umap_1"]
+    elif len(out["map_columns"]) not in (0, 2):
+        raise ValueError(f"{source}: map_columns must name 2 columns: {fix}")
+    record = parsed("provenance", "{}")
+    if not isinstance(record, dict):
+        raise ValueError(f"{source}: provenance must be a JSON object: {fix}")
+    check_record(record, source=f"{source}: provenance", fix=fix)
+    out["provenance"] = record
     return out

@@ -34,13 +34,15 @@ examples:
   napari-segrep weights download imagenet       # torchvision's ImageNet weights, 45 MB
 
 Outputs: OUT.csv (label, centroid_y, centroid_x, area, bbox_y0, bbox_x0, bbox_y1, bbox_x1,
-scale, emb_0..emb_{D-1}) and OUT.json (provenance: package version, encoder configuration,
+scale, emb_0..emb_{D-1}) and OUT.csv.json (provenance: package version, encoder configuration,
 checkpoint sha256, normalisation, crop size, seed, inputs), replaced together or not at all.
 classify writes PRED.csv (label, after image/frame when the table has them, class, probability,
-margin, prob_<class>), PRED.json (inputs with sha256, the classifier, the encoder) and with
+margin, prob_<class>), PRED.csv.json (inputs with sha256, the classifier, the encoder) and with
 --save-model the classifier, together; ANN.csv has label (+ image/frame) and class.
-Nothing is overwritten unless you say so: an existing OUT.csv/OUT.json needs --overwrite, an
-output is never an input, and train never writes into another run's --log-dir.
+Nothing is overwritten unless you say so: an existing OUT.csv/OUT.csv.json needs --overwrite, an
+output is never an input, train never writes into another run's --log-dir, and demo replaces
+only files it wrote (unchanged, or with --overwrite). -q/--quiet: no progress bar (every
+command that shows one).
 """
 
 

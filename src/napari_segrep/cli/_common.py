@@ -20,11 +20,19 @@ __all__ = [
     "add_pair_options",
     "add_quiet_option",
     "check_outputs",
+    "check_seed",
+    "pairs_from_args",
     "parse_normalize",
 ]
 
 BACKBONES = ["resnet18", "resnet34", "resnet50"]
 DEVICE_HELP = "auto, cpu, cuda, cuda:N or mps"
+#: The largest --seed of embed and train: torch's generators take seeds up to 2**64 - 1 and
+#: the engine derives others from it (seed + 1, seed + 2, seed + epoch), numpy's SeedSequence
+#: and the checkpoint format refuse negative ones; int64 leaves room for every offset.
+TORCH_SEED_MAX = 2**63 - 1
+#: The largest --seed of classify: scikit-learn's random_state stops at 2**32 - 1.
+SKLEARN_SEED_MAX = 2**32 - 1
 
 
 class CLIError(Exception):
@@ -52,9 +60,21 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action) or ""
 
 
-def add_quiet_option(parser) -> None:
-    """``--quiet`` on ``parser`` (an ``ArgumentParser`` or one of its argument groups)."""
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+def add_quiet_option(parser, *, help: str = "no progress bar") -> None:
+    """``-q``/``--quiet`` on ``parser`` (an ``ArgumentParser`` or one of its argument groups),
+    the same spelling in every command."""
+    parser.add_argument("-q", "--quiet", action="store_true", help=help)
+
+
+def check_seed(seed: int | None, *, maximum: int) -> None:
+    """Before any work: a :class:`CLIError` unless ``seed`` (``--seed``; None: not given) is an
+    integer from 0 to ``maximum`` (instead of a library's "Overflow when unpacking long long"
+    once the work has started)."""
+    if seed is not None and not 0 <= seed <= maximum:
+        raise CLIError(
+            f"--seed {seed} is out of range: give an integer from 0 to {maximum} "
+            f"(2**{maximum.bit_length()} - 1)"
+        )
 
 
 def parse_normalize(text: str):
@@ -101,33 +121,62 @@ class ProgressBar:
 
 
 def add_pair_options(group) -> None:
-    """``--images GLOB --labels GLOB`` or ``--data DIR``: image/label files paired by stem
-    (:func:`napari_segrep.io.pair_files`), for ``train`` and ``embed``."""
+    """``--images GLOB --labels GLOB`` or ``--data DIR``, and ``--skip-unmatched``: image/label
+    files paired by stem (:func:`napari_segrep.io.pair_files`, read by :func:`pairs_from_args`),
+    for ``train`` and ``embed``."""
     group.add_argument(
         "--images",
+        metavar="GLOB",
         help="glob of image files, e.g. 'data/images/*.tif' (files the --labels glob matches "
         "are left out, so x.tif beside x_labels.tif works)",
     )
     group.add_argument(
         "--labels",
+        metavar="GLOB",
         help="glob of label files, paired with images by file stem (a _labels/_mask suffix is "
         "allowed)",
     )
     group.add_argument(
-        "--data", type=Path, help="folder with images/ and labels/ (instead of the two globs)"
+        "--data",
+        type=Path,
+        metavar="DIR",
+        help="folder with images/ and labels/, or with x.tif beside x_labels.tif (instead of "
+        "the two globs)",
+    )
+    group.add_argument(
+        "--skip-unmatched",
+        action="store_true",
+        help="leave out the files that pair with nothing (one warning lists them) instead of "
+        "refusing them",
+    )
+
+
+def pairs_from_args(args: argparse.Namespace):
+    """The image/label pairs of ``--images/--labels`` or ``--data`` (a
+    :class:`napari_segrep.io.FilePairs`; with ``--skip-unmatched`` its ``skipped`` files are
+    left out with one warning)."""
+    from ..io import pair_files
+
+    return pair_files(
+        args.images,
+        args.labels,
+        data_dir=args.data,
+        skip_unmatched=bool(getattr(args, "skip_unmatched", False)),
     )
 
 
 def check_outputs(outputs, *, inputs: dict, overwrite: bool, flag: str = "--overwrite") -> None:
     """Before any work: every output can be written, none is an input, none exists unless
     ``overwrite`` (a :class:`CLIError` naming the file and ``flag``); a table's format can be
-    written (``.h5ad`` needs anndata)."""
-    from ..analysis.export import check_table_path
+    written (``.h5ad`` needs anndata) and a file at its sidecar's place that napari-segrep did
+    not write is refused whatever ``overwrite`` says."""
+    from ..analysis.export import check_table_outputs
     from ..io import check_output_paths
 
+    outputs = list(outputs)
     try:
-        for path in outputs:
-            check_table_path(path)
+        check_output_paths(outputs, inputs=inputs, overwrite=True)  # first: inputs, folders
+        check_table_outputs(outputs)  # then: someone else's JSON, whatever overwrite says
         check_output_paths(
             outputs,
             inputs=inputs,

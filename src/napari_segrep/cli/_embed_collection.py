@@ -1,36 +1,49 @@
 """``napari-segrep embed --images GLOB --labels GLOB -o OUT`` (or ``--data DIR``): a collection
 of image/label pairs into one table, resumable and shardable.
 
-Everything is checked before any work (pairing, every file's header: readable, (Y, X) shapes
-alike, integer labels, one channel count; the outputs; an unfinished run's settings).  Each
-finished image is written at once as a part in ``OUT.parts/``
-(:mod:`napari_segrep.analysis.parts`); a rerun of the same command skips them; after the
-last image the parts are merged into ``OUT`` plus its provenance sidecar and the folder is
-removed.  Under torchrun (or ``--devices N``,
-which relaunches under torchrun) rank ``r`` of ``W`` embeds images ``r, r + W, ...``; rank 0
-merges once every rank is done, so the table is the one a single process writes.
+Everything is checked before any work (every option, pairing, file names, every file's header:
+readable, (Y, X) shapes alike, integer labels, one channel count; the outputs; an unfinished
+run's settings).  Each finished image is written at once as a part in ``OUT.parts/``
+(:mod:`napari_segrep.analysis.parts`); a rerun of the same command, with or without
+``--overwrite``, checks the parts it finds and skips those that check out (``--overwrite``
+replaces ``OUT``, and a parts folder of other settings, never this run's own parts).  After the
+last image the parts are merged into ``OUT`` plus its provenance sidecar (their hashes recorded
+first, so that a rerun after a kill between the two renames knows them for its own and
+finishes the job) and the folder is removed.  Under torchrun (or ``--devices N``, which
+relaunches under torchrun) rank ``r`` of ``W`` embeds images ``r, r + W, ...``; rank 0 merges
+once every rank is done, so the table is the one a single process writes.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 import time
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ._common import CLIError, Interrupted, add_pair_options
 
 __all__ = ["add_collection_options", "run_collection"]
 
-#: Set by ``--devices N`` for the processes it starts: where rank 0 leaves the exit status
+#: Set by ``--devices N`` for the processes it starts: where each rank leaves its exit status
 #: (they exit 0, so that torchrun adds no traceback of its own to a user error).
 _STATUS_ENV = "NAPARI_SEGREP_EMBED_STATUS"
+#: Set by ``--devices N``: the folder where each rank writes its stderr (``rank<r>.err``);
+#: rank 0's is shown as it comes (progress, warnings, errors), the others' only when a rank
+#: fails unexpectedly.
+_STDERR_ENV = "NAPARI_SEGREP_EMBED_STDERR"
+#: A rank's status when torchrun stopped it (SIGTERM) or a peer vanished: it says nothing.
+_STOPPED = 143
 
 
 def add_collection_options(parser) -> None:
-    """``--images``, ``--labels``, ``--data``, ``--devices``, ``--hash``, ``--workers``."""
+    """``--images``, ``--labels``, ``--data``, ``--skip-unmatched``, ``--devices``, ``--hash``,
+    ``--workers``."""
     group = parser.add_argument_group(
         "collections (instead of IMAGE LABELS; resumable: rerun the same command to continue)"
     )
@@ -64,8 +77,19 @@ class _Plan:
     kwargs: dict
     manifest: dict
     folder: object
+    encoder_sha256: str
+    skipped: list = field(default_factory=list)
     kept: int = 0
     start_line: str = ""
+
+
+class _Quiet(CLIError):
+    """A rank other than 0 stops because a rank failed (rank 0 says why)."""
+
+
+class _Stopped(Exception):
+    """This rank stops because torchrun stopped it (SIGTERM) or another rank vanished; the
+    process that started torchrun says what happened."""
 
 
 def run_collection(args: argparse.Namespace) -> int:
@@ -74,22 +98,49 @@ def run_collection(args: argparse.Namespace) -> int:
     if status_file is None:
         return _run(args)
     rank = os.environ.get("RANK", "0")
+    _redirect_stderr(rank)
+    _handle_stop_signals()
     try:
         rc = _run(args)
     except (CLIError, ValueError, OSError) as exc:
         print(f"napari-segrep: error: {exc}", file=sys.stderr)
         rc = 2
-    except KeyboardInterrupt as exc:
-        if rank == "0":
-            what = getattr(exc, "what", None) or "nothing was written"
-            print(f"napari-segrep: interrupted; {what}", file=sys.stderr)
+    except KeyboardInterrupt:  # the process that started torchrun says what is kept
         rc = 130
+    except _Stopped:
+        rc = _STOPPED
+    sys.stderr.flush()
     Path(f"{status_file}.{rank}").write_text(f"{rc}\n")
     return 0
 
 
-class _Quiet(CLIError):
-    """A rank other than 0 stops because a rank failed (rank 0 says why)."""
+def _redirect_stderr(rank: str) -> None:
+    """Under ``--devices N``: this rank's stderr (fd 2) to its file in :data:`_STDERR_ENV`."""
+    folder = os.environ.get(_STDERR_ENV)
+    if not folder:
+        return
+    sys.stderr.flush()
+    fd = os.open(Path(folder) / f"rank{rank}.err", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
+def _handle_stop_signals() -> None:
+    """Under ``--devices N``: the first Ctrl-C stops this rank (later ones, from torchrun
+    passing it on, are ignored: no second traceback); SIGTERM (torchrun stopping the others
+    after a rank failed) stops it quietly."""
+
+    def on_interrupt(signum, frame):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    def on_terminate(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        raise _Stopped("stopped by torchrun")
+
+    signal.signal(signal.SIGINT, on_interrupt)
+    signal.signal(signal.SIGTERM, on_terminate)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -97,10 +148,13 @@ def _run(args: argparse.Namespace) -> int:
     if args.devices < 1:
         raise CLIError(f"--devices {args.devices}: give 1 or more")
     if args.devices > 1 and "WORLD_SIZE" not in os.environ:
-        _prepare(args, check_folder=True)  # every user error now, before any process starts
-        return _relaunch_under_torchrun(args.devices)
-    plan = _prepare(args, check_folder=world == 1)
+        plan = _prepare(args, check_folder=True)  # every user error now, before any process
+        return _relaunch_under_torchrun(args.devices, plan)
     rank = int(os.environ.get("RANK", "0"))
+    with warnings.catch_warnings():
+        if rank != 0 or _STATUS_ENV in os.environ:  # said once: by rank 0, or by --devices
+            warnings.simplefilter("ignore")
+        plan = _prepare(args, check_folder=world == 1)
     dist = _join_process_group(world)
     try:
         return _execute(args, plan, rank, world, dist)
@@ -119,23 +173,29 @@ def _prepare(args: argparse.Namespace, *, check_folder: bool) -> _Plan:
     from ..analysis.export import sidecar_path
     from ..analysis.parts import PartsFolder, input_record, parts_dir
     from ..engine.input_files import check_pair_headers
-    from ..io import pair_files
-    from ._common import check_outputs, parse_normalize
+    from ._common import check_outputs, pairs_from_args, parse_normalize
     from .weights import choose_weights
 
     if args.measure:
         raise CLIError("--measure works with one IMAGE LABELS pair: embed collections without it")
+    _check_options(args)
     normalize = parse_normalize(args.normalize)
     weights, start_line = choose_weights(
         args.weights, backbone=args.backbone, seed=args.seed, checkpoint=args.checkpoint
     )
-    pairs = pair_files(args.images, args.labels, data_dir=args.data)
+    pairs = pairs_from_args(args)
+    _check_file_names(pairs)
     names = [image.stem for image, _ in pairs]
     inputs = {"checkpoint": args.checkpoint}
     for name, (image, labels) in zip(names, pairs, strict=True):
         inputs[f"image {name}"], inputs[f"labels of {name}"] = image, labels
-    check_outputs([args.output, sidecar_path(args.output)], inputs=inputs, overwrite=args.overwrite)
+    outputs = [args.output, sidecar_path(args.output)]
+    folder = PartsFolder(parts_dir(args.output))
+    # an output that this run's own merge wrote (then was killed) is this run's to replace
+    ours = all(folder.wrote(p) for p in outputs if os.path.lexists(p))
+    check_outputs(outputs, inputs=inputs, overwrite=args.overwrite or ours)
     shapes = check_pair_headers(pairs, channel_axis=args.channel_axis)
+    _check_crop_size(args.crop_size, pairs, shapes)
     channels = [_channels(i, lab, args.channel_axis) for i, lab in shapes]
     if len(set(channels)) > 1:
         by_count: dict[int, list[str]] = {}
@@ -159,8 +219,9 @@ def _prepare(args: argparse.Namespace, *, check_folder: bool) -> _Plan:
         backbone=args.backbone,
         seed=args.seed,
     )
+    record = encoder.record()
     settings = {
-        "encoder": encoder.record(),
+        "encoder": record,
         "crop_size": args.crop_size,
         "normalize": normalize,
         "channel_axis": args.channel_axis,
@@ -168,17 +229,67 @@ def _prepare(args: argparse.Namespace, *, check_folder: bool) -> _Plan:
     }
     records = [input_record(n, i, lab) for n, (i, lab) in zip(names, pairs, strict=True)]
     manifest = {"package": "napari-segrep", "settings": settings, "inputs": records}
-    folder = PartsFolder(parts_dir(args.output))
     kept = 0
     if check_folder:
-        kept = folder.check(manifest, overwrite=args.overwrite)
+        try:
+            kept = folder.check(manifest, overwrite=args.overwrite)
+        except ValueError as exc:
+            raise CLIError(str(exc)) from None
     kwargs = {
         "crop_size": args.crop_size,
         "batch_size": args.batch_size,
         "channel_axis": args.channel_axis,
         "normalize": normalize,
     }
-    return _Plan(pairs, names, encoder, kwargs, manifest, folder, kept, start_line)
+    skipped = [str(p) for p in getattr(pairs, "skipped", ())]
+    return _Plan(
+        pairs, names, encoder, kwargs, manifest, folder, record["sha256"], skipped, kept, start_line
+    )
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    """The numeric options, before anything is read or written."""
+    from inspect import signature
+
+    from ..engine.collection import iter_embed_images
+
+    if args.workers < 0:
+        raise CLIError(f"--workers {args.workers}: give 0 (read images in this process) or more")
+    if args.workers and "num_workers" not in signature(iter_embed_images).parameters:
+        raise CLIError("--workers: this version embeds images one at a time; leave it out")
+    if args.batch_size < 1:
+        raise CLIError(f"--batch-size {args.batch_size}: give 1 or more")
+
+
+def _check_crop_size(crop_size: int, pairs, shapes) -> None:
+    """``--crop-size`` by the engine's rule for every image (the smallest is the strictest),
+    before any work."""
+    from ..engine.inputs import check_crop_size
+
+    sides = [(max(lab[-2:]), image) for (image, _), (_, lab) in zip(pairs, shapes, strict=True)]
+    side, image = min(sides, key=lambda item: item[0])
+    try:
+        check_crop_size(crop_size, (side,))
+    except ValueError as exc:
+        raise CLIError(f"--crop-size {crop_size} (for {image.name}): {exc}") from None
+
+
+def _check_file_names(pairs) -> None:
+    """A file name that is not valid UTF-8 cannot go into the table's ``image`` column (nor
+    into its Parquet or CSV file): refused up front, naming the file."""
+    bad = []
+    for image, labels in pairs:
+        for path in (image, labels):
+            try:
+                path.name.encode("utf-8")
+            except UnicodeEncodeError:
+                bad.append(os.fsencode(path).decode("utf-8", "backslashreplace"))
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise CLIError(
+            f"file names that are not valid UTF-8: {', '.join(bad[:3])}{more}: the image names "
+            "go into the table, which holds UTF-8 text; rename these files"
+        )
 
 
 def _channels(image_shape, labels_shape, channel_axis) -> int:
@@ -204,38 +315,67 @@ def _join_process_group(world: int):
 
 
 def _share(dist, value) -> list:
-    """Every rank's ``value``, in rank order (``[value]`` for one process)."""
+    """Every rank's ``value``, in rank order (``[value]`` for one process); :class:`_Stopped`
+    when another rank has vanished (killed)."""
     if dist is None:
         return [value]
     out = [None] * dist.get_world_size()
-    dist.all_gather_object(out, value)
+    try:
+        dist.all_gather_object(out, value)
+    except RuntimeError as exc:  # gloo: a peer closed the connection
+        raise _Stopped(str(exc)) from None
     return out
 
 
 def _execute(args, plan: _Plan, rank: int, world: int, dist) -> int:
+    from ..analysis.export import sidecar_path
+
     folder, n = plan.folder, len(plan.pairs)
-    problem = None
+    outputs = [args.output, sidecar_path(args.output)]
+    answer: dict = {"problem": None, "good": [], "finished": False}
     if rank == 0:
         try:
-            plan.kept = folder.start(plan.manifest, overwrite=args.overwrite)
-        except (ValueError, OSError) as exc:
-            problem = str(exc)
-    problem = _share(dist, problem)[0]  # rank 0's answer, to every rank
-    if problem is not None:
-        raise CLIError(problem) if rank == 0 else _Quiet(problem)
-    if rank == 0 and not args.quiet:
-        print(plan.start_line, file=sys.stderr)
-        if plan.kept:
-            print(
-                f"napari-segrep: resuming: {plan.kept} of {n} images already embedded "
-                f"({folder.path})",
-                file=sys.stderr,
+            start = folder.start(
+                plan.manifest, overwrite=args.overwrite, encoder_sha256=plan.encoder_sha256
             )
+            for output in outputs:  # what a killed run left beside OUT
+                _remove_leftover_temporaries(output)
+            answer["good"] = sorted(start.good)
+            answer["finished"] = all(folder.wrote(p) for p in outputs)
+        except (ValueError, OSError) as exc:
+            answer["problem"] = str(exc)
+    answer = _share(dist, answer)[0]  # rank 0's answer, to every rank
+    if answer["problem"] is not None:
+        raise CLIError(answer["problem"]) if rank == 0 else _Quiet(answer["problem"])
+    if answer["finished"]:  # killed after both renames: only the parts folder was left
+        return _finish(args, plan) if rank == 0 else 0
+    good = set(answer["good"])
+    plan.kept = len(good)
+    if rank == 0:
+        if start.bad:
+            shown = "; ".join(start.bad[:5]) + (
+                f"; and {len(start.bad) - 5} more" if len(start.bad) > 5 else ""
+            )
+            warnings.warn(
+                f"{len(start.bad)} part{'s' * (len(start.bad) > 1)} in {folder.path} "
+                f"do{'es' * (len(start.bad) == 1)} not check out and "
+                f"{'are' if len(start.bad) > 1 else 'is'} embedded again: {shown}",
+                UserWarning,
+                stacklevel=1,
+            )
+        if not args.quiet:
+            print(plan.start_line, file=sys.stderr)
+            if plan.kept:
+                print(
+                    f"napari-segrep: resuming: {plan.kept} of {n} images already embedded "
+                    f"({folder.path})",
+                    file=sys.stderr,
+                )
     mine = list(range(rank, n, world))  # DistributedSampler's share, without padding
     t0 = time.perf_counter()
     failure = None
     try:
-        _embed_share(args, plan, mine, rank=rank, world=world)
+        _embed_share(args, plan, mine, good, rank=rank, world=world)
     except (ValueError, OSError) as exc:  # the engine names the image
         failure = str(exc)
     except KeyboardInterrupt:
@@ -258,24 +398,31 @@ def _execute(args, plan: _Plan, rank: int, world: int, dist) -> int:
     return _merge_and_write(args, plan, seconds=time.perf_counter() - t0, world=world)
 
 
-def _embed_share(args, plan: _Plan, mine: list[int], *, rank: int, world: int) -> None:
-    """Embed this rank's images that have no part yet, writing each part as it comes."""
-    from inspect import signature
+def _remove_leftover_temporaries(output) -> None:
+    """Delete the temporaries and backups that a killed write of ``output`` left beside it
+    (``io.atomic_write_files``' names for it, nothing else)."""
+    from ..io import leftover_temporaries
 
+    for path in leftover_temporaries(output):
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+def _embed_share(args, plan: _Plan, mine: list[int], good: set, *, rank: int, world: int) -> None:
+    """Embed this rank's images whose part does not check out, writing each part as it comes."""
     from tqdm import tqdm
 
     from ..engine.collection import iter_embed_images
 
     folder = plan.folder
-    done = folder.done()
-    todo = [i for i in mine if i not in done]
+    todo = [i for i in mine if i not in good]
     show = rank == 0 and not args.quiet
     prefix = f"rank 0 of {world}: " if world > 1 else ""
     kwargs = dict(plan.kwargs, device=_device(args.device))
-    if "num_workers" in signature(iter_embed_images).parameters:
+    if args.workers:
         kwargs["num_workers"] = args.workers
-    elif args.workers:
-        raise CLIError("--workers: this version embeds images one at a time; leave it out")
     images = tqdm(
         total=len(mine),
         initial=len(mine) - len(todo),
@@ -318,13 +465,15 @@ def _device(device: str) -> str:
 
 
 def _merge_and_write(args, plan: _Plan, *, seconds: float, world: int) -> int:
-    """Rank 0, every part done: merge in input order, write OUT + sidecar, remove parts."""
-    from ..analysis.export import provenance, sidecar_path, write_table
+    """Rank 0, every part done: merge the checked parts in input order, record the hashes of
+    OUT and its sidecar in the manifest, write both together, remove the parts."""
+    from ..analysis.export import check_sidecar_free, provenance, sidecar_path, table_files
     from ..analysis.parts import input_record
     from ..engine.collection import merge_parts
+    from ..io import atomic_write_files
 
     folder, n = plan.folder, len(plan.pairs)
-    df = merge_parts(folder.read_all(range(n)))
+    df = merge_parts(folder.read_all(plan.names, encoder_sha256=plan.encoder_sha256))
     records = plan.manifest["inputs"]
     if args.hash:
         records = [
@@ -349,22 +498,73 @@ def _merge_and_write(args, plan: _Plan, *, seconds: float, world: int) -> int:
         resumed_images=plan.kept,
         normalize=plan.kwargs["normalize"],
         measure=False,
+        skipped_unmatched=plan.skipped,
     )
-    write_table(df, args.output, provenance=sidecar, overwrite=bool(args.overwrite))
-    folder.release()
-    folder.remove()
+    files = table_files(df, args.output, provenance=sidecar)
+    if not folder.wrote(sidecar_path(args.output)):
+        try:  # someone else's JSON that appeared during the run: never replaced
+            check_sidecar_free(args.output)
+        except ValueError as exc:
+            raise CLIError(f"{exc}; the parts are kept in {folder.path}") from None
+    for path in files:  # appeared during the run?  only this run's own, or --overwrite
+        if os.path.lexists(path) and not args.overwrite and not folder.wrote(path):
+            raise CLIError(
+                f"{path} appeared while the images were embedded: pass --overwrite to replace "
+                f"it, or move it away; the parts are kept in {folder.path}: run the same "
+                "command again to write the table"
+            )
+    folder.record_merge(files)
+    atomic_write_files({path: _writer(data) for path, data in files.items()})
     print(
         f"{len(df)} segments of {n} images embedded in {seconds:.1f} s -> {args.output} "
         f"(+ {sidecar_path(args.output).name})",
         file=sys.stderr,
     )
+    _remove_parts(plan)
     return 0
 
 
-def _relaunch_under_torchrun(n: int) -> int:
+def _writer(data: bytes):
+    return lambda fh: fh.write(data)
+
+
+def _finish(args, plan: _Plan) -> int:
+    """Rank 0: OUT and its sidecar are the ones this run's merge wrote (a kill came after both
+    renames): only the parts folder is left to remove."""
+    from ..analysis.export import sidecar_path
+
+    print(
+        f"napari-segrep: {args.output} and {sidecar_path(args.output).name} were already "
+        f"written by this command; removing {plan.folder.path}",
+        file=sys.stderr,
+    )
+    _remove_parts(plan)
+    return 0
+
+
+def _remove_parts(plan: _Plan) -> None:
+    """Remove the parts folder: what the run wrote there; a file it did not write is kept
+    (and with it the folder), said once."""
+    left = plan.folder.finish()
+    if left:
+        shown = ", ".join(left[:3]) + (f" and {len(left) - 3} more" if len(left) > 3 else "")
+        warnings.warn(
+            f"{plan.folder.path} was kept: it holds files napari-segrep did not write "
+            f"({shown}); the run's own files there are removed: move yours elsewhere and "
+            "delete the folder before embedding to this output again",
+            UserWarning,
+            stacklevel=1,
+        )
+
+
+# --- --devices N ---------------------------------------------------------------------------------
+def _relaunch_under_torchrun(n: int, plan: _Plan) -> int:
     """``--devices N`` outside torchrun: run this same command under torchrun, each process
-    with its share of the CPU threads; the exit status is rank 0's."""
-    import signal
+    with its share of the CPU threads.  Rank 0's messages and progress are shown as they come;
+    torchrun's own output (its warnings, its tracebacks when a process fails or is
+    interrupted) is kept out of the way and shown only when a process fails unexpectedly.
+    Returns rank 0's exit status, or says in one line what happened to a process that was
+    interrupted or killed."""
     import subprocess
     import tempfile
 
@@ -372,25 +572,134 @@ def _relaunch_under_torchrun(n: int) -> int:
     cmd += [f"--nproc_per_node={n}", "-m", "napari_segrep.cli", *sys.argv[1:]]
     threads = max(1, (os.cpu_count() or 1) // n)
     with tempfile.TemporaryDirectory(prefix="napari-segrep-") as tmp:
-        status = Path(tmp) / "status"
-        env = {**os.environ, _STATUS_ENV: str(status)}
+        tmp = Path(tmp)
+        env = {**os.environ, _STATUS_ENV: str(tmp / "status"), _STDERR_ENV: str(tmp)}
         env.setdefault("OMP_NUM_THREADS", str(threads))
         print(f"napari-segrep: starting {n} processes: {' '.join(cmd[1:])}", file=sys.stderr)
-        process = subprocess.Popen(cmd, env=env)
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # the processes get it too
+        sys.stderr.flush()
+        interrupted = threading.Event()
+        relay = _Relay(tmp / "rank0.err")
+        relay.start()
+        # Ctrl-C reaches every process of the terminal's group: the ranks stop, this one
+        # waits for them and says what is kept (a handler, not SIG_IGN: exec resets it)
+        previous = signal.signal(signal.SIGINT, lambda *_: interrupted.set())
         try:
-            rc = process.wait()
+            with open(tmp / "torchrun.log", "wb") as log:
+                process = subprocess.Popen(
+                    cmd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+                )
+                rc = process.wait()
         finally:
             signal.signal(signal.SIGINT, previous)
-        codes = {p.name: int(p.read_text()) for p in Path(tmp).glob("status.*")}
-    if "status.0" in codes:  # rank 0 has said what happened
-        return codes["status.0"]
-    if rc != 0 or codes:
+            relay.stop()
+        codes = {}
+        for path in tmp.glob("status.*"):
+            try:
+                codes[int(path.name.split(".")[1])] = int(path.read_text())
+            except ValueError:
+                continue
+        return _outcome(n, rc, codes, interrupted.is_set(), tmp, plan)
+
+
+def _outcome(n: int, rc: int, codes: dict, interrupted: bool, tmp: Path, plan: _Plan) -> int:
+    """The exit status of ``--devices N`` and, where no rank has said it, one line on what
+    happened."""
+    folder, total = plan.folder, len(plan.pairs)
+
+    def kept() -> str:
+        return (
+            f"{len(folder.done())} of {total} images are embedded in {folder.path}: run the "
+            "same command again to continue"
+        )
+
+    if 130 in codes.values() or (interrupted and rc != 0):
+        print(f"napari-segrep: interrupted; {kept()}", file=sys.stderr)
+        return 130
+    missing = [r for r in range(n) if r not in codes]
+    if missing:
+        log = _read_text(tmp / "torchrun.log")
+        how = [f"rank {r} {_how_it_ended(log, r)}" for r in missing]
+        unknown = [r for r, h in zip(missing, how, strict=True) if h.endswith("unexpectedly")]
+        for r in unknown:  # a bug, not a signal: what it and torchrun said
+            for name in (f"rank{r}.err", "torchrun.log"):
+                text = _read_text(tmp / name).strip()
+                if text:
+                    lines = text.splitlines()[-20:]
+                    print(f"--- {name} (last lines) ---", *lines, sep="\n", file=sys.stderr)
         print(
-            f"napari-segrep: error: a process ended with status {rc or max(codes.values())} "
-            "(see above); the images embedded so far are kept: run the same command again to "
-            "continue",
+            f"napari-segrep: error: the process of {' and '.join(how)}; the others were "
+            f"stopped; {kept()}",
             file=sys.stderr,
         )
         return 2
-    return 0
+    if codes.get(0) == _STOPPED:  # another rank failed on its own: its one line
+        for r, code in sorted(codes.items()):
+            if code not in (0, _STOPPED):
+                for line in _read_text(tmp / f"rank{r}.err").splitlines():
+                    if line.startswith("napari-segrep: error:"):
+                        print(line, file=sys.stderr)
+                return code
+        print(f"napari-segrep: error: a process stopped unexpectedly; {kept()}", file=sys.stderr)
+        return 2
+    return codes.get(0, 2)
+
+
+def _how_it_ended(log: str, rank: int) -> str:
+    """What torchrun's report says about ``rank``: ``was killed by SIGKILL``, or ``ended
+    unexpectedly``."""
+    import re
+
+    for block in re.finditer(r"rank\s*:\s*(\d+)[^\n]*\n\s*exitcode\s*:\s*(-?\d+)", log):
+        if int(block.group(1)) == rank and int(block.group(2)) < 0:
+            try:
+                name = signal.Signals(-int(block.group(2))).name
+            except ValueError:
+                name = f"signal {-int(block.group(2))}"
+            return f"was killed by {name}"
+    return "ended unexpectedly"
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+class _Relay(threading.Thread):
+    """Copies a file to this process's stderr as it grows (rank 0's messages and progress
+    bars), until :meth:`stop` (which copies the rest first)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(daemon=True)
+        self.path = path
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        import codecs
+
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        fh = None
+        try:
+            while True:
+                last = self._stop_event.is_set()
+                if fh is None:
+                    try:
+                        fh = open(self.path, "rb")  # kept open while it grows
+                    except FileNotFoundError:
+                        fh = None
+                data = fh.read() if fh is not None else b""
+                if data:
+                    sys.stderr.write(decoder.decode(data))
+                    sys.stderr.flush()
+                elif last:
+                    break
+                else:
+                    self._stop_event.wait(0.05)
+        finally:
+            if fh is not None:
+                fh.close()
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join()

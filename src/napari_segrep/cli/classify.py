@@ -12,7 +12,7 @@ import math
 import sys
 from pathlib import Path
 
-from ._common import CLIError, HelpFormatter
+from ._common import SKLEARN_SEED_MAX, CLIError, HelpFormatter, check_seed
 
 __all__ = ["add_parser", "run"]
 
@@ -30,9 +30,9 @@ _TRAINING = {
     "n_trees": ("--n-trees", 100, "random_forest"),
     "C": ("--C", 1.0, "logistic"),
 }
-#: The training options' ranges, checked before any work: dest -> (lowest, highest, rule).
+#: The training options' ranges, checked before any work: dest -> (lowest, highest, rule)
+#: (--seed: by check_seed, as for every command).
 _RANGES = {
-    "seed": (0, 2**32 - 1, "a whole number from 0 to 4294967295"),
     "k": (1, None, "a whole number, at least 1"),
     "n_trees": (1, 10_000, "a whole number from 1 to 10000"),
     "C": (0, None, "a positive number"),
@@ -49,13 +49,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="classify every segment of an embedding table (train on annotations, or a model)",
         description="Classify every row of TABLE.csv (from 'napari-segrep embed', or several "
         "images' tables with an 'image' column) and write PRED.csv (the segment keys, class, "
-        "probability, margin and prob_<class>) plus a PRED.json provenance sidecar. The "
+        "probability, margin and prob_<class>) plus a PRED.csv.json provenance sidecar. The "
         "classifier is trained on --annotations or read from --model. Existing files are only "
         "replaced with --overwrite; an input is never an output.",
         formatter_class=HelpFormatter,
     )
     parser.add_argument(
-        "table", type=Path, help="embedding table TABLE.csv (its TABLE.json names the encoder)"
+        "table", type=Path, help="embedding table TABLE.csv (its TABLE.csv.json names the encoder)"
     )
     source = parser
     source.add_argument(
@@ -81,7 +81,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         type=Path,
         required=True,
         metavar="PRED.csv",
-        help="output predictions PRED.csv; its provenance goes to PRED.json beside it",
+        help="output predictions PRED.csv; its provenance goes to PRED.csv.json beside it",
     )
     parser.add_argument(
         "--save-model",
@@ -119,7 +119,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--seed",
         type=int,
         default=None,
-        help="seed of the forest and the cross-validation folds, 0 to 2^32-1 (default: 0)",
+        metavar="N",
+        help=f"seed of the forest and the cross-validation folds, 0 to {SKLEARN_SEED_MAX} "
+        "(default: 0)",
     )
     training.add_argument(
         "--k", type=int, default=None, help="neighbours, knn, at least 1 (default: 5)"
@@ -139,8 +141,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace PRED.csv, PRED.json and the --save-model file when they exist; a "
-        "--save-model file that is not a classifier, or a PRED.json that napari-segrep did "
+        help="replace PRED.csv, PRED.csv.json and the --save-model file when they exist; a "
+        "--save-model file that is not a classifier, or a PRED.csv.json that napari-segrep did "
         "not write, is never replaced",
     )
     parser.add_argument(
@@ -156,7 +158,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """The ``classify`` command: check the options and outputs, read the table, train (or
-    load) the classifier, predict every row, write PRED.csv, PRED.json and the model."""
+    load) the classifier, predict every row, write PRED.csv, PRED.csv.json and the model."""
+    check_seed(args.seed, maximum=SKLEARN_SEED_MAX)
     training = _training_options(args)
     outputs = _check_outputs(args)
     from ..analysis.export import read_table
@@ -225,7 +228,7 @@ def _training_options(args: argparse.Namespace) -> dict:
 
 
 def _check_outputs(args: argparse.Namespace) -> list[Path]:
-    """Before any work: PRED.csv, PRED.json (and the model) can be written, none is an input
+    """Before any work: PRED.csv, PRED.csv.json (and the model) can be written, none is an input
     (TABLE, its sidecar, ANN, the model), none is another, none is a file napari-segrep did
     not write, and none exists without --overwrite.  Returns the outputs."""
     from ..analysis.classify import is_classifier_file
@@ -267,12 +270,10 @@ def _check_outputs(args: argparse.Namespace) -> list[Path]:
 
 
 def _sidecar_or_none(path: Path) -> Path | None:
-    from ..analysis.export import sidecar_path
+    """The sidecar TABLE is read with (``TABLE.csv.json``, or an earlier ``TABLE.json``)."""
+    from ..analysis.export import find_sidecar
 
-    try:
-        return sidecar_path(path)
-    except ValueError:  # TABLE.json: it has no sidecar of its own
-        return None
+    return find_sidecar(path)
 
 
 def read_annotations(path: Path, table):
@@ -379,7 +380,7 @@ def _load(path: Path):
 
 
 def _write(args, outputs: list[Path], table, clf, predictions) -> None:
-    """PRED.csv, PRED.json and the model, replaced together or not at all."""
+    """PRED.csv, PRED.csv.json and the model, replaced together or not at all."""
     from ..analysis.export import table_files
     from ..io import atomic_write_files
 

@@ -10,11 +10,13 @@ from pathlib import Path
 from ._common import (
     BACKBONES,
     DEVICE_HELP,
+    TORCH_SEED_MAX,
     CLIError,
     HelpFormatter,
     ProgressBar,
     add_quiet_option,
     check_outputs,
+    check_seed,
     parse_normalize,
 )
 from ._embed_collection import add_collection_options, run_collection
@@ -29,7 +31,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "embed",
         help="embed every segment of a label image (or of a collection) and write a table",
         description="Embed every non-zero label of LABELS, seen in IMAGE, and write one row per "
-        "segment to OUT.csv (or OUT.parquet) plus an OUT.json provenance sidecar. Many pairs: "
+        "segment to OUT.csv (or OUT.parquet) plus an OUT.csv.json provenance sidecar. Many pairs: "
         "--images GLOB --labels GLOB or --data DIR, into one table with an image column; "
         "finished images are kept in OUT.parquet.parts/ as they come, so rerunning an "
         "interrupted command continues it; --devices N shares the images among N processes "
@@ -41,12 +43,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "image",
         type=Path,
         nargs="?",
+        metavar="IMAGE",
         help="image file (TIFF, PNG or JPEG): 2D, RGB, or multichannel with --channel-axis "
         "(default: none, with --images or --data)",
     )
     parser.add_argument(
         "labels_file",
-        metavar="labels",
+        metavar="LABELS",
         type=Path,
         nargs="?",
         help="label image file of the same (Y, X) shape; 0 is background (default: none)",
@@ -56,17 +59,20 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--output",
         type=Path,
         required=True,
-        help="output table OUT.csv or OUT.parquet; its provenance goes to OUT.json beside it",
+        metavar="OUT",
+        help="output table OUT.csv, OUT.parquet or OUT.h5ad (AnnData: the [anndata] extra); its "
+        "provenance goes to OUT.csv.json (OUT.parquet.json...) beside it",
     )
     parser.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace OUT.csv and OUT.json when they exist (otherwise: an error, nothing done)",
+        help="replace OUT.csv and OUT.csv.json when they exist (otherwise: an error, nothing done)",
     )
     parser.add_argument(
         "--checkpoint",
         type=Path,
         default=None,
+        metavar="PATH",
         help="napari-segrep checkpoint to embed with (default: see --weights)",
     )
     add_weights_option(parser, checkpoint_flag="--checkpoint")
@@ -76,14 +82,23 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         choices=BACKBONES,
         help="backbone of the ImageNet or untrained encoder (ignored with --checkpoint)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the untrained encoder")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        metavar="N",
+        help=f"seed of the untrained encoder, 0 to {TORCH_SEED_MAX}",
+    )
     parser.add_argument(
         "--crop-size",
         type=int,
         default=64,
+        metavar="N",
         help="crop side in pixels; larger segments are downscaled to fit",
     )
-    parser.add_argument("--batch-size", type=int, default=128, help="crops per forward pass")
+    parser.add_argument(
+        "--batch-size", type=int, default=128, metavar="N", help="crops per forward pass"
+    )
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument(
         "--normalize",
@@ -96,14 +111,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--channel-axis",
         type=int,
         default=None,
+        metavar="K",
         help="channel axis of a multichannel image (RGB (Y, X, 3) needs none)",
     )
     parser.add_argument(
         "--measure",
         action="store_true",
-        help="also measure every segment: area, shape (perimeter, eccentricity, solidity, "
-        "extent, axis lengths) and intensity mean and std per channel, as columns before "
-        "emb_0 (for classify with features embedding+geometry)",
+        help="also measure every segment (one IMAGE LABELS pair only): area, shape (perimeter, "
+        "eccentricity, solidity, extent, axis lengths) and intensity mean and std per channel, "
+        "as columns before emb_0 (for classify with features embedding+geometry)",
     )
     add_quiet_option(parser)
     add_collection_options(parser)
@@ -113,9 +129,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """The ``embed`` command: check the outputs, read both files, embed, write OUT.csv and
-    OUT.json (together, or neither)."""
+    OUT.csv.json (together, or neither)."""
     from ..analysis.export import sidecar_path, write_table
 
+    check_seed(args.seed, maximum=TORCH_SEED_MAX)
     collection = args.images is not None or args.labels is not None or args.data is not None
     if collection and (args.image is not None or args.labels_file is not None):
         raise CLIError(
@@ -145,6 +162,7 @@ def run(args: argparse.Namespace) -> int:
 
     image = read_image(args.image)
     labels = read_image(args.labels)
+    _refuse_swapped(image, labels, image_path=args.image, labels_path=args.labels)
     if not args.quiet:
         print(start, file=sys.stderr)
     df, seconds, sidecar = run_embedding(
@@ -181,6 +199,53 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def _refuse_swapped(image, labels, *, image_path: Path, labels_path: Path) -> None:
+    """Before any work: a :class:`CLIError` naming both files when LABELS looks like an
+    intensity image and IMAGE like a label image (the two were given the wrong way round).
+
+    A label image is piecewise constant (most pixels equal their neighbour; an intensity
+    image's noise makes that rare), integer, with background 0 and compact segments; the labels
+    look like an intensity image when :func:`~napari_segrep.engine.segments.labels_warnings`
+    finds tiny or scattered segments.  Only a plausible image is looked at in full, so a normal
+    pair costs one comparison of neighbouring pixels.
+    """
+    import re
+
+    import numpy as np
+
+    from ..engine.segments import labels_warnings, segment_table
+
+    if not (
+        image.ndim == 2
+        and image.shape == labels.shape
+        and image.size > 1
+        and np.issubdtype(image.dtype, np.integer)
+        and np.issubdtype(labels.dtype, np.integer)
+        and image.min() == 0
+        and labels.min() >= 0
+    ):
+        return
+    if np.mean(image[:, 1:] == image[:, :-1]) < _PIECEWISE_CONSTANT:
+        return  # the image is not a label image: whatever the labels are, not swapped
+    suspicious = labels_warnings(segment_table(labels))
+    if not suspicious:
+        return
+    table = segment_table(image)
+    if len(table) == 0 or labels_warnings(table):
+        return
+    reason = re.sub(r" \(.*\)$", "", suspicious[0].split(":")[0])  # "N of M segments ..."
+    raise CLIError(
+        f"image and labels seem swapped: the LABELS {labels_path} look like an intensity image "
+        f"({reason}) and the IMAGE {image_path} like a label image ({len(table)} compact "
+        f"segments); give the image first: napari-segrep embed {labels_path} {image_path} ..."
+    )
+
+
+#: The least share of pixels equal to their right neighbour for an image to be a label image
+#: (labels: 0.97 for the sample cells, 0.98 for coins; intensity images: 0.002-0.6).
+_PIECEWISE_CONSTANT = 0.8
 
 
 def run_embedding(

@@ -15,11 +15,14 @@ from pathlib import Path
 
 from ._common import (
     BACKBONES,
+    TORCH_SEED_MAX,
     CLIError,
     HelpFormatter,
     Interrupted,
     add_pair_options,
     add_quiet_option,
+    check_seed,
+    pairs_from_args,
     parse_normalize,
 )
 from ._train_output import quality_line, quality_summary, write_debug_views, write_history
@@ -55,6 +58,7 @@ def _add_data_options(data) -> None:
         "--channel-axis",
         "--channel_axis",
         dest="channel_axis",
+        metavar="K",
         type=int,
         default=None,
         help="channel axis of multichannel images",
@@ -69,6 +73,7 @@ def _add_data_options(data) -> None:
         "--min-size",
         "--min_size",
         dest="min_size",
+        metavar="N",
         type=int,
         default=16,
         help="skip segments with fewer pixels",
@@ -80,6 +85,7 @@ def _add_training_options(run) -> None:
         "--log-dir",
         "--log_dir",
         dest="log_dir",
+        metavar="DIR",
         type=Path,
         default=Path("logs"),
         help="last.pt, history.csv and quality.csv go here; a folder holding another run is "
@@ -108,6 +114,7 @@ def _add_training_options(run) -> None:
         "--crop-size",
         "--crop_size",
         dest="crop_size",
+        metavar="N",
         type=int,
         default=64,
         help="crop side in pixels; larger segments are downscaled to fit",
@@ -116,6 +123,7 @@ def _add_training_options(run) -> None:
         "--batch-size",
         "--batch_size",
         dest="batch_size",
+        metavar="N",
         type=int,
         default=64,
         help="per process (per GPU)",
@@ -124,6 +132,7 @@ def _add_training_options(run) -> None:
         "--epochs",
         type=int,
         default=None,
+        metavar="N",
         help="passes over all segments (default: 10, more when the segments are few, so that "
         "training takes at least 160 steps)",
     )
@@ -160,11 +169,18 @@ def _add_training_options(run) -> None:
         help="keep the encoder's BatchNorm statistics (default) or re-estimate them from the "
         "training views",
     )
-    run.add_argument("--seed", type=int, default=0, help="seed of the model, data order, views")
+    run.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        metavar="N",
+        help=f"seed of the model, data order and views, 0 to {TORCH_SEED_MAX}",
+    )
     run.add_argument(
         "--grad-accumulate",
         "--grad_accumulate",
         dest="grad_accumulate",
+        metavar="N",
         type=int,
         default=1,
         help="micro-batches per optimiser step",
@@ -173,6 +189,7 @@ def _add_training_options(run) -> None:
         "--num-workers",
         "--num_workers",
         dest="num_workers",
+        metavar="N",
         type=int,
         default=0,
         help="data loader worker processes",
@@ -184,6 +201,7 @@ def _add_training_options(run) -> None:
         "--resume-checkpoint",
         "--resume_checkpoint",
         dest="resume_checkpoint",
+        metavar="PATH",
         type=Path,
         default=None,
         help="training checkpoint to continue from (LOG_DIR/last.pt continues that run)",
@@ -191,6 +209,7 @@ def _add_training_options(run) -> None:
     run.add_argument(
         "--init-checkpoint",
         dest="init_checkpoint",
+        metavar="PATH",
         type=Path,
         default=None,
         help="encoder checkpoint to start a new run from (default: see --weights)",
@@ -204,7 +223,7 @@ def _add_training_options(run) -> None:
         help="write LOG_DIR/debug_views.png (augmented view pairs with mask "
         "outlines) and exit without training",
     )
-    add_quiet_option(run)
+    add_quiet_option(run, help="no progress bar and no epoch lines")
 
 
 def _add_hardware_options(hw) -> None:
@@ -216,7 +235,11 @@ def _add_hardware_options(hw) -> None:
         help="auto, cpu, cuda (gpu), mps",
     )
     hw.add_argument(
-        "--devices", type=int, default=1, help="processes/GPUs; > 1 relaunches under torchrun (DDP)"
+        "--devices",
+        type=int,
+        default=1,
+        metavar="N",
+        help="processes/GPUs; > 1 relaunches under torchrun (DDP)",
     )
     hw.add_argument(
         "--strategy",
@@ -260,6 +283,7 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     import os
 
+    check_seed(args.seed, maximum=TORCH_SEED_MAX)
     if args.devices > 1 and "WORLD_SIZE" not in os.environ:
         return _relaunch_under_torchrun(args.devices)
     from ..io import check_writable_dir
@@ -451,9 +475,9 @@ def _relaunch_under_torchrun(n: int) -> int:
 def _load_pairs(args: argparse.Namespace):
     """Read the image/label pairs; a pair the engine would refuse is a :class:`CLIError` naming
     the files (the same message the engine's dataset would give)."""
-    from ..io import pair_files, read_image
+    from ..io import read_image
 
-    pairs = pair_files(args.images, args.labels, data_dir=args.data)
+    pairs = pairs_from_args(args)
     images, labels, names = [], [], []
     for image_path, label_path in pairs:
         image, lab = read_image(image_path), read_image(label_path)

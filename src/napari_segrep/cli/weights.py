@@ -53,7 +53,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description="Download torchvision's ImageNet (IMAGENET1K_V1) weights of a backbone into "
         "the torch cache. The file is checked (its SHA-256 against the digits in torchvision's "
         "file name, and that it loads as weights) before it is moved into place; an "
-        "interrupted or failed download leaves nothing behind. Offline? Copy the file from a "
+        "interrupted or failed download leaves nothing behind, and a file already there is "
+        "kept unless it is damaged (then it is replaced) or --force is given. A server that "
+        "sends more than the file's size (with a small margin) or stalls is refused. Offline? "
+        "Copy the file from a "
         "machine with internet to the path 'napari-segrep weights list' shows. Mirrors: "
         f"--url, or set {MIRROR_ENV} to a base URL holding the file.",
         formatter_class=HelpFormatter,
@@ -73,25 +76,31 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     download.add_argument(
         "--sha256",
         default=None,
-        help="expected SHA-256 of the file, in full or its first 8+ hex digits (default: the "
-        "digits in torchvision's file name)",
+        help="expected SHA-256 of the file, in full or its first 8+ hex digits; it must agree "
+        "with the digits in torchvision's file name (default: those digits)",
     )
     download.add_argument(
         "--force",
         action="store_true",
-        help="download again when the file is already there (replaced only once the new one "
-        "is verified)",
+        help="download again even when the file there is whole (a damaged one is downloaded "
+        "again without it); it is replaced only once the new one is verified",
     )
     download.add_argument(
-        "--timeout", type=float, default=30.0, help="seconds to wait for the server"
+        "--timeout",
+        type=_positive_seconds,
+        default=30.0,
+        help="give up after this many seconds without progress (no answer, or less than 64 "
+        "KiB received)",
     )
     add_quiet_option(download)
     download.set_defaults(func=run)
     listing = actions.add_parser(
         "list",
-        help="list the ImageNet weights: there or not, size, path",
-        description="For each backbone: whether its ImageNet weights are in the torch cache, "
-        "their approximate size, and where they go.",
+        help="list the ImageNet weights: present, missing or damaged, size, path",
+        description="For each backbone: whether its ImageNet weights are in the torch cache "
+        "(present), not there (missing), or there but not torchvision's file (damaged: "
+        "truncated, empty, an error page...; checked by size and SHA-256), their size, and "
+        "where they go.",
         formatter_class=HelpFormatter,
     )
     listing.set_defaults(func=run)
@@ -105,8 +114,18 @@ def run(args: argparse.Namespace) -> int:
     return _download(args)
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
 def _list() -> int:
-    from ..weights import download_command, format_size, imagenet_backbones, weights_info
+    from ..weights import damaged_message, format_size, imagenet_backbones, weights_info
 
     infos = [weights_info(name) for name in imagenet_backbones()]
     for info in infos:
@@ -114,10 +133,15 @@ def _list() -> int:
             size = format_size(info.path.stat().st_size)
         else:
             size = f"~{info.size_text}"
-        status = "present" if info.present else "missing"
+        status = "damaged" if info.damaged else "present" if info.present else "missing"
         print(f"{info.backbone:<9} {status:<8} {size:>7}  {info.path}")
+    for info in infos:
+        if info.damaged:
+            print(f"napari-segrep: {damaged_message(info)}", file=sys.stderr)
     missing = [info.backbone for info in infos if not info.present]
     if missing:
+        from ..weights import download_command
+
         print(
             f"napari-segrep: missing weights download with: {download_command()} "
             f"--backbone NAME ({', '.join(missing)})",
@@ -130,14 +154,20 @@ def _download(args: argparse.Namespace) -> int:
     from ..weights import download_weights, weights_info
 
     info = weights_info(args.backbone, url=args.url)
-    if info.present and not args.force:
+    if info.usable and not args.force:
         print(
-            f"napari-segrep: {args.backbone} ImageNet weights are already in the cache "
-            "(--force downloads them again)",
+            f"napari-segrep: {args.backbone} ImageNet weights are already in the cache, whole "
+            "(size and SHA-256 checked; --force downloads them again)",
             file=sys.stderr,
         )
         print(info.path)
         return 0
+    if info.damaged:
+        print(
+            f"napari-segrep: the file in the cache is damaged ({info.damaged}): it is replaced "
+            "once the new one is verified",
+            file=sys.stderr,
+        )
     print(
         f"napari-segrep: downloading {args.backbone} ImageNet weights (about {info.size_text}) "
         f"from {info.url}",
@@ -149,7 +179,7 @@ def _download(args: argparse.Namespace) -> int:
             args.backbone,
             url=args.url,
             sha256=args.sha256,
-            force=args.force,
+            force=True,  # decided above: missing, damaged, or --force
             progress=bar,
             timeout=args.timeout,
         )
@@ -229,10 +259,11 @@ def choose_weights(
     Raises
     ------
     CLIError
-        ``--weights imagenet``/``none`` together with a checkpoint or a resumed run, or
-        ``--weights imagenet`` while the weights are not in the cache.
+        ``--weights imagenet``/``none`` together with a checkpoint or a resumed run,
+        ``--weights imagenet`` while the weights are not in the cache, or ``imagenet``/``auto``
+        while the file in the cache is damaged (the message names it and the fix).
     """
-    from ..weights import download_command, weights_info
+    from ..weights import damaged_message, download_command, weights_info
 
     if choice not in WEIGHTS_CHOICES:
         raise CLIError(f"--weights {choice!r}: choose one of {', '.join(WEIGHTS_CHOICES)}")
@@ -254,6 +285,8 @@ def choose_weights(
         if choice == "imagenet":
             raise CLIError(str(exc)) from None
         return None, untrained
+    if info.damaged:  # auto too: a user who put the file there means to use it
+        raise CLIError(damaged_message(info))
     if info.present:
         return "imagenet", f"napari-segrep: weights: ImageNet ({backbone}, {info.path})"
     command = download_command(backbone)

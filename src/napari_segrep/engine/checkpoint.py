@@ -36,8 +36,10 @@ __all__ = [
     "nonfinite_tensors",
     "save_checkpoint",
     "load_state_checked",
+    "load_state_into",
     "load_training_checkpoint",
     "state_mismatches",
+    "training_checkpoint_problems",
     "validate_encoder_config",
 ]
 
@@ -240,17 +242,135 @@ def encoder_state_from_checkpoint(path: str | os.PathLike) -> tuple[dict, dict]:
 
 _TRAINING_KEYS = ("config", "encoder_config", "encoder", "head", "optimizer", "scheduler")
 _TRAINING_KEYS += ("scaler", "loss_state", "epoch", "epoch_step", "global_step", "rng")
+#: The largest step or epoch count a training checkpoint may hold (int64, as torch keeps them).
+_MAX_COUNT = 2**63 - 1
+
+
+def _short(value, limit: int = 40) -> str:
+    """``repr(value)`` cut to ``limit`` characters (a crafted file may hold huge values)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
+def _count_problem(key: str, value) -> str | None:
+    if _is_int(value) and 0 <= value <= _MAX_COUNT:
+        return None
+    return f"{key}={_short(value)} is not a count (an integer from 0 to 2**63-1)"
+
+
+def _records_problem(key: str, records, required: dict) -> str | None:
+    """What is wrong with a list of records (``history``/``quality``): each a dict holding
+    ``required`` keys of the given types."""
+    if not isinstance(records, list):
+        return f"{key} is not a list of records: {type(records).__name__}"
+    for i, record in enumerate(records):
+        if not isinstance(record, dict):
+            return f"{key}[{i}] is not a record (dict): {_short(record)}"
+        for name, types in required.items():
+            value = record.get(name)
+            if not isinstance(value, types) or isinstance(value, bool) and bool not in types:
+                return f"{key}[{i}][{name!r}] is {_short(value)}"
+    return None
+
+
+_NUMBER = (int, float)
+_HISTORY_RECORD = {"epoch": (int,), "step": (int,), "loss": _NUMBER}
+_QUALITY_RECORD = {
+    "epoch": (int,),
+    "effective_rank": _NUMBER,
+    "view_agreement": _NUMBER,
+    "n": (int,),
+    "monitor": (str,),
+    "loss": (*_NUMBER, type(None)),
+}
+
+
+def training_checkpoint_problems(payload: dict) -> list[str]:
+    """What keeps a loaded training checkpoint's ``payload`` from being resumed: a missing key,
+    or a value of the wrong type or range (``epoch="one"``, ``config=None``, a random state that
+    is not torch's).  ``[]`` for a checkpoint this package wrote.  The weights and optimiser
+    states are compared with the run when they are loaded (:func:`load_state_checked`)."""
+    missing = [k for k in _TRAINING_KEYS if k not in payload]
+    if missing:
+        return [f"{', '.join(repr(k) for k in missing)} missing"]
+    problems = []
+    for key in ("config", "encoder_config", "encoder", "head", "loss_state", "scaler"):
+        if not isinstance(payload[key], dict):
+            problems.append(f"{key} is not a dict: {_short(payload[key])}")
+    optimizer = payload["optimizer"]
+    if not (
+        isinstance(optimizer, dict)
+        and isinstance(optimizer.get("state"), dict)
+        and isinstance(optimizer.get("param_groups"), list)
+        and all(isinstance(g, dict) for g in optimizer["param_groups"])
+    ):
+        problems.append("optimizer is not an optimiser state (state and param_groups)")
+    scheduler = payload["scheduler"]
+    if not isinstance(scheduler, dict) or not _is_int(scheduler.get("last_epoch")):
+        problems.append("scheduler is not a learning-rate schedule's state")
+    for key in ("epoch", "epoch_step", "global_step"):
+        problem = _count_problem(key, payload[key])
+        if problem:
+            problems.append(problem)
+    rng = payload["rng"]
+    state = rng.get("torch") if isinstance(rng, dict) else None
+    expected = torch.get_rng_state()
+    if not (
+        isinstance(state, torch.Tensor)
+        and state.dtype == expected.dtype
+        and tuple(state.shape) == tuple(expected.shape)
+    ):
+        what = (
+            f"a {state.dtype} tensor of shape {tuple(state.shape)}"
+            if isinstance(state, torch.Tensor)
+            else _short(state if isinstance(rng, dict) else rng)
+        )
+        problems.append(
+            f"rng is not torch's random state (a {expected.dtype} tensor of shape "
+            f"{tuple(expected.shape)} under 'torch'): {what}"
+        )
+    for key, required in (("history", _HISTORY_RECORD), ("quality", _QUALITY_RECORD)):
+        problem = _records_problem(key, payload.get(key, []), required)
+        if problem:
+            problems.append(problem)
+    monitor = payload.get("monitor")
+    if monitor is not None and not (
+        isinstance(monitor, dict)
+        and isinstance(monitor.get("indices"), list)
+        and all(_is_int(i) for i in monitor["indices"])
+    ):
+        problems.append(f"monitor is not a monitor set (a list of indices): {_short(monitor)}")
+    return problems
 
 
 def load_training_checkpoint(path: str | os.PathLike) -> dict:
-    """:func:`load_checkpoint` for resuming: a complete training checkpoint, or a ValueError."""
+    """:func:`load_checkpoint` for resuming: a complete training checkpoint, or one ValueError
+    naming ``path`` and every problem (:func:`training_checkpoint_problems`)."""
     payload = load_checkpoint(path, map_location="cpu")
     if payload.get("kind") != "training":
         raise ValueError(
             f"{path} is an encoder checkpoint, not a training checkpoint: to start a new run "
             "from it, pass encoder=napari_segrep.load_encoder(path) instead of resume="
         )
-    missing = [k for k in _TRAINING_KEYS if k not in payload]
-    if missing or not isinstance(payload["config"], dict):
-        raise ValueError(f"training checkpoint {path} is incomplete (missing {missing})")
+    problems = training_checkpoint_problems(payload)
+    if problems:
+        raise ValueError(
+            f"training checkpoint {path} cannot be resumed: {'; '.join(problems)}. It was not "
+            "written by napari-segrep, or was altered: resume from an intact checkpoint, or "
+            "start a new run"
+        )
     return payload
+
+
+def load_state_into(obj, state, *, what: str, source: str) -> None:
+    """``obj.load_state_dict(state)`` for an optimiser, schedule or gradient scaler, or one
+    ``ValueError`` naming ``source`` and the saved ``what`` (instead of torch's KeyError or
+    size message)."""
+    try:
+        obj.load_state_dict(state)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise ValueError(
+            f"checkpoint {source}: its {what} does not fit this run ({_short(reason, 200)}): "
+            "resume with the settings it was trained with, from an intact checkpoint"
+        ) from None

@@ -143,8 +143,15 @@ def embed_images(
 def merge_parts(parts: Sequence[pd.DataFrame]) -> pd.DataFrame:
     """One table from per-image tables (as :func:`iter_embed_images` yields them, or read back
     from files), in the order given: ``attrs["normalization"]`` maps each image name to its
-    normalisation; ``encoder`` and ``crop_size`` are the first part's (``ValueError`` if the
-    parts were embedded by different encoders or crop sizes)."""
+    normalisation; ``encoder`` and ``crop_size`` are the first part's.
+
+    Raises
+    ------
+    ValueError
+        The parts were embedded by different encoders or crop sizes, hold rows of one image in
+        two parts (a part copied under another name), or hold NaN/Inf embedding values: each
+        naming the image.
+    """
     if not parts:
         raise ValueError("no parts to merge")
     first = parts[0].attrs
@@ -158,10 +165,24 @@ def merge_parts(parts: Sequence[pd.DataFrame]) -> pd.DataFrame:
                     f"the parts differ in {key} ({a!r} vs {b!r}): they were not embedded alike, "
                     "so they cannot share one table"
                 )
-    normalizations = {}
-    for part in parts:
+    normalizations, owner = {}, {}
+    for i, part in enumerate(parts):
         for name in dict.fromkeys(part["image"]) if len(part) else ():
-            normalizations[str(name)] = part.attrs.get("normalization")
+            name = str(name)
+            if name in owner:
+                raise ValueError(
+                    f"parts {owner[name]} and {i} both hold rows of image {name!r}: each image "
+                    "goes in one part (was a part copied under another name?)"
+                )
+            owner[name] = i
+            normalizations[name] = part.attrs.get("normalization")
+        emb = part[[c for c in part.columns if str(c).startswith("emb_")]].to_numpy(np.float64)
+        if not np.isfinite(emb).all():
+            name = part["image"].iloc[0] if len(part) else i
+            raise ValueError(
+                f"the part of image {name!r} holds NaN or Inf embedding values: embed that "
+                "image again"
+            )
     out = pd.concat(list(parts), ignore_index=True)
     out.attrs = {
         "encoder": first.get("encoder"),

@@ -32,7 +32,12 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ..errors import TrainingDiverged
-from .checkpoint import load_state_checked, load_training_checkpoint, save_checkpoint
+from .checkpoint import (
+    load_state_checked,
+    load_state_into,
+    load_training_checkpoint,
+    save_checkpoint,
+)
 from .dataset import SegmentDataset
 from .devices import resolve_device
 from .distributed import _distributed_setup
@@ -390,9 +395,10 @@ class Trainer:
             ckpt["encoder_config"], ckpt["encoder"], source=str(path)
         )
         load_state_checked(self.model.head, ckpt["head"], what="head", source=str(path))
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.scaler.load_state_dict(ckpt["scaler"])
+        source = str(path)
+        load_state_into(self.optimizer, ckpt["optimizer"], what="optimizer state", source=source)
+        load_state_into(self.scheduler, ckpt["scheduler"], what="scheduler state", source=source)
+        load_state_into(self.scaler, ckpt["scaler"], what="scaler state", source=source)
         loss_state = ckpt["loss_state"]
         upgrade = getattr(self.loss, "upgrade_state_dict", None)  # older checkpoints
         if upgrade is not None and isinstance(loss_state, dict):

@@ -32,6 +32,7 @@ Examples
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,12 +164,13 @@ def load_imagenet_weights(backbone: nn.Module, name: str) -> tuple[Tensor, Tenso
     FileNotFoundError
         The weights are not in the cache (the message says where to put them).
     ValueError
-        The file does not hold weights for this backbone.
+        The file is damaged (it does not load) or does not hold weights for this backbone (the
+        message names the file and the fix).
     """
     spec = get_backbone(name)
     path = imagenet_cache_path(name)
+    extra = "" if name == "resnet18" else f" --backbone {name}"
     if not path.is_file():
-        extra = "" if name == "resnet18" else f" --backbone {name}"
         raise FileNotFoundError(
             f"ImageNet weights for {name} are not in the local torch cache: download them "
             f"with `napari-segrep weights download imagenet{extra}` (or the 'Download ImageNet "
@@ -176,11 +178,29 @@ def load_imagenet_weights(backbone: nn.Module, name: str) -> tuple[Tensor, Tenso
             f"{name} IMAGENET1K_V1 weights) from a machine with internet to {path}; or use "
             "weights=None."
         )
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    fix = (
+        f"download it again with `napari-segrep weights download imagenet{extra} --force`, or "
+        f"copy torchvision's {path.name} there again from a machine with internet"
+    )
+    try:  # never a pickle: weights_only
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - truncated, empty, a web page...: damaged
+        # (torch's own message advises weights_only=False, which could run code: never shown)
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        what = (
+            f"it holds pickled Python objects ({found.group(1)}), never loaded: they could run code"
+            if found
+            else "it is not a whole torch file: cut short, empty, or another file"
+        )
+        raise ValueError(f"the ImageNet weights file {path} is damaged ({what}): {fix}") from None
     try:
+        if not isinstance(state, dict):
+            raise ValueError(f"it holds a {type(state).__name__}, not a dict of tensors")
         backbone.load_imagenet_state(state)
-    except ValueError as exc:
-        raise ValueError(f"{path} does not hold {name} weights ({exc})") from None
+    except (ValueError, KeyError, RuntimeError) as exc:  # other keys, other shapes
+        text = f"no {exc.args[0]!r}" if isinstance(exc, KeyError) and exc.args else str(exc)
+        reason = " ".join(text.split())[:200]
+        raise ValueError(f"{path} does not hold {name} weights ({reason}): {fix}") from None
     return torch.tensor(spec.imagenet_mean), torch.tensor(spec.imagenet_std)
 
 
