@@ -102,6 +102,16 @@ def encoder():
 #: A shrunken real ResNet registered for tests (cellpose keeps 2 of 24 blocks for speed): the
 #: masked ResNet code path, BasicBlock, one block per stage, widths 8/16/32/64, stride 32, 64-d.
 NARROW_BACKBONE = "resnet_narrow_test"
+#: Small and fast training: batch 8, 32 px crops, a small projection head, the narrow test ResNet
+#: (24 cells -> 3 steps per epoch).
+TRAIN_SMALL = {
+    "backbone": NARROW_BACKBONE,
+    "batch_size": 8,
+    "crop_size": 32,
+    "device": "cpu",
+    "projection_hidden": 64,
+    "projection_dim": 32,
+}
 
 
 def register_narrow_backbone() -> str:
@@ -150,3 +160,12 @@ def weights_cache(tmp_path, monkeypatch):
     from .weights_server import use_temporary_torch_cache
 
     return use_temporary_torch_cache(tmp_path, monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def stand_in() -> bytes:
+    """The bytes of a small real state dict, served (and published) as torchvision's ResNet-18
+    weights file in the download tests."""
+    from .weights_server import state_dict_bytes
+
+    return state_dict_bytes()

@@ -34,11 +34,6 @@ from .weights_server import (
 )
 
 
-@pytest.fixture(scope="module")
-def stand_in() -> bytes:
-    return state_dict_bytes()
-
-
 def _serve(server, body: bytes, **route) -> str:
     server.routes[f"/{RESNET18_FILE}"] = Route(body, **route)
     return server.url(f"/{RESNET18_FILE}")

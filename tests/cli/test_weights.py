@@ -29,11 +29,6 @@ from ..weights_server import (
 )
 
 
-@pytest.fixture(scope="module")
-def stand_in() -> bytes:
-    return state_dict_bytes()
-
-
 def _run(*argv) -> int:
     return main([str(a) for a in argv])
 

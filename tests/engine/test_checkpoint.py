@@ -18,7 +18,7 @@ from napari_segrep.engine.checkpoint import (
     save_checkpoint,
 )
 
-from ..conftest import NARROW_BACKBONE, blob_masks
+from ..conftest import NARROW_BACKBONE, TRAIN_SMALL, blob_masks
 
 pytestmark = pytest.mark.usefixtures("narrow_backbone")
 
@@ -183,14 +183,6 @@ def training_run(tmp_path_factory):
     return result.checkpoint_path, image, labels
 
 
-TRAIN_SMALL = {
-    "backbone": NARROW_BACKBONE,
-    "batch_size": 8,
-    "crop_size": 32,
-    "device": "cpu",
-    "projection_hidden": 64,
-    "projection_dim": 32,
-}
 
 
 def _damaged_copy(path, tmp_path, change, name="damaged.pt"):

@@ -18,19 +18,11 @@ from napari_segrep.engine.quality import RepresentationCollapseWarning
 from napari_segrep.engine.training import train_ssl
 from napari_segrep.errors import TrainingDiverged
 
-from ..conftest import NARROW_BACKBONE
+from ..conftest import NARROW_BACKBONE, TRAIN_SMALL
 
 pytestmark = pytest.mark.usefixtures("narrow_backbone")
 
-# Small and fast: 24 cells, 32 px crops, batch 8 -> 3 steps per epoch, the narrow test ResNet.
-SMALL = {
-    "backbone": NARROW_BACKBONE,
-    "batch_size": 8,
-    "crop_size": 32,
-    "device": "cpu",
-    "projection_hidden": 64,
-    "projection_dim": 32,
-}
+SMALL = TRAIN_SMALL  # 24 cells -> 3 steps per epoch
 
 # SegRep's own recipe (the defaults before issue 3/6): what some failure modes were found with.
 SEGREP_RECIPE = {"loss": "tico", "optimizer": "lars", "batchnorm_stats": "update"}
