@@ -577,3 +577,15 @@ def test_embed_collection__two_processes_stopped_say_one_line_and_the_rerun_cont
     assert _run(*argv) == 0
     assert writes.indices == [i for i in range(4) if i not in done]
     assert read_table(out)["image"].unique().tolist() == ["im0", "im1", "im2", "im3"]
+
+
+def test_embed_collection__a_stop_signal_after_a_rank_has_ended_prints_nothing(data, tmp_path):
+    """``--devices 2``: a SIGTERM that reaches rank 0 after its work has ended (torchrun stopping
+    the ranks while one runs its exit handlers) changes nothing and prints no traceback (it used
+    to raise in an exit handler: "Exception ignored in atexit callback ... _Stopped")."""
+    out = tmp_path / "o.parquet"
+    argv = ["embed", "--data", data, "-o", out, *SMALL, "--quiet", "--devices", 2]
+    done = _run_with_fault(argv, signal="SIGTERM", to="self", at_exit=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr, done.stderr
+    assert read_table(out)["image"].unique().tolist() == ["im0", "im1", "im2", "im3"]

@@ -101,7 +101,10 @@ def run_collection(args: argparse.Namespace) -> int:
     _redirect_stderr(rank)
     _handle_stop_signals()
     try:
-        rc = _run(args)
+        try:
+            rc = _run(args)
+        finally:  # from here on a stop changes nothing: this rank says how it ended, and exits
+            _stop_signals_raise[0] = False
     except (CLIError, ValueError, OSError) as exc:
         print(f"napari-segrep: error: {exc}", file=sys.stderr)
         rc = 2
@@ -125,19 +128,26 @@ def _redirect_stderr(rank: str) -> None:
     os.close(fd)
 
 
+#: Whether a stop signal still stops this rank's work (False once the work has ended: a
+#: signal then, during the status write or an exit handler, must not print a traceback).
+_stop_signals_raise = [True]
+
+
 def _handle_stop_signals() -> None:
     """Under ``--devices N``: the first Ctrl-C stops this rank (later ones, from torchrun
     passing it on, are ignored: no second traceback); SIGTERM (torchrun stopping the others
-    after a rank failed) stops it quietly."""
+    after a rank failed) stops it quietly.  Once the rank's work has ended, both are ignored."""
 
     def on_interrupt(signum, frame):
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        raise KeyboardInterrupt
+        if _stop_signals_raise[0]:
+            raise KeyboardInterrupt
 
     def on_terminate(signum, frame):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        raise _Stopped("stopped by torchrun")
+        if _stop_signals_raise[0]:
+            raise _Stopped("stopped by torchrun")
 
     signal.signal(signal.SIGINT, on_interrupt)
     signal.signal(signal.SIGTERM, on_terminate)

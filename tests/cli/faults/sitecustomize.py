@@ -10,7 +10,9 @@ group, as Ctrl-C in a terminal), in which process (``"rank"``: torchrun's ``RANK
 - ``"after_parts": N``: once this process has written N parts (``PartsFolder.write``);
 - ``"before_replacing": NAME``: just before a file called NAME is moved into place
   (``os.replace``: the renames of ``io.atomic_write_files``);
-- ``"before_removing": NAME``: just before a file called NAME is deleted (``os.unlink``).
+- ``"before_removing": NAME``: just before a file called NAME is deleted (``os.unlink``);
+- ``"at_exit": true``: when a process started by torchrun exits (an ``atexit`` handler), as
+  torchrun's SIGTERM may reach a rank whose work has ended.
 """
 
 import json
@@ -81,3 +83,7 @@ if _SPEC and _SPEC.get("rank", "0") == os.environ.get("RANK", "0"):
         os.unlink = _on_file(os.unlink, "before_removing")
     if "after_parts" in _SPEC:
         sys.meta_path.insert(0, _PatchOnImport())
+    if _SPEC.get("at_exit") and "RANK" in os.environ:
+        import atexit
+
+        atexit.register(_send)
