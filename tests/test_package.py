@@ -90,7 +90,8 @@ _MAY_IMPORT = {
     "_sample_data": _BASE,
     "engine": _BASE | {"engine"},
     "analysis": _BASE | {"analysis"},
-    "weights": _BASE | {"engine"},
+    "_download": _BASE,
+    "weights": _BASE | {"engine", "_download"},
     "_widgets": _BASE | {"engine", "analysis", "_sample_data", "weights", "_widgets"},
     "cli": _BASE | {"engine", "analysis", "_sample_data", "weights", "_widgets", "cli"},
 }
