@@ -56,7 +56,7 @@ def test_package__analysis_io_errors_and_the_cli_parser_never_load_torch():
     names = _submodules("napari_segrep.analysis")
     names += ["napari_segrep.io", "napari_segrep.errors", "napari_segrep._version"]
     names += ["napari_segrep._images"]
-    names += ["napari_segrep.weights"]
+    names += ["napari_segrep.weights", "napari_segrep._download"]
     code = "\n".join(f"import {n}" for n in names)
     code += "\nfrom napari_segrep.cli import get_arg_parser\nget_arg_parser()"
     loaded = _modules_after(code)
