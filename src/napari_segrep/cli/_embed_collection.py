@@ -24,7 +24,13 @@ import warnings
 from dataclasses import dataclass, field
 
 from ._common import CLIError, Interrupted, add_pair_options
-from ._torchrun import STATUS_ENV, Stopped, relaunch_under_torchrun, run_as_rank
+from ._torchrun import (
+    STATUS_ENV,
+    join_process_group,
+    relaunch_under_torchrun,
+    run_as_rank,
+    share,
+)
 
 __all__ = ["add_collection_options", "run_collection"]
 
@@ -94,7 +100,7 @@ def _run(args: argparse.Namespace) -> int:
         if rank != 0 or STATUS_ENV in os.environ:  # said once: by rank 0, or by --devices
             warnings.simplefilter("ignore")
         plan = _prepare(args, check_folder=world == 1)
-    dist = _join_process_group(world)
+    dist = join_process_group(world)
     try:
         return _execute(args, plan, rank, world, dist)
     except _Quiet:
@@ -241,31 +247,6 @@ def _channels(image_shape, labels_shape, channel_axis) -> int:
     return 3 if plane[-1] in (3, 4) else 1  # else ambiguous: the engine names the image
 
 
-def _join_process_group(world: int):
-    """``torch.distributed`` with the default group joined (gloo: only small messages and
-    barriers travel, the embeddings go through files), or None for one process."""
-    if world <= 1:
-        return None
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group(backend="gloo")
-    return dist
-
-
-def _share(dist, value) -> list:
-    """Every rank's ``value``, in rank order (``[value]`` for one process); :class:`Stopped`
-    when another rank has vanished (killed)."""
-    if dist is None:
-        return [value]
-    out = [None] * dist.get_world_size()
-    try:
-        dist.all_gather_object(out, value)
-    except RuntimeError as exc:  # gloo: a peer closed the connection
-        raise Stopped(str(exc)) from None
-    return out
-
-
 def _execute(args, plan: _Plan, rank: int, world: int, dist) -> int:
     from ..analysis.export import sidecar_path
 
@@ -283,7 +264,7 @@ def _execute(args, plan: _Plan, rank: int, world: int, dist) -> int:
             answer["finished"] = all(folder.wrote(p) for p in outputs)
         except (ValueError, OSError) as exc:
             answer["problem"] = str(exc)
-    answer = _share(dist, answer)[0]  # rank 0's answer, to every rank
+    answer = share(dist, answer)[0]  # rank 0's answer, to every rank
     if answer["problem"] is not None:
         raise CLIError(answer["problem"]) if rank == 0 else _Quiet(answer["problem"])
     if answer["finished"]:  # killed after both renames: only the parts folder was left
@@ -323,7 +304,7 @@ def _execute(args, plan: _Plan, rank: int, world: int, dist) -> int:
             f"{done} of {n} images are embedded in {folder.path}: run the same command again "
             "to continue"
         ) from None
-    failures = [f for f in _share(dist, failure) if f is not None]
+    failures = [f for f in share(dist, failure) if f is not None]
     if failures:
         if rank != 0:
             raise _Quiet(failures[0])

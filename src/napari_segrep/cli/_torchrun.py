@@ -4,7 +4,9 @@ and ``train``) and, for ``embed``'s collections, both sides of the relaunch.
 The process the user started runs torchrun with rank 0's stderr relayed as it comes and
 torchrun's own output kept aside, then says in one line how the ranks ended
 (:func:`relaunch_under_torchrun`); each rank it starts writes its stderr and its exit status to
-files, stops quietly on torchrun's SIGTERM and exits 0 (:func:`run_as_rank`).
+files, stops quietly on torchrun's SIGTERM and exits 0 (:func:`run_as_rank`).  The ranks join
+one process group and exchange small values (:func:`join_process_group`, :func:`share`: a rank
+that vanished stops the others quietly).
 
 Standard library only at import time (``napari-segrep --help`` must not load torch).
 """
@@ -22,11 +24,10 @@ from ._common import CLIError
 
 __all__ = [
     "STATUS_ENV",
-    "STDERR_ENV",
-    "STOPPED",
-    "Stopped",
+    "join_process_group",
     "relaunch_under_torchrun",
     "run_as_rank",
+    "share",
     "torchrun_command",
 ]
 
@@ -36,12 +37,12 @@ STATUS_ENV = "NAPARI_SEGREP_EMBED_STATUS"
 #: Set by ``--devices N``: the folder where each rank writes its stderr (``rank<r>.err``);
 #: rank 0's is shown as it comes (progress, warnings, errors), the others' only when a rank
 #: fails unexpectedly.
-STDERR_ENV = "NAPARI_SEGREP_EMBED_STDERR"
+_STDERR_ENV = "NAPARI_SEGREP_EMBED_STDERR"
 #: A rank's status when torchrun stopped it (SIGTERM) or a peer vanished: it says nothing.
-STOPPED = 143
+_STOPPED = 143
 
 
-class Stopped(Exception):
+class _Stopped(Exception):
     """This rank stops because torchrun stopped it (SIGTERM) or another rank vanished; the
     process that started torchrun says what happened."""
 
@@ -61,7 +62,7 @@ def torchrun_command(n: int) -> list[str]:
     ]
 
 
-# --- a rank started by --devices N ---------------------------------------------------------------
+# --- a rank started by --devices N ----------------------------------------------------------------
 def run_as_rank(work: Callable[[], int]) -> int:
     """Under ``--devices N`` (:data:`STATUS_ENV` set): run ``work`` as this rank, its stderr to
     its file, stop signals handled; write its exit status for the process that started
@@ -80,16 +81,16 @@ def run_as_rank(work: Callable[[], int]) -> int:
         rc = 2
     except KeyboardInterrupt:  # the process that started torchrun says what is kept
         rc = 130
-    except Stopped:
-        rc = STOPPED
+    except _Stopped:
+        rc = _STOPPED
     sys.stderr.flush()
     Path(f"{status_file}.{rank}").write_text(f"{rc}\n")
     return 0
 
 
 def _redirect_stderr(rank: str) -> None:
-    """Under ``--devices N``: this rank's stderr (fd 2) to its file in :data:`STDERR_ENV`."""
-    folder = os.environ.get(STDERR_ENV)
+    """Under ``--devices N``: this rank's stderr (fd 2) to its file in :data:`_STDERR_ENV`."""
+    folder = os.environ.get(_STDERR_ENV)
     if not folder:
         return
     sys.stderr.flush()
@@ -117,13 +118,39 @@ def _handle_stop_signals() -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         if _stop_signals_raise[0]:
-            raise Stopped("stopped by torchrun")
+            raise _Stopped("stopped by torchrun")
 
     signal.signal(signal.SIGINT, on_interrupt)
     signal.signal(signal.SIGTERM, on_terminate)
 
 
-# --- the process that starts torchrun ------------------------------------------------------------
+# --- the ranks together (under --devices N or torchrun) -------------------------------------------
+def join_process_group(world: int):
+    """``torch.distributed`` with the default group joined (gloo: only small messages and
+    barriers travel, the embeddings go through files), or None for one process."""
+    if world <= 1:
+        return None
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group(backend="gloo")
+    return dist
+
+
+def share(dist, value) -> list:
+    """Every rank's ``value``, in rank order (``[value]`` for one process); :class:`_Stopped`
+    when another rank has vanished (killed)."""
+    if dist is None:
+        return [value]
+    out = [None] * dist.get_world_size()
+    try:
+        dist.all_gather_object(out, value)
+    except RuntimeError as exc:  # gloo: a peer closed the connection
+        raise _Stopped(str(exc)) from None
+    return out
+
+
+# --- the process that starts torchrun -------------------------------------------------------------
 def relaunch_under_torchrun(n: int, kept: Callable[[], str]) -> int:
     """``--devices N`` outside torchrun: run this same command under torchrun, each process
     with its share of the CPU threads.  Rank 0's messages and progress are shown as they come;
@@ -138,7 +165,7 @@ def relaunch_under_torchrun(n: int, kept: Callable[[], str]) -> int:
     threads = max(1, (os.cpu_count() or 1) // n)
     with tempfile.TemporaryDirectory(prefix="napari-segrep-") as tmp:
         tmp = Path(tmp)
-        env = {**os.environ, STATUS_ENV: str(tmp / "status"), STDERR_ENV: str(tmp)}
+        env = {**os.environ, STATUS_ENV: str(tmp / "status"), _STDERR_ENV: str(tmp)}
         env.setdefault("OMP_NUM_THREADS", str(threads))
         print(f"napari-segrep: starting {n} processes: {' '.join(cmd[1:])}", file=sys.stderr)
         sys.stderr.flush()
@@ -191,9 +218,9 @@ def _outcome(
             file=sys.stderr,
         )
         return 2
-    if codes.get(0) == STOPPED:  # another rank failed on its own: its one line
+    if codes.get(0) == _STOPPED:  # another rank failed on its own: its one line
         for r, code in sorted(codes.items()):
-            if code not in (0, STOPPED):
+            if code not in (0, _STOPPED):
                 for line in _read_text(tmp / f"rank{r}.err").splitlines():
                     if line.startswith("napari-segrep: error:"):
                         print(line, file=sys.stderr)
