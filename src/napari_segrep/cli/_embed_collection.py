@@ -299,11 +299,7 @@ def _execute(args, plan: _Plan, rank: int, world: int, dist) -> int:
     except (ValueError, OSError) as exc:  # the engine names the image
         failure = str(exc)
     except KeyboardInterrupt:
-        done = len(folder.done())
-        raise Interrupted(
-            f"{done} of {n} images are embedded in {folder.path}: run the same command again "
-            "to continue"
-        ) from None
+        raise Interrupted(_kept(plan)) from None
     failures = [f for f in share(dist, failure) if f is not None]
     if failures:
         if rank != 0:
@@ -478,7 +474,7 @@ def _remove_parts(plan: _Plan) -> None:
 
 
 def _kept(plan: _Plan) -> str:
-    """After ``--devices N`` stopped early: what is kept, and how to continue."""
+    """After an interrupt or a stopped process: what is kept, and how to continue."""
     return (
         f"{len(plan.folder.done())} of {len(plan.pairs)} images are embedded in "
         f"{plan.folder.path}: run the same command again to continue"
