@@ -18,27 +18,21 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
-import threading
 import time
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from ._common import CLIError, Interrupted, add_pair_options
+from ._torchrun import (
+    STATUS_ENV,
+    join_process_group,
+    relaunch_under_torchrun,
+    run_as_rank,
+    share,
+)
 
 __all__ = ["add_collection_options", "run_collection"]
-
-#: Set by ``--devices N`` for the processes it starts: where each rank leaves its exit status
-#: (they exit 0, so that torchrun adds no traceback of its own to a user error).
-_STATUS_ENV = "NAPARI_SEGREP_EMBED_STATUS"
-#: Set by ``--devices N``: the folder where each rank writes its stderr (``rank<r>.err``);
-#: rank 0's is shown as it comes (progress, warnings, errors), the others' only when a rank
-#: fails unexpectedly.
-_STDERR_ENV = "NAPARI_SEGREP_EMBED_STDERR"
-#: A rank's status when torchrun stopped it (SIGTERM) or a peer vanished: it says nothing.
-_STOPPED = 143
 
 
 def add_collection_options(parser) -> None:
@@ -87,70 +81,11 @@ class _Quiet(CLIError):
     """A rank other than 0 stops because a rank failed (rank 0 says why)."""
 
 
-class _Stopped(Exception):
-    """This rank stops because torchrun stopped it (SIGTERM) or another rank vanished; the
-    process that started torchrun says what happened."""
-
-
 def run_collection(args: argparse.Namespace) -> int:
     """The collection form of ``embed``: one table for many image/label pairs."""
-    status_file = os.environ.get(_STATUS_ENV)
-    if status_file is None:
+    if os.environ.get(STATUS_ENV) is None:
         return _run(args)
-    rank = os.environ.get("RANK", "0")
-    _redirect_stderr(rank)
-    _handle_stop_signals()
-    try:
-        try:
-            rc = _run(args)
-        finally:  # from here on a stop changes nothing: this rank says how it ended, and exits
-            _stop_signals_raise[0] = False
-    except (CLIError, ValueError, OSError) as exc:
-        print(f"napari-segrep: error: {exc}", file=sys.stderr)
-        rc = 2
-    except KeyboardInterrupt:  # the process that started torchrun says what is kept
-        rc = 130
-    except _Stopped:
-        rc = _STOPPED
-    sys.stderr.flush()
-    Path(f"{status_file}.{rank}").write_text(f"{rc}\n")
-    return 0
-
-
-def _redirect_stderr(rank: str) -> None:
-    """Under ``--devices N``: this rank's stderr (fd 2) to its file in :data:`_STDERR_ENV`."""
-    folder = os.environ.get(_STDERR_ENV)
-    if not folder:
-        return
-    sys.stderr.flush()
-    fd = os.open(Path(folder) / f"rank{rank}.err", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    os.dup2(fd, 2)
-    os.close(fd)
-
-
-#: Whether a stop signal still stops this rank's work (False once the work has ended: a
-#: signal then, during the status write or an exit handler, must not print a traceback).
-_stop_signals_raise = [True]
-
-
-def _handle_stop_signals() -> None:
-    """Under ``--devices N``: the first Ctrl-C stops this rank (later ones, from torchrun
-    passing it on, are ignored: no second traceback); SIGTERM (torchrun stopping the others
-    after a rank failed) stops it quietly.  Once the rank's work has ended, both are ignored."""
-
-    def on_interrupt(signum, frame):
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        if _stop_signals_raise[0]:
-            raise KeyboardInterrupt
-
-    def on_terminate(signum, frame):
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        if _stop_signals_raise[0]:
-            raise _Stopped("stopped by torchrun")
-
-    signal.signal(signal.SIGINT, on_interrupt)
-    signal.signal(signal.SIGTERM, on_terminate)
+    return run_as_rank(lambda: _run(args))  # a rank started by --devices N
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -159,13 +94,13 @@ def _run(args: argparse.Namespace) -> int:
         raise CLIError(f"--devices {args.devices}: give 1 or more")
     if args.devices > 1 and "WORLD_SIZE" not in os.environ:
         plan = _prepare(args, check_folder=True)  # every user error now, before any process
-        return _relaunch_under_torchrun(args.devices, plan)
+        return relaunch_under_torchrun(args.devices, kept=lambda: _kept(plan))
     rank = int(os.environ.get("RANK", "0"))
     with warnings.catch_warnings():
-        if rank != 0 or _STATUS_ENV in os.environ:  # said once: by rank 0, or by --devices
+        if rank != 0 or STATUS_ENV in os.environ:  # said once: by rank 0, or by --devices
             warnings.simplefilter("ignore")
         plan = _prepare(args, check_folder=world == 1)
-    dist = _join_process_group(world)
+    dist = join_process_group(world)
     try:
         return _execute(args, plan, rank, world, dist)
     except _Quiet:
@@ -312,31 +247,6 @@ def _channels(image_shape, labels_shape, channel_axis) -> int:
     return 3 if plane[-1] in (3, 4) else 1  # else ambiguous: the engine names the image
 
 
-def _join_process_group(world: int):
-    """``torch.distributed`` with the default group joined (gloo: only small messages and
-    barriers travel, the embeddings go through files), or None for one process."""
-    if world <= 1:
-        return None
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group(backend="gloo")
-    return dist
-
-
-def _share(dist, value) -> list:
-    """Every rank's ``value``, in rank order (``[value]`` for one process); :class:`_Stopped`
-    when another rank has vanished (killed)."""
-    if dist is None:
-        return [value]
-    out = [None] * dist.get_world_size()
-    try:
-        dist.all_gather_object(out, value)
-    except RuntimeError as exc:  # gloo: a peer closed the connection
-        raise _Stopped(str(exc)) from None
-    return out
-
-
 def _execute(args, plan: _Plan, rank: int, world: int, dist) -> int:
     from ..analysis.export import sidecar_path
 
@@ -354,7 +264,7 @@ def _execute(args, plan: _Plan, rank: int, world: int, dist) -> int:
             answer["finished"] = all(folder.wrote(p) for p in outputs)
         except (ValueError, OSError) as exc:
             answer["problem"] = str(exc)
-    answer = _share(dist, answer)[0]  # rank 0's answer, to every rank
+    answer = share(dist, answer)[0]  # rank 0's answer, to every rank
     if answer["problem"] is not None:
         raise CLIError(answer["problem"]) if rank == 0 else _Quiet(answer["problem"])
     if answer["finished"]:  # killed after both renames: only the parts folder was left
@@ -389,12 +299,8 @@ def _execute(args, plan: _Plan, rank: int, world: int, dist) -> int:
     except (ValueError, OSError) as exc:  # the engine names the image
         failure = str(exc)
     except KeyboardInterrupt:
-        done = len(folder.done())
-        raise Interrupted(
-            f"{done} of {n} images are embedded in {folder.path}: run the same command again "
-            "to continue"
-        ) from None
-    failures = [f for f in _share(dist, failure) if f is not None]
+        raise Interrupted(_kept(plan)) from None
+    failures = [f for f in share(dist, failure) if f is not None]
     if failures:
         if rank != 0:
             raise _Quiet(failures[0])
@@ -567,149 +473,9 @@ def _remove_parts(plan: _Plan) -> None:
         )
 
 
-# --- --devices N ---------------------------------------------------------------------------------
-def _relaunch_under_torchrun(n: int, plan: _Plan) -> int:
-    """``--devices N`` outside torchrun: run this same command under torchrun, each process
-    with its share of the CPU threads.  Rank 0's messages and progress are shown as they come;
-    torchrun's own output (its warnings, its tracebacks when a process fails or is
-    interrupted) is kept out of the way and shown only when a process fails unexpectedly.
-    Returns rank 0's exit status, or says in one line what happened to a process that was
-    interrupted or killed."""
-    import subprocess
-    import tempfile
-
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    cmd += [f"--nproc_per_node={n}", "-m", "napari_segrep.cli", *sys.argv[1:]]
-    threads = max(1, (os.cpu_count() or 1) // n)
-    with tempfile.TemporaryDirectory(prefix="napari-segrep-") as tmp:
-        tmp = Path(tmp)
-        env = {**os.environ, _STATUS_ENV: str(tmp / "status"), _STDERR_ENV: str(tmp)}
-        env.setdefault("OMP_NUM_THREADS", str(threads))
-        print(f"napari-segrep: starting {n} processes: {' '.join(cmd[1:])}", file=sys.stderr)
-        sys.stderr.flush()
-        interrupted = threading.Event()
-        relay = _Relay(tmp / "rank0.err")
-        relay.start()
-        # Ctrl-C reaches every process of the terminal's group: the ranks stop, this one
-        # waits for them and says what is kept (a handler, not SIG_IGN: exec resets it)
-        previous = signal.signal(signal.SIGINT, lambda *_: interrupted.set())
-        try:
-            with open(tmp / "torchrun.log", "wb") as log:
-                process = subprocess.Popen(
-                    cmd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
-                )
-                rc = process.wait()
-        finally:
-            signal.signal(signal.SIGINT, previous)
-            relay.stop()
-        codes = {}
-        for path in tmp.glob("status.*"):
-            try:
-                codes[int(path.name.split(".")[1])] = int(path.read_text())
-            except ValueError:
-                continue
-        return _outcome(n, rc, codes, interrupted.is_set(), tmp, plan)
-
-
-def _outcome(n: int, rc: int, codes: dict, interrupted: bool, tmp: Path, plan: _Plan) -> int:
-    """The exit status of ``--devices N`` and, where no rank has said it, one line on what
-    happened."""
-    folder, total = plan.folder, len(plan.pairs)
-
-    def kept() -> str:
-        return (
-            f"{len(folder.done())} of {total} images are embedded in {folder.path}: run the "
-            "same command again to continue"
-        )
-
-    if 130 in codes.values() or (interrupted and rc != 0):
-        print(f"napari-segrep: interrupted; {kept()}", file=sys.stderr)
-        return 130
-    missing = [r for r in range(n) if r not in codes]
-    if missing:
-        log = _read_text(tmp / "torchrun.log")
-        how = [f"rank {r} {_how_it_ended(log, r)}" for r in missing]
-        unknown = [r for r, h in zip(missing, how, strict=True) if h.endswith("unexpectedly")]
-        for r in unknown:  # a bug, not a signal: what it and torchrun said
-            for name in (f"rank{r}.err", "torchrun.log"):
-                text = _read_text(tmp / name).strip()
-                if text:
-                    lines = text.splitlines()[-20:]
-                    print(f"--- {name} (last lines) ---", *lines, sep="\n", file=sys.stderr)
-        print(
-            f"napari-segrep: error: the process of {' and '.join(how)}; the others were "
-            f"stopped; {kept()}",
-            file=sys.stderr,
-        )
-        return 2
-    if codes.get(0) == _STOPPED:  # another rank failed on its own: its one line
-        for r, code in sorted(codes.items()):
-            if code not in (0, _STOPPED):
-                for line in _read_text(tmp / f"rank{r}.err").splitlines():
-                    if line.startswith("napari-segrep: error:"):
-                        print(line, file=sys.stderr)
-                return code
-        print(f"napari-segrep: error: a process stopped unexpectedly; {kept()}", file=sys.stderr)
-        return 2
-    return codes.get(0, 2)
-
-
-def _how_it_ended(log: str, rank: int) -> str:
-    """What torchrun's report says about ``rank``: ``was killed by SIGKILL``, or ``ended
-    unexpectedly``."""
-    import re
-
-    for block in re.finditer(r"rank\s*:\s*(\d+)[^\n]*\n\s*exitcode\s*:\s*(-?\d+)", log):
-        if int(block.group(1)) == rank and int(block.group(2)) < 0:
-            try:
-                name = signal.Signals(-int(block.group(2))).name
-            except ValueError:
-                name = f"signal {-int(block.group(2))}"
-            return f"was killed by {name}"
-    return "ended unexpectedly"
-
-
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(errors="replace")
-    except OSError:
-        return ""
-
-
-class _Relay(threading.Thread):
-    """Copies a file to this process's stderr as it grows (rank 0's messages and progress
-    bars), until :meth:`stop` (which copies the rest first)."""
-
-    def __init__(self, path: Path) -> None:
-        super().__init__(daemon=True)
-        self.path = path
-        self._stop_event = threading.Event()
-
-    def run(self) -> None:
-        import codecs
-
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        fh = None
-        try:
-            while True:
-                last = self._stop_event.is_set()
-                if fh is None:
-                    try:
-                        fh = open(self.path, "rb")  # kept open while it grows
-                    except FileNotFoundError:
-                        fh = None
-                data = fh.read() if fh is not None else b""
-                if data:
-                    sys.stderr.write(decoder.decode(data))
-                    sys.stderr.flush()
-                elif last:
-                    break
-                else:
-                    self._stop_event.wait(0.05)
-        finally:
-            if fh is not None:
-                fh.close()
-
-    def stop(self) -> None:
-        self._stop_event.set()
-        self.join()
+def _kept(plan: _Plan) -> str:
+    """After an interrupt or a stopped process: what is kept, and how to continue."""
+    return (
+        f"{len(plan.folder.done())} of {len(plan.pairs)} images are embedded in "
+        f"{plan.folder.path}: run the same command again to continue"
+    )

@@ -25,6 +25,7 @@ from ._common import (
     pairs_from_args,
     parse_normalize,
 )
+from ._torchrun import torchrun_command
 from ._train_output import quality_line, quality_summary, write_debug_views, write_history
 
 __all__ = ["add_parser", "run"]
@@ -458,16 +459,7 @@ def _relaunch_under_torchrun(n: int) -> int:
     """``--devices N`` outside torchrun: run this same command under torchrun."""
     import subprocess
 
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={n}",
-        "-m",
-        "napari_segrep.cli",
-        *sys.argv[1:],
-    ]
+    cmd = torchrun_command(n)
     print("napari-segrep: starting", n, "processes:", " ".join(cmd[1:]), file=sys.stderr)
     return subprocess.call(cmd)
 
