@@ -674,7 +674,7 @@ def test_train_classifier__a_fit_of_gigabytes_is_refused_with_its_estimate():
 @pytest.mark.parametrize("method", METHODS)
 def test_estimated_cost__the_classifier_size_within_a_factor_2(method):
     """The estimate that refuses a classifier too large for its file, against a real one."""
-    from napari_segrep.analysis.classify import estimated_cost
+    from napari_segrep.analysis._cost import estimated_cost
 
     table, annotations = _many_classes(12, per_class=15, d=8)
     clf = train_classifier(table, annotations, method=method, n_trees=20)

@@ -34,6 +34,7 @@ from ._classifier_file import (
     is_classifier_file,
     read_classifier_file,
 )
+from ._cost import _SMALLER, _check_cost
 from ._predict import forest_arrays, predict_proba
 from ._suggest import suggest_next
 from .measure import SHAPE_COLUMNS, geometry_columns
@@ -61,8 +62,6 @@ _ADD_MEASUREMENTS = (
 #: segment's area in pixels (``embed_segments`` writes it).  A segment larger than the crop is
 #: downscaled to fit, so its embedding alone does not say how large it is.
 SIZE_COLUMNS = ("area",)
-#: The working memory a fit may need, at most (estimated before fitting; see _check_cost).
-MAX_FIT_BYTES = 4 * 1024**3
 
 
 @dataclass(eq=False)
@@ -423,12 +422,6 @@ def train_classifier(
     return model
 
 
-_SMALLER = (
-    "use fewer classes or annotations, fewer trees (n_trees, --n-trees), or the logistic "
-    "method (the smallest)"
-)
-
-
 def _check_arguments(method, features, *, seed, k, n_trees, C) -> None:
     """A ``ValueError`` naming the first argument out of range, before any work."""
     if method not in METHODS:
@@ -449,56 +442,6 @@ def _check_arguments(method, features, *, seed, k, n_trees, C) -> None:
         isinstance(C, (int, float, np.number)) and np.isfinite(C) and C > 0
     ):
         raise ValueError(f"C must be a positive number, got {C!r}")
-
-
-def estimated_cost(method: str, n_rows: int, n_features: int, n_classes: int, n_trees: int = 100):
-    """``(fit_bytes, model_bytes)``: the memory a fit needs at its peak and the size of the
-    classifier's arrays, estimated from the problem's size (checked against the real sizes
-    in ``benchmarks/``: within a factor 2).
-
-    Logistic: scikit-learn's multinomial newton-cg holds a few ``(rows, classes)`` and
-    ``(classes, features)`` arrays; k-NN: the standardised rows; a random forest: every node's
-    class probabilities, ``trees x nodes x classes`` (a fully grown tree on a bootstrap sample
-    of ``n`` rows has about ``1.3 n`` nodes), once in scikit-learn's trees and once here."""
-    f8 = 8
-    rows_logits = 1 if n_classes == 2 else n_classes
-    examples = n_rows * (n_features * 4 + f8)
-    if method == "logistic":
-        model = f8 * (2 * n_features + rows_logits * (n_features + 1))
-        fit = f8 * (
-            2 * n_rows * n_features + 4 * n_rows * rows_logits + 6 * rows_logits * n_features
-        )
-    elif method == "knn":
-        model = f8 * (2 * n_features + n_rows * (n_features + 1))
-        fit = 2 * f8 * n_rows * n_features
-    else:
-        nodes = n_trees * max(int(1.3 * n_rows), 1)
-        model = f8 * (2 * n_features + nodes * (n_classes + 4) + n_trees + 1)
-        fit = 2 * model
-    return fit + model + examples, model + examples
-
-
-def _check_cost(method: str, n_rows: int, n_features: int, n_classes: int, n_trees: int) -> None:
-    """Refuse, before any fitting and naming the estimate, what would run for many minutes
-    and take gigabytes: more than :data:`MAX_CLASSES` classes, or a fit or classifier beyond
-    :data:`MAX_FIT_BYTES` / :data:`MAX_ARRAY_BYTES`."""
-    if n_classes > MAX_CLASSES:
-        fit, _ = estimated_cost(method, n_rows, n_features, n_classes, n_trees)
-        raise ValueError(
-            f"the annotations name {n_classes:,} classes ({n_rows:,} annotated segments, "
-            f"{n_rows / n_classes:.1f} per class): at most {MAX_CLASSES:,} are supported "
-            f"(this fit would need about {fit / 1024**3:.1f} GiB and a long time, and every "
-            "prediction a probability column per class); check that the class column holds "
-            "classes, not one name per segment, or merge rare classes"
-        )
-    fit, model = estimated_cost(method, n_rows, n_features, n_classes, n_trees)
-    if fit > MAX_FIT_BYTES or model > MAX_ARRAY_BYTES:
-        raise ValueError(
-            f"a {method} classifier of {n_classes} classes on {n_rows:,} annotated segments "
-            f"x {n_features} features would need about {fit / 1024**3:.1f} GiB to fit and "
-            f"{model / 1024**3:.1f} GiB to keep (limits {MAX_FIT_BYTES / 1024**3:.0f} and "
-            f"{MAX_ARRAY_BYTES / 1024**3:.0f} GiB): {_SMALLER}"
-        )
 
 
 def _log_scale(x: np.ndarray, columns, log_columns, table, fix: str) -> np.ndarray:
