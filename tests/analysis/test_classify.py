@@ -586,7 +586,7 @@ def test_size_weight__one_dimension_unless_size_alone_separates_the_classes():
     annotations by size (>= 95%) beyond chance (F test, p < 0.01): then sqrt(D) * B / W, at
     most 4 sqrt(D).  Overlapping sizes that differ in mean (the generated cells' kinds: mean
     log areas 5.03, 5.26, 5.41, sd 0.13) stay at 1: weighting them up cost accuracy."""
-    from napari_segrep.analysis.classify import _size_weight
+    from napari_segrep.analysis._fitting import _size_weight
 
     rng = np.random.default_rng(0)
     y = np.repeat([0, 1, 2], 5)
