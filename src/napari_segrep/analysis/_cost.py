@@ -4,7 +4,8 @@ which refuses, naming the estimate, a fit beyond the limits."""
 
 from __future__ import annotations
 
-from ._classifier_file import MAX_ARRAY_BYTES, MAX_CLASSES
+from ._classifier_file import MAX_ARRAY_BYTES
+from ._classifier_schema import MAX_CLASSES
 
 __all__ = ["MAX_FIT_BYTES", "estimated_cost"]
 

@@ -28,14 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from ._annotations import annotated_rows, describe_rows, embedding_columns, segment_keys
-from ._classifier_file import (
-    CLASSIFIER_FORMAT,
-    MAX_ARRAY_BYTES,
-    MAX_CLASSES,
-    MAX_TREES,
-    is_classifier_file,
-    read_classifier_file,
-)
+from ._classifier_file import MAX_ARRAY_BYTES, is_classifier_file, read_classifier_file
+from ._classifier_schema import CLASSIFIER_FORMAT, MAX_CLASSES, MAX_TREES
 from ._cost import _SMALLER, _check_cost
 from ._fitting import _cv_score, _fit, _geometry_weight, _size_weight
 from ._predict import predict_proba
