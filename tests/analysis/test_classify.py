@@ -586,7 +586,7 @@ def test_size_weight__one_dimension_unless_size_alone_separates_the_classes():
     annotations by size (>= 95%) beyond chance (F test, p < 0.01): then sqrt(D) * B / W, at
     most 4 sqrt(D).  Overlapping sizes that differ in mean (the generated cells' kinds: mean
     log areas 5.03, 5.26, 5.41, sd 0.13) stay at 1: weighting them up cost accuracy."""
-    from napari_segrep.analysis.classify import _size_weight
+    from napari_segrep.analysis._fitting import _size_weight
 
     rng = np.random.default_rng(0)
     y = np.repeat([0, 1, 2], 5)
@@ -674,7 +674,7 @@ def test_train_classifier__a_fit_of_gigabytes_is_refused_with_its_estimate():
 @pytest.mark.parametrize("method", METHODS)
 def test_estimated_cost__the_classifier_size_within_a_factor_2(method):
     """The estimate that refuses a classifier too large for its file, against a real one."""
-    from napari_segrep.analysis.classify import estimated_cost
+    from napari_segrep.analysis._cost import estimated_cost
 
     table, annotations = _many_classes(12, per_class=15, d=8)
     clf = train_classifier(table, annotations, method=method, n_trees=20)

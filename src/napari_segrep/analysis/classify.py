@@ -11,7 +11,10 @@ margin between the two most likely classes (small margin: the model is unsure; l
 next).  The fitted model is kept as plain arrays and predicts with numpy, the same code for a
 model just trained and one loaded from a file, so :meth:`SegmentClassifier.save` writes arrays
 and JSON (no pickle) and :func:`load_classifier` executes nothing it reads, and checks every
-field and array against the method's schema before use (``_classifier_file``).
+field and array against the method's schema before use (``_classifier_file``).  The fit's
+maths (standardised, weighted features; scikit-learn's fit kept as arrays; cross-validation)
+live in ``_fitting``, the cost estimated before a fit in ``_cost``, and :func:`suggest_next`
+(which segments to annotate next) in ``_suggest``.
 """
 
 from __future__ import annotations
@@ -19,22 +22,18 @@ from __future__ import annotations
 import io
 import json
 import os
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ._annotations import annotated_rows, describe_rows, embedding_columns, segment_keys
-from ._classifier_file import (
-    CLASSIFIER_FORMAT,
-    MAX_ARRAY_BYTES,
-    MAX_CLASSES,
-    MAX_TREES,
-    is_classifier_file,
-    read_classifier_file,
-)
-from ._predict import forest_arrays, predict_proba
+from ._classifier_file import MAX_ARRAY_BYTES, is_classifier_file, read_classifier_file
+from ._classifier_schema import CLASSIFIER_FORMAT, MAX_CLASSES, MAX_TREES
+from ._cost import _SMALLER, _check_cost
+from ._fitting import _cv_score, _fit, _geometry_weight, _size_weight
+from ._predict import predict_proba
+from ._suggest import suggest_next
 from .measure import SHAPE_COLUMNS, geometry_columns
 
 __all__ = [
@@ -60,8 +59,6 @@ _ADD_MEASUREMENTS = (
 #: segment's area in pixels (``embed_segments`` writes it).  A segment larger than the crop is
 #: downscaled to fit, so its embedding alone does not say how large it is.
 SIZE_COLUMNS = ("area",)
-#: The working memory a fit may need, at most (estimated before fitting; see _check_cost).
-MAX_FIT_BYTES = 4 * 1024**3
 
 
 @dataclass(eq=False)
@@ -422,12 +419,6 @@ def train_classifier(
     return model
 
 
-_SMALLER = (
-    "use fewer classes or annotations, fewer trees (n_trees, --n-trees), or the logistic "
-    "method (the smallest)"
-)
-
-
 def _check_arguments(method, features, *, seed, k, n_trees, C) -> None:
     """A ``ValueError`` naming the first argument out of range, before any work."""
     if method not in METHODS:
@@ -450,56 +441,6 @@ def _check_arguments(method, features, *, seed, k, n_trees, C) -> None:
         raise ValueError(f"C must be a positive number, got {C!r}")
 
 
-def estimated_cost(method: str, n_rows: int, n_features: int, n_classes: int, n_trees: int = 100):
-    """``(fit_bytes, model_bytes)``: the memory a fit needs at its peak and the size of the
-    classifier's arrays, estimated from the problem's size (checked against the real sizes
-    in ``benchmarks/``: within a factor 2).
-
-    Logistic: scikit-learn's multinomial newton-cg holds a few ``(rows, classes)`` and
-    ``(classes, features)`` arrays; k-NN: the standardised rows; a random forest: every node's
-    class probabilities, ``trees x nodes x classes`` (a fully grown tree on a bootstrap sample
-    of ``n`` rows has about ``1.3 n`` nodes), once in scikit-learn's trees and once here."""
-    f8 = 8
-    rows_logits = 1 if n_classes == 2 else n_classes
-    examples = n_rows * (n_features * 4 + f8)
-    if method == "logistic":
-        model = f8 * (2 * n_features + rows_logits * (n_features + 1))
-        fit = f8 * (
-            2 * n_rows * n_features + 4 * n_rows * rows_logits + 6 * rows_logits * n_features
-        )
-    elif method == "knn":
-        model = f8 * (2 * n_features + n_rows * (n_features + 1))
-        fit = 2 * f8 * n_rows * n_features
-    else:
-        nodes = n_trees * max(int(1.3 * n_rows), 1)
-        model = f8 * (2 * n_features + nodes * (n_classes + 4) + n_trees + 1)
-        fit = 2 * model
-    return fit + model + examples, model + examples
-
-
-def _check_cost(method: str, n_rows: int, n_features: int, n_classes: int, n_trees: int) -> None:
-    """Refuse, before any fitting and naming the estimate, what would run for many minutes
-    and take gigabytes: more than :data:`MAX_CLASSES` classes, or a fit or classifier beyond
-    :data:`MAX_FIT_BYTES` / :data:`MAX_ARRAY_BYTES`."""
-    if n_classes > MAX_CLASSES:
-        fit, _ = estimated_cost(method, n_rows, n_features, n_classes, n_trees)
-        raise ValueError(
-            f"the annotations name {n_classes:,} classes ({n_rows:,} annotated segments, "
-            f"{n_rows / n_classes:.1f} per class): at most {MAX_CLASSES:,} are supported "
-            f"(this fit would need about {fit / 1024**3:.1f} GiB and a long time, and every "
-            "prediction a probability column per class); check that the class column holds "
-            "classes, not one name per segment, or merge rare classes"
-        )
-    fit, model = estimated_cost(method, n_rows, n_features, n_classes, n_trees)
-    if fit > MAX_FIT_BYTES or model > MAX_ARRAY_BYTES:
-        raise ValueError(
-            f"a {method} classifier of {n_classes} classes on {n_rows:,} annotated segments "
-            f"x {n_features} features would need about {fit / 1024**3:.1f} GiB to fit and "
-            f"{model / 1024**3:.1f} GiB to keep (limits {MAX_FIT_BYTES / 1024**3:.0f} and "
-            f"{MAX_ARRAY_BYTES / 1024**3:.0f} GiB): {_SMALLER}"
-        )
-
-
 def _log_scale(x: np.ndarray, columns, log_columns, table, fix: str) -> np.ndarray:
     """``x`` (the rows of ``table``, as read from ``columns``) with the ``log_columns`` on a
     log scale; a ``ValueError`` naming the rows where one of them is not positive."""
@@ -517,231 +458,8 @@ def _log_scale(x: np.ndarray, columns, log_columns, table, fix: str) -> np.ndarr
     return x
 
 
-def _geometry_weight(n_embedding: int, n_geometry: int) -> float:
-    """The weight of each standardised measurement column: ``sqrt(D / G)``, so that the ``G``
-    measurement columns together have the variance of the ``D`` embedding columns."""
-    return float(np.sqrt(n_embedding / max(n_geometry, 1)))
-
-
 def _what(columns) -> str:
     return "embeddings" if all(c.startswith("emb_") for c in columns) else "features"
-
-
-def _fit(
-    method: str,
-    x: np.ndarray,
-    y: np.ndarray,
-    n_classes: int,
-    params: dict,
-    seed: int,
-    weights: np.ndarray | None = None,
-    size_at: tuple[int, ...] = (),
-):
-    """Fit with scikit-learn and keep what prediction needs as arrays.
-
-    ``weights``: per column, multiplies the standardised values; kept in ``scale`` (divided
-    by it), so prediction, fresh or loaded, standardises and weights in one step.
-    ``size_at``: the columns of the segments' size (log area), weighted by how much the
-    classes of ``y`` differ in it (:func:`_size_weight`)."""
-    mean = x.mean(axis=0)
-    scale = x.std(axis=0)
-    scale[scale < 1e-12] = 1.0
-    if size_at:
-        weights = np.ones(x.shape[1]) if weights is None else weights.copy()
-        for i in size_at:
-            weights[i] = _size_weight(x[:, i], y, x.shape[1] - len(size_at))
-    if weights is not None:
-        scale = scale / weights
-    z = (x - mean) / scale
-    arrays = {"mean": mean, "scale": scale}
-    if method == "logistic":
-        from sklearn.linear_model import LogisticRegression
-
-        # newton-cg: the optimum lbfgs finds, in 10 ms instead of 20-200 ms for a few dozen
-        # annotations of 512-d embeddings (scipy's L-BFGS-B costs ~3 ms an iteration here)
-        model = LogisticRegression(C=params["C"], solver="newton-cg", max_iter=2000)
-        with warnings.catch_warnings():  # y are class ids, whatever their number
-            warnings.filterwarnings("ignore", message="The number of unique classes")
-            model.fit(z, y)
-        arrays["coef"] = model.coef_.astype(np.float64)
-        arrays["intercept"] = model.intercept_.astype(np.float64)
-    elif method == "knn":
-        arrays["train_z"] = z
-        arrays["train_y"] = y.astype(np.int64)
-    else:
-        from sklearn.ensemble import RandomForestClassifier
-
-        forest = RandomForestClassifier(n_estimators=params["n_trees"], random_state=seed)
-        forest.fit(z, y)
-        arrays.update(forest_arrays(forest, n_classes))
-    return arrays
-
-
-#: The most a size column weighs, in units of sqrt(D) (see _size_weight).
-_SIZE_WEIGHT_CAP = 4.0
-
-
-def _size_weight(values: np.ndarray, y: np.ndarray, n_embedding: int) -> float:
-    """The weight of a size column (log area) among ``n_embedding`` standardised embedding
-    dimensions.
-
-    1 (one more dimension) unless size alone separates the annotated classes: thresholds
-    between the classes (in the order of their mean size) class at least 95% of the
-    annotations right, and the classes differ more than chance would make them (Fisher's F
-    test of ``B / W``, p < 0.01; ``B``, ``W``: the between- and within-class sums of
-    squares).  Then ``sqrt(D) * min(B / W, 4)``: size counts as much as all the embedding
-    dimensions together, or more, and a segment larger than the crop, downscaled to fit it,
-    is classed by its size, not by an embedding that cannot show it.
-
-    Measured (``benchmarks/classify_geometry.py``, ``classify_clicks.py``): classes defined by
-    size gain (logistic 0.94 -> 0.99, k-NN 0.86 -> 0.98); where size only correlates with the
-    class (the generated cells' three kinds differ in mean area but overlap), weighting it up
-    cost accuracy (0.985 -> 0.853 on a draw of 5 clicks per class), which this rule avoids:
-    no task loses."""
-    from scipy.stats import f as fisher
-
-    classes, index, counts = np.unique(y, return_inverse=True, return_counts=True)
-    n, k = len(values), len(classes)
-    sums = np.bincount(index, weights=values, minlength=k)
-    centred = values - values.mean()
-    total = float(centred @ centred)
-    if n <= k or total <= 1e-12 * n:
-        return 1.0
-    between = float(counts @ (sums / counts - values.mean()) ** 2)
-    within = max(total - between, 0.0)
-    ratio = np.inf if within <= 1e-12 * total else between / within
-    if ratio <= fisher.ppf(0.99, k - 1, n - k) * (k - 1) / (n - k):
-        return 1.0
-    errors = 0
-    order = np.argsort(sums / counts)
-    for low, high in zip(order[:-1], order[1:], strict=True):
-        a, b = np.sort(values[index == low]), np.sort(values[index == high])
-        cuts = np.concatenate([[-np.inf], a, b])  # "<= cut: the smaller class"
-        wrong = (len(a) - np.searchsorted(a, cuts, "right")) + np.searchsorted(b, cuts, "right")
-        errors += int(wrong.min())
-    if errors > 0.05 * n:
-        return 1.0
-    return float(max(1.0, np.sqrt(n_embedding) * min(ratio, _SIZE_WEIGHT_CAP)))
-
-
-def _cv_score(method, x, y, n_classes, params, seed, weights=None, size_at=()) -> float | None:
-    """Stratified k-fold accuracy of the same fit, k = min(5, the smallest class's count)."""
-    from sklearn.model_selection import StratifiedKFold
-
-    folds = int(min(5, np.bincount(y).min()))
-    if folds < 2:
-        return None
-    correct = 0
-    split = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    for train, test in split.split(x, y):  # every class in every training part (>= 2 each)
-        arrays = _fit(method, x[train], y[train], n_classes, params, seed, weights, size_at)
-        proba = predict_proba(method, arrays, params, x[test], n_classes)
-        correct += int((proba.argmax(axis=1) == y[test]).sum())
-    return correct / len(y)
-
-
-def suggest_next(predictions, *, n: int = 10, exclude=None):
-    """The ``n`` rows of ``predictions`` (from :meth:`SegmentClassifier.predict`) the model is
-    least sure of (smallest ``margin``, ties in table order), leaving out the segments in
-    ``exclude``, typically those already annotated.  Annotating these first reaches a good
-    model with fewer clicks than annotating at random (``benchmarks/classify_clicks.py``).
-
-    Parameters
-    ----------
-    predictions : DataFrame
-        ``margin`` and the segment keys (``label``, after ``image``/``frame`` when the table
-        has them).
-    n : int
-        How many rows at most.
-    exclude : optional
-        The segments to leave out, as any of: a boolean row mask (one value per row of
-        ``predictions``, True = leave out); the annotations (``{label: class}``: its keys; or
-        a DataFrame with the key columns, e.g. ``image`` and ``label``); labels (integers,
-        when the table is of one image); ``(image, label)`` tuples (``(image, frame,
-        label)``...: the key columns in order).  Keys that are not in ``predictions`` leave
-        nothing out.  ``ValueError`` says what is expected when it is none of these.
-
-    Returns
-    -------
-    DataFrame
-        The chosen rows of ``predictions``, least sure first.
-    """
-    margin = predictions["margin"].to_numpy(np.float64)
-    keep = np.ones(len(margin), bool)
-    if exclude is not None:
-        keep &= ~_excluded_rows(predictions, exclude)
-    candidates = np.flatnonzero(keep)
-    order = candidates[np.argsort(margin[candidates], kind="stable")]
-    return predictions.iloc[order[: max(int(n), 0)]]
-
-
-def _excluded_rows(predictions, exclude) -> np.ndarray:
-    """``exclude`` of :func:`suggest_next` as a boolean row mask of ``predictions``."""
-    import pandas as pd
-
-    n = len(predictions)
-    keys = [c for c in segment_keys(predictions) if c in predictions.columns]
-    expected = (
-        f"exclude must be a boolean row mask ({n} values, True = leave out), or the segments "
-        f"to leave out: annotations ({{label: class}}, or a DataFrame with {', '.join(keys)}), "
-        f"labels, or ({', '.join(keys)}) tuples"
-    )
-    if isinstance(exclude, dict):
-        exclude = list(exclude)
-    if isinstance(exclude, pd.DataFrame):
-        missing = [k for k in keys if k not in exclude.columns]
-        if missing or not keys:
-            raise ValueError(f"{expected}; the DataFrame lacks {', '.join(missing or ['label'])}")
-        return _rows_with_keys(predictions, keys, exclude[keys].itertuples(index=False))
-    values = exclude.to_numpy() if isinstance(exclude, pd.Series) else exclude
-    if isinstance(values, np.ndarray) and values.dtype == bool or _all_bools(values):
-        mask = np.asarray(values, bool)
-        if mask.shape != (n,):
-            raise ValueError(f"{expected}; got a boolean mask of shape {mask.shape}")
-        return mask
-    items = list(values) if not isinstance(values, (str, bytes)) else [values]
-    if not items:
-        return np.zeros(n, bool)
-    if "label" not in keys:
-        raise ValueError(f"{expected}; predictions has no label column, so only a mask works")
-    if all(isinstance(v, tuple) for v in items):
-        if any(len(v) != len(keys) for v in items):
-            raise ValueError(f"{expected}; got a tuple of {len(items[0])} values")
-        return _rows_with_keys(predictions, keys, items)
-    if all(_is_whole(v) for v in items):
-        if len(keys) > 1:
-            raise ValueError(
-                f"{expected}; labels alone are ambiguous: the predictions hold several "
-                f"{keys[0]}s (labels repeat across them)"
-            )
-        return np.isin(predictions["label"].to_numpy(), np.asarray([int(v) for v in items]))
-    raise ValueError(f"{expected}; got {type(exclude).__name__} of other values")
-
-
-def _rows_with_keys(predictions, keys: list[str], wanted) -> np.ndarray:
-    """Rows of ``predictions`` whose key tuple is among ``wanted``."""
-    wanted = {tuple(_plain_key(v) for v in key) for key in wanted}
-    rows = predictions[keys].itertuples(index=False)
-    return np.fromiter(
-        (tuple(_plain_key(v) for v in row) in wanted for row in rows), bool, len(predictions)
-    )
-
-
-def _plain_key(value):
-    """A key value comparable across NumPy and Python types (3 == np.int64(3))."""
-    return value.item() if isinstance(value, np.generic) else value
-
-
-def _all_bools(values) -> bool:
-    try:
-        items = list(values)
-    except TypeError:
-        return False
-    return bool(items) and all(isinstance(v, (bool, np.bool_)) for v in items)
-
-
-def _is_whole(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
 def _describe_encoder(encoder: dict | None) -> str:
