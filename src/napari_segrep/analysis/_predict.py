@@ -1,7 +1,7 @@
 """The classifiers' prediction in numpy, from the arrays a fitted scikit-learn model leaves
 (the same code for a model just trained and one loaded from a file; tested equal to
 scikit-learn's ``predict_proba``).  The arrays each method needs, with their shapes and
-dtypes, are listed in ``_classifier_file``, which checks a file's before they get here."""
+dtypes, are listed in ``_classifier_schema``, which checks a file's before they get here."""
 
 from __future__ import annotations
 
