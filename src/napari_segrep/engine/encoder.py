@@ -23,7 +23,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .backbones import BACKBONES, build_backbone, imagenet_cache_path, load_imagenet_weights
+from .backbones import (
+    BACKBONES,
+    build_backbone,
+    get_backbone,
+    imagenet_cache_path,
+    load_imagenet_weights,
+)
 from .checkpoint import (
     encoder_state_from_checkpoint,
     save_checkpoint,
@@ -99,6 +105,8 @@ class SegmentEncoder(nn.Module):
         self.freeze_batchnorm_stats = False
 
         self.backbone = build_backbone(backbone, in_channels=in_channels, seed=seed)
+        #: 2: the encoder embeds 2D crops (B, C, H, W); 3: volumes (B, C, D, H, W).
+        self.spatial_dims: int = get_backbone(backbone).spatial_dims
         self.embedding_dim: int = int(self.backbone.embedding_dim)
         self.register_buffer("input_mean", torch.zeros(in_channels))
         self.register_buffer("input_std", torch.ones(in_channels))
@@ -236,9 +244,9 @@ class SegmentEncoder(nn.Module):
 
         Parameters
         ----------
-        images : (B, C, H, W) float Tensor
+        images : (B, C, H, W) float Tensor, or (B, C, D, H, W) for a 3D backbone
             Scaled crops, ``C == in_channels``.
-        masks : (B, 1, H, W) bool or float Tensor
+        masks : (B, 1, H, W) or (B, 1, D, H, W) bool or float Tensor
             The segment of each crop (float masks: ``> 0.5`` is inside).  Optional only when
             both maskings are off.
 
@@ -246,26 +254,28 @@ class SegmentEncoder(nn.Module):
         -------
         (B, embedding_dim) Tensor
         """
-        if images.ndim != 4 or images.shape[1] != self.in_channels:
+        grid = "H, W" if self.spatial_dims == 2 else "D, H, W"
+        if images.ndim != 2 + self.spatial_dims or images.shape[1] != self.in_channels:
             raise ValueError(
-                f"images must be (B, {self.in_channels}, H, W), got {tuple(images.shape)}"
+                f"images must be (B, {self.in_channels}, {grid}), got {tuple(images.shape)}"
             )
         masked = self.image_masking or self.feature_masking
         if masked:
             if masks is None:
                 raise ValueError("masks are required when image or feature masking is on")
             if (
-                masks.ndim != 4
+                masks.ndim != images.ndim
                 or masks.shape[1] != 1
                 or masks.shape[0] != images.shape[0]
                 or (masks.shape[2:] != images.shape[2:])
             ):
                 raise ValueError(
-                    f"masks must be (B, 1, H, W) matching images {tuple(images.shape)}, "
+                    f"masks must be (B, 1, {grid}) matching images {tuple(images.shape)}, "
                     f"got {tuple(masks.shape)}"
                 )
         # Identity (bitwise) for random init and our checkpoints unless they say otherwise.
-        x = (images - self.input_mean[None, :, None, None]) / self.input_std[None, :, None, None]
+        per_channel = (1, self.in_channels) + (1,) * self.spatial_dims
+        x = (images - self.input_mean.view(per_channel)) / self.input_std.view(per_channel)
         mask = binarize_mask(masks, dtype=x.dtype) if masked else None
         if self.image_masking:
             x = x * mask

@@ -4,8 +4,9 @@ A backbone is an ``nn.Module`` that embeds a batch of (standardised, possibly im
 crops, each seen through its mask:
 
 - ``embedding_dim`` : int, the size of the pooled output;
-- ``forward(x, mask)`` : ``x`` (B, C, H, W) float, ``mask`` (B, 1, H, W) 0/1 Tensor of ``x``'s
-  dtype, or ``None`` for no feature masking -> (B, embedding_dim);
+- ``forward(x, mask)`` : ``x`` (B, C, *S) float, ``mask`` (B, 1, *S) 0/1 Tensor of ``x``'s
+  dtype, or ``None`` for no feature masking -> (B, embedding_dim); ``S`` is ``(H, W)`` for a
+  2D backbone, ``(D, H, W)`` for a 3D one (its registration's ``spatial_dims``);
 - ``load_imagenet_state(state)`` (only for backbones registered with ImageNet weights): load a
   torchvision state dict, adapting the input layer to the module's channels; ``ValueError``
   when the state does not fit.
@@ -76,6 +77,8 @@ class BackboneSpec:
         ``None``: no ImageNet weights.
     imagenet_mean, imagenet_std : tuple of float
         RGB statistics the ImageNet weights expect their input standardised with.
+    spatial_dims : int
+        2: the backbone embeds 2D crops ``(B, C, H, W)``; 3: volumes ``(B, C, D, H, W)``.
     """
 
     name: str
@@ -83,6 +86,7 @@ class BackboneSpec:
     imagenet_url: str | None = None
     imagenet_mean: tuple[float, ...] = IMAGENET_MEAN
     imagenet_std: tuple[float, ...] = IMAGENET_STD
+    spatial_dims: int = 2
 
 
 #: name -> :class:`BackboneSpec`, in registration order.
@@ -96,6 +100,7 @@ def register_backbone(
     imagenet_url: str | None = None,
     imagenet_mean: Sequence[float] = IMAGENET_MEAN,
     imagenet_std: Sequence[float] = IMAGENET_STD,
+    spatial_dims: int = 2,
     overwrite: bool = False,
 ) -> BackboneSpec:
     """Make ``SegmentEncoder(backbone=name)`` build its backbone with ``build``.
@@ -104,7 +109,7 @@ def register_backbone(
     ----------
     name : str
     build : callable(*, in_channels: int, seed: int) -> nn.Module
-    imagenet_url, imagenet_mean, imagenet_std
+    imagenet_url, imagenet_mean, imagenet_std, spatial_dims
         See :class:`BackboneSpec`.
     overwrite : bool
         Replace an existing registration (otherwise a ``ValueError``).
@@ -115,8 +120,15 @@ def register_backbone(
         raise TypeError(f"build must be callable, got {type(build).__name__}")
     if name in BACKBONES and not overwrite:
         raise ValueError(f"backbone {name!r} is already registered (pass overwrite=True)")
+    if spatial_dims not in (2, 3):
+        raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
     spec = BackboneSpec(
-        name, build, imagenet_url, tuple(map(float, imagenet_mean)), tuple(map(float, imagenet_std))
+        name,
+        build,
+        imagenet_url,
+        tuple(map(float, imagenet_mean)),
+        tuple(map(float, imagenet_std)),
+        int(spatial_dims),
     )
     BACKBONES[name] = spec
     return spec
