@@ -430,3 +430,46 @@ def test_build_backbone__resnet18_3d_at_full_width_embeds_a_crop():
     with torch.no_grad():
         z = net(torch.rand(1, 1, 32, 32, 32) * mask, mask)
     assert z.shape == (1, 512) and torch.isfinite(z).all() and (z >= 0).all()
+
+
+# ---------------------------------------------------------------------- the batch pipeline
+def test_batch_encoder__a_3d_encoder_runs_in_channels_last_3d_with_the_same_embeddings():
+    from napari_segrep.engine.pipeline import BatchEncoder
+
+    enc = sr.SegmentEncoder(register_narrow_backbone_3d(), in_channels=1, seed=2).train()
+    x, m = torch.rand(3, 1, 16, 16, 16), blob_masks_3d(3, 16, 4)
+    with torch.no_grad():
+        expected = enc.eval()(x, m)
+    enc.train()
+    with BatchEncoder(enc, torch.device("cpu")) as encode:
+        z = encode(x, m)
+        weight = enc.backbone.layer2[0].conv1.weight
+        assert weight.is_contiguous(memory_format=torch.channels_last_3d)
+    assert enc.training  # its mode given back
+    torch.testing.assert_close(torch.from_numpy(z), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_batch_encoder__4d_and_5d_weights_each_get_their_fast_layout():
+    """A 3D backbone may hold 2D convolutions (planes of a volume) beside 3D ones: each weight
+    gets the layout of its rank, none is refused."""
+    from napari_segrep.engine.pipeline import BatchEncoder
+
+    class Mixed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.flat = nn.Conv2d(1, 4, 3)
+            self.deep = nn.Conv3d(1, 4, 3)
+
+        def forward(self, images, masks):
+            planes = self.flat(images[:, :, images.shape[2] // 2]).mean(dim=(2, 3))
+            return planes + self.deep(images * masks).mean(dim=(2, 3, 4))
+
+    net = Mixed()
+    x, m = torch.rand(2, 1, 8, 8, 8), torch.ones(2, 1, 8, 8, 8)
+    with torch.no_grad():
+        expected = net(x, m)
+    with BatchEncoder(net, torch.device("cpu")) as encode:
+        z = encode(x, m)
+    assert net.flat.weight.is_contiguous(memory_format=torch.channels_last)
+    assert net.deep.weight.is_contiguous(memory_format=torch.channels_last_3d)
+    torch.testing.assert_close(torch.from_numpy(z), expected, rtol=1e-5, atol=1e-6)
