@@ -19,9 +19,10 @@ Ratios are throughput ratios (crops/s over crops/s): masked / unmasked, target >
 issue's goal; 2D measures 1.19x, see ``masking_overhead.py``); channels_last_3d / contiguous
 (> 1: channels_last_3d faster).
 
-Run: ``python benchmarks/masking_overhead_3d.py`` (8 batches, 5 repeats, about 2 min on 2 idle
-cores) or ``--quick`` (2 batches, 2 repeats).  Figures go to
-``benchmarks/out/masking_overhead_3d.json``.
+Run: ``python benchmarks/masking_overhead_3d.py`` (8 batches, 5 repeats, about 4.5 min on 2
+busy cores) or ``--quick`` (2 batches, 2 repeats, about 1 min; noisy).  Figures go to
+``benchmarks/out/masking_overhead_3d.json`` (``masking_overhead_3d_quick.json`` for ``--quick``,
+so a smoke run never replaces the figures of a full one).
 """
 
 from __future__ import annotations
@@ -215,7 +216,7 @@ def main(argv=None) -> dict:
         "targets": {"masked_over_unmasked_min": TARGET},
         "total_timing_wall_s": wall,
     }
-    path = write_json("masking_overhead_3d", out)
+    path = write_json("masking_overhead_3d_quick" if args.quick else "masking_overhead_3d", out)
     _print_report(out, path)
     return out
 

@@ -56,7 +56,7 @@ NO_SEGMENT = "labels contain no segment (all zero): returning an empty table"
 # channels_last: 1.14x faster than contiguous for the masked encoder on CPU
 # (benchmarks/masking_overhead.py); the layout cuDNN prefers under autocast on CUDA.
 MEMORY_FORMAT = torch.channels_last
-# 5D tensors (volumes, 3D kernels): channels_last_3d, 1.37x faster than contiguous for the
+# 5D tensors (volumes, 3D kernels): channels_last_3d, 1.34x faster than contiguous for the
 # masked resnet18_3d on CPU (benchmarks/masking_overhead_3d.py); channels_last is 4D only.
 MEMORY_FORMAT_3D = torch.channels_last_3d
 
