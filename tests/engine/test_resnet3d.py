@@ -433,8 +433,8 @@ def test_build_backbone__resnet18_3d_at_full_width_embeds_a_crop():
 
 
 # ---------------------------------------------------------------------- the batch pipeline
-def test_batch_encoder__a_3d_encoder_runs_in_channels_last_3d_with_the_same_embeddings():
-    from napari_segrep.engine.pipeline import BatchEncoder
+def test_batch_encoder__a_3d_encoder_runs_in_its_memory_format_with_the_same_embeddings():
+    from napari_segrep.engine.pipeline import MEMORY_FORMAT_3D, BatchEncoder
 
     enc = sr.SegmentEncoder(register_narrow_backbone_3d(), in_channels=1, seed=2).train()
     x, m = torch.rand(3, 1, 16, 16, 16), blob_masks_3d(3, 16, 4)
@@ -444,7 +444,7 @@ def test_batch_encoder__a_3d_encoder_runs_in_channels_last_3d_with_the_same_embe
     with BatchEncoder(enc, torch.device("cpu")) as encode:
         z = encode(x, m)
         weight = enc.backbone.layer2[0].conv1.weight
-        assert weight.is_contiguous(memory_format=torch.channels_last_3d)
+        assert weight.is_contiguous(memory_format=MEMORY_FORMAT_3D)
     assert enc.training  # its mode given back
     torch.testing.assert_close(torch.from_numpy(z), expected, rtol=1e-5, atol=1e-6)
 
@@ -452,7 +452,7 @@ def test_batch_encoder__a_3d_encoder_runs_in_channels_last_3d_with_the_same_embe
 def test_batch_encoder__4d_and_5d_weights_each_get_their_fast_layout():
     """A 3D backbone may hold 2D convolutions (planes of a volume) beside 3D ones: each weight
     gets the layout of its rank, none is refused."""
-    from napari_segrep.engine.pipeline import BatchEncoder
+    from napari_segrep.engine.pipeline import MEMORY_FORMAT, MEMORY_FORMAT_3D, BatchEncoder
 
     class Mixed(nn.Module):
         def __init__(self):
@@ -470,6 +470,6 @@ def test_batch_encoder__4d_and_5d_weights_each_get_their_fast_layout():
         expected = net(x, m)
     with BatchEncoder(net, torch.device("cpu")) as encode:
         z = encode(x, m)
-    assert net.flat.weight.is_contiguous(memory_format=torch.channels_last)
-    assert net.deep.weight.is_contiguous(memory_format=torch.channels_last_3d)
+    assert net.flat.weight.is_contiguous(memory_format=MEMORY_FORMAT)
+    assert net.deep.weight.is_contiguous(memory_format=MEMORY_FORMAT_3D)
     torch.testing.assert_close(torch.from_numpy(z), expected, rtol=1e-5, atol=1e-6)

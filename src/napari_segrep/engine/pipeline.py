@@ -56,9 +56,10 @@ NO_SEGMENT = "labels contain no segment (all zero): returning an empty table"
 # channels_last: 1.14x faster than contiguous for the masked encoder on CPU
 # (benchmarks/masking_overhead.py); the layout cuDNN prefers under autocast on CUDA.
 MEMORY_FORMAT = torch.channels_last
-# 5D tensors (volumes, 3D kernels): channels_last_3d, 1.34x faster than contiguous for the
-# masked resnet18_3d on CPU (benchmarks/masking_overhead_3d.py); channels_last is 4D only.
-MEMORY_FORMAT_3D = torch.channels_last_3d
+# 5D tensors (volumes, 3D kernels): contiguous.  channels_last_3d was no faster for the masked
+# resnet18_3d on CPU (0.94-1.05x, 1 and 2 threads, benchmarks/masking_overhead_3d.py; CUDA not
+# measured); channels_last itself takes 4D tensors only.
+MEMORY_FORMAT_3D = torch.contiguous_format
 
 
 def embedding_columns(dim: int) -> list[str]:
@@ -197,8 +198,8 @@ class BatchEncoder:
 
     def __enter__(self) -> BatchEncoder:
         self._was_training = self.encoder.training
-        # every 4D weight channels_last, every 5D one channels_last_3d (a 3D backbone may
-        # hold both: 2D convolutions on planes of a volume)
+        # every 4D weight in MEMORY_FORMAT, every 5D one in MEMORY_FORMAT_3D (a 3D backbone
+        # may hold both: 2D convolutions on planes of a volume)
         self.encoder.eval().to(self.device)._apply(_fast_layout)
         return self
 
