@@ -196,8 +196,11 @@ def main(argv=None) -> dict:
         name: {key: ratio(a, b, key) for key in ("paired", "best_s", "median_s")}
         for name, (a, b) in pairs.items()
     }
-    faster = ratios["masked_channels_last_3d_over_contiguous"]["best_s"] > 1
-    fastest = "channels_last_3d" if faster else "contiguous"
+    gain = ratios["masked_channels_last_3d_over_contiguous"]["best_s"]
+    if abs(gain - 1) < 0.03:
+        fastest = "neither (within 3%: keep contiguous)"
+    else:
+        fastest = "channels_last_3d" if gain > 1 else "contiguous"
     out = {
         "benchmark": "masking_overhead_3d",
         "command": command_line(),
