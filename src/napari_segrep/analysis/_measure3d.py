@@ -153,7 +153,7 @@ def _shape(mask: np.ndarray, coords: np.ndarray, spacing: np.ndarray, count: int
         (6.0 * volume / np.pi) ** (1.0 / 3.0),
         major,
         minor,
-        count / convex_voxel_count(coords),
+        count / convex_voxel_count(mask),
         count / box,
     )
 
@@ -174,47 +174,51 @@ def surface_area(mask: np.ndarray, spacing) -> float:
     return float(mesh_surface_area(verts, faces))
 
 
-def convex_voxel_count(coords: np.ndarray) -> int:
-    """How many voxels of the grid lie in the convex hull of the voxels ``coords`` (``(N, 3)``
-    indices), each voxel represented by the middles of its six faces.
+def convex_voxel_count(mask: np.ndarray) -> int:
+    """How many voxels of ``mask``'s grid lie in the convex hull of its voxels (a 3D bool
+    array, the object's bounding box), each voxel represented by the middles of its six faces.
 
     The same hull and the same inclusion test as ``skimage.morphology.convex_hull_image``, so
     solidity equals ``regionprops``'; but also for flat or linear objects (one plane thick, a
     line of voxels), where scikit-image's first hull of the voxel centres fails and it returns
     an empty hull (an infinite solidity): their hull is that of the face middles, which always
-    spans 3D.  Counted row by row (each ``(z, y)`` row of the box meets the hull in one interval
-    of ``x``), so a large object costs its rows times the hull's facets, not its box's voxels
-    times the facets.
+    spans 3D.  Only the first and last voxel of each ``(z, y)`` row can be hull vertices (the
+    others' face middles lie between theirs), and each row meets the hull in one interval of
+    ``x``: a large object costs its rows times the hull's facets, not its voxels.
     """
     from scipy.spatial import ConvexHull, QhullError
 
-    points = coords.astype(np.float64)
+    rows_z, rows_y = np.nonzero(mask.any(axis=2))
+    rows = mask[rows_z, rows_y]
+    width = mask.shape[2]
+    ends = np.concatenate(
+        [
+            np.stack([rows_z, rows_y, np.argmax(rows, axis=1)], 1),
+            np.stack([rows_z, rows_y, width - 1 - np.argmax(rows[:, ::-1], axis=1)], 1),
+        ]
+    )
+    points = np.unique(ends, axis=0).astype(np.float64)
     try:
         points = points[ConvexHull(points).vertices]  # only the hull's vertices matter
     except (QhullError, ValueError):  # flat, linear or fewer than 4 voxels: keep them all
         pass
     points = np.unique((points[:, None, :] + _DIAMOND).reshape(-1, 3), axis=0)
     equations = ConvexHull(points).equations  # (F, 4): inside, normal . p + offset < tol
-    lower, upper = coords.min(axis=0), coords.max(axis=0)
-    zz, yy = np.meshgrid(
-        np.arange(lower[0], upper[0] + 1), np.arange(lower[1], upper[1] + 1), indexing="ij"
-    )
-    zz, yy = zz.ravel().astype(np.float64), yy.ravel().astype(np.float64)
     along_x = equations[:, 2]
     # per facet: normal_x * x < tolerance - (normal_z z + normal_y y + offset) =: rest
     rising = equations[along_x > 1e-12]  # x < rest / normal_x
     falling = equations[along_x < -1e-12]  # x > rest / normal_x
     level = equations[np.abs(along_x) <= 1e-12]  # parallel to x: the row is inside or not
+    zz, yy = np.indices(mask.shape[:2]).reshape(2, -1).astype(np.float64)
     chunk = max(1, _HULL_FLOATS // len(equations))
     total = 0
     for start in range(0, len(zz), chunk):
         z, y = zz[start : start + chunk, None], yy[start : start + chunk, None]
-        last = np.full(len(z), float(upper[2]))
-        first = np.full(len(z), float(lower[2]))
-        if len(rising):
+        first, last = np.zeros(len(z)), np.full(len(z), width - 1.0)
+        if len(rising):  # the last x below every rising facet's bound
             high = np.min(_rest(rising, z, y) / rising[:, 2], axis=1)
             last = np.minimum(np.ceil(high) - 1, last)
-        if len(falling):
+        if len(falling):  # the first x above every falling facet's bound
             low = np.max(_rest(falling, z, y) / falling[:, 2], axis=1)
             first = np.maximum(np.floor(low) + 1, first)
         count = np.clip(last - first + 1, 0, None)
