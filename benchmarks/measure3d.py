@@ -15,7 +15,8 @@ z-subsampled object measure like the isotropic one, and how fast are they?
    scikit-image alone: ``regionprops_table(labels, image, spacing=...)`` with the same
    properties (area, centroid, bbox, axis lengths, solidity, extent, equivalent diameter,
    intensity mean and std) plus a marching-cubes surface area per object (which regionprops
-   does not have).  Objects per second and the ratio.
+   does not have).  Objects per second (wall and CPU time: this process's CPU seconds, steadier
+   on a shared machine) and the ratio.
 
     python benchmarks/measure3d.py             # ~1 min on 2 idle cores
     python benchmarks/measure3d.py --quick     # smoke run (~10 s)
@@ -148,16 +149,18 @@ def speed_part(repeats: int, quick: bool) -> dict:
     image, labels = nuclei(shape, grid)
     spacing = (2.0, 0.5, 0.5)
     n = int(labels.max())
-    ours, theirs = [], []
+    ours, theirs, ours_cpu, theirs_cpu = [], [], [], []
     measure_segments(image, labels, axes="zyx", spacing=spacing)  # warm-up (imports)
     skimage_alone(image, labels, spacing)
     for _ in range(repeats):  # interleaved
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         table = measure_segments(image, labels, axes="zyx", spacing=spacing)
         ours.append(time.perf_counter() - t)
-        t = time.perf_counter()
+        ours_cpu.append(time.process_time() - c)
+        t, c = time.perf_counter(), time.process_time()
         skimage_alone(image, labels, spacing)
         theirs.append(time.perf_counter() - t)
+        theirs_cpu.append(time.process_time() - c)
     assert len(table) == n and np.isfinite(table.drop(columns="label").to_numpy(float)).all()
     return {
         "shape": list(shape),
@@ -165,7 +168,10 @@ def speed_part(repeats: int, quick: bool) -> dict:
         "spacing": list(spacing),
         "measure_segments_s": {"best": min(ours), "median": float(np.median(ours))},
         "skimage_alone_s": {"best": min(theirs), "median": float(np.median(theirs))},
+        "measure_segments_cpu_s": min(ours_cpu),
+        "skimage_alone_cpu_s": min(theirs_cpu),
         "objects_per_s": round(n / min(ours), 1),
+        "objects_per_cpu_s": round(n / min(ours_cpu), 1),
         "speedup_vs_skimage": round(min(theirs) / min(ours), 2),
     }
 
@@ -203,9 +209,12 @@ def main() -> None:
     speed = result["speed"]
     print(
         f"Speed: {speed['objects']} objects in {tuple(speed['shape'])}: measure_segments "
-        f"{speed['measure_segments_s']['best']:.2f} s ({speed['objects_per_s']} objects/s), "
-        f"scikit-image alone {speed['skimage_alone_s']['best']:.2f} s: "
-        f"{speed['speedup_vs_skimage']}x"
+        f"{speed['measure_segments_s']['best']:.2f} s ({speed['objects_per_s']} objects/s; CPU "
+        f"{speed['measure_segments_cpu_s']:.2f} s, {speed['objects_per_cpu_s']} objects per CPU "
+        f"s), scikit-image alone {speed['skimage_alone_s']['best']:.2f} s (CPU "
+        f"{speed['skimage_alone_cpu_s']:.2f} s): {speed['speedup_vs_skimage']}x; load "
+        f"{result['environment']['loadavg_1min']:.1f} on {result['environment']['cpu_count']} "
+        "cores"
     )
     print(f"-> {write_json('measure3d', result)}")
 

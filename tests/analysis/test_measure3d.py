@@ -351,3 +351,16 @@ def test_train_classifier__geometry_features_of_3d_objects():
     )
     assert clf.feature_columns[-len(geometry_columns(measured)) :] == geometry_columns(measured)
     assert list(clf.predict(measured)["class"]) == list(np.where(big, "big", "small"))
+
+
+def test_add_measurements__a_2d_tables_recorded_spacing_leaves_pixels():
+    """2D measurements are in pixels: a time-lapse table recording the pixel size (napari's
+    scale) is measured as before, and the table keeps its record."""
+    labels = np.stack([_random_volume(1)[0], _random_volume(2)[0]]).astype(np.int32)
+    image = np.random.default_rng(0).random(labels.shape)
+    measured = measure_segments(image, labels, axes="tyx")
+    table = measured[["label", "frame", "area"]].assign(emb_0=1.0)
+    table.attrs["layout"] = {"axes": "tyx", "spacing": [0.5, 0.5], "spacing_source": "napari"}
+    out = add_measurements(table, image, labels)
+    np.testing.assert_array_equal(out["perimeter"], measured["perimeter"])
+    assert out.attrs["layout"]["spacing"] == [0.5, 0.5]
