@@ -303,11 +303,17 @@ class EmbedSegmentsWidget(ResultsActions, Container):
             release_map_process()
             self._on_job_done()
 
+        def show(result) -> None:
+            # a cancel that came after the last batch but before the result was delivered
+            # still wins: nothing changes
+            if self.job is None or not self.job.cancelled:
+                on_result(result)
+
         self.job = start_job(
             call,
             desc="Embedding segments",
             progress_bar=self.progress,
-            on_result=on_result,
+            on_result=show,
             on_message=on_message,
             on_error=self._on_error,
             on_done=done,
