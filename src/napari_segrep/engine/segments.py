@@ -149,11 +149,14 @@ def segment_table(
     area = np.empty(n, np.int64)
     centroid = np.empty((nd, n), np.float64)
     bbox = np.empty((2 * nd, n), np.int64)
+    add = np.add.reduce
     for k, (sl, lab) in enumerate(zip(slices, ids, strict=True)):
         coords = np.nonzero(search[sl] == lab)
-        area[k] = coords[0].size
+        count = area[k] = coords[0].size
         for a in range(nd):
-            centroid[a, k] = coords[a].mean() + sl[a].start
+            # what coords[a].mean() computes (float64 sum / count), bit for bit, without its
+            # per-call overhead (it dominates for many small objects)
+            centroid[a, k] = add(coords[a], dtype=np.float64) / count + sl[a].start
             bbox[a, k] = sl[a].start
             bbox[nd + a, k] = sl[a].stop
     data: dict = {"label": label_values}
