@@ -150,6 +150,20 @@ def test_iter_crop_batches__resampled_masks_keep_the_physical_extent():
     assert masks[0].sum() == 6 * 4 * 7 and masks[1].sum() == 3 * 3 * 2
 
 
+def test_iter_crop_batches__2d_spacing_is_honoured_and_isotropic_2d_is_unchanged(scene):
+    image, labels = scene
+    plain, plain_masks, _, _ = crops(image, labels, axes="yx")
+    square, square_masks, _, _ = crops(image, labels, axes="yx", spacing=(0.3, 0.3))
+    np.testing.assert_array_equal(square, plain)  # square pixels: the 2D crops, bit for bit
+    np.testing.assert_array_equal(square_masks, plain_masks)
+    rect = np.zeros((20, 30), np.int32)
+    rect[8:12, 10:18] = 1  # 4 rows of 2 um by 8 columns of 1 um: an 8 x 8 um square
+    _, masks, scales, _ = crops(np.ones((20, 30), np.float32), rect, axes="yx", spacing=(2, 1))
+    assert masks.shape == (1, CROP, CROP) and scales.tolist() == [1.0]
+    rows, cols = np.nonzero(masks[0])
+    assert masks[0].sum() == 64 and np.ptp(rows) == np.ptp(cols) == 7
+
+
 @settings(max_examples=30, deadline=None)
 @given(
     origin=st.floats(-5, 5),
