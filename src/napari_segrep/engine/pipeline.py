@@ -333,9 +333,8 @@ class BatchEncoder:
         self.encoder.train(bool(self._was_training))
 
     def __call__(self, images: torch.Tensor, masks: torch.Tensor) -> np.ndarray:
-        """``(B, C, S, S)`` crops and ``(B, 1, S, S)`` masks (``(B, C, S, S, S)``,
-        ``(B, 1, S, S, S)`` for a 3D encoder), on the device -> ``(B, D)`` float32 embeddings
-        (numpy)."""
+        """``(B, C, S, S)`` crops and ``(B, 1, S, S)`` masks, on the device -> ``(B, D)``
+        float32 embeddings (numpy)."""
         with torch.inference_mode(), _autocast(self.device):
             z = self.encoder(images.contiguous(memory_format=MEMORY_FORMAT), masks)
             return z.float().cpu().numpy()
