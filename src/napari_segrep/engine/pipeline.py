@@ -65,6 +65,13 @@ NO_SEGMENT = "labels contain no segment (all zero): returning an empty table"
 # channels_last: 1.14x faster than contiguous for the masked encoder on CPU
 # (benchmarks/masking_overhead.py); the layout cuDNN prefers under autocast on CUDA.
 MEMORY_FORMAT = torch.channels_last
+
+
+def embedding_columns(dim: int) -> list[str]:
+    """``emb_0 ... emb_{dim-1}``."""
+    return [f"emb_{i}" for i in range(dim)]
+
+
 #: ``crop_size=None``: the side of a 2D crop, and of a volume's cube (a 64^3 crop is 8x the
 #: voxels of a 32^3 one, and 32^3 = 32,768 voxels is 8x a 64x64 crop's pixels already).
 DEFAULT_CROP_SIZE = 64
@@ -73,11 +80,6 @@ VOLUME_CROP_SIZE = 32
 MIN_SCALE = 1 / 64
 #: From this many objects in one volume, a warning says the cost before the work.
 MANY_OBJECTS = 100_000
-
-
-def embedding_columns(dim: int) -> list[str]:
-    """``emb_0 ... emb_{dim-1}``."""
-    return [f"emb_{i}" for i in range(dim)]
 
 
 def default_crop_size(layout: Layout) -> int:
