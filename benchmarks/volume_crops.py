@@ -16,8 +16,11 @@ One run, on generated nuclei (random ellipsoids on a grid, never touching, in a 
 Crops/s are for ``iter_crop_batches`` alone (segment table and normalisation made before the
 clock starts), ``normalize="image"``, batch 64, best of ``--repeats`` runs each, interleaved.
 
-Run: ``python benchmarks/volume_crops.py`` (about 1 min on 2 cores) or ``--quick``.
-Figures go to ``benchmarks/out/volume_crops.json``.
+Run: ``python benchmarks/volume_crops.py`` (about 10 s on 2 cores) or ``--quick``.
+Figures go to ``benchmarks/out/volume_crops.json``.  Latest (2 shared cores, load ~5): 2D
+mid-planes 24,902 crops/s; exact 3D windows 6,193/s (0.25x); resampled 1,393/s (0.06x, 0.7 ms
+a crop); downscaled 2,923/s (0.12x); mask IoU with the isotropic crops, median 0.78 with the
+spacing vs 0.25 without.
 """
 
 from __future__ import annotations
