@@ -181,5 +181,3 @@ def test_embed_segments__default_volume_encoder_and_the_reverse_mismatch(narrow_
     flat = disc_labels((40, 40), [(20, 20, 6)])
     with pytest.raises(ValueError, match=r"3D volumes but the objects are 2D.*'resnet18'"):
         sr.embed_segments(image[0], flat, narrow_encoder_3d)
-
-
