@@ -381,6 +381,8 @@ def test_segment_encoder__planes_imagenet_reads_resnet18_s_cached_file(torch_hom
         sr.SegmentEncoder("resnet18_planes", weights="imagenet")
     message = str(info.value)
     assert "resnet18-f37072fd.pth" in message
+    # the command it gives downloads that file: resnet18's (no --backbone the CLI refuses)
+    assert "`napari-segrep weights download imagenet`" in message
     path = imagenet_cache_path("resnet18")
     path.parent.mkdir(parents=True)
     torch.save(_seeded_resnet_state([2, 2, 2, 2], width=64, seed=9), path)
