@@ -13,7 +13,9 @@ crops, each seen through its mask:
 
 Built in: torchvision's ``resnet18``, ``resnet34``, ``resnet50`` (2D, :mod:`.resnet`) and their
 native 3D counterparts ``resnet18_3d``, ``resnet34_3d`` (:mod:`.resnet3d`, which read the 2D
-ImageNet file and inflate it).
+ImageNet file and inflate it); the fast CPU modes for volumes ``resnet18_planes`` and
+``resnet18_slices`` (:mod:`.planes`: resnet18's 2D network on three orthogonal planes, or on the
+z-slices, of a 3D crop; resnet18's ImageNet file as it is).
 
 :class:`~napari_segrep.engine.encoder.SegmentEncoder` builds backbones by name with
 :func:`build_backbone` and knows nothing else about them.  A new backbone (ViT, 3D...) is a new
@@ -233,13 +235,20 @@ def _imagenet_source(spec: BackboneSpec) -> str:
 
 
 def _register_builtin_backbones() -> None:
-    from . import resnet, resnet3d
+    from . import planes, resnet, resnet3d
 
     for name in resnet.RESNETS:
         register_backbone(name, resnet.resnet_builder(name), imagenet_url=resnet.imagenet_url(name))
     for name in resnet3d.RESNETS_3D:  # inflate the 2D ResNet's ImageNet file (same cache path)
         url = resnet.imagenet_url(resnet3d.imagenet_source(name))
         register_backbone(name, resnet3d.resnet3d_builder(name), imagenet_url=url, spatial_dims=3)
+    # the fast CPU modes for volumes: resnet18's 2D network on three planes or on the z-slices
+    # of a 3D crop (they read resnet18's ImageNet file as it is)
+    for name, build in (
+        ("resnet18_planes", planes.build_resnet18_planes),
+        ("resnet18_slices", planes.build_resnet18_slices),
+    ):
+        register_backbone(name, build, imagenet_url=planes.IMAGENET_URL, spatial_dims=3)
 
 
 _register_builtin_backbones()
