@@ -22,6 +22,8 @@ _RESUME_KEYS = (
     "seed",
     "batchnorm_stats",
     "head_lr_scale",
+    "axes",
+    "spacing",
 )
 
 
@@ -57,6 +59,11 @@ class TrainConfig:
     min_size: int = 16
     normalize: str | tuple | None = "image"
     channel_axis: int | None = None
+    #: What the label images' axes are ("yx", "zyx", "tyx", "tzyx"; None: "yx" for 2D labels,
+    #: "tzyx" for 4D ones): :func:`napari_segrep._images.layout_of`.
+    axes: str | None = None
+    #: The voxel size of volumes, (dz, dy, dx); None: isotropic.
+    spacing: tuple | None = None
     num_workers: int = 0
     seed: int = 0
     amp: bool = True
@@ -95,6 +102,8 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if isinstance(self.normalize, list):
             self.normalize = tuple(self.normalize)
+        if self.spacing is not None:
+            self.spacing = tuple(float(v) for v in self.spacing)
 
     def resolve_epochs(self, steps_per_epoch: int) -> int:
         """``epochs``, or the default: 10 epochs, more when an epoch is short, so that a run
@@ -126,17 +135,21 @@ class TrainConfig:
     def resume_differences(self, saved: dict) -> list[tuple[str, object, object]]:
         """``(key, ours, saved)`` for each setting that differs from a checkpoint's ``config``
         and makes the resumed run differ from an uninterrupted one."""
-        return [
-            (key, getattr(self, key), saved.get(key))
-            for key in _RESUME_KEYS
-            if saved.get(key) != getattr(self, key)
-        ]
+        out = []
+        for key in _RESUME_KEYS:
+            theirs, ours = saved.get(key), getattr(self, key)
+            if key == "spacing" and theirs is not None:  # a list in the checkpoint
+                theirs = tuple(float(v) for v in theirs)
+            if theirs != ours:
+                out.append((key, ours, theirs))
+        return out
 
     def to_dict(self) -> dict:
         out = asdict(self)
         out["normalize"] = (
             list(self.normalize) if isinstance(self.normalize, tuple) else self.normalize
         )
+        out["spacing"] = None if self.spacing is None else list(self.spacing)
         return out
 
 

@@ -47,6 +47,7 @@ from .health import diverged_error, unusable_reason
 from .losses import make_loss
 from .masking import MaskedBatchNorm2d
 from .optim import LARS, param_groups_for_lars, warmup_cosine_schedule
+from .pipeline import check_spatial_dims
 from .quality import (
     QualityMonitor,
     RepresentationCollapseWarning,
@@ -114,6 +115,7 @@ class Trainer:
                     f"the encoder takes {encoder.in_channels} channel(s), the images have "
                     f"{dataset.in_channels}"
                 )
+        check_spatial_dims(encoder, dataset.layout)  # a 2D encoder for volumes...: the fix
         encoder.image_masking = config.image_masking
         encoder.feature_masking = config.feature_masking
         encoder.freeze_batchnorm_stats = config.batchnorm_stats == "frozen"
@@ -128,8 +130,13 @@ class Trainer:
                 if isinstance(m, MaskedBatchNorm2d):  # encoder and head
                     m.sync = True
         self.model.to(self.device)
+        #: On CUDA, channels-last convolutions (faster with cuDNN): 2D or 3D as the crops are.
+        self.memory_format = None
         if self.device.type == "cuda":
-            self.model.to(memory_format=torch.channels_last)
+            self.memory_format = (
+                torch.channels_last if dataset.spatial_ndim == 2 else torch.channels_last_3d
+            )
+            self.model.to(memory_format=self.memory_format)
         self.loss = make_loss(
             config.loss,
             dim=config.projection_dim,
@@ -223,8 +230,8 @@ class Trainer:
 
     def _to_device(self, x: Tensor) -> Tensor:
         x = x.to(self.device, non_blocking=True)
-        if self.device.type == "cuda" and x.dtype.is_floating_point:
-            x = x.contiguous(memory_format=torch.channels_last)
+        if self.memory_format is not None and x.dtype.is_floating_point:
+            x = x.contiguous(memory_format=self.memory_format)
         return x
 
     def steps(self):
