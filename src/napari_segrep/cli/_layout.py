@@ -15,8 +15,8 @@ AXES_HOW = "--axes {axes}"
 
 
 def add_layout_options(group) -> None:
-    """``--axes {yx,zyx,tyx,tzyx}`` and ``--spacing D [D ...]`` on ``group`` (a parser or one of
-    its argument groups)."""
+    """``--axes {yx,zyx,tyx,tzyx}`` and ``--spacing DZ DY DX`` (or ``DY DX``) on ``group`` (a
+    parser or one of its argument groups; the parser's formatter :class:`HelpFormatter`)."""
     group.add_argument(
         "--axes",
         choices=AXES_CHOICES,
@@ -31,7 +31,7 @@ def add_layout_options(group) -> None:
         nargs="+",
         type=float,
         default=None,
-        metavar="D",
-        help="voxel size DZ DY DX of volumes (DY DX for 2D images), in any one unit: objects are "
+        metavar="DZ DY DX",
+        help="the voxel size of volumes (DY DX for 2D images), in any one unit: each object is "
         "resampled to near-isotropic voxels (default: isotropic)",
     )

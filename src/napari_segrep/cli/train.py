@@ -63,7 +63,8 @@ def _add_data_options(data) -> None:
         metavar="K",
         type=int,
         default=None,
-        help="channel axis of multichannel images",
+        help="channel axis of multichannel images (counted in the whole image: a time-lapse's "
+        "time axis is axis 0)",
     )
     data.add_argument(
         "--normalize",
@@ -519,10 +520,12 @@ def _load_pairs(args: argparse.Namespace):
 
 
 def _cli_phrasing(message: str) -> str:
-    """The engine's ``axes='zyx'`` / ``spacing=...`` advice as the options that say it."""
+    """The engine's ``axes='zyx'``, ``backbone='...'`` and ``spacing`` advice as the options
+    that say it."""
     import re
 
-    message = re.sub(r"\baxes='(\w+)'", r"--axes \1", message)
+    message = re.sub(r"\b(axes|backbone)='(\w+)'", r"--\1 \2", message)
+    message = message.replace(" or 'tyx' (a time-lapse)", " or --axes tyx (a time-lapse)")
     return message.replace("spacing has", "--spacing has").replace(
         "spacing must be", "--spacing must be"
     )
@@ -538,7 +541,8 @@ def _backbone(name: str | None, layout) -> str:
     try:
         _check_backbone_dims(name, layout)
     except ValueError as exc:
-        raise CLIError(f"--backbone {name}: {_cli_phrasing(str(exc))}") from None
+        text = _cli_phrasing(str(exc))
+        raise CLIError(text if text.startswith("--") else f"--backbone {name}: {text}") from None
     return name
 
 

@@ -312,8 +312,9 @@ def _check_backbone_dims(name: str, layout) -> None:
     if layout.is_volume:
         raise ValueError(
             f"backbone={name!r} embeds 2D crops but the objects are 3D (axes {layout.axes!r}): "
-            f"train a 3D backbone, backbone='resnet18_3d' (native 3D) or 'resnet18_planes' (fast, "
-            "three orthogonal planes); a stack of 2D images is a time-lapse, axes='tyx'"
+            "train a 3D backbone, backbone='resnet18_3d' (native 3D) or "
+            "backbone='resnet18_planes' (fast, three orthogonal planes); a stack of 2D images is "
+            "a time-lapse, axes='tyx'"
         )
     raise ValueError(
         f"backbone={name!r} embeds 3D volumes but the objects are 2D (axes {layout.axes!r}): "
