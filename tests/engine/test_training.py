@@ -676,3 +676,25 @@ def test_train_ssl__volumes_default_to_the_3d_backbone_and_a_smaller_crop(volume
     small = {k: v for k, v in SMALL_3D.items() if k != "crop_size"}
     result = train_ssl(images, labels, axes="zyx", epochs=1, checkpoint_dir=tmp_path, **small)
     assert load_checkpoint(result.checkpoint_path)["config"]["crop_size"] == 32  # as embedding
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_trainer__channels_last_3d_layouts_train_the_same(volumes):
+    """The layouts the trainer uses on CUDA (5D weights and crops channels_last_3d, 4D ones
+    channels_last), here on the CPU: the same losses as contiguous tensors."""
+    from napari_segrep.engine.dataset import SegmentDataset
+    from napari_segrep.engine.train_config import TrainConfig
+    from napari_segrep.engine.trainer import Trainer
+
+    images, labels = volumes
+    dataset = SegmentDataset(images, labels, axes="zyx", spacing=SPACING, crop_size=16)
+    small = {k: v for k, v in SMALL_3D.items() if k != "device"}
+    config = TrainConfig(**small, epochs=1, monitor_size=0)
+    plain, fast = Trainer(dataset, config, device="cpu"), Trainer(dataset, config, device="cpu")
+    fast.use_fast_layouts()
+    conv = next(p for p in fast.model.encoder.parameters() if p.ndim == 5 and p.shape[1] > 1)
+    assert conv.is_contiguous(memory_format=torch.channels_last_3d)
+    assert not conv.is_contiguous()
+    losses = [[r["loss"] for r in t.steps() if "loss" in r] for t in (plain, fast)]
+    assert len(losses[0]) == 1
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-4)

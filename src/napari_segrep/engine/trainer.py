@@ -47,6 +47,7 @@ from .health import diverged_error, unusable_reason
 from .losses import make_loss
 from .masking import MaskedBatchNorm2d
 from .optim import LARS, param_groups_for_lars, warmup_cosine_schedule
+from .pipeline import _fast_layout as fast_layout
 from .pipeline import check_spatial_dims
 from .quality import (
     QualityMonitor,
@@ -130,13 +131,11 @@ class Trainer:
                 if isinstance(m, MaskedBatchNorm2d):  # encoder and head
                     m.sync = True
         self.model.to(self.device)
-        #: On CUDA, channels-last convolutions (faster with cuDNN): 2D or 3D as the crops are.
-        self.memory_format = None
+        #: Channels-last tensors (4D channels_last, 5D channels_last_3d), on CUDA: the layout
+        #: cuDNN prefers under autocast.
+        self.fast_layouts = False
         if self.device.type == "cuda":
-            self.memory_format = (
-                torch.channels_last if dataset.spatial_ndim == 2 else torch.channels_last_3d
-            )
-            self.model.to(memory_format=self.memory_format)
+            self.use_fast_layouts()
         self.loss = make_loss(
             config.loss,
             dim=config.projection_dim,
@@ -222,6 +221,13 @@ class Trainer:
             persistent_workers=False,
         )
 
+    def use_fast_layouts(self) -> None:
+        """Keep every 4D weight and crop channels_last and every 5D one channels_last_3d (as
+        :class:`~napari_segrep.engine.pipeline.BatchEncoder` does: a 3D backbone may hold 2D
+        convolutions too, on planes of a volume).  On CUDA from the start; numbers as without."""
+        self.model._apply(fast_layout)
+        self.fast_layouts = True
+
     # ------------------------------------------------------------------ loop
     def _autocast(self):
         if self.amp_dtype is None:
@@ -230,8 +236,8 @@ class Trainer:
 
     def _to_device(self, x: Tensor) -> Tensor:
         x = x.to(self.device, non_blocking=True)
-        if self.memory_format is not None and x.dtype.is_floating_point:
-            x = x.contiguous(memory_format=self.memory_format)
+        if self.fast_layouts and x.dtype.is_floating_point:
+            x = fast_layout(x)
         return x
 
     def steps(self):
