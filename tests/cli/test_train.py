@@ -582,7 +582,7 @@ def test_cli_train__3d_labels_without_axes_are_refused_with_the_fix(volume_dir, 
     assert _run("train", "--data", data, "--log-dir", tmp_path / "logs", *SMALL_3D) == 2
     _one_line_error(
         capsys,
-        "vol0.tif / vol0_labels.tif: the labels are 3D (10, 40, 40)",
+        "vol0_labels.tif: the labels are 3D (10, 40, 40)",
         "--axes zyx for a z-stack",
         "--axes tyx for a time-lapse",
     )
@@ -592,8 +592,8 @@ def test_cli_train__3d_labels_without_axes_are_refused_with_the_fix(volume_dir, 
 @pytest.mark.parametrize(
     ("extra", "needles"),
     [
-        (["--spacing", 0, 1, 1], ["--spacing must be positive"]),
-        (["--spacing", 1, 1], ["--spacing has 2 values", "(dz, dy, dx)"]),
+        (["--spacing", 0, 1, 1], ["--spacing 0 1 1", "must be positive"]),
+        (["--spacing", 1, 1], ["--spacing 1 1: 2 values", "--spacing DZ DY DX"]),
         (["--backbone", "resnet18"], ["--backbone resnet18", "resnet18_3d"]),
         (["--backbone", "resnet99"], ["unknown backbone 'resnet99'"]),
     ],
@@ -620,3 +620,26 @@ def test_cli_train__debug_views_of_volumes_and_of_time_lapse_frames(volume_dir, 
     assert _run(*argv, "--axes", "tyx", "--min-size", 1, "--log-dir", tmp_path / "tyx") == 0
     sections = sum(len(np.unique(plane)) - 1 for lab in labels for plane in lab)
     assert capsys.readouterr().err.startswith(f"{sections} segments")
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_cli_train__axes_and_spacing_from_each_files_metadata(volume_dir, tmp_path, capsys):
+    """OME-TIFF z-stacks of two voxel sizes, without --axes: each file's metadata says its axes
+    and spacing (one line each), and each volume is trained at its own spacing."""
+    from ..conftest import NARROW_BACKBONE_3D
+
+    data, (images, labels) = volume_dir
+    spacings = [(2.0, 0.5, 0.5), (1.0, 0.5, 0.5)]
+    for i, (image, spacing) in enumerate(zip(images, spacings, strict=True)):
+        metadata = {"axes": "ZYX"}
+        sizes = ("PhysicalSizeZ", "PhysicalSizeY", "PhysicalSizeX")
+        metadata.update(zip(sizes, spacing, strict=True))
+        tifffile.imwrite(data / "images" / f"vol{i}.tif", image, ome=True, metadata=metadata)
+    logs = tmp_path / "logs"
+    argv = ["--backbone", NARROW_BACKBONE_3D, "--log-dir", logs, "--epochs", 1, *SMALL_3D]
+    assert _run("train", "--data", data, *argv) == 0
+    err = capsys.readouterr().err
+    assert "axes zyx and spacing (2, 0.5, 0.5) µm from the OME-TIFF metadata of vol0.tif" in err
+    assert "axes zyx and spacing (1, 0.5, 0.5) µm from the OME-TIFF metadata of vol1.tif" in err
+    config = load_checkpoint(logs / "last.pt")["config"]
+    assert config["axes"] == "zyx" and config["spacing"] == [list(s) for s in spacings]

@@ -193,3 +193,31 @@ def test_segment_dataset__the_axes_of_3d_labels_are_said_never_guessed(two_image
     negative[1, 0, 0] = -1
     with pytest.raises(ValueError, match=r"pair 0: frame 1: labels contain negative values"):
         SegmentDataset(np.stack(two_images[0]), negative, axes="tyx")
+
+
+def test_segment_dataset__each_pair_may_have_its_own_spacing():
+    """Per-pair layouts (as files' metadata give them): each volume's windows and symmetries
+    are those of its own spacing, as if trained alone; the run records both."""
+    from napari_segrep._images import layout_of
+    from napari_segrep.engine.dataset import recorded_layout
+
+    images, labels = blob_volumes(2, seed=6)
+    fine, coarse = (0.5, 0.5, 0.5), (2.0, 0.5, 0.5)
+    layouts = [layout_of(labels[0], axes="zyx", spacing=coarse), layout_of(labels[1], axes="zyx")]
+    rotations = AugmentConfig(crop_size=16, rotate90=True, flip=True)
+    both = SegmentDataset(images, labels, axes=layouts, augment=rotations)
+    alone = [
+        SegmentDataset(images[:1], labels[:1], axes="zyx", spacing=coarse, augment=rotations),
+        SegmentDataset(images[1:], labels[1:], axes="zyx", spacing=fine, augment=rotations),
+    ]
+    assert len(both) == len(alone[0]) + len(alone[1])
+    for i in range(len(both)):
+        part, k = (0, i) if i < len(alone[0]) else (1, i - len(alone[0]))
+        assert all(
+            torch.equal(x, y) for x, y in zip(both.window(i), alone[part].window(k), strict=True)
+        )
+        if part == 0:  # views are seeded by the index: the first volume's are the same
+            assert all(torch.equal(x, y) for x, y in zip(both[i], alone[0][k], strict=True))
+    assert [len(both._augments[i].symmetries) for i in (0, len(both) - 1)] == [8, 48]
+    assert recorded_layout(both.layouts) == ("zyx", (coarse, None))
+    assert recorded_layout([layout_of((8, 8))] * 2) == (None, None)  # 2D: as before

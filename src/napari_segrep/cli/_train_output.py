@@ -55,7 +55,7 @@ def write_history(history: list[dict], path: Path) -> None:
     atomic_write(path, lambda fh: fh.write(text))
 
 
-def write_debug_views(images, labels, names, args, normalize, *, layout, crop_size) -> int:
+def write_debug_views(images, labels, names, args, normalize, *, layouts, crop_size) -> int:
     """A PNG grid: for 8 segments, view A and view B with their mask outlines in red (for 3D
     objects, the plane of each view where the object is widest)."""
     import imageio.v3 as iio
@@ -69,8 +69,7 @@ def write_debug_views(images, labels, names, args, normalize, *, layout, crop_si
     ds = SegmentDataset(
         images,
         labels,
-        axes=layout.axes,
-        spacing=layout.spacing,
+        axes=layouts,
         crop_size=crop_size,
         channel_axis=args.channel_axis,
         normalize=normalize,

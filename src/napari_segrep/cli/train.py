@@ -24,7 +24,7 @@ from ._common import (
     pairs_from_args,
     parse_normalize,
 )
-from ._layout import AXES_HOW, add_layout_options
+from ._layout import add_layout_options, choose_backbone
 from ._torchrun import torchrun_command
 from ._train_output import quality_line, quality_summary, write_debug_views, write_history
 
@@ -298,8 +298,9 @@ def _run(args: argparse.Namespace) -> int:
     from ..io import check_writable_dir
 
     normalize = parse_normalize(args.normalize)
-    images, labels, names, layout = _load_pairs(args)
-    backbone = _backbone(args.backbone, layout)
+    images, labels, names, layouts = _load_pairs(args)
+    layout = layouts[0]  # all pairs have objects of its dimension
+    backbone = choose_backbone(args.backbone, layout)
     crop_size = args.crop_size
     if crop_size is None:
         from ..engine.pipeline import default_crop_size
@@ -325,7 +326,7 @@ def _run(args: argparse.Namespace) -> int:
     }
     if args.debug:
         return write_debug_views(
-            images, labels, names, args, normalize, layout=layout, crop_size=crop_size
+            images, labels, names, args, normalize, layouts=layouts, crop_size=crop_size
         )
 
     import warnings
@@ -404,8 +405,7 @@ def _run(args: argparse.Namespace) -> int:
                 images,
                 labels,
                 encoder=encoder,
-                axes=layout.axes,
-                spacing=layout.spacing,
+                axes=layouts,
                 epochs=args.epochs,
                 batch_size=args.batch_size,
                 crop_size=crop_size,
@@ -482,68 +482,53 @@ def _relaunch_under_torchrun(n: int) -> int:
 
 
 def _load_pairs(args: argparse.Namespace):
-    """Read the image/label pairs and check them as the engine's dataset would (what their axes
-    are from ``--axes``/``--spacing``, one grid per pair, numeric images, integer labels): a pair
-    it would refuse is a :class:`CLIError` naming the files, before any work.  Returns
-    ``(images, labels, names, layout)`` (the first pair's layout; all pairs have objects of its
-    dimension)."""
-    from ..engine.dataset import check_pairs
+    """Read the image/label pairs, say what their axes are (``--axes``/``--spacing``, else the
+    TIFF metadata, said in one line each, else the labels' dimensions: 3D labels must say) and
+    check them as the engine's dataset would (one grid per pair, numeric images, integer
+    labels): a pair it would refuse is a :class:`CLIError` naming the files, before any work.
+    Returns ``(images, labels, names, layouts)``, a layout per pair (all 2D, or all volumes)."""
+    import os
+
+    from ..engine.dataset import check_pairs, refuse_rgb_labels
     from ..io import read_image
+    from ._layout import pair_hint, resolve_layout
 
     pairs = pairs_from_args(args)
-    images, labels, names = [], [], []
+    images, labels, names, layouts, notes = [], [], [], [], []
     for image_path, label_path in pairs:
         image, lab = read_image(image_path), read_image(label_path)
-        images.append(image)
-        labels.append(lab)
-        names.append(f"{image_path.name} / {label_path.name}")
-        grey_2d = image.ndim == 2 and (lab.ndim == 2 or args.axes in (None, "yx"))
-        rgb_labels = lab.ndim == 3 and lab.shape[:2] == image.shape and lab.shape[-1] in (3, 4)
-        if grey_2d and lab.shape != image.shape and not rgb_labels:  # RGB: named below
+        name = f"{image_path.name} / {label_path.name}"
+        hint = pair_hint(image_path, label_path)
+        if args.axes is None and (hint is None or hint.axes is None):
+            try:  # a coloured rendering of labels, not a z-stack nor a time-lapse
+                refuse_rgb_labels(image, lab, channel_axis=args.channel_axis, name=name)
+            except (TypeError, ValueError) as exc:
+                raise CLIError(str(exc)) from None
+        layout = resolve_layout(
+            lab.shape,
+            axes=args.axes,
+            spacing=args.spacing,
+            labels_path=label_path,
+            hint=hint,
+            notes=notes,
+        )
+        if layout.axes == "yx" and image.ndim == lab.ndim and image.shape != lab.shape:
             raise CLIError(
                 f"{image_path.name} is {image.shape} but its labels {label_path.name} are "
                 f"{lab.shape}: each pair must have the same (Y, X) shape"
             )
+        images.append(image)
+        labels.append(lab)
+        names.append(name)
+        layouts.append(layout)
     try:
-        layouts = check_pairs(
-            images,
-            labels,
-            axes=args.axes,
-            spacing=args.spacing,
-            channel_axis=args.channel_axis,
-            names=names,
-            how=AXES_HOW,
-        )
+        check_pairs(images, labels, axes=layouts, channel_axis=args.channel_axis, names=names)
     except (TypeError, ValueError) as exc:
-        raise CLIError(_cli_phrasing(str(exc))) from None
-    return images, labels, names, layouts[0]
-
-
-def _cli_phrasing(message: str) -> str:
-    """The engine's ``axes='zyx'``, ``backbone='...'`` and ``spacing`` advice as the options
-    that say it."""
-    import re
-
-    message = re.sub(r"\b(axes|backbone)='(\w+)'", r"--\1 \2", message)
-    message = message.replace(" or 'tyx' (a time-lapse)", " or --axes tyx (a time-lapse)")
-    return message.replace("spacing has", "--spacing has").replace(
-        "spacing must be", "--spacing must be"
-    )
-
-
-def _backbone(name: str | None, layout) -> str:
-    """``--backbone``, or the default for the objects (resnet18 for 2D images, resnet18_3d for
-    volumes), checked against the registry and the objects' dimension before any work."""
-    from ..engine.training import _check_backbone_dims, default_backbone
-
-    if name is None:
-        return default_backbone(layout)
-    try:
-        _check_backbone_dims(name, layout)
-    except ValueError as exc:
-        text = _cli_phrasing(str(exc))
-        raise CLIError(text if text.startswith("--") else f"--backbone {name}: {text}") from None
-    return name
+        raise CLIError(str(exc)) from None
+    if os.environ.get("RANK", "0") == "0":
+        for note in notes:  # what the files' metadata said
+            print(note, file=sys.stderr)
+    return images, labels, names, layouts
 
 
 def _channels(image, layout, channel_axis) -> int:

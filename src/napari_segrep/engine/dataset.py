@@ -34,7 +34,14 @@ from .segments import (
     validate_labels,
 )
 
-__all__ = ["MAX_WINDOW_CROPS", "SegmentDataset", "check_pairs", "pair_layouts"]
+__all__ = [
+    "MAX_WINDOW_CROPS",
+    "SegmentDataset",
+    "check_pairs",
+    "pair_layouts",
+    "recorded_layout",
+    "refuse_rgb_labels",
+]
 
 #: A volume's training window is at most this many crop sides along each axis: a larger
 #: object's window is downscaled first (a view keeps ``crop_size`` voxels per axis anyway), so
@@ -45,33 +52,43 @@ MAX_WINDOW_CROPS = 4
 def pair_layouts(
     labels: Sequence,
     *,
-    axes: str | Layout | None = None,
+    axes: str | Layout | Sequence[str | Layout | None] | None = None,
     spacing=None,
     names: Sequence[str] | None = None,
     how: str = "axes={axes!r}",
 ) -> list[Layout]:
     """The :class:`~napari_segrep._images.Layout` of every label image (an array or its shape),
-    checked before any work: ``axes``/``spacing`` apply to all of them; 3D labels without
-    ``axes`` raise :class:`~napari_segrep._images.AxesUnknown` phrased with ``how``; all pairs
-    must have objects of the same dimension (one encoder trains on them).
+    checked before any work.
+
+    ``axes``/``spacing`` apply to all of them, or ``axes`` is a sequence with one entry per
+    label image (a Layout brings its spacing: volumes of several voxel sizes, as their files'
+    metadata say).  3D labels without axes raise :class:`~napari_segrep._images.AxesUnknown`
+    phrased with ``how``; all pairs must have objects of the same dimension (one encoder
+    trains on them).
 
     Raises
     ------
     ValueError
         Naming the pair (``names``) and the fix.
     """
-    names = list(names) if names is not None else [f"pair {i}" for i in range(len(labels))]
-    if isinstance(axes, Layout):
-        spacing = axes.spacing if spacing is None else spacing
-        source = axes.spacing_source if spacing is axes.spacing else "given"
-        axes = axes.axes
+    n = len(labels)
+    names = list(names) if names is not None else [f"pair {i}" for i in range(n)]
+    if isinstance(axes, (list, tuple)):
+        if len(axes) != n:
+            raise ValueError(f"got {len(axes)} layouts (axes) for {n} label images")
+        each = list(axes)
     else:
-        source = "given"
+        each = [axes] * n
     layouts = []
-    for name, lab in zip(names, labels, strict=True):
+    for name, lab, said in zip(names, labels, each, strict=True):
         shape = lab if isinstance(lab, tuple) else tuple(np.shape(lab))
+        pair_spacing, source = spacing, "given"
+        if isinstance(said, Layout):
+            if spacing is None:
+                pair_spacing, source = said.spacing, said.spacing_source
+            said = said.axes
         try:
-            layouts.append(layout_of(shape, axes=axes, spacing=spacing, spacing_source=source))
+            layouts.append(layout_of(shape, axes=said, spacing=pair_spacing, spacing_source=source))
         except AxesUnknown as exc:
             raise ValueError(f"{name}: {exc.message(how)}") from None
         except ValueError as exc:
@@ -85,6 +102,21 @@ def pair_layouts(
             "one training run takes 2D images or volumes, not both"
         )
     return layouts
+
+
+def recorded_layout(layouts: Sequence[Layout]) -> tuple:
+    """``(axes, spacing)`` as a run's configuration records its pairs' layouts: None where every
+    pair has the default (2D, or 4D labels' ``"tzyx"``; no spacing), one value shared by all
+    pairs, or a tuple of one per pair where they differ."""
+
+    def one(values):
+        values = list(values)
+        return values[0] if all(v == values[0] for v in values) else tuple(values)
+
+    default = all(lay.axes in ("yx", "tzyx") for lay in layouts)
+    axes = None if default else one(lay.axes for lay in layouts)
+    spacing = one(lay.spacing for lay in layouts)
+    return axes, spacing
 
 
 def check_pairs(
@@ -127,7 +159,7 @@ def _checked_units(images, labels, *, axes, spacing, channel_axis, names, how="a
     names = list(names) if names is not None else [f"pair {i}" for i in range(len(images))]
     if axes is None:
         for image, lab, name in zip(images, labels, names, strict=True):
-            _refuse_rgb_labels(image, lab, channel_axis=channel_axis, name=name)
+            refuse_rgb_labels(image, lab, channel_axis=channel_axis, name=name)
     layouts = pair_layouts(labels, axes=axes, spacing=spacing, names=names, how=how)
     units: list[_Unit] = []
     for image, lab, layout, name in zip(images, labels, layouts, names, strict=True):
@@ -156,12 +188,13 @@ class SegmentDataset(Dataset):
         Pairs as accepted by :func:`napari_segrep.embed_segments`: 2D, RGB, or multichannel with
         ``channel_axis``; volumes and time-lapses as ``axes`` says.  A single array is accepted
         for each.
-    axes : "yx", "zyx", "tyx", "tzyx", a Layout, or None
+    axes : "yx", "zyx", "tyx", "tzyx", a Layout, None, or a sequence of them
         What every label image's axes are (:func:`napari_segrep._images.layout_of`): None is
         ``"yx"`` for 2D labels and ``"tzyx"`` for 4D ones; 3D labels must say (a z-stack,
-        ``"zyx"``, gives 3D objects; a time-lapse, ``"tyx"``, 2D images, one per frame).
+        ``"zyx"``, gives 3D objects; a time-lapse, ``"tyx"``, 2D images, one per frame).  A
+        sequence gives each pair its own (Layouts bring their spacing).
     spacing : (dz, dy, dx), optional
-        The voxel size of volumes.  Each object's window is resampled to near-isotropic voxels
+        The voxel size of volumes (of all of them).  Each object's window is resampled to near-isotropic voxels
         (the finest spacing), as :func:`~napari_segrep.embed_segments` does, and the 3D
         augmentation never rotates or flips across axes of different spacing
         (:mod:`napari_segrep.engine.augment3d`).
@@ -211,19 +244,29 @@ class SegmentDataset(Dataset):
         layouts, units = _checked_units(
             images, labels, axes=axes, spacing=spacing, channel_axis=channel_axis, names=names
         )
+        #: Each pair's layout.
+        self.layouts = layouts
         #: The first pair's layout (all pairs have objects of its dimension).
         self.layout = layouts[0]
         #: 2: 2D segments; 3: 3D objects (the encoder's ``spatial_dims`` must match).
         self.spatial_ndim = self.layout.spatial_ndim
         config = augment or AugmentConfig(crop_size=crop_size)
-        if self.layout.is_volume:
+        augments: dict = {}  # one per voxel spacing: the symmetries it allows
+
+        def augment_for(layout: Layout):
+            if not layout.is_volume:
+                return augments.setdefault(None, PairedAugment(config))
             from .augment3d import PairedAugment3d
 
-            # Windows are resampled to isotropic voxels; which axes may be rotated or flipped is
-            # the acquisition's spacing's call (z stays z in an anisotropic stack).
-            self.augment = PairedAugment3d(config, symmetry_spacing=self.layout.voxel_spacing)
-        else:
-            self.augment = PairedAugment(config)
+            # Windows are resampled to isotropic voxels; which axes may be rotated or flipped
+            # is the acquisition's spacing's call (z stays z in an anisotropic stack).
+            key = layout.voxel_spacing
+            return augments.setdefault(key, PairedAugment3d(config, symmetry_spacing=key))
+
+        self._augments = [augment_for(unit.layout) for unit in units]
+        #: The first image's augmentation (all share their config; volumes of other spacings
+        #: allow other symmetries).
+        self.augment = self._augments[0]
         self.crop_size = self.augment.config.crop_size
         self.context = float(context)
         self.seed = int(seed)
@@ -233,8 +276,11 @@ class SegmentDataset(Dataset):
         index: list[tuple[int, int]] = []
         self.n_skipped = 0
         first = units[0].image.shape[0]
-        factors = _isotropy_factors(self.layout)
-        longest = max(max(np.asarray(unit.image.shape[1:]) * factors) for unit in units)
+        factors = [_isotropy_factors(unit.layout) for unit in units]
+        longest = max(
+            max(np.asarray(unit.image.shape[1:]) * f)
+            for unit, f in zip(units, factors, strict=True)
+        )
         check_crop_size(self.crop_size, (int(math.ceil(longest)),))
         messages: list[tuple[_Unit, str]] = []
         for u, unit in enumerate(units):
@@ -248,7 +294,7 @@ class SegmentDataset(Dataset):
             self._images.append(image_cf)
             self._tables.append(table)
             self._norms.append(resolve_normalization(image_cf, normalize))
-            self._factors.append(factors)
+            self._factors.append(factors[u])
         for message in _grouped(messages):
             warnings.warn(message, UserWarning, stacklevel=2)
         self.in_channels = int(first)
@@ -313,7 +359,7 @@ class SegmentDataset(Dataset):
         image, mask = self.window(i)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self._sample_seed(i))
-            a, ma, b, mb = self.augment(image, mask)
+            a, ma, b, mb = self._augments[self._index[i][0]](image, mask)
         return a, ma[None], b, mb[None]
 
     def _sample_seed(self, i: int) -> int:
@@ -365,9 +411,10 @@ def _units(image, lab, layout: Layout, *, channel_axis, name: str) -> list[_Unit
     return out
 
 
-def _refuse_rgb_labels(image, lab, *, channel_axis, name: str) -> None:
+def refuse_rgb_labels(image, lab, *, channel_axis, name: str) -> None:
     """Labels ``(Y, X, 3|4)`` beside a 2D image of that grid are a coloured rendering of a label
-    image, not a volume nor a time-lapse: refused as such (before the question of their axes)."""
+    image, not a volume nor a time-lapse: refused as such, naming the pair (before the question
+    of their axes, which would be the wrong one)."""
     shape = np.shape(lab)
     if len(shape) != 3 or shape[-1] not in (3, 4):
         return

@@ -60,9 +60,11 @@ class TrainConfig:
     normalize: str | tuple | None = "image"
     channel_axis: int | None = None
     #: What the label images' axes are ("yx", "zyx", "tyx", "tzyx"; None: "yx" for 2D labels,
-    #: "tzyx" for 4D ones): :func:`napari_segrep._images.layout_of`.
-    axes: str | None = None
-    #: The voxel size of volumes, (dz, dy, dx); None: isotropic.
+    #: "tzyx" for 4D ones): :func:`napari_segrep._images.layout_of`; a tuple of one per pair
+    #: where they differ.
+    axes: str | tuple | None = None
+    #: The voxel size of volumes, (dz, dy, dx); None: isotropic; a tuple of one per pair where
+    #: they differ.
     spacing: tuple | None = None
     num_workers: int = 0
     seed: int = 0
@@ -102,8 +104,7 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if isinstance(self.normalize, list):
             self.normalize = tuple(self.normalize)
-        if self.spacing is not None:
-            self.spacing = tuple(float(v) for v in self.spacing)
+        self.axes, self.spacing = _frozen(self.axes), _frozen(self.spacing)
 
     def resolve_epochs(self, steps_per_epoch: int) -> int:
         """``epochs``, or the default: 10 epochs, more when an epoch is short, so that a run
@@ -138,8 +139,8 @@ class TrainConfig:
         out = []
         for key in _RESUME_KEYS:
             theirs, ours = saved.get(key), getattr(self, key)
-            if key == "spacing" and theirs is not None:  # a list in the checkpoint
-                theirs = tuple(float(v) for v in theirs)
+            if key in ("axes", "spacing"):  # lists in the checkpoint
+                theirs = _frozen(theirs)
             if theirs != ours:
                 out.append((key, ours, theirs))
         return out
@@ -149,8 +150,24 @@ class TrainConfig:
         out["normalize"] = (
             list(self.normalize) if isinstance(self.normalize, tuple) else self.normalize
         )
-        out["spacing"] = None if self.spacing is None else list(self.spacing)
+        out["axes"], out["spacing"] = _listed(self.axes), _listed(self.spacing)
         return out
+
+
+def _frozen(value):
+    """Lists as tuples, numbers as floats, all the way down (strings and None as they are)."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_frozen(v) for v in value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def _listed(value):
+    """Tuples as lists, all the way down (a checkpoint's JSON-like config)."""
+    if isinstance(value, tuple):
+        return [_listed(v) for v in value]
+    return value
 
 
 def steps_per_epoch(n_segments: int, *, batch: int, grad_accumulate: int, world_size: int) -> int:

@@ -56,7 +56,7 @@ def train_ssl(
     labels: np.ndarray | Sequence[np.ndarray],
     *,
     encoder: SegmentEncoder | None = None,
-    axes: str | None = None,
+    axes=None,
     spacing: Sequence[float] | None = None,
     epochs: int | None = None,
     batch_size: int = 64,
@@ -92,11 +92,14 @@ def train_ssl(
         (resnet18 for 2D images, ``VOLUME_BACKBONE``, ``"resnet18_3d"``, for volumes).  Its
         ``spatial_dims`` must be the objects' (a 2D encoder for volumes is refused before any
         work, with the fix).
-    axes : "yx", "zyx", "tyx", "tzyx" or None
+    axes : "yx", "zyx", "tyx", "tzyx", a Layout, None, or a sequence of them
         What every label image's axes are, as for :func:`~napari_segrep.embed_segments`: None
         is ``"yx"`` for 2D labels and ``"tzyx"`` for 4D ones; 3D labels must say (``"zyx"``: a
         z-stack, trained on as 3D objects with the 3D augmentation,
         :mod:`napari_segrep.engine.augment3d`; ``"tyx"``: a time-lapse, each frame a 2D image).
+        A sequence gives each pair its own (``Layout`` s from
+        :func:`~napari_segrep._images.layout_of` bring their spacing: volumes of several voxel
+        sizes).
     spacing : (dz, dy, dx), optional
         The voxel size of volumes: each object's window is resampled to near-isotropic voxels,
         as ``embed_segments`` does, and no view rotates or flips z into y or x when z's spacing
@@ -175,7 +178,7 @@ def train_ssl(
     ValueError
         Bad configuration, or no segment to train on.
     """
-    from .dataset import pair_layouts
+    from .dataset import pair_layouts, recorded_layout
     from .pipeline import check_spatial_dims, default_crop_size
 
     if isinstance(images, np.ndarray):
@@ -188,7 +191,9 @@ def train_ssl(
     if not labels:
         raise ValueError("no image given: pass at least one (image, labels) pair")
     # What the axes are, and an encoder that fits them, before any work.
-    layout = pair_layouts(labels, axes=axes, spacing=spacing)[0]
+    layouts = pair_layouts(labels, axes=axes, spacing=spacing)
+    layout = layouts[0]
+    recorded_axes, recorded_spacing = recorded_layout(layouts)  # for the checkpoint
     if crop_size is None:
         crop_size = default_crop_size(layout)
     if "backbone" not in options or options["backbone"] is None:
@@ -204,8 +209,8 @@ def train_ssl(
             epochs=epochs,
             batch_size=batch_size,
             crop_size=crop_size,
-            axes=axes,
-            spacing=None if spacing is None else tuple(spacing),
+            axes=recorded_axes,
+            spacing=recorded_spacing,
             loss=loss,
             optimizer=optimizer,
             lr=lr,
@@ -220,8 +225,7 @@ def train_ssl(
     dataset = SegmentDataset(
         images,
         labels,
-        axes=config.axes,
-        spacing=config.spacing,
+        axes=layouts,
         crop_size=config.crop_size,
         channel_axis=config.channel_axis,
         normalize=config.normalize,
