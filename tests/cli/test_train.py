@@ -526,3 +526,120 @@ def test_cli_train__the_epoch_line_names_a_collapse():
         "segments)"
     )
     assert quality_summary([]) == ""
+
+
+# ----------------------------------------------------------------------------- volumes
+@pytest.fixture()
+def volume_dir(tmp_path, narrow_backbone_3d):
+    """data/images/vol<i>.tif and data/labels/vol<i>_labels.tif: 2 noisy (10, 40, 40) z-stacks
+    with 6 balls each at spacing (2, 0.5, 0.5)."""
+    from ..engine.test_dataset import blob_volumes
+
+    (tmp_path / "vols" / "images").mkdir(parents=True)
+    (tmp_path / "vols" / "labels").mkdir()
+    images, labels = blob_volumes(2, shape=(10, 40, 40), spacing=(2.0, 0.5, 0.5), seed=11)
+    for i, (image, lab) in enumerate(zip(images, labels, strict=True)):
+        tifffile.imwrite(tmp_path / "vols" / "images" / f"vol{i}.tif", image)
+        tifffile.imwrite(tmp_path / "vols" / "labels" / f"vol{i}_labels.tif", lab)
+    return tmp_path / "vols", (images, labels)
+
+
+SMALL_3D = ["--crop-size", "16", "--batch-size", "8", "--device", "cpu", "--quiet"]
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_cli_train__volumes_train_3d_objects_with_their_spacing(volume_dir, tmp_path):
+    """``--axes zyx --spacing 2 0.5 0.5`` on real z-stack files: 3D objects, a 3D encoder, the
+    axes and spacing recorded; the same run as the API's."""
+    from ..conftest import NARROW_BACKBONE_3D
+
+    data, (images, labels) = volume_dir
+    logs = tmp_path / "logs"
+    layout = ["--axes", "zyx", "--spacing", 2, 0.5, 0.5, "--backbone", NARROW_BACKBONE_3D]
+    assert _run("train", "--data", data, *layout, "--log-dir", logs, "--epochs", 2, *SMALL_3D) == 0
+    ckpt = load_checkpoint(logs / "last.pt")
+    assert ckpt["config"]["axes"] == "zyx" and ckpt["config"]["spacing"] == [2.0, 0.5, 0.5]
+    assert ckpt["config"]["crop_size"] == 16 and ckpt["epoch"] == 2
+    assert sr.load_encoder(logs / "last.pt").spatial_dims == 3
+    history = pd.read_csv(logs / "history.csv")
+    assert np.isfinite(history["loss"]).all() and history["epoch"].max() == 2
+    api = train_ssl(
+        images,
+        labels,
+        axes="zyx",
+        spacing=(2, 0.5, 0.5),
+        backbone=NARROW_BACKBONE_3D,
+        epochs=2,
+        batch_size=8,
+        crop_size=16,
+        device="cpu",
+    )
+    np.testing.assert_allclose(history["loss"], [r["loss"] for r in api.history], rtol=1e-6)
+
+
+def test_cli_train__3d_labels_without_axes_are_refused_with_the_fix(volume_dir, tmp_path, capsys):
+    data, _ = volume_dir
+    assert _run("train", "--data", data, "--log-dir", tmp_path / "logs", *SMALL_3D) == 2
+    _one_line_error(
+        capsys,
+        "vol0_labels.tif: the labels are 3D (10, 40, 40)",
+        "--axes zyx for a z-stack",
+        "--axes tyx for a time-lapse",
+    )
+    assert not (tmp_path / "logs").exists()  # before any work
+
+
+@pytest.mark.parametrize(
+    ("extra", "needles"),
+    [
+        (["--spacing", 0, 1, 1], ["--spacing 0 1 1", "must be positive"]),
+        (["--spacing", 1, 1], ["--spacing 1 1: 2 values", "--spacing DZ DY DX"]),
+        (["--backbone", "resnet18"], ["--backbone resnet18", "resnet18_3d"]),
+        (["--backbone", "resnet99"], ["unknown backbone 'resnet99'"]),
+    ],
+)
+def test_cli_train__bad_volume_options_are_one_line(volume_dir, tmp_path, capsys, extra, needles):
+    data, _ = volume_dir
+    logs = tmp_path / "logs"
+    assert _run("train", "--data", data, "--axes", "zyx", *extra, "--log-dir", logs) == 2
+    _one_line_error(capsys, *needles)
+    assert not logs.exists()
+
+
+def test_cli_train__debug_views_of_volumes_and_of_time_lapse_frames(volume_dir, tmp_path, capsys):
+    """``--debug`` shows 3D objects (their widest plane) for --axes zyx; --axes tyx makes every
+    plane an image of its own: as many segments as the planes hold."""
+    data, (_, labels) = volume_dir
+    argv = ["train", "--data", data, "--debug", *SMALL_3D]
+    assert _run(*argv, "--axes", "zyx", "--log-dir", tmp_path / "zyx") == 0
+    objects = sum(len(np.unique(lab)) - 1 for lab in labels)
+    err = capsys.readouterr().err
+    assert err.startswith(f"{objects} segments"), err
+    grid = iio.imread(tmp_path / "zyx" / "debug_views.png")
+    assert grid.ndim == 3 and (grid[..., 0] > 200).sum() > (grid[..., 1] > 200).sum()
+    assert _run(*argv, "--axes", "tyx", "--min-size", 1, "--log-dir", tmp_path / "tyx") == 0
+    sections = sum(len(np.unique(plane)) - 1 for lab in labels for plane in lab)
+    assert capsys.readouterr().err.startswith(f"{sections} segments")
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_cli_train__axes_and_spacing_from_each_files_metadata(volume_dir, tmp_path, capsys):
+    """OME-TIFF z-stacks of two voxel sizes, without --axes: each file's metadata says its axes
+    and spacing (one line each), and each volume is trained at its own spacing."""
+    from ..conftest import NARROW_BACKBONE_3D
+
+    data, (images, labels) = volume_dir
+    spacings = [(2.0, 0.5, 0.5), (1.0, 0.5, 0.5)]
+    for i, (image, spacing) in enumerate(zip(images, spacings, strict=True)):
+        metadata = {"axes": "ZYX"}
+        sizes = ("PhysicalSizeZ", "PhysicalSizeY", "PhysicalSizeX")
+        metadata.update(zip(sizes, spacing, strict=True))
+        tifffile.imwrite(data / "images" / f"vol{i}.tif", image, ome=True, metadata=metadata)
+    logs = tmp_path / "logs"
+    argv = ["--backbone", NARROW_BACKBONE_3D, "--log-dir", logs, "--epochs", 1, *SMALL_3D]
+    assert _run("train", "--data", data, *argv) == 0
+    err = capsys.readouterr().err
+    assert "axes zyx and spacing (2, 0.5, 0.5) µm from the OME-TIFF metadata of vol0.tif" in err
+    assert "axes zyx and spacing (1, 0.5, 0.5) µm from the OME-TIFF metadata of vol1.tif" in err
+    config = load_checkpoint(logs / "last.pt")["config"]
+    assert config["axes"] == "zyx" and config["spacing"] == [list(s) for s in spacings]

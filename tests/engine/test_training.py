@@ -18,7 +18,7 @@ from napari_segrep.engine.quality import RepresentationCollapseWarning
 from napari_segrep.engine.training import train_ssl
 from napari_segrep.errors import TrainingDiverged
 
-from ..conftest import NARROW_BACKBONE, TRAIN_SMALL
+from ..conftest import NARROW_BACKBONE, NARROW_BACKBONE_3D, TRAIN_SMALL
 
 pytestmark = pytest.mark.usefixtures("narrow_backbone")
 
@@ -571,3 +571,130 @@ def test_train_ssl__every_loss_falls_from_the_first_epoch_with_the_defaults(easy
         np.mean([r["loss"] for r in result.history if r["epoch"] == e]) for e in range(1, 5)
     ]
     assert per_epoch[1] < per_epoch[0] and per_epoch[-1] < per_epoch[0], per_epoch
+
+
+# ----------------------------------------------------------------------------- volumes
+SPACING = (2.0, 0.5, 0.5)
+SMALL_3D = {**SMALL, "backbone": NARROW_BACKBONE_3D, "crop_size": 16}
+
+
+@pytest.fixture(scope="module")
+def volumes(narrow_backbone_3d):
+    from .test_dataset import blob_volumes
+
+    images, labels = blob_volumes(2, shape=(10, 40, 40), spacing=SPACING, n=6, seed=7)
+    return images, labels
+
+
+@pytest.mark.usefixtures("one_torch_thread")  # many small ops: far faster
+def test_train_ssl__trains_a_3d_encoder_on_volumes_and_its_checkpoint_reloads(volumes, tmp_path):
+    """axes="zyx" with spacing: 3D objects, a narrow 3D ResNet, 2 epochs: finite losses; the
+    checkpoint records the axes and spacing, reloads as a 3D encoder that embeds the volumes as
+    the trained one does, and resumes (the run is finished: nothing left to do)."""
+    images, labels = volumes
+    options = {"axes": "zyx", "spacing": SPACING, "epochs": 2, **SMALL_3D}
+    result = train_ssl(images, labels, checkpoint_dir=tmp_path, **options)
+    n_objects = sum(len(np.unique(lab)) - 1 for lab in labels)
+    assert len(result.history) == 2 * (n_objects // 8) and np.isfinite(_losses(result)).all()
+    assert result.encoder.spatial_dims == 3 and len(result.quality) == 3
+    ckpt = load_checkpoint(result.checkpoint_path)
+    assert ckpt["config"]["axes"] == "zyx" and ckpt["config"]["spacing"] == list(SPACING)
+    assert ckpt["config"]["crop_size"] == 16 and ckpt["config"]["backbone"] == NARROW_BACKBONE_3D
+    loaded = sr.load_encoder(result.checkpoint_path)
+    assert loaded.spatial_dims == 3
+    kwargs = {"axes": "zyx", "spacing": SPACING, "crop_size": 16, "device": "cpu"}
+    a = sr.embed_segments(images[0], labels[0], result.encoder, **kwargs)
+    b = sr.embed_segments(images[0], labels[0], loaded, **kwargs)
+    assert "centroid_z" in a and len(a) == len(np.unique(labels[0])) - 1
+    np.testing.assert_array_equal(a.filter(like="emb_"), b.filter(like="emb_"))
+    again = train_ssl(images, labels, resume=result.checkpoint_path, **options)
+    assert _losses(again) == _losses(result)
+    with pytest.warns(UserWarning, match=r"spacing=\(1.0, 1.0, 1.0\), but it was trained with"):
+        train_ssl(
+            images, labels, resume=result.checkpoint_path, **{**options, "spacing": (1, 1, 1)}
+        )
+
+
+@pytest.mark.usefixtures("one_torch_thread")  # many small ops: far faster
+def test_train_ssl__a_stopped_3d_run_resumes_exactly(volumes, tmp_path):
+    """Stopped after its first step (mid-epoch) and resumed: the same losses and weights as the
+    uninterrupted run."""
+    images, labels = volumes
+    options = {"axes": "zyx", "spacing": SPACING, "epochs": 1, **SMALL_3D, "batch_size": 4}
+    full = train_ssl(images, labels, **options)
+    steps = []
+    first = train_ssl(
+        images,
+        labels,
+        checkpoint_dir=tmp_path,
+        on_step=steps.append,
+        should_stop=lambda: len(steps) >= 1,
+        **options,
+    )
+    assert first.stopped and len(first.history) == 1
+    second = train_ssl(images, labels, resume=first.checkpoint_path, **options)
+    assert _losses(second) == _losses(full)
+    assert len(full.history) == 3
+    for p, q in zip(full.encoder.parameters(), second.encoder.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+def test_train_ssl__an_encoder_of_the_other_dimension_is_refused_before_any_work(
+    volumes, cells, narrow_backbone
+):
+    """A 2D encoder (or backbone) for volumes, a 3D one for 2D images: one ValueError with the
+    fix, before the data is even checked (the image holding NaN is never looked at)."""
+    images, labels = volumes
+    broken = images[0].copy()
+    broken[0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match=r"embeds 2D crops but the objects are 3D.*resnet18_3d"):
+        train_ssl(broken, labels[0], encoder=sr.SegmentEncoder(NARROW_BACKBONE), axes="zyx")
+    with pytest.raises(ValueError, match=r"backbone='resnet18' embeds 2D crops.*resnet18_3d"):
+        train_ssl(broken, labels[0], backbone="resnet18", axes="zyx")
+    image, lab = cells
+    with pytest.raises(ValueError, match=r"embeds 3D volumes but the objects are 2D.*resnet18"):
+        train_ssl(np.full(image.shape, np.nan, np.float32), lab, backbone=NARROW_BACKBONE_3D)
+    with pytest.raises(ValueError, match=r"the labels are 3D .*axes='zyx' for a z-stack"):
+        train_ssl(images, labels, **SMALL_3D)
+
+
+@pytest.mark.usefixtures("one_torch_thread")  # many small ops: far faster
+def test_train_ssl__volumes_default_to_the_3d_backbone_and_a_smaller_crop(volumes, tmp_path):
+    from napari_segrep.engine.dataset import SegmentDataset
+    from napari_segrep.engine.embed import VOLUME_BACKBONE
+    from napari_segrep.engine.train_config import TrainConfig
+    from napari_segrep.engine.trainer import Trainer
+    from napari_segrep.engine.training import default_backbone
+
+    images, labels = volumes
+    dataset = SegmentDataset(images, labels, axes="zyx", spacing=SPACING, crop_size=16)
+    assert default_backbone(dataset.layout) == VOLUME_BACKBONE == "resnet18_3d"
+    config = TrainConfig(backbone=VOLUME_BACKBONE, crop_size=16, batch_size=8, epochs=1)
+    trainer = Trainer(dataset, config, device="cpu")  # the default 3D network is built
+    assert trainer.model.encoder.backbone_name == "resnet18_3d"
+    assert trainer.model.encoder.spatial_dims == 3
+    small = {k: v for k, v in SMALL_3D.items() if k != "crop_size"}
+    result = train_ssl(images, labels, axes="zyx", epochs=1, checkpoint_dir=tmp_path, **small)
+    assert load_checkpoint(result.checkpoint_path)["config"]["crop_size"] == 32  # as embedding
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_trainer__channels_last_3d_layouts_train_the_same(volumes):
+    """The layouts the trainer uses on CUDA (5D weights and crops channels_last_3d, 4D ones
+    channels_last), here on the CPU: the same losses as contiguous tensors."""
+    from napari_segrep.engine.dataset import SegmentDataset
+    from napari_segrep.engine.train_config import TrainConfig
+    from napari_segrep.engine.trainer import Trainer
+
+    images, labels = volumes
+    dataset = SegmentDataset(images, labels, axes="zyx", spacing=SPACING, crop_size=16)
+    small = {k: v for k, v in SMALL_3D.items() if k != "device"}
+    config = TrainConfig(**small, epochs=1, monitor_size=0)
+    plain, fast = Trainer(dataset, config, device="cpu"), Trainer(dataset, config, device="cpu")
+    fast.use_fast_layouts()
+    conv = next(p for p in fast.model.encoder.parameters() if p.ndim == 5 and p.shape[1] > 1)
+    assert conv.is_contiguous(memory_format=torch.channels_last_3d)
+    assert not conv.is_contiguous()
+    losses = [[r["loss"] for r in t.steps() if "loss" in r] for t in (plain, fast)]
+    assert len(losses[0]) == 1
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-4)

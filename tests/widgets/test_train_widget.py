@@ -278,3 +278,75 @@ def test_train_widget__starts_from_imagenet_when_present_with_rotations_if_ticke
     config = load_checkpoint(tmp_path / "run" / "last.pt")["config"]
     assert config["augment"] == {"rotate90": True, "flip": True}
     assert config["loss"] == "ntxent" and config["batchnorm_stats"] == "frozen"
+
+
+# ----------------------------------------------------------------------------- volumes
+@pytest.fixture()
+def volume_viewer(make_napari_viewer, narrow_backbone_3d):
+    """A viewer with a (10, 40, 40) z-stack and its 8 labelled balls, both at scale (2, 0.5,
+    0.5), and Train SegRep docked."""
+    from ..engine.test_dataset import blob_volumes
+
+    viewer = make_napari_viewer()
+    images, labels = blob_volumes(shape=(10, 40, 40), spacing=(2.0, 0.5, 0.5), n=8, seed=21)
+    viewer.add_image(images[0], name="vol", scale=(2, 0.5, 0.5))
+    viewer.add_labels(labels[0], name="nuclei", scale=(2, 0.5, 0.5))
+    _, widget = viewer.window.add_plugin_dock_widget("napari-segrep", "Train SegRep")
+    return viewer, widget
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_train_widget__a_z_stack_trains_on_its_3d_objects(volume_viewer, qtbot, tmp_path):
+    """A 3D labels layer: asked once (Start disabled until answered); "z-stack" trains a 3D
+    model on its 3D objects at the layers' scale as voxel spacing, with the 3D crop size."""
+    from napari_segrep.engine.checkpoint import load_checkpoint
+
+    from ..conftest import NARROW_BACKBONE_3D
+
+    viewer, widget = volume_viewer
+    assert widget.axes_question.asking and not widget.start_button.enabled
+    assert widget.status.value.startswith("'nuclei' is 3D (10, 40, 40): is it a z-stack")
+    assert widget.volume_model_input.native.isHidden() and widget.crop_input.value == 64
+    widget.axes_question.zstack_button.clicked.emit()  # the user's answer
+    assert viewer.layers["nuclei"].metadata["napari_segrep"]["axes"] == "zyx"  # remembered
+    assert not widget.axes_question.asking and widget.start_button.enabled
+    assert not widget.volume_model_input.native.isHidden() and widget.crop_input.value == 32
+    assert widget.volume_model_input.value == "resnet18_3d"  # the default 3D model
+    widget.volume_model_input.reset_choices()  # the registry's 3D backbones, the test's too
+    widget.volume_model_input.value = NARROW_BACKBONE_3D
+    widget.epochs_input.value = 1
+    widget.batch_input.value = 4
+    widget.crop_input.value = 16
+    widget.device_input.value = "cpu"
+    widget.checkpoint_dir_input.value = tmp_path / "run"
+    widget.run()
+    _wait_done(qtbot, widget)
+    assert widget.result is not None, widget.status.value
+    assert widget.result.encoder.spatial_dims == 3 and len(widget.history) == 2  # 8 // 4
+    config = load_checkpoint(tmp_path / "run" / "last.pt")["config"]
+    assert config["axes"] == "zyx" and config["spacing"] == [2.0, 0.5, 0.5]
+    assert config["backbone"] == NARROW_BACKBONE_3D and config["crop_size"] == 16
+    assert _session.trained_encoder is widget.result.encoder
+
+
+def test_train_widget__a_time_lapse_trains_on_its_frames_and_kinds_do_not_mix(volume_viewer):
+    """Answered "time-lapse": each plane is a 2D image (the 2D model and crop); a z-stack with
+    a 2D pair, or image and labels of other scales, are refused with the reason."""
+    viewer, widget = volume_viewer
+    widget.axes_question.timelapse_button.clicked.emit()
+    assert widget.start_button.enabled and widget.volume_model_input.native.isHidden()
+    images, labels, layout = widget._collect_arrays()
+    assert len(images) == len(labels) == 10 and images[0].shape == (40, 40)
+    assert layout.axes == "yx" and widget.crop_input.value == 64
+    viewer.layers["nuclei"].metadata = {"napari_segrep": {"axes": "zyx"}}
+    image, cells, _ = make_cells(shape=(64, 64), n_cells=6, seed=1)
+    viewer.add_image(image, name="img")
+    viewer.add_labels(cells, name="cells")
+    row = widget.add_pair()
+    row.image.value, row.labels.value = viewer.layers["img"], viewer.layers["cells"]
+    assert widget.validate() == (
+        "'nuclei' holds 3D objects but 'cells' 2D ones: train on one kind at a time."
+    )
+    widget.remove_pair(row)
+    viewer.layers["vol"].scale = (1, 0.5, 0.5)
+    assert "give both layers the same scale" in widget.validate()

@@ -8,6 +8,11 @@ the loss with its start value as a reference line, the view agreement is shown a
 collapse is shown as a warning in the status.  Pause holds the worker between two steps; Stop
 writes a checkpoint and keeps the model, which **Embed segments** then offers as "model trained
 in this session".
+
+Volumes: a labels layer's axes come from :mod:`._layer_axes` (asked once for a 3D layer, as
+Embed segments asks: a z-stack trains on its 3D objects, a time-lapse on its frames as images),
+the voxel spacing from the layer's scale; the **3D model** picker offers the 3D backbones and the
+crop size follows the objects' kind (64 for 2D, 32 for 3D) unless chosen.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from magicgui.widgets import (
 )
 from napari.utils.notifications import show_error, show_info
 
+from .._images import Layout
 from . import _session
 from ._common import (
     WarmRelay,
@@ -36,13 +42,16 @@ from ._common import (
     folder_pairs,
     image_layers,
     labels_layers,
+    layer_inputs,
     progress_bar,
     status_label,
     unless_deleted,
 )
 from ._jobs import CloseGuard, Job, start_job
+from ._layer_axes import AxesQuestion, LayerAxesUnknown, layer_layout
 from ._plots import LinePlot, LossCurve
 from ._weights import WeightsDownloadButton, imagenet_present
+from .embed import CROP_SIZE, volume_backbones
 
 __all__ = ["TrainSegRepWidget"]
 
@@ -79,6 +88,8 @@ class TrainSegRepWidget(Container):
         super().__init__(labels=True)
         self.viewer = viewer
         self.pairs = Container(labels=False, label="image / labels")
+        #: "'<layer>' is 3D: [z-stack (3D objects)] [time-lapse (2D frames)]", when asked.
+        self.axes_question = AxesQuestion(on_answered=lambda *_: self._update_state())
         self.add_pair_button = PushButton(text="+ add an (image, labels) pair")
         self.folder_input = FileEdit(
             label="also a folder",
@@ -93,6 +104,14 @@ class TrainSegRepWidget(Container):
             "or a new, untrained one",
         )
         self.weights_button = WeightsDownloadButton(choices=self.start_input, select=START_IMAGENET)
+        self.volume_model_input = ComboBox(
+            label="3D model",
+            choices=volume_backbones,
+            visible=False,
+            tooltip="the network trained on 3D objects: resnet18_3d, a 3D network (ImageNet "
+            "weights inflated to 3D); resnet18_planes, the 2D network on the object's three "
+            "orthogonal middle planes (faster on a CPU)",
+        )
         self.loss_input = ComboBox(
             label="loss", choices=["ntxent", "tico", "vicreg"], value="ntxent"
         )
@@ -111,7 +130,16 @@ class TrainSegRepWidget(Container):
             "that training takes at least 160 steps",
         )
         self.batch_input = SpinBox(label="batch size", value=64, min=2, max=4096)
-        self.crop_input = SpinBox(label="crop size", value=64, min=8, max=512, step=8)
+        self.crop_input = SpinBox(
+            label="crop size",
+            value=CROP_SIZE[2],
+            min=8,
+            max=512,
+            step=8,
+            tooltip="side of the square (2D) or cubic (3D) views: by default "
+            f"{CROP_SIZE[2]} for 2D objects, {CROP_SIZE[3]} for 3D ones",
+        )
+        self._object_dims = 2  # of the chosen pairs' objects, as the crop size was set for
         self.lr_input = FloatSpinBox(
             label="learning rate (0: default)", value=0.0, min=0.0, max=1e6, step=0.0001
         )
@@ -150,10 +178,12 @@ class TrainSegRepWidget(Container):
         self.extend(
             [
                 self.pairs,
+                self.axes_question,
                 self.add_pair_button,
                 self.folder_input,
                 self.start_input,
                 self.weights_button,
+                self.volume_model_input,
                 self.loss_input,
                 self.optimizer_input,
                 self.epochs_input,
@@ -206,6 +236,7 @@ class TrainSegRepWidget(Container):
 
     def _on_devices(self, devices) -> None:
         self.refresh_start()  # the warm-up may have found the ImageNet weights
+        self.volume_model_input.reset_choices()  # the registry's, now the engine is loaded
         current = self.device_input.value
         self.device_input.choices = ["auto", *devices]
         if current in self.device_input.choices:
@@ -236,23 +267,49 @@ class TrainSegRepWidget(Container):
         if self.job is not None:
             return
         why = self.validate()
+        dims = 3 if self._trains_volumes() else 2
+        self.volume_model_input.visible = dims == 3
+        if dims != self._object_dims:  # the default crop of the other kind, unless chosen
+            if self.crop_input.value == CROP_SIZE[self._object_dims]:
+                self.crop_input.value = CROP_SIZE[dims]
+            self._object_dims = dims
         self.start_button.enabled = why is None
         if why is not None or self.result is None:  # keep the last run's outcome on show
             self.status.value = why or "Ready."
 
     def validate(self) -> str | None:
-        """Why Start is not possible now (None when it is)."""
+        """Why Start is not possible now (None when it is).  A 3D labels layer whose axes are
+        not known yet shows the question (z-stack or time-lapse?)."""
         try:
             self._collect_arrays()
-        except ValueError as exc:
+        except LayerAxesUnknown as exc:
+            self.axes_question.ask(exc.layer)
             return str(exc)
+        except ValueError as exc:
+            self.axes_question.clear()
+            return str(exc)
+        self.axes_question.clear()
         return None
+
+    def _trains_volumes(self) -> bool:
+        """Whether a chosen labels layer holds 3D objects (a z-stack, as said)."""
+        for row in self.pairs:
+            try:
+                if row.labels.value is not None and layer_layout(row.labels.value).is_volume:
+                    return True
+            except ValueError:
+                continue
+        return False
 
     def _folder(self) -> Path | None:
         return chosen_path(self.folder_input.value)
 
-    def _collect_arrays(self):
-        images, labels = [], []
+    def _collect_arrays(self) -> tuple[list, list, Layout | None]:
+        """``(images, labels, layout)``: the pairs' arrays (each frame of a time-lapse an image
+        of its own) and the layout they share, ``"yx"`` or ``"zyx"`` with the volumes' spacing
+        (None without a layer pair).  ``ValueError`` with the reason when they don't fit
+        (``LayerAxesUnknown`` for a 3D layer whose axes were not said)."""
+        images, labels, kinds = [], [], []
         for row in self.pairs:
             image_layer, labels_layer = row.image.value, row.labels.value
             if image_layer is None or labels_layer is None:
@@ -264,22 +321,25 @@ class TrainSegRepWidget(Container):
                     f"'{image_layer.name}' {shape} and '{labels_layer.name}' "
                     f"{lab.shape} differ in shape."
                 )
-            if lab.ndim == 3:  # a stack: each plane is an image
+            layout = layer_inputs(labels_layer, [image_layer], build=False).layout
+            if layout.has_time:  # a time-lapse: each frame is an image (or a volume)
                 images += list(image)
                 labels += list(lab)
             else:
                 images.append(image)
                 labels.append(lab)
+            kinds.append((labels_layer.name, layout.frame_layout))
         if not images and self._folder() is None:
             raise ValueError("Choose an image and a labels layer (or a folder).")
-        return images, labels
+        return images, labels, _shared_layout(kinds)
 
     # ------------------------------------------------------------------ run
     def run(self):
         """Start training; returns the napari worker."""
         if self.job is not None:
             raise RuntimeError("Training is already running.")
-        images, labels = self._collect_arrays()
+        images, labels, layout = self._collect_arrays()
+        volumes = layout is not None and layout.is_volume
         folder = self._folder()
         resume = chosen_path(self.resume_input.value)
         checkpoint_dir = self._checkpoint_dir_for_start(resume)
@@ -295,6 +355,10 @@ class TrainSegRepWidget(Container):
             "device": self.device_input.value,
             "augment": {"rotate90": self.rotate_input.value, "flip": self.rotate_input.value},
         }
+        backbone = "resnet18"
+        if volumes:  # 3D objects, at the layers' voxel spacing; the folder's files alike
+            backbone = self.volume_model_input.value
+            options.update(axes="zyx", spacing=layout.spacing, backbone=backbone)
         imagenet = self.start_input.value == START_IMAGENET and resume is None
         resume_event = self._resume
 
@@ -315,8 +379,11 @@ class TrainSegRepWidget(Container):
                 from ..engine.encoder import SegmentEncoder
                 from ..engine.inputs import as_channels_first
 
-                channels = as_channels_first(all_images[0], channel_axis=None).shape[0]
-                encoder = SegmentEncoder(in_channels=channels, weights="imagenet")
+                spatial = 3 if volumes else 2
+                channels = as_channels_first(
+                    all_images[0], channel_axis=None, spatial_ndim=spatial
+                ).shape[0]
+                encoder = SegmentEncoder(backbone, in_channels=channels, weights="imagenet")
 
             def on_step(record):
                 progress(record["step"], record["total_steps"])
@@ -488,6 +555,31 @@ class TrainSegRepWidget(Container):
             widget.labels_input.value = row.labels.value
             widget.image_input.value = [row.image.value]
         return widget.reembed_with_session_model()
+
+
+def _shared_layout(kinds: list[tuple[str, Layout]]) -> Layout | None:
+    """The one layout of the pairs' objects (``(labels layer name, frame layout)`` each): all
+    2D, or all volumes of one voxel spacing (one network, one grid); None without a pair."""
+    if not kinds:
+        return None
+    (first, layout), *others = kinds
+    for name, other in others:
+        if other.spatial_ndim != layout.spatial_ndim:
+            three, two = (first, name) if layout.is_volume else (name, first)
+            raise ValueError(
+                f"'{three}' holds 3D objects but '{two}' 2D ones: train on one kind at a time."
+            )
+        if layout.is_volume and not np.allclose(other.voxel_spacing, layout.voxel_spacing):
+            raise ValueError(
+                f"'{first}' has voxel spacing {_numbers(layout.voxel_spacing)} but '{name}' "
+                f"{_numbers(other.voxel_spacing)} (their scale): train on volumes of one spacing "
+                "at a time, or give the layers the same scale."
+            )
+    return layout
+
+
+def _numbers(values) -> str:
+    return "(" + ", ".join(f"{float(v):g}" for v in values) + ")"
 
 
 def _default_run_dir() -> Path:

@@ -55,8 +55,9 @@ def write_history(history: list[dict], path: Path) -> None:
     atomic_write(path, lambda fh: fh.write(text))
 
 
-def write_debug_views(images, labels, names, args, normalize) -> int:
-    """A PNG grid: for 8 segments, view A and view B with their mask outlines in red."""
+def write_debug_views(images, labels, names, args, normalize, *, layouts, crop_size) -> int:
+    """A PNG grid: for 8 segments, view A and view B with their mask outlines in red (for 3D
+    objects, the plane of each view where the object is widest)."""
     import imageio.v3 as iio
     import numpy as np
     from skimage.segmentation import find_boundaries
@@ -68,13 +69,12 @@ def write_debug_views(images, labels, names, args, normalize) -> int:
     ds = SegmentDataset(
         images,
         labels,
-        crop_size=args.crop_size,
+        axes=layouts,
+        crop_size=crop_size,
         channel_axis=args.channel_axis,
         normalize=normalize,
         min_size=args.min_size,
-        augment=AugmentConfig(
-            crop_size=args.crop_size, rotate90=args.rotations, flip=args.rotations
-        ),
+        augment=AugmentConfig(crop_size=crop_size, rotate90=args.rotations, flip=args.rotations),
         seed=args.seed,
         names=names,
     )
@@ -85,9 +85,13 @@ def write_debug_views(images, labels, names, args, normalize) -> int:
         a, ma, b, mb = ds[int(i)]
         pair = []
         for view, mask in ((a, ma), (b, mb)):
-            grey = np.clip(view.numpy().mean(0), 0, 1)
+            view, mask = view.numpy(), mask[0].numpy()
+            if mask.ndim == 3:  # a 3D object: the plane where it is widest
+                z = int(mask.sum((1, 2)).argmax())
+                view, mask = view[:, z], mask[z]
+            grey = np.clip(view.mean(0), 0, 1)
             rgb = np.stack([grey] * 3, -1)
-            rgb[find_boundaries(mask[0].numpy(), mode="inner")] = (1.0, 0.1, 0.1)
+            rgb[find_boundaries(mask, mode="inner")] = (1.0, 0.1, 0.1)
             pair.append(np.pad(rgb, ((2, 2), (2, 2), (0, 0)), constant_values=1))
         tiles.append(np.concatenate(pair, axis=1))
     grid = (np.concatenate(tiles, axis=0) * 255).astype(np.uint8)

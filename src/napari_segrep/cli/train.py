@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 from ._common import (
-    BACKBONES,
     TORCH_SEED_MAX,
     CLIError,
     HelpFormatter,
@@ -25,6 +24,7 @@ from ._common import (
     pairs_from_args,
     parse_normalize,
 )
+from ._layout import add_layout_options, choose_backbone
 from ._torchrun import torchrun_command
 from ._train_output import quality_line, quality_summary, write_debug_views, write_history
 
@@ -55,6 +55,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def _add_data_options(data) -> None:
     add_pair_options(data)
+    add_layout_options(data)
     data.add_argument(
         "--channel-axis",
         "--channel_axis",
@@ -62,7 +63,8 @@ def _add_data_options(data) -> None:
         metavar="K",
         type=int,
         default=None,
-        help="channel axis of multichannel images",
+        help="channel axis of multichannel images (counted in the whole image: a time-lapse's "
+        "time axis is axis 0)",
     )
     data.add_argument(
         "--normalize",
@@ -77,7 +79,7 @@ def _add_data_options(data) -> None:
         metavar="N",
         type=int,
         default=16,
-        help="skip segments with fewer pixels",
+        help="skip segments with fewer pixels (voxels)",
     )
 
 
@@ -117,8 +119,9 @@ def _add_training_options(run) -> None:
         dest="crop_size",
         metavar="N",
         type=int,
-        default=64,
-        help="crop side in pixels; larger segments are downscaled to fit",
+        default=None,
+        help="crop side in pixels (voxels for volumes); larger segments are downscaled to fit "
+        "(default: 64 for 2D images, 32 for volumes)",
     )
     run.add_argument(
         "--batch-size",
@@ -196,7 +199,12 @@ def _add_training_options(run) -> None:
         help="data loader worker processes",
     )
     run.add_argument(
-        "--backbone", default="resnet18", choices=BACKBONES, help="encoder of a new run"
+        "--backbone",
+        default=None,
+        metavar="NAME",
+        help="encoder of a new run, a registered backbone: resnet18, resnet34, resnet50 for 2D "
+        "images; resnet18_3d (native 3D) or resnet18_planes (fast, three orthogonal planes) for "
+        "volumes (default: resnet18 for 2D images, resnet18_3d for volumes)",
     )
     run.add_argument(
         "--resume-checkpoint",
@@ -290,7 +298,14 @@ def _run(args: argparse.Namespace) -> int:
     from ..io import check_writable_dir
 
     normalize = parse_normalize(args.normalize)
-    images, labels, names = _load_pairs(args)
+    images, labels, names, layouts = _load_pairs(args)
+    layout = layouts[0]  # all pairs have objects of its dimension
+    backbone = choose_backbone(args.backbone, layout)
+    crop_size = args.crop_size
+    if crop_size is None:
+        from ..engine.pipeline import default_crop_size
+
+        crop_size = default_crop_size(layout)
     rank = int(os.environ.get("RANK", "0"))
     try:
         args.log_dir.mkdir(parents=True, exist_ok=True)
@@ -304,13 +319,15 @@ def _run(args: argparse.Namespace) -> int:
         "min_size": args.min_size,
         "normalize": normalize,
         "channel_axis": args.channel_axis,
-        "backbone": args.backbone,
+        "backbone": backbone,
         "sync_batchnorm": not args.no_sync_batchnorm,
         "gather_distributed": not args.no_gather_distributed,
         "amp": not args.no_amp,
     }
     if args.debug:
-        return write_debug_views(images, labels, names, args, normalize)
+        return write_debug_views(
+            images, labels, names, args, normalize, layouts=layouts, crop_size=crop_size
+        )
 
     import warnings
 
@@ -320,10 +337,9 @@ def _run(args: argparse.Namespace) -> int:
 
     encoder = start_encoder(
         args.weights,
-        backbone=args.backbone,
+        backbone=backbone,
         seed=args.seed,
-        image=images[0],
-        channel_axis=args.channel_axis,
+        in_channels=_channels(images[0], layout, args.channel_axis),
         checkpoint=args.init_checkpoint,
         resume=args.resume_checkpoint,
         announce=not args.quiet,
@@ -389,9 +405,10 @@ def _run(args: argparse.Namespace) -> int:
                 images,
                 labels,
                 encoder=encoder,
+                axes=layouts,
                 epochs=args.epochs,
                 batch_size=args.batch_size,
-                crop_size=args.crop_size,
+                crop_size=crop_size,
                 loss=args.loss,
                 optimizer=args.optimizer,
                 lr=args.lr,
@@ -465,31 +482,62 @@ def _relaunch_under_torchrun(n: int) -> int:
 
 
 def _load_pairs(args: argparse.Namespace):
-    """Read the image/label pairs; a pair the engine would refuse is a :class:`CLIError` naming
-    the files (the same message the engine's dataset would give)."""
+    """Read the image/label pairs, say what their axes are (``--axes``/``--spacing``, else the
+    TIFF metadata, said in one line each, else the labels' dimensions: 3D labels must say) and
+    check them as the engine's dataset would (one grid per pair, numeric images, integer
+    labels): a pair it would refuse is a :class:`CLIError` naming the files, before any work.
+    Returns ``(images, labels, names, layouts)``, a layout per pair (all 2D, or all volumes)."""
+    import os
+
+    from ..engine.dataset import check_pairs, refuse_rgb_labels
     from ..io import read_image
+    from ._layout import pair_hint, resolve_layout
 
     pairs = pairs_from_args(args)
-    images, labels, names = [], [], []
+    images, labels, names, layouts, notes = [], [], [], [], []
     for image_path, label_path in pairs:
         image, lab = read_image(image_path), read_image(label_path)
-        spatial = image.shape if image.ndim == 2 else None
-        rgb_labels = lab.ndim == 3 and lab.shape[:2] == spatial and lab.shape[-1] in (3, 4)
-        if spatial is not None and lab.shape != spatial and not rgb_labels:  # RGB: named below
+        name = f"{image_path.name} / {label_path.name}"
+        hint = pair_hint(image_path, label_path)
+        if args.axes is None and (hint is None or hint.axes is None):
+            try:  # a coloured rendering of labels, not a z-stack nor a time-lapse
+                refuse_rgb_labels(image, lab, channel_axis=args.channel_axis, name=name)
+            except (TypeError, ValueError) as exc:
+                raise CLIError(str(exc)) from None
+        layout = resolve_layout(
+            lab.shape,
+            axes=args.axes,
+            spacing=args.spacing,
+            labels_path=label_path,
+            hint=hint,
+            notes=notes,
+        )
+        if layout.axes == "yx" and image.ndim == lab.ndim and image.shape != lab.shape:
             raise CLIError(
                 f"{image_path.name} is {image.shape} but its labels {label_path.name} are "
                 f"{lab.shape}: each pair must have the same (Y, X) shape"
             )
         images.append(image)
         labels.append(lab)
-        names.append(f"{image_path.name} / {label_path.name}")
+        names.append(name)
+        layouts.append(layout)
+    try:
+        check_pairs(images, labels, axes=layouts, channel_axis=args.channel_axis, names=names)
+    except (TypeError, ValueError) as exc:
+        raise CLIError(str(exc)) from None
+    if os.environ.get("RANK", "0") == "0":
+        for note in notes:  # what the files' metadata said
+            print(note, file=sys.stderr)
+    return images, labels, names, layouts
 
-    from ..engine.segments import as_channels_first, validate_labels
 
-    for image, lab, name in zip(images, labels, names, strict=True):
-        try:
-            image_cf = as_channels_first(image, channel_axis=args.channel_axis)
-            validate_labels(lab, image_cf.shape[1:])
-        except (TypeError, ValueError) as exc:
-            raise CLIError(f"{name}: {exc}") from None
-    return images, labels, names
+def _channels(image, layout, channel_axis) -> int:
+    """The number of channels of ``image`` (a pair's, checked), whatever its layout."""
+    from .._images import as_channels_first, frame_channel_axis
+
+    if layout.has_time:
+        channel_axis = frame_channel_axis(channel_axis, layout, image.ndim)
+        image = image[0]
+    return as_channels_first(
+        image, channel_axis=channel_axis, spatial_ndim=layout.spatial_ndim
+    ).shape[0]

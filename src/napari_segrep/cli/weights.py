@@ -303,16 +303,15 @@ def start_encoder(
     *,
     backbone: str,
     seed: int,
-    image,
-    channel_axis: int | None = None,
+    in_channels: int,
     checkpoint: Path | None = None,
     checkpoint_flag: str = "--init-checkpoint",
     resume: Path | None = None,
     announce: bool = True,
 ):
     """The encoder ``train`` starts from (``None``: the engine builds an untrained one from
-    ``backbone`` and ``seed``), after :func:`choose_weights`; ``image`` (one of the training
-    images) gives the number of input channels.  ``announce``: print the line that says which
+    ``backbone`` and ``seed``), after :func:`choose_weights`, for images of ``in_channels``
+    channels.  ``announce``: print the line that says which
     start is used (on rank 0 only)."""
     weights, line = choose_weights(
         choice,
@@ -327,7 +326,5 @@ def start_encoder(
     if weights is None:
         return None
     from ..engine.embed import encoder_for
-    from ..engine.segments import as_channels_first
 
-    channels = as_channels_first(image, channel_axis=channel_axis).shape[0]
-    return encoder_for(weights, in_channels=channels, backbone=backbone, seed=seed)
+    return encoder_for(weights, in_channels=in_channels, backbone=backbone, seed=seed)

@@ -14,6 +14,7 @@ window is used.  An empty mask never reaches the network.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -22,7 +23,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-__all__ = ["AugmentConfig", "PairedAugment"]
+__all__ = ["AugmentConfig", "PairedAugment", "jitter_intensity"]
 
 
 @dataclass(frozen=True)
@@ -122,22 +123,45 @@ class PairedAugment:
         return self._intensity(img.float()).contiguous(), m.contiguous()
 
     def _intensity(self, img: Tensor) -> Tensor:
-        c = self.config
-        if c.contrast:
-            img = img * (1 + c.contrast * (2 * torch.rand(()) - 1))
-        if c.brightness:
-            img = img + c.brightness * (2 * torch.rand(()) - 1)
-        if c.gamma != (1.0, 1.0):
-            lo, hi = torch.log(torch.tensor(c.gamma, dtype=torch.float32))
-            gamma = torch.exp(lo + (hi - lo) * torch.rand(()))
-            img = img.clamp_min(0) ** gamma
-        if img.shape[0] == 3 and c.saturation:
-            grey = img.mean(0, keepdim=True)
-            img = grey + (img - grey) * (1 + c.saturation * (2 * torch.rand(()) - 1))
-        if c.blur_probability and bool(torch.rand(()) < c.blur_probability):
-            lo, hi = c.blur_sigma
-            sigma = float(lo + (hi - lo) * torch.rand(()))
-            img = TF.gaussian_blur(img, kernel_size=[5, 5], sigma=[sigma, sigma])
-        if c.noise_std:
-            img = img + c.noise_std * torch.randn_like(img)
-        return img
+        return jitter_intensity(img, self.config, blur=_blur_2d)
+
+
+def _blur_2d(img: Tensor, sigma: float) -> Tensor:
+    return TF.gaussian_blur(img, kernel_size=[5, 5], sigma=[sigma, sigma])
+
+
+def jitter_intensity(
+    img: Tensor, config: AugmentConfig, *, blur: Callable[[Tensor, float], Tensor]
+) -> Tensor:
+    """The intensity changes of a view (the image only, never its mask), drawn from torch's
+    global generator in a fixed order: contrast, brightness, gamma, saturation (3 channels),
+    blur, noise.
+
+    Parameters
+    ----------
+    img : (C, *S) float Tensor
+        A view, 2D (``S = (H, W)``) or 3D (``S = (D, H, W)``).
+    config : AugmentConfig
+    blur : callable(img, sigma) -> img
+        The Gaussian blur of the view's dimension; ``sigma`` is drawn from
+        ``config.blur_sigma``, in pixels (2D) or in voxels of the finest axis (3D: the blur
+        scales it by the spacing).
+    """
+    c = config
+    if c.contrast:
+        img = img * (1 + c.contrast * (2 * torch.rand(()) - 1))
+    if c.brightness:
+        img = img + c.brightness * (2 * torch.rand(()) - 1)
+    if c.gamma != (1.0, 1.0):
+        lo, hi = torch.log(torch.tensor(c.gamma, dtype=torch.float32))
+        gamma = torch.exp(lo + (hi - lo) * torch.rand(()))
+        img = img.clamp_min(0) ** gamma
+    if img.shape[0] == 3 and c.saturation:
+        grey = img.mean(0, keepdim=True)
+        img = grey + (img - grey) * (1 + c.saturation * (2 * torch.rand(()) - 1))
+    if c.blur_probability and bool(torch.rand(()) < c.blur_probability):
+        lo, hi = c.blur_sigma
+        img = blur(img, float(lo + (hi - lo) * torch.rand(())))
+    if c.noise_std:
+        img = img + c.noise_std * torch.randn_like(img)
+    return img

@@ -22,6 +22,8 @@ _RESUME_KEYS = (
     "seed",
     "batchnorm_stats",
     "head_lr_scale",
+    "axes",
+    "spacing",
 )
 
 
@@ -57,6 +59,13 @@ class TrainConfig:
     min_size: int = 16
     normalize: str | tuple | None = "image"
     channel_axis: int | None = None
+    #: What the label images' axes are ("yx", "zyx", "tyx", "tzyx"; None: "yx" for 2D labels,
+    #: "tzyx" for 4D ones): :func:`napari_segrep._images.layout_of`; a tuple of one per pair
+    #: where they differ.
+    axes: str | tuple | None = None
+    #: The voxel size of volumes, (dz, dy, dx); None: isotropic; a tuple of one per pair where
+    #: they differ.
+    spacing: tuple | None = None
     num_workers: int = 0
     seed: int = 0
     amp: bool = True
@@ -95,6 +104,7 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if isinstance(self.normalize, list):
             self.normalize = tuple(self.normalize)
+        self.axes, self.spacing = _frozen(self.axes), _frozen(self.spacing)
 
     def resolve_epochs(self, steps_per_epoch: int) -> int:
         """``epochs``, or the default: 10 epochs, more when an epoch is short, so that a run
@@ -126,18 +136,38 @@ class TrainConfig:
     def resume_differences(self, saved: dict) -> list[tuple[str, object, object]]:
         """``(key, ours, saved)`` for each setting that differs from a checkpoint's ``config``
         and makes the resumed run differ from an uninterrupted one."""
-        return [
-            (key, getattr(self, key), saved.get(key))
-            for key in _RESUME_KEYS
-            if saved.get(key) != getattr(self, key)
-        ]
+        out = []
+        for key in _RESUME_KEYS:
+            theirs, ours = saved.get(key), getattr(self, key)
+            if key in ("axes", "spacing"):  # lists in the checkpoint
+                theirs = _frozen(theirs)
+            if theirs != ours:
+                out.append((key, ours, theirs))
+        return out
 
     def to_dict(self) -> dict:
         out = asdict(self)
         out["normalize"] = (
             list(self.normalize) if isinstance(self.normalize, tuple) else self.normalize
         )
+        out["axes"], out["spacing"] = _listed(self.axes), _listed(self.spacing)
         return out
+
+
+def _frozen(value):
+    """Lists as tuples, numbers as floats, all the way down (strings and None as they are)."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_frozen(v) for v in value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def _listed(value):
+    """Tuples as lists, all the way down (a checkpoint's JSON-like config)."""
+    if isinstance(value, tuple):
+        return [_listed(v) for v in value]
+    return value
 
 
 def steps_per_epoch(n_segments: int, *, batch: int, grad_accumulate: int, world_size: int) -> int:

@@ -47,6 +47,8 @@ from .health import diverged_error, unusable_reason
 from .losses import make_loss
 from .masking import MaskedBatchNorm
 from .optim import LARS, param_groups_for_lars, warmup_cosine_schedule
+from .pipeline import _fast_layout as fast_layout
+from .pipeline import check_spatial_dims
 from .quality import (
     QualityMonitor,
     RepresentationCollapseWarning,
@@ -114,6 +116,7 @@ class Trainer:
                     f"the encoder takes {encoder.in_channels} channel(s), the images have "
                     f"{dataset.in_channels}"
                 )
+        check_spatial_dims(encoder, dataset.layout)  # a 2D encoder for volumes...: the fix
         encoder.image_masking = config.image_masking
         encoder.feature_masking = config.feature_masking
         encoder.freeze_batchnorm_stats = config.batchnorm_stats == "frozen"
@@ -128,8 +131,11 @@ class Trainer:
                 if isinstance(m, MaskedBatchNorm):  # encoder and head, 2D and 3D
                     m.sync = True
         self.model.to(self.device)
+        #: Channels-last tensors (4D channels_last, 5D channels_last_3d), on CUDA: the layout
+        #: cuDNN prefers under autocast.
+        self.fast_layouts = False
         if self.device.type == "cuda":
-            self.model.to(memory_format=torch.channels_last)
+            self.use_fast_layouts()
         self.loss = make_loss(
             config.loss,
             dim=config.projection_dim,
@@ -215,6 +221,13 @@ class Trainer:
             persistent_workers=False,
         )
 
+    def use_fast_layouts(self) -> None:
+        """Keep every 4D weight and crop channels_last and every 5D one channels_last_3d (as
+        :class:`~napari_segrep.engine.pipeline.BatchEncoder` does: a 3D backbone may hold 2D
+        convolutions too, on planes of a volume).  On CUDA from the start; numbers as without."""
+        self.model._apply(fast_layout)
+        self.fast_layouts = True
+
     # ------------------------------------------------------------------ loop
     def _autocast(self):
         if self.amp_dtype is None:
@@ -223,8 +236,8 @@ class Trainer:
 
     def _to_device(self, x: Tensor) -> Tensor:
         x = x.to(self.device, non_blocking=True)
-        if self.device.type == "cuda" and x.dtype.is_floating_point:
-            x = x.contiguous(memory_format=torch.channels_last)
+        if self.fast_layouts and x.dtype.is_floating_point:
+            x = fast_layout(x)
         return x
 
     def steps(self):

@@ -26,7 +26,14 @@ from .heads import ProjectionHead
 from .train_config import TrainConfig
 from .trainer import Trainer
 
-__all__ = ["ProjectionHead", "TrainConfig", "TrainResult", "Trainer", "train_ssl"]
+__all__ = [
+    "ProjectionHead",
+    "TrainConfig",
+    "TrainResult",
+    "Trainer",
+    "default_backbone",
+    "train_ssl",
+]
 
 CHECKPOINT_NAME = "last.pt"
 
@@ -49,9 +56,11 @@ def train_ssl(
     labels: np.ndarray | Sequence[np.ndarray],
     *,
     encoder: SegmentEncoder | None = None,
+    axes=None,
+    spacing: Sequence[float] | None = None,
     epochs: int | None = None,
     batch_size: int = 64,
-    crop_size: int = 64,
+    crop_size: int | None = None,
     loss: str = "ntxent",
     optimizer: str = "adamw",
     lr: float | None = None,
@@ -76,15 +85,33 @@ def train_ssl(
     Parameters
     ----------
     images, labels : ndarray or sequences of ndarrays
-        (image, labels) pairs as for :func:`~napari_segrep.embed_segments`.
+        (image, labels) pairs as for :func:`~napari_segrep.embed_segments`: 2D images, volumes
+        or time-lapses, as ``axes`` says.
     encoder : SegmentEncoder, optional
-        Starting point (copied, not modified); default an untrained resnet18 from ``seed``.
+        Starting point (copied, not modified); default an untrained ``backbone`` from ``seed``
+        (resnet18 for 2D images, ``VOLUME_BACKBONE``, ``"resnet18_3d"``, for volumes).  Its
+        ``spatial_dims`` must be the objects' (a 2D encoder for volumes is refused before any
+        work, with the fix).
+    axes : "yx", "zyx", "tyx", "tzyx", a Layout, None, or a sequence of them
+        What every label image's axes are, as for :func:`~napari_segrep.embed_segments`: None
+        is ``"yx"`` for 2D labels and ``"tzyx"`` for 4D ones; 3D labels must say (``"zyx"``: a
+        z-stack, trained on as 3D objects with the 3D augmentation,
+        :mod:`napari_segrep.engine.augment3d`; ``"tyx"``: a time-lapse, each frame a 2D image).
+        A sequence gives each pair its own (``Layout`` s from
+        :func:`~napari_segrep._images.layout_of` bring their spacing: volumes of several voxel
+        sizes).
+    spacing : (dz, dy, dx), optional
+        The voxel size of volumes: each object's window is resampled to near-isotropic voxels,
+        as ``embed_segments`` does, and no view rotates or flips z into y or x when z's spacing
+        differs.  Recorded in the checkpoint's ``config``.
     epochs : int, optional
         Passes over the segments.  Default: 10, more when the segments are few, so that the run
         takes at least ``min_steps`` (160) optimiser steps; the number chosen is in the
         checkpoint's ``config`` and in every step record (``total_steps / steps_per_epoch``).
-    batch_size, crop_size : int
-        ``batch_size`` is per process (per GPU under torchrun).
+    batch_size : int
+        Per process (per GPU under torchrun).
+    crop_size : int, optional
+        Side of the views; None: 64 for 2D images, 32 for volumes (as ``embed_segments``).
     loss : {"ntxent", "tico", "vicreg"}
     optimizer : {"adamw", "lars"}
         AdamW (the default) or LARS (SegRep's, for batches of thousands; biases and
@@ -151,11 +178,39 @@ def train_ssl(
     ValueError
         Bad configuration, or no segment to train on.
     """
+    from .dataset import pair_layouts, recorded_layout
+    from .pipeline import check_spatial_dims, default_crop_size
+
+    if isinstance(images, np.ndarray):
+        images = [images]
+    if isinstance(labels, np.ndarray):
+        labels = [labels]
+    images, labels = list(images), list(labels)
+    if len(images) != len(labels):
+        raise ValueError(f"got {len(images)} images but {len(labels)} label images")
+    if not labels:
+        raise ValueError("no image given: pass at least one (image, labels) pair")
+    # What the axes are, and an encoder that fits them, before any work.
+    layouts = pair_layouts(labels, axes=axes, spacing=spacing)
+    layout = layouts[0]
+    recorded_axes, recorded_spacing = recorded_layout(layouts)  # for the checkpoint
+    if crop_size is None:
+        crop_size = default_crop_size(layout)
+    if "backbone" not in options or options["backbone"] is None:
+        options["backbone"] = (
+            encoder.backbone_name if encoder is not None else default_backbone(layout)
+        )
+    if encoder is not None:
+        check_spatial_dims(encoder, layout)
+    else:
+        _check_backbone_dims(options["backbone"], layout)
     try:
         config = TrainConfig(
             epochs=epochs,
             batch_size=batch_size,
             crop_size=crop_size,
+            axes=recorded_axes,
+            spacing=recorded_spacing,
             loss=loss,
             optimizer=optimizer,
             lr=lr,
@@ -170,12 +225,14 @@ def train_ssl(
     dataset = SegmentDataset(
         images,
         labels,
+        axes=layouts,
         crop_size=config.crop_size,
         channel_axis=config.channel_axis,
         normalize=config.normalize,
         min_size=config.min_size,
         augment=augment,
         seed=config.seed,
+        image_masking=config.image_masking,
     )
     if dataset.n_skipped:
         warnings.warn(
@@ -234,4 +291,36 @@ def train_ssl(
         stopped=stopped,
         head=trainer.model.head,
         quality=[dict(r) for r in trainer.quality],
+    )
+
+
+def default_backbone(layout) -> str:
+    """The backbone a new run trains when neither an encoder nor a backbone is given: resnet18
+    for 2D images, :data:`~napari_segrep.engine.embed.VOLUME_BACKBONE` for volumes (what
+    ``embed_segments`` embeds them with by default)."""
+    if layout.is_volume:
+        from .embed import VOLUME_BACKBONE
+
+        return VOLUME_BACKBONE
+    return "resnet18"
+
+
+def _check_backbone_dims(name: str, layout) -> None:
+    """A ``ValueError`` with the fix when the backbone ``name`` embeds crops of another dimension
+    than ``layout``'s objects (checked before any work)."""
+    from .backbones import get_backbone
+
+    dims = get_backbone(name).spatial_dims
+    if dims == layout.spatial_ndim:
+        return
+    if layout.is_volume:
+        raise ValueError(
+            f"backbone={name!r} embeds 2D crops but the objects are 3D (axes {layout.axes!r}): "
+            "train a 3D backbone, backbone='resnet18_3d' (native 3D) or "
+            "backbone='resnet18_planes' (fast, three orthogonal planes); a stack of 2D images is "
+            "a time-lapse, axes='tyx'"
+        )
+    raise ValueError(
+        f"backbone={name!r} embeds 3D volumes but the objects are 2D (axes {layout.axes!r}): "
+        "train a 2D backbone, e.g. backbone='resnet18'; a z-stack's labels are 3D, axes='zyx'"
     )
