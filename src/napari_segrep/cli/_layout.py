@@ -60,16 +60,18 @@ def add_layout_options(parser) -> None:
 @dataclass(frozen=True)
 class Hint:
     """What a file's metadata says about its axes and spacing (``None``: it does not say),
-    ``source`` how it says it (``"OME-TIFF"``, ``"ImageJ TIFF"``), ``path`` the file."""
+    ``source`` how it says it (``"OME-TIFF"``, ``"ImageJ TIFF"``), ``path`` the file, ``unit``
+    the spacing's (:func:`napari_segrep._tiff_meta.read_layout_hint`)."""
 
     axes: str | None
     spacing: tuple[float, ...] | None
     source: str
     path: Path
+    unit: str = ""
 
     @property
     def says(self) -> bool:
-        return self.axes is not None or self.spacing is not None
+        return bool(self.source) and (self.axes is not None or self.spacing is not None)
 
     def where(self) -> str:
         return f"the {self.source} metadata of {self.path.name}"
@@ -130,7 +132,7 @@ def resolve_layout(
     if hint is not None and notes is not None:
         said = [f"axes {hint.axes}"] if axes is None and hint.axes is not None else []
         if use_spacing is not None and spacing is None:
-            said.append(f"spacing {_numbers(use_spacing)}")
+            said.append(f"spacing {_numbers(use_spacing)}{' ' + hint.unit if hint.unit else ''}")
         if said:
             notes.append(f"napari-segrep: {' and '.join(said)} from {hint.where()}")
         overridden = []
@@ -274,8 +276,19 @@ def _without_one_axis(shape: tuple) -> list[tuple]:
 
 
 def pair_hint(image_path: Path, labels_path: Path) -> Hint | None:
-    """What the image's TIFF metadata says about the axes and spacing, else the labels'
-    (None: neither says)."""
+    """What the image's TIFF metadata (OME or ImageJ) says about the axes and spacing, else
+    what the labels' says; None when neither says (a plain TIFF, a PNG...).  A file that cannot
+    be read says nothing here: reading it names the problem."""
+    from .._tiff_meta import read_layout_hint
+
+    for path in (image_path, labels_path):
+        try:
+            hint = read_layout_hint(path)
+        except (OSError, ValueError):
+            continue
+        found = Hint(hint.axes, hint.spacing, hint.source, Path(path), hint.unit)
+        if found.says:
+            return found
     return None
 
 

@@ -222,7 +222,14 @@ def run(args: argparse.Namespace) -> int:
 
         t0 = time.perf_counter()
         try:
-            df = add_measurements(df, image, labels, channel_axis=args.channel_axis)
+            df = add_measurements(
+                df,
+                image,
+                labels,
+                channel_axis=args.channel_axis,
+                axes=layout.axes,
+                spacing=layout.spacing if layout.is_volume else None,  # 2D: in pixels
+            )
         except (TypeError, ValueError) as exc:
             raise CLIError(str(exc)) from None
         sidecar["measurements"] = geometry_columns(df)
