@@ -68,9 +68,14 @@ def test_embed_images__files_are_read_in_turn_and_named_by_their_stem(
 def test_embed_images__stacks_get_frames(pairs, narrow_encoder):
     image, label_image = pairs[0]
     stack, stack_labels = np.stack([image, image]), np.stack([label_image, label_image])
-    df = sr.embed_images([stack], [stack_labels], names=["movie"], encoder=narrow_encoder, **KW)
+    df = sr.embed_images(
+        [stack], [stack_labels], names=["movie"], encoder=narrow_encoder, axes="tyx", **KW
+    )
     assert list(df.columns[:3]) == ["image", "label", "frame"]  # as embed_stack, after image
     assert sorted(set(df["frame"])) == [0, 1]
+    # 3D labels whose axes nobody said: that image's error, naming it and the fix
+    with pytest.raises(ValueError, match=r"image 'movie': the labels are 3D .*axes='zyx'"):
+        sr.embed_images([stack], [stack_labels], names=["movie"], encoder=narrow_encoder, **KW)
 
 
 def test_embed_images__bad_input_is_named_before_any_work(pairs, narrow_encoder, tmp_path):
@@ -152,12 +157,16 @@ def _children() -> set[int]:
 def test_embed_images__workers_give_bit_identical_rows_in_order(pairs, narrow_encoder, normalize):
     images = [make_cells(shape=(160, 160), n_cells=14, seed=7)[0]]
     labels = [make_cells(shape=(160, 160), n_cells=14, seed=7)[1]]
-    image, label_image = pairs[0]
+    image, label_image = pairs[0]  # a (T, Y, X) time-lapse: all images share the axes "tyx"
     images.append(np.stack([image, image[::-1], image]))
     labels.append(np.stack([label_image, label_image[::-1], np.zeros_like(label_image)]))
     images += [pairs[1][0], pairs[2][0]]
     labels += [pairs[1][1], pairs[2][1]]
-    kw = {**KW, "normalize": normalize, "batch_size": 3}  # several batches per image
+    images, labels = (
+        [im if im.ndim == 3 else im[None] for im in images],
+        [lab if lab.ndim == 3 else lab[None] for lab in labels],
+    )
+    kw = {**KW, "normalize": normalize, "batch_size": 3, "axes": "tyx"}  # several batches each
     before = _children()
     done = []
     none = sr.embed_images(images, labels, encoder=narrow_encoder, **kw)
@@ -174,8 +183,15 @@ def test_embed_images__workers_give_bit_identical_rows_in_order(pairs, narrow_en
     assert list(dict.fromkeys(two["image"])) == [f"image_{i}" for i in range(4)]
     assert done == [1, 2, 3, 4]  # in order, although image 0 (the largest) finishes last
     parts = dict(iter_embed_images(images, labels, encoder=narrow_encoder, num_workers=2, **kw))
-    for i in (0, 2, 3):
-        alone = sr.embed_segments(images[i], labels[i], narrow_encoder, **kw)
+    for i in (0, 2, 3):  # one-frame time-lapses: the 2D image's rows, frame 0
+        alone = sr.embed_segments(
+            images[i][0],
+            labels[i][0],
+            narrow_encoder,
+            **KW,
+            **{"normalize": normalize, "batch_size": 3},
+        )
+        alone.insert(1, "frame", np.int64(0))
         pd.testing.assert_frame_equal(
             parts[f"image_{i}"].drop(columns="image"), alone, check_exact=True
         )

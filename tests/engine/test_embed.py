@@ -271,7 +271,7 @@ def test_embed_segments__restores_training_mode(scene):
         (np.full((10, 10), np.nan), np.ones((10, 10), int), {}, ValueError, "NaN or Inf"),
         (np.full((10, 10), np.inf), np.ones((10, 10), int), {}, ValueError, "NaN or Inf"),
         (np.zeros((2, 3, 10, 10)), np.ones((10, 10), int), {}, ValueError, "ndim=4"),
-        (np.zeros((10,)), np.ones((10,), int), {}, ValueError, "ndim=1"),
+        (np.zeros((10,)), np.ones((10,), int), {}, ValueError, r"labels must be 2D.*\(10,\)"),
         (np.zeros((5, 10, 10)), np.ones((10, 10), int), {}, ValueError, "channel_axis"),
         (
             np.zeros((5, 10, 10)),

@@ -4,6 +4,7 @@ normalisations replayed."""
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -142,3 +143,116 @@ def test_validate_labels__rgb_and_fractional_labels_are_refused_with_the_likely_
         validate_labels(intensity, (10, 12))
     with pytest.raises(TypeError, match=r"astype\(np.int32\)"):  # whole numbers: just convert
         validate_labels(np.ones((10, 12)), (10, 12))
+
+
+# ---------------------------------------------------------------------- geometry, 2D and 3D
+#: The 2D table's geometry, pinned: names, order and dtypes (what every 2D table has had).
+GEOMETRY_2D = {
+    "label": "int64",
+    "centroid_y": "float64",
+    "centroid_x": "float64",
+    "area": "int64",
+    "bbox_y0": "int64",
+    "bbox_x0": "int64",
+    "bbox_y1": "int64",
+    "bbox_x1": "int64",
+    "scale": "float64",
+}
+
+
+def _regionprops(labels) -> pd.DataFrame:
+    from skimage.measure import regionprops_table
+
+    return pd.DataFrame(regionprops_table(labels, properties=("label", "area", "centroid", "bbox")))
+
+
+def _assert_regionprops_geometry(geometry: pd.DataFrame, labels, axes: str) -> None:
+    props = _regionprops(labels)
+    nd = len(axes)
+    np.testing.assert_array_equal(geometry["label"], props["label"])
+    np.testing.assert_array_equal(geometry["area"], props["area"])
+    for i, a in enumerate(axes):
+        np.testing.assert_allclose(geometry[f"centroid_{a}"], props[f"centroid-{i}"], rtol=1e-12)
+        np.testing.assert_array_equal(geometry[f"bbox_{a}0"], props[f"bbox-{i}"])
+        np.testing.assert_array_equal(geometry[f"bbox_{a}1"], props[f"bbox-{i + nd}"])
+
+
+@settings(max_examples=40, deadline=None)
+@given(labels=arrays(np.int32, st.tuples(*[st.integers(2, 7)] * 3), elements=st.integers(0, 6)))
+def test_segment_table__3d_geometry_is_regionprops(labels):
+    from napari_segrep._images import layout_of
+    from napari_segrep.engine.segments import GEOMETRY_COLUMNS_3D, geometry_columns
+
+    table = segment_table(labels, layout=layout_of(labels, axes="zyx"))
+    assert geometry_columns(3) == GEOMETRY_COLUMNS_3D
+    assert list(table.geometry.columns) == ["label", *GEOMETRY_COLUMNS_3D]
+    assert list(GEOMETRY_COLUMNS_3D) == [
+        "centroid_z", "centroid_y", "centroid_x", "area",
+        "bbox_z0", "bbox_y0", "bbox_x0", "bbox_z1", "bbox_y1", "bbox_x1", "scale",
+    ]  # fmt: skip
+    assert (table.geometry.dtypes.astype(str) != "object").all()
+    if len(table):
+        _assert_regionprops_geometry(table.geometry, labels, "zyx")
+    assert len(table) == len(np.unique(labels[labels > 0]))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    labels=arrays(
+        np.int32, st.tuples(st.integers(2, 12), st.integers(2, 12)), elements=st.integers(0, 6)
+    )
+)
+def test_segment_table__2d_columns_dtypes_and_geometry_are_pinned(labels):
+    from napari_segrep.engine.segments import GEOMETRY_COLUMNS, geometry_columns
+
+    table = segment_table(labels)
+    assert geometry_columns(2) is GEOMETRY_COLUMNS
+    assert table.geometry.dtypes.astype(str).to_dict() == GEOMETRY_2D
+    assert list(table.geometry.columns) == list(GEOMETRY_2D)
+    if len(table):
+        _assert_regionprops_geometry(table.geometry, labels, "yx")
+
+
+def test_segment_table__3d_labels_say_their_axes():
+    from napari_segrep._images import AxesUnknown, layout_of
+
+    labels = np.zeros((4, 9, 9), np.int32)
+    labels[1:3, 2:6, 3:7] = 5
+    with pytest.raises(AxesUnknown, match="axes='zyx' for a z-stack"):
+        segment_table(labels)
+    with pytest.raises(ValueError, match="one frame"):  # a time-lapse is embedded frame by frame
+        segment_table(labels, layout=layout_of(labels, axes="tyx"))
+    table = segment_table(labels, layout=layout_of(labels, axes="zyx"))
+    assert table.geometry[["label", "area", "bbox_z0", "bbox_z1"]].values.tolist() == [
+        [5, 32, 1, 3]
+    ]
+
+
+def test_labels_warnings__in_3d_count_voxels_and_box_volumes():
+    from napari_segrep._images import layout_of
+    from napari_segrep.engine.segments import labels_warnings
+
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 400, (6, 30, 30), dtype=np.int32)  # an intensity volume as labels
+    (warning,) = labels_warnings(segment_table(noise, layout=layout_of(noise, axes="zyx")))
+    assert "voxels" in warning and "swapped" in warning
+    # compact blobs, 12 of them: no warning; the same ids scattered through the volume: one
+    blobs = np.zeros((8, 40, 40), np.int32)
+    for k in range(12):
+        z, y, x = 1 + (k % 3) * 2, 3 + (k // 3) * 9, 3 + (k % 4) * 9
+        blobs[z : z + 2, y : y + 5, x : x + 5] = k + 1
+    layout = layout_of(blobs, axes="zyx")
+    assert labels_warnings(segment_table(blobs, layout=layout)) == []
+    scattered = blobs.copy()
+    for k in range(12):  # one stray voxel each, across the volume
+        z, y, x = np.argwhere(blobs == k + 1)[0]
+        scattered[7 - z, 39 - y, 39 - x] = k + 1
+    (warning,) = labels_warnings(segment_table(scattered, layout=layout))
+    assert "scattered over the volume" in warning
+
+
+def test_bbox_side__any_number_of_axes():
+    from napari_segrep.engine.segments import bbox_side
+
+    assert bbox_side((slice(2, 5), slice(0, 9))) == 9
+    assert bbox_side((slice(0, 12), slice(3, 5), slice(1, 4))) == 12

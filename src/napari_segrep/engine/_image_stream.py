@@ -2,10 +2,12 @@
 validate it, build its segment table and normalisation, cut its crop batches, as a stream of
 :class:`StreamItem` s, made in this process or in ``torch.utils.data`` worker processes.
 
-Per image the stream holds one ``"plane"`` item per 2D plane with segments (a 2D image always
-has one, even without segments), each followed by its ``"batch"`` items, then ``"end"``; or, if
-the image cannot be embedded, ``"error"`` carrying the exception (a worker then stops: it is
-re-raised in the main process, naming the image, when that image's turn comes).
+Per image the stream holds one ``"plane"`` item per frame with segments of a time-lapse (a 2D
+image or a volume always has one, even without segments), each followed by its ``"batch"``
+items, then ``"end"``; or, if the image cannot be embedded, ``"error"`` carrying the exception
+(a worker then stops: it is re-raised in the main process, naming the image, when that image's
+turn comes).  What the image's axes are comes from the ``axes``/``spacing`` options
+(:func:`napari_segrep._images.layout_of`): 3D labels without ``axes`` are that image's error.
 
 With workers, image ``i`` goes to worker ``i % num_workers``; the DataLoader hands their items
 over in turn, so items of a few images interleave and the consumer puts them back in order.
@@ -22,7 +24,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .embed import check_stack
+from .._images import frame_channel_axis
+from .embed import check_frames, resolve_layout
 from .inputs import as_channels_first
 from .pipeline import prepare_segments
 
@@ -35,10 +38,12 @@ IMAGE_ERRORS = (ValueError, TypeError, OSError)
 @dataclass
 class StreamItem:
     """One item of the stream (see the module docstring): ``kind`` is ``"plane"``,
-    ``"batch"``, ``"end"`` or ``"error"``; ``image`` its index, ``plane`` its plane (None for a
-    2D image).  A plane carries ``info``: ``geometry`` (the segment table), ``normalization``,
-    ``crop_size``, ``channels``, ``messages`` (the labels' warnings); a batch ``start``,
-    ``images``, ``masks``, ``scales`` (tensors); an end ``info["channels"]``; an error ``error``.
+    ``"batch"``, ``"end"`` or ``"error"``; ``image`` its index, ``plane`` its frame (None
+    without a time axis).  A plane carries ``info``: ``geometry`` (the segment table),
+    ``normalization``, ``crop_size``, ``channels``, ``messages`` (the labels' warnings),
+    ``layout`` (the frame's :class:`~napari_segrep._images.Layout`); a batch ``start``,
+    ``images``, ``masks``, ``scales`` (tensors); an end ``info["channels"]``, ``info["stack"]``
+    (a time-lapse: ``frame`` column) and ``info["layout"]``; an error ``error``.
     """
 
     kind: str
@@ -75,22 +80,33 @@ def image_items(
     in_channels: int | None,
     mask_image: bool,
 ) -> Iterator[StreamItem]:
-    """The stream of one image (arrays or file paths, read here): its planes, their crop
+    """The stream of one image (arrays or file paths, read here): its frames, their crop
     batches, its end; or its error.  ``options``: ``prepare_segments``' keyword arguments
-    (``crop_size``, ``batch_size``, ``channel_axis``, ``normalize``, ``only``)."""
+    (``crop_size``, ``batch_size``, ``channel_axis``, ``normalize``, ``only``) and ``axes``,
+    ``spacing`` (as for ``embed_segments``: with a time axis, ``channel_axis`` is counted in
+    the whole image)."""
     try:
+        options = dict(options)
+        axes, spacing = options.pop("axes", None), options.pop("spacing", None)
         image = _read(image)
         label_image = np.asarray(_read(label_image))
-        if label_image.ndim == 3:
-            image, label_image = check_stack(image, label_image)
+        layout = resolve_layout(label_image, axes, spacing)
+        frame = layout.frame_layout
+        if layout.has_time:
+            image, label_image = check_frames(image, label_image, "frames")
+            options["channel_axis"] = frame_channel_axis(
+                options.get("channel_axis"), layout, image.ndim
+            )
             planes = [(t, image[t], label_image[t]) for t in range(label_image.shape[0])]
-            channels = as_channels_first(image[0], channel_axis=options.get("channel_axis"))
+            channels = as_channels_first(
+                image[0], channel_axis=options["channel_axis"], spatial_ndim=frame.spatial_ndim
+            )
         else:
             planes = [(None, image, label_image)]
             channels = None
         for t, plane_image, plane_labels in planes:
             prepared = prepare_segments(
-                plane_image, plane_labels, in_channels=in_channels, **options
+                plane_image, plane_labels, layout=frame, in_channels=in_channels, **options
             )
             if t is not None and len(prepared) == 0:
                 continue  # as embed_stack: empty planes give no rows and no warnings
@@ -104,6 +120,7 @@ def image_items(
                     "crop_size": prepared.crop_size,
                     "channels": prepared.n_channels,
                     "messages": prepared.messages,
+                    "layout": frame,
                 },
             )
             for batch in prepared.batches(mask_image=mask_image):
@@ -118,7 +135,9 @@ def image_items(
                 )
         n_channels = prepared.n_channels if channels is None else channels.shape[0]
         yield StreamItem(
-            "end", index, info={"channels": int(n_channels), "stack": label_image.ndim == 3}
+            "end",
+            index,
+            info={"channels": int(n_channels), "stack": layout.has_time, "layout": layout},
         )
     except IMAGE_ERRORS as exc:
         yield StreamItem("error", index, error=exc)

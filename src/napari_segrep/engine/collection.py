@@ -288,7 +288,16 @@ def iter_embed_images(
 
 
 #: The options of :func:`embed_images` that it passes on to ``embed_segments``.
-EMBED_OPTIONS = ("crop_size", "batch_size", "device", "channel_axis", "normalize", "only")
+EMBED_OPTIONS = (
+    "crop_size",
+    "batch_size",
+    "device",
+    "channel_axis",
+    "normalize",
+    "only",
+    "axes",
+    "spacing",
+)
 
 
 def _count(num_workers) -> int:
@@ -320,11 +329,14 @@ class _Collector:
 
     def __init__(self, names, encoder, device, should_stop, crop_size):
         from .embed import embed_segments
+        from .pipeline import DEFAULT_CROP_SIZE
 
         self.names, self.encoder, self.device = names, encoder, device
         self.should_stop = should_stop
         default = signature(embed_segments).parameters["crop_size"].default
-        self.crop_size = int(default if crop_size is None else crop_size)
+        if crop_size is None:
+            crop_size = DEFAULT_CROP_SIZE if default is None else default
+        self.crop_size = int(crop_size)
         self.parts: dict[int, _Part] = {}
         self._run = None
 
@@ -381,7 +393,12 @@ class _Collector:
 
         if part.error is not None:
             exc = part.error
-            raise type(exc)(f"image {part.name!r}: {exc}") from exc
+            message = f"image {part.name!r}: {exc}"
+            try:
+                named = type(exc)(message)
+            except (TypeError, ValueError):  # an error class built from other arguments
+                named = ValueError(message) if isinstance(exc, ValueError) else TypeError(message)
+            raise named from exc
         encoder = self.encoder
         if part.stack:
             planes = sorted(part.planes)

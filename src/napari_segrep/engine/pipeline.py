@@ -26,11 +26,14 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .._images import Layout
+from ._resample import crop_geometry, isotropy_factors
 from .inputs import as_channels_first, check_crop_size, check_image_values, validate_labels
 from .segments import (
-    GEOMETRY_COLUMNS,
     Normalization,
     SegmentTable,
+    frame_layout_of,
+    geometry_columns,
     iter_crop_batches,
     labels_warnings,
     resolve_normalization,
@@ -38,10 +41,16 @@ from .segments import (
 )
 
 __all__ = [
+    "DEFAULT_CROP_SIZE",
+    "MANY_OBJECTS",
+    "MIN_SCALE",
+    "VOLUME_CROP_SIZE",
     "BatchEncoder",
     "EmbeddingRows",
     "PreparedImage",
     "check_channels",
+    "check_spatial_dims",
+    "default_crop_size",
     "embedding_columns",
     "empty_result",
     "nonfinite_embeddings",
@@ -63,14 +72,34 @@ def embedding_columns(dim: int) -> list[str]:
     return [f"emb_{i}" for i in range(dim)]
 
 
-def empty_result(dim: int) -> pd.DataFrame:
-    """The table of no segment: the right columns and dtypes, length 0."""
+#: ``crop_size=None``: the side of a 2D crop, and of a volume's cube (a 64^3 crop is 8x the
+#: voxels of a 32^3 one, and 32^3 = 32,768 voxels is 8x a 64x64 crop's pixels already).
+DEFAULT_CROP_SIZE = 64
+VOLUME_CROP_SIZE = 32
+#: The smallest downscale of a volume's object into its crop (more: it is refused, named).
+MIN_SCALE = 1 / 64
+#: From this many objects in one volume, a warning says the cost before the work.
+MANY_OBJECTS = 100_000
+
+
+def default_crop_size(layout: Layout) -> int:
+    """What ``crop_size=None`` means for objects of ``layout``: :data:`DEFAULT_CROP_SIZE` (64)
+    in 2D, :data:`VOLUME_CROP_SIZE` (32) for volumes."""
+    return VOLUME_CROP_SIZE if layout.is_volume else DEFAULT_CROP_SIZE
+
+
+def empty_result(dim: int, *, layout: Layout | None = None) -> pd.DataFrame:
+    """The table of no segment: the right columns and dtypes (those of ``layout``'s objects,
+    2D when None), length 0; ``attrs["layout"]`` when ``layout`` is given."""
     data: dict = {"label": np.empty(0, np.int64)}
-    for col in GEOMETRY_COLUMNS:
+    for col in geometry_columns(2 if layout is None else layout.spatial_ndim):
         data[col] = np.empty(0, np.int64 if col.startswith(("bbox", "area")) else np.float64)
     for col in embedding_columns(dim):
         data[col] = np.empty(0, np.float32)
-    return pd.DataFrame(data)
+    out = pd.DataFrame(data)
+    if layout is not None:
+        out.attrs["layout"] = layout.describe()
+    return out
 
 
 def positive_int(value, name: str) -> int:
@@ -90,13 +119,101 @@ def check_channels(in_channels: int, n_channels: int) -> None:
         )
 
 
+def check_spatial_dims(encoder, layout: Layout) -> None:
+    """``ValueError`` with the fix when ``encoder`` (its ``spatial_dims``) embeds crops of
+    another dimension than ``layout``'s objects: a 2D encoder for a volume, or the reverse."""
+    dims = int(getattr(encoder, "spatial_dims", 2))
+    if dims == layout.spatial_ndim:
+        return
+    name, channels = encoder.backbone_name, encoder.in_channels
+    if layout.is_volume:
+        raise ValueError(
+            f"the encoder {name!r} embeds 2D crops but the objects are 3D (axes "
+            f"{layout.axes!r}): use a 3D encoder, SegmentEncoder('resnet18_3d', in_channels="
+            f"{channels}) (native 3D) or SegmentEncoder('resnet18_planes', in_channels="
+            f"{channels}) (fast, three orthogonal planes); a stack of 2D images is a time-lapse, "
+            "axes='tyx'"
+        )
+    raise ValueError(
+        f"the encoder {name!r} embeds 3D volumes but the objects are 2D (axes {layout.axes!r}): "
+        f"use a 2D backbone, e.g. SegmentEncoder('resnet18', in_channels={channels}); a "
+        "z-stack's labels are 3D, axes='zyx'"
+    )
+
+
+def _channels_first(image, labels, *, channel_axis, layout: Layout) -> np.ndarray:
+    """``image`` as ``(C, *spatial)`` for ``layout``'s objects, a 2D image given for a volume's
+    labels (and the reverse) named as such."""
+    image = np.asarray(image) if not hasattr(image, "ndim") else image
+    shape, lab = tuple(np.shape(image)), tuple(np.shape(labels))
+    if layout.is_volume and image.ndim == 2:
+        raise ValueError(
+            f"the labels are a volume (Z, Y, X) {lab} but the image is 2D {shape}: give the "
+            "volume's image (the same (Z, Y, X) grid), or 2D labels for a 2D image"
+        )
+    if (
+        not layout.is_volume
+        and channel_axis is None
+        and image.ndim == 3
+        and shape[-1] not in (3, 4)
+        and shape[1:] == lab
+    ):
+        raise ValueError(
+            f"the labels are 2D {lab} but the image is 3D {shape}: for a z-stack give its 3D "
+            "labels (axes='zyx'); for a multichannel 2D image pass channel_axis=0"
+        )
+    return as_channels_first(image, channel_axis=channel_axis, spatial_ndim=layout.spatial_ndim)
+
+
+def _check_volume_objects(table: SegmentTable, crop_size: int) -> list[str]:
+    """Before any crop of a volume: refuse an object that would shrink more than 1/MIN_SCALE
+    times into its crop (naming it and the fix); the cost, as a message, of very many
+    objects."""
+    geometry, layout = table.geometry, table.layout
+    axes = layout.spatial_axes
+    if len(geometry):
+        extent = np.stack(
+            [(geometry[f"bbox_{a}1"] - geometry[f"bbox_{a}0"]).to_numpy() for a in axes], axis=1
+        )
+        factors = isotropy_factors(layout.spacing, len(axes))
+        longest = (extent * factors).max(axis=1)
+        worst = int(np.argmax(longest))
+        scale, _ = crop_geometry(extent[worst], factors, crop_size)
+        if scale < MIN_SCALE:
+            label = int(geometry["label"].iloc[worst])
+            need = int(np.ceil(longest[worst] * MIN_SCALE))
+            raise ValueError(
+                f"object {label} spans {longest[worst]:.0f} voxels (on the finest spacing's grid) "
+                f"along its longest axis, bounding box {tuple(int(v) for v in extent[worst])}: "
+                f"fitting it into a {crop_size}^3 crop would shrink it {1 / scale:.0f}x (at most "
+                f"{1 / MIN_SCALE:.0f}x), leaving no detail. Is label {label} really one object "
+                "(not the background or a whole-volume mask)? Otherwise use crop_size >= "
+                f"{need}, or downsample the volume first"
+            )
+    n = len(geometry)
+    if n < MANY_OBJECTS:
+        return []
+    voxels = n * crop_size**3
+    volume = table.search_labels.size
+    small = int((geometry["area"].to_numpy() <= 8).sum())
+    return [
+        f"{n:,} objects in one volume ({small:,} of them of 8 voxels or fewer): each is embedded "
+        f"from its own {crop_size}^3 crop, {voxels:.2g} voxels through the encoder in all "
+        f"({voxels / volume:.0f}x the volume's {volume:.2g}): expect a long run. Embed fewer "
+        "(only=...), use a smaller crop_size, or check the labels (specks of a few voxels are "
+        "often noise: skimage.morphology.remove_small_objects)"
+    ]
+
+
 # ----------------------------------------------------------------------------- prepare
 @dataclass
 class PreparedImage:
-    """One 2D image, ready to crop: ``image_cf`` (C, Y, X), its segment ``table``, the
-    normalisation ``norm``, the checked ``crop_size`` and ``batch_size``, and ``messages``:
-    what :func:`~napari_segrep.engine.segments.labels_warnings` says about the labels (to be
-    warned as ``UserWarning`` by whoever reports to the user)."""
+    """One frame (a 2D image or a volume), ready to crop: ``image_cf`` (C, *spatial), its
+    segment ``table`` (``table.layout``: its axes and spacing), the normalisation ``norm``, the
+    checked ``crop_size`` and ``batch_size``, and ``messages``: what
+    :func:`~napari_segrep.engine.segments.labels_warnings` says about the labels, and the cost
+    of very many objects in a volume (to be warned as ``UserWarning`` by whoever reports to the
+    user)."""
 
     image_cf: np.ndarray
     table: SegmentTable
@@ -104,6 +221,11 @@ class PreparedImage:
     crop_size: int
     batch_size: int
     messages: list[str] = field(default_factory=list)
+
+    @property
+    def layout(self) -> Layout:
+        """The frame's layout (``"yx"`` or ``"zyx"``, with its spacing)."""
+        return self.table.layout
 
     @property
     def n_channels(self) -> int:
@@ -129,8 +251,9 @@ def prepare_segments(
     image: np.ndarray,
     labels: np.ndarray,
     *,
+    layout: Layout | None = None,
     in_channels: int | None = None,
-    crop_size: int = 64,
+    crop_size: int | None = None,
     batch_size: int = 128,
     channel_axis: int | None = None,
     normalize: str | Sequence[float] | None = "image",
@@ -141,11 +264,17 @@ def prepare_segments(
 
     Parameters
     ----------
-    image : (Y, X), (Y, X, 3) or multichannel ndarray
-    labels : (Y, X) integer ndarray
+    image : (Y, X), (Y, X, 3), (Z, Y, X) or ndarray with channels
+    labels : (Y, X) or (Z, Y, X) integer ndarray
+        One frame.
+    layout : Layout, optional
+        The frame's layout (``layout_of(labels, axes="zyx", spacing=...)`` for a volume);
+        None: 2D labels (3D ones raise :class:`~napari_segrep._images.AxesUnknown`).
     in_channels : int, optional
         The encoder's channels, checked against the image's when given.
-    crop_size, batch_size, channel_axis, normalize, only
+    crop_size : int, optional
+        None: :func:`default_crop_size` (64 in 2D, 32 for volumes).
+    batch_size, channel_axis, normalize, only
         As for ``embed_segments``.
 
     Returns
@@ -157,16 +286,21 @@ def prepare_segments(
     ValueError, TypeError
         What ``embed_segments`` refuses, with the same messages.
     """
-    image_cf = as_channels_first(image, channel_axis=channel_axis)
+    layout = frame_layout_of(labels, layout)
+    image_cf = _channels_first(image, labels, channel_axis=channel_axis, layout=layout)
     labels = validate_labels(labels, image_cf.shape[1:])
     check_image_values(image_cf)
+    if crop_size is None:
+        crop_size = default_crop_size(layout)
     crop_size = check_crop_size(crop_size, image_cf.shape[1:])
     batch_size = positive_int(batch_size, "batch_size")
     if in_channels is not None:
         check_channels(in_channels, image_cf.shape[0])
     norm = resolve_normalization(image_cf, normalize)
-    table = segment_table(labels, only=only)
+    table = segment_table(labels, only=only, layout=layout)
     messages = labels_warnings(table) if only is None else []
+    if layout.is_volume:
+        messages += _check_volume_objects(table, crop_size)
     return PreparedImage(image_cf, table, norm, crop_size, batch_size, messages)
 
 
@@ -264,13 +398,23 @@ class EmbeddingRows:
     """One image's embeddings, filled batch by batch (any order), then made into its table.
 
     ``geometry`` is the segment table's geometry (``label`` then the geometry columns);
-    ``normalization`` the description recorded in ``attrs``.
+    ``normalization`` the description recorded in ``attrs``, and ``layout`` (the frame's
+    :class:`~napari_segrep._images.Layout`; None: 2D without spacing).
     """
 
-    def __init__(self, geometry: pd.DataFrame, dim: int, *, normalization: dict, crop_size: int):
+    def __init__(
+        self,
+        geometry: pd.DataFrame,
+        dim: int,
+        *,
+        normalization: dict,
+        crop_size: int,
+        layout: Layout | None = None,
+    ):
         self.geometry = geometry
         self.normalization = normalization
         self.crop_size = int(crop_size)
+        self.layout = Layout("yx") if layout is None else layout
         self.out = np.empty((len(geometry), dim), np.float32)
         self.scales = np.ones(len(geometry), np.float64)
         self.filled = 0
@@ -293,7 +437,8 @@ class EmbeddingRows:
         self.filled += len(z)
 
     def frame(self, encoder) -> pd.DataFrame:
-        """The table: geometry, ``scale``, ``emb_*``; ``attrs`` normalisation, encoder, crop."""
+        """The table: geometry, ``scale``, ``emb_*``; ``attrs`` normalisation, encoder, crop,
+        layout (axes, spacing and where the spacing came from)."""
         result = self.geometry.copy()
         result["scale"] = self.scales
         dim = self.out.shape[1]
@@ -302,6 +447,7 @@ class EmbeddingRows:
         out.attrs["normalization"] = self.normalization  # what was used, for provenance
         out.attrs["encoder"] = encoder.record()  # config + sha256 (classifiers check it)
         out.attrs["crop_size"] = self.crop_size  # with the encoder: how to embed more alike
+        out.attrs["layout"] = self.layout.describe()  # the axes and spacing the crops honoured
         return out
 
 

@@ -1,8 +1,11 @@
 """Segments: the one-pass segment table (and what it says about labels that are probably not
-labels), normalisation, crop/mask windows and streaming batches.  Input validation is in
-:mod:`napari_segrep.engine.inputs` (re-exported here).
+labels), normalisation, crop/mask windows and streaming batches, for 2D images and volumes
+alike (the :class:`~napari_segrep._images.Layout` says which; nothing here decides it from
+``ndim``).  Input validation is in :mod:`napari_segrep.engine.inputs` (re-exported here); the
+resampling of volumes (and anisotropic pixels) to near-isotropic crops in
+:mod:`napari_segrep.engine._resample`.
 
-Numpy only (torch is used for area resampling of segments larger than the crop).
+Numpy only (torch is used for area resampling of 2D segments larger than the crop).
 """
 
 from __future__ import annotations
@@ -14,10 +17,13 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
+from .._images import Layout, layout_of
+from ._resample import isotropy_factors, resampled_crop, window
 from .inputs import as_channels_first, validate_labels
 
 __all__ = [
     "GEOMETRY_COLUMNS",
+    "GEOMETRY_COLUMNS_3D",
     "CropBatch",
     "Normalization",
     "SegmentTable",
@@ -28,6 +34,7 @@ __all__ = [
     "resolve_normalization",
     "bbox_side",
     "changed_segments",
+    "geometry_columns",
     "segment_table",
     "segment_window",
     "validate_labels",
@@ -43,37 +50,83 @@ GEOMETRY_COLUMNS = (
     "bbox_x1",
     "scale",
 )
+#: The geometry columns of a volume's objects, by axis as scikit-image orders them (``area`` is
+#: the voxel count; ``bbox_*1`` half-open).
+GEOMETRY_COLUMNS_3D = (
+    "centroid_z",
+    "centroid_y",
+    "centroid_x",
+    "area",
+    "bbox_z0",
+    "bbox_y0",
+    "bbox_x0",
+    "bbox_z1",
+    "bbox_y1",
+    "bbox_x1",
+    "scale",
+)
 PERCENTILES = (1.0, 99.8)
 # Above this many label ids, ids are compacted first (find_objects allocates one slot per id).
 _MAX_SPARSE_ID = 1 << 20
 
 
 # ----------------------------------------------------------------------------- segment table
+def geometry_columns(spatial_ndim: int) -> tuple[str, ...]:
+    """The geometry columns of objects with ``spatial_ndim`` (2 or 3) axes, after ``label``:
+    :data:`GEOMETRY_COLUMNS` or :data:`GEOMETRY_COLUMNS_3D`."""
+    if spatial_ndim == 2:
+        return GEOMETRY_COLUMNS
+    if spatial_ndim == 3:
+        return GEOMETRY_COLUMNS_3D
+    raise ValueError(f"objects have 2 or 3 spatial axes, not {spatial_ndim!r}")
+
+
 @dataclass
 class SegmentTable:
-    """The segments of a label image, found in one pass.
+    """The segments of a label image (one frame: 2D or a volume), found in one pass.
 
     ``geometry`` has one row per non-zero label, ascending: ``label`` then
-    :data:`GEOMETRY_COLUMNS` (``scale`` filled later); ``slices`` the bounding boxes;
+    :func:`geometry_columns` (``scale`` filled later); ``slices`` the bounding boxes;
     ``ids`` the values to compare against in ``search_labels`` (compacted ids when the original
-    ids were huge).
+    ids were huge); ``layout`` the frame's :class:`~napari_segrep._images.Layout` (its axes and
+    spacing).
     """
 
     geometry: pd.DataFrame
-    slices: list[tuple[slice, slice]]
+    slices: list[tuple[slice, ...]]
     ids: np.ndarray
     search_labels: np.ndarray
+    layout: Layout = Layout("yx")
 
     def __len__(self) -> int:
         return len(self.slices)
 
 
-def segment_table(labels: np.ndarray, *, only: Sequence[int] | None = None) -> SegmentTable:
-    """Find all segments of a 2D label image in one pass (``scipy.ndimage.find_objects``).
+def frame_layout_of(labels: np.ndarray, layout: Layout | None) -> Layout:
+    """``layout`` checked to describe one frame of ``labels`` (``"yx"`` or ``"zyx"``), or, when
+    None, asked of :func:`~napari_segrep._images.layout_of` (2D labels; 3D labels must say)."""
+    if layout is None:
+        layout = layout_of(labels)
+    if layout.has_time or layout.spatial_ndim != np.ndim(labels):
+        raise ValueError(
+            f"layout {layout.axes!r} does not describe one frame of labels "
+            f"{np.shape(labels)}: give one frame ('yx' or 'zyx') at a time"
+        )
+    return layout
 
-    ``only``: keep just these label ids (ids not present are ignored); geometry is computed for
-    them alone.
+
+def segment_table(
+    labels: np.ndarray, *, only: Sequence[int] | None = None, layout: Layout | None = None
+) -> SegmentTable:
+    """Find all segments of a label image in one pass (``scipy.ndimage.find_objects``).
+
+    ``labels`` is one frame: 2D ``(Y, X)``, or a volume ``(Z, Y, X)`` whose ``layout`` says so
+    (``layout_of(labels, axes="zyx")``; None: 2D).  ``only``: keep just these label ids (ids not
+    present are ignored); geometry is computed for them alone.  Centroids, areas and bounding
+    boxes are scikit-image's ``regionprops`` ones, in voxels.
     """
+    layout = frame_layout_of(labels, layout)
+    axes = layout.spatial_axes
     search = labels
     max_id = int(labels.max()) if labels.size else 0
     if max_id > _MAX_SPARSE_ID:
@@ -92,31 +145,30 @@ def segment_table(labels: np.ndarray, *, only: Sequence[int] | None = None) -> S
         ids, label_values = ids[keep], label_values[keep]
     slices = [objects[i - 1] for i in ids]
 
-    n = len(slices)
+    n, nd = len(slices), len(axes)
     area = np.empty(n, np.int64)
-    cy = np.empty(n, np.float64)
-    cx = np.empty(n, np.float64)
-    bbox = np.empty((n, 4), np.int64)
+    centroid = np.empty((nd, n), np.float64)
+    bbox = np.empty((2 * nd, n), np.int64)
+    add = np.add.reduce
     for k, (sl, lab) in enumerate(zip(slices, ids, strict=True)):
-        rr, cc = np.nonzero(search[sl] == lab)
-        area[k] = rr.size
-        cy[k] = rr.mean() + sl[0].start
-        cx[k] = cc.mean() + sl[1].start
-        bbox[k] = (sl[0].start, sl[1].start, sl[0].stop, sl[1].stop)
-    geometry = pd.DataFrame(
-        {
-            "label": label_values,
-            "centroid_y": cy,
-            "centroid_x": cx,
-            "area": area,
-            "bbox_y0": bbox[:, 0],
-            "bbox_x0": bbox[:, 1],
-            "bbox_y1": bbox[:, 2],
-            "bbox_x1": bbox[:, 3],
-            "scale": np.ones(n, np.float64),
-        }
+        coords = np.nonzero(search[sl] == lab)
+        count = area[k] = coords[0].size
+        for a in range(nd):
+            # what coords[a].mean() computes (float64 sum / count), bit for bit, without its
+            # per-call overhead (it dominates for many small objects)
+            centroid[a, k] = add(coords[a], dtype=np.float64) / count + sl[a].start
+            bbox[a, k] = sl[a].start
+            bbox[nd + a, k] = sl[a].stop
+    data: dict = {"label": label_values}
+    data.update({f"centroid_{a}": centroid[i] for i, a in enumerate(axes)})
+    data["area"] = area
+    data.update({f"bbox_{a}0": bbox[i] for i, a in enumerate(axes)})
+    data.update({f"bbox_{a}1": bbox[nd + i] for i, a in enumerate(axes)})
+    data["scale"] = np.ones(n, np.float64)
+    geometry = pd.DataFrame(data)
+    return SegmentTable(
+        geometry=geometry, slices=slices, ids=ids, search_labels=search, layout=layout
     )
-    return SegmentTable(geometry=geometry, slices=slices, ids=ids, search_labels=search)
 
 
 def labels_warnings(table: SegmentTable) -> list[str]:
@@ -136,24 +188,25 @@ def labels_warnings(table: SegmentTable) -> list[str]:
         return []
     pixels = table.search_labels.size
     area = geometry["area"].to_numpy()
-    box = (geometry["bbox_y1"] - geometry["bbox_y0"]).to_numpy() * (
-        geometry["bbox_x1"] - geometry["bbox_x0"]
-    ).to_numpy()
-    swapped = "an intensity image (are image and labels swapped?)"
+    box = np.ones(n, np.int64)
+    for a in table.layout.spatial_axes:
+        box = box * (geometry[f"bbox_{a}1"] - geometry[f"bbox_{a}0"]).to_numpy()
+    px, image = ("voxels", "volume") if table.layout.is_volume else ("pixels", "image")
+    swapped = f"an intensity {image} (are image and labels swapped?)"
     jpeg = "a label image saved as JPEG (lossy compression changes ids along edges)"
     lossless = "save label images losslessly, as PNG/TIFF"
     if n > 0.25 * pixels:
-        return [f"{n} label ids in {pixels} pixels: these labels look like {swapped}"]
+        return [f"{n} label ids in {pixels} {px}: these labels look like {swapped}"]
     tiny = int((area <= 2).sum())
     if tiny > 0.5 * n:
         return [
-            f"{tiny} of {n} segments have only 1 or 2 pixels: these labels look like {swapped} "
+            f"{tiny} of {n} segments have only 1 or 2 {px}: these labels look like {swapped} "
             f"or {jpeg}; {lossless}"
         ]
     scattered = int((area < 0.1 * box).sum())
     if scattered > 0.5 * n:
         return [
-            f"{scattered} of {n} label ids are scattered over the image (their pixels fill less "
+            f"{scattered} of {n} label ids are scattered over the {image} (their {px} fill less "
             f"than 10% of their bounding box): these labels look like {jpeg} or {swapped}; "
             f"{lossless}"
         ]
@@ -235,15 +288,31 @@ def resolve_normalization(
 
 
 def _scale(values: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """``values`` (C, ...) mapped so that ``low`` -> 0 and ``high`` -> 1, per channel."""
     span = np.where(high > low, high - low, 1.0)
-    return ((values - low[:, None, None]) / span[:, None, None]).astype(np.float32, copy=False)
+    per_channel = (-1,) + (1,) * (values.ndim - 1)
+    return ((values - low.reshape(per_channel)) / span.reshape(per_channel)).astype(
+        np.float32, copy=False
+    )
+
+
+def normalised(raw: np.ndarray, mask: np.ndarray, norm: Normalization) -> np.ndarray:
+    """A raw window ``(C, ...)`` float32 scaled as ``norm`` says (``"segment"``: from the
+    voxels under ``mask``, the segment's own)."""
+    if norm.mode in ("image", "fixed"):
+        return _scale(raw, norm.low, norm.high)
+    if norm.mode == "segment":
+        low, high = np.percentile(raw[:, mask], PERCENTILES, axis=1)
+        return _scale(raw, low, high)
+    return raw
 
 
 # ----------------------------------------------------------------------------- crops
 @dataclass
 class CropBatch:
     """``images`` (B, C, S, S) float32 and ``masks`` (B, 1, S, S) bool for table rows
-    ``start .. start + B``; ``scales`` the resampling factor of each (1.0 = native scale)."""
+    ``start .. start + B`` (``(B, C, S, S, S)`` and ``(B, 1, S, S, S)`` for volumes);
+    ``scales`` the resampling factor of each (1.0 = native scale)."""
 
     start: int
     images: np.ndarray
@@ -251,45 +320,28 @@ class CropBatch:
     scales: np.ndarray
 
 
-def _window(arr: np.ndarray, top: int, left: int, size: int) -> np.ndarray:
-    """``arr[..., top:top+size, left:left+size]`` with zeros where the window leaves ``arr``."""
-    h, w = arr.shape[-2:]
-    out = np.zeros(arr.shape[:-2] + (size, size), dtype=arr.dtype)
-    y0, x0 = max(top, 0), max(left, 0)
-    y1, x1 = min(top + size, h), min(left + size, w)
-    if y1 > y0 and x1 > x0:
-        out[..., y0 - top : y1 - top, x0 - left : x1 - left] = arr[..., y0:y1, x0:x1]
-    return out
-
-
 def segment_window(
     image_cf: np.ndarray,
     search_labels: np.ndarray,
-    sl: tuple[slice, slice],
+    sl: tuple[slice, ...],
     lab: int,
     *,
     side: int,
     norm: Normalization,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """A ``side`` x ``side`` window centred on a segment's bounding box: the scaled image
-    (C, side, side) float32 (zeros beyond the image) and the segment's own mask (side, side)."""
-    h = sl[0].stop - sl[0].start
-    w = sl[1].stop - sl[1].start
-    top = sl[0].start - (side - h) // 2
-    left = sl[1].start - (side - w) // 2
-    mask = _window(search_labels, top, left, side) == lab
-    raw = _window(image_cf, top, left, side).astype(np.float32)
-    if norm.mode in ("image", "fixed"):
-        return _scale(raw, norm.low, norm.high), mask
-    if norm.mode == "segment":
-        low, high = np.percentile(raw[:, mask], PERCENTILES, axis=1)
-        return _scale(raw, low, high), mask
-    return raw, mask
+    """A window of ``side`` voxels along every axis, centred on a segment's bounding box ``sl``
+    (2D or 3D): the scaled image ``(C, side, side[, side])`` float32 (zeros beyond the image)
+    and the segment's own mask ``(side, side[, side])``."""
+    starts = [s.start - (side - (s.stop - s.start)) // 2 for s in sl]
+    sizes = (side,) * len(sl)
+    mask = window(search_labels, starts, sizes) == lab
+    raw = window(image_cf, starts, sizes).astype(np.float32)
+    return normalised(raw, mask, norm), mask
 
 
-def bbox_side(sl: tuple[slice, slice]) -> int:
-    """The longer side of a bounding box."""
-    return max(sl[0].stop - sl[0].start, sl[1].stop - sl[1].start)
+def bbox_side(sl: tuple[slice, ...]) -> int:
+    """The longest side of a bounding box (any number of axes)."""
+    return max(s.stop - s.start for s in sl)
 
 
 def _crop_one(
@@ -302,7 +354,8 @@ def _crop_one(
     norm: Normalization,
     mask_image: bool,
 ) -> tuple[np.ndarray, np.ndarray, float]:
-    """One segment's crop: image (C, S, S) float32, mask (S, S) bool, scale factor."""
+    """One 2D segment's crop on square pixels: image (C, S, S) float32, mask (S, S) bool,
+    scale factor."""
     side = max(bbox_side(sl), crop_size)
     img, mask = segment_window(image_cf, search_labels, sl, lab, side=side, norm=norm)
     if side == crop_size:
@@ -337,27 +390,54 @@ def iter_crop_batches(
 ) -> Iterator[CropBatch]:
     """Yield crops in batches of ``batch_size``: memory is bounded by the batch.
 
-    A segment that fits in ``crop_size`` is centred in a ``crop_size`` window at native scale;
-    a larger one gets a square window around its bounding box, area-downscaled to ``crop_size``.
-    Each mask holds the segment's own pixels only (touching neighbours are outside).
+    2D, square pixels: a segment that fits in ``crop_size`` is centred in a ``crop_size``
+    window at native scale; a larger one gets a square window around its bounding box,
+    area-downscaled to ``crop_size``.  Volumes (``table.layout``), and anisotropic pixels: the
+    same on near-isotropic voxels, a cube of ``crop_size`` voxels whose side is the finest
+    spacing (:mod:`napari_segrep.engine._resample`); without spacing, or isotropic, an object
+    that fits is its raw window.  Each mask holds the segment's own voxels only (touching
+    neighbours are outside).
     """
     n_channels = image_cf.shape[0]
+    layout = table.layout
+    nd = layout.spatial_ndim
+    factors = isotropy_factors(layout.spacing, nd)
+    square = nd == 2 and (factors == 1.0).all()  # the 2D path, as it always was
+    grid = (crop_size,) * nd
     n = len(table)
     for start in range(0, n, batch_size):
         stop = min(start + batch_size, n)
-        images = np.zeros((stop - start, n_channels, crop_size, crop_size), np.float32)
-        masks = np.zeros((stop - start, 1, crop_size, crop_size), bool)
+        images = np.zeros((stop - start, n_channels, *grid), np.float32)
+        masks = np.zeros((stop - start, 1, *grid), bool)
         scales = np.ones(stop - start, np.float64)
         for j, k in enumerate(range(start, stop)):
-            img, mask, scale = _crop_one(
-                image_cf,
-                table.search_labels,
-                table.slices[k],
-                int(table.ids[k]),
-                crop_size=crop_size,
-                norm=norm,
-                mask_image=mask_image,
-            )
+            sl, lab = table.slices[k], int(table.ids[k])
+            if square:
+                img, mask, scale = _crop_one(
+                    image_cf,
+                    table.search_labels,
+                    sl,
+                    lab,
+                    crop_size=crop_size,
+                    norm=norm,
+                    mask_image=mask_image,
+                )
+            elif (factors == 1.0).all() and bbox_side(sl) <= crop_size:  # exact: the window
+                img, mask = segment_window(
+                    image_cf, table.search_labels, sl, lab, side=crop_size, norm=norm
+                )
+                scale = 1.0
+            else:
+                img, mask, scale = resampled_crop(
+                    image_cf,
+                    table.search_labels,
+                    sl,
+                    lab,
+                    crop_size=crop_size,
+                    factors=factors,
+                    normalise=lambda raw, m: normalised(raw, m, norm),
+                    mask_image=mask_image,
+                )
             images[j] = img
             masks[j, 0] = mask
             scales[j] = scale
