@@ -243,3 +243,18 @@ def _register_builtin_backbones() -> None:
 
 
 _register_builtin_backbones()
+
+
+def _register_planes_backbones() -> None:
+    """The fast CPU modes for volumes: the 2D resnet18 on three orthogonal planes of an object,
+    or on its z-slices (:mod:`.planes`; they read resnet18's ImageNet file as it is)."""
+    from . import planes
+
+    for name, build in (
+        ("resnet18_planes", planes.build_resnet18_planes),
+        ("resnet18_slices", planes.build_resnet18_slices),
+    ):
+        register_backbone(name, build, imagenet_url=planes.IMAGENET_URL, spatial_dims=3)
+
+
+_register_planes_backbones()
