@@ -650,8 +650,8 @@ def test_embed_collection__a_volume_that_does_not_fit_its_labels_is_named_with_t
     out = tmp_path / "o.parquet"
     assert _run("embed", "--data", data, "-o", out, *SMALL, "--axes", "zyx") == 2
     line = _one_line_error(capsys, "3 problems in the inputs, nothing done")
-    assert "vol0.tif (24, 24) and vol0_labels.tif (10, 24, 24)" in line
+    assert "vol0.tif (24, 24) and labels vol0_labels.tif (10, 24, 24)" in line
     assert "the image is 2D" in line
-    assert "vol1.tif (10, 24, 24) and vol1_labels.tif (8, 24, 24)" in line
+    assert "vol1.tif is (10, 24, 24) but its labels vol1_labels.tif are (8, 24, 24)" in line
     assert f"cannot read {data / 'images' / 'vol2.tif'}" in line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["vols"]

@@ -382,8 +382,7 @@ def _embed_share(args, plan: _Plan, mine: list[int], good: set, *, rank: int, wo
             [plan.pairs[i][1] for i in todo],
             names=[plan.names[i] for i in todo],
             encoder=plan.encoder,
-            axes=[plan.layouts[i].axes for i in todo],
-            spacing=[plan.layouts[i].spacing for i in todo],
+            axes=[plan.layouts[i] for i in todo],  # as checked (spacing and its source too)
             **kwargs,
         )
         for j, (name, table) in enumerate(stream):

@@ -177,8 +177,8 @@ def layout_channels(
     layout,
     *,
     channel_axis: int | None = None,
-    image_name: str = "IMAGE",
-    labels_name: str = "LABELS",
+    image_name: str = "the image",
+    labels_name: str = "labels",
 ) -> int:
     """The number of channels of an image of ``image_shape`` whose labels, of
     ``labels_shape``, have ``layout``; from the shapes alone (a pair's arrays, or a
@@ -217,8 +217,9 @@ def layout_channels(
             axis -= 1
     nd = layout.spatial_ndim
     mismatch = (
-        f"{pair}: the labels' shape does not match the image's: an image and its labels "
-        f"({inner}) must be the same ({', '.join(layout.axes.upper())}) grid"
+        f"{image_name} is {image_shape} but its {labels_name} are {labels_shape}: the labels' "
+        f"shape does not match the image's; each pair ({inner}) must have the same "
+        f"({', '.join(layout.axes.upper())}) shape"
     )
     if len(frame) == nd:
         if axis is not None:
@@ -265,7 +266,7 @@ def layout_channels(
     rest = list(frame)
     channels = rest.pop(axis)
     if tuple(rest) != spatial:
-        raise CLIError(f"{mismatch} (the image less its --channel-axis {channel_axis})")
+        raise CLIError(f"{mismatch} (the image's without its --channel-axis {channel_axis})")
     if channels == 0:
         raise CLIError(f"{image_name} {image_shape} has no channels along --channel-axis")
     return int(channels)
@@ -397,7 +398,7 @@ def collection_layouts(
                 layout,
                 channel_axis=channel_axis,
                 image_name=image.name,
-                labels_name=labels.name,
+                labels_name=f"labels {labels.name}",
             )
         except (CLIError, AxesUnknown, ValueError) as exc:
             return str(exc)
