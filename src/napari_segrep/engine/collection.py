@@ -402,6 +402,7 @@ def iter_embed_images(
     from ._image_stream import IMAGE_ERRORS, image_stream
     from .devices import resolve_device
     from .encoder import SegmentEncoder
+    from .._images import layout_of
     from .pipeline import check_spatial_dims, default_crop_size, on_device
 
     unknown = sorted(set(kwargs) - set(EMBED_OPTIONS))
@@ -414,15 +415,15 @@ def iter_embed_images(
     images, labels = list(images), list(labels)
     names = check_inputs(images, labels, names)
     layouts = image_layouts(images, labels, names, axes=axes, spacing=spacing)
-    if encoder is not None:
+    if encoder is not None and layouts:
         check_spatial_dims(encoder, layouts[0])
     workers = _count(num_workers)
     options = dict(kwargs)
     device = resolve_device(options.pop("device", "auto"))
     pin = device.type == "cuda" if pin_memory is None else bool(pin_memory)
     crop_size = options.get("crop_size")
-    if crop_size is None:
-        crop_size = default_crop_size(layouts[0])
+    if crop_size is None:  # no images: 2D's (nothing is cropped)
+        crop_size = default_crop_size(layouts[0] if layouts else layout_of((1, 1)))
     collector = _Collector(names, encoder, device, should_stop, crop_size, layouts)
     stream = image_stream(
         images,
