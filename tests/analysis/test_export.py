@@ -88,7 +88,11 @@ def test_provenance__has_every_key_with_the_values_given():
         "device",
         "torch_version",
         "seconds",
+        "layout",
     }
+    assert p["layout"] is None  # not given: not known
+    layout = {"axes": "zyx", "spacing": [2.0, 0.5, 0.5], "spacing_source": "given"}
+    assert _provenance(layout=layout)["layout"] == layout
     assert p["package"] == "napari-segrep" and p["package_version"] == napari_segrep.__version__
     assert p["command"] == "embed" and p["inputs"] == {"image": "img.tif", "labels": "lab.tif"}
     assert p["n_segments"] == 6 and type(p["n_segments"]) is int

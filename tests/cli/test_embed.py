@@ -413,3 +413,100 @@ def test_refuse_swapped__never_refuses_a_label_image_given_as_labels(
     image = background * (labels > 0) + rng.integers(0, noise + 1, labels.shape)
     for candidate in (image.astype(np.uint8), labels.astype(np.uint16), np.zeros_like(labels)):
         _refuse_swapped(candidate, labels, image_path=Path("i.tif"), labels_path=Path("l.tif"))
+
+
+# ---------------------------------------------------------------------- volumes
+def _blobs(shape, centres, radius):
+    """Labels of ``shape`` (any dims) with one ball per centre, ids 1, 2, ..."""
+    grid = np.indices(shape)
+    labels = np.zeros(shape, np.int32)
+    for k, centre in enumerate(centres):
+        d2 = sum((g - c) ** 2 for g, c in zip(grid, centre, strict=True))
+        labels[d2 <= radius**2] = k + 1
+    return labels
+
+
+@pytest.fixture()
+def volume_files(tmp_path):
+    """vol.tif (16, 32, 32) uint16 and vol_labels.tif with 3 balls, plain TIFFs (no
+    metadata about axes or spacing)."""
+    labels = _blobs((16, 32, 32), [(5, 8, 8), (8, 20, 12), (10, 12, 24)], 4)
+    rng = np.random.default_rng(3)
+    image = (rng.random(labels.shape) * 1000 + 2000 * (labels > 0)).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "vol.tif", image)
+    tifffile.imwrite(tmp_path / "vol_labels.tif", labels)
+    return tmp_path, image, labels
+
+
+def test_cli_embed__a_3d_pair_without_axes_is_refused_with_both_fixes(volume_files, capsys):
+    """Issue 23: "3D image (64, 64, 64) is ambiguous: pass channel_axis" is gone; the user reads
+    one line naming the labels file and both fixes, before any work, nothing written."""
+    tmp, _, _ = volume_files
+    before = _listing(tmp)
+    argv = ["embed", tmp / "vol.tif", tmp / "vol_labels.tif", "-o", tmp / "out.csv"]
+    assert _run(*argv, "--weights", "none") == 2
+    err = _one_line_error(capsys, "vol_labels.tif", "(16, 32, 32)", "--axes zyx", "--axes tyx")
+    assert "z-stack" in err and "time-lapse" in err
+    assert "channel_axis" not in err and "channel-axis" not in err
+    assert _listing(tmp) == before
+
+
+def _write(tmp, name, array):
+    tifffile.imwrite(tmp / name, array)
+    return tmp / name
+
+
+@pytest.mark.parametrize(
+    ("case", "needles"),
+    [
+        (
+            "2d_image_3d_labels",
+            ["plane.tif (32, 32)", "a z-stack (--axes zyx) but the image is 2D", "the volume"],
+        ),
+        ("3d_image_2d_labels", ["one axis more than the labels", "--axes zyx", "--channel-axis 0"]),
+        ("planes_differ", ["short_labels.tif are (12, 32, 32)", "does not match", "(Z, Y, X) shape"]),
+        ("one_plane", ["one_labels.tif (1, 32, 32) are a volume of 1 plane", "at least 2 planes"]),
+        ("spacing_zero", ["--spacing 0 0.5 0.5", "positive and finite", "DZ DY DX"]),
+        ("spacing_negative", ["--spacing -2 0.5 0.5", "positive and finite"]),
+        ("spacing_nan", ["--spacing nan 0.5 0.5", "positive and finite"]),
+        ("spacing_count", ["--spacing 0.5 0.5: 2 values", "3 spatial axes", "DZ DY DX"]),
+        ("spacing_count_2d", ["--spacing 2 0.5 0.5: 3 values", "2 spatial axes", "DY DX"]),
+        ("axes_count", ["--axes zyx names 3 axes", "p_labels.tif are 2D (32, 32)", "--axes yx"]),
+        ("2d_backbone", ["--backbone resnet18 embeds 2D objects", "a z-stack", "--backbone"]),
+    ],
+)
+def test_cli_embed__bad_volume_inputs_are_one_line_before_any_work(
+    volume_files, capsys, case, needles
+):
+    """Each mistake with a volume is one line naming it and the fix; nothing is written."""
+    tmp, image, labels = volume_files
+    img, lab, extra = tmp / "vol.tif", tmp / "vol_labels.tif", ["--axes", "zyx"]
+    if case == "2d_image_3d_labels":
+        img = _write(tmp, "plane.tif", image[8])
+    elif case == "3d_image_2d_labels":
+        lab, extra = _write(tmp, "plane_labels.tif", labels[8]), []
+    elif case == "planes_differ":
+        lab = _write(tmp, "short_labels.tif", labels[:12])
+    elif case == "one_plane":
+        img, lab = _write(tmp, "one.tif", image[:1]), _write(tmp, "one_labels.tif", labels[:1])
+    elif case.startswith("spacing"):
+        values = {
+            "spacing_zero": ["0", "0.5", "0.5"],
+            "spacing_negative": ["-2", "0.5", "0.5"],
+            "spacing_nan": ["nan", "0.5", "0.5"],
+            "spacing_count": ["0.5", "0.5"],
+            "spacing_count_2d": ["2", "0.5", "0.5"],
+        }[case]
+        extra += ["--spacing", *values]
+        if case == "spacing_count_2d":
+            img, lab = _write(tmp, "p.tif", image[8]), _write(tmp, "p_labels.tif", labels[8])
+            extra = ["--spacing", *values]
+    elif case == "axes_count":
+        img, lab = _write(tmp, "p.tif", image[8]), _write(tmp, "p_labels.tif", labels[8])
+    elif case == "2d_backbone":
+        extra += ["--backbone", "resnet18"]
+    before = _listing(tmp)
+    assert _run("embed", img, lab, "-o", tmp / "out.csv", "--weights", "none", *extra) == 2
+    err = _one_line_error(capsys, *needles)
+    assert "pass channel_axis" not in err
+    assert _listing(tmp) == before

@@ -589,3 +589,69 @@ def test_embed_collection__a_stop_signal_after_a_rank_has_ended_prints_nothing(d
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr, done.stderr
     assert read_table(out)["image"].unique().tolist() == ["im0", "im1", "im2", "im3"]
+
+
+# --- volumes (issue 23) -----------------------------------------------------------------------
+
+
+def _balls(shape, centres, radius):
+    grid = np.indices(shape)
+    labels = np.zeros(shape, np.int32)
+    for k, centre in enumerate(centres):
+        labels[sum((g - c) ** 2 for g, c in zip(grid, centre, strict=True)) <= radius**2] = k + 1
+    return labels
+
+
+def write_volumes_folder(root, n, *, shape=(10, 24, 24), imwrite=None):
+    """``root/images/vol<i>.tif`` (uint16) and ``root/labels/vol<i>_labels.tif``: ``n`` small
+    volumes of 3 balls each (different places per volume), plain TIFFs unless ``imwrite``
+    (``imwrite(path, array)``) writes them with metadata."""
+    imwrite = imwrite or tifffile.imwrite
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    rng = np.random.default_rng(7)
+    z, y, x = shape
+    for i in range(n):
+        centres = [(z // 2, 6 + i, 6), (z // 2 - 1, 16, 10 + i), (z // 2 + 1, 8 + i, 17)]
+        labels = _balls(shape, centres, 3 + (i % 2))
+        image = (rng.random(shape) * 500 + 1500 * (labels > 0) * (1 + labels % 2)).astype(np.uint16)
+        imwrite(root / "images" / f"vol{i}.tif", image)
+        imwrite(root / "labels" / f"vol{i}_labels.tif", labels)
+    return root
+
+
+def test_embed_collection__volumes_whose_axes_nobody_said_are_refused_before_any_work(
+    tmp_path, capsys
+):
+    """3D label files without --axes and without TIFF metadata: one line naming each and both
+    fixes (never "pass channel_axis", never one row per plane); nothing written."""
+    data = write_volumes_folder(tmp_path / "vols", 2)
+    out = tmp_path / "o.parquet"
+    assert _run("embed", "--data", data, "-o", out, *SMALL) == 2
+    line = _one_line_error(
+        capsys, "2 label images are 3D", "vol0_labels.tif (10, 24, 24)", "vol1_labels.tif"
+    )
+    assert "--axes zyx for z-stacks" in line and "--axes tyx for time-lapses" in line
+    assert "channel" not in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vols"]  # not even OUT.parts
+
+
+def test_embed_collection__a_volume_that_does_not_fit_its_labels_is_named_with_the_others(
+    tmp_path, capsys
+):
+    """With --axes zyx: a 2D image beside its 3D labels, other planes, and an unreadable
+    file, all in one message before any work."""
+    data = write_volumes_folder(tmp_path / "vols", 3)
+    image = tifffile.imread(data / "images" / "vol0.tif")
+    tifffile.imwrite(data / "images" / "vol0.tif", image[3])
+    labels = tifffile.imread(data / "labels" / "vol1_labels.tif")
+    tifffile.imwrite(data / "labels" / "vol1_labels.tif", labels[:8])
+    (data / "images" / "vol2.tif").write_bytes(b"II*\x00 not a tiff")
+    out = tmp_path / "o.parquet"
+    assert _run("embed", "--data", data, "-o", out, *SMALL, "--axes", "zyx") == 2
+    line = _one_line_error(capsys, "3 problems in the inputs, nothing done")
+    assert "vol0.tif (24, 24) and labels vol0_labels.tif (10, 24, 24)" in line
+    assert "the image is 2D" in line
+    assert "vol1.tif is (10, 24, 24) but its labels vol1_labels.tif are (8, 24, 24)" in line
+    assert f"cannot read {data / 'images' / 'vol2.tif'}" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vols"]

@@ -74,7 +74,10 @@ def test_embed_images__stacks_get_frames(pairs, narrow_encoder):
     assert list(df.columns[:3]) == ["image", "label", "frame"]  # as embed_stack, after image
     assert sorted(set(df["frame"])) == [0, 1]
     # 3D labels whose axes nobody said: that image's error, naming it and the fix
-    with pytest.raises(ValueError, match=r"image 'movie': the labels are 3D .*axes='zyx'"):
+    with pytest.raises(
+        ValueError,
+        match=r"the labels of image 'movie' \(2, 96, 128\) are 3D .*axes='zyx'.*axes='tyx'",
+    ):
         sr.embed_images([stack], [stack_labels], names=["movie"], encoder=narrow_encoder, **KW)
 
 

@@ -370,12 +370,15 @@ def provenance(
     inputs: dict,
     checkpoint: str | os.PathLike | None = None,
     seconds: float | None = None,
+    layout: dict | None = None,
     **extra,
 ) -> dict:
     """The JSON sidecar of an embedding table, the same from the CLI and from napari.
 
     ``normalization`` is what ``embed_segments`` recorded in ``df.attrs["normalization"]``;
-    ``extra`` adds keys (image shape, layer names, map method...).  Torch's version is read
+    ``layout`` what the inputs' axes are (``Layout.describe()``: ``axes``, ``spacing``,
+    ``spacing_source``, where the spacing came from; for a collection, one per image name or
+    the one of every image); ``extra`` adds keys (image shape, layer names, map method...).  Torch's version is read
     from the installed package's metadata (torch is never imported here).
     """
     import sys
@@ -407,6 +410,7 @@ def provenance(
         "device": str(device),
         "torch_version": torch_version,
         "seconds": None if seconds is None else round(float(seconds), 3),
+        "layout": layout,
     }
     out.update(extra)
     return out

@@ -2,8 +2,10 @@
 of image/label pairs into one table, resumable and shardable.
 
 Everything is checked before any work (every option, pairing, file names, every file's header:
-readable, (Y, X) shapes alike, integer labels, one channel count; the outputs; an unfinished
-run's settings).  Each finished image is written at once as a part in ``OUT.parts/``
+readable, integer labels, each image fitting its labels' layout (2D, a z-stack, a time-lapse:
+``--axes``/``--spacing``, else the TIFF metadata; 3D labels whose axes nobody said are refused
+with the fix), all 2D or all volumes, one channel count; the outputs; an unfinished run's
+settings).  Each finished image is written at once as a part in ``OUT.parts/``
 (:mod:`napari_segrep.analysis.parts`); a rerun of the same command, with or without
 ``--overwrite``, checks the parts it finds and skips those that check out (``--overwrite``
 replaces ``OUT``, and a parts folder of other settings, never this run's own parts).  After the
@@ -72,9 +74,11 @@ class _Plan:
     manifest: dict
     folder: object
     encoder_sha256: str
+    layouts: list = field(default_factory=list)
     skipped: list = field(default_factory=list)
     kept: int = 0
     start_line: str = ""
+    notes: list = field(default_factory=list)
 
 
 class _Quiet(CLIError):
@@ -117,17 +121,14 @@ def _prepare(args: argparse.Namespace, *, check_folder: bool) -> _Plan:
     from .._version import __version__
     from ..analysis.export import sidecar_path
     from ..analysis.parts import PartsFolder, input_record, parts_dir
-    from ..engine.input_files import check_pair_headers
     from ._common import check_outputs, pairs_from_args, parse_normalize
+    from ._layout import check_encoder_dims, choose_backbone, collection_layouts
     from .weights import choose_weights
 
     if args.measure:
         raise CLIError("--measure works with one IMAGE LABELS pair: embed collections without it")
     _check_options(args)
     normalize = parse_normalize(args.normalize)
-    weights, start_line = choose_weights(
-        args.weights, backbone=args.backbone, seed=args.seed, checkpoint=args.checkpoint
-    )
     pairs = pairs_from_args(args)
     _check_file_names(pairs)
     names = [image.stem for image, _ in pairs]
@@ -139,9 +140,12 @@ def _prepare(args: argparse.Namespace, *, check_folder: bool) -> _Plan:
     # an output that this run's own merge wrote (then was killed) is this run's to replace
     ours = all(folder.wrote(p) for p in outputs if os.path.lexists(p))
     check_outputs(outputs, inputs=inputs, overwrite=args.overwrite or ours)
-    shapes = check_pair_headers(pairs, channel_axis=args.channel_axis)
-    _check_crop_size(args.crop_size, pairs, shapes)
-    channels = [_channels(i, lab, args.channel_axis) for i, lab in shapes]
+    checked = collection_layouts(
+        pairs, axes=args.axes, spacing=args.spacing, channel_axis=args.channel_axis
+    )
+    layouts = checked.layouts
+    crop_size = _check_crop_size(args.crop_size, pairs, checked.shapes, layouts)
+    channels = checked.channels
     if len(set(channels)) > 1:
         by_count: dict[int, list[str]] = {}
         for (image, _), count in zip(pairs, channels, strict=True):
@@ -155,24 +159,34 @@ def _prepare(args: argparse.Namespace, *, check_folder: bool) -> _Plan:
             f"the images have different numbers of channels ({shown}): one encoder takes one "
             "number of channels; embed them as separate collections"
         )
+    backbone = choose_backbone(args.backbone, layouts[0], checkpoint=args.checkpoint)
+    weights, start_line = choose_weights(
+        args.weights, backbone=backbone, seed=args.seed, checkpoint=args.checkpoint
+    )
 
     from ..engine.embed import encoder_for
 
     encoder = encoder_for(
         args.checkpoint if args.checkpoint is not None else weights,
         in_channels=channels[0],
-        backbone=args.backbone,
+        backbone=backbone,
         seed=args.seed,
     )
+    check_encoder_dims(encoder, layouts[0], checkpoint=args.checkpoint)
     record = encoder.record()
     settings = {
         "encoder": record,
-        "crop_size": args.crop_size,
+        "crop_size": crop_size,
         "normalize": normalize,
         "channel_axis": args.channel_axis,
+        "axes": args.axes,
+        "spacing": None if args.spacing is None else [float(v) for v in args.spacing],
         "package_version": __version__,
     }
-    records = [input_record(n, i, lab) for n, (i, lab) in zip(names, pairs, strict=True)]
+    records = [
+        {**input_record(n, i, lab), "layout": layout.describe()}
+        for n, (i, lab), layout in zip(names, pairs, layouts, strict=True)
+    ]
     manifest = {"package": "napari-segrep", "settings": settings, "inputs": records}
     kept = 0
     if check_folder:
@@ -181,14 +195,25 @@ def _prepare(args: argparse.Namespace, *, check_folder: bool) -> _Plan:
         except ValueError as exc:
             raise CLIError(str(exc)) from None
     kwargs = {
-        "crop_size": args.crop_size,
+        "crop_size": crop_size,
         "batch_size": args.batch_size,
         "channel_axis": args.channel_axis,
         "normalize": normalize,
     }
     skipped = [str(p) for p in getattr(pairs, "skipped", ())]
     return _Plan(
-        pairs, names, encoder, kwargs, manifest, folder, record["sha256"], skipped, kept, start_line
+        pairs,
+        names,
+        encoder,
+        kwargs,
+        manifest,
+        folder,
+        record["sha256"],
+        layouts,
+        skipped,
+        kept,
+        start_line,
+        checked.notes,
     )
 
 
@@ -206,15 +231,21 @@ def _check_options(args: argparse.Namespace) -> None:
         raise CLIError(f"--batch-size {args.batch_size}: give 1 or more")
 
 
-def _check_crop_size(crop_size: int, pairs, shapes) -> None:
-    """``--crop-size`` by the engine's rule for every image (the smallest is the strictest),
-    before any work."""
+def _check_crop_size(crop_size: int | None, pairs, shapes, layouts) -> int:
+    """``--crop-size`` (None: the engine's default for the objects' dimensions) by the
+    engine's rule for every image (the smallest is the strictest), before any work."""
     from ..engine.inputs import check_crop_size
+    from ..engine.pipeline import default_crop_size
 
-    sides = [(max(lab[-2:]), image) for (image, _), (_, lab) in zip(pairs, shapes, strict=True)]
+    if crop_size is None:
+        crop_size = default_crop_size(layouts[0])
+    sides = [
+        (max(lab[1:] if layout.has_time else lab), image)
+        for (image, _), (_, lab), layout in zip(pairs, shapes, layouts, strict=True)
+    ]
     side, image = min(sides, key=lambda item: item[0])
     try:
-        check_crop_size(crop_size, (side,))
+        return check_crop_size(crop_size, (side,))
     except ValueError as exc:
         raise CLIError(f"--crop-size {crop_size} (for {image.name}): {exc}") from None
 
@@ -235,16 +266,6 @@ def _check_file_names(pairs) -> None:
             f"file names that are not valid UTF-8: {', '.join(bad[:3])}{more}: the image names "
             "go into the table, which holds UTF-8 text; rename these files"
         )
-
-
-def _channels(image_shape, labels_shape, channel_axis) -> int:
-    """Channels of an image, from its shape (as ``as_channels_first`` reads it)."""
-    plane = image_shape[1:] if len(labels_shape) == 3 else image_shape
-    if len(plane) == 2:
-        return 1
-    if channel_axis is not None and -len(plane) <= channel_axis < len(plane):
-        return int(plane[channel_axis])
-    return 3 if plane[-1] in (3, 4) else 1  # else ambiguous: the engine names the image
 
 
 def _execute(args, plan: _Plan, rank: int, world: int, dist) -> int:
@@ -283,6 +304,8 @@ def _execute(args, plan: _Plan, rank: int, world: int, dist) -> int:
                 UserWarning,
                 stacklevel=1,
             )
+        for note in plan.notes:
+            print(note, file=sys.stderr)
         if not args.quiet:
             print(plan.start_line, file=sys.stderr)
             if plan.kept:
@@ -359,6 +382,7 @@ def _embed_share(args, plan: _Plan, mine: list[int], good: set, *, rank: int, wo
             [plan.pairs[i][1] for i in todo],
             names=[plan.names[i] for i in todo],
             encoder=plan.encoder,
+            axes=[plan.layouts[i] for i in todo],  # as checked (spacing and its source too)
             **kwargs,
         )
         for j, (name, table) in enumerate(stream):
@@ -393,21 +417,22 @@ def _merge_and_write(args, plan: _Plan, *, seconds: float, world: int) -> int:
     records = plan.manifest["inputs"]
     if args.hash:
         records = [
-            input_record(name, image, labels, sha256=True)
-            for name, (image, labels) in zip(plan.names, plan.pairs, strict=True)
+            {**input_record(name, image, labels, sha256=True), "layout": record["layout"]}
+            for name, (image, labels), record in zip(plan.names, plan.pairs, records, strict=True)
         ]
     sidecar = provenance(
         command="embed",
         encoder_config=plan.encoder.record(),
         n_segments=len(df),
         normalization=df.attrs.get("normalization"),
-        crop_size=args.crop_size,
+        crop_size=plan.kwargs["crop_size"],
         batch_size=args.batch_size,
         channel_axis=args.channel_axis,
         device=_device(args.device),
         inputs={"images": args.images, "labels": args.labels, "data": args.data},
         checkpoint=args.checkpoint,
         seconds=seconds,
+        layout=_layout_record(plan),
         images=records,
         n_images=n,
         world_size=world,
@@ -438,6 +463,15 @@ def _merge_and_write(args, plan: _Plan, *, seconds: float, world: int) -> int:
     )
     _remove_parts(plan)
     return 0
+
+
+def _layout_record(plan: _Plan) -> dict:
+    """The sidecar's ``layout``: the one of every image, or one per image name when they
+    differ (a file's own metadata)."""
+    described = [layout.describe() for layout in plan.layouts]
+    if all(d == described[0] for d in described):
+        return described[0]
+    return dict(zip(plan.names, described, strict=True))
 
 
 def _writer(data: bytes):

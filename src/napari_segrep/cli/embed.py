@@ -20,6 +20,14 @@ from ._common import (
     parse_normalize,
 )
 from ._embed_collection import add_collection_options, run_collection
+from ._layout import (
+    add_layout_options,
+    check_encoder_dims,
+    choose_backbone,
+    layout_channels,
+    pair_hint,
+    resolve_layout,
+)
 from .weights import add_weights_option, choose_weights
 
 __all__ = ["add_parser", "run", "run_embedding"]
@@ -44,15 +52,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         type=Path,
         nargs="?",
         metavar="IMAGE",
-        help="image file (TIFF, PNG or JPEG): 2D, RGB, or multichannel with --channel-axis "
-        "(default: none, with --images or --data)",
+        help="image file (TIFF, PNG or JPEG): 2D, RGB, a volume (z-stack), a time-lapse, "
+        "multichannel with --channel-axis (default: none, with --images or --data)",
     )
     parser.add_argument(
         "labels_file",
         metavar="LABELS",
         type=Path,
         nargs="?",
-        help="label image file of the same (Y, X) shape; 0 is background (default: none)",
+        help="label image file of the image's shape, less its channels: (Y, X), or 3D "
+        "(Z, Y, X) or (T, Y, X) with --axes, or (T, Z, Y, X); 0 is background (default: none)",
     )
     parser.add_argument(
         "-o",
@@ -78,9 +87,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     add_weights_option(parser, checkpoint_flag="--checkpoint")
     parser.add_argument(
         "--backbone",
-        default="resnet18",
+        default=None,
         choices=BACKBONES,
-        help="backbone of the ImageNet or untrained encoder (ignored with --checkpoint)",
+        help="backbone of the ImageNet or untrained encoder, ignored with --checkpoint "
+        "(default: resnet18 for 2D objects, resnet18_3d for volumes; resnet18_planes is the "
+        "fast mode for volumes: the 2D network on three orthogonal planes of each object)",
     )
     parser.add_argument(
         "--seed",
@@ -92,9 +103,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument(
         "--crop-size",
         type=int,
-        default=64,
+        default=None,
         metavar="N",
-        help="crop side in pixels; larger segments are downscaled to fit",
+        help="crop side in pixels (voxels); larger segments are downscaled to fit (default: 64 "
+        "for 2D objects, 32 for volumes)",
     )
     parser.add_argument(
         "--batch-size", type=int, default=128, metavar="N", help="crops per forward pass"
@@ -112,8 +124,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         type=int,
         default=None,
         metavar="K",
-        help="channel axis of a multichannel image (RGB (Y, X, 3) needs none)",
+        help="channel axis of a multichannel image, counted in the whole image (a time-lapse's "
+        "time axis included; RGB (Y, X, 3) needs none)",
     )
+    add_layout_options(parser)
     parser.add_argument(
         "--measure",
         action="store_true",
@@ -150,9 +164,6 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError("--devices, --hash and --workers are for collections (--images or --data)")
     args.labels = args.labels_file
     normalize = parse_normalize(args.normalize)
-    weights, start = choose_weights(
-        args.weights, backbone=args.backbone, seed=args.seed, checkpoint=args.checkpoint
-    )
     check_outputs(
         [args.output, sidecar_path(args.output)],
         inputs={"image": args.image, "labels": args.labels, "checkpoint": args.checkpoint},
@@ -162,7 +173,31 @@ def run(args: argparse.Namespace) -> int:
 
     image = read_image(args.image)
     labels = read_image(args.labels)
-    _refuse_swapped(image, labels, image_path=args.image, labels_path=args.labels)
+    notes: list[str] = []
+    layout = resolve_layout(
+        labels.shape,
+        axes=args.axes,
+        spacing=args.spacing,
+        labels_path=args.labels,
+        hint=pair_hint(args.image, args.labels),
+        notes=notes,
+    )
+    layout_channels(
+        image.shape,
+        labels.shape,
+        layout,
+        channel_axis=args.channel_axis,
+        image_name=f"IMAGE {args.image.name}",
+        labels_name=f"LABELS {args.labels.name}",
+    )
+    backbone = choose_backbone(args.backbone, layout, checkpoint=args.checkpoint)
+    weights, start = choose_weights(
+        args.weights, backbone=backbone, seed=args.seed, checkpoint=args.checkpoint
+    )
+    if not layout.is_volume and not layout.has_time:
+        _refuse_swapped(image, labels, image_path=args.image, labels_path=args.labels)
+    for note in notes:
+        print(note, file=sys.stderr)
     if not args.quiet:
         print(start, file=sys.stderr)
     df, seconds, sidecar = run_embedding(
@@ -170,7 +205,7 @@ def run(args: argparse.Namespace) -> int:
         labels,
         checkpoint=args.checkpoint,
         weights=weights,
-        backbone=args.backbone,
+        backbone=backbone,
         seed=args.seed,
         crop_size=args.crop_size,
         batch_size=args.batch_size,
@@ -179,6 +214,7 @@ def run(args: argparse.Namespace) -> int:
         channel_axis=args.channel_axis,
         quiet=args.quiet,
         inputs={"image": str(args.image), "labels": str(args.labels)},
+        layout=layout,
     )
     sidecar["measure"] = bool(args.measure)
     if args.measure:
@@ -186,7 +222,14 @@ def run(args: argparse.Namespace) -> int:
 
         t0 = time.perf_counter()
         try:
-            df = add_measurements(df, image, labels, channel_axis=args.channel_axis)
+            df = add_measurements(
+                df,
+                image,
+                labels,
+                channel_axis=args.channel_axis,
+                axes=layout.axes,
+                spacing=layout.spacing if layout.is_volume else None,  # 2D: in pixels
+            )
         except (TypeError, ValueError) as exc:
             raise CLIError(str(exc)) from None
         sidecar["measurements"] = geometry_columns(df)
@@ -254,9 +297,9 @@ def run_embedding(
     *,
     checkpoint: Path | None = None,
     weights: str | None = None,
-    backbone: str = "resnet18",
+    backbone: str | None = None,
     seed: int = 0,
-    crop_size: int = 64,
+    crop_size: int | None = None,
     batch_size: int = 128,
     device: str = "auto",
     normalize="image",
@@ -264,30 +307,41 @@ def run_embedding(
     quiet: bool = False,
     inputs: dict | None = None,
     command: str = "embed",
+    layout=None,
 ):
     """Check the inputs (a user's error is a :class:`CLIError`), embed; returns the table, the
     seconds it took and its provenance record (the caller writes them).  The encoder: the
-    ``checkpoint``, else ``weights`` (``"imagenet"``, or None: untrained ``backbone``)."""
+    ``checkpoint``, else ``weights`` (``"imagenet"``, or None: untrained ``backbone``; None:
+    the default for the objects' dimensions).  ``layout``: the labels'
+    (:func:`~napari_segrep._images.layout_of`; default: 2D labels are ``"yx"``, 3D ones must
+    say); ``crop_size`` None: the engine's default for it (64 for 2D objects, 32 for volumes).
+    """
+    from .._images import as_channels_first, frame_channel_axis, validate_labels
     from ..analysis.export import provenance
     from ..engine.devices import resolve_device
     from ..engine.embed import embed_segments, encoder_for
-    from ..engine.segments import as_channels_first, validate_labels
 
-    try:
-        image_cf = as_channels_first(image, channel_axis=channel_axis)
+    if layout is None:
+        layout = resolve_layout(labels.shape, axes=None, spacing=None, labels_path=Path("labels"))
+    channels = layout_channels(image.shape, labels.shape, layout, channel_axis=channel_axis)
+    try:  # the values, before any work (as the engine reads them)
+        as_channels_first(
+            image[0] if layout.has_time else image,
+            channel_axis=frame_channel_axis(channel_axis, layout, image.ndim),
+            spatial_ndim=layout.spatial_ndim,
+        )
+        validate_labels(labels, labels.shape)
     except (TypeError, ValueError) as exc:
         raise CLIError(str(exc)) from None
+    backbone = choose_backbone(backbone, layout, checkpoint=checkpoint)
     encoder = encoder_for(
         checkpoint if checkpoint is not None else weights,
-        in_channels=image_cf.shape[0],
+        in_channels=channels,
         backbone=backbone,
         seed=seed,
     )
+    check_encoder_dims(encoder, layout, checkpoint=checkpoint)
     dev = resolve_device(device)
-    try:
-        validate_labels(labels, image_cf.shape[1:])
-    except (TypeError, ValueError) as exc:
-        raise CLIError(str(exc)) from None
     bar = ProgressBar("embedding", disable=quiet)
     t0 = time.perf_counter()
     try:
@@ -295,6 +349,7 @@ def run_embedding(
             image,
             labels,
             encoder,
+            axes=layout,
             crop_size=crop_size,
             batch_size=batch_size,
             device=dev,
@@ -310,13 +365,14 @@ def run_embedding(
         encoder_config=encoder.record(),
         n_segments=len(df),
         normalization=df.attrs.get("normalization"),
-        crop_size=crop_size,
+        crop_size=df.attrs.get("crop_size", crop_size),
         batch_size=batch_size,
         channel_axis=channel_axis,
         device=str(dev),
         inputs=inputs or {},
         checkpoint=checkpoint,
         seconds=seconds,
+        layout=layout.describe(),
         image_shape=list(image.shape),
         image_dtype=str(image.dtype),
     )

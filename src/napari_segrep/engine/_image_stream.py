@@ -144,17 +144,23 @@ def image_items(
 
 
 class _ImageDataset(torch.utils.data.IterableDataset):
-    """The images' streams; in a worker, only the images ``i % num_workers == worker id``."""
+    """The images' streams; in a worker, only the images ``i % num_workers == worker id``.
+    ``layouts``: each image's :class:`~napari_segrep._images.Layout` (its ``axes`` option),
+    or None (the ``options``' own)."""
 
-    def __init__(self, images: Sequence, labels: Sequence, **kwargs):
+    def __init__(self, images: Sequence, labels: Sequence, *, layouts=None, **kwargs):
         super().__init__()
-        self.images, self.labels, self.kwargs = images, labels, kwargs
+        self.images, self.labels, self.layouts, self.kwargs = images, labels, layouts, kwargs
 
     def __iter__(self) -> Iterator[StreamItem]:
         info = torch.utils.data.get_worker_info()
         first, step = (0, 1) if info is None else (info.id, info.num_workers)
         for i in range(first, len(self.images), step):
-            for item in image_items(i, self.images[i], self.labels[i], **self.kwargs):
+            kwargs = self.kwargs
+            if self.layouts is not None:
+                options = {**kwargs["options"], "axes": self.layouts[i], "spacing": None}
+                kwargs = {**kwargs, "options": options}
+            for item in image_items(i, self.images[i], self.labels[i], **kwargs):
                 yield item
                 if item.kind == "error":
                     return  # the main process raises it: nothing after it is needed
@@ -168,7 +174,9 @@ class image_stream:  # noqa: N801 - used like a function, closed like a file
     """The stream of all images (an iterator of :class:`StreamItem`), in this process
     (``num_workers=0``: images one after the other, in order) or from ``num_workers`` worker
     processes (a ``torch.utils.data.DataLoader``, ``batch_size=None``; ``pin_memory``: crops in
-    page-locked memory).  :meth:`close` (or ``with``) shuts the workers down at once."""
+    page-locked memory); ``layouts``: one :class:`~napari_segrep._images.Layout` per image
+    (else the ``options``' ``axes``/``spacing`` for all).  :meth:`close` (or ``with``) shuts
+    the workers down at once."""
 
     def __init__(
         self,

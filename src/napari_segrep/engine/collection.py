@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from inspect import signature
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +24,15 @@ import torch
 
 from ..errors import Cancelled
 
-__all__ = ["check_inputs", "embed_images", "image_names", "iter_embed_images", "merge_parts"]
+__all__ = [
+    "check_inputs",
+    "embed_images",
+    "file_layout_hint",
+    "image_layouts",
+    "image_names",
+    "iter_embed_images",
+    "merge_parts",
+]
 
 
 def image_names(images: Sequence, names: Sequence[str] | None = None) -> list[str]:
@@ -57,6 +64,8 @@ def embed_images(
     *,
     names: Sequence[str] | None = None,
     encoder=None,
+    axes=None,
+    spacing=None,
     num_workers: int = 0,
     pin_memory: bool | None = None,
     progress: Callable[[int, int], None] | None = None,
@@ -69,13 +78,26 @@ def embed_images(
     ----------
     images, labels : sequences of arrays or file paths
         Paired by position; a path is read (``napari_segrep.io.read_image``) only when its
-        turn comes.  2D labels with their image, or ``(T, Y, X)`` stacks.
+        turn comes.  2D images, volumes (z-stacks) or time-lapses of either, as ``axes`` says.
     names : sequence of str, optional
         The ``image`` column's values; default: each image file's stem (``image_<i>`` for
         arrays).  Must be unique.
     encoder : SegmentEncoder, optional
         One encoder for every image (default: the untrained one for the first image's
-        channels).
+        channels: resnet18 for 2D objects, ``VOLUME_BACKBONE`` for volumes).  Its dimensions
+        must be the objects' (a 3D backbone for volumes).
+    axes : "yx", "zyx", "tyx", "tzyx", a Layout, a sequence of them (one per image), or None
+        What the labels' axes are, as for ``embed_segments``: one for every image, or one per
+        image (None in the sequence: that image's default).  None: for an image given as a
+        file, what its TIFF metadata says (OME or ImageJ,
+        :func:`napari_segrep._tiff_meta.read_layout_hint`: the image's, else its labels'),
+        else ``"yx"`` for 2D labels and ``"tzyx"`` for 4D ones; 3D labels whose axes nobody
+        said (z-stack or time-lapse?) are refused before any work, naming the images.  The
+        objects must be all 2D or all 3D: one encoder, one embedding space.
+    spacing : (dz, dy, dx) or (dy, dx), a sequence of them or of None (one per image), or None
+        The voxel size along each spatial axis (objects are resampled to near-isotropic
+        voxels); None: what the file's metadata says, else unit voxels.  Recorded per image in
+        ``attrs["layout"]``.
     num_workers : int
         Worker processes that read, check, segment-table and crop the images (the CPU work)
         while this process runs the encoder (``torch.utils.data.DataLoader``; image ``i`` is
@@ -95,21 +117,25 @@ def embed_images(
         Polled between batches; :class:`~napari_segrep.errors.Cancelled` when it says stop
         (worker processes are shut down first).
     **kwargs
-        ``embed_segments``' options (``crop_size``, ``batch_size``, ``device``,
-        ``channel_axis``, ``normalize``), the same for every image.
+        ``embed_segments``' options (``crop_size``: None, its default, is 64 for 2D objects
+        and 32 for volumes; ``batch_size``, ``device``, ``channel_axis``: with a time axis,
+        counted in the whole image; ``normalize``), the same for every image.
 
     Returns
     -------
     DataFrame
-        ``image``, then what ``embed_segments`` gives for that image (``frame`` for stacks),
-        images in the order given.  ``attrs``: ``encoder`` (with its ``sha256``),
-        ``crop_size``, and ``normalization`` per image name.
+        ``image``, then what ``embed_segments`` gives for that image (``frame`` for
+        time-lapses; ``centroid_z``... for volumes), images in the order given.  ``attrs``:
+        ``encoder`` (with its ``sha256``), ``crop_size``, and ``normalization`` and
+        ``layout`` (axes, spacing and where it came from) per image name.
 
     Raises
     ------
     ValueError
         Before any work: different numbers of images and labels, repeated names, a file that
-        does not exist.  Then, naming the image (``"image 'name': ..."``, also from a worker
+        does not exist, labels whose axes are not known or do not fit ``axes``, ``spacing``
+        of the wrong length or not positive, 2D and 3D objects together, an encoder of other
+        dimensions than the objects'.  Then, naming the image (``"image 'name': ..."``, also from a worker
         process): what ``embed_segments`` refuses (shapes, label values...); ``TypeError``
         and ``OSError`` likewise.
 
@@ -128,6 +154,8 @@ def embed_images(
             labels,
             names=names,
             encoder=encoder,
+            axes=axes,
+            spacing=spacing,
             num_workers=num_workers,
             pin_memory=pin_memory,
             progress=progress,
@@ -213,12 +241,149 @@ def check_inputs(images: Sequence, labels: Sequence, names: Sequence[str] | None
     return names
 
 
+def image_layouts(
+    images: Sequence,
+    labels: Sequence,
+    names: Sequence[str],
+    *,
+    axes=None,
+    spacing=None,
+) -> list:
+    """Each image's :class:`~napari_segrep._images.Layout`, before any work (from the arrays'
+    shapes, or the files' headers): ``axes`` and ``spacing`` as :func:`embed_images` takes
+    them (one for all, or one per image), else a file's TIFF metadata
+    (:func:`file_layout_hint`), else :func:`~napari_segrep._images.layout_of`'s default.
+
+    Raises
+    ------
+    ValueError
+        Naming the images: 3D labels whose axes nobody said (all of them at once, with the
+        fix), axes or spacing that do not fit the labels, per-image sequences of the wrong
+        length, 2D and 3D objects together (one encoder embeds one kind).
+    """
+    from .._images import AxesUnknown, Layout, layout_of
+
+    n = len(images)
+    axes_each = _per_image(axes, n, "axes", lambda v: v is None or isinstance(v, str | Layout))
+    spacing_each = _per_image(spacing, n, "spacing", lambda v: v is None or _is_numbers(v))
+    out, unknown, problems = [], [], []
+    for name, image, label_image, axes_i, spacing_i in zip(
+        names, images, labels, axes_each, spacing_each, strict=True
+    ):
+        try:
+            shape = _shape(label_image)
+            if isinstance(axes_i, Layout):  # as it is (the command line resolved it)
+                out.append(
+                    layout_of(
+                        shape,
+                        axes=axes_i.axes,
+                        spacing=axes_i.spacing if spacing_i is None else spacing_i,
+                        spacing_source=axes_i.spacing_source if spacing_i is None else "given",
+                    )
+                )
+                continue
+            hint = None
+            if axes_i is None or spacing_i is None:
+                hint = file_layout_hint(image, label_image)
+            if axes_i is None and hint is not None:
+                axes_i = hint[0].axes
+            layout = layout_of(shape, axes=axes_i)
+            source = "given"
+            if spacing_i is None and hint is not None and hint[0].spacing is not None:
+                if len(hint[0].spacing) == layout.spatial_ndim:
+                    spacing_i = hint[0].spacing
+                    source = f"{hint[0].source} metadata of {hint[1]}"
+            out.append(layout_of(shape, axes=layout.axes, spacing=spacing_i, spacing_source=source))
+        except AxesUnknown as exc:
+            unknown.append(f"{name!r} {exc.shape}")
+        except ValueError as exc:
+            problems.append(f"image {name!r}: {exc}")
+    if unknown:
+        listed = ", ".join(unknown[:5]) + (
+            f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        )
+        problems.append(
+            f"the labels of image{'s' * (len(unknown) > 1)} {listed} are 3D and neither axes "
+            "nor a file's metadata says what they are: pass axes='zyx' for z-stacks (one 3D "
+            "object per label) or axes='tyx' for time-lapses (one row per label and frame), "
+            "for all images or as a list, one per image"
+        )
+    if problems:
+        raise ValueError(
+            "; ".join(problems[:5])
+            + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+        )
+    kinds = {layout.spatial_ndim for layout in out}
+    if len(kinds) > 1:
+        volumes = [name for name, layout in zip(names, out, strict=True) if layout.is_volume]
+        flat = [name for name, layout in zip(names, out, strict=True) if not layout.is_volume]
+        raise ValueError(
+            f"images {volumes[:3]} hold volumes (3D objects) but {flat[:3]} 2D segments: one "
+            "encoder embeds one kind, so one table holds one; embed them separately"
+        )
+    return out
+
+
+def _shape(label_image) -> tuple[int, ...]:
+    """A label image's shape: an array's, or a file's from its header (no pixels read)."""
+    from .input_files import image_header
+
+    if isinstance(label_image, str | os.PathLike):
+        return image_header(label_image)[0]
+    return tuple(np.shape(label_image))
+
+
+def _is_numbers(value) -> bool:
+    """A spacing of one image: a sequence of numbers (not of sequences)."""
+    try:
+        return len(value) > 0 and all(isinstance(v, int | float | np.number) for v in value)
+    except TypeError:
+        return False
+
+
+def _per_image(value, n: int, name: str, one) -> list:
+    """``value`` for each of ``n`` images: ``value`` itself when ``one(value)`` (the same for
+    all), else a sequence of ``n`` such values."""
+    if one(value):
+        return [value] * n
+    if isinstance(value, str | bytes) or not hasattr(value, "__len__"):
+        raise ValueError(f"{name}={value!r}: give one value for all images, or one per image")
+    values = list(value)
+    if len(values) != n or not all(one(v) for v in values):
+        raise ValueError(
+            f"{name} holds {len(values)} values for {n} images: give one {name} for all "
+            f"images, or a list of one per image (None: that image's default)"
+        )
+    return values
+
+
+def file_layout_hint(image, labels):
+    """What the TIFF metadata of an image file (OME or ImageJ), else of its labels file, says
+    about the axes and spacing: ``(LayoutHint, file name)``, or None when neither is a file
+    that says (:func:`napari_segrep._tiff_meta.read_layout_hint`).  A file whose metadata
+    cannot be read says nothing here: reading its pixels names the problem, in its turn."""
+    from .._tiff_meta import read_layout_hint
+
+    for item in (image, labels):
+        if not isinstance(item, str | os.PathLike):
+            continue
+        try:
+            hint = read_layout_hint(item)
+        except (OSError, ValueError):
+            continue
+        if hint.source and (hint.axes is not None or hint.spacing is not None):
+            return hint, Path(item).name
+    return None
+
+
 def iter_embed_images(
     images: Sequence,
     labels: Sequence,
     *,
     names: Sequence[str] | None = None,
     encoder=None,
+    axes=None,
+    spacing=None,
     num_workers: int = 0,
     pin_memory: bool | None = None,
     progress: Callable[[int, int], None] | None = None,
@@ -237,7 +402,8 @@ def iter_embed_images(
     from ._image_stream import IMAGE_ERRORS, image_stream
     from .devices import resolve_device
     from .encoder import SegmentEncoder
-    from .pipeline import on_device
+    from .._images import layout_of
+    from .pipeline import check_spatial_dims, default_crop_size, on_device
 
     unknown = sorted(set(kwargs) - set(EMBED_OPTIONS))
     if unknown:
@@ -248,16 +414,23 @@ def iter_embed_images(
         raise TypeError(f"encoder must be a SegmentEncoder, got {type(encoder).__name__}")
     images, labels = list(images), list(labels)
     names = check_inputs(images, labels, names)
+    layouts = image_layouts(images, labels, names, axes=axes, spacing=spacing)
+    if encoder is not None and layouts:
+        check_spatial_dims(encoder, layouts[0])
     workers = _count(num_workers)
     options = dict(kwargs)
     device = resolve_device(options.pop("device", "auto"))
     pin = device.type == "cuda" if pin_memory is None else bool(pin_memory)
-    collector = _Collector(names, encoder, device, should_stop, options.get("crop_size"))
+    crop_size = options.get("crop_size")
+    if crop_size is None:  # no images: 2D's (nothing is cropped)
+        crop_size = default_crop_size(layouts[0] if layouts else layout_of((1, 1)))
+    collector = _Collector(names, encoder, device, should_stop, crop_size, layouts)
     stream = image_stream(
         images,
         labels,
         num_workers=workers,
         pin_memory=pin and torch.cuda.is_available(),
+        layouts=layouts,
         options=options,
         in_channels=None if encoder is None else encoder.in_channels,
         mask_image=True if encoder is None else encoder.image_masking,
@@ -265,7 +438,9 @@ def iter_embed_images(
     turn = 0
     try:
         for item, crops, masks in on_device(stream, device):
-            part = collector.parts.setdefault(item.image, _Part(names[item.image]))
+            part = collector.parts.setdefault(
+                item.image, _Part(names[item.image], layouts[item.image])
+            )
             if part.error is None:
                 try:
                     collector.take(item, part, crops, masks)
@@ -288,16 +463,7 @@ def iter_embed_images(
 
 
 #: The options of :func:`embed_images` that it passes on to ``embed_segments``.
-EMBED_OPTIONS = (
-    "crop_size",
-    "batch_size",
-    "device",
-    "channel_axis",
-    "normalize",
-    "only",
-    "axes",
-    "spacing",
-)
+EMBED_OPTIONS = ("crop_size", "batch_size", "device", "channel_axis", "normalize", "only")
 
 
 def _count(num_workers) -> int:
@@ -311,14 +477,13 @@ def _count(num_workers) -> int:
 
 
 class _Part:
-    """One image on its way: its planes' rows (``None``: a 2D image), the labels' warnings
-    ``(plane, message)``, whether its last item came, its error."""
+    """One image on its way: its frames' rows (``None``: no time axis), the labels' warnings
+    ``(frame, message)``, whether its last item came, its error; ``layout`` its labels'."""
 
-    def __init__(self, name: str):
-        self.name = name
+    def __init__(self, name: str, layout):
+        self.name, self.layout = name, layout
         self.planes: dict = {}
         self.messages: list[tuple[int | None, str]] = []
-        self.stack = False
         self.ended = False
         self.error: BaseException | None = None
 
@@ -327,16 +492,11 @@ class _Collector:
     """The main process's side: runs the encoder on the stream's batches, fills each image's
     rows, makes its table (warning what its labels look like)."""
 
-    def __init__(self, names, encoder, device, should_stop, crop_size):
-        from .embed import embed_segments
-        from .pipeline import DEFAULT_CROP_SIZE
-
+    def __init__(self, names, encoder, device, should_stop, crop_size: int, layouts):
         self.names, self.encoder, self.device = names, encoder, device
         self.should_stop = should_stop
-        default = signature(embed_segments).parameters["crop_size"].default
-        if crop_size is None:
-            crop_size = DEFAULT_CROP_SIZE if default is None else default
         self.crop_size = int(crop_size)
+        self.layouts = layouts
         self.parts: dict[int, _Part] = {}
         self._run = None
 
@@ -347,11 +507,11 @@ class _Collector:
             self._run = None
 
     def _encoder_for(self, channels: int):
-        from .embed import encoder_for
+        from .embed import default_encoder
         from .pipeline import check_channels
 
         if self.encoder is None:  # the untrained one for the first image's channels
-            self.encoder = encoder_for(None, in_channels=int(channels))
+            self.encoder = default_encoder(self.layouts[0], int(channels))
         check_channels(self.encoder.in_channels, int(channels))
         return self.encoder
 
@@ -365,7 +525,7 @@ class _Collector:
         if item.kind == "end":
             if self.encoder is None:  # an image without segments came first
                 self._encoder_for(item.info["channels"])
-            part.stack, part.ended = item.info["stack"], True
+            part.ended = True
             return
         if self.should_stop is not None and self.should_stop():
             raise Cancelled("embedding cancelled")
@@ -377,6 +537,7 @@ class _Collector:
                 encoder.embedding_dim,
                 normalization=info["normalization"],
                 crop_size=info["crop_size"],
+                layout=info["layout"],
             )
             part.messages += [(item.plane, message) for message in info["messages"]]
             return
@@ -399,19 +560,20 @@ class _Collector:
             except (TypeError, ValueError):  # an error class built from other arguments
                 named = ValueError(message) if isinstance(exc, ValueError) else TypeError(message)
             raise named from exc
-        encoder = self.encoder
-        if part.stack:
+        encoder, layout = self.encoder, part.layout
+        if layout.has_time:  # a time-lapse: frame column, its frames' warnings merged
             planes = sorted(part.planes)
-            messages = stack_messages(part.messages)
+            unit = "frame" if layout.is_volume else "plane"  # as embed_segments says them
+            messages = stack_messages(part.messages, unit=unit)
             frames = [part.planes[t].frame(encoder) for t in planes]
-            table = stack_result(frames, planes, encoder)
+            table = stack_result(frames, planes, encoder, layout=layout.frame_layout)
         else:
             messages = [message for _, message in part.messages]
             rows = part.planes[None]
             if len(rows):
                 table = rows.frame(encoder)
             else:
-                table = empty_result(encoder.embedding_dim)
+                table = empty_result(encoder.embedding_dim, layout=layout)
         if not len(table):
             messages.append(NO_SEGMENT)
         for message in messages:
@@ -420,6 +582,7 @@ class _Collector:
         table.attrs = {
             "encoder": encoder.record(),
             "crop_size": self.crop_size,
-            "normalization": None if part.stack else table.attrs.get("normalization"),
+            "normalization": None if layout.has_time else table.attrs.get("normalization"),
+            "layout": layout.describe(),
         }
         return table

@@ -7,7 +7,7 @@ Headless and torch-free (tifffile and Pillow, imported when needed).
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 __all__ = ["check_pair_headers", "image_header"]
@@ -58,7 +58,11 @@ _PIL_DTYPES = {"1": "bool", "I;16": "uint16", "I;16B": "uint16", "I": "int32", "
 
 
 def check_pair_headers(
-    pairs: Sequence[tuple[Path, Path]], *, channel_axis: int | None = None, shown: int = 5
+    pairs: Sequence[tuple[Path, Path]],
+    *,
+    channel_axis: int | None = None,
+    shown: int = 5,
+    check: Callable[[Path, Path, tuple, tuple], str | None] | None = None,
 ) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
     """Check every image/label pair from the file headers, and name every problem at once.
 
@@ -68,6 +72,11 @@ def check_pair_headers(
         As ``napari_segrep.io.pair_files`` gives them.
     channel_axis : int, optional
         The images' channel axis (``--channel-axis``), for their ``(Y, X)`` shape.
+    check : callable(image path, labels path, image shape, labels shape) -> str or None
+        Whether the two shapes make a pair: the problem in words, or None.  Default: the same
+        ``(Y, X)`` shape (a ``(T, Y, X)`` stack with as many frames), leniently where a header
+        alone cannot tell.  The command line passes one that knows each pair's layout
+        (z-stack, time-lapse...).
     shown : int
         Problems named in the message; the rest are counted.
 
@@ -79,8 +88,8 @@ def check_pair_headers(
     Raises
     ------
     ValueError
-        One line naming each unreadable file, each pair whose ``(Y, X)`` shapes differ and each
-        label file that does not hold integers (bool, float).
+        One line naming each unreadable file, each pair whose shapes do not match (``check``)
+        and each label file that does not hold integers (bool, float).
     """
     problems, shapes = [], []
     for image_path, labels_path in pairs:
@@ -100,7 +109,11 @@ def check_pair_headers(
                 "integers (0 is background)"
             )
         if image_shape is not None and labels_shape is not None:
-            if not _spatial_match(image_shape, labels_shape, channel_axis):
+            if check is not None:
+                problem = check(image_path, labels_path, image_shape, labels_shape)
+                if problem is not None:
+                    problems.append(problem)
+            elif not _spatial_match(image_shape, labels_shape, channel_axis):
                 problems.append(
                     f"{image_path.name} is {image_shape} but its labels {labels_path.name} are "
                     f"{labels_shape}: each pair must have the same (Y, X) shape"
