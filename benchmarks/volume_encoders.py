@@ -1,0 +1,304 @@
+"""Volumes: the fast planes encoder vs the native 3D one, time and quality, in one run.
+
+Generated volumes with known classes: three shapes, a sphere, a rod (prolate ellipsoid, axis
+ratio 3) and a disc (oblate, axis ratio 1/3), all of the same volume range (equivalent radius
+4-6.5 voxels), each randomly rotated in 3D, with a random texture (brightness, smoothed noise of
+random grain and strength, a linear gradient in a random direction) that says nothing about the
+class, in noise.  Each object lies in its own 32^3 cell of one volume (isotropic voxels: the
+data needs no resampling), so a cell is the object's centred crop.
+
+Encoders (untrained, seeded; ImageNet-initialised too when torchvision's resnet18 file is in the
+torch cache), all dual-masked through ``SegmentEncoder`` (image + feature masking, eval mode):
+
+- ``resnet18_planes``: three orthogonal planes through the object, views concatenated (1536-d);
+- ``planes_mean``: the same network and planes, the views' area-weighted mean (512-d);
+- ``resnet18_slices``: the same 2D network on every z-slice of the object, area-weighted mean
+  (512-d);
+- ``resnet18_3d``: the native 3D network, when it is registered.
+
+Quality: leave-one-out k-NN accuracy (k=5, cosine on standardised embeddings) of the class.
+Time: objects/s of the encoder's forward over the same crops (batches of 16 and of 128,
+``embed_segments``' default; ``inference_mode``), variants interleaved batch by batch (best of
+the repeats), and the CPU time per object.
+
+Run: ``python benchmarks/volume_encoders.py`` (a few minutes on 2 cores) or ``--quick``.
+Figures go to ``benchmarks/out/volume_encoders.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+from _common import command_line, environment, knn_accuracy, write_json
+
+CROP = 32
+BATCH = 16
+PERCENTILES = (1.0, 99.8)  # embed_segments' normalisation
+NORMALIZE = ("image", "segment")
+CLASSES = ("sphere", "rod", "disc")
+#: semi-axes of each class relative to the equivalent radius (same volume: product 1)
+_AXES = {"sphere": (1.0, 1.0, 1.0), "rod": (3 ** (2 / 3), 3 ** (-1 / 3), 3 ** (-1 / 3))}
+_AXES["disc"] = (3 ** (-2 / 3), 3 ** (1 / 3), 3 ** (1 / 3))
+
+
+# ----------------------------------------------------------------------------- data
+def _smooth_noise(rng, shape, sigma):
+    from scipy.ndimage import gaussian_filter
+
+    noise = gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma)
+    return noise / (noise.std() + 1e-8)
+
+
+def make_objects(n_per_class: int, *, seed: int = 0, cell: int = CROP):
+    """``(image, labels, classes, grid)``: one object per ``cell``^3 cell of a (gz*cell,
+    gy*cell, gx*cell) float32 volume, its int32 labels (1..n), the class index of label i at
+    ``classes[i - 1]``, and the grid (gz, gy, gx)."""
+    rng = np.random.default_rng(seed)
+    n = n_per_class * len(CLASSES)
+    classes = rng.permutation(np.repeat(np.arange(len(CLASSES)), n_per_class))
+    g = int(np.ceil(n ** (1 / 3)))
+    grid = (int(np.ceil(n / (g * g))), g, g)
+    image = np.zeros(tuple(k * cell for k in grid), np.float32)
+    labels = np.zeros(image.shape, np.int32)
+    c = np.arange(cell, dtype=np.float32) - (cell - 1) / 2
+    zz, yy, xx = np.meshgrid(c, c, c, indexing="ij")
+    coords = np.stack([zz, yy, xx], axis=-1)  # (cell, cell, cell, 3)
+    for i, k in enumerate(classes):
+        radius = rng.uniform(4.0, 6.5)
+        semi = np.array(_AXES[CLASSES[k]]) * radius
+        rotation, _ = np.linalg.qr(rng.standard_normal((3, 3)))  # a random orientation
+        shift = rng.uniform(-1.0, 1.0, 3)
+        local = (coords - shift) @ rotation  # coordinates in the object's own frame
+        inside = ((local / semi) ** 2).sum(-1) <= 1.0
+        # texture: nothing in it depends on the class
+        level = rng.uniform(0.3, 1.0)
+        grain = _smooth_noise(rng, inside.shape, rng.uniform(0.6, 2.5))
+        direction = rng.standard_normal(3)
+        gradient = (coords @ (direction / np.linalg.norm(direction))) / cell
+        value = level * (1 + rng.uniform(0.05, 0.4) * grain + rng.uniform(-0.8, 0.8) * gradient)
+        background = rng.uniform(0.0, 0.3) + 0.05 * rng.standard_normal(inside.shape)
+        z, y, x = np.unravel_index(i, grid)
+        window = tuple(slice(j * cell, (j + 1) * cell) for j in (z, y, x))
+        image[window] = np.where(inside, value, background)
+        labels[window] = np.where(inside, i + 1, 0)
+    return image, labels, classes, grid
+
+
+def cell_crops(image, labels, grid, *, normalize: str = "image", cell: int = CROP):
+    """The objects' centred crops: (n, 1, cell, cell, cell) float32 and bool masks.
+
+    ``normalize`` as ``embed_segments``: ``"image"``, the volume's 1st and 99.8th percentiles
+    map to 0 and 1; ``"segment"``, those of each object's own voxels."""
+    n = int(labels.max())
+    xs = np.empty((n, 1, cell, cell, cell), np.float32)
+    ms = np.empty((n, 1, cell, cell, cell), bool)
+    low, high = np.percentile(image, PERCENTILES)
+    for i in range(n):
+        z, y, x = np.unravel_index(i, grid)
+        window = tuple(slice(j * cell, (j + 1) * cell) for j in (z, y, x))
+        ms[i, 0] = labels[window] == i + 1
+        if normalize == "segment":
+            low, high = np.percentile(image[window][ms[i, 0]], PERCENTILES)
+        xs[i, 0] = (image[window] - low) / (high - low)
+    return torch.from_numpy(xs), torch.from_numpy(ms)
+
+
+# ----------------------------------------------------------------------------- encoders
+def _register_variants():
+    """A benchmark-only backbone: the planes' views averaged, weighted by their areas (the
+    alternative to concatenating them)."""
+    from torchvision.models.resnet import BasicBlock
+
+    from napari_segrep.engine.backbones import BACKBONES, register_backbone
+    from napari_segrep.engine.backbones.planes import IMAGENET_URL, MaskedResNetPlanes
+
+    if "planes_mean" not in BACKBONES:
+        register_backbone(
+            "planes_mean",
+            lambda *, in_channels, seed: MaskedResNetPlanes(
+                BasicBlock, [2, 2, 2, 2], in_channels=in_channels, seed=seed, combine="mean"
+            ),
+            imagenet_url=IMAGENET_URL,
+            spatial_dims=3,
+        )
+
+
+def _encoders(names, *, seed, weights):
+    from napari_segrep import SegmentEncoder
+
+    return {
+        name: SegmentEncoder(name, in_channels=1, seed=seed, weights=weights).eval()
+        for name in names
+    }
+
+
+def _time_encoders(encoders, xs, ms, *, batch, repeats):
+    """``{name: {"wall": (repeats, units), "cpu": (repeats, units)}}`` seconds of each
+    encoder's forward on every batch, interleaved per batch in a rotating order after one
+    untimed pass."""
+    units = [(xs[i : i + batch], ms[i : i + batch]) for i in range(0, len(xs), batch)]
+    names = list(encoders)
+    times = {n: {"wall": np.zeros((repeats, len(units))), "cpu": np.zeros((repeats, len(units)))}
+             for n in names}  # fmt: skip
+    with torch.inference_mode():
+        for x, m in units[:1]:
+            for enc in encoders.values():
+                enc(x, m)
+        for r in range(repeats):
+            for i, (x, m) in enumerate(units):
+                k = (r + i) % len(names)
+                for name in names[k:] + names[:k]:
+                    w0, c0 = time.perf_counter(), time.process_time()
+                    encoders[name](x, m)
+                    times[name]["wall"][r, i] = time.perf_counter() - w0
+                    times[name]["cpu"][r, i] = time.process_time() - c0
+    return times
+
+
+def _embed(encoder, xs, ms, batch):
+    with torch.inference_mode():
+        return torch.cat(
+            [encoder(xs[i : i + batch], ms[i : i + batch]) for i in range(0, len(xs), batch)]
+        ).numpy()
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run: 8 objects per class")
+    parser.add_argument("--per-class", type=int, default=None, help="objects per class (60)")
+    parser.add_argument("--seeds", type=int, default=None, help="encoder seeds (3)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed passes (3)")
+    parser.add_argument("--time-objects", type=int, default=None, help="objects timed (all)")
+    parser.add_argument(
+        "--batches", default="16,128", help="batch sizes timed (128: embed_segments' default)"
+    )
+    args = parser.parse_args(argv)
+
+    from napari_segrep.engine.backbones import BACKBONES, imagenet_cache_path
+
+    _register_variants()
+    names = ["resnet18_planes", "planes_mean", "resnet18_slices"]
+    if "resnet18_3d" in BACKBONES:
+        names.append("resnet18_3d")
+    per_class = args.per_class or (8 if args.quick else 60)
+    seeds = args.seeds or (1 if args.quick else 3)
+    repeats = args.repeats or (1 if args.quick else 3)
+    n_time = args.time_objects or (32 if args.quick else 3 * per_class)
+    batches = [int(b) for b in args.batches.split(",")]
+
+    t0 = time.perf_counter()
+    image, labels, classes, grid = make_objects(per_class, seed=0)
+    crops = {norm: cell_crops(image, labels, grid, normalize=norm) for norm in NORMALIZE}
+    xs, ms = crops["image"]
+    data_s = time.perf_counter() - t0
+    fill = float(ms.float().mean())
+
+    weight_sets = [None]
+    if imagenet_cache_path("resnet18").is_file():
+        weight_sets.append("imagenet")
+    quality: dict[str, dict] = {}
+    for weights in weight_sets:
+        for seed in range(seeds if weights is None else 1):
+            encoders = _encoders(names, seed=seed, weights=weights)
+            for name, enc in encoders.items():
+                for norm, (x, m) in crops.items():
+                    emb = _embed(enc, x, m, BATCH)
+                    assert np.isfinite(emb).all()
+                    key = f"{name}, {weights or 'untrained'}, normalize={norm}"
+                    quality.setdefault(key, {"knn5": [], "knn1": [], "dim": emb.shape[1]})
+                    quality[key]["knn5"].append(knn_accuracy(emb, classes, k=5))
+                    quality[key]["knn1"].append(knn_accuracy(emb, classes, k=1))
+    for q in quality.values():
+        q["knn5_mean"] = float(np.mean(q["knn5"]))
+        q["knn1_mean"] = float(np.mean(q["knn1"]))
+
+    # Time: the same crops through each encoder, interleaved batch by batch.
+    encoders = _encoders(names, seed=0, weights=None)
+    tx, tm = xs[:n_time], ms[:n_time]
+    speed = {}
+    for batch in batches:
+        times = _time_encoders(encoders, tx, tm, batch=batch, repeats=repeats)
+        for name, t in times.items():
+            wall, cpu = t["wall"].min(axis=0).sum(), t["cpu"].min(axis=0).sum()
+            speed.setdefault(name, {})[f"batch {batch}"] = {
+                "objects_per_s_best": len(tx) / wall,
+                "objects_per_s_median": len(tx) / np.median(t["wall"], axis=0).sum(),
+                "cpu_ms_per_object_best": 1000 * cpu / len(tx),
+            }
+    ratios = {
+        f"{name}_over_resnet18_planes, batch {batch}": speed[name][f"batch {batch}"][
+            "objects_per_s_best"
+        ]
+        / speed["resnet18_planes"][f"batch {batch}"]["objects_per_s_best"]
+        for batch in batches
+        for name in names
+        if name != "resnet18_planes"
+    }
+
+    out = {
+        "benchmark": "volume_encoders",
+        "command": command_line(),
+        "quick": args.quick,
+        "environment": environment(),
+        "setup": {
+            "classes": list(CLASSES),
+            "objects": int(len(classes)),
+            "per_class": per_class,
+            "crop_size": CROP,
+            "batch_size": BATCH,
+            "volume_shape": list(image.shape),
+            "mean_mask_fill": fill,
+            "data_s": data_s,
+            "encoder_seeds": seeds,
+            "weights": [w or "untrained" for w in weight_sets],
+            "quality": "leave-one-out k-NN accuracy (cosine, standardised), k=5 and k=1, "
+            "mean over encoder seeds; crops normalised per volume (image) or per object "
+            "(segment), 1st-99.8th percentiles to 0-1",
+            "timing": f"{len(tx)} objects, batches of {batches}, the encoders' forward in "
+            "inference_mode, contiguous tensors; interleaved per batch (rotating order), 1 "
+            f"warm-up + {repeats} repeats; best = sum of each batch's fastest repeat; wall "
+            "clock and this process's CPU time (a loaded machine inflates the wall clock)",
+        },
+        "quality": quality,
+        "speed": speed,
+        "ratios": ratios,
+    }
+    path = write_json("volume_encoders", out)
+    _print_report(out, path)
+    return out
+
+
+def _print_report(out, path) -> None:
+    s, env = out["setup"], out["environment"]
+    print(f"volume_encoders  ({out['command']})")
+    print(
+        f"  torch {env['torch']}, {env['torch_threads']} threads, {env['cpu_count']} CPUs, "
+        f"load avg {env['loadavg_1min']:.2f}"
+    )
+    print(
+        f"  {s['objects']} objects ({', '.join(s['classes'])}; {s['per_class']} each) in "
+        f"{s['crop_size']}^3 crops, masks fill {100 * s['mean_mask_fill']:.1f}% of the crop"
+    )
+    print(f"  quality: {s['quality']}")
+    print(f"  {'encoder, weights, normalisation':<54}{'dim':>6}{'kNN-5':>8}{'kNN-1':>8}   per seed")
+    for name, q in out["quality"].items():
+        seeds = " ".join(f"{v:.3f}" for v in q["knn5"])
+        print(f"  {name:<54}{q['dim']:>6}{q['knn5_mean']:>8.3f}{q['knn1_mean']:>8.3f}   {seeds}")
+    print(f"  timing: {s['timing']}")
+    print(f"  {'encoder':<22}{'batch':>7}{'objects/s':>11}{'median':>9}{'CPU ms/object':>15}")
+    for name, per_batch in out["speed"].items():
+        for batch, v in per_batch.items():
+            print(
+                f"  {name:<22}{batch.split()[1]:>7}{v['objects_per_s_best']:>11.1f}"
+                f"{v['objects_per_s_median']:>9.1f}{v['cpu_ms_per_object_best']:>15.1f}"
+            )
+    for name, r in out["ratios"].items():
+        print(f"  {name}: {r:.2f}x")
+    print(f"  figures: {path}")
+
+
+if __name__ == "__main__":
+    main()
