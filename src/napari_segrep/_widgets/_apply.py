@@ -14,6 +14,7 @@ from napari.layers import Labels
 from napari.utils.colormaps import DirectLabelColormap
 from napari.utils.notifications import show_error, show_info
 
+from .._images import Layout, layout_of
 from . import _session
 from ._common import (
     export_table,
@@ -33,15 +34,20 @@ from ._results import (
     with_classes,
 )
 
-__all__ = ["ClassifierFiles", "classify_arrays", "export_columns", "with_measurements"]
+__all__ = [
+    "ClassifierFiles",
+    "classify_arrays",
+    "export_columns",
+    "file_layout",
+    "with_measurements",
+]
 
 
 def export_columns(table: pd.DataFrame) -> list[str]:
     """The columns of a predictions export: keys, centroid and area, the annotation, the
     prediction and each class's probability."""
-    front = [
-        c for c in ("image", "frame", "label", "centroid_y", "centroid_x", "area") if c in table
-    ]
+    keys = ("image", "frame", "label", "centroid_z", "centroid_y", "centroid_x", "area")
+    front = [c for c in keys if c in table]
     classes = [c for c in (ANNOTATION, *PREDICTION_COLUMNS) if c in table]
     return front + classes + [c for c in table.columns if str(c).startswith("prob_")]
 
@@ -57,30 +63,36 @@ def with_measurements(table, image, labels, params: dict, cached=None):
     return add_measurements(table, image, labels, channel_axis=params.get("channel_axis"))
 
 
-def classify_arrays(model, encoder, image, labels, channel_axis, params, progress, should_stop):
-    """Embed the segments of ``labels`` (2D, or a ``(T, Y, X)`` stack) with ``encoder`` (an
-    encoder, or the classifier's record of one: rebuilt, and checked to be the same by its
-    fingerprint) and classify them: ``(table, predictions, encoder)``.  In a worker."""
-    from ..engine.embed import embed_segments, embed_stack, encoder_for
-    from ..engine.segments import as_channels_first
+def classify_arrays(
+    model, encoder, image, labels, channel_axis, params, progress, should_stop, *, layout
+):
+    """Embed the segments of ``labels`` (of ``layout``: 2D, a z-stack, a time-lapse) with
+    ``encoder`` (an encoder, or the classifier's record of one: rebuilt, and checked to be the
+    same by its fingerprint) and classify them: ``(table, predictions, encoder)``.  In a
+    worker."""
+    from ._results import embed_layout, run_encoder
 
-    stack = np.asarray(labels).ndim == 3
     if not hasattr(encoder, "fingerprint"):
         sha = encoder.get("sha256")
-        plane = image[0] if stack else image
-        n = as_channels_first(plane, channel_axis=channel_axis).shape[0]
-        encoder = encoder_for(encoder.get("weights"), in_channels=n, seed=encoder.get("seed", 0))
+        encoder = run_encoder(
+            encoder.get("weights"),
+            image,
+            layout,
+            channel_axis=channel_axis,
+            backbone=encoder.get("backbone"),
+            seed=encoder.get("seed", 0),
+        )
         if sha is not None and encoder.fingerprint() != sha:
             raise ValueError(
                 "the classifier's encoder is not available here (the model it was trained on "
                 f"is not this session's, and its weights {encoder.weights_source or '(untrained)'}"
                 " differ): embed a layer with that model in Embed segments first"
             )
-    embed = embed_stack if stack else embed_segments
-    table = embed(
+    table = embed_layout(
         image,
         labels,
         encoder,
+        layout,
         channel_axis=channel_axis,
         progress=progress,
         should_stop=should_stop,
@@ -89,6 +101,18 @@ def classify_arrays(model, encoder, image, labels, channel_axis, params, progres
     if model.info.get("features") == "embedding+geometry":
         table = with_measurements(table, image, labels, {"channel_axis": channel_axis})
     return table, model.predict(table, force=True), encoder
+
+
+def file_layout(labels, model) -> Layout:
+    """The layout of a labels file classified with ``model``: 2D and 4D as they are; 3D by
+    what the classifier's encoder embeds (3D objects: a z-stack; 2D: a time-lapse)."""
+    from ..engine.backbones import get_backbone
+
+    axes = None
+    if np.ndim(labels) == 3:
+        backbone = (model.info.get("encoder") or {}).get("backbone", "resnet18")
+        axes = "zyx" if get_backbone(backbone).spatial_dims == 3 else "tyx"
+    return layout_of(np.shape(labels), axes=axes)
 
 
 class ClassifierFiles:
@@ -214,7 +238,15 @@ class ClassifierFiles:
         def call(progress, should_stop):
             image, axis = inputs.image, inputs.channel_axis
             table, predictions, _ = classify_arrays(
-                model, encoder, image, labels, axis, params, progress, should_stop
+                model,
+                encoder,
+                image,
+                labels,
+                axis,
+                params,
+                progress,
+                should_stop,
+                layout=inputs.layout,
             )
             return table, predictions
 
@@ -270,8 +302,17 @@ class ClassifierFiles:
                 progress(i, len(pairs))
                 try:
                     image, labels = read_image(image_path), read_image(labels_path)
+                    layout = file_layout(labels, model)
                     _, predictions, encoder = classify_arrays(
-                        model, encoder, image, labels, axis, params, None, should_stop
+                        model,
+                        encoder,
+                        image,
+                        labels,
+                        axis,
+                        params,
+                        None,
+                        should_stop,
+                        layout=layout,
                     )
                 except ValueError as exc:
                     raise ValueError(f"{image_path.name}: {exc}") from None
