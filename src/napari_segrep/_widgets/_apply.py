@@ -26,6 +26,7 @@ from ._common import (
     save_path,
 )
 from ._jobs import start_job, watch_close
+from ._layer_axes import AxesQuestion, LayerAxesUnknown, layer_layout
 from ._results import (
     ANNOTATION,
     PREDICTION_COLUMNS,
@@ -128,6 +129,7 @@ class ClassifierFiles:
         self.apply_images = Select(
             label="its image layer(s)", choices=lambda _w=None: image_layers(self.viewer)
         )
+        self.apply_question = AxesQuestion(on_answered=lambda *_: self._check_apply_axes())
         self.apply_button = PushButton(text="Apply classifier")
         self.apply_progress = progress_bar()
         self.folder_button = PushButton(text="Apply to a folder of files...")
@@ -138,6 +140,7 @@ class ClassifierFiles:
                     layout="horizontal", labels=False, widgets=[self.save_button, self.load_button]
                 ),
                 self.apply_labels,
+                self.apply_question,
                 self.apply_images,
                 self.apply_button,
                 self.folder_button,
@@ -154,6 +157,21 @@ class ClassifierFiles:
         )
         self.export_button.changed.connect(act(self.export_csv))
         self.folder_button.changed.connect(act(self._apply_to_chosen_folder))
+        self.apply_labels.changed.connect(self._check_apply_axes)
+        self._check_apply_axes()
+
+    def _check_apply_axes(self, *_) -> None:
+        """Ask what the layer to apply to is when it is 3D and that is not known yet."""
+        layer = self.apply_labels.value
+        try:
+            if layer is not None:
+                layer_layout(layer)
+        except LayerAxesUnknown:
+            self.apply_question.ask(layer)
+            return
+        except ValueError:
+            pass
+        self.apply_question.clear()
 
     # ------------------------------------------------------------------ files
     def save_classifier(self, path=None, *, overwrite: bool | None = None) -> Path | None:
@@ -231,7 +249,11 @@ class ClassifierFiles:
             self.show_predictions(labels_layer, other.table, other.class_colours)
             self.status.value = f"'{labels_layer.name}': {len(rows)} segments predicted."
             return None
-        inputs = layer_inputs(labels_layer, images or [])
+        try:
+            inputs = layer_inputs(labels_layer, images or [])
+        except LayerAxesUnknown:
+            self.apply_question.ask(labels_layer)
+            raise
         encoder, params = self._embedding_setup(model)
         labels = inputs.labels.copy()
 

@@ -137,6 +137,11 @@ class AxesQuestion(Container):
         self.zstack_button.changed.connect(lambda: self.answer("zyx"))
         self.timelapse_button.changed.connect(lambda: self.answer("tyx"))
 
+    @property
+    def asking(self) -> bool:
+        """Whether the question shows (in a dock that is shown)."""
+        return not self.native.isHidden()
+
     def ask(self, layer) -> None:
         """Show the question for ``layer``."""
         self.layer = layer
