@@ -89,9 +89,7 @@ class LiveEmbedding:
 
             if not changed.size:
                 return None, np.empty((0, 2))
-            df = embed_segments(
-                run.image, current, run.encoder, only=changed, **run.layout_params(), **run.params
-            )
+            df = embed_segments(run.image, current, run.encoder, only=changed, **run.params)
             # placed here, not in the GUI thread: the map process may be busy or paused
             return df, np.asarray(map_model.transform(embedding_matrix(df)), float)
 

@@ -103,7 +103,8 @@ class RunSetup:
     """What produced the results, so a few segments can be embedded again the same way."""
 
     encoder: object  # SegmentEncoder (torch stays out of this module)
-    params: dict  # keyword arguments of embed_segments (normalisation frozen to numbers)
+    params: dict  # keyword arguments of embed_segments (normalisation frozen to numbers; a
+    # volume's axes and spacing included)
     image: np.ndarray
     labels: np.ndarray  # the labels as last embedded (live updates diff against these)
     layout: Layout  # what the labels' axes are, and the voxel spacing
@@ -116,11 +117,6 @@ class RunSetup:
     def stack(self) -> bool:
         """A time-lapse (one row per label and frame): ``layout.has_time``."""
         return self.layout.has_time
-
-    def layout_params(self) -> dict:
-        """The ``axes`` and ``spacing`` keyword arguments of ``embed_segments`` for these
-        labels (none for 2D labels, embedded as before)."""
-        return layout_params(self.layout)
 
 
 def layout_params(layout: Layout) -> dict:
@@ -159,6 +155,7 @@ def embed_run(
         channel_axis=params["channel_axis"],
         backbone=volume_backbone if layout.is_volume else None,
     )
+    params = {**params, **layout_params(layout)}
     df = embed_layout(
         image, labels, encoder, layout, progress=progress, should_stop=should_stop, **params
     )
@@ -229,8 +226,8 @@ def embed_layout(image, labels, encoder, layout: Layout, **kwargs):
         return embed_segments(image, labels, encoder, **kwargs)
     if layout.axes == "tyx":
         return embed_stack(image, labels, encoder, **kwargs)
-    df = embed_segments(image, labels, encoder, **layout_params(layout), **kwargs)
-    df.attrs["layout"] = layout.describe()
+    df = embed_segments(image, labels, encoder, **{**kwargs, **layout_params(layout)})
+    df.attrs["layout"] = layout.describe()  # with its source ("napari scale")
     return df
 
 
@@ -452,12 +449,14 @@ class SegmentResults:
         return export_frame(self._table, self.coords, map_method=self.map_method)
 
     def provenance(self) -> dict:
-        """The exported table's JSON sidecar: the same keys as the CLI's, plus the layers."""
+        """The exported table's JSON sidecar: the same keys as the CLI's, plus the layers (and
+        for 3D objects ``layout``: axes, spacing and its source)."""
         from ..analysis.export import provenance
 
         run, layer = self.run, self.labels_layer
         inputs = {"labels_layer": layer.name if layer is not None else None}
         inputs["image_layers"] = run.image_layers
+        extra = {"layout": run.layout.describe()} if run.layout.is_volume else {}
         return provenance(
             command="napari: Embed segments, Export CSV",
             encoder_config=run.encoder.record(),
@@ -474,6 +473,7 @@ class SegmentResults:
             image_shape=list(run.image.shape),
             image_dtype=str(run.image.dtype),
             **inputs,
+            **extra,  # a volume's axes and voxel spacing, and where the spacing came from
         )
 
     def close(self) -> None:

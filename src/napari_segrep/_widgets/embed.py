@@ -44,6 +44,8 @@ MODEL_UNTRAINED = "untrained (random init, seed 0)"
 MODEL_IMAGENET = "ImageNet (local torch cache)"
 MODEL_FILE = "checkpoint file..."
 MODEL_SESSION = "model trained in this session"
+#: The default crop size for 2D and for 3D objects (``embed_segments``' own defaults).
+CROP_SIZE = {2: 64, 3: 32}
 #: How a new encoder sees 3D objects (z-stacks): the backbones for volumes, default first.
 VOLUME_BACKBONES = ("resnet18_3d", "resnet18_planes")
 
@@ -116,7 +118,17 @@ class EmbedSegmentsWidget(ResultsActions, Container):
         self.checkpoint_input = FileEdit(
             label="checkpoint", mode="r", filter="*.pt *.pth", visible=False
         )
-        self.crop_input = SpinBox(label="crop size", value=64, min=8, max=1024, step=8)
+        self.crop_input = SpinBox(
+            label="crop size",
+            value=CROP_SIZE[2],
+            min=8,
+            max=1024,
+            step=8,
+            tooltip="side of the square (2D) or cubic (3D) crop each object is seen in: by "
+            f"default {CROP_SIZE[2]} for 2D objects, {CROP_SIZE[3]} for 3D ones (a "
+            f"{CROP_SIZE[2]}^3 crop is 8x the work)",
+        )
+        self._object_dims = 2  # of the chosen labels' objects, as the crop size was set for
         self.normalize_input = ComboBox(
             label="normalisation", value="image", choices=["image", "segment", "none"]
         )
@@ -238,7 +250,12 @@ class EmbedSegmentsWidget(ResultsActions, Container):
     def _update_run_state(self, *_) -> None:
         running = self.job is not None
         why = self.validate()
-        self.volume_model_input.visible = self._embeds_volumes()
+        dims = 3 if self._embeds_volumes() else 2
+        self.volume_model_input.visible = dims == 3
+        if dims != self._object_dims:  # the default crop of the other kind, unless chosen
+            if self.crop_input.value == CROP_SIZE[self._object_dims]:
+                self.crop_input.value = CROP_SIZE[dims]
+            self._object_dims = dims
         self.run_button.enabled = why is None and not running
         if not running and (why is not None or self.results is None):  # else keep the results
             self.status.value = why or "Ready."
