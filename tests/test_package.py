@@ -55,7 +55,7 @@ def test_package__engine_analysis_and_cli_never_load_gui_modules():
 def test_package__analysis_io_errors_and_the_cli_parser_never_load_torch():
     names = _submodules("napari_segrep.analysis")
     names += ["napari_segrep.io", "napari_segrep.errors", "napari_segrep._version"]
-    names += ["napari_segrep._images"]
+    names += ["napari_segrep._images", "napari_segrep._tiff_meta"]
     names += ["napari_segrep.weights", "napari_segrep._download"]
     code = "\n".join(f"import {n}" for n in names)
     code += "\nfrom napari_segrep.cli import get_arg_parser\nget_arg_parser()"
@@ -81,10 +81,11 @@ def test_package__thumbnails_and_segment_windows_never_load_torch():
 
 # Which parts of the package may import which (every import counts, also inside functions):
 # imports only go downward, and _widgets never imports the CLI.
-_BASE = {"_version", "errors", "io", "_images"}
+_BASE = {"_version", "errors", "io", "_images", "_tiff_meta"}
 _MAY_IMPORT = {
     "_version": set(),
     "_images": set(),
+    "_tiff_meta": {"_images"},
     "errors": set(),
     "_pairing": set(),
     "io": {"_version", "errors", "_pairing"},

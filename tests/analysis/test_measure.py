@@ -123,7 +123,7 @@ def test_measure_segments__huge_ids_are_kept():
 def test_measure_segments__a_stack_is_measured_plane_by_plane():
     labels = np.stack([_random_labels(1), np.zeros((40, 48), np.int32), _random_labels(2)])
     image = np.random.default_rng(0).random((3, 40, 48, 3))
-    got = measure_segments(image, labels)
+    got = measure_segments(image, labels, axes="tyx")
     assert list(got.columns[:2]) == ["label", "frame"]
     assert set(got["frame"]) == {0, 2}
     for t in (0, 2):
@@ -134,16 +134,21 @@ def test_measure_segments__a_stack_is_measured_plane_by_plane():
 @pytest.mark.parametrize(
     ("image", "labels", "channel_axis", "match"),
     [
-        ((8, 8), (2, 2, 8, 8), None, "2D \\(Y, X\\), or a \\(T, Y, X\\) stack"),
-        ((8, 8), (3, 8, 8), None, "stack of 3 planes.*pass the stack's image"),
+        ((8, 8), (2, 2, 8, 8), None, "time-lapse of volumes.*image is 2D"),
+        ((2, 8, 8), (2, 2, 2, 8, 8), None, "labels must be 2D.*3D.*or 4D"),
+        ((3, 8), (3, 8, 8), None, "time-lapse \\(T, Y, X\\).*pass the image the labels"),
+        ((2, 8, 8), (3, 8, 8), None, "time-lapse of 3 frames.*pass the time-lapse's image"),
         ((8, 9), (8, 8), None, "does not match"),
         ((8, 8, 5), (8, 8), None, "ambiguous: pass channel_axis"),
         ((8, 8), (8, 8), 0, "a 2D image has no channel axis"),
     ],
 )
 def test_measure_segments__bad_shapes_are_named(image, labels, channel_axis, match):
+    axes = "tyx" if len(labels) == 3 else None
     with pytest.raises(ValueError, match=match):
-        measure_segments(np.ones(image), np.ones(labels, np.int32), channel_axis=channel_axis)
+        measure_segments(
+            np.ones(image), np.ones(labels, np.int32), channel_axis=channel_axis, axes=axes
+        )
 
 
 def test_measure_segments__bad_labels_are_refused_like_embed_segments():
@@ -211,7 +216,7 @@ def test_add_measurements__a_table_without_area_or_embeddings():
 def test_add_measurements__a_stack_table_is_matched_by_frame_and_label():
     labels = np.stack([_random_labels(1), _random_labels(2)])
     image = np.random.default_rng(0).random(labels.shape)
-    measured = measure_segments(image, labels)
+    measured = measure_segments(image, labels, axes="tyx")
     table = measured[["label", "frame", "area"]].iloc[::-1].assign(emb_0=1.0)
     out = add_measurements(table, image, labels)
     assert list(out.columns[:3]) == ["label", "frame", "area"] and out.columns[-1] == "emb_0"

@@ -115,19 +115,27 @@ def test_segment_thumbnails__stack_frame_per_id(scene):
     stack_image = np.stack([image, np.where(labels > 0, 0.9, BACKGROUND).astype(np.float32)])
     stack_labels = np.stack([labels, labels])
     out = sr.segment_thumbnails(
-        stack_image, stack_labels, [1, 1, 2], frame=[0, 1, 1], normalize=None, outline=False
+        stack_image,
+        stack_labels,
+        [1, 1, 2],
+        axes="tyx",
+        frame=[0, 1, 1],
+        normalize=None,
+        outline=False,
     )
     centres = out[:, 32, 32, 0].astype(int)
     np.testing.assert_allclose(centres, [grey(level(1)), grey(0.9), grey(0.9)], atol=1)
-    one_frame = sr.segment_thumbnails(stack_image, stack_labels, [2, 3], frame=0, normalize=None)
+    one_frame = sr.segment_thumbnails(
+        stack_image, stack_labels, [2, 3], axes="tyx", frame=0, normalize=None
+    )
     np.testing.assert_array_equal(one_frame, thumbs(scene, [2, 3]))
     with pytest.raises(ValueError, match="pass frame="):
-        sr.segment_thumbnails(stack_image, stack_labels, [1])
+        sr.segment_thumbnails(stack_image, stack_labels, [1], axes="tyx")
     with pytest.raises(ValueError, match="frame 2 is not in the stack"):
-        sr.segment_thumbnails(stack_image, stack_labels, [1], frame=2)
+        sr.segment_thumbnails(stack_image, stack_labels, [1], axes="tyx", frame=2)
     with pytest.raises(ValueError, match="label 3 not in the labels of frame 1"):
         without_3 = np.stack([labels, labels * (labels != 3)])
-        sr.segment_thumbnails(stack_image, without_3, [3, 1], frame=[1, 0])
+        sr.segment_thumbnails(stack_image, without_3, [3, 1], axes="tyx", frame=[1, 0])
 
 
 def test_segment_thumbnails__files_are_read_when_called(scene, tmp_path):

@@ -343,3 +343,70 @@ def test_gallery_table__an_earlier_versions_sidecar_still_opens(tmp_path, collec
     shutil.copy(sidecar_path(collection), tmp_path / "cells.json")  # the name before issue 22
     opened = open_table_collection(tmp_path / "cells.parquet")
     assert opened.names == ["im0", "im1", "im2"]
+
+
+def test_gallery_source__volumes_and_stacks_give_the_engines_thumbnails(tmp_path):
+    """A table of 3D objects (``bbox_z0``...) is shown as 3D tiles, with the spacing its run
+    recorded; a stack's table (``frame``) as the frames' 2D thumbnails, its channel axis
+    counted within a frame as ``embed_stack`` counts it."""
+    import pandas as pd
+    from skimage.measure import regionprops_table
+
+    import napari_segrep as sr
+    from napari_segrep._widgets._gallery_source import GallerySource
+    from napari_segrep._widgets._gallery_table import FileMember, FileRun, TableCollection
+
+    zz, yy, xx = np.mgrid[:12, :40, :40]
+    volume = ((2 * (zz - 6)) ** 2 + (yy - 14) ** 2 + (xx - 24) ** 2 <= 64).astype(np.int32)
+    volume[(zz - 6) ** 2 + (yy - 30) ** 2 + (xx - 10) ** 2 <= 9] = 2
+    vol_image = (volume * 90 + 20).astype(np.uint8)
+    props = pd.DataFrame(regionprops_table(volume, properties=("label", "bbox")))
+    names = ["bbox_z0", "bbox_y0", "bbox_x0", "bbox_z1", "bbox_y1", "bbox_x1"]
+    vol_table = props.rename(columns={f"bbox-{i}": c for i, c in enumerate(names)})
+    stack_labels = volume[::6].copy()  # (2, 40, 40): two frames
+    stack_image = np.stack([vol_image[::6], 255 - vol_image[::6]], axis=1)  # (T, C, Y, X)
+    frames = [
+        pd.DataFrame(regionprops_table(f, properties=("label", "bbox"))) for f in stack_labels
+    ]
+    stack_table = pd.concat([f.assign(frame=t) for t, f in enumerate(frames)]).rename(
+        columns={"bbox-0": "bbox_y0", "bbox-1": "bbox_x0", "bbox-2": "bbox_y1", "bbox-3": "bbox_x1"}
+    )
+    paths = {}
+    for name, array in [
+        ("vol", vol_image),
+        ("vol_labels", volume),
+        ("stack", stack_image),
+        ("stack_labels", stack_labels),
+    ]:
+        paths[name] = str(tmp_path / f"{name}.tif")
+        tifffile.imwrite(paths[name], array)
+    recorded = {"axes": "zyx", "spacing": [2.0, 1.0, 1.0], "channel_axis": None}
+    members = [
+        FileMember("vol", vol_table, FileRun(paths["vol"], paths["vol_labels"], recorded), {}),
+        FileMember("old", vol_table, FileRun(paths["vol"], paths["vol_labels"], {}), {}),
+        FileMember(
+            "stack",
+            stack_table.reset_index(drop=True),
+            FileRun(paths["stack"], paths["stack_labels"], {"channel_axis": 0}),  # in a frame
+            {},
+        ),
+    ]
+    source = GallerySource(TableCollection(tmp_path / "t.csv", members))
+    shown = {}
+    for request in source.requests(np.arange(len(source))):
+        thumbs = request.source.thumbnails(request.ids, frame=request.frames)
+        shown.update(zip(request.positions.tolist(), thumbs, strict=True))
+    n = len(vol_table)
+    for spacing, at in [((2, 1, 1), 0), (None, n)]:  # recorded spacing; none: cubic voxels
+        expected = sr.segment_thumbnails(
+            vol_image, volume, vol_table["label"], axes="zyx", spacing=spacing, table=vol_table
+        )
+        for k in range(n):
+            np.testing.assert_array_equal(shown[at + k], expected[k])
+    assert not np.array_equal(shown[0], shown[n])  # the spacing made a difference
+    ids, frame_of = stack_table["label"].to_numpy(), stack_table["frame"].to_numpy()
+    expected = sr.segment_thumbnails(
+        stack_image, stack_labels, ids, axes="tyx", channel_axis=1, frame=frame_of
+    )
+    for k in range(len(ids)):
+        np.testing.assert_array_equal(shown[2 * n + k], expected[k])

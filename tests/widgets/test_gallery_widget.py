@@ -33,6 +33,7 @@ def _expected(results, rows, *, size=64, masked=False):
         run.image,
         run.labels,
         table["label"].to_numpy()[rows],
+        axes="tyx" if "frame" in table else None,  # the widget embeds 3D labels as stacks
         size=size,
         masked=masked,
         normalize=run.params["normalize"],

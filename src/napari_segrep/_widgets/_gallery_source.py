@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ..engine.thumbnails import BBOX_COLUMNS
+from ..engine.thumbnails import BBOX_COLUMNS, BBOX_COLUMNS_3D
 from ._results import ANNOTATION
 
 __all__ = ["GallerySource", "ThumbnailRequest"]
@@ -180,8 +180,9 @@ class GallerySource:
     # ------------------------------------------------------------------ thumbnails
     def thumbnail_source(self, i: int):
         """Member ``i``'s :class:`~napari_segrep.engine.thumbnails.ThumbnailSource`: the image
-        and labels as embedded, the embedding's channel axis and normalisation (the frozen
-        numbers of a 2D run), the table's bounding boxes."""
+        and labels as embedded, their axes and spacing (:func:`_run_layout`), the embedding's
+        channel axis and normalisation (the frozen numbers of a 2D run), the table's bounding
+        boxes."""
         from ..engine.thumbnails import ThumbnailSource
 
         member = self.members[i]
@@ -191,11 +192,14 @@ class GallerySource:
         if cached is not None and cached[0] == key:
             return cached[1]
         table = member.table
-        columns = [c for c in ("label", "frame", *BBOX_COLUMNS) if c in table]
+        axes, spacing, channel_axis = _run_layout(run.params, table)
+        columns = [c for c in ("label", "frame", *BBOX_COLUMNS_3D) if c in table]
         source = ThumbnailSource(
             run.image,
             run.labels,
-            channel_axis=run.params.get("channel_axis"),
+            axes=axes,
+            spacing=spacing,
+            channel_axis=channel_axis,
             normalize=run.params.get("normalize", "image"),
             table=table[columns] if set(BBOX_COLUMNS) <= set(columns) else None,
         )
@@ -287,3 +291,24 @@ class GallerySource:
             if name and name not in results.class_colours:
                 results.set_classes({**results.class_colours, name: colour})
             results.annotate_rows(own[member == i].tolist(), name)
+
+
+def _run_layout(params: dict, table: pd.DataFrame) -> tuple[str | None, object, int | None]:
+    """The axes, spacing and channel axis (counted in the whole image) of a run's thumbnails.
+
+    The run's own when it says them (``axes``/``spacing`` among its ``embed_segments``
+    parameters, or its table's ``attrs["layout"]``); else what its table's columns say:
+    ``bbox_z0`` is of 3D objects, ``frame`` of a time-lapse, whose channel axis was then
+    counted within a frame (``embed_stack``'s) and so moves past the time axis.
+    """
+    recorded = table.attrs.get("layout") or {}
+    axes = params.get("axes") or recorded.get("axes")
+    spacing = params.get("spacing", recorded.get("spacing"))
+    channel_axis = params.get("channel_axis")
+    if axes is None and "bbox_z0" in table:
+        axes = "tzyx" if "frame" in table else "zyx"
+    elif axes is None and "frame" in table:
+        axes = "tyx"
+        if channel_axis is not None and channel_axis >= 0:
+            channel_axis += 1
+    return axes, spacing, channel_axis

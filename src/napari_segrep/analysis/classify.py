@@ -34,7 +34,7 @@ from ._cost import _SMALLER, _check_cost
 from ._fitting import _cv_score, _fit, _geometry_weight, _size_weight
 from ._predict import predict_proba
 from ._suggest import suggest_next
-from .measure import SHAPE_COLUMNS, geometry_columns
+from .measure import geometry_columns, missing_measurements
 
 __all__ = [
     "CLASSIFIER_FORMAT",
@@ -332,7 +332,7 @@ def train_classifier(
     weights = None
     log_columns: list[str] = []
     if features == "embedding+geometry":
-        missing = [c for c in ("area", *SHAPE_COLUMNS) if c not in table.columns]
+        missing = missing_measurements(table)
         if missing:
             raise ValueError(
                 f'features="embedding+geometry" needs measurement columns the table lacks '
