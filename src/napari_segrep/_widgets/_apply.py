@@ -54,14 +54,30 @@ def export_columns(table: pd.DataFrame) -> list[str]:
 
 
 def with_measurements(table, image, labels, params: dict, cached=None):
-    """``table`` with the measurement columns (area, shape, intensity per channel) that
-    ``features="embedding+geometry"`` needs: ``cached`` ones (measured before on the same
-    labels, same rows) or measured now."""
+    """``table`` with the measurement columns (area, shape, intensity per channel; 3D objects
+    in the spacing's unit) that ``features="embedding+geometry"`` needs: ``cached`` ones
+    (measured before on the same labels, same rows) or measured now.  ``params``: the run's
+    ``embed_segments`` parameters (``channel_axis``; a volume's ``axes`` and ``spacing``)."""
     from ..analysis.measure import add_measurements
 
     if cached is not None and len(cached) == len(table):
         return table.assign(**{c: cached[c].to_numpy() for c in cached.columns})
-    return add_measurements(table, image, labels, channel_axis=params.get("channel_axis"))
+    channel_axis = params.get("channel_axis")
+    if (
+        channel_axis is not None
+        and channel_axis >= 0
+        and "frame" in table
+        and not params.get("axes")
+    ):
+        channel_axis = int(channel_axis) + 1  # embed_stack's, within a frame: past time
+    return add_measurements(
+        table,
+        image,
+        labels,
+        channel_axis=channel_axis,
+        axes=params.get("axes"),
+        spacing=params.get("spacing"),
+    )
 
 
 def classify_arrays(
@@ -71,7 +87,7 @@ def classify_arrays(
     ``encoder`` (an encoder, or the classifier's record of one: rebuilt, and checked to be the
     same by its fingerprint) and classify them: ``(table, predictions, encoder)``.  In a
     worker."""
-    from ._results import embed_layout, run_encoder
+    from ._results import embed_layout, layout_params, run_encoder
 
     if not hasattr(encoder, "fingerprint"):
         sha = encoder.get("sha256")
@@ -100,7 +116,8 @@ def classify_arrays(
         **params,
     )
     if model.info.get("features") == "embedding+geometry":
-        table = with_measurements(table, image, labels, {"channel_axis": channel_axis})
+        measured = {"channel_axis": channel_axis, **layout_params(layout)}
+        table = with_measurements(table, image, labels, measured)
     return table, model.predict(table, force=True), encoder
 
 
