@@ -195,7 +195,15 @@ def _show_plane(viewer, z: int) -> None:
     assert viewer.dims.current_step[0] == z
 
 
-def test_embed_volumes__one_row_and_point_per_3d_object_with_the_layer_spacing(zstack_embedded):
+def test_embed_volumes__one_row_and_point_per_3d_object_with_the_layer_spacing(
+    zstack_embedded, tmp_path
+):
+    import json
+
+    import pandas as pd
+
+    from napari_segrep.analysis.export import sidecar_path
+
     viewer, widget, layer, image, labels = zstack_embedded
     table = widget.table
     ids = [int(v) for v in np.unique(labels) if v]
@@ -215,6 +223,11 @@ def test_embed_volumes__one_row_and_point_per_3d_object_with_the_layer_spacing(z
     assert points.data.shape == (len(ids), 2)  # one point per object, beside the volume
     assert points.data[:, 1].min() > labels.shape[2] * SCALE[2]
     assert list(layer.features["label"]) == ids
+    # exported: the 3D geometry, and the layout in the sidecar
+    out = widget.export_csv(tmp_path / "vol.csv")
+    back = pd.read_csv(out)
+    assert list(back.columns[:5]) == ["label", "centroid_z", "centroid_y", "centroid_x", "area"]
+    assert json.loads(sidecar_path(out).read_text())["layout"] == recorded
 
 
 def test_embed_volumes__selected_point_highlights_its_object_in_every_plane(zstack_embedded):
@@ -444,3 +457,13 @@ def test_embed_volumes__time_lapse_of_volumes_frames_of_3d_objects_centring_sets
     record = table.iloc[row + 1]
     assert viewer.dims.current_step[:2] == (0, round(record["centroid_z"]))
     assert layer.metadata == {}  # nothing asked, nothing written
+
+
+def test_run_encoder__a_model_of_other_dimensions_than_the_objects_is_refused(narrow_encoder):
+    from napari_segrep._images import Layout
+    from napari_segrep._widgets._results import run_encoder
+
+    image = blob_volume()[0]
+    with pytest.raises(ValueError, match=r"embeds 2D objects but the labels are a z-stack"):
+        run_encoder(narrow_encoder, image, Layout("zyx"), channel_axis=None)
+    assert run_encoder(narrow_encoder, image, Layout("tyx"), channel_axis=None) is narrow_encoder
