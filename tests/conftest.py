@@ -142,6 +142,55 @@ def narrow_encoder(narrow_backbone):
     return SegmentEncoder(narrow_backbone, in_channels=1, seed=0).eval()
 
 
+#: The 3D counterpart of :data:`NARROW_BACKBONE`: the masked 3D ResNet code path (resnet18_3d's
+#: module), one block per stage, widths 8/16/32/64, stride 32, 64-d; 16-24 voxel crops.
+NARROW_BACKBONE_3D = "resnet3d_narrow_test"
+
+
+def register_narrow_backbone_3d() -> str:
+    """Register :data:`NARROW_BACKBONE_3D` (``spatial_dims=3``) through the registry (idempotent)."""
+    from functools import partial
+
+    from napari_segrep.engine.backbones import BACKBONES, register_backbone
+    from napari_segrep.engine.backbones.resnet3d import MaskedResNet3d
+
+    if NARROW_BACKBONE_3D not in BACKBONES:
+        register_backbone(
+            NARROW_BACKBONE_3D, partial(MaskedResNet3d, [1, 1, 1, 1], width=8), spatial_dims=3
+        )
+    return NARROW_BACKBONE_3D
+
+
+@pytest.fixture(scope="session")
+def narrow_backbone_3d() -> str:
+    """The name of the narrow 3D test ResNet, registered; ``SegmentEncoder(narrow_backbone_3d)``
+    takes (B, C, D, H, W) crops."""
+    return register_narrow_backbone_3d()
+
+
+@pytest.fixture(scope="session")
+def narrow_encoder_3d(narrow_backbone_3d):
+    """A 1-channel dual-masked encoder on the narrow 3D test ResNet, eval mode (64-d)."""
+    from napari_segrep import SegmentEncoder
+
+    return SegmentEncoder(narrow_backbone_3d, in_channels=1, seed=0).eval()
+
+
+def blob_masks_3d(b, size, seed=0):
+    """(b, 1, size, size, size) bool Tensor: one random ellipsoid per crop, well inside it."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    zz, yy, xx = torch.meshgrid(*(torch.arange(size),) * 3, indexing="ij")
+    masks = torch.zeros(b, 1, size, size, size, dtype=torch.bool)
+    for i in range(b):
+        cz, cy, cx = torch.randint(size // 4, 3 * size // 4, (3,), generator=g).tolist()
+        rz, ry, rx = (torch.randint(2, max(3, size // 4), (3,), generator=g) + 0.5).tolist()
+        inside = ((zz - cz) / rz) ** 2 + ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
+        masks[i, 0] = inside
+    return masks
+
+
 @pytest.fixture()
 def weights_server():
     """A local HTTP server on 127.0.0.1 standing in for download.pytorch.org (see

@@ -33,6 +33,15 @@ def test_backbone_names__lists_torchvision_s_resnets():
     assert backbone_names() == sorted(BACKBONES)
 
 
+def test_backbone_names__lists_the_native_3d_resnets_with_their_spatial_dims():
+    assert {"resnet18_3d", "resnet34_3d"} <= set(backbone_names())
+    dims = {name: BACKBONES[name].spatial_dims for name in backbone_names()}
+    assert dims["resnet18_3d"] == dims["resnet34_3d"] == 3
+    assert all(dims[name] == 2 for name in TORCHVISION_RESNETS)
+    net = build_backbone("resnet18_3d", in_channels=2, seed=0)
+    assert net.conv1.weight.shape == (64, 2, 7, 7, 7) and net.embedding_dim == 512
+
+
 def test_build_backbone__unknown_name_lists_the_choices():
     with pytest.raises(ValueError, match="unknown backbone 'vgg16'") as info:
         build_backbone("vgg16", seed=0)

@@ -48,7 +48,8 @@ class SegmentEncoder(nn.Module):
     ----------
     backbone : str
         Name of a registered backbone (:mod:`napari_segrep.engine.backbones`): "resnet18",
-        "resnet34" or "resnet50", torchvision's ResNets.
+        "resnet34" or "resnet50", torchvision's ResNets; "resnet18_3d" or "resnet34_3d",
+        their native 3D counterparts for volumes.
     in_channels : int
         Image channels (1 grayscale, 3 RGB, N multichannel).  The first convolution is adapted.
     image_masking : bool

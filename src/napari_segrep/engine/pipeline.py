@@ -56,6 +56,10 @@ NO_SEGMENT = "labels contain no segment (all zero): returning an empty table"
 # channels_last: 1.14x faster than contiguous for the masked encoder on CPU
 # (benchmarks/masking_overhead.py); the layout cuDNN prefers under autocast on CUDA.
 MEMORY_FORMAT = torch.channels_last
+# 5D tensors (volumes, 3D kernels): contiguous.  channels_last_3d was no faster for the masked
+# resnet18_3d on CPU (0.94-1.05x, 1 and 2 threads, benchmarks/masking_overhead_3d.py; CUDA not
+# measured); channels_last itself takes 4D tensors only.
+MEMORY_FORMAT_3D = torch.contiguous_format
 
 
 def embedding_columns(dim: int) -> list[str]:
@@ -194,18 +198,30 @@ class BatchEncoder:
 
     def __enter__(self) -> BatchEncoder:
         self._was_training = self.encoder.training
-        self.encoder.eval().to(self.device, memory_format=MEMORY_FORMAT)
+        # every 4D weight in MEMORY_FORMAT, every 5D one in MEMORY_FORMAT_3D (a 3D backbone
+        # may hold both: 2D convolutions on planes of a volume)
+        self.encoder.eval().to(self.device)._apply(_fast_layout)
         return self
 
     def __exit__(self, *exc) -> None:
         self.encoder.train(bool(self._was_training))
 
     def __call__(self, images: torch.Tensor, masks: torch.Tensor) -> np.ndarray:
-        """``(B, C, S, S)`` crops and ``(B, 1, S, S)`` masks, on the device -> ``(B, D)``
-        float32 embeddings (numpy)."""
+        """``(B, C, S, S)`` crops and ``(B, 1, S, S)`` masks (``(B, C, S, S, S)`` and
+        ``(B, 1, S, S, S)`` for a 3D encoder), on the device -> ``(B, D)`` float32 embeddings
+        (numpy)."""
         with torch.inference_mode(), _autocast(self.device):
-            z = self.encoder(images.contiguous(memory_format=MEMORY_FORMAT), masks)
+            z = self.encoder(_fast_layout(images), masks)
             return z.float().cpu().numpy()
+
+
+def _fast_layout(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in :data:`MEMORY_FORMAT` if 4D, :data:`MEMORY_FORMAT_3D` if 5D, else as it is."""
+    if t.ndim == 4:
+        return t.contiguous(memory_format=MEMORY_FORMAT)
+    if t.ndim == 5:
+        return t.contiguous(memory_format=MEMORY_FORMAT_3D)
+    return t
 
 
 def _as_tensor(array) -> torch.Tensor:

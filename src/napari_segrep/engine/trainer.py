@@ -45,7 +45,7 @@ from .encoder import SegmentEncoder
 from .heads import ProjectionHead, _SSLModel
 from .health import diverged_error, unusable_reason
 from .losses import make_loss
-from .masking import MaskedBatchNorm2d
+from .masking import MaskedBatchNorm
 from .optim import LARS, param_groups_for_lars, warmup_cosine_schedule
 from .quality import (
     QualityMonitor,
@@ -125,7 +125,7 @@ class Trainer:
         self.model = _SSLModel(encoder, head)
         if self.dist.enabled and config.sync_batchnorm:
             for m in self.model.modules():
-                if isinstance(m, MaskedBatchNorm2d):  # encoder and head
+                if isinstance(m, MaskedBatchNorm):  # encoder and head, 2D and 3D
                     m.sync = True
         self.model.to(self.device)
         if self.device.type == "cuda":

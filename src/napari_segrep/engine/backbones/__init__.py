@@ -8,8 +8,12 @@ crops, each seen through its mask:
   dtype, or ``None`` for no feature masking -> (B, embedding_dim); ``S`` is ``(H, W)`` for a
   2D backbone, ``(D, H, W)`` for a 3D one (its registration's ``spatial_dims``);
 - ``load_imagenet_state(state)`` (only for backbones registered with ImageNet weights): load a
-  torchvision state dict, adapting the input layer to the module's channels; ``ValueError``
-  when the state does not fit.
+  torchvision state dict, adapting the input layer to the module's channels (a 3D backbone
+  inflates the 2D kernels); ``ValueError`` when the state does not fit.
+
+Built in: torchvision's ``resnet18``, ``resnet34``, ``resnet50`` (2D, :mod:`.resnet`) and their
+native 3D counterparts ``resnet18_3d``, ``resnet34_3d`` (:mod:`.resnet3d`, which read the 2D
+ImageNet file and inflate it).
 
 :class:`~napari_segrep.engine.encoder.SegmentEncoder` builds backbones by name with
 :func:`build_backbone` and knows nothing else about them.  A new backbone (ViT, 3D...) is a new
@@ -181,14 +185,16 @@ def load_imagenet_weights(backbone: nn.Module, name: str) -> tuple[Tensor, Tenso
     """
     spec = get_backbone(name)
     path = imagenet_cache_path(name)
-    extra = "" if name == "resnet18" else f" --backbone {name}"
+    source = _imagenet_source(spec)
+    extra = "" if source == "resnet18" else f" --backbone {source}"
+    built_from = "" if source == name else f", which {name} is built from"
     if not path.is_file():
         raise FileNotFoundError(
             f"ImageNet weights for {name} are not in the local torch cache: download them "
             f"with `napari-segrep weights download imagenet{extra}` (or the 'Download ImageNet "
             f"weights' button in Embed segments), or copy the file {path.name} (torchvision's "
-            f"{name} IMAGENET1K_V1 weights) from a machine with internet to {path}; or use "
-            "weights=None."
+            f"{source} IMAGENET1K_V1 weights{built_from}) from a machine with internet to "
+            f"{path}; or use weights=None."
         )
     fix = (
         f"download it again with `napari-segrep weights download imagenet{extra} --force`, or "
@@ -212,15 +218,28 @@ def load_imagenet_weights(backbone: nn.Module, name: str) -> tuple[Tensor, Tenso
     except (ValueError, KeyError, RuntimeError) as exc:  # other keys, other shapes
         text = f"no {exc.args[0]!r}" if isinstance(exc, KeyError) and exc.args else str(exc)
         reason = " ".join(text.split())[:200]
-        raise ValueError(f"{path} does not hold {name} weights ({reason}): {fix}") from None
+        raise ValueError(f"{path} does not hold {source} weights ({reason}): {fix}") from None
     return torch.tensor(spec.imagenet_mean), torch.tensor(spec.imagenet_std)
 
 
+def _imagenet_source(spec: BackboneSpec) -> str:
+    """The backbone whose ImageNet file ``spec`` reads: itself, or for a 3D backbone the 2D
+    backbone registered with the same file (resnet18 for resnet18_3d: the file it inflates)."""
+    if spec.spatial_dims == 3:
+        for other in BACKBONES.values():
+            if other.spatial_dims == 2 and other.imagenet_url == spec.imagenet_url:
+                return other.name
+    return spec.name
+
+
 def _register_builtin_backbones() -> None:
-    from . import resnet
+    from . import resnet, resnet3d
 
     for name in resnet.RESNETS:
         register_backbone(name, resnet.resnet_builder(name), imagenet_url=resnet.imagenet_url(name))
+    for name in resnet3d.RESNETS_3D:  # inflate the 2D ResNet's ImageNet file (same cache path)
+        url = resnet.imagenet_url(resnet3d.imagenet_source(name))
+        register_backbone(name, resnet3d.resnet3d_builder(name), imagenet_url=url, spatial_dims=3)
 
 
 _register_builtin_backbones()

@@ -25,7 +25,14 @@ from torchvision.models import resnet as tv_resnet
 
 from ..masking import MaskedBatchNorm2d, mask_pyramid, masked_mean_pool
 
-__all__ = ["RESNETS", "MaskedResNet", "build_resnet", "imagenet_url", "resnet_builder"]
+__all__ = [
+    "RESNETS",
+    "MaskedResNet",
+    "build_resnet",
+    "conv_weight_from_rgb",
+    "imagenet_url",
+    "resnet_builder",
+]
 
 # name -> (block, blocks per stage, torchvision's ImageNet weights)
 RESNETS: dict[str, tuple[type[nn.Module], list[int], tv_resnet.WeightsEnum]] = {
@@ -124,15 +131,7 @@ class MaskedResNet(tv_resnet.ResNet):
         self._conv1_from_rgb(rgb_conv)
 
     def _conv1_from_rgb(self, rgb_weight: Tensor) -> None:
-        if self.in_channels == 3:
-            weight = rgb_weight
-        elif self.in_channels == 1:
-            weight = rgb_weight.sum(dim=1, keepdim=True)
-        else:
-            reps = -(-self.in_channels // 3)
-            weight = rgb_weight.repeat(1, reps, 1, 1)[:, : self.in_channels] * (
-                3.0 / self.in_channels
-            )
+        weight = conv_weight_from_rgb(rgb_weight, self.in_channels)
         new = nn.Conv2d(self.in_channels, self.conv1.out_channels, 7, 2, 3, bias=False)
         with torch.no_grad():
             new.weight.copy_(weight)
@@ -195,6 +194,30 @@ def _block_forward(
         identity = bn(conv(x), m_out)
     out = out + identity
     return block.relu(out)
+
+
+def conv_weight_from_rgb(rgb_weight: Tensor, in_channels: int) -> Tensor:
+    """The weight of a first convolution for ``in_channels`` inputs made from an RGB one.
+
+    Parameters
+    ----------
+    rgb_weight : (O, 3, *K) Tensor
+        The ImageNet first convolution's weight (``K`` its kernel: 2D or 3D).
+    in_channels : int
+        3: unchanged; 1: summed over RGB (a grey image seen as R=G=B gives the same response);
+        N: RGB tiled over the N channels and scaled by 3/N.
+
+    Returns
+    -------
+    (O, in_channels, *K) Tensor
+    """
+    if in_channels == 3:
+        return rgb_weight
+    if in_channels == 1:
+        return rgb_weight.sum(dim=1, keepdim=True)
+    reps = -(-in_channels // 3)
+    tiles = (1, reps) + (1,) * (rgb_weight.ndim - 2)
+    return rgb_weight.repeat(*tiles)[:, :in_channels] * (3.0 / in_channels)
 
 
 def build_resnet(name: str, *, in_channels: int = 3, seed: int = 0) -> MaskedResNet:
