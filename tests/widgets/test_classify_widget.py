@@ -27,10 +27,10 @@ def cells():
     return image, labels, classes
 
 
-def _embedded(make_napari_viewer, qtbot, image, labels, name="cells"):
+def _embedded(make_napari_viewer, qtbot, image, labels, name="cells", axis_labels=None):
     viewer = make_napari_viewer()
     viewer.add_image(image, name="img")
-    viewer.add_labels(labels, name=name)
+    viewer.add_labels(labels, name=name, axis_labels=axis_labels)
     _, embed = viewer.window.add_plugin_dock_widget("napari-segrep", "Embed segments")
     embed.crop_input.value = 32
     embed.umap_input.value = False
@@ -391,7 +391,7 @@ def test_classify_widget__stacks_frame_by_frame(make_napari_viewer, qtbot, Mouse
     planes = [make_cells(shape=(160, 160), n_cells=15, seed=s) for s in (21, 22)]
     image = np.stack([p[0] for p in planes])
     labels = np.stack([p[1] for p in planes])
-    viewer, _ = _embedded(make_napari_viewer, qtbot, image, labels)
+    viewer, _ = _embedded(make_napari_viewer, qtbot, image, labels, axis_labels=("t", "y", "x"))
     widget = _classify_dock(viewer)
     table = widget.results.table
     assert "frame" in table
@@ -431,6 +431,7 @@ def _click_plane(layer, label, labels, frame, MouseEvent):
 def test_classify_widget__apply_to_a_layer_with_results_of_its_own(
     make_napari_viewer, qtbot, cells, MouseEvent
 ):
+    from napari_segrep._images import Layout
     from napari_segrep._widgets._map_view import MapView
     from napari_segrep._widgets._results import SegmentResults, embed_run
 
@@ -451,7 +452,7 @@ def test_classify_widget__apply_to_a_layer_with_results_of_its_own(
         labels2,
         embed.results.run.encoder,
         params,
-        stack=False,
+        layout=Layout("yx"),
         model="",
         checkpoint=None,
         image_layers=["img2"],

@@ -255,7 +255,7 @@ def test_embed_widget__stack_frames_and_emphasis(make_napari_viewer, qtbot):
         ]
     )
     viewer.add_image(image, name="img")
-    viewer.add_labels(labels, name="cells")
+    viewer.add_labels(labels, name="cells", axis_labels=("t", "y", "x"))  # a time-lapse
     widget = _dock(viewer)
     _run_and_wait(qtbot, widget)
     table = widget.table

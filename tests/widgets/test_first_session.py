@@ -106,3 +106,86 @@ def test_first_session__no_freeze_umap_elsewhere_map_in_view_clean_exit(tmp_path
     centre_x = report["camera_after"][0][-1]
     assert centre_x > report["image_width"] / 2 and report["map_x_min"] > report["image_width"]
     assert report["embedding_in_flight"] is True
+
+
+SCRIPT_3D = r"""
+import numpy as np
+from napari_segrep._widgets._map_process import map_process
+
+# a z-stack of 30 blobs, voxels 2 x 0.5 x 0.5
+rng = np.random.default_rng(3)
+zz, yy, xx = np.mgrid[:32, :96, :96]
+labels = np.zeros((32, 96, 96), np.int32)
+for k, (cz, cy, cx) in enumerate(
+    [(z, y, x) for z in (8, 24) for y in range(10, 96, 19) for x in (12, 44, 76)][:30]
+):
+    rz, ry, rx = 3 + k % 3, 5 + k % 4, 6 + k % 3
+    labels[((zz - cz) / rz) ** 2 + ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1] = k + 1
+image = (rng.random(labels.shape) * 0.3 + 0.6 * (labels > 0)).astype(np.float32)
+viewer = napari.Viewer(show=True)
+app = QApplication.instance()
+viewer.add_image(image, name="img", scale=(2, 0.5, 0.5))
+viewer.add_labels(labels, name="vol", scale=(2, 0.5, 0.5))
+app.processEvents()
+heartbeat, ticks = start_heartbeat()
+_, widget = viewer.window.add_plugin_dock_widget("napari-segrep", "Embed segments")
+report = {"asked": widget.axes_question.asking, "run_before_answer": widget.run_button.enabled}
+widget.axes_question.zstack_button.native.click()  # the user's answer
+widget.crop_input.value = 16
+widget.run()
+wait(lambda: widget.points_layer is not None)
+points = widget.points_layer
+points.selected_data = set(range(5))  # the first selection, right after the map appears
+app.processEvents()
+points.selected_data = {12}  # one object: the view goes to its middle plane
+app.processEvents()
+viewer.layers["vol"].selected_label = int(widget.table["label"].iloc[20])
+app.processEvents()
+points.selected_data = set(range(20, 25))
+for _ in range(30):
+    app.processEvents()
+    time.sleep(0.01)
+heartbeat.stop()
+gaps = [b - a for a, b in zip(ticks, ticks[1:])]
+table = widget.table
+report.update(
+    longest_stall_s=max(gaps),
+    umap_in_napari="umap" in sys.modules or "pynndescent" in sys.modules,
+    rows=len(table),
+    objects=int(labels.max()),
+    has_centroid_z="centroid_z" in table and "frame" not in table,
+    layout=table.attrs.get("layout"),
+    remembered=viewer.layers["vol"].metadata.get("napari_segrep"),
+)
+# napari closed with work in flight: an embedding, and the UMAP map (still compiling, or a
+# long fit) whose answer would update the (then deleted) widget
+big = np.random.default_rng(0).random((6000, 32)).astype("float32")
+map_process().submit("fit", 10**6, big, 0, on_done=lambda ok, v: setattr(widget.status, "value", "x"))
+widget.run()
+wait(lambda: widget.job is not None and widget.job.worker is not None)
+report["embedding_in_flight"] = widget.job is not None
+print("REPORT", json.dumps(report), flush=True)
+viewer.close()
+"""
+
+
+def test_first_session__a_z_stack_asked_once_no_freeze_clean_exit(tmp_path):
+    """The same first session with a z-stack (napari first, then the widget; the question
+    answered; one point per 3D object; selections, one of them moving to its object's plane,
+    while UMAP compiles in the map process; napari closed with an embedding and the map in
+    flight).  UMAP's own first map is the 2D session's (above): not waited for here; nor is
+    napari's own switch to the 3D view (2-3 s of volume shaders under software OpenGL)."""
+    from ._fresh_session import run_fresh_session
+
+    report = run_fresh_session("import sys\n" + SCRIPT_3D, tmp_path)
+    assert report["asked"] is True and report["run_before_answer"] is False
+    assert report["remembered"] == {"axes": "zyx"}
+    assert report["rows"] == report["objects"] == 30 and report["has_centroid_z"]
+    assert report["layout"] == {
+        "axes": "zyx",
+        "spacing": [2.0, 0.5, 0.5],
+        "spacing_source": "napari scale",
+    }
+    assert report["longest_stall_s"] <= FREEZE_CEILING_S, report
+    assert report["umap_in_napari"] is False
+    assert report["embedding_in_flight"] is True

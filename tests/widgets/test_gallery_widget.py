@@ -276,7 +276,7 @@ def test_gallery_widget__several_images_and_stacks(make_napari_viewer, qtbot):
 
     # a stack: clicking a thumbnail of frame 2 shows frame 2
     viewer.add_image(stack, name="stack")
-    cells_s = viewer.add_labels(stack_labels, name="stack_cells")
+    cells_s = viewer.add_labels(stack_labels, name="stack_cells", axis_labels=("t", "y", "x"))
     _, embed_s = viewer.window.add_plugin_dock_widget("napari-segrep", "Embed segments")
     embed_s.crop_input.value = 32
     embed_s.umap_input.value = False

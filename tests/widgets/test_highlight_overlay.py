@@ -7,6 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from napari_segrep._images import Layout
+
 from ..conftest import require_napari
 
 require_napari()
@@ -39,7 +41,13 @@ def make_results(layer, labels, *, stack=False):
     if stack:
         table["frame"] = [int(np.nonzero((labels == i).any(axis=(1, 2)))[0][0]) for i in ids]
     table = pd.concat([table, pd.DataFrame(emb).add_prefix("emb_")], axis=1)
-    run = RunSetup(encoder=None, params={}, image=labels, labels=labels, stack=stack)
+    run = RunSetup(
+        encoder=None,
+        params={},
+        image=labels,
+        labels=labels,
+        layout=Layout("tyx" if stack else "yx"),
+    )
     return SegmentResults(layer, table, pca_map(emb), run)
 
 

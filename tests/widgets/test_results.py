@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from napari_segrep._images import Layout
+
 from ..conftest import disc_labels, require_napari
 
 require_napari()
@@ -25,7 +27,9 @@ def embedded(scene, encoder):
     params = {"crop_size": 32, "batch_size": 8, "device": "cpu", "normalize": (0.0, 1.0)}
     params["channel_axis"] = None
     df = sr.embed_segments(image, labels, encoder, **params)
-    run = RunSetup(encoder=encoder, params=params, image=image, labels=labels.copy(), stack=False)
+    run = RunSetup(
+        encoder=encoder, params=params, image=image, labels=labels.copy(), layout=Layout("yx")
+    )
     return Labels(labels, name="cells"), df, pca_map(embedding_matrix(df)), run
 
 

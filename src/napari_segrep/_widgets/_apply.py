@@ -14,6 +14,7 @@ from napari.layers import Labels
 from napari.utils.colormaps import DirectLabelColormap
 from napari.utils.notifications import show_error, show_info
 
+from .._images import Layout, layout_of
 from . import _session
 from ._common import (
     export_table,
@@ -25,6 +26,7 @@ from ._common import (
     save_path,
 )
 from ._jobs import start_job, watch_close
+from ._layer_axes import AxesQuestion, LayerAxesUnknown, layer_layout
 from ._results import (
     ANNOTATION,
     PREDICTION_COLUMNS,
@@ -33,62 +35,102 @@ from ._results import (
     with_classes,
 )
 
-__all__ = ["ClassifierFiles", "classify_arrays", "export_columns", "with_measurements"]
+__all__ = [
+    "ClassifierFiles",
+    "classify_arrays",
+    "export_columns",
+    "file_layout",
+    "with_measurements",
+]
 
 
 def export_columns(table: pd.DataFrame) -> list[str]:
     """The columns of a predictions export: keys, centroid and area, the annotation, the
     prediction and each class's probability."""
-    front = [
-        c for c in ("image", "frame", "label", "centroid_y", "centroid_x", "area") if c in table
-    ]
+    keys = ("image", "frame", "label", "centroid_z", "centroid_y", "centroid_x", "area")
+    front = [c for c in keys if c in table]
     classes = [c for c in (ANNOTATION, *PREDICTION_COLUMNS) if c in table]
     return front + classes + [c for c in table.columns if str(c).startswith("prob_")]
 
 
 def with_measurements(table, image, labels, params: dict, cached=None):
-    """``table`` with the measurement columns (area, shape, intensity per channel) that
-    ``features="embedding+geometry"`` needs: ``cached`` ones (measured before on the same
-    labels, same rows) or measured now."""
+    """``table`` with the measurement columns (area, shape, intensity per channel; 3D objects
+    in the spacing's unit) that ``features="embedding+geometry"`` needs: ``cached`` ones
+    (measured before on the same labels, same rows) or measured now.  ``params``: the run's
+    ``embed_segments`` parameters (``channel_axis``; a volume's ``axes`` and ``spacing``)."""
     from ..analysis.measure import add_measurements
 
     if cached is not None and len(cached) == len(table):
         return table.assign(**{c: cached[c].to_numpy() for c in cached.columns})
-    return add_measurements(table, image, labels, channel_axis=params.get("channel_axis"))
+    channel_axis = params.get("channel_axis")
+    if (
+        channel_axis is not None
+        and channel_axis >= 0
+        and "frame" in table
+        and not params.get("axes")
+    ):
+        channel_axis = int(channel_axis) + 1  # embed_stack's, within a frame: past time
+    return add_measurements(
+        table,
+        image,
+        labels,
+        channel_axis=channel_axis,
+        axes=params.get("axes"),
+        spacing=params.get("spacing"),
+    )
 
 
-def classify_arrays(model, encoder, image, labels, channel_axis, params, progress, should_stop):
-    """Embed the segments of ``labels`` (2D, or a ``(T, Y, X)`` stack) with ``encoder`` (an
-    encoder, or the classifier's record of one: rebuilt, and checked to be the same by its
-    fingerprint) and classify them: ``(table, predictions, encoder)``.  In a worker."""
-    from ..engine.embed import embed_segments, embed_stack, encoder_for
-    from ..engine.segments import as_channels_first
+def classify_arrays(
+    model, encoder, image, labels, channel_axis, params, progress, should_stop, *, layout
+):
+    """Embed the segments of ``labels`` (of ``layout``: 2D, a z-stack, a time-lapse) with
+    ``encoder`` (an encoder, or the classifier's record of one: rebuilt, and checked to be the
+    same by its fingerprint) and classify them: ``(table, predictions, encoder)``.  In a
+    worker."""
+    from ._results import embed_layout, layout_params, run_encoder
 
-    stack = np.asarray(labels).ndim == 3
     if not hasattr(encoder, "fingerprint"):
         sha = encoder.get("sha256")
-        plane = image[0] if stack else image
-        n = as_channels_first(plane, channel_axis=channel_axis).shape[0]
-        encoder = encoder_for(encoder.get("weights"), in_channels=n, seed=encoder.get("seed", 0))
+        encoder = run_encoder(
+            encoder.get("weights"),
+            image,
+            layout,
+            channel_axis=channel_axis,
+            backbone=encoder.get("backbone"),
+            seed=encoder.get("seed", 0),
+        )
         if sha is not None and encoder.fingerprint() != sha:
             raise ValueError(
                 "the classifier's encoder is not available here (the model it was trained on "
                 f"is not this session's, and its weights {encoder.weights_source or '(untrained)'}"
                 " differ): embed a layer with that model in Embed segments first"
             )
-    embed = embed_stack if stack else embed_segments
-    table = embed(
+    table = embed_layout(
         image,
         labels,
         encoder,
+        layout,
         channel_axis=channel_axis,
         progress=progress,
         should_stop=should_stop,
         **params,
     )
     if model.info.get("features") == "embedding+geometry":
-        table = with_measurements(table, image, labels, {"channel_axis": channel_axis})
+        measured = {"channel_axis": channel_axis, **layout_params(layout)}
+        table = with_measurements(table, image, labels, measured)
     return table, model.predict(table, force=True), encoder
+
+
+def file_layout(labels, model) -> Layout:
+    """The layout of a labels file classified with ``model``: 2D and 4D as they are; 3D by
+    what the classifier's encoder embeds (3D objects: a z-stack; 2D: a time-lapse)."""
+    from ..engine.backbones import get_backbone
+
+    axes = None
+    if np.ndim(labels) == 3:
+        backbone = (model.info.get("encoder") or {}).get("backbone", "resnet18")
+        axes = "zyx" if get_backbone(backbone).spatial_dims == 3 else "tyx"
+    return layout_of(np.shape(labels), axes=axes)
 
 
 class ClassifierFiles:
@@ -104,6 +146,7 @@ class ClassifierFiles:
         self.apply_images = Select(
             label="its image layer(s)", choices=lambda _w=None: image_layers(self.viewer)
         )
+        self.apply_question = AxesQuestion(on_answered=lambda *_: self._check_apply_axes())
         self.apply_button = PushButton(text="Apply classifier")
         self.apply_progress = progress_bar()
         self.folder_button = PushButton(text="Apply to a folder of files...")
@@ -114,6 +157,7 @@ class ClassifierFiles:
                     layout="horizontal", labels=False, widgets=[self.save_button, self.load_button]
                 ),
                 self.apply_labels,
+                self.apply_question,
                 self.apply_images,
                 self.apply_button,
                 self.folder_button,
@@ -130,6 +174,21 @@ class ClassifierFiles:
         )
         self.export_button.changed.connect(act(self.export_csv))
         self.folder_button.changed.connect(act(self._apply_to_chosen_folder))
+        self.apply_labels.changed.connect(self._check_apply_axes)
+        self._check_apply_axes()
+
+    def _check_apply_axes(self, *_) -> None:
+        """Ask what the layer to apply to is when it is 3D and that is not known yet."""
+        layer = self.apply_labels.value
+        try:
+            if layer is not None:
+                layer_layout(layer)
+        except LayerAxesUnknown:
+            self.apply_question.ask(layer)
+            return
+        except ValueError:
+            pass
+        self.apply_question.clear()
 
     # ------------------------------------------------------------------ files
     def save_classifier(self, path=None, *, overwrite: bool | None = None) -> Path | None:
@@ -207,14 +266,26 @@ class ClassifierFiles:
             self.show_predictions(labels_layer, other.table, other.class_colours)
             self.status.value = f"'{labels_layer.name}': {len(rows)} segments predicted."
             return None
-        inputs = layer_inputs(labels_layer, images or [])
+        try:
+            inputs = layer_inputs(labels_layer, images or [])
+        except LayerAxesUnknown:
+            self.apply_question.ask(labels_layer)
+            raise
         encoder, params = self._embedding_setup(model)
         labels = inputs.labels.copy()
 
         def call(progress, should_stop):
             image, axis = inputs.image, inputs.channel_axis
             table, predictions, _ = classify_arrays(
-                model, encoder, image, labels, axis, params, progress, should_stop
+                model,
+                encoder,
+                image,
+                labels,
+                axis,
+                params,
+                progress,
+                should_stop,
+                layout=inputs.layout,
             )
             return table, predictions
 
@@ -270,8 +341,17 @@ class ClassifierFiles:
                 progress(i, len(pairs))
                 try:
                     image, labels = read_image(image_path), read_image(labels_path)
+                    layout = file_layout(labels, model)
                     _, predictions, encoder = classify_arrays(
-                        model, encoder, image, labels, axis, params, None, should_stop
+                        model,
+                        encoder,
+                        image,
+                        labels,
+                        axis,
+                        params,
+                        None,
+                        should_stop,
+                        layout=layout,
                     )
                 except ValueError as exc:
                     raise ValueError(f"{image_path.name}: {exc}") from None

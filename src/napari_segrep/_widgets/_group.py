@@ -40,20 +40,31 @@ class MapPart:
         return self.whole.transform(emb)
 
 
-def _n_rows(labels: np.ndarray) -> int:
-    """Rows ``embed_segments`` (``embed_stack`` for ``(T, Y, X)``) gives for ``labels``."""
-    planes = labels if labels.ndim == 3 else [labels]
-    return sum(int(np.count_nonzero(np.unique(p))) for p in planes)
+def _n_rows(labels: np.ndarray, layout) -> int:
+    """Rows the embedding gives for ``labels`` of ``layout``: one per label (and frame, for a
+    time-lapse)."""
+    frames = labels if layout.has_time else [labels]
+    return sum(int(np.count_nonzero(np.unique(f))) for f in frames)
 
 
-def embed_pairs_run(pairs: Sequence, weights, params: dict, *, progress, should_stop, **run):
+def embed_pairs_run(
+    pairs: Sequence,
+    weights,
+    params: dict,
+    *,
+    progress,
+    should_stop,
+    volume_backbone: str | None = None,
+    **run,
+):
     """What a multi-pair Run computes in its worker thread: each pair embedded alone (one
     encoder, the same settings) with :func:`~._results.embed_run`, and one PCA map of all rows.
 
     Parameters
     ----------
-    pairs : sequence of (image, labels, stack, channel_axis, image_layer_names)
-        One per pair, in order.
+    pairs : sequence of (image, labels, layout, channel_axis, image_layer_names)
+        One per pair, in order (``layout``: the labels' :class:`~napari_segrep._images.Layout`;
+        the pairs' objects are all 2D or all 3D: one model embeds them).
     weights : None, "imagenet", a checkpoint path or a SegmentEncoder
         The model (:func:`~napari_segrep.engine.embed.encoder_for`), built once for all pairs.
     params : dict
@@ -63,6 +74,8 @@ def embed_pairs_run(pairs: Sequence, weights, params: dict, *, progress, should_
         one, is called as pair ``i`` of ``n`` starts.
     should_stop : callable() -> bool
         Polled between batches (``Cancelled``: nothing is returned).
+    volume_backbone : str, optional
+        The backbone of a new encoder for 3D objects.
     **run
         ``model`` and ``checkpoint``, recorded in each :class:`~._results.RunSetup`.
 
@@ -76,11 +89,11 @@ def embed_pairs_run(pairs: Sequence, weights, params: dict, *, progress, should_
     from ..analysis.reduce import pca_map
     from ..analysis.tables import embedding_matrix
 
-    totals = [_n_rows(np.asarray(p[1])) for p in pairs]
+    totals = [_n_rows(np.asarray(p[1]), p[2]) for p in pairs]
     grand, done, parts = max(sum(totals), 1), 0, []
     encoder = weights
     tell = getattr(progress, "message", None)  # the job's messages to the GUI thread
-    for i, ((image, labels, stack, axis, names), total) in enumerate(
+    for i, ((image, labels, layout, axis, names), total) in enumerate(
         zip(pairs, totals, strict=True)
     ):
         if tell is not None:
@@ -94,10 +107,11 @@ def embed_pairs_run(pairs: Sequence, weights, params: dict, *, progress, should_
             labels,
             encoder,
             {**params, "channel_axis": axis},
-            stack=stack,
+            layout=layout,
             image_layers=names,
             progress=report,
             should_stop=should_stop,
+            volume_backbone=volume_backbone,
             **run,
         )
         encoder = setup.encoder  # built once, shared by every pair

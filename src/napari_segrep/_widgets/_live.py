@@ -3,7 +3,8 @@ the segments whose pixels changed, and their rows and points follow.
 
 Debounced (one update after a burst of paint events); one update at a time.  The diff is
 :func:`~napari_segrep.engine.segments.changed_segments`, the embedding
-``embed_segments(..., only=ids)`` with the run's own encoder and parameters, and the rows are
+``embed_segments(..., only=ids)`` with the run's own encoder and parameters (a z-stack's
+axes and spacing included: its objects are embedded again as 3D objects), and the rows are
 replaced by :meth:`~._results.SegmentResults.replace_rows`.
 """
 
@@ -47,9 +48,10 @@ class LiveEmbedding:
         self._timer.timeout.connect(self.update)
 
     def follow(self, results: SegmentResults | None) -> None:
-        """Re-embed edits of ``results``' labels layer (None: stop following).  Stacks are not
-        followed."""
-        if results is not None and results.run.stack:
+        """Re-embed edits of ``results``' labels layer (None: stop following).  Time-lapses
+        (a ``frame`` column) are not followed; 2D images and z-stacks are (a z-stack's changed
+        objects are embedded again as 3D objects)."""
+        if results is not None and results.run.layout.has_time:
             results = None
         layer = results.labels_layer if results is not None else None
         if self._layer is not None:

@@ -14,6 +14,7 @@ from napari.utils.colormaps import DirectLabelColormap
 from qtpy.QtCore import QTimer
 
 from . import _highlight as overlay
+from ._common import on_click, show_segment_planes, shown_index
 from ._results import ANNOTATION, PREDICTION_COLUMNS, SegmentResults, register_map
 
 __all__ = ["MapView", "class_colours"]
@@ -415,11 +416,15 @@ class MapView:
             layer.colormap = colormap
 
     def _emphasise_frame(self, event=None) -> None:
-        """For stacks: points of the current frame large and opaque, the others small."""
+        """For time-lapses: points of the frame shown large and opaque, the others small."""
         results, points = self.results, self.points_layer
         if results is None or points is None or "frame" not in results.table:
             return
-        current = results.table["frame"].to_numpy() == self.viewer.dims.current_step[0]
+        layer = results.labels_layer
+        if layer is None:
+            return
+        shown = shown_index(self.viewer, layer, 0)
+        current = results.table["frame"].to_numpy() == shown
         base = self._point_size()
         points.size = np.where(current, base * 1.6, base * 0.6)
         colours = np.array(points.face_color)
@@ -428,8 +433,16 @@ class MapView:
 
     # ------------------------------------------------------------------ linking
     def _on_points_selection_changed(self, event=None) -> None:
-        if self.results is not None:
-            self.results.select_rows(self.points_layer.selected_data)
+        results = self.results
+        if results is None:
+            return
+        results.select_rows(self.points_layer.selected_data)
+        if len(results.selection) == 1 and results.labels_layer is not None:
+            # a 3D object outside the plane shown: go to its middle plane to see it
+            (row,) = results.selection
+            show_segment_planes(
+                self.viewer, results.labels_layer, results.run.layout, results.table.iloc[row]
+            )
 
     def _on_selection_changed(self, event=None) -> None:
         """The model's selection: the points' selection, the highlight, and for one segment
@@ -452,13 +465,16 @@ class MapView:
 
     def _on_labels_click(self, layer, event):
         """A click on a segment (pan/zoom mode) selects it, and so its point; on the background
-        it clears the selection."""
+        it clears the selection.  In 2D slicing the segment in the plane shown; in the 3D view
+        the first object along the ray through the click (a drag turns the camera)."""
         if layer.mode != "pan_zoom" or self.results is None:
+            return None
+        return on_click(layer, event, self._on_label_picked)
+
+    def _on_label_picked(self, layer, label: int) -> None:
+        if self.results is None:
             return
-        value = layer.get_value(event.position, world=True)
-        if value is None:
-            return
-        if int(value) > 0:
-            self.results.select_labels([int(value)])
+        if label > 0:
+            self.results.select_labels([label])
         else:
             self.results.select_rows(())

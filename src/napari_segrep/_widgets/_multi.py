@@ -19,6 +19,7 @@ from napari.utils.notifications import show_info
 from ._common import LayerInputs, folder_pairs, image_layers, labels_layers, layer_inputs
 from ._group import MapPart, ResultsGroup, embed_pairs_run
 from ._group_view import GroupMapView
+from ._layer_axes import LayerAxesUnknown
 from ._results import SegmentResults, results_for
 
 __all__ = ["MAX_FOLDER_PAIRS", "MultiPairs", "image_name", "same_layer"]
@@ -113,6 +114,8 @@ class MultiPairs:
             try:
                 image = [row.image.value] if row.image.value is not None else []
                 out.append(layer_inputs(row.labels.value, image, build=build))
+            except LayerAxesUnknown:
+                raise  # names its layer: the widget asks about it
             except ValueError as exc:
                 raise ValueError(f"Pair {i}: {exc}") from None
         return out
@@ -135,6 +138,11 @@ class MultiPairs:
         channels = {_channels(p) for p in pairs}
         if len(channels) > 1:
             raise ValueError("The pairs' images differ in channels: one model embeds them all.")
+        if len({p.layout.spatial_ndim for p in pairs}) > 1:
+            raise ValueError(
+                "Some pairs hold 2D objects and others 3D objects (z-stacks): one model embeds "
+                "them all, so embed them apart."
+            )
 
     # ------------------------------------------------------------------ a folder
     def _choose_folder(self) -> None:
@@ -182,13 +190,13 @@ class MultiPairs:
         return [labels for _, labels in added]
 
     # ------------------------------------------------------------------ run and results
-    def prepare(self, weights, params: dict, **run):
+    def prepare(self, weights, params: dict, *, volume_backbone=None, **run):
         """The worker's call, what to do with its result and with its messages (which image it
         embeds), for :meth:`~.embed.EmbedSegmentsWidget.run`."""
         pairs = self.pairs(build=True)
         self.validate()
         args = [
-            (p.image, p.labels.copy(), p.stack, p.channel_axis, [la.name for la in p.image_layers])
+            (p.image, p.labels.copy(), p.layout, p.channel_axis, [la.name for la in p.image_layers])
             for p in pairs  # labels copied: the user may paint while we work
         ]
         targets = [p.labels_layer for p in pairs]
@@ -199,7 +207,13 @@ class MultiPairs:
 
             _session.load_engine()
             return embed_pairs_run(
-                args, weights, params, progress=progress, should_stop=should_stop, **run
+                args,
+                weights,
+                params,
+                progress=progress,
+                should_stop=should_stop,
+                volume_backbone=volume_backbone,
+                **run,
             )
 
         def on_message(message) -> None:

@@ -21,16 +21,21 @@ import pandas as pd
 from napari.layers import Labels
 from napari.utils.events import EmitterGroup
 
+from .._images import Layout
+
 __all__ = [
     "ANNOTATION",
     "PALETTE",
     "RunSetup",
     "SegmentResults",
     "all_results",
+    "embed_layout",
     "embed_run",
+    "layout_params",
     "prediction_columns",
     "register_map",
     "results_for",
+    "run_encoder",
     "shown_by",
     "with_classes",
 ]
@@ -53,6 +58,9 @@ PALETTE = np.array(
         (0.09, 0.75, 0.81, 1.0),
     ]
 )
+
+#: The backbone of a new encoder for 3D objects when none is chosen.
+VOLUME_BACKBONE = "resnet18_3d"
 
 _by_layer: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 #: Points layer -> weak reference to what it maps (a SegmentResults or a ResultsGroup).
@@ -95,14 +103,28 @@ class RunSetup:
     """What produced the results, so a few segments can be embedded again the same way."""
 
     encoder: object  # SegmentEncoder (torch stays out of this module)
-    params: dict  # keyword arguments of embed_segments (normalisation frozen to numbers)
+    params: dict  # keyword arguments of embed_segments (normalisation frozen to numbers; a
+    # volume's axes and spacing included)
     image: np.ndarray
     labels: np.ndarray  # the labels as last embedded (live updates diff against these)
-    stack: bool
+    layout: Layout  # what the labels' axes are, and the voxel spacing
     normalization: dict | None = None  # as recorded by embed_segments
     model: str = ""
     checkpoint: str | None = None
     image_layers: list[str] = field(default_factory=list)
+
+    @property
+    def stack(self) -> bool:
+        """A time-lapse (one row per label and frame): ``layout.has_time``."""
+        return self.layout.has_time
+
+
+def layout_params(layout: Layout) -> dict:
+    """``embed_segments``' ``axes`` and ``spacing`` for labels of ``layout``: none for 2D
+    objects (``"yx"``, and ``"tyx"``, embedded frame by frame with ``embed_stack``)."""
+    if not layout.is_volume:
+        return {}
+    return {"axes": layout.axes, "spacing": layout.spacing}
 
 
 def embed_run(
@@ -111,43 +133,102 @@ def embed_run(
     weights,
     params: dict,
     *,
-    stack: bool,
+    layout: Layout,
     model: str,
     checkpoint,
     image_layers,
     progress,
     should_stop,
+    volume_backbone: str | None = None,
 ):
     """What a Run computes, in its worker thread: the table, the PCA map and the
-    :class:`RunSetup` (``params``: keyword arguments of ``embed_segments``)."""
+    :class:`RunSetup` (``params``: keyword arguments of ``embed_segments``; ``layout``: the
+    labels' axes and spacing; ``volume_backbone``: the backbone of a new encoder for 3D
+    objects)."""
     from ..analysis.reduce import pca_map
     from ..analysis.tables import embedding_matrix
-    from ..engine.embed import embed_segments, embed_stack, encoder_for
-    from ..engine.segments import as_channels_first, normalize_argument
 
-    plane = image[0] if stack else image
-    n_channels = as_channels_first(plane, channel_axis=params["channel_axis"]).shape[0]
-    encoder = encoder_for(weights, in_channels=n_channels)
-    embed = embed_stack if stack else embed_segments
-    df = embed(image, labels, encoder, progress=progress, should_stop=should_stop, **params)
+    encoder = run_encoder(
+        weights,
+        image,
+        layout,
+        channel_axis=params["channel_axis"],
+        backbone=volume_backbone if layout.is_volume else None,
+    )
+    params = {**params, **layout_params(layout)}
+    df = embed_layout(
+        image, labels, encoder, layout, progress=progress, should_stop=should_stop, **params
+    )
     normalization = df.attrs.get("normalization")
     # Live updates reuse the run's normalisation numbers instead of recomputing the image's
     # percentiles on every paint stroke.
     live_params = dict(params)
-    if not stack:
+    if not layout.has_time:
+        from ..engine.segments import normalize_argument
+
         live_params["normalize"] = normalize_argument(normalization)
     run = RunSetup(
         encoder=encoder,
         params=live_params,
         image=image,
         labels=labels,
-        stack=stack,
+        layout=layout,
         normalization=normalization,
         model=model,
         checkpoint=str(checkpoint) if checkpoint else None,
         image_layers=list(image_layers),
     )
     return df, pca_map(embedding_matrix(df)), run
+
+
+def run_encoder(weights, image, layout: Layout, *, channel_axis, backbone=None, seed: int = 0):
+    """The encoder a run embeds with (``encoder_for``: weights by what the user chose), for
+    the image's channels; a new one (untrained or ImageNet) is a ``backbone`` (None:
+    resnet18 for 2D objects, :data:`VOLUME_BACKBONE` for 3D ones).  ``ValueError`` when the
+    model sees objects of other dimensions than the labels'."""
+    from .._images import as_channels_first, frame_channel_axis
+    from ..engine.embed import encoder_for
+
+    if layout.axes == "tyx":  # embed_stack: a frame's channel axis
+        frame = as_channels_first(image[0], channel_axis=channel_axis)
+    else:
+        frame = image[0] if layout.has_time else image
+        axis = frame_channel_axis(channel_axis, layout, np.ndim(image))
+        frame = as_channels_first(frame, channel_axis=axis, spatial_ndim=layout.spatial_ndim)
+    if backbone is None:
+        backbone = VOLUME_BACKBONE if layout.is_volume else "resnet18"
+    encoder = encoder_for(weights, in_channels=frame.shape[0], backbone=backbone, seed=seed)
+    dims = int(getattr(encoder, "spatial_dims", 2))
+    if dims != layout.spatial_ndim:
+        what = {2: "2D objects", 3: "3D objects"}
+        raise ValueError(
+            f"the model ({encoder.backbone_name}) embeds {what[dims]} but the labels are "
+            f"{_KINDS[layout.axes]}: choose a model for {what[layout.spatial_ndim]}"
+        )
+    return encoder
+
+
+_KINDS = {
+    "yx": "2D",
+    "tyx": "a time-lapse of 2D frames",
+    "zyx": "a z-stack (3D objects)",
+    "tzyx": "a time-lapse of volumes",
+}
+
+
+def embed_layout(image, labels, encoder, layout: Layout, **kwargs):
+    """``embed_segments`` for labels of ``layout``: 2D as ever, ``"tyx"`` frame by frame
+    (``embed_stack``), volumes with their ``axes`` and ``spacing`` (the table's
+    ``attrs["layout"]`` says where the spacing came from)."""
+    from ..engine.embed import embed_segments, embed_stack
+
+    if layout.axes == "yx":
+        return embed_segments(image, labels, encoder, **kwargs)
+    if layout.axes == "tyx":
+        return embed_stack(image, labels, encoder, **kwargs)
+    df = embed_segments(image, labels, encoder, **{**kwargs, **layout_params(layout)})
+    df.attrs["layout"] = layout.describe()  # with its source ("napari scale")
+    return df
 
 
 class SegmentResults:
@@ -368,12 +449,14 @@ class SegmentResults:
         return export_frame(self._table, self.coords, map_method=self.map_method)
 
     def provenance(self) -> dict:
-        """The exported table's JSON sidecar: the same keys as the CLI's, plus the layers."""
+        """The exported table's JSON sidecar: the same keys as the CLI's, plus the layers (and
+        for 3D objects ``layout``: axes, spacing and its source)."""
         from ..analysis.export import provenance
 
         run, layer = self.run, self.labels_layer
         inputs = {"labels_layer": layer.name if layer is not None else None}
         inputs["image_layers"] = run.image_layers
+        extra = {"layout": run.layout.describe()} if run.layout.is_volume else {}
         return provenance(
             command="napari: Embed segments, Export CSV",
             encoder_config=run.encoder.record(),
@@ -390,6 +473,7 @@ class SegmentResults:
             image_shape=list(run.image.shape),
             image_dtype=str(run.image.dtype),
             **inputs,
+            **extra,  # a volume's axes and voxel spacing, and where the spacing came from
         )
 
     def close(self) -> None:

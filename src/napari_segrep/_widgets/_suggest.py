@@ -1,6 +1,6 @@
 """The "label next" part of the Classify segments widget: the segments the model is least sure
 of (:func:`~napari_segrep.analysis.classify.suggest_next`), and going to one (select it,
-centre the view on it, move to its frame)."""
+centre the view on it, move to its frame and middle plane)."""
 
 from __future__ import annotations
 
@@ -52,11 +52,12 @@ class Suggestions:
         return rows[0]
 
     def go_to_row(self, row: int) -> None:
-        """Select the segment of ``row`` (and its point) and centre the view on it."""
-        from ._common import centre_view_on
-        from ._gallery_source import GallerySource
+        """Select the segment of ``row`` (and its point) and centre the view on it: the camera
+        on its centroid, the dims on its frame and, for a 3D object, its middle plane."""
+        from ._common import centre_on_segment
 
         results = self._require_results()
-        _, world, frame = GallerySource(results).place(row)
-        centre_view_on(self.viewer, world, frame)
+        layer = results.labels_layer
+        if layer is not None and layer in self.viewer.layers:
+            centre_on_segment(self.viewer, layer, results.run.layout, results.table.iloc[row])
         results.select_rows([row])

@@ -19,7 +19,7 @@ from napari.utils.notifications import show_error
 
 from . import _session
 from ._apply import ClassifierFiles, with_measurements
-from ._common import UserActions, labels_layers, status_label
+from ._common import UserActions, labels_layers, on_click, shown_index, status_label
 from ._jobs import Job, start_job, watch_close
 from ._results import PALETTE, SegmentResults, results_for, with_classes
 from ._suggest import Suggestions
@@ -265,13 +265,17 @@ class ClassifySegmentsWidget(UserActions, ClassifierFiles, Suggestions, Containe
     # ------------------------------------------------------------------ annotating
     def _on_click(self, layer, event):
         """Pan/zoom click on a segment: annotate it with the current class (clicking it again
-        with the same class removes the annotation)."""
+        with the same class removes the annotation).  In 2D slicing the segment in the plane
+        shown, in any plane; in the 3D view the first object along the ray through the click
+        (a drag turns the camera)."""
         if not self.annotate_input.value or layer.mode != "pan_zoom" or self.results is None:
+            return None
+        return on_click(layer, event, self._on_label_clicked)
+
+    def _on_label_clicked(self, layer, label: int) -> None:
+        if label <= 0 or self.results is None or self.class_input.value is None:
             return
-        value = layer.get_value(event.position, world=True)
-        if value is None or int(value) <= 0 or self.class_input.value is None:
-            return
-        rows = self._rows_of(int(value))
+        rows = self._rows_of(label)
         if len(rows):
             current = self.class_input.value
             same = (self.results.annotations[rows] == current).all()
@@ -283,8 +287,9 @@ class ClassifySegmentsWidget(UserActions, ClassifierFiles, Suggestions, Containe
     def _rows_of(self, label: int) -> np.ndarray:
         table = self.results.table
         hit = table["label"].to_numpy() == label
-        if "frame" in table:  # a stack: the segment in the frame shown
-            hit &= table["frame"].to_numpy() == self.viewer.dims.current_step[0]
+        layer = self.results.labels_layer
+        if "frame" in table and layer is not None:  # a time-lapse: the segment in the frame shown
+            hit &= table["frame"].to_numpy() == shown_index(self.viewer, layer, 0)
         return np.flatnonzero(hit)
 
     def annotate_rows(self, rows, name: str | None) -> None:
@@ -293,7 +298,7 @@ class ClassifySegmentsWidget(UserActions, ClassifierFiles, Suggestions, Containe
         self._require_results().annotate_rows(rows, name)
 
     def annotate_labels(self, labels, name: str | None) -> None:
-        """Annotate the segments with these label ids (in the frame shown, for stacks)."""
+        """Annotate the segments with these label ids (in the frame shown, for time-lapses)."""
         rows = np.concatenate([self._rows_of(int(v)) for v in labels] or [np.zeros(0, int)])
         self.annotate_rows(rows, name)
 

@@ -31,6 +31,7 @@ from ._common import (
 )
 from ._embed_actions import ResultsActions
 from ._jobs import Job, start_job, watch_close
+from ._layer_axes import AxesQuestion, LayerAxesUnknown
 from ._live import LiveEmbedding
 from ._map_view import MapView
 from ._multi import MultiPairs
@@ -43,6 +44,24 @@ MODEL_UNTRAINED = "untrained (random init, seed 0)"
 MODEL_IMAGENET = "ImageNet (local torch cache)"
 MODEL_FILE = "checkpoint file..."
 MODEL_SESSION = "model trained in this session"
+#: The default crop size for 2D and for 3D objects (``embed_segments``' own defaults).
+CROP_SIZE = {2: 64, 3: 32}
+#: How a new encoder sees 3D objects (z-stacks): the backbones for volumes, default first.
+VOLUME_BACKBONES = ("resnet18_3d", "resnet18_planes")
+
+
+def volume_backbones(_widget=None) -> list[str]:
+    """The backbones for 3D objects: those registered (once the engine is loaded: never
+    imported here, in napari's thread), else the built-in ones."""
+    import sys
+
+    registry = sys.modules.get("napari_segrep.engine.backbones")
+    if registry is None:
+        return list(VOLUME_BACKBONES)
+    names = [n for n, spec in registry.BACKBONES.items() if spec.spatial_dims == 3]
+    return [n for n in VOLUME_BACKBONES if n in names] + [
+        n for n in names if n not in VOLUME_BACKBONES
+    ]
 
 
 class EmbedSegmentsWidget(ResultsActions, Container):
@@ -85,12 +104,31 @@ class EmbedSegmentsWidget(ResultsActions, Container):
         self.labels_input = ComboBox(
             label="labels layer", choices=lambda _w=None: labels_layers(viewer)
         )
+        self.axes_question = AxesQuestion(on_answered=self._update_run_state)
         self.model_input = ComboBox(label="model", choices=self._model_choices)
+        self.volume_model_input = ComboBox(
+            label="3D model",
+            choices=volume_backbones,
+            visible=False,
+            tooltip="how a new model sees a 3D object: resnet18_3d, a 3D network (ImageNet "
+            "weights inflated to 3D); resnet18_planes, the 2D network on the object's three "
+            "orthogonal middle planes (faster on a CPU)",
+        )
         self.weights_button = WeightsDownloadButton(choices=self.model_input, select=MODEL_IMAGENET)
         self.checkpoint_input = FileEdit(
             label="checkpoint", mode="r", filter="*.pt *.pth", visible=False
         )
-        self.crop_input = SpinBox(label="crop size", value=64, min=8, max=1024, step=8)
+        self.crop_input = SpinBox(
+            label="crop size",
+            value=CROP_SIZE[2],
+            min=8,
+            max=1024,
+            step=8,
+            tooltip="side of the square (2D) or cubic (3D) crop each object is seen in: by "
+            f"default {CROP_SIZE[2]} for 2D objects, {CROP_SIZE[3]} for 3D ones (a "
+            f"{CROP_SIZE[2]}^3 crop is 8x the work)",
+        )
+        self._object_dims = 2  # of the chosen labels' objects, as the crop size was set for
         self.normalize_input = ComboBox(
             label="normalisation", value="image", choices=["image", "segment", "none"]
         )
@@ -113,8 +151,10 @@ class EmbedSegmentsWidget(ResultsActions, Container):
             [
                 self.image_input,
                 self.labels_input,
+                self.axes_question,
                 *self.multi.widgets,
                 self.model_input,
+                self.volume_model_input,
                 self.weights_button,
                 self.checkpoint_input,
                 self.crop_input,
@@ -210,19 +250,41 @@ class EmbedSegmentsWidget(ResultsActions, Container):
     def _update_run_state(self, *_) -> None:
         running = self.job is not None
         why = self.validate()
+        dims = 3 if self._embeds_volumes() else 2
+        self.volume_model_input.visible = dims == 3
+        if dims != self._object_dims:  # the default crop of the other kind, unless chosen
+            if self.crop_input.value == CROP_SIZE[self._object_dims]:
+                self.crop_input.value = CROP_SIZE[dims]
+            self._object_dims = dims
         self.run_button.enabled = why is None and not running
         if not running and (why is not None or self.results is None):  # else keep the results
             self.status.value = why or "Ready."
 
     def validate(self) -> str | None:
-        """Why Run is not possible now (None when it is)."""
+        """Why Run is not possible now (None when it is).  A 3D labels layer whose axes are
+        not known yet shows the question (z-stack or time-lapse?)."""
         try:
             self._collect_inputs(build=False)
             if self.multi.active:
                 self.multi.validate()
-        except ValueError as exc:
+        except LayerAxesUnknown as exc:
+            self.axes_question.ask(exc.layer)
             return str(exc)
+        except ValueError as exc:
+            self.axes_question.clear()
+            return str(exc)
+        self.axes_question.clear()
         return None
+
+    def _embeds_volumes(self) -> bool:
+        """Whether the chosen labels layer holds 3D objects (a z-stack, as said)."""
+        from ._layer_axes import layer_layout
+
+        layer = self.labels_input.value
+        try:
+            return layer is not None and layer_layout(layer).is_volume
+        except ValueError:
+            return False
 
     def _collect_inputs(self, *, build: bool = True) -> LayerInputs:
         """The run's inputs; ``ValueError`` with the reason when they don't fit.  With
@@ -243,6 +305,7 @@ class EmbedSegmentsWidget(ResultsActions, Container):
         if current in self.device_input.choices:
             self.device_input.value = current
         self.refresh_models()
+        self.volume_model_input.reset_choices()  # the registry's, now the engine is loaded
 
     # ------------------------------------------------------------------ run
     def run(self):
@@ -264,8 +327,11 @@ class EmbedSegmentsWidget(ResultsActions, Container):
             "normalize": None if normalize == "none" else normalize,
         }
         run = {"model": model, "checkpoint": checkpoint}
+        volume_backbone = self.volume_model_input.value
         if self.multi.active:
-            call, on_result, on_message = self.multi.prepare(weights, params, **run)
+            call, on_result, on_message = self.multi.prepare(
+                weights, params, volume_backbone=volume_backbone, **run
+            )
             return self._start(call, on_result, on_message=on_message)
         image = inputs.image
         labels = inputs.labels.copy()  # the user may paint while we work
@@ -278,10 +344,11 @@ class EmbedSegmentsWidget(ResultsActions, Container):
                 labels,
                 weights,
                 {**params, "channel_axis": inputs.channel_axis},
-                stack=inputs.stack,
+                layout=inputs.layout,
                 image_layers=layer_names,
                 progress=progress,
                 should_stop=should_stop,
+                volume_backbone=volume_backbone,
                 **run,
             )
 
