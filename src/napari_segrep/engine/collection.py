@@ -399,10 +399,10 @@ def iter_embed_images(
     read.  Parameters as for :func:`embed_images`.  Closing the generator early stops the
     worker processes.
     """
+    from .._images import layout_of
     from ._image_stream import IMAGE_ERRORS, image_stream
     from .devices import resolve_device
     from .encoder import SegmentEncoder
-    from .._images import layout_of
     from .pipeline import check_spatial_dims, default_crop_size, on_device
 
     unknown = sorted(set(kwargs) - set(EMBED_OPTIONS))
