@@ -317,7 +317,8 @@ def test_embed_images__volumes_each_with_its_spacing_are_what_each_gives_alone(
         spacing=spacing,
         **kw,
     )
-    for name, image, labels, sp in zip("ab", (image_a, image_b), (labels_a, labels_b), spacing):
+    pairs = zip("ab", (image_a, image_b), (labels_a, labels_b), spacing, strict=True)
+    for name, image, labels, sp in pairs:
         alone = sr.embed_segments(image, labels, narrow_encoder_3d, axes="zyx", spacing=sp, **kw)
         rows = df[df["image"] == name].drop(columns="image").reset_index(drop=True)
         pd.testing.assert_frame_equal(rows, alone, check_exact=False, rtol=1e-5, atol=1e-6)
