@@ -172,12 +172,13 @@ def test_embed_segments__volumes_without_objects_and_only_some_ids(narrow_encode
 
 
 def test_embed_segments__default_volume_encoder_and_the_reverse_mismatch(narrow_encoder_3d):
-    from napari_segrep.engine.embed import VOLUME_BACKBONE
+    from napari_segrep.engine.embed import VOLUME_BACKBONE, volume_backbone
 
     image, labels = blobs_volume()
-    df = _embed3d(image, labels, None, only=[5])
-    assert df.attrs["encoder"]["backbone"] == VOLUME_BACKBONE == "resnet18_3d"
-    assert df.shape == (1, 12 + 512)
+    df = _embed3d(image, labels, None, only=[5])  # on the CPU: the planes
+    assert df.attrs["encoder"]["backbone"] == volume_backbone("cpu") == "resnet18_planes"
+    assert df.shape == (1, 12 + 1536)
+    assert volume_backbone(None) == VOLUME_BACKBONE == "resnet18_3d"  # what training starts
     flat = disc_labels((40, 40), [(20, 20, 6)])
     with pytest.raises(ValueError, match=r"3D volumes but the objects are 2D.*'resnet18'"):
         sr.embed_segments(image[0], flat, narrow_encoder_3d)

@@ -102,6 +102,16 @@ def test_embed_volumes__asks_once_run_disabled_until_answered_remembered(make_na
     assert (
         not widget.volume_model_input.native.isHidden()
     )  # a z-stack: how a new model sees 3D objects
+    # by device: the planes on a CPU, the native 3D network once the warm-up finds CUDA,
+    # unless the user chose
+    assert widget.volume_model_input.value == "resnet18_planes"
+    widget._on_warm(["cpu"])
+    assert widget.volume_model_input.value == "resnet18_planes"
+    widget._on_warm(["cpu", "cuda"])
+    assert widget.volume_model_input.value == "resnet18_3d"
+    widget.volume_model_input.value = "resnet18_planes"  # the user's choice
+    widget._on_warm(["cpu", "cuda"])
+    assert widget.volume_model_input.value == "resnet18_planes"
     # remembered: another widget, or the layer chosen again, does not ask
     other = _dock(viewer)
     assert not other.axes_question.asking and other.run_button.enabled

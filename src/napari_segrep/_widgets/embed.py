@@ -46,8 +46,11 @@ MODEL_FILE = "checkpoint file..."
 MODEL_SESSION = "model trained in this session"
 #: The default crop size for 2D and for 3D objects (``embed_segments``' own defaults).
 CROP_SIZE = {2: 64, 3: 32}
-#: How a new encoder sees 3D objects (z-stacks): the backbones for volumes, default first.
+#: How a new encoder sees 3D objects (z-stacks): the backbones for volumes, the native one first.
 VOLUME_BACKBONES = ("resnet18_3d", "resnet18_planes")
+#: The default 3D model on a GPU and elsewhere (``engine.embed.volume_backbone``'s rule, kept
+#: here: the engine is not imported in napari's thread).
+VOLUME_BACKBONE, VOLUME_BACKBONE_CPU = VOLUME_BACKBONES
 
 
 def volume_backbones(_widget=None) -> list[str]:
@@ -114,6 +117,9 @@ class EmbedSegmentsWidget(ResultsActions, Container):
             "weights inflated to 3D); resnet18_planes, the 2D network on the object's three "
             "orthogonal middle planes (faster on a CPU)",
         )
+        # the default by device (README "Volumes"): the planes until the warm-up finds CUDA
+        self.volume_model_input.value = VOLUME_BACKBONE_CPU
+        self._volume_default = VOLUME_BACKBONE_CPU
         self.weights_button = WeightsDownloadButton(choices=self.model_input, select=MODEL_IMAGENET)
         self.checkpoint_input = FileEdit(
             label="checkpoint", mode="r", filter="*.pt *.pth", visible=False
@@ -306,6 +312,10 @@ class EmbedSegmentsWidget(ResultsActions, Container):
             self.device_input.value = current
         self.refresh_models()
         self.volume_model_input.reset_choices()  # the registry's, now the engine is loaded
+        if self.volume_model_input.value == self._volume_default:  # not chosen by the user
+            cuda = any(str(d).startswith("cuda") for d in devices)
+            default = VOLUME_BACKBONE if cuda else VOLUME_BACKBONE_CPU
+            self.volume_model_input.value = self._volume_default = default
 
     # ------------------------------------------------------------------ run
     def run(self):

@@ -159,7 +159,9 @@ def _prepare(args: argparse.Namespace, *, check_folder: bool) -> _Plan:
             f"the images have different numbers of channels ({shown}): one encoder takes one "
             "number of channels; embed them as separate collections"
         )
-    backbone = choose_backbone(args.backbone, layouts[0], checkpoint=args.checkpoint)
+    backbone = choose_backbone(
+        args.backbone, layouts[0], checkpoint=args.checkpoint, device=args.device
+    )
     weights, start_line = choose_weights(
         args.weights, backbone=backbone, seed=args.seed, checkpoint=args.checkpoint
     )

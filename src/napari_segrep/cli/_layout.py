@@ -297,10 +297,11 @@ def pair_hint(image_path: Path, labels_path: Path) -> Hint | None:
 _KIND = {"yx": "2D", "zyx": "a z-stack", "tyx": "a time-lapse", "tzyx": "a time-lapse of volumes"}
 
 
-def choose_backbone(backbone: str | None, layout, *, checkpoint=None) -> str:
+def choose_backbone(backbone: str | None, layout, *, checkpoint=None, device=None) -> str:
     """The backbone to embed the objects of ``layout`` with: ``backbone`` (``--backbone``; None:
-    resnet18 for 2D objects, :data:`~napari_segrep.engine.embed.VOLUME_BACKBONE` for
-    volumes), checked to embed objects of as many dimensions (a :class:`CLIError` with the
+    resnet18 for 2D objects, for volumes :func:`~napari_segrep.engine.embed.volume_backbone`
+    of ``device``, ``--device``: the native 3D network on CUDA, the planes elsewhere; None,
+    as ``train`` asks: the native 3D network), checked to embed objects of as many dimensions (a :class:`CLIError` with the
     fix otherwise; not checked with a ``checkpoint``, whose encoder brings its own)."""
     from ..engine.backbones import BACKBONES, get_backbone
     from ._common import BACKBONES as CHOICES
@@ -308,9 +309,9 @@ def choose_backbone(backbone: str | None, layout, *, checkpoint=None) -> str:
     if backbone is None:
         if not layout.is_volume:
             return "resnet18"
-        from ..engine.embed import VOLUME_BACKBONE
+        from ..engine.embed import volume_backbone
 
-        return VOLUME_BACKBONE
+        return volume_backbone(device)
     if checkpoint is not None:
         return backbone
     dims = get_backbone(backbone).spatial_dims
@@ -319,12 +320,12 @@ def choose_backbone(backbone: str | None, layout, *, checkpoint=None) -> str:
     fitting = [n for n in CHOICES if n in BACKBONES and BACKBONES[n].spatial_dims != dims]
     kind = _KIND[layout.axes]
     if layout.is_volume:
-        from ..engine.embed import VOLUME_BACKBONE
+        from ..engine.embed import volume_backbone
 
         raise CLIError(
             f"--backbone {backbone} embeds 2D objects, but the labels are {kind} (--axes "
             f"{layout.axes}: 3D objects): use --backbone {' or '.join(fitting)} "
-            f"({VOLUME_BACKBONE} by default: leave --backbone out)"
+            f"({volume_backbone(device)} by default here: leave --backbone out)"
         )
     raise CLIError(
         f"--backbone {backbone} embeds volumes, but the labels are {kind} (--axes "

@@ -191,7 +191,9 @@ def run(args: argparse.Namespace) -> int:
         image_name=f"IMAGE {args.image.name}",
         labels_name=f"LABELS {args.labels.name}",
     )
-    backbone = choose_backbone(args.backbone, layout, checkpoint=args.checkpoint)
+    backbone = choose_backbone(
+        args.backbone, layout, checkpoint=args.checkpoint, device=args.device
+    )
     weights, start = choose_weights(
         args.weights, backbone=backbone, seed=args.seed, checkpoint=args.checkpoint
     )
@@ -334,7 +336,7 @@ def run_embedding(
         validate_labels(labels, labels.shape)
     except (TypeError, ValueError) as exc:
         raise CLIError(str(exc)) from None
-    backbone = choose_backbone(backbone, layout, checkpoint=checkpoint)
+    backbone = choose_backbone(backbone, layout, checkpoint=checkpoint, device=device)
     encoder = encoder_for(
         checkpoint if checkpoint is not None else weights,
         in_channels=channels,

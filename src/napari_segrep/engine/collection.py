@@ -84,7 +84,7 @@ def embed_images(
         arrays).  Must be unique.
     encoder : SegmentEncoder, optional
         One encoder for every image (default: the untrained one for the first image's
-        channels: resnet18 for 2D objects, ``VOLUME_BACKBONE`` for volumes).  Its dimensions
+        channels: resnet18 for 2D objects, ``volume_backbone(device)`` for volumes).  Its dimensions
         must be the objects' (a 3D backbone for volumes).
     axes : "yx", "zyx", "tyx", "tzyx", a Layout, a sequence of them (one per image), or None
         What the labels' axes are, as for ``embed_segments``: one for every image, or one per
@@ -514,7 +514,7 @@ class _Collector:
         from .pipeline import check_channels
 
         if self.encoder is None:  # the untrained one for the first image's channels
-            self.encoder = default_encoder(self.layouts[0], int(channels))
+            self.encoder = default_encoder(self.layouts[0], int(channels), self.device)
         check_channels(self.encoder.in_channels, int(channels))
         return self.encoder
 

@@ -31,6 +31,7 @@ from .segments import _MAX_SPARSE_ID, as_channels_first, validate_labels
 
 __all__ = [
     "VOLUME_BACKBONE",
+    "VOLUME_BACKBONE_CPU",
     "check_frames",
     "check_stack",
     "default_encoder",
@@ -41,10 +42,26 @@ __all__ = [
     "encoder_for",
     "stack_messages",
     "stack_result",
+    "volume_backbone",
 ]
 
-#: The encoder ``embed_segments`` builds for a volume when none is given (untrained, seed 0).
+#: The encoder ``embed_segments`` builds for a volume when none is given (untrained, seed 0),
+#: on a GPU: the native 3D network.
 VOLUME_BACKBONE = "resnet18_3d"
+#: ... and on a CPU (or MPS): three orthogonal planes through the 2D network, a quarter of the
+#: native network's CPU time per object at about its k-NN quality (benchmarks/volume_memory.py,
+#: volume_quality.py, volume_spacing.py; README "Volumes").
+VOLUME_BACKBONE_CPU = "resnet18_planes"
+
+
+def volume_backbone(device=None) -> str:
+    """The default backbone of 3D objects on ``device`` (a ``torch.device``, or what
+    :func:`~napari_segrep.engine.devices.resolve_device` takes): :data:`VOLUME_BACKBONE` on
+    CUDA, :data:`VOLUME_BACKBONE_CPU` elsewhere; None: :data:`VOLUME_BACKBONE` (training)."""
+    if device is None:
+        return VOLUME_BACKBONE
+    cuda = resolve_device(device).type == "cuda"
+    return VOLUME_BACKBONE if cuda else VOLUME_BACKBONE_CPU
 
 
 def encoder_for(
@@ -103,7 +120,8 @@ def embed_segments(
         0 is background; every other value is one segment (per frame, in a time-lapse).
     encoder : SegmentEncoder, optional
         Default: an untrained ``SegmentEncoder(in_channels=C, seed=0)`` (resnet18) for 2D
-        objects, ``SegmentEncoder(VOLUME_BACKBONE, in_channels=C)`` for 3D ones.  Its
+        objects, ``SegmentEncoder(volume_backbone(device), in_channels=C)`` for 3D ones
+        (``"resnet18_3d"`` on CUDA, the fast ``"resnet18_planes"`` on a CPU).  Its
         ``spatial_dims`` must be the objects' (a 2D encoder for a volume is refused, with the
         fix).  Put in eval mode for the call (its previous mode is restored) and moved to
         ``device``.
@@ -213,7 +231,7 @@ def embed_segments(
         only=only,
     )
     if encoder is None:
-        encoder = default_encoder(layout, prepared.n_channels)
+        encoder = default_encoder(layout, prepared.n_channels, device)
     dev = resolve_device(device)
     warn_messages(prepared.messages, stacklevel=2)
     total = len(prepared)
@@ -254,11 +272,11 @@ def resolve_layout(labels, axes, spacing) -> Layout:
     return layout_of(labels, axes=axes, spacing=spacing)
 
 
-def default_encoder(layout: Layout, in_channels: int) -> SegmentEncoder:
+def default_encoder(layout: Layout, in_channels: int, device="auto") -> SegmentEncoder:
     """The untrained encoder ``embed_segments`` uses when given none: resnet18 for 2D objects,
-    :data:`VOLUME_BACKBONE` for 3D ones (seed 0)."""
+    :func:`volume_backbone` of ``device`` for 3D ones (seed 0)."""
     if layout.is_volume:
-        return SegmentEncoder(VOLUME_BACKBONE, in_channels=in_channels)
+        return SegmentEncoder(volume_backbone(device), in_channels=in_channels)
     return SegmentEncoder(in_channels=in_channels)
 
 
@@ -368,7 +386,7 @@ def _embed_frames(
         channels = as_channels_first(
             image[0], channel_axis=channel_axis, spatial_ndim=frame.spatial_ndim
         ).shape[0]
-        encoder = default_encoder(frame, channels)
+        encoder = default_encoder(frame, channels, kwargs.get("device", "auto"))
     frames = []
     done = 0
     plane_messages: list[tuple[int, str]] = []
