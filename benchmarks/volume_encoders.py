@@ -32,61 +32,24 @@ import time
 
 import numpy as np
 import torch
-from _common import command_line, environment, knn_accuracy, write_json
+from _common import (
+    VOLUME_SHAPES,
+    cell_window,
+    command_line,
+    environment,
+    knn_accuracy,
+    make_ellipsoid_cells,
+    write_json,
+)
 
 CROP = 32
 BATCH = 16
 PERCENTILES = (1.0, 99.8)  # embed_segments' normalisation
 NORMALIZE = ("image", "segment")
-CLASSES = ("sphere", "rod", "disc")
-#: semi-axes of each class relative to the equivalent radius (same volume: product 1)
-_AXES = {"sphere": (1.0, 1.0, 1.0), "rod": (3 ** (2 / 3), 3 ** (-1 / 3), 3 ** (-1 / 3))}
-_AXES["disc"] = (3 ** (-2 / 3), 3 ** (1 / 3), 3 ** (1 / 3))
+CLASSES = VOLUME_SHAPES
 
 
 # ----------------------------------------------------------------------------- data
-def _smooth_noise(rng, shape, sigma):
-    from scipy.ndimage import gaussian_filter
-
-    noise = gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma)
-    return noise / (noise.std() + 1e-8)
-
-
-def make_objects(n_per_class: int, *, seed: int = 0, cell: int = CROP):
-    """``(image, labels, classes, grid)``: one object per ``cell``^3 cell of a (gz*cell,
-    gy*cell, gx*cell) float32 volume, its int32 labels (1..n), the class index of label i at
-    ``classes[i - 1]``, and the grid (gz, gy, gx)."""
-    rng = np.random.default_rng(seed)
-    n = n_per_class * len(CLASSES)
-    classes = rng.permutation(np.repeat(np.arange(len(CLASSES)), n_per_class))
-    g = int(np.ceil(n ** (1 / 3)))
-    grid = (int(np.ceil(n / (g * g))), g, g)
-    image = np.zeros(tuple(k * cell for k in grid), np.float32)
-    labels = np.zeros(image.shape, np.int32)
-    c = np.arange(cell, dtype=np.float32) - (cell - 1) / 2
-    zz, yy, xx = np.meshgrid(c, c, c, indexing="ij")
-    coords = np.stack([zz, yy, xx], axis=-1)  # (cell, cell, cell, 3)
-    for i, k in enumerate(classes):
-        radius = rng.uniform(4.0, 6.5)
-        semi = np.array(_AXES[CLASSES[k]]) * radius
-        rotation, _ = np.linalg.qr(rng.standard_normal((3, 3)))  # a random orientation
-        shift = rng.uniform(-1.0, 1.0, 3)
-        local = (coords - shift) @ rotation  # coordinates in the object's own frame
-        inside = ((local / semi) ** 2).sum(-1) <= 1.0
-        # texture: nothing in it depends on the class
-        level = rng.uniform(0.3, 1.0)
-        grain = _smooth_noise(rng, inside.shape, rng.uniform(0.6, 2.5))
-        direction = rng.standard_normal(3)
-        gradient = (coords @ (direction / np.linalg.norm(direction))) / cell
-        value = level * (1 + rng.uniform(0.05, 0.4) * grain + rng.uniform(-0.8, 0.8) * gradient)
-        background = rng.uniform(0.0, 0.3) + 0.05 * rng.standard_normal(inside.shape)
-        z, y, x = np.unravel_index(i, grid)
-        window = tuple(slice(j * cell, (j + 1) * cell) for j in (z, y, x))
-        image[window] = np.where(inside, value, background)
-        labels[window] = np.where(inside, i + 1, 0)
-    return image, labels, classes, grid
-
-
 def cell_crops(image, labels, grid, *, normalize: str = "image", cell: int = CROP):
     """The objects' centred crops: (n, 1, cell, cell, cell) float32 and bool masks.
 
@@ -97,8 +60,7 @@ def cell_crops(image, labels, grid, *, normalize: str = "image", cell: int = CRO
     ms = np.empty((n, 1, cell, cell, cell), bool)
     low, high = np.percentile(image, PERCENTILES)
     for i in range(n):
-        z, y, x = np.unravel_index(i, grid)
-        window = tuple(slice(j * cell, (j + 1) * cell) for j in (z, y, x))
+        window = cell_window(i, grid, cell)
         ms[i, 0] = labels[window] == i + 1
         if normalize == "segment":
             low, high = np.percentile(image[window][ms[i, 0]], PERCENTILES)
@@ -190,7 +152,7 @@ def main(argv=None) -> dict:
     batches = [int(b) for b in args.batches.split(",")]
 
     t0 = time.perf_counter()
-    image, labels, classes, grid = make_objects(per_class, seed=0)
+    image, labels, classes, grid = make_ellipsoid_cells(per_class, seed=0, cell=CROP)
     crops = {norm: cell_crops(image, labels, grid, normalize=norm) for norm in NORMALIZE}
     xs, ms = crops["image"]
     data_s = time.perf_counter() - t0
