@@ -100,7 +100,6 @@ def make_image(labels: np.ndarray, *, seed: int = 0, dtype=np.uint16, rows_per_c
     return out
 
 
-
 # ----------------------------------------------------------------------------- synthetic volumes
 #: The three shape classes of the volume benchmarks: a sphere, a rod (prolate ellipsoid, axis
 #: ratio 3) and a disc (oblate, axis ratio 1/3).
