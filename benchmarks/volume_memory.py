@@ -19,6 +19,18 @@ the object count is what streaming means.  The encoder's own weights (about 130 
 Run: ``python benchmarks/volume_memory.py`` (several minutes on 2 cores: 5,120 objects in
 all) or ``--quick`` (a (64, 256, 256) volume, 32 objects).  Figures go to
 ``benchmarks/out/volume_memory.json``.
+
+Latest figures (``python benchmarks/volume_memory.py``, 2 shared CPU cores, load 4-9: the wall
+clock is inflated, the CPU seconds less so; inputs 1,536 MiB):
+
+    volume             objects  batch  peak above inputs  wall s  objects/s  CPU s
+    (256, 1024, 1024)  2048     8      178 MiB            581     3.5        258
+    (256, 1024, 1024)  2048     32     255 MiB            182     11.2       105
+    (128, 1024, 1024)  1024     32     255 MiB            48      21.2       48
+
+The peak follows the batch (8 -> 32: +77 MiB) and not the object count (1,024 -> 2,048 at
+batch 32: +0 MiB); 126 MiB of it is the encoder's weights.  Batch 8 costs 2.5x the CPU time of
+batch 32 per object (3D convolutions are inefficient on small batches).
 """
 
 from __future__ import annotations

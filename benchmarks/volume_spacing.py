@@ -20,8 +20,21 @@ both directions (isotropic -> subsampled and back).  Chance: 1/n and 5/n.
 Encoders: ``resnet18_planes`` and ``resnet18_3d``, dual-masked, untrained (seeds 0, 1, 2;
 ImageNet-initialised too when torchvision's resnet18 file is in the torch cache).
 
-Run: ``python benchmarks/volume_spacing.py`` (a few minutes on 2 cores) or ``--quick``.
+Run: ``python benchmarks/volume_spacing.py`` (about 8 min on 2 busy cores) or ``--quick``.
 Figures go to ``benchmarks/out/volume_spacing.json``.
+
+Latest figures (``python benchmarks/volume_spacing.py``, 2 shared CPU cores, 469 s; 150
+objects, each on 3 planes on average once subsampled, none lost; untrained, mean of 3 seeds;
+chance top-1 0.007, top-5 0.033).  Top-1 / top-5 twin retrieval, isotropic <-> z-subsampled:
+
+    objects     encoder          with the spacing  without (spacing=None)
+    textured    resnet18_planes  0.478 / 0.740     0.108 / 0.289
+    textured    resnet18_3d      0.472 / 0.758     0.024 / 0.107
+    shape only  resnet18_planes  0.433 / 0.700     0.126 / 0.288
+    shape only  resnet18_3d      0.474 / 0.743     0.033 / 0.118
+
+Giving the true spacing multiplies top-1 retrieval by 4 (planes) to 15-20 (3D); without it,
+the native 3D encoder barely finds an object's twin (median rank 36 of 150).
 """
 
 from __future__ import annotations
