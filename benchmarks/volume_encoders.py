@@ -24,8 +24,23 @@ the repeats), and the CPU time per object; at crop 32 (the volumes' default) and
 object's z-plane of largest area (what embedding the objects' middle planes as 2D segments
 costs).
 
-Run: ``python benchmarks/volume_encoders.py`` (a few minutes on 2 cores) or ``--quick``.
+Run: ``python benchmarks/volume_encoders.py`` (about 8 min on 2 shared cores) or ``--quick``.
 Figures go to ``benchmarks/out/volume_encoders.json``.
+
+Latest figures (``python benchmarks/volume_encoders.py``, 2 shared CPU cores, load ~3; 180
+objects; untrained, mean of 3 seeds; no ImageNet file in the cache here).  k-NN-5 of the shape
+(normalize image / segment); objects/s of the forward, best of 3, batch 16 / 128; CPU ms per
+object at batch 16:
+
+    encoder            dim   kNN-5 image / segment  crop 32 obj/s  crop 24 obj/s  CPU ms (32)
+    resnet18_planes    1536  0.615 / 0.678          278 / 235      347 / 433      6.9
+    planes_mean        512   0.600 / 0.613          274 / 327      343 / 424      6.9
+    resnet18_slices    512   0.783 / 0.802           80 / 70       101 / 90       22.9
+    resnet18_3d        512   0.681 / 0.715          119 / 84       192 / 228      16.0
+    resnet18 (2D), crop 64, each object's largest z-plane:   331 / 381 obj/s, 5.8 CPU ms
+
+``resnet18_3d`` costs 2.3-2.8x ``resnet18_planes``' time per object at crop 32 (1.6-1.9x at
+crop 24); the planes cost about what the 2D encoder costs on one plane per object at crop 64.
 """
 
 from __future__ import annotations
