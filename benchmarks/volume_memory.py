@@ -104,7 +104,7 @@ def make_nuclei(shape: tuple[int, int, int], *, seed: int = 0) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- child process
-def child(shape: tuple[int, int, int], batch: int) -> None:
+def child(shape: tuple[int, int, int], batch: int, backbone: str | None) -> None:
     rss_start = proc_status_kib("VmRSS")
     import torch
 
@@ -126,8 +126,9 @@ def child(shape: tuple[int, int, int], batch: int) -> None:
     sampler = _RssSampler()
     sampler.start()
     t0, c0 = time.perf_counter(), time.process_time()
+    encoder = None if backbone is None else sr.SegmentEncoder(backbone, in_channels=1)
     df = sr.embed_segments(
-        image, labels, axes="zyx", spacing=SPACING, batch_size=batch, device="cpu"
+        image, labels, encoder, axes="zyx", spacing=SPACING, batch_size=batch, device="cpu"
     )
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     sampler.stop()
@@ -138,6 +139,7 @@ def child(shape: tuple[int, int, int], batch: int) -> None:
     result = {
         "shape": list(shape),
         "batch_size": batch,
+        "backbone": backbone or "default",
         "n_labels": n_labels,
         "rows": len(df),
         "embedding_dim": emb.shape[1],
@@ -164,9 +166,11 @@ def child(shape: tuple[int, int, int], batch: int) -> None:
 
 
 # ----------------------------------------------------------------------------- parent process
-def run_child(shape, batch) -> dict:
+def run_child(shape, batch, backbone) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--child", "--batch", str(batch)]
     cmd += ["--shape", *map(str, shape)]
+    if backbone:
+        cmd += ["--backbone", backbone]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         sys.stderr.write(proc.stdout + proc.stderr)
@@ -182,9 +186,14 @@ def main(argv=None) -> dict:
     parser.add_argument("--shape", type=int, nargs=3, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--batches", default="8,32", help="batch sizes on the whole volume")
+    parser.add_argument(
+        "--backbone",
+        default=None,
+        help="a backbone instead of the default volume encoder, e.g. resnet18_planes",
+    )
     args = parser.parse_args(argv)
     if args.child:
-        child(tuple(args.shape), args.batch)
+        child(tuple(args.shape), args.batch, args.backbone)
         return {}
 
     shape = (64, 256, 256) if args.quick else (256, 1024, 1024)
@@ -193,7 +202,7 @@ def main(argv=None) -> dict:
     configs = [(shape, b) for b in batches] + [(half, batches[-1])]
     runs = []
     for s, b in configs:
-        res = run_child(s, b)
+        res = run_child(s, b, args.backbone)
         runs.append(res)
         print(
             f"  {s} batch {b}: {res['n_labels']} objects, {res['wall_s']:.1f} s, peak above "
@@ -205,8 +214,10 @@ def main(argv=None) -> dict:
     import torch  # noqa: F401 - the encoder's size, for the report
 
     import napari_segrep as sr
+    from napari_segrep.engine.embed import VOLUME_BACKBONE
 
-    weights_mib = sum(p.numel() * p.element_size() for p in sr.SegmentEncoder("resnet18_3d").parameters()) / 2**20  # fmt: skip
+    name = args.backbone or VOLUME_BACKBONE
+    weights_mib = sum(p.numel() * p.element_size() for p in sr.SegmentEncoder(name).parameters()) / 2**20  # fmt: skip
     out = {
         "benchmark": "volume_memory",
         "command": command_line(),
@@ -216,15 +227,18 @@ def main(argv=None) -> dict:
             "cell": CELL,
             "spacing": SPACING,
             "semi_axes_voxels": {"z": SEMI_Z, "y, x": SEMI_XY},
-            "embed_call": f'embed_segments(image, labels, axes="zyx", spacing={SPACING}, '
-            'batch_size=B, device="cpu") (all else default: untrained resnet18_3d, crop 32)',
-            "default_encoder_weights_mib": weights_mib,
+            "embed_call": f"embed_segments(image, labels, {args.backbone or 'None'}, "
+            f'axes="zyx", spacing={SPACING}, batch_size=B, device="cpu") (all else default: '
+            f"untrained {name}, crop 32)",
+            "backbone": name,
+            "encoder_weights_mib": weights_mib,
             "peak": "max of VmHWM (reset after building the inputs) and a 5 ms RSS sampler, "
             "minus the RSS after building the inputs; each configuration in a fresh process",
         },
         "runs": runs,
     }
-    path = write_json("volume_memory", out)
+    suffix = f"_{args.backbone}" if args.backbone else ""
+    path = write_json(f"volume_memory{suffix}", out)
     _print_report(out, path)
     return out
 
@@ -236,9 +250,7 @@ def _print_report(out, path) -> None:
         f"  torch {env['torch']}, {env['torch_threads']} threads, {env['cpu_count']} CPUs, "
         f"load avg {env['loadavg_1min']:.2f}"
     )
-    print(
-        f"  call: {s['embed_call']}; the encoder's weights {s['default_encoder_weights_mib']:.0f} MiB"
-    )
+    print(f"  call: {s['embed_call']}; the encoder's weights {s['encoder_weights_mib']:.0f} MiB")
     print(f"  peak: {s['peak']}")
     print(
         f"  {'volume':<18}{'objects':>8}{'inputs MiB':>12}{'batch':>7}{'peak above MiB':>16}"
