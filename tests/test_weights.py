@@ -592,3 +592,22 @@ def test_download_weights__a_redirect_loop_is_one_line(weights_cache, weights_se
 def test_download_weights__a_timeout_must_be_positive(weights_cache, timeout):
     with pytest.raises(ValueError, match="timeout must be a positive number of seconds"):
         download_weights(timeout=timeout)
+
+
+def test_weights_info__volume_backbones_read_their_2d_file_checked_as_published(weights_cache):
+    """Every registered backbone with ImageNet weights that is not a torchvision ResNet itself
+    (the 3D ResNets, the fast volume modes) reads a built-in's published file: the same path
+    as the engine's, with its size and hash to check it against (answered without torch)."""
+    from napari_segrep.engine.backbones import BACKBONES, imagenet_cache_path
+    from napari_segrep.weights import BUILT_FROM
+
+    others = {n for n, s in BACKBONES.items() if s.imagenet_url and n not in IMAGENET_FILES}
+    assert others == set(BUILT_FROM)
+    for name, source in BUILT_FROM.items():
+        info = weights_info(name)
+        assert info.path == imagenet_cache_path(name) == weights_info(source).path
+        assert (info.size, info.sha256_prefix) == (
+            weights_info(source).size,
+            weights_info(source).sha256_prefix,
+        )
+        assert info.size and info.sha256_prefix

@@ -97,6 +97,15 @@ IMAGENET_FILES: dict[str, PublishedFile] = {
     "resnet50": PublishedFile("resnet50-0676ba61.pth", 102_530_333),
 }
 
+#: Built-in backbones that read another one's ImageNet file: the 3D ResNets inflate it, the
+#: fast volume modes use it as it is (a test checks these against the engine's registry).
+BUILT_FROM: dict[str, str] = {
+    "resnet18_3d": "resnet18",
+    "resnet34_3d": "resnet34",
+    "resnet18_planes": "resnet18",
+    "resnet18_slices": "resnet18",
+}
+
 #: The most a download of a file of unknown size may bring (a registered backbone's weights).
 UNKNOWN_SIZE_LIMIT = 2**31
 
@@ -238,16 +247,17 @@ def _source_and_path(backbone: str) -> tuple[str, Path, PublishedFile]:
     """(torchvision's URL, the cache path, the published file) of ``backbone``'s weights (a
     size of 0 and a sha256 of None where unknown).
 
-    The built-in backbones come from :data:`IMAGENET_FILES`, never from the engine: a widget
+    The built-in backbones (and those :data:`BUILT_FROM` names) come from
+    :data:`IMAGENET_FILES`, never from the engine: a widget
     asks in napari's GUI thread, maybe while a background thread is importing the engine, and
     must not wait for that import.  Other names are looked up in the engine's registry."""
-    if backbone not in IMAGENET_FILES:
+    published = IMAGENET_FILES.get(BUILT_FROM.get(backbone, backbone))
+    if published is None:
         from .engine import backbones as registry  # a registered backbone (imports torch)
 
         spec = registry.get_backbone(backbone)  # ValueError naming the choices
         path = registry.imagenet_cache_path(backbone)  # ValueError when it has none
         return str(spec.imagenet_url), path, PublishedFile(path.name, 0)
-    published = IMAGENET_FILES[backbone]
     path = _hub_dir() / "checkpoints" / published.filename
     return TORCHVISION_URL + published.filename, path, published
 

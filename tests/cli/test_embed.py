@@ -464,7 +464,10 @@ def _write(tmp, name, array):
             ["plane.tif (32, 32)", "a z-stack (--axes zyx) but the image is 2D", "the volume"],
         ),
         ("3d_image_2d_labels", ["one axis more than the labels", "--axes zyx", "--channel-axis 0"]),
-        ("planes_differ", ["short_labels.tif are (12, 32, 32)", "does not match", "(Z, Y, X) shape"]),
+        (
+            "planes_differ",
+            ["short_labels.tif are (12, 32, 32)", "does not match", "(Z, Y, X) shape"],
+        ),
         ("one_plane", ["one_labels.tif (1, 32, 32) are a volume of 1 plane", "at least 2 planes"]),
         ("spacing_zero", ["--spacing 0 0.5 0.5", "positive and finite", "DZ DY DX"]),
         ("spacing_negative", ["--spacing -2 0.5 0.5", "positive and finite"]),

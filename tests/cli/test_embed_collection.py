@@ -655,3 +655,45 @@ def test_embed_collection__a_volume_that_does_not_fit_its_labels_is_named_with_t
     assert "vol1.tif is (10, 24, 24) but its labels vol1_labels.tif are (8, 24, 24)" in line
     assert f"cannot read {data / 'images' / 'vol2.tif'}" in line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["vols"]
+
+
+def test_embed_collection__volumes_give_one_row_per_3d_object_as_one_pair_does(tmp_path, capsys):
+    """``embed --data DIR --axes zyx --spacing``: one row per 3D object of every volume, each
+    volume's rows what ``embed IMAGE LABELS`` gives for it alone, the layout in the sidecar
+    per image; then ImageJ TIFFs that say their axes and z step need neither option."""
+    data = write_volumes_folder(tmp_path / "vols", 2)
+    out = tmp_path / "o.parquet"
+    argv = ["--axes", "zyx", "--spacing", "2", "1", "1"]
+    assert _run("embed", "--data", data, "-o", out, *SMALL, *argv, "-q") == 0
+    df = read_table(out)
+    assert df.groupby("image").size().to_dict() == {"vol0": 3, "vol1": 3}
+    assert list(df.columns[:5]) == ["image", "label", "centroid_z", "centroid_y", "centroid_x"]
+    one = tmp_path / "one.csv"
+    pair = [data / "images" / "vol1.tif", data / "labels" / "vol1_labels.tif"]
+    assert _run("embed", *pair, "-o", one, *SMALL, *argv, "-q") == 0
+    rows = df[df["image"] == "vol1"].drop(columns="image").reset_index(drop=True)
+    alone = read_table(one)
+    np.testing.assert_allclose(rows.to_numpy(float), alone.to_numpy(float), rtol=1e-5, atol=1e-6)
+    side = json.loads(sidecar_path(out).read_text())
+    expected = {"axes": "zyx", "spacing": [2.0, 1.0, 1.0], "spacing_source": "given"}
+    assert [item["layout"] for item in side["images"]] == [expected, expected]
+
+    def imagej(path, array):  # ImageJ keeps no int32: the labels as uint16
+        array = array.astype(np.uint16) if array.dtype == np.int32 else array
+        meta = {"axes": "ZYX", "spacing": 2.0, "unit": "um"}
+        tifffile.imwrite(path, array, imagej=True, resolution=(1.0, 1.0), metadata=meta)
+
+    tagged = write_volumes_folder(tmp_path / "tagged", 2, imwrite=imagej)
+    capsys.readouterr()
+    out2 = tmp_path / "t.parquet"
+    assert _run("embed", "--data", tagged, "-o", out2, *SMALL, "-q") == 0
+    layouts = [item["layout"] for item in json.loads(sidecar_path(out2).read_text())["images"]]
+    assert [(lay["axes"], lay["spacing"]) for lay in layouts] == [("zyx", [2.0, 1.0, 1.0])] * 2
+    assert all("ImageJ" in lay["spacing_source"] for lay in layouts), layouts
+    again = read_table(out2)
+    np.testing.assert_allclose(
+        again.drop(columns="image").to_numpy(float),
+        df.drop(columns="image").to_numpy(float),
+        rtol=1e-5,
+        atol=1e-6,
+    )

@@ -262,7 +262,9 @@ def test_cli_embed__weights_auto_uses_imagenet_when_it_is_there(
     assert _run(*_embed_argv(images, tmp_path / "a.csv")) == 0
     err = capsys.readouterr().err
     assert f"napari-segrep: weights: ImageNet (resnet18, {resnet18_in_the_cache})" in err
-    assert json.loads(sidecar_path(tmp_path / "a.csv").read_text())["encoder"]["weights"] == "imagenet"
+    assert (
+        json.loads(sidecar_path(tmp_path / "a.csv").read_text())["encoder"]["weights"] == "imagenet"
+    )
     assert _run(*_embed_argv(images, tmp_path / "n.csv", "--weights", "none")) == 0
     assert "weights: untrained resnet18" in capsys.readouterr().err
     assert json.loads(sidecar_path(tmp_path / "n.csv").read_text())["encoder"]["weights"] is None

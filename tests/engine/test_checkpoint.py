@@ -183,8 +183,6 @@ def training_run(tmp_path_factory):
     return result.checkpoint_path, image, labels
 
 
-
-
 def _damaged_copy(path, tmp_path, change, name="damaged.pt"):
     """A copy of the training checkpoint at ``path``, changed by ``change(payload)``, saved with
     ``torch.save`` of plain values (what a weights_only load accepts)."""

@@ -294,3 +294,43 @@ def test_iter_embed_images__the_encoder_keeps_its_mode_between_images(pairs, nar
         assert narrow_encoder.training
     finally:
         narrow_encoder.eval()
+
+
+def test_embed_images__volumes_each_with_its_spacing_are_what_each_gives_alone(
+    narrow_encoder_3d,
+):
+    """Two z-stacks of other voxel sizes in one table: each one's rows are what
+    ``embed_segments`` gives for it alone with its own spacing (one per image); 3D labels
+    whose axes nobody said, a list of the wrong length and 2D with 3D objects are refused
+    before any work, naming the images."""
+    from .test_volumes import blobs_volume
+
+    (image_a, labels_a), (image_b, labels_b) = blobs_volume(seed=1), blobs_volume(seed=2)
+    spacing = [(2.0, 1.0, 1.0), (1.0, 1.0, 1.0)]
+    kw = {"crop_size": 16, "normalize": (0.0, 1.0), "device": "cpu"}
+    df = sr.embed_images(
+        [image_a, image_b],
+        [labels_a, labels_b],
+        names=["a", "b"],
+        encoder=narrow_encoder_3d,
+        axes="zyx",
+        spacing=spacing,
+        **kw,
+    )
+    pairs = zip("ab", (image_a, image_b), (labels_a, labels_b), spacing, strict=True)
+    for name, image, labels, sp in pairs:
+        alone = sr.embed_segments(image, labels, narrow_encoder_3d, axes="zyx", spacing=sp, **kw)
+        rows = df[df["image"] == name].drop(columns="image").reset_index(drop=True)
+        pd.testing.assert_frame_equal(rows, alone, check_exact=False, rtol=1e-5, atol=1e-6)
+        assert df.attrs["layout"][name]["spacing"] == list(sp)
+    with pytest.raises(ValueError, match=r"'a' \(12, 40, 40\), 'b' \(12, 40, 40\) are 3D"):
+        sr.embed_images([image_a, image_b], [labels_a, labels_b], names=["a", "b"], **kw)
+    with pytest.raises(ValueError, match="spacing holds 1 values for 2 images"):
+        sr.embed_images(
+            [image_a, image_b], [labels_a, labels_b], axes="zyx", spacing=[(2, 1, 1)], **kw
+        )
+    flat = image_a[0], labels_a[6]
+    with pytest.raises(ValueError, match="one encoder embeds one kind"):
+        sr.embed_images(
+            [image_a, flat[0]], [labels_a, flat[1]], names=["a", "f"], axes=["zyx", None], **kw
+        )

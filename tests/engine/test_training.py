@@ -679,22 +679,28 @@ def test_train_ssl__volumes_default_to_the_3d_backbone_and_a_smaller_crop(volume
 
 
 @pytest.mark.usefixtures("one_torch_thread")
-def test_trainer__channels_last_3d_layouts_train_the_same(volumes):
-    """The layouts the trainer uses on CUDA (5D weights and crops channels_last_3d, 4D ones
-    channels_last), here on the CPU: the same losses as contiguous tensors."""
+@pytest.mark.parametrize("format_3d", ["pipeline", "channels_last_3d"])
+def test_trainer__fast_layouts_of_volumes_train_the_same(volumes, monkeypatch, format_3d):
+    """The layouts the trainer uses on CUDA, the pipeline's (4D channels_last, 5D
+    ``MEMORY_FORMAT_3D``: contiguous today) and channels_last_3d should a measurement choose
+    it, here on the CPU: every 5D weight in that layout, the same losses as without."""
+    from napari_segrep.engine import pipeline
     from napari_segrep.engine.dataset import SegmentDataset
     from napari_segrep.engine.train_config import TrainConfig
     from napari_segrep.engine.trainer import Trainer
 
+    if format_3d == "channels_last_3d":
+        monkeypatch.setattr(pipeline, "MEMORY_FORMAT_3D", torch.channels_last_3d)
     images, labels = volumes
     dataset = SegmentDataset(images, labels, axes="zyx", spacing=SPACING, crop_size=16)
     small = {k: v for k, v in SMALL_3D.items() if k != "device"}
     config = TrainConfig(**small, epochs=1, monitor_size=0)
     plain, fast = Trainer(dataset, config, device="cpu"), Trainer(dataset, config, device="cpu")
     fast.use_fast_layouts()
-    conv = next(p for p in fast.model.encoder.parameters() if p.ndim == 5 and p.shape[1] > 1)
-    assert conv.is_contiguous(memory_format=torch.channels_last_3d)
-    assert not conv.is_contiguous()
+    convs = [p for p in fast.model.encoder.parameters() if p.ndim == 5 and p.shape[1] > 1]
+    assert convs and all(c.is_contiguous(memory_format=pipeline.MEMORY_FORMAT_3D) for c in convs)
+    if format_3d == "channels_last_3d":
+        assert not convs[0].is_contiguous()
     losses = [[r["loss"] for r in t.steps() if "loss" in r] for t in (plain, fast)]
     assert len(losses[0]) == 1
     np.testing.assert_allclose(losses[1], losses[0], rtol=1e-4)

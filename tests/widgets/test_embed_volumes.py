@@ -467,3 +467,19 @@ def test_run_encoder__a_model_of_other_dimensions_than_the_objects_is_refused(na
     with pytest.raises(ValueError, match=r"embeds 2D objects but the labels are a z-stack"):
         run_encoder(narrow_encoder, image, Layout("zyx"), channel_axis=None)
     assert run_encoder(narrow_encoder, image, Layout("tyx"), channel_axis=None) is narrow_encoder
+
+
+def test_gallery_go_to__a_3d_object_centres_on_its_middle_plane(zstack_embedded, qtbot):
+    """The gallery's "go to" (its point left as it is): the dims move to the object's middle
+    plane and the camera to its centroid, through the layer's scale."""
+    viewer, widget, layer, image, labels = zstack_embedded
+    _, gallery = viewer.window.add_plugin_dock_widget("napari-segrep", "Segment gallery")
+    qtbot.waitUntil(lambda: gallery.points_layer == widget.points_layer, timeout=5000)
+    row = int(np.flatnonzero(widget.table["label"] == 3)[0])
+    record = widget.table.iloc[row]
+    _show_plane(viewer, 0)  # object 3 is not in plane 0
+    gallery.go_to(row, select=False)
+    assert viewer.dims.current_step[0] == int(round(record["centroid_z"]))
+    expected = (record["centroid_y"] * SCALE[1], record["centroid_x"] * SCALE[2])
+    np.testing.assert_allclose(viewer.camera.center[-2:], expected)
+    assert not viewer.layers["vol map"].selected_data

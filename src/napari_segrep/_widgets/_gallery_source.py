@@ -261,18 +261,22 @@ class GallerySource:
         )
 
     # ------------------------------------------------------------------ viewer
-    def place(self, row: int) -> tuple[object, np.ndarray, int | None]:
-        """Where segment ``row`` is: its labels layer (None when gone), its centroid in world
-        coordinates (y, x) and its frame (None: 2D)."""
+    def place(self, row: int) -> tuple[object, np.ndarray]:
+        """Where segment ``row`` is: its labels layer (None when gone) and its centroid along
+        every axis of its labels (its frame and, for a 3D object, its middle plane included;
+        in world coordinates through the layer's scale, translation and affine)."""
+        from .._images import layout_of
+        from ._common import segment_point
+
         (i,), (r,) = self.locate([row])
         member = self.members[int(i)]
         layer = member.labels_layer
-        record = member.table.iloc[int(r)]
-        frame = int(record["frame"]) if "frame" in member.table else None
-        centre = np.array([record["centroid_y"], record["centroid_x"]], float)
+        axes, _, _ = _run_layout(member.run.params, member.table)
+        layout = layout_of(np.shape(member.run.labels), axes=axes or "yx")
+        point = segment_point(layout, member.table.iloc[int(r)])
         if layer is not None:
-            centre = centre * np.asarray(layer.scale[-2:]) + np.asarray(layer.translate[-2:])
-        return layer, centre, frame
+            point = np.asarray(layer.data_to_world(point), float)
+        return layer, point
 
     def annotate(self, rows, name: str | None) -> None:
         """Annotate ``rows`` with class ``name`` (None: remove their annotation), in each

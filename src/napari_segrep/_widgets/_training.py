@@ -28,7 +28,7 @@ def training_layers(results: SegmentResults | None, remembered: dict, *, feature
     """``(layers, None)``: ``(table, annotations, run, name)`` of the followed layer first,
     then of the remembered layers (``{name: (examples, annotations)}``, ``run`` None) of the
     same encoder (and measured, for ``features="embedding+geometry"``); or ``(None, why)``."""
-    from ..analysis.measure import SHAPE_COLUMNS
+    from ..analysis.measure import has_measurements
 
     if results is None:
         return None, NOT_EMBEDDED
@@ -37,7 +37,7 @@ def training_layers(results: SegmentResults | None, remembered: dict, *, feature
     layers = [(results.table, results.annotation_frame(), results.run, name)]
     for other, (examples, clicks) in remembered.items():
         same = sha is not None and examples.attrs.get("encoder", {}).get("sha256") == sha
-        measured = features != "embedding+geometry" or set(SHAPE_COLUMNS) <= set(examples)
+        measured = features != "embedding+geometry" or has_measurements(examples)
         if other != name and same and measured and len(clicks):
             layers.append((examples, clicks, None, other))
     counts = pd.concat([ann["class"] for _, ann, _, _ in layers]).value_counts()

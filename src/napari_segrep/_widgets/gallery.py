@@ -379,8 +379,8 @@ class SegmentGalleryWidget(UserActions, GalleryPages, Container):
             self.go_to(self.grid.row_of(item), select=False)
 
     def go_to(self, row: int, *, select: bool = True) -> None:
-        """Centre the view on the segment of map row ``row`` (in its frame) and, with
-        ``select``, select its point."""
+        """Centre the view on the segment of map row ``row`` (in its frame; a 3D object on
+        its middle plane) and, with ``select``, select its point."""
         source = self.source
         if select:
             source.select_rows([row], quiet_for=self._on_selection)
@@ -388,11 +388,11 @@ class SegmentGalleryWidget(UserActions, GalleryPages, Container):
             name = Path(source.shown.image_file(row)).name
             self.status.value = f"{name} is not open in the viewer: the gallery reads its file."
             return
-        layer, centre, frame = source.place(row)
+        layer, point = source.place(row)
         if layer is None or layer not in self.viewer.layers:
             self.status.value = "Its labels layer is not in the viewer: its point is selected."
             return
-        centre_view_on(self.viewer, centre, frame)
+        centre_view_on(self.viewer, point)
         if not layer.visible:
             self.status.value = f"{layer.name} is hidden: show it to see the segment."
 

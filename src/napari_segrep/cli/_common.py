@@ -71,6 +71,13 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
             return text
         return super()._get_help_string(action) or ""
 
+    def _format_args(self, action: argparse.Action, default_metavar: str) -> str:
+        """A list option whose metavar names its values (``--spacing DZ DY DX``) reads as
+        that, not as ``DZ DY DX [DZ DY DX ...]``."""
+        if action.nargs == "+" and isinstance(action.metavar, str) and " " in action.metavar:
+            return action.metavar
+        return super()._format_args(action, default_metavar)
+
 
 def add_quiet_option(parser, *, help: str = "no progress bar") -> None:
     """``-q``/``--quiet`` on ``parser`` (an ``ArgumentParser`` or one of its argument groups),

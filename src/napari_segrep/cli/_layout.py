@@ -48,7 +48,7 @@ def add_layout_options(parser) -> None:
         "--spacing",
         type=float,
         nargs="+",
-        metavar="D",
+        metavar="DZ DY DX",
         default=None,
         help="the voxel size along each spatial axis, DZ DY DX for volumes (DY DX for 2D), in "
         "any one unit: objects are resampled to near-isotropic voxels, so size and shape "

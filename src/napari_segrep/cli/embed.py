@@ -89,8 +89,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--backbone",
         default=None,
         choices=BACKBONES,
-        help="backbone of the ImageNet or untrained encoder, ignored with --checkpoint "
-        "(default: resnet18 for 2D objects, resnet18_3d for volumes; resnet18_planes is the "
+        metavar="NAME",
+        help=f"backbone of the ImageNet or untrained encoder, one of {', '.join(BACKBONES)}; "
+        "ignored with --checkpoint (default: resnet18 for 2D objects, resnet18_3d for volumes; resnet18_planes is the "
         "fast mode for volumes: the 2D network on three orthogonal planes of each object)",
     )
     parser.add_argument(

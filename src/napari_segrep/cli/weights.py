@@ -65,7 +65,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "kind", choices=["imagenet"], help="which weights: imagenet (torchvision's IMAGENET1K_V1)"
     )
     download.add_argument(
-        "--backbone", default="resnet18", choices=BACKBONES, help="whose weights to download"
+        "--backbone",
+        default="resnet18",
+        choices=BACKBONES,
+        metavar="NAME",
+        help=f"whose weights to download, one of {', '.join(BACKBONES)} (a 3D or volume "
+        "backbone reads its 2D ResNet's file: resnet18_3d, resnet18_planes and resnet18_slices "
+        "resnet18's, resnet34_3d resnet34's)",
     )
     download.add_argument(
         "--url",

@@ -170,8 +170,9 @@ def embed_images(
 
 def merge_parts(parts: Sequence[pd.DataFrame]) -> pd.DataFrame:
     """One table from per-image tables (as :func:`iter_embed_images` yields them, or read back
-    from files), in the order given: ``attrs["normalization"]`` maps each image name to its
-    normalisation; ``encoder`` and ``crop_size`` are the first part's.
+    from files), in the order given: ``attrs["normalization"]`` and ``attrs["layout"]`` map
+    each image name to its normalisation and its layout (None where a part does not say);
+    ``encoder`` and ``crop_size`` are the first part's.
 
     Raises
     ------
@@ -193,7 +194,7 @@ def merge_parts(parts: Sequence[pd.DataFrame]) -> pd.DataFrame:
                     f"the parts differ in {key} ({a!r} vs {b!r}): they were not embedded alike, "
                     "so they cannot share one table"
                 )
-    normalizations, owner = {}, {}
+    normalizations, layouts, owner = {}, {}, {}
     for i, part in enumerate(parts):
         for name in dict.fromkeys(part["image"]) if len(part) else ():
             name = str(name)
@@ -204,6 +205,7 @@ def merge_parts(parts: Sequence[pd.DataFrame]) -> pd.DataFrame:
                 )
             owner[name] = i
             normalizations[name] = part.attrs.get("normalization")
+            layouts[name] = part.attrs.get("layout")
         emb = part[[c for c in part.columns if str(c).startswith("emb_")]].to_numpy(np.float64)
         if not np.isfinite(emb).all():
             name = part["image"].iloc[0] if len(part) else i
@@ -216,6 +218,7 @@ def merge_parts(parts: Sequence[pd.DataFrame]) -> pd.DataFrame:
         "encoder": first.get("encoder"),
         "crop_size": first.get("crop_size"),
         "normalization": normalizations,
+        "layout": layouts,
     }
     return out
 
@@ -399,10 +402,10 @@ def iter_embed_images(
     read.  Parameters as for :func:`embed_images`.  Closing the generator early stops the
     worker processes.
     """
+    from .._images import layout_of
     from ._image_stream import IMAGE_ERRORS, image_stream
     from .devices import resolve_device
     from .encoder import SegmentEncoder
-    from .._images import layout_of
     from .pipeline import check_spatial_dims, default_crop_size, on_device
 
     unknown = sorted(set(kwargs) - set(EMBED_OPTIONS))

@@ -131,8 +131,8 @@ class Trainer:
                 if isinstance(m, MaskedBatchNorm):  # encoder and head, 2D and 3D
                     m.sync = True
         self.model.to(self.device)
-        #: Channels-last tensors (4D channels_last, 5D channels_last_3d), on CUDA: the layout
-        #: cuDNN prefers under autocast.
+        #: The pipeline's fast layouts (4D channels_last, the layout cuDNN prefers under
+        #: autocast; 5D ``MEMORY_FORMAT_3D``), on CUDA.
         self.fast_layouts = False
         if self.device.type == "cuda":
             self.use_fast_layouts()
@@ -222,9 +222,9 @@ class Trainer:
         )
 
     def use_fast_layouts(self) -> None:
-        """Keep every 4D weight and crop channels_last and every 5D one channels_last_3d (as
-        :class:`~napari_segrep.engine.pipeline.BatchEncoder` does: a 3D backbone may hold 2D
-        convolutions too, on planes of a volume).  On CUDA from the start; numbers as without."""
+        """Keep every 4D weight and crop channels_last and every 5D one in
+        ``pipeline.MEMORY_FORMAT_3D`` (as :class:`~napari_segrep.engine.pipeline.BatchEncoder`
+        does: a 3D backbone may hold 2D convolutions too, on planes of a volume).  On CUDA from the start; numbers as without."""
         self.model._apply(fast_layout)
         self.fast_layouts = True
 
