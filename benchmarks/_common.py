@@ -79,14 +79,15 @@ def make_ellipse_labels(
 
 def make_image(labels: np.ndarray, *, seed: int = 0, dtype=np.uint16, rows_per_chunk: int = 512):
     """A fluorescence-like image for ``labels``: background ~200, each segment a random level
-    (500-3000) with a random linear gradient, plus Gaussian noise (sigma 60).  ``dtype`` uint16
-    or float32.  Built in row chunks to keep temporaries small."""
+    (500-3000) with a random linear gradient along the last axis, plus Gaussian noise (sigma
+    60).  ``dtype`` uint16 or float32.  Built in chunks of ``rows_per_chunk`` along the first
+    axis (rows of a 2D image, planes of a volume) to keep temporaries small."""
     rng = np.random.default_rng(seed)
     n = int(labels.max())
     level = np.concatenate([[200.0], rng.uniform(500.0, 3000.0, n)]).astype(np.float32)
     grad = np.concatenate([[0.0], rng.uniform(-15.0, 15.0, n)]).astype(np.float32)
     out = np.empty(labels.shape, dtype)
-    h, w = labels.shape
+    h, w = labels.shape[0], labels.shape[-1]
     x = np.arange(w, dtype=np.float32)[None, :]
     for y0 in range(0, h, rows_per_chunk):
         lab = labels[y0 : y0 + rows_per_chunk]
@@ -97,6 +98,103 @@ def make_image(labels: np.ndarray, *, seed: int = 0, dtype=np.uint16, rows_per_c
             np.clip(val, info.min, info.max, out=val)
         out[y0 : y0 + rows_per_chunk] = val
     return out
+
+
+# ----------------------------------------------------------------------------- synthetic volumes
+#: The three shape classes of the volume benchmarks: a sphere, a rod (prolate ellipsoid, axis
+#: ratio 3) and a disc (oblate, axis ratio 1/3).
+VOLUME_SHAPES = ("sphere", "rod", "disc")
+#: Semi-axes of each shape relative to the equivalent radius (same volume: product 1).
+SHAPE_AXES = {
+    "sphere": (1.0, 1.0, 1.0),
+    "rod": (3 ** (2 / 3), 3 ** (-1 / 3), 3 ** (-1 / 3)),
+    "disc": (3 ** (-2 / 3), 3 ** (1 / 3), 3 ** (1 / 3)),
+}
+
+
+def smooth_noise(rng, shape, sigma):
+    """Gaussian-smoothed white noise (float32) of unit standard deviation."""
+    from scipy.ndimage import gaussian_filter
+
+    noise = gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma)
+    return noise / (noise.std() + 1e-8)
+
+
+def cell_grid(n: int) -> tuple[int, int, int]:
+    """The (gz, gy, gx) grid of cubic cells holding ``n`` objects (as cubic as it gets)."""
+    g = int(np.ceil(n ** (1 / 3)))
+    return (int(np.ceil(n / (g * g))), g, g)
+
+
+def cell_coords(cell: int) -> np.ndarray:
+    """(cell, cell, cell, 3) float32 voxel coordinates (z, y, x) relative to the cell's centre."""
+    c = np.arange(cell, dtype=np.float32) - (cell - 1) / 2
+    return np.stack(np.meshgrid(c, c, c, indexing="ij"), axis=-1)
+
+
+def cell_window(i: int, grid, cell: int) -> tuple[slice, slice, slice]:
+    """The slices of object ``i``'s cell (row-major cell order) in the volume."""
+    return tuple(slice(j * cell, (j + 1) * cell) for j in np.unravel_index(i, grid))
+
+
+def random_ellipsoid(rng, coords, shape: str, radius: float) -> np.ndarray:
+    """The bool mask of an ellipsoid of ``shape`` (:data:`SHAPE_AXES`) and equivalent
+    ``radius`` (voxels) in a random 3D orientation, its centre within one voxel of ``coords``'
+    origin."""
+    semi = np.array(SHAPE_AXES[shape]) * radius
+    rotation, _ = np.linalg.qr(rng.standard_normal((3, 3)))  # a random orientation
+    shift = rng.uniform(-1.0, 1.0, 3)
+    local = (coords - shift) @ rotation  # coordinates in the object's own frame
+    return ((local / semi) ** 2).sum(-1) <= 1.0
+
+
+def random_texture(rng, coords) -> np.ndarray:
+    """A random texture for an object in a cell with these ``coords``: a brightness (0.3-1),
+    smoothed noise of random grain and strength, a linear gradient in a random direction."""
+    cell = coords.shape[0]
+    level = rng.uniform(0.3, 1.0)
+    grain = smooth_noise(rng, coords.shape[:-1], rng.uniform(0.6, 2.5))
+    direction = rng.standard_normal(3)
+    gradient = (coords @ (direction / np.linalg.norm(direction))) / cell
+    return level * (1 + rng.uniform(0.05, 0.4) * grain + rng.uniform(-0.8, 0.8) * gradient)
+
+
+def random_background(rng, shape) -> np.ndarray:
+    """A cell's background: a random level (0-0.3) plus noise (sigma 0.05)."""
+    return rng.uniform(0.0, 0.3) + 0.05 * rng.standard_normal(shape)
+
+
+def make_ellipsoid_cells(
+    n_per_class: int,
+    *,
+    seed: int = 0,
+    cell: int = 32,
+    radius: tuple[float, float] = (4.0, 6.5),
+    textured: bool = True,
+):
+    """Objects of the three :data:`VOLUME_SHAPES`, one per ``cell``^3 cell of a float32
+    volume, in a random order: ``(image, labels, classes, grid)``, the int32 labels (1..n),
+    the shape index of label i at ``classes[i - 1]`` and the grid (gz, gy, gx).
+
+    Each object: a random equivalent radius in ``radius``, a random orientation
+    (:func:`random_ellipsoid`), a :func:`random_texture` (``textured=False``: a uniform random
+    brightness 0.3-1, so only its shape, size and orientation tell it apart), a
+    :func:`random_background` around it.  Isotropic voxels, so a cell is its object's centred
+    crop."""
+    rng = np.random.default_rng(seed)
+    n = n_per_class * len(VOLUME_SHAPES)
+    classes = rng.permutation(np.repeat(np.arange(len(VOLUME_SHAPES)), n_per_class))
+    grid = cell_grid(n)
+    image = np.zeros(tuple(k * cell for k in grid), np.float32)
+    labels = np.zeros(image.shape, np.int32)
+    coords = cell_coords(cell)
+    for i, k in enumerate(classes):
+        inside = random_ellipsoid(rng, coords, VOLUME_SHAPES[k], rng.uniform(*radius))
+        value = random_texture(rng, coords) if textured else rng.uniform(0.3, 1.0)
+        window = cell_window(i, grid, cell)
+        image[window] = np.where(inside, value, random_background(rng, inside.shape))
+        labels[window] = np.where(inside, i + 1, 0)
+    return image, labels, classes, grid
 
 
 def plain_resnet18(in_channels: int = 1, *, seed: int = 0):
@@ -256,13 +354,31 @@ def command_line() -> str:
     return " ".join([Path(sys.executable).name, *sys.argv])
 
 
+def unit_rows(emb: np.ndarray, reference: np.ndarray | None = None) -> np.ndarray:
+    """``emb`` standardised with ``reference``'s column means and stds (default: its own),
+    each row scaled to unit length: dot products are cosine similarities."""
+    ref = emb if reference is None else reference
+    z = (emb - ref.mean(0)) / (ref.std(0) + 1e-8)
+    return z / (np.linalg.norm(z, axis=1, keepdims=True) + 1e-12)
+
+
 def knn_accuracy(emb: np.ndarray, truth: np.ndarray, k: int = 5) -> float:
     """Leave-one-out k-NN accuracy (cosine on standardised features, majority vote; ties go to
     the lowest class index)."""
-    z = (emb - emb.mean(0)) / (emb.std(0) + 1e-8)
-    z /= np.linalg.norm(z, axis=1, keepdims=True) + 1e-12
+    z = unit_rows(emb)
     sim = z @ z.T
     np.fill_diagonal(sim, -np.inf)
     nn = np.argsort(-sim, axis=1)[:, :k]
     pred = np.array([np.bincount(v).argmax() for v in truth[nn]])
     return float((pred == truth).mean())
+
+
+def knn_transfer_accuracy(
+    train: np.ndarray, train_truth: np.ndarray, test: np.ndarray, test_truth: np.ndarray, k=5
+) -> float:
+    """k-NN accuracy on ``test`` of the classes of its ``k`` nearest ``train`` rows (cosine,
+    both standardised with ``train``'s statistics; majority vote, ties to the lowest class)."""
+    sim = unit_rows(test, train) @ unit_rows(train).T
+    nn = np.argsort(-sim, axis=1)[:, :k]
+    pred = np.array([np.bincount(v).argmax() for v in train_truth[nn]])
+    return float((pred == test_truth).mean())

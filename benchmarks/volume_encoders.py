@@ -19,10 +19,28 @@ torch cache), all dual-masked through ``SegmentEncoder`` (image + feature maskin
 Quality: leave-one-out k-NN accuracy (k=5, cosine on standardised embeddings) of the class.
 Time: objects/s of the encoder's forward over the same crops (batches of 16 and of 128,
 ``embed_segments``' default; ``inference_mode``), variants interleaved batch by batch (best of
-the repeats), and the CPU time per object.
+the repeats), and the CPU time per object; at crop 32 (the volumes' default) and 24 (the centre
+24^3 of the same crops); for context, the 2D ``resnet18`` at its default crop 64 on each
+object's z-plane of largest area (what embedding the objects' middle planes as 2D segments
+costs).
 
-Run: ``python benchmarks/volume_encoders.py`` (a few minutes on 2 cores) or ``--quick``.
+Run: ``python benchmarks/volume_encoders.py`` (about 8 min on 2 shared cores) or ``--quick``.
 Figures go to ``benchmarks/out/volume_encoders.json``.
+
+Latest figures (``python benchmarks/volume_encoders.py``, 2 shared CPU cores, load ~3; 180
+objects; untrained, mean of 3 seeds; no ImageNet file in the cache here).  k-NN-5 of the shape
+(normalize image / segment); objects/s of the forward, best of 3, batch 16 / 128; CPU ms per
+object at batch 16:
+
+    encoder            dim   kNN-5 image / segment  crop 32 obj/s  crop 24 obj/s  CPU ms (32)
+    resnet18_planes    1536  0.615 / 0.678          278 / 235      347 / 433      6.9
+    planes_mean        512   0.600 / 0.613          274 / 327      343 / 424      6.9
+    resnet18_slices    512   0.783 / 0.802           80 / 70       101 / 90       22.9
+    resnet18_3d        512   0.681 / 0.715          119 / 84       192 / 228      16.0
+    resnet18 (2D), crop 64, each object's largest z-plane:   331 / 381 obj/s, 5.8 CPU ms
+
+``resnet18_3d`` costs 2.3-2.8x ``resnet18_planes``' time per object at crop 32 (1.6-1.9x at
+crop 24); the planes cost about what the 2D encoder costs on one plane per object at crop 64.
 """
 
 from __future__ import annotations
@@ -32,61 +50,26 @@ import time
 
 import numpy as np
 import torch
-from _common import command_line, environment, knn_accuracy, write_json
+from _common import (
+    VOLUME_SHAPES,
+    cell_window,
+    command_line,
+    environment,
+    knn_accuracy,
+    make_ellipsoid_cells,
+    write_json,
+)
 
 CROP = 32
 BATCH = 16
 PERCENTILES = (1.0, 99.8)  # embed_segments' normalisation
 NORMALIZE = ("image", "segment")
-CLASSES = ("sphere", "rod", "disc")
-#: semi-axes of each class relative to the equivalent radius (same volume: product 1)
-_AXES = {"sphere": (1.0, 1.0, 1.0), "rod": (3 ** (2 / 3), 3 ** (-1 / 3), 3 ** (-1 / 3))}
-_AXES["disc"] = (3 ** (-2 / 3), 3 ** (1 / 3), 3 ** (1 / 3))
+CLASSES = VOLUME_SHAPES
+SMALL_CROP = 24
+BASELINE_2D = "resnet18 (2D), crop 64, middle z-plane"
 
 
 # ----------------------------------------------------------------------------- data
-def _smooth_noise(rng, shape, sigma):
-    from scipy.ndimage import gaussian_filter
-
-    noise = gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma)
-    return noise / (noise.std() + 1e-8)
-
-
-def make_objects(n_per_class: int, *, seed: int = 0, cell: int = CROP):
-    """``(image, labels, classes, grid)``: one object per ``cell``^3 cell of a (gz*cell,
-    gy*cell, gx*cell) float32 volume, its int32 labels (1..n), the class index of label i at
-    ``classes[i - 1]``, and the grid (gz, gy, gx)."""
-    rng = np.random.default_rng(seed)
-    n = n_per_class * len(CLASSES)
-    classes = rng.permutation(np.repeat(np.arange(len(CLASSES)), n_per_class))
-    g = int(np.ceil(n ** (1 / 3)))
-    grid = (int(np.ceil(n / (g * g))), g, g)
-    image = np.zeros(tuple(k * cell for k in grid), np.float32)
-    labels = np.zeros(image.shape, np.int32)
-    c = np.arange(cell, dtype=np.float32) - (cell - 1) / 2
-    zz, yy, xx = np.meshgrid(c, c, c, indexing="ij")
-    coords = np.stack([zz, yy, xx], axis=-1)  # (cell, cell, cell, 3)
-    for i, k in enumerate(classes):
-        radius = rng.uniform(4.0, 6.5)
-        semi = np.array(_AXES[CLASSES[k]]) * radius
-        rotation, _ = np.linalg.qr(rng.standard_normal((3, 3)))  # a random orientation
-        shift = rng.uniform(-1.0, 1.0, 3)
-        local = (coords - shift) @ rotation  # coordinates in the object's own frame
-        inside = ((local / semi) ** 2).sum(-1) <= 1.0
-        # texture: nothing in it depends on the class
-        level = rng.uniform(0.3, 1.0)
-        grain = _smooth_noise(rng, inside.shape, rng.uniform(0.6, 2.5))
-        direction = rng.standard_normal(3)
-        gradient = (coords @ (direction / np.linalg.norm(direction))) / cell
-        value = level * (1 + rng.uniform(0.05, 0.4) * grain + rng.uniform(-0.8, 0.8) * gradient)
-        background = rng.uniform(0.0, 0.3) + 0.05 * rng.standard_normal(inside.shape)
-        z, y, x = np.unravel_index(i, grid)
-        window = tuple(slice(j * cell, (j + 1) * cell) for j in (z, y, x))
-        image[window] = np.where(inside, value, background)
-        labels[window] = np.where(inside, i + 1, 0)
-    return image, labels, classes, grid
-
-
 def cell_crops(image, labels, grid, *, normalize: str = "image", cell: int = CROP):
     """The objects' centred crops: (n, 1, cell, cell, cell) float32 and bool masks.
 
@@ -97,8 +80,7 @@ def cell_crops(image, labels, grid, *, normalize: str = "image", cell: int = CRO
     ms = np.empty((n, 1, cell, cell, cell), bool)
     low, high = np.percentile(image, PERCENTILES)
     for i in range(n):
-        z, y, x = np.unravel_index(i, grid)
-        window = tuple(slice(j * cell, (j + 1) * cell) for j in (z, y, x))
+        window = cell_window(i, grid, cell)
         ms[i, 0] = labels[window] == i + 1
         if normalize == "segment":
             low, high = np.percentile(image[window][ms[i, 0]], PERCENTILES)
@@ -135,27 +117,52 @@ def _encoders(names, *, seed, weights):
     }
 
 
-def _time_encoders(encoders, xs, ms, *, batch, repeats):
+def _time_encoders(variants, *, batch, repeats):
     """``{name: {"wall": (repeats, units), "cpu": (repeats, units)}}`` seconds of each
-    encoder's forward on every batch, interleaved per batch in a rotating order after one
-    untimed pass."""
-    units = [(xs[i : i + batch], ms[i : i + batch]) for i in range(0, len(xs), batch)]
-    names = list(encoders)
-    times = {n: {"wall": np.zeros((repeats, len(units))), "cpu": np.zeros((repeats, len(units)))}
+    variant's forward (``variants[name] = (encoder, crops, masks)``, the same objects) on every
+    batch, interleaved per batch in a rotating order after one untimed pass."""
+    n_objects = len(next(iter(variants.values()))[1])
+    starts = range(0, n_objects, batch)
+    names = list(variants)
+    times = {n: {"wall": np.zeros((repeats, len(starts))), "cpu": np.zeros((repeats, len(starts)))}
              for n in names}  # fmt: skip
     with torch.inference_mode():
-        for x, m in units[:1]:
-            for enc in encoders.values():
-                enc(x, m)
+        for enc, x, m in variants.values():
+            enc(x[:batch], m[:batch])
         for r in range(repeats):
-            for i, (x, m) in enumerate(units):
+            for i, start in enumerate(starts):
                 k = (r + i) % len(names)
                 for name in names[k:] + names[:k]:
+                    enc, x, m = variants[name]
+                    x, m = x[start : start + batch], m[start : start + batch]
                     w0, c0 = time.perf_counter(), time.process_time()
-                    encoders[name](x, m)
+                    enc(x, m)
                     times[name]["wall"][r, i] = time.perf_counter() - w0
                     times[name]["cpu"][r, i] = time.process_time() - c0
     return times
+
+
+def _centre(xs, ms, size):
+    """The centre ``size``^3 of cubic crops and masks (for timing: the crop size's cost)."""
+    a = (xs.shape[-1] - size) // 2
+    window = (Ellipsis, slice(a, a + size), slice(a, a + size), slice(a, a + size))
+    return xs[window].contiguous(), ms[window].contiguous()
+
+
+def _middle_planes_2d(xs, ms):
+    """``(encoder, crops, masks)`` of the 2D baseline: untrained ``resnet18`` (channels_last)
+    on each object's z-plane of largest area, zero-padded to 64 x 64 (the 2D default crop)."""
+    from napari_segrep import SegmentEncoder
+
+    z = ms.sum(dim=(1, 3, 4)).argmax(dim=1)
+    rows = torch.arange(len(xs))
+    pad = (64 - xs.shape[-1]) // 2
+    pad4 = (pad, 64 - xs.shape[-1] - pad) * 2
+    x2 = torch.nn.functional.pad(xs[rows, :, z], pad4)
+    m2 = torch.nn.functional.pad(ms[rows, :, z], pad4)
+    cl = torch.channels_last
+    enc = SegmentEncoder("resnet18", in_channels=1, seed=0).eval().to(memory_format=cl)
+    return enc, x2.contiguous(memory_format=cl), m2.contiguous(memory_format=cl)
 
 
 def _embed(encoder, xs, ms, batch):
@@ -190,7 +197,7 @@ def main(argv=None) -> dict:
     batches = [int(b) for b in args.batches.split(",")]
 
     t0 = time.perf_counter()
-    image, labels, classes, grid = make_objects(per_class, seed=0)
+    image, labels, classes, grid = make_ellipsoid_cells(per_class, seed=0, cell=CROP)
     crops = {norm: cell_crops(image, labels, grid, normalize=norm) for norm in NORMALIZE}
     xs, ms = crops["image"]
     data_s = time.perf_counter() - t0
@@ -215,12 +222,16 @@ def main(argv=None) -> dict:
         q["knn5_mean"] = float(np.mean(q["knn5"]))
         q["knn1_mean"] = float(np.mean(q["knn1"]))
 
-    # Time: the same crops through each encoder, interleaved batch by batch.
+    # Time: the same objects through each encoder, interleaved batch by batch.
     encoders = _encoders(names, seed=0, weights=None)
     tx, tm = xs[:n_time], ms[:n_time]
+    variants = {name: (enc, tx, tm) for name, enc in encoders.items()}
+    for name, enc in encoders.items():
+        variants[f"{name}, crop {SMALL_CROP}"] = (enc, *_centre(tx, tm, SMALL_CROP))
+    variants[BASELINE_2D] = _middle_planes_2d(tx, tm)
     speed = {}
     for batch in batches:
-        times = _time_encoders(encoders, tx, tm, batch=batch, repeats=repeats)
+        times = _time_encoders(variants, batch=batch, repeats=repeats)
         for name, t in times.items():
             wall, cpu = t["wall"].min(axis=0).sum(), t["cpu"].min(axis=0).sum()
             speed.setdefault(name, {})[f"batch {batch}"] = {
@@ -237,6 +248,17 @@ def main(argv=None) -> dict:
         for name in names
         if name != "resnet18_planes"
     }
+    ratios.update(
+        {
+            f"{name} over {BASELINE_2D}, batch {batch}": speed[name][f"batch {batch}"][
+                "objects_per_s_best"
+            ]
+            / speed[BASELINE_2D][f"batch {batch}"]["objects_per_s_best"]
+            for batch in batches
+            for name in variants
+            if name.split(",")[0] in ("resnet18_planes", "resnet18_3d")
+        }
+    )
 
     out = {
         "benchmark": "volume_encoders",
@@ -260,7 +282,10 @@ def main(argv=None) -> dict:
             "timing": f"{len(tx)} objects, batches of {batches}, the encoders' forward in "
             "inference_mode, contiguous tensors; interleaved per batch (rotating order), 1 "
             f"warm-up + {repeats} repeats; best = sum of each batch's fastest repeat; wall "
-            "clock and this process's CPU time (a loaded machine inflates the wall clock)",
+            "clock and this process's CPU time (a loaded machine inflates the wall clock). "
+            f"Crop {CROP} (the volumes' default) and the centre {SMALL_CROP}^3 of the same "
+            f"crops; context: {BASELINE_2D} (each object's z-plane of largest area, zero-padded "
+            "to 64 x 64, channels_last as embed_segments runs 2D crops)",
         },
         "quality": quality,
         "speed": speed,
@@ -288,11 +313,11 @@ def _print_report(out, path) -> None:
         seeds = " ".join(f"{v:.3f}" for v in q["knn5"])
         print(f"  {name:<54}{q['dim']:>6}{q['knn5_mean']:>8.3f}{q['knn1_mean']:>8.3f}   {seeds}")
     print(f"  timing: {s['timing']}")
-    print(f"  {'encoder':<22}{'batch':>7}{'objects/s':>11}{'median':>9}{'CPU ms/object':>15}")
+    print(f"  {'encoder':<42}{'batch':>7}{'objects/s':>11}{'median':>9}{'CPU ms/object':>15}")
     for name, per_batch in out["speed"].items():
         for batch, v in per_batch.items():
             print(
-                f"  {name:<22}{batch.split()[1]:>7}{v['objects_per_s_best']:>11.1f}"
+                f"  {name:<42}{batch.split()[1]:>7}{v['objects_per_s_best']:>11.1f}"
                 f"{v['objects_per_s_median']:>9.1f}{v['cpu_ms_per_object_best']:>15.1f}"
             )
     for name, r in out["ratios"].items():
