@@ -37,6 +37,7 @@ from .segments import (
 __all__ = [
     "MAX_WINDOW_CROPS",
     "SegmentDataset",
+    "pair_lists",
     "check_pairs",
     "pair_layouts",
     "recorded_layout",
@@ -144,9 +145,9 @@ def check_pairs(
     )[0]
 
 
-def _checked_units(images, labels, *, axes, spacing, channel_axis, names, how="axes={axes!r}"):
-    """``(layouts, units)``: every pair checked (see :func:`check_pairs`) and cut into the
-    images training sees (:class:`_Unit`: the pair, or each frame of a time-lapse)."""
+def pair_lists(images, labels) -> tuple[list, list]:
+    """``images`` and ``labels`` as two lists of as many pairs (one array: one pair);
+    ``ValueError`` for unequal numbers or none."""
     if isinstance(images, np.ndarray):
         images = [images]
     if isinstance(labels, np.ndarray):
@@ -156,6 +157,13 @@ def _checked_units(images, labels, *, axes, spacing, channel_axis, names, how="a
         raise ValueError(f"got {len(images)} images but {len(labels)} label images")
     if not images:
         raise ValueError("no image given: pass at least one (image, labels) pair")
+    return images, labels
+
+
+def _checked_units(images, labels, *, axes, spacing, channel_axis, names, how="axes={axes!r}"):
+    """``(layouts, units)``: every pair checked (see :func:`check_pairs`) and cut into the
+    images training sees (:class:`_Unit`: the pair, or each frame of a time-lapse)."""
+    images, labels = pair_lists(images, labels)
     names = list(names) if names is not None else [f"pair {i}" for i in range(len(images))]
     if axes is None:
         for image, lab, name in zip(images, labels, names, strict=True):

@@ -178,18 +178,10 @@ def train_ssl(
     ValueError
         Bad configuration, or no segment to train on.
     """
-    from .dataset import pair_layouts, recorded_layout
+    from .dataset import pair_layouts, pair_lists, recorded_layout
     from .pipeline import check_spatial_dims, default_crop_size
 
-    if isinstance(images, np.ndarray):
-        images = [images]
-    if isinstance(labels, np.ndarray):
-        labels = [labels]
-    images, labels = list(images), list(labels)
-    if len(images) != len(labels):
-        raise ValueError(f"got {len(images)} images but {len(labels)} label images")
-    if not labels:
-        raise ValueError("no image given: pass at least one (image, labels) pair")
+    images, labels = pair_lists(images, labels)
     # What the axes are, and an encoder that fits them, before any work.
     layouts = pair_layouts(labels, axes=axes, spacing=spacing)
     layout = layouts[0]
