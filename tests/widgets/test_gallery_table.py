@@ -410,3 +410,44 @@ def test_gallery_source__volumes_and_stacks_give_the_engines_thumbnails(tmp_path
     )
     for k in range(len(ids)):
         np.testing.assert_array_equal(shown[2 * n + k], expected[k])
+
+
+def test_open_table_collection__volumes_keep_the_axes_and_spacing_their_sidecar_records(
+    tmp_path,
+):
+    """A table of volumes from ``embed --data --axes zyx --spacing``, opened in the gallery:
+    each image's run has the recorded axes and spacing, so its 3D thumbnails are drawn at that
+    spacing, as ``segment_thumbnails`` draws them with it; a sidecar whose layout is not one
+    gives no layout (the table's columns say what the objects are)."""
+    import napari_segrep as sr
+    from napari_segrep._widgets._gallery_source import GallerySource
+    from napari_segrep._widgets._gallery_table import _layout_of, open_table_collection
+    from napari_segrep.analysis.export import read_table
+    from napari_segrep.cli import main
+
+    from ..cli.test_embed_collection import write_volumes_folder
+
+    data = write_volumes_folder(tmp_path / "vols", 2)
+    out = tmp_path / "v.parquet"
+    small = ["--crop-size", "16", "--device", "cpu", "--weights", "none", "-q"]
+    argv = ["embed", "--data", str(data), "-o", str(out), "--axes", "zyx"]
+    assert main([*argv, "--spacing", "2", "1", "1", *small]) == 0
+    table = open_table_collection(out)
+    assert [(m.run.params["axes"], m.run.params["spacing"]) for m in table.members] == [
+        ("zyx", (2.0, 1.0, 1.0))
+    ] * 2
+    source = GallerySource(table)
+    (request,) = [r for r in source.requests([0, 1, 2]) if len(r.ids)]
+    shown = request.source.thumbnails(request.ids)
+    rows = read_table(out)
+    first = rows[rows["image"] == "vol0"]
+    image = tifffile.imread(data / "images" / "vol0.tif")
+    labels = tifffile.imread(data / "labels" / "vol0_labels.tif")
+    expected = sr.segment_thumbnails(
+        image, labels, first["label"], axes="zyx", spacing=(2, 1, 1), table=first
+    )
+    for got, want in zip(shown, expected, strict=True):
+        np.testing.assert_array_equal(got, want)
+    for bad in ({"axes": "qq"}, {"axes": "zyx", "spacing": [0, 1, 1]}, "zyx"):
+        assert _layout_of({"layout": bad}, "x") in ({}, {"axes": "zyx", "spacing": None})
+    assert _layout_of({"layout": {"axes": "zyx", "spacing": [1, True, 1]}}, "x")["spacing"] is None

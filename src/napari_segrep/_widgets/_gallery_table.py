@@ -167,8 +167,32 @@ def open_table_collection(path: str | os.PathLike) -> TableCollection:
     for name in names:
         rows = df[image_column == name].drop(columns="image").reset_index(drop=True)
         image, labels = files[name]
-        members.append(FileMember(name, rows, FileRun(image, labels, dict(params)), colours))
+        run_params = {**params, **_layout_of(record, name)}
+        members.append(FileMember(name, rows, FileRun(image, labels, run_params), colours))
     return TableCollection(path, members)
+
+
+def _layout_of(record: dict, name: str) -> dict:
+    """The ``axes`` and ``spacing`` the sidecar records for image ``name`` (a collection's per
+    image, else the run's), as ``embed_segments`` takes them; ``{}`` where it says none or
+    something that is not a layout (then the table's columns say what the objects are)."""
+    from .._images import AXES
+
+    layout = record.get("layout")
+    images = record.get("images")
+    if isinstance(images, list):
+        mine = [r for r in images if isinstance(r, dict) and str(r.get("name")) == name]
+        layout = mine[0].get("layout") if mine else layout
+    if not isinstance(layout, dict) or layout.get("axes") not in AXES:
+        return {}
+    spacing = layout.get("spacing")
+    numbers = isinstance(spacing, list) and all(
+        isinstance(v, int | float) and not isinstance(v, bool) and 0 < v < float("inf")
+        for v in spacing
+    )
+    if not numbers or len(spacing) != len(layout["axes"].replace("t", "")):
+        spacing = None
+    return {"axes": layout["axes"], "spacing": None if spacing is None else tuple(spacing)}
 
 
 def _image_files(record: dict, path: Path, sidecar: Path) -> dict[str, tuple[str, str]]:
