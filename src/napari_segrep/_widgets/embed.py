@@ -115,7 +115,7 @@ class EmbedSegmentsWidget(ResultsActions, Container):
             visible=False,
             tooltip="how a new model sees a 3D object: resnet18_3d, a 3D network (ImageNet "
             "weights inflated to 3D); resnet18_planes, the 2D network on the object's three "
-            "orthogonal middle planes (faster on a CPU)",
+            "orthogonal middle planes (a quarter of the CPU time: the default without CUDA)",
         )
         # the default by device (README "Volumes"): the planes until the warm-up finds CUDA
         self.volume_model_input.value = VOLUME_BACKBONE_CPU
