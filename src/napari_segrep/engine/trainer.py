@@ -380,7 +380,8 @@ class Trainer:
 
     def load(self, path: str | os.PathLike) -> None:
         """Restore a training checkpoint written by :meth:`save`."""
-        ckpt = load_training_checkpoint(path)  # complete, finite (or a ValueError)
+        # complete, finite (or a ValueError), with the objective's own state
+        ckpt = load_training_checkpoint(path, objective_keys=self.objective.state_keys)
         for key, ours, saved in self.config.resume_differences(ckpt["config"]):
             warnings.warn(
                 f"resuming {path} with {key}={ours!r}, but it was trained with {saved!r}: the "

@@ -57,6 +57,9 @@ class Objective:
 
     #: The registry key (``TrainConfig``'s choice).
     name: str = ""
+    #: The top-level checkpoint keys :meth:`state` writes, each a dict of tensors (checked
+    #: before a resume begins: a checkpoint of another objective is refused, naming the key).
+    state_keys: tuple[str, ...] = ()
 
     def build_model(self, encoder: nn.Module) -> nn.Module:
         """The module trained and wrapped by DistributedDataParallel: it has ``.encoder`` (the
@@ -85,8 +88,9 @@ class Objective:
         raise NotImplementedError
 
     def state(self) -> dict:
-        """The objective's own state for a training checkpoint (CPU tensors), besides the
-        model's (the loop saves ``"encoder"`` and ``"head"``)."""
+        """The objective's own state for a training checkpoint: ``{key: {name: CPU tensor}}``
+        for each of :attr:`state_keys`, besides the model's (the loop saves ``"encoder"`` and
+        ``"head"``)."""
         raise NotImplementedError
 
     def load_state(self, ckpt: dict, *, source: str) -> None:

@@ -41,6 +41,7 @@ class ContrastiveObjective(Objective):
     """
 
     name = "contrastive"
+    state_keys = ("loss_state",)
 
     def __init__(self, config, *, distributed: bool = False) -> None:
         self.config = config
