@@ -22,7 +22,7 @@ import os
 import pickle
 import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -241,7 +241,10 @@ def encoder_state_from_checkpoint(path: str | os.PathLike) -> tuple[dict, dict]:
 
 
 _TRAINING_KEYS = ("config", "encoder_config", "encoder", "head", "optimizer", "scheduler")
-_TRAINING_KEYS += ("scaler", "loss_state", "epoch", "epoch_step", "global_step", "rng")
+_TRAINING_KEYS += ("scaler", "epoch", "epoch_step", "global_step", "rng")
+#: The contrastive objective's own keys (what an objective keeps besides the model:
+#: ``Objective.state_keys``), the default of the checks below.
+_CONTRASTIVE_KEYS = ("loss_state",)
 #: The largest step or epoch count a training checkpoint may hold (int64, as torch keeps them).
 _MAX_COUNT = 2**63 - 1
 
@@ -285,16 +288,20 @@ _QUALITY_RECORD = {
 }
 
 
-def training_checkpoint_problems(payload: dict) -> list[str]:
+def training_checkpoint_problems(
+    payload: dict, *, objective_keys: Sequence[str] = _CONTRASTIVE_KEYS
+) -> list[str]:
     """What keeps a loaded training checkpoint's ``payload`` from being resumed: a missing key,
     or a value of the wrong type or range (``epoch="one"``, ``config=None``, a random state that
     is not torch's).  ``[]`` for a checkpoint this package wrote.  The weights and optimiser
-    states are compared with the run when they are loaded (:func:`load_state_checked`)."""
-    missing = [k for k in _TRAINING_KEYS if k not in payload]
+    states are compared with the run when they are loaded (:func:`load_state_checked`).
+    ``objective_keys``: the objective's own state (dicts), ``Objective.state_keys``."""
+    objective_keys = tuple(objective_keys)
+    missing = [k for k in (*_TRAINING_KEYS, *objective_keys) if k not in payload]
     if missing:
         return [f"{', '.join(repr(k) for k in missing)} missing"]
     problems = []
-    for key in ("config", "encoder_config", "encoder", "head", "loss_state", "scaler"):
+    for key in ("config", "encoder_config", "encoder", "head", *objective_keys, "scaler"):
         if not isinstance(payload[key], dict):
             problems.append(f"{key} is not a dict: {_short(payload[key])}")
     optimizer = payload["optimizer"]
@@ -343,16 +350,19 @@ def training_checkpoint_problems(payload: dict) -> list[str]:
     return problems
 
 
-def load_training_checkpoint(path: str | os.PathLike) -> dict:
+def load_training_checkpoint(
+    path: str | os.PathLike, *, objective_keys: Sequence[str] = _CONTRASTIVE_KEYS
+) -> dict:
     """:func:`load_checkpoint` for resuming: a complete training checkpoint, or one ValueError
-    naming ``path`` and every problem (:func:`training_checkpoint_problems`)."""
+    naming ``path`` and every problem (:func:`training_checkpoint_problems`, with the
+    objective's ``objective_keys``)."""
     payload = load_checkpoint(path, map_location="cpu")
     if payload.get("kind") != "training":
         raise ValueError(
             f"{path} is an encoder checkpoint, not a training checkpoint: to start a new run "
             "from it, pass encoder=napari_segrep.load_encoder(path) instead of resume="
         )
-    problems = training_checkpoint_problems(payload)
+    problems = training_checkpoint_problems(payload, objective_keys=objective_keys)
     if problems:
         raise ValueError(
             f"training checkpoint {path} cannot be resumed: {'; '.join(problems)}. It was not "

@@ -1,6 +1,12 @@
-"""The training loop: :class:`Trainer` holds the models, optimiser, schedule, loss, sampler and
-quality monitor of a run, and :meth:`Trainer.steps` is a generator of step records (one per
-optimiser step); :func:`~napari_segrep.engine.training.train_ssl` drives it.
+"""The training loop: :class:`Trainer` holds what every run has, whatever it optimises (the
+data order, the optimiser and its schedule, AMP, DistributedDataParallel, the counters), and
+:meth:`Trainer.steps` is a generator of step records (one per optimiser step);
+:func:`~napari_segrep.engine.training.train_ssl` drives it through :meth:`Trainer.run`.
+
+What is optimised is the **objective**'s (:mod:`napari_segrep.engine.objectives`: what a batch
+item is, the head, the loss); what watches the run are the **callbacks**
+(:mod:`napari_segrep.engine.callbacks`: health, quality, checkpoint, progress).  The loop calls
+them and knows neither.
 
 Reproducibility: the sample order of each epoch comes from ``DistributedSampler(seed,
 epoch)``, the views of each sample from a generator seeded by ``(seed, epoch, index)``, the
@@ -9,9 +15,9 @@ stopped and resumed gives the same losses and weights as an uninterrupted one (t
 
 Quality: before the first step and at every epoch end, the encoder's effective rank and view
 agreement are measured on a fixed monitor set of the segments
-(:mod:`napari_segrep.engine.quality`), held back from training when there are enough segments.
-The evaluation runs in eval mode without gradients and leaves the random state untouched, so it
-changes no training result; its records are checkpointed with the rest.
+(:class:`~napari_segrep.engine.callbacks.QualityCallback`), held back from training when there
+are enough segments.  The evaluation changes no training result; its records are checkpointed
+with the rest.
 """
 
 from __future__ import annotations
@@ -21,17 +27,16 @@ import copy
 import os
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from ..errors import TrainingDiverged
+from .callbacks import Callback, HealthCallback, QualityCallback
 from .checkpoint import (
     load_state_checked,
     load_state_into,
@@ -42,20 +47,13 @@ from .dataset import SegmentDataset
 from .devices import resolve_device
 from .distributed import _distributed_setup
 from .encoder import SegmentEncoder
-from .heads import ProjectionHead, _SSLModel
-from .health import diverged_error, unusable_reason
-from .losses import make_loss
+from .health import diverged_error
 from .masking import MaskedBatchNorm
+from .objectives import Objective, make_objective
 from .optim import LARS, param_groups_for_lars, warmup_cosine_schedule
 from .pipeline import _fast_layout as fast_layout
 from .pipeline import check_spatial_dims
-from .quality import (
-    QualityMonitor,
-    RepresentationCollapseWarning,
-    choose_monitor,
-    collapse_message,
-    is_collapsed,
-)
+from .quality import choose_monitor
 from .train_config import TrainConfig, steps_per_epoch
 
 __all__ = ["Trainer"]
@@ -65,12 +63,27 @@ class Trainer:
     """The training loop's state and its step generator (see
     :func:`~napari_segrep.engine.training.train_ssl`).
 
+    Parameters
+    ----------
+    dataset : SegmentDataset
+    config : TrainConfig
+    encoder : SegmentEncoder, optional
+        Starting point (copied); default an untrained ``config.backbone`` from ``config.seed``.
+    device : str
+    objective : Objective, optional
+        What is optimised; default :func:`~napari_segrep.engine.objectives.make_objective` of
+        ``config``.
+    callbacks : sequence of Callback
+        Called after the built-in ones (:attr:`health`, :attr:`quality_callback`), in order.
+
     Attributes
     ----------
     split : MonitorSplit
         The monitor set and the indices the training sampler draws from
         (:func:`~napari_segrep.engine.quality.choose_monitor` of ``config.seed``,
         ``config.monitor_size``, ``config.monitor_hold_out``).
+    model : nn.Module
+        The objective's model: ``model.encoder`` (what the user keeps) and ``model.head``.
     history : list of dict
         Step records.
     quality : list of dict
@@ -84,6 +97,8 @@ class Trainer:
         *,
         encoder: SegmentEncoder | None = None,
         device: str = "auto",
+        objective: Objective | None = None,
+        callbacks: Sequence[Callback] = (),
     ) -> None:
         self.config = config
         self.dataset = dataset
@@ -94,38 +109,15 @@ class Trainer:
             hold_out=config.monitor_hold_out,
         )
         self.train_indices = self.split.train
-        self.monitor = (
-            QualityMonitor(dataset, self.split.monitor, batch_size=config.batch_size)
-            if len(self.split.monitor)
-            else None
-        )
         self.dist = _distributed_setup(str(device))
         if self.dist.enabled and torch.cuda.is_available() and str(device) in ("auto", "cuda"):
             self.device = torch.device("cuda", self.dist.local_rank)
             torch.cuda.set_device(self.device)
         else:
             self.device = resolve_device(device)
-        if encoder is None:
-            encoder = SegmentEncoder(
-                config.backbone, in_channels=dataset.in_channels, seed=config.seed
-            )
-        else:
-            encoder = copy.deepcopy(encoder)
-            if encoder.in_channels != dataset.in_channels:
-                raise ValueError(
-                    f"the encoder takes {encoder.in_channels} channel(s), the images have "
-                    f"{dataset.in_channels}"
-                )
-        check_spatial_dims(encoder, dataset.layout)  # a 2D encoder for volumes...: the fix
-        encoder.image_masking = config.image_masking
-        encoder.feature_masking = config.feature_masking
-        encoder.freeze_batchnorm_stats = config.batchnorm_stats == "frozen"
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed + 2)
-            head = ProjectionHead(
-                encoder.embedding_dim, config.projection_hidden, config.projection_dim
-            )
-        self.model = _SSLModel(encoder, head)
+        encoder = self._starting_encoder(encoder)
+        self.objective = objective or make_objective(config, distributed=self.dist.enabled)
+        self.model = self.objective.build_model(encoder)
         if self.dist.enabled and config.sync_batchnorm:
             for m in self.model.modules():
                 if isinstance(m, MaskedBatchNorm):  # encoder and head, 2D and 3D
@@ -136,12 +128,7 @@ class Trainer:
         self.fast_layouts = False
         if self.device.type == "cuda":
             self.use_fast_layouts()
-        self.loss = make_loss(
-            config.loss,
-            dim=config.projection_dim,
-            gather_distributed=config.gather_distributed and self.dist.enabled,
-            **config.loss_kwargs,
-        ).to(self.device)
+        self.objective.to(self.device)
         self.lr = config.effective_lr(self.dist.world_size)
         wd = config.effective_weight_decay()
         # The head is new in every run, the encoder is what the user keeps: the head learns at
@@ -178,10 +165,45 @@ class Trainer:
         self.epoch_step = 0  # optimiser steps done inside the current epoch
         self.global_step = 0
         self.history: list[dict] = []
-        self.quality: list[dict] = []
-        self._collapse_warned = False
-        self._probe: tuple[Tensor, Tensor] | None = None  # a few crops of the last micro-batch
-        self._checked_step: int | None = None  # the step check_healthy() last passed
+        #: A few crops of the last micro-batch (the health check embeds them in eval mode).
+        self.probe: tuple[Tensor, Tensor] | None = None
+        self.health = HealthCallback()
+        self.quality_callback = QualityCallback(dataset, self.split, batch_size=config.batch_size)
+        self.callbacks: list[Callback] = [self.health, self.quality_callback, *callbacks]
+
+    def _starting_encoder(self, encoder: SegmentEncoder | None) -> SegmentEncoder:
+        """A copy of ``encoder`` (or a new one from the config), set up as the config says."""
+        config, dataset = self.config, self.dataset
+        if encoder is None:
+            encoder = SegmentEncoder(
+                config.backbone, in_channels=dataset.in_channels, seed=config.seed
+            )
+        else:
+            encoder = copy.deepcopy(encoder)
+            if encoder.in_channels != dataset.in_channels:
+                raise ValueError(
+                    f"the encoder takes {encoder.in_channels} channel(s), the images have "
+                    f"{dataset.in_channels}"
+                )
+        check_spatial_dims(encoder, dataset.layout)  # a 2D encoder for volumes...: the fix
+        encoder.image_masking = config.image_masking
+        encoder.feature_masking = config.feature_masking
+        encoder.freeze_batchnorm_stats = config.batchnorm_stats == "frozen"
+        return encoder
+
+    @property
+    def loss(self) -> nn.Module:
+        """The objective's loss module."""
+        return self.objective.loss
+
+    @property
+    def quality(self) -> list[dict]:
+        """The quality records (:attr:`QualityCallback.records`)."""
+        return self.quality_callback.records
+
+    def _emit(self, hook: str, *args) -> None:
+        for callback in self.callbacks:
+            getattr(callback, hook)(self, *args)
 
     # ------------------------------------------------------------------ data
     def _sampler(self, epoch: int) -> DistributedSampler:
@@ -229,7 +251,8 @@ class Trainer:
         self.fast_layouts = True
 
     # ------------------------------------------------------------------ loop
-    def _autocast(self):
+    def autocast(self):
+        """The context the forward passes run in (AMP on CUDA when ``config.amp``)."""
         if self.amp_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
@@ -242,13 +265,16 @@ class Trainer:
 
     def steps(self):
         """Generator of records until ``config.epochs``: a step record per optimiser step,
-        ``{"epoch_end": n, "quality": record}`` at the end of epoch ``n`` (``"quality"`` when
-        monitoring), and ``{"quality": record}`` first when the run has no quality record yet."""
+        ``{"epoch_end": n, ...}`` at the end of epoch ``n`` (with ``"quality"`` when
+        monitoring), and first ``{"quality": record}`` when the run has no quality record yet:
+        each record as the callbacks completed it."""
         cfg = self.config
         self.model.train()
-        self.loss.train()
-        if self.monitor is not None and not self.quality:
-            yield {"quality": self.evaluate_quality()}
+        self.objective.train()
+        start: dict = {}
+        self._emit("on_train_start", start)
+        if start:
+            yield start
         while self.epoch < cfg.epochs:
             loader = self._loader(self.epoch, self.epoch_step)
             micro_batches = iter(loader)
@@ -257,19 +283,19 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 total, n_crops, terms = 0.0, 0, {}
                 for _ in range(cfg.grad_accumulate):
-                    a, ma, b, mb = (self._to_device(t) for t in next(micro_batches))
-                    self._probe = (a[:8].detach().clone(), ma[:8].detach().clone())
-                    with self._autocast():
-                        z = self.ddp_model(torch.cat([a, b]), torch.cat([ma, mb]))
-                        za, zb = z.float().chunk(2)
-                        loss = self.loss(za, zb)
-                    if not torch.isfinite(loss):
-                        raise self._diverged(f"the loss became {loss.item()}", self.global_step + 1)
-                    self.scaler.scale(loss / cfg.grad_accumulate).backward()
-                    total += float(loss.detach()) / cfg.grad_accumulate
-                    for name, value in getattr(self.loss, "terms", {}).items():
+                    out = self.objective.compute(
+                        self.ddp_model,
+                        next(micro_batches),
+                        to_device=self._to_device,
+                        autocast=self.autocast,
+                    )
+                    self.probe = out.probe
+                    self._emit("on_loss", out.loss)
+                    self.scaler.scale(out.loss / cfg.grad_accumulate).backward()
+                    total += float(out.loss.detach()) / cfg.grad_accumulate
+                    for name, value in out.terms.items():
                         terms[name] = terms.get(name, 0.0) + float(value) / cfg.grad_accumulate
-                    n_crops += 2 * len(a)
+                    n_crops += out.n_crops
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
                 lr = self.scheduler.get_last_lr()[0]
@@ -289,82 +315,41 @@ class Trainer:
                     "crops_per_s": n_crops * self.dist.world_size / max(seconds, 1e-9),
                 }
                 self.history.append(record)
+                self._emit("on_step_end", record)
                 yield record
-            self.check_healthy()  # before the epoch's checkpoint: only a usable model is saved
+            self._emit("before_epoch_end")  # health: only a usable model is checkpointed
             self.epoch += 1
             self.epoch_step = 0
             end = {"epoch_end": self.epoch}
-            if self.monitor is not None:
-                end["quality"] = self.evaluate_quality()
+            self._emit("on_epoch_end", end)
             yield end
 
-    # ------------------------------------------------------------------ quality
-    def evaluate_quality(self) -> dict:
-        """Measure the encoder on the monitor set now, append the record to :attr:`quality`
-        and return a copy; warn (:class:`RepresentationCollapseWarning`, once, rank 0) when
-        the effective rank has collapsed since the start.
+    def run(self, should_stop: Callable[[], bool] | None = None) -> bool:
+        """Train to ``config.epochs``, polling ``should_stop`` after every record; True when it
+        stopped before the last epoch was complete."""
+        for record in self.steps():
+            if self.stop_requested(should_stop, record):
+                return self.epoch < self.config.epochs
+        return False
 
-        Rank 0 computes and broadcasts, so every rank records the same figures (every rank must
-        call).  Eval mode, no gradient, the modules' modes and the random state restored:
-        training goes on exactly as without it.
-        """
-        figures = torch.zeros(2, dtype=torch.float64)
-        if self.dist.is_main:
-            rank, agreement = self.monitor.evaluate(
-                self.model.encoder, device=self.device, autocast=self._autocast
-            )
-            figures = torch.tensor([rank, agreement], dtype=torch.float64)
-        if self.dist.enabled:
-            shared = figures.to(self.device)
-            dist.broadcast(shared, src=0)
-            figures = shared.cpu()
-        rank, agreement = (float(v) for v in figures)
-        start = self.quality[0] if self.quality else None
-        losses = [r["loss"] for r in self.history if r["epoch"] == self.epoch]
-        record = {
-            "epoch": self.epoch,
-            "step": self.global_step,
-            "loss": float(np.mean(losses)) if losses and self.epoch_step == 0 else None,
-            "effective_rank": rank,
-            "view_agreement": agreement,
-            "monitor": self.split.kind,
-            "n": len(self.monitor),
-            "collapsed": start is not None and is_collapsed(rank, start["effective_rank"]),
-        }
-        self.quality.append(record)
-        if record["collapsed"] and not self._collapse_warned:
-            self._collapse_warned = True
-            if self.dist.is_main:
-                warnings.warn(
-                    collapse_message(record, start), RepresentationCollapseWarning, stacklevel=2
-                )
-        return dict(record)
-
-    def _diverged(self, what: str, step: int) -> TrainingDiverged:
+    def diverged(self, what: str, step: int):
+        """The :class:`~napari_segrep.errors.TrainingDiverged` for ``what`` at ``step`` of the
+        current epoch, with advice."""
         lr, optimizer = self.scheduler.get_last_lr()[0], self.config.optimizer
         return diverged_error(what, epoch=self.epoch + 1, step=step, lr=lr, optimizer=optimizer)
 
     def check_healthy(self) -> None:
         """Raise :class:`TrainingDiverged` unless the model is usable
-        (:func:`~napari_segrep.engine.health.unusable_reason`: finite weights, buffers, loss and
-        optimiser state, finite eval-mode embeddings of a few crops of the last micro-batch).
-        Run at every epoch end, before every save and when stopping (all ranks)."""
-        if self._checked_step == self.global_step:
-            return
-        state = {k: m.state_dict() for k, m in self.model.named_children()}
-        state.update(loss_state=self.loss.state_dict(), optimizer=self.optimizer.state_dict())
-        reason = unusable_reason(self.model.encoder, state, self._probe, self._autocast)
-        if self._any_rank(reason is not None):
-            raise self._diverged(
-                reason or "another process found the model unusable", self.global_step
-            )
-        self._checked_step = self.global_step
+        (:class:`~napari_segrep.engine.callbacks.HealthCallback`).  Run at every epoch end,
+        before every save and when stopping (all ranks)."""
+        self.health.check(self)
 
     # ------------------------------------------------------------------ checkpoints
     def state(self) -> dict:
+        """A training checkpoint: the loop's state, the objective's, the callbacks'."""
         encoder = self.model.encoder
         head = self.model.head
-        return {
+        out = {
             "kind": "training",
             "encoder_config": encoder.config(),
             "encoder": {k: v.detach().cpu() for k, v in encoder.state_dict().items()},
@@ -372,77 +357,66 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "loss_state": {k: v.detach().cpu() for k, v in self.loss.state_dict().items()},
+            **self.objective.state(),
             "epoch": self.epoch,
             "epoch_step": self.epoch_step,
             "global_step": self.global_step,
             "rng": {"torch": torch.get_rng_state()},
             "config": self.config.to_dict(),
             "history": list(self.history),
-            "quality": list(self.quality),
-            "monitor": {
-                "indices": [int(i) for i in self.split.monitor],
-                "held_back": self.split.held_back,
-            },
-            "world_size": self.dist.world_size,
         }
+        for callback in self.callbacks:
+            out.update(callback.state())
+        out["world_size"] = self.dist.world_size
+        return out
 
     def save(self, path: str | os.PathLike) -> Path | None:
-        """Write a checkpoint (rank 0 only; other ranks return None), after
-        :meth:`check_healthy` (all ranks): an unusable model is never saved."""
-        self.check_healthy()
+        """Write a checkpoint (rank 0 only; other ranks return None), after the callbacks'
+        ``before_save`` (all ranks; the health check: an unusable model is never saved)."""
+        self._emit("before_save")
         if not self.dist.is_main:
             return None
         return save_checkpoint(self.state(), path)
 
     def load(self, path: str | os.PathLike) -> None:
         """Restore a training checkpoint written by :meth:`save`."""
-        ckpt = load_training_checkpoint(path)  # complete, finite (or a ValueError)
+        # complete, finite (or a ValueError), with the objective's own state
+        ckpt = load_training_checkpoint(path, objective_keys=self.objective.state_keys)
         for key, ours, saved in self.config.resume_differences(ckpt["config"]):
             warnings.warn(
                 f"resuming {path} with {key}={ours!r}, but it was trained with {saved!r}: the "
                 "run will not match an uninterrupted one",
                 stacklevel=3,
             )
-        self.model.encoder.load_checkpoint_state(
-            ckpt["encoder_config"], ckpt["encoder"], source=str(path)
-        )
-        load_state_checked(self.model.head, ckpt["head"], what="head", source=str(path))
         source = str(path)
+        self.model.encoder.load_checkpoint_state(
+            ckpt["encoder_config"], ckpt["encoder"], source=source
+        )
+        load_state_checked(self.model.head, ckpt["head"], what="head", source=source)
         load_state_into(self.optimizer, ckpt["optimizer"], what="optimizer state", source=source)
         load_state_into(self.scheduler, ckpt["scheduler"], what="scheduler state", source=source)
         load_state_into(self.scaler, ckpt["scaler"], what="scaler state", source=source)
-        loss_state = ckpt["loss_state"]
-        upgrade = getattr(self.loss, "upgrade_state_dict", None)  # older checkpoints
-        if upgrade is not None and isinstance(loss_state, dict):
-            loss_state = upgrade(loss_state)
-        load_state_checked(self.loss, loss_state, what="loss_state", source=str(path))
+        self.objective.load_state(ckpt, source=source)
         self.epoch, self.epoch_step = int(ckpt["epoch"]), int(ckpt["epoch_step"])
         self.global_step = int(ckpt["global_step"])
         self.history = list(ckpt.get("history", []))
-        self.quality = [dict(r) for r in ckpt.get("quality", [])]
-        saved = ckpt.get("monitor")
-        ours = {"indices": [int(i) for i in self.split.monitor], "held_back": self.split.held_back}
-        if isinstance(saved, dict) and saved != ours:
-            warnings.warn(
-                f"resuming {path} with another monitor set than it was trained with "
-                f"({len(ours['indices'])} segments, held back: {ours['held_back']}; it had "
-                f"{len(saved.get('indices', []))}, held back: {saved.get('held_back')}): the run "
-                "will not match an uninterrupted one, and its quality figures change basis",
-                stacklevel=3,
-            )
+        for callback in self.callbacks:
+            callback.load_state(ckpt, source=source)
         torch.set_rng_state(ckpt["rng"]["torch"])
         self.model.to(self.device)
 
-    def stop_requested(self, should_stop: Callable[[], bool] | None) -> bool:
+    def stop_requested(
+        self, should_stop: Callable[[], bool] | None, record: dict | None = None
+    ) -> bool:
         """``should_stop()``, agreed across ranks (any rank asking stops all).  When stopping,
-        :meth:`check_healthy` runs first: a stopped run never returns an unusable model."""
-        stop = self._any_rank(bool(should_stop()) if should_stop is not None else False)
+        the callbacks' ``on_stop`` run (the health check first: a stopped run never returns an
+        unusable model; then the checkpoint)."""
+        stop = self.any_rank(bool(should_stop()) if should_stop is not None else False)
         if stop:
-            self.check_healthy()
+            self._emit("on_stop", record if record is not None else {})
         return stop
 
-    def _any_rank(self, flag: bool) -> bool:
+    def any_rank(self, flag: bool) -> bool:
         """True when ``flag`` is True on any rank (every rank must call)."""
         if not self.dist.enabled:
             return flag

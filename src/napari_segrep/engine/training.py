@@ -1,8 +1,10 @@
 """train_ssl(): masked self-supervised fine-tuning of a SegmentEncoder.
 
-Underneath is :class:`~napari_segrep.engine.trainer.Trainer`, whose ``steps()`` is a generator
-of step records (one per optimiser step); :func:`train_ssl` drives it, reports each record,
-polls ``should_stop`` and writes checkpoints.  Under ``torchrun`` it trains with
+Underneath is :class:`~napari_segrep.engine.trainer.Trainer`, the loop, whose ``steps()`` is a
+generator of step records (one per optimiser step); :func:`train_ssl` builds it with the
+objective its config names (:mod:`napari_segrep.engine.objectives`) and the callbacks that write
+checkpoints and report each record (:mod:`napari_segrep.engine.callbacks`), and runs it,
+polling ``should_stop``.  Under ``torchrun`` it trains with
 DistributedDataParallel (one process per GPU, or gloo on CPU).
 
 Reproducibility, resume and the quality figures: see :mod:`napari_segrep.engine.trainer`.
@@ -237,12 +239,15 @@ def train_ssl(
             f"found {len(dataset)} segment(s) of at least {config.min_size} pixels: training "
             "needs at least 2 (check the labels, or lower min_size)"
         )
-    trainer = Trainer(dataset, config, encoder=encoder, device=device)
-    if resume is not None:
-        trainer.load(resume)
-    from ..io import claim_run_dir, write_failure
+    from ..io import claim_run_dir
+    from .callbacks import CheckpointCallback, ProgressCallback
 
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
+    callbacks = [] if ckpt_path is None else [CheckpointCallback(ckpt_path)]
+    callbacks.append(ProgressCallback(on_step, on_quality))  # after the checkpoint's
+    trainer = Trainer(dataset, config, encoder=encoder, device=device, callbacks=callbacks)
+    if resume is not None:
+        trainer.load(resume)
     run_dir = contextlib.nullcontext()
     if ckpt_path is not None and trainer.dist.is_main:
         # Never another run's checkpoint (unless resuming it), never two trainings at once, room
@@ -251,30 +256,8 @@ def train_ssl(
         run_dir = claim_run_dir(
             ckpt_path.parent, resume=resume, checkpoint_name=CHECKPOINT_NAME, needed_bytes=3 * size
         )
-
-    def save() -> None:
-        try:
-            trainer.save(ckpt_path)
-        except OSError as exc:  # disk full...: one line; the previous checkpoint is kept
-            raise write_failure(ckpt_path, exc, what="checkpoint") from exc
-
-    stopped = False
-    if trainer.quality and on_quality is not None:  # resumed: its start first, the reference
-        on_quality(dict(trainer.quality[0]))
     with run_dir:
-        for record in trainer.steps():
-            if "epoch_end" in record:
-                if ckpt_path is not None:
-                    save()
-            elif "step" in record and on_step is not None:
-                on_step(record)
-            if "quality" in record and on_quality is not None:
-                on_quality(dict(record["quality"]))
-            if trainer.stop_requested(should_stop):
-                stopped = trainer.epoch < trainer.config.epochs
-                if stopped and ckpt_path is not None and "epoch_end" not in record:
-                    save()
-                break
+        stopped = trainer.run(should_stop)
     encoder_out = trainer.model.encoder.eval()
     return TrainResult(
         encoder=encoder_out,
