@@ -280,7 +280,12 @@ def test_cli_train__torchrun_two_processes_equals_one_process_with_the_global_ba
     ]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert sorted(p.name for p in logs.iterdir()) == ["history.csv", "last.pt", "quality.csv"]
+    assert sorted(p.name for p in logs.iterdir()) == [
+        "config.yaml",
+        "history.csv",
+        "last.pt",
+        "quality.csv",
+    ]
     ddp = pd.read_csv(logs / "history.csv")
     single = train_ssl(
         [p[0] for p in pairs],
@@ -438,7 +443,12 @@ def test_cli_train__a_failed_checkpoint_write_keeps_the_previous_one(
         "checkpoint is kept",
     )
     assert ckpt.read_bytes() == before
-    assert sorted(p.name for p in logs.iterdir()) == ["history.csv", "last.pt", "quality.csv"]
+    assert sorted(p.name for p in logs.iterdir()) == [
+        "config.yaml",
+        "history.csv",
+        "last.pt",
+        "quality.csv",
+    ]
 
 
 def test_cli_train__resuming_a_damaged_checkpoint_names_it_in_one_line(
@@ -503,7 +513,12 @@ def test_cli_train__a_second_ctrl_c_names_the_checkpoint_that_exists(one_epoch_r
         f"--resume-checkpoint {ckpt}"
     )
     sr.load_encoder(ckpt)
-    assert sorted(p.name for p in logs.iterdir()) == ["history.csv", "last.pt", "quality.csv"]
+    assert sorted(p.name for p in logs.iterdir()) == [
+        "config.yaml",
+        "history.csv",
+        "last.pt",
+        "quality.csv",
+    ]
 
 
 def test_cli_train__the_epoch_line_names_a_collapse():
