@@ -185,12 +185,13 @@ class TrainConfig:
             raise ValueError(f"crop_size={self.crop_size} is too large: at most {MAX_CROP_SIZE}")
         if self.batch_size < 2:
             raise ValueError("batch_size must be at least 2 (contrastive losses compare samples)")
-        if self.optimizer not in ("lars", "adamw"):
-            raise ValueError(f"optimizer={self.optimizer!r}: choose 'lars' or 'adamw'")
-        if self.batchnorm_stats not in ("frozen", "update"):
-            raise ValueError(
-                f"batchnorm_stats={self.batchnorm_stats!r}: choose 'frozen' or 'update'"
-            )
+        for name in ("optimizer", "batchnorm_stats"):
+            allowed = choices(name)
+            if getattr(self, name) not in allowed:
+                raise ValueError(
+                    f"{name}={getattr(self, name)!r}: choose "
+                    + " or ".join(repr(c) for c in allowed)
+                )
         if not self.head_lr_scale > 0:
             raise ValueError(f"head_lr_scale must be > 0, got {self.head_lr_scale!r}")
         if self.lr is not None and not self.lr > 0:
