@@ -280,7 +280,12 @@ def test_cli_train__torchrun_two_processes_equals_one_process_with_the_global_ba
     ]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert sorted(p.name for p in logs.iterdir()) == ["history.csv", "last.pt", "quality.csv"]
+    assert sorted(p.name for p in logs.iterdir()) == [
+        "config.yaml",
+        "history.csv",
+        "last.pt",
+        "quality.csv",
+    ]
     ddp = pd.read_csv(logs / "history.csv")
     single = train_ssl(
         [p[0] for p in pairs],
@@ -438,7 +443,12 @@ def test_cli_train__a_failed_checkpoint_write_keeps_the_previous_one(
         "checkpoint is kept",
     )
     assert ckpt.read_bytes() == before
-    assert sorted(p.name for p in logs.iterdir()) == ["history.csv", "last.pt", "quality.csv"]
+    assert sorted(p.name for p in logs.iterdir()) == [
+        "config.yaml",
+        "history.csv",
+        "last.pt",
+        "quality.csv",
+    ]
 
 
 def test_cli_train__resuming_a_damaged_checkpoint_names_it_in_one_line(
@@ -503,7 +513,12 @@ def test_cli_train__a_second_ctrl_c_names_the_checkpoint_that_exists(one_epoch_r
         f"--resume-checkpoint {ckpt}"
     )
     sr.load_encoder(ckpt)
-    assert sorted(p.name for p in logs.iterdir()) == ["history.csv", "last.pt", "quality.csv"]
+    assert sorted(p.name for p in logs.iterdir()) == [
+        "config.yaml",
+        "history.csv",
+        "last.pt",
+        "quality.csv",
+    ]
 
 
 def test_cli_train__the_epoch_line_names_a_collapse():
@@ -643,3 +658,120 @@ def test_cli_train__axes_and_spacing_from_each_files_metadata(volume_dir, tmp_pa
     assert "axes zyx and spacing (1, 0.5, 0.5) µm from the OME-TIFF metadata of vol1.tif" in err
     config = load_checkpoint(logs / "last.pt")["config"]
     assert config["axes"] == "zyx" and config["spacing"] == [list(s) for s in spacings]
+
+
+# ------------------------------------------------------------------ config files
+
+
+def _yaml(path, text):
+    path.write_text(text)
+    return path
+
+
+def test_cli_train__the_resolved_config_reproduces_the_run_bit_for_bit(data_dir, tmp_path):
+    """A run writes LOG_DIR/config.yaml (every option, data paths absolute, the versions);
+    ``--config RUN/config.yaml --log-dir NEW`` trains the same weights, bit for bit (CPU)."""
+    import torch
+    import yaml
+
+    data, _ = data_dir
+    run, new = tmp_path / "run", tmp_path / "new"
+    assert _run("train", "--data", data, "--log-dir", run, "--epochs", 1, *SMALL) == 0
+    text = (run / "config.yaml").read_text()
+    config = yaml.safe_load(text)
+    assert config["data"] == str(data.resolve()) and config["log_dir"] == str(run.resolve())
+    assert config["crop_size"] == 32 and config["batch_size"] == 8 and config["epochs"] == 1
+    assert config["backbone"] == "resnet18" and config["weights"] in ("none", "imagenet")
+    parser_keys = {
+        a.dest for a in get_arg_parser()._subparsers._group_actions[0].choices["train"]._actions
+    }
+    assert set(config) <= parser_keys and "config" not in config
+    assert "torch " in text.splitlines()[3] and "napari-segrep " in text.splitlines()[3]
+    assert _run("train", "--config", run / "config.yaml", "--log-dir", new, "--quiet") == 0
+    first, second = load_checkpoint(run / "last.pt"), load_checkpoint(new / "last.pt")
+    for part in ("encoder", "head"):
+        assert first[part].keys() == second[part].keys()
+        for key, value in first[part].items():
+            assert torch.equal(value, second[part][key]), (part, key)
+    assert yaml.safe_load((new / "config.yaml").read_text()) == {**config, "log_dir": str(new)}
+
+
+def test_cli_train__command_line_options_override_the_config_file(data_dir, tmp_path, capsys):
+    data, _ = data_dir
+    config = _yaml(
+        tmp_path / "run.yaml",
+        f"data: {data}\nbatch_size: 8\ncrop_size: 48\nlr: 3e-4\nno_mask: true\nloss: tico\n",
+    )
+    argv = ["train", "--config", config, "--crop-size=32", "--batch-si", "4", "--print-config"]
+    assert _run(*argv) == 0
+    import yaml
+
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["crop_size"] == 32 and printed["batch_size"] == 4  # the command line wins
+    assert printed["lr"] == 3e-4 and printed["no_mask"] is True and printed["loss"] == "tico"
+    assert printed["data"] == str(data.resolve())
+    assert not (tmp_path / "logs").exists()  # printed, nothing written
+
+
+@pytest.mark.parametrize(
+    ("text", "needles"),
+    [
+        ("bach_size: 8\n", ["unknown key 'bach_size'", "did you mean 'batch_size'"]),
+        ("crop_size: '32'\n", ["crop_size: '32' is not an integer"]),
+        ("crop_size: 32.0\n", ["crop_size: 32.0 is not an integer"]),
+        ("no_mask: 1\n", ["no_mask: 1 is not true or false"]),
+        ("loss: simclr\n", ["loss: 'simclr' is not one of ntxent, tico, vicreg"]),
+        ("spacing: 2\n", ["spacing: 2 is not a list"]),
+        ("batch_size: 1\n", ["batch_size: batch_size must be at least 2"]),
+        ("crop_size: 100000\n", ["crop_size: crop_size=100000 is too large"]),
+        ("epochs: 0\n", ["epochs: epochs must be a positive integer"]),
+        ("lr: -1\n", ["lr: lr must be > 0"]),
+        ("seed: -1\n", ["seed: -1 is out of range"]),
+        ("normalize: bright\n", ["normalize: 'bright' is not understood"]),
+        ("config: other.yaml\n", ["unknown key 'config'"]),
+        ("- crop_size\n", ["must hold 'key: value' lines"]),
+        ("crop_size: [\n", ["is not valid YAML"]),
+    ],
+)
+def test_cli_train__a_bad_config_file_is_one_line_naming_the_file_and_key(
+    data_dir, tmp_path, capsys, text, needles
+):
+    data, _ = data_dir
+    config = _yaml(tmp_path / "run.yaml", text)
+    # --print-config: should a check fail to refuse, nothing trains
+    assert _run("train", "--config", config, "--data", data, "--print-config") == 2
+    _one_line_error(capsys, str(config), *needles)
+
+
+def test_cli_train__a_bad_value_on_the_command_line_names_the_option(data_dir, tmp_path, capsys):
+    data, _ = data_dir
+    config = _yaml(tmp_path / "run.yaml", "batch_size: 8\n")
+    argv = ["train", "--config", config, "--data", data, "--log-dir", tmp_path / "logs"]
+    assert _run(*argv, "--batch-size", "1", "--device", "cpu") == 2
+    _one_line_error(capsys, "--batch-size: batch_size must be at least 2")
+
+
+def test_cli_train__a_missing_config_file_is_one_line(tmp_path, capsys):
+    assert _run("train", "--config", tmp_path / "nowhere.yaml", "--data", tmp_path) == 2
+    _one_line_error(capsys, f"cannot read the config file {tmp_path / 'nowhere.yaml'}")
+
+
+def test_cli_train__a_config_yaml_in_the_log_dir_is_never_replaced(data_dir, tmp_path, capsys):
+    data, _ = data_dir
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "config.yaml").write_text("my own notes\n")
+    assert _run("train", "--data", data, "--log-dir", logs, *SMALL) == 2
+    _one_line_error(capsys, f"{logs / 'config.yaml'} exists", "--log-dir")
+    assert (logs / "config.yaml").read_text() == "my own notes\n"
+
+
+def test_cli_train__every_config_key_is_a_long_option_name_with_underscores():
+    """The file's keys are the options' dests, and each is a long option's name."""
+    from napari_segrep.cli._config_file import file_options
+
+    train = get_arg_parser()._subparsers._group_actions[0].choices["train"]
+    for key, action in file_options(train).items():
+        assert "--" + key.replace("_", "-") in action.option_strings or (
+            "--" + key in action.option_strings
+        ), (key, action.option_strings)

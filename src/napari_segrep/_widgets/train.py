@@ -35,6 +35,7 @@ from magicgui.widgets import (
 from napari.utils.notifications import show_error, show_info
 
 from .._images import Layout
+from ..engine.train_config import ROTATIONS_HELP, choices, default, help_text
 from . import _session
 from ._common import (
     WarmRelay,
@@ -112,45 +113,53 @@ class TrainSegRepWidget(Container):
             "weights inflated to 3D); resnet18_planes, the 2D network on the object's three "
             "orthogonal middle planes (faster on a CPU)",
         )
-        self.loss_input = ComboBox(
-            label="loss", choices=["ntxent", "tico", "vicreg"], value="ntxent"
-        )
-        self.optimizer_input = ComboBox(
-            label="optimiser",
-            choices=["adamw", "lars"],
-            value="adamw",
-            tooltip="AdamW suits a short fine-tuning with small batches; LARS large batches",
-        )
+        self.loss_input = _choice("loss", label="loss")
+        self.optimizer_input = _choice("optimizer", label="optimiser")
         self.epochs_input = SpinBox(
             label="epochs (0: auto)",
-            value=0,
+            value=default("epochs") or 0,
             min=0,
             max=10_000,
-            tooltip="passes over all segments; auto: 10, more when the segments are few, so "
-            "that training takes at least 160 steps",
+            tooltip=help_text("epochs", with_default=True),
         )
-        self.batch_input = SpinBox(label="batch size", value=64, min=2, max=4096)
+        self.batch_input = SpinBox(
+            label="batch size",
+            value=default("batch_size"),
+            min=2,
+            max=4096,
+            tooltip=help_text("batch_size"),
+        )
         self.crop_input = SpinBox(
             label="crop size",
             value=CROP_SIZE[2],
             min=8,
             max=512,
             step=8,
-            tooltip="side of the square (2D) or cubic (3D) views: by default "
+            tooltip=f"{help_text('crop_size')}: square (2D) or cubic (3D) views, by default "
             f"{CROP_SIZE[2]} for 2D objects, {CROP_SIZE[3]} for 3D ones",
         )
         self._object_dims = 2  # of the chosen pairs' objects, as the crop size was set for
         self.lr_input = FloatSpinBox(
-            label="learning rate (0: default)", value=0.0, min=0.0, max=1e6, step=0.0001
+            label="learning rate (0: default)",
+            value=default("lr") or 0.0,
+            min=0.0,
+            max=1e6,
+            step=0.0001,
+            tooltip=help_text("lr", with_default=True),
         )
         self.rotate_input = CheckBox(
-            label="rotations and flips",
-            value=False,
-            tooltip="also teach invariance to 90-degree rotations and flips: only for objects "
-            "whose orientation carries no meaning (it merges a 6 and a 9)",
+            label="rotations and flips", value=False, tooltip=ROTATIONS_HELP
         )
-        self.image_mask_input = CheckBox(label="image masking", value=True)
-        self.feature_mask_input = CheckBox(label="feature masking", value=True)
+        self.image_mask_input = CheckBox(
+            label="image masking",
+            value=default("image_masking"),
+            tooltip=help_text("image_masking"),
+        )
+        self.feature_mask_input = CheckBox(
+            label="feature masking",
+            value=default("feature_masking"),
+            tooltip=help_text("feature_masking"),
+        )
         self.device_input = ComboBox(label="device", choices=["auto", "cpu"], value="auto")
         self._default_dir = _default_run_dir()
         self.checkpoint_dir_input = FileEdit(
@@ -161,6 +170,15 @@ class TrainSegRepWidget(Container):
             "becomes FOLDER-2, -3... (resuming FOLDER/last.pt continues that run in FOLDER)",
         )
         self.resume_input = FileEdit(label="resume from", mode="r", value="", filter="*.pt")
+        self.save_config_button = PushButton(
+            text="Save config...",
+            tooltip="these settings as a YAML file, which Load config... reads back and "
+            "'napari-segrep train --config FILE' runs (with data: FOLDER, or images:/labels:)",
+        )
+        self.load_config_button = PushButton(
+            text="Load config...",
+            tooltip="settings from a YAML file: one Save config... wrote, or a run's config.yaml",
+        )
         self.start_button = PushButton(text="Start")
         self.pause_button = PushButton(text="Pause", enabled=False)
         self.stop_button = PushButton(text="Stop", enabled=False)
@@ -196,6 +214,11 @@ class TrainSegRepWidget(Container):
                 self.device_input,
                 self.checkpoint_dir_input,
                 self.resume_input,
+                Container(
+                    widgets=[self.save_config_button, self.load_config_button],
+                    layout="horizontal",
+                    labels=False,
+                ),
                 self.start_button,
                 self.pause_button,
                 self.stop_button,
@@ -219,6 +242,8 @@ class TrainSegRepWidget(Container):
         self._resume.set()
         self.add_pair_button.changed.connect(lambda: self.add_pair())
         self.start_button.changed.connect(self.run)
+        self.save_config_button.changed.connect(lambda: self.save_config())
+        self.load_config_button.changed.connect(lambda: self.load_config())
         self.pause_button.changed.connect(self.toggle_pause)
         self.stop_button.changed.connect(self.stop)
         self.reembed_button.changed.connect(lambda: self.reembed())
@@ -446,6 +471,153 @@ class TrainSegRepWidget(Container):
         self.checkpoint_dir_input.value = folder
         return folder
 
+    # ------------------------------------------------------------------ config files
+    def _config_fields(self) -> dict:
+        """``{key: widget}``: the settings a config file holds, under the command line's keys
+        (``napari-segrep train --config``'s: the long option names with underscores)."""
+        return {
+            "loss": self.loss_input,
+            "optimizer": self.optimizer_input,
+            "epochs": self.epochs_input,
+            "batch_size": self.batch_input,
+            "crop_size": self.crop_input,
+            "lr": self.lr_input,
+            "rotations": self.rotate_input,
+            "no_image_mask": self.image_mask_input,
+            "no_feature_mask": self.feature_mask_input,
+            "device": self.device_input,
+            "log_dir": self.checkpoint_dir_input,
+        }
+
+    def config(self) -> dict:
+        """The widget's settings under the command line's keys (0 epochs or learning rate:
+        null, the default; a switch's value as the command line's ``no_...`` says it)."""
+        out = {}
+        for key, widget in self._config_fields().items():
+            value = widget.value
+            if key.startswith("no_"):
+                value = not value
+            elif key in ("epochs", "lr"):
+                value = value or None
+            elif isinstance(value, Path):
+                value = str(value.resolve())
+            out[key] = value
+        if self.volume_model_input.visible:
+            out["backbone"] = self.volume_model_input.value
+        folder = self._folder()
+        if folder is not None:
+            out["data"] = str(folder.resolve())
+        return out
+
+    def save_config(self, path=None) -> Path | None:
+        """Write :meth:`config` as YAML to ``path`` (None: asked in a dialog), atomically;
+        returns the path, or None when nothing was written (a failure is shown)."""
+        import yaml
+
+        from ..io import atomic_write
+        from ._common import save_path
+
+        path = save_path(
+            self.native,
+            path,
+            title="Save training config",
+            suggestion="train.yaml",
+            file_filter="YAML (*.yaml *.yml)",
+            overwrite=True if path is not None else None,
+        )
+        if path is None:
+            return None
+        text = (
+            "# Train SegRep settings: Load config... reads them back; "
+            "napari-segrep train --config THIS_FILE runs them\n# (add data: FOLDER, or "
+            "images: GLOB and labels: GLOB, when no folder is set)\n"
+            + yaml.safe_dump(self.config(), sort_keys=False)
+        )
+        try:
+            atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
+        except OSError as exc:
+            self._on_error(exc)
+            return None
+        show_info(f"Training config saved to {path}")
+        return path
+
+    def load_config(self, path=None) -> bool:
+        """Set the fields from a YAML config (``path``; None: asked in a dialog): one
+        :meth:`save_config` wrote, or a run's ``config.yaml``.  Keys this widget has no field
+        for (seed, data globs...) are named in a notification; a bad file, key or value is an
+        error naming the file and the key, and then no field changes.  Returns whether the
+        fields were set."""
+        import yaml
+
+        if path is None:
+            from qtpy.QtWidgets import QFileDialog
+
+            path, _ = QFileDialog.getOpenFileName(
+                self.native, "Load training config", "", "YAML (*.yaml *.yml)"
+            )
+            if not path:
+                return False
+        path = Path(path)
+        try:
+            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            if not isinstance(values, dict):
+                raise ValueError(f"{path} must hold 'key: value' lines")
+            updates = self._config_updates(path, values)
+        except (OSError, UnicodeDecodeError, yaml.YAMLError, ValueError) as exc:
+            self._on_error(exc if isinstance(exc, ValueError) else ValueError(f"{path}: {exc}"))
+            return False
+        for widget, value in updates:
+            widget.value = value
+        ignored = sorted(set(values) - set(self._config_fields()) - {"backbone", "data"})
+        note = f" (no field here for: {', '.join(ignored)})" if ignored else ""
+        show_info(f"Training config loaded from {path.name}{note}")
+        return True
+
+    def _config_updates(self, path: Path, values: dict) -> list:
+        """``[(widget, value)]`` for ``values`` (a config's), each checked; a ``ValueError``
+        naming the file and the key otherwise."""
+        fields, updates = self._config_fields(), []
+        for key, value in values.items():
+            if key == "backbone" and value is not None:
+                fields[key] = self.volume_model_input
+                if value not in self.volume_model_input.choices:
+                    continue  # a 2D backbone: this widget trains resnet18 on 2D objects
+            if key == "data" and value is not None:
+                fields[key] = self.folder_input
+            widget = fields.get(key)
+            if widget is None:
+                continue
+            if key.startswith("no_") or key == "rotations":
+                if not isinstance(value, bool):
+                    raise ValueError(f"{path}: {key}: {value!r} is not true or false")
+                value = (not value) if key.startswith("no_") else value
+            elif key in ("epochs", "lr") and value is None:
+                value = 0
+            elif key in ("loss", "optimizer", "device"):
+                allowed = list(widget.choices)
+                if value not in allowed:
+                    raise ValueError(f"{path}: {key}: {value!r} is not one of {allowed}")
+            elif key in ("epochs", "batch_size", "crop_size"):
+                if isinstance(value, bool) or not isinstance(value, int):
+                    raise ValueError(f"{path}: {key}: {value!r} is not an integer")
+                if not widget.min <= value <= widget.max:
+                    raise ValueError(
+                        f"{path}: {key}: {value} is outside {widget.min}..{widget.max}"
+                    )
+            elif key == "lr":
+                try:
+                    value = float(value)
+                except (TypeError, ValueError):
+                    raise ValueError(f"{path}: lr: {value!r} is not a number") from None
+                if not value > 0:
+                    raise ValueError(f"{path}: lr: lr must be > 0, got {value}")
+            elif value is None:
+                continue
+            elif not isinstance(value, str):
+                raise ValueError(f"{path}: {key}: {value!r} is not text")
+            updates.append((widget, value))
+        return updates
+
     def toggle_pause(self) -> None:
         """Pause between two steps, or resume."""
         if self.job is None:
@@ -555,6 +727,13 @@ class TrainSegRepWidget(Container):
             widget.labels_input.value = row.labels.value
             widget.image_input.value = [row.image.value]
         return widget.reembed_with_session_model()
+
+
+def _choice(name: str, *, label: str) -> ComboBox:
+    """A ComboBox of the training setting ``name``'s choices, its default and help text."""
+    return ComboBox(
+        label=label, choices=list(choices(name)), value=default(name), tooltip=help_text(name)
+    )
 
 
 def _shared_layout(kinds: list[tuple[str, Layout]]) -> Layout | None:

@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     """
     parser = get_arg_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # train --config parses it again
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning
         if not sys.warnoptions:  # as for any program: libraries' deprecations are not for users

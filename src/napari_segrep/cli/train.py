@@ -13,6 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..engine.train_config import ROTATIONS_HELP, default, help_text, setting
 from ._common import (
     TORCH_SEED_MAX,
     CLIError,
@@ -24,6 +25,7 @@ from ._common import (
     pairs_from_args,
     parse_normalize,
 )
+from ._config_file import CONFIG_NAME, config_text, file_options, read_config, resolved_options
 from ._layout import add_layout_options, choose_backbone
 from ._torchrun import torchrun_command
 from ._train_output import quality_line, quality_summary, write_debug_views, write_history
@@ -56,34 +58,27 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def _add_data_options(data) -> None:
     add_pair_options(data)
     add_layout_options(data)
-    data.add_argument(
-        "--channel-axis",
-        "--channel_axis",
-        dest="channel_axis",
-        metavar="K",
-        type=int,
-        default=None,
-        help="channel axis of multichannel images (counted in the whole image: a time-lapse's "
-        "time axis is axis 0)",
-    )
-    data.add_argument(
-        "--normalize",
-        default="image",
-        metavar="MODE",
-        help="image, segment, none or LOW,HIGH (as for embed)",
-    )
-    data.add_argument(
-        "--min-size",
-        "--min_size",
-        dest="min_size",
-        metavar="N",
-        type=int,
-        default=16,
-        help="skip segments with fewer pixels (voxels)",
-    )
+    _setting_option(data, "channel_axis", "--channel-axis", "--channel_axis")
+    _setting_option(data, "normalize", "--normalize")
+    _setting_option(data, "min_size", "--min-size", "--min_size")
 
 
 def _add_training_options(run) -> None:
+    run.add_argument(
+        "--config",
+        metavar="FILE",
+        type=Path,
+        default=None,
+        help="a YAML file of these options (keys: the long option names with underscores, "
+        "e.g. crop_size: 32); options given here override it. Every run writes its resolved "
+        "one, LOG_DIR/config.yaml, which reruns it: --config LOG_DIR/config.yaml --log-dir NEW",
+    )
+    run.add_argument(
+        "--print-config",
+        dest="print_config",
+        action="store_true",
+        help="print the resolved configuration (YAML, as LOG_DIR/config.yaml) and exit",
+    )
     run.add_argument(
         "--log-dir",
         "--log_dir",
@@ -91,8 +86,8 @@ def _add_training_options(run) -> None:
         metavar="DIR",
         type=Path,
         default=Path("logs"),
-        help="last.pt, history.csv and quality.csv go here; a folder holding another run is "
-        "refused",
+        help="config.yaml, last.pt, history.csv and quality.csv go here; a folder holding "
+        "another run is refused",
     )
     run.add_argument(
         "--no-mask",
@@ -101,111 +96,25 @@ def _add_training_options(run) -> None:
         action="store_true",
         help="switch off image and feature masking (the plain SSL baseline)",
     )
-    run.add_argument(
-        "--no-image-mask",
-        dest="no_image_mask",
-        action="store_true",
-        help="switch off image masking only",
-    )
-    run.add_argument(
-        "--no-feature-mask",
-        dest="no_feature_mask",
-        action="store_true",
-        help="switch off feature masking only",
-    )
-    run.add_argument(
-        "--crop-size",
-        "--crop_size",
-        dest="crop_size",
-        metavar="N",
-        type=int,
-        default=None,
-        help="crop side in pixels (voxels for volumes); larger segments are downscaled to fit "
-        "(default: 64 for 2D images, 32 for volumes)",
-    )
-    run.add_argument(
-        "--batch-size",
-        "--batch_size",
-        dest="batch_size",
-        metavar="N",
-        type=int,
-        default=64,
-        help="per process (per GPU)",
-    )
-    run.add_argument(
-        "--epochs",
-        type=int,
-        default=None,
-        metavar="N",
-        help="passes over all segments (default: 10, more when the segments are few, so that "
-        "training takes at least 160 steps)",
-    )
-    run.add_argument(
-        "--loss",
-        default="ntxent",
-        choices=["ntxent", "tico", "vicreg"],
-        help="self-supervised loss between the two views",
-    )
-    run.add_argument(
-        "--optimizer",
-        default="adamw",
-        choices=["adamw", "lars"],
-        help="AdamW (short fine-tuning, small batches) or LARS (SegRep's, for batches of "
-        "thousands); warm-up then cosine decay",
-    )
-    run.add_argument(
-        "--lr",
-        type=float,
-        default=None,
-        help="learning rate (default: AdamW 1e-4, LARS 0.3 x global batch / 256)",
-    )
-    run.add_argument(
-        "--rotations",
-        action="store_true",
-        help="also teach invariance to 90-degree rotations and flips (objects whose "
-        "orientation carries no meaning; off by default: it merges a 6 and a 9)",
-    )
-    run.add_argument(
-        "--batchnorm-stats",
-        dest="batchnorm_stats",
-        default="frozen",
-        choices=["frozen", "update"],
-        help="keep the encoder's BatchNorm statistics (default) or re-estimate them from the "
-        "training views",
-    )
-    run.add_argument(
+    _switch_off(run, "image_masking", "--no-image-mask", dest="no_image_mask")
+    _switch_off(run, "feature_masking", "--no-feature-mask", dest="no_feature_mask")
+    _setting_option(run, "crop_size", "--crop-size", "--crop_size")
+    _setting_option(run, "batch_size", "--batch-size", "--batch_size")
+    _setting_option(run, "epochs", "--epochs")
+    _setting_option(run, "loss", "--loss")
+    _setting_option(run, "optimizer", "--optimizer")
+    _setting_option(run, "lr", "--lr")
+    run.add_argument("--rotations", action="store_true", help=ROTATIONS_HELP)
+    _setting_option(run, "batchnorm_stats", "--batchnorm-stats")
+    _setting_option(
+        run,
+        "seed",
         "--seed",
-        type=int,
-        default=0,
-        metavar="N",
-        help=f"seed of the model, data order and views, 0 to {TORCH_SEED_MAX}",
+        help=f"{help_text('seed')}, 0 to {TORCH_SEED_MAX}",
     )
-    run.add_argument(
-        "--grad-accumulate",
-        "--grad_accumulate",
-        dest="grad_accumulate",
-        metavar="N",
-        type=int,
-        default=1,
-        help="micro-batches per optimiser step",
-    )
-    run.add_argument(
-        "--num-workers",
-        "--num_workers",
-        dest="num_workers",
-        metavar="N",
-        type=int,
-        default=0,
-        help="data loader worker processes",
-    )
-    run.add_argument(
-        "--backbone",
-        default=None,
-        metavar="NAME",
-        help="encoder of a new run, a registered backbone: resnet18, resnet34, resnet50 for 2D "
-        "images; resnet18_3d (native 3D) or resnet18_planes (fast, three orthogonal planes) for "
-        "volumes (default: resnet18 for 2D images, resnet18_3d for volumes)",
-    )
+    _setting_option(run, "grad_accumulate", "--grad-accumulate", "--grad_accumulate")
+    _setting_option(run, "num_workers", "--num-workers", "--num_workers")
+    _setting_option(run, "backbone", "--backbone")
     run.add_argument(
         "--resume-checkpoint",
         "--resume_checkpoint",
@@ -256,23 +165,38 @@ def _add_hardware_options(hw) -> None:
         choices=["auto", "ddp"],
         help="multi-process strategy (DDP whenever --devices > 1 or under torchrun)",
     )
-    hw.add_argument(
-        "--no-sync-batchnorm",
-        "--no_sync_batchnorm",
-        dest="no_sync_batchnorm",
-        action="store_true",
-        help="per-process BatchNorm statistics under DDP",
-    )
-    hw.add_argument(
-        "--no-gather-distributed",
-        "--no_gather_distributed",
-        dest="no_gather_distributed",
-        action="store_true",
-        help="compute the loss on each process's batch only under DDP",
-    )
-    hw.add_argument(
-        "--no-amp", dest="no_amp", action="store_true", help="no mixed precision on CUDA"
-    )
+    _switch_off(hw, "sync_batchnorm", "--no-sync-batchnorm", "--no_sync_batchnorm")
+    _switch_off(hw, "gather_distributed", "--no-gather-distributed", "--no_gather_distributed")
+    _switch_off(hw, "amp", "--no-amp")
+
+
+def _setting_option(group, name: str, *flags: str, **overrides) -> None:
+    """The option ``flags`` of the :class:`~napari_segrep.engine.train_config.TrainConfig`
+    setting ``name``: its default (None where the run chooses it from the data or the
+    optimiser, as the help says), help text, choices and type from there."""
+    spec = setting(name)
+    meta = spec.metadata
+    kind = str(spec.type).split("|")[0].strip()
+    options = {
+        "dest": name,
+        "default": None if "auto" in meta else default(name),
+        "help": help_text(name, with_default=True),
+        "type": {"int": int, "float": float}.get(kind),
+    }
+    if meta.get("choices"):
+        options["choices"] = list(meta["choices"])
+    if meta.get("metavar"):
+        options["metavar"] = meta["metavar"]
+    options.update(overrides)
+    group.add_argument(*flags, **options)
+
+
+def _switch_off(group, name: str, *flags: str, dest: str | None = None) -> None:
+    """``--no-...``: the switch that turns the setting ``name`` (True by default) off."""
+    if default(name) is not True:
+        raise ValueError(f"{name} is not on by default: no switch turns it off")
+    dest = dest or flags[0].lstrip("-").replace("-", "_")
+    group.add_argument(*flags, dest=dest, action="store_true", help=setting(name).metadata["off"])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -280,6 +204,7 @@ def run(args: argparse.Namespace) -> int:
     Ctrl-C, or one before training starts), it says truthfully which checkpoint is there."""
     import os
 
+    args = _with_config_file(args)
     try:
         return _run(args)
     except KeyboardInterrupt:
@@ -292,12 +217,11 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     import os
 
-    check_seed(args.seed, maximum=TORCH_SEED_MAX)
-    if args.devices > 1 and "WORLD_SIZE" not in os.environ:
+    normalize = _check_settings(args)
+    if args.devices > 1 and "WORLD_SIZE" not in os.environ and not args.print_config:
         return _relaunch_under_torchrun(args.devices)
     from ..io import check_writable_dir
 
-    normalize = parse_normalize(args.normalize)
     images, labels, names, layouts = _load_pairs(args)
     layout = layouts[0]  # all pairs have objects of its dimension
     backbone = choose_backbone(args.backbone, layout)
@@ -306,6 +230,10 @@ def _run(args: argparse.Namespace) -> int:
         from ..engine.pipeline import default_crop_size
 
         crop_size = default_crop_size(layout)
+    resolved = {"crop_size": crop_size, "backbone": backbone}
+    if args.print_config:
+        print(config_text(resolved_options(args, _train_parser(), **resolved)), end="")
+        return 0
     rank = int(os.environ.get("RANK", "0"))
     try:
         args.log_dir.mkdir(parents=True, exist_ok=True)
@@ -346,12 +274,17 @@ def _run(args: argparse.Namespace) -> int:
     )
     bar = None
     show = rank == 0 and not args.quiet
+    if not (args.init_checkpoint or args.resume_checkpoint):  # what "auto" chose
+        resolved["weights"] = "none" if encoder is None else "imagenet"
 
     plan = {"epochs": args.epochs}  # the default is resolved once the segments are counted
 
     def on_step(record: dict) -> None:
         nonlocal bar
         plan["epochs"] = record["total_steps"] // record["steps_per_epoch"]
+        if rank == 0 and "written" not in plan:  # the folder is the run's now: its config
+            _write_config(args, {**resolved, "epochs": plan["epochs"]})
+            plan["written"] = True
         if not show:
             return
         if bar is None:
@@ -430,6 +363,8 @@ def _run(args: argparse.Namespace) -> int:
             if bar is not None:
                 bar.close()
     if rank == 0:
+        if "written" not in plan and result.history:
+            _write_config(args, {**resolved, "epochs": plan["epochs"]})
         write_history(result.history, args.log_dir / "history.csv")
         if result.quality:
             write_history(result.quality, args.log_dir / "quality.csv")
@@ -450,6 +385,99 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_parser() -> argparse.ArgumentParser:
+    """A fresh ``train`` parser (its defaults untouched)."""
+    parser = argparse.ArgumentParser(prog="napari-segrep")
+    return add_parser(parser.add_subparsers())
+
+
+def _with_config_file(args: argparse.Namespace) -> argparse.Namespace:
+    """``args`` with the options of ``--config FILE`` where the command line does not give
+    them (it is parsed again, the file's values as its defaults).  ``args.from_file``: the keys
+    the file set."""
+    args.from_file = set()
+    if getattr(args, "config", None) is None:
+        return args
+    from . import get_arg_parser
+
+    argv = getattr(args, "argv", None)
+    if argv is None:
+        raise CLIError("--config needs the command line (run napari-segrep train --config FILE)")
+    parser = get_arg_parser()
+    train = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[
+        "train"
+    ]
+    values = read_config(args.config, train)
+    train.set_defaults(**{key: value for key, value in values.items() if value is not None})
+    merged = parser.parse_args(argv)
+    merged.argv = argv
+    merged.from_file = set(values) - _given(argv)
+    return merged
+
+
+def _given(argv: list[str]) -> set[str]:
+    """The ``train`` options given on the command line ``argv`` (as argparse reads it:
+    abbreviations and ``--opt=value`` included)."""
+    from . import get_arg_parser
+
+    parser = get_arg_parser()
+    train = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[
+        "train"
+    ]
+    for action in train._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv))) & set(file_options(train))
+
+
+def _check_settings(args: argparse.Namespace):
+    """Before any work: the seed's range, ``--normalize``'s text and each training setting's
+    value as :class:`~napari_segrep.engine.train_config.TrainConfig` checks it; one line naming
+    the option, or the config file and its key.  Returns the ``normalize`` argument."""
+    from ..engine.train_config import TrainConfig
+
+    def where(key: str) -> str:
+        if key in args.from_file:
+            return f"{args.config}: {key}"
+        return "--" + key.replace("_", "-")
+
+    try:
+        check_seed(args.seed, maximum=TORCH_SEED_MAX)
+    except CLIError as exc:
+        if "seed" not in args.from_file:
+            raise
+        raise CLIError(f"{where('seed')}: {exc}".replace("--seed ", "")) from None
+    try:
+        normalize = parse_normalize(args.normalize)
+    except CLIError as exc:
+        if "normalize" not in args.from_file:
+            raise
+        raise CLIError(f"{where('normalize')}: {exc}".replace("--normalize ", "")) from None
+    for key in ("epochs", "batch_size", "crop_size", "grad_accumulate", "optimizer", "lr"):
+        value = getattr(args, key)
+        if value is None:
+            continue
+        try:
+            TrainConfig(**{key: value})
+        except ValueError as exc:
+            raise CLIError(f"{where(key)}: {exc}") from None
+    return normalize
+
+
+def _write_config(args: argparse.Namespace, resolved: dict) -> None:
+    """``LOG_DIR/config.yaml``, the run's resolved options (atomically); a resumed run's own
+    folder keeps the config it started with."""
+    from ..io import atomic_write, write_failure
+
+    path = args.log_dir / CONFIG_NAME
+    if args.resume_checkpoint is not None and path.exists():
+        return
+    text = config_text(resolved_options(args, _train_parser(), **resolved))
+    try:
+        atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
+    except OSError as exc:
+        raise write_failure(path, exc, what="config") from exc
+
+
 def _check_log_dir(args: argparse.Namespace) -> None:
     """Before any work: the run writes nothing over another run's files (a new run into a
     folder holding last.pt, history.csv, quality.csv or debug_views.png is refused)."""
@@ -460,7 +488,9 @@ def _check_log_dir(args: argparse.Namespace) -> None:
         conflict = conflict if conflict.exists() else None
     else:
         conflict = run_dir_conflict(
-            args.log_dir, resume=args.resume_checkpoint, others=("history.csv", "quality.csv")
+            args.log_dir,
+            resume=args.resume_checkpoint,
+            others=("history.csv", "quality.csv", CONFIG_NAME),
         )
     if conflict is None:
         return

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, Field, asdict, dataclass, field, fields
 
-__all__ = ["DEFAULT_EPOCHS", "TrainConfig", "steps_per_epoch"]
+__all__ = [
+    "DEFAULT_EPOCHS",
+    "ROTATIONS_HELP",
+    "TrainConfig",
+    "choices",
+    "default",
+    "help_text",
+    "setting",
+    "steps_per_epoch",
+]
 
 #: Epochs of a run when ``epochs`` is None and the segments are many (see ``min_steps``).
 DEFAULT_EPOCHS = 10
+#: The default ``min_steps``.
+_MIN_STEPS = 160
 
 # Settings that make a resumed run differ from an uninterrupted one.
 _RESUME_KEYS = (
@@ -27,57 +38,139 @@ _RESUME_KEYS = (
 )
 
 
+#: What ``rotations`` (the CLI's ``--rotations``, the widget's "rotations and flips") does:
+#: ``augment={"rotate90": True, "flip": True}``.
+ROTATIONS_HELP = (
+    "also teach invariance to 90-degree rotations and flips (only for objects whose orientation "
+    "carries no meaning: it merges a 6 and a 9)"
+)
+
+
+def _setting(default=None, help: str = "", *, factory=None, **meta):
+    """A :class:`TrainConfig` field with its help text and, where they apply, ``choices``
+    (the values allowed), ``metavar`` (the command line's name for the value), ``auto``
+    (what None, or the command line's default, chooses) and ``off`` (the help of the command
+    line's switch that turns a True default off)."""
+    metadata = {"help": help, **meta}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
 @dataclass
 class TrainConfig:
-    """Every setting of a training run (stored in checkpoints)."""
+    """Every setting of a training run (stored in checkpoints), with its default and its help
+    text: the one place the command line's ``train`` options and the Train SegRep widget's
+    fields take them from (:func:`default`, :func:`help_text`, :func:`choices`)."""
 
     #: Passes over the segments.  None: :data:`DEFAULT_EPOCHS`, or more when the segments are
     #: few, so that the run takes at least ``min_steps`` optimiser steps
     #: (see :meth:`resolve_epochs`).
-    epochs: int | None = None
+    epochs: int | None = _setting(
+        None,
+        "passes over all segments",
+        metavar="N",
+        auto=f"{DEFAULT_EPOCHS}, more when the segments are few, so that training takes at "
+        f"least {_MIN_STEPS} steps",
+    )
     #: With ``epochs=None``: the fewest optimiser steps a run takes.
-    min_steps: int = 160
-    batch_size: int = 64
-    crop_size: int = 64
-    loss: str = "ntxent"
-    loss_kwargs: dict = field(default_factory=dict)
-    optimizer: str = "adamw"
-    lr: float | None = None
-    weight_decay: float | None = None
-    warmup_fraction: float = 0.1
+    min_steps: int = _setting(
+        _MIN_STEPS, "with automatic epochs: the fewest optimiser steps a run takes"
+    )
+    batch_size: int = _setting(64, "segments per batch, per process (per GPU)", metavar="N")
+    crop_size: int = _setting(
+        64,
+        "crop side in pixels (voxels for volumes); larger segments are downscaled to fit",
+        metavar="N",
+        auto="64 for 2D images, 32 for volumes",
+    )
+    loss: str = _setting(
+        "ntxent",
+        "self-supervised loss between the two views",
+        choices=("ntxent", "tico", "vicreg"),
+    )
+    loss_kwargs: dict = _setting(help="the loss's hyper-parameters", factory=dict)
+    optimizer: str = _setting(
+        "adamw",
+        "AdamW (short fine-tuning, small batches) or LARS (SegRep's, for batches of thousands); "
+        "warm-up then cosine decay",
+        choices=("adamw", "lars"),
+    )
+    lr: float | None = _setting(
+        None, "learning rate", auto="AdamW 1e-4, LARS 0.3 x global batch / 256"
+    )
+    weight_decay: float | None = _setting(None, "weight decay", auto="AdamW 1e-4, LARS 1.5e-6")
+    warmup_fraction: float = _setting(0.1, "fraction of the steps spent warming the rate up")
     #: "frozen": the encoder's BatchNorm statistics stay those it started with (its weights
     #: and biases still train); "update": re-estimated from the training views, as usual.
-    batchnorm_stats: str = "frozen"
+    batchnorm_stats: str = _setting(
+        "frozen",
+        "keep the encoder's BatchNorm statistics (frozen) or re-estimate them from the "
+        "training views (update)",
+        choices=("frozen", "update"),
+    )
     #: The projection head's learning rate as a multiple of ``lr`` (the encoder's).
-    head_lr_scale: float = 10.0
-    grad_accumulate: int = 1
-    image_masking: bool = True
-    feature_masking: bool = True
-    backbone: str = "resnet18"
-    projection_hidden: int = 1024
-    projection_dim: int = 256
-    min_size: int = 16
-    normalize: str | tuple | None = "image"
-    channel_axis: int | None = None
+    head_lr_scale: float = _setting(10.0, "the projection head's learning rate over the encoder's")
+    grad_accumulate: int = _setting(1, "micro-batches per optimiser step", metavar="N")
+    image_masking: bool = _setting(
+        True,
+        "the network sees only the segment's pixels",
+        off="switch off image masking only",
+    )
+    feature_masking: bool = _setting(
+        True,
+        "features are masked to the segment after every block",
+        off="switch off feature masking only",
+    )
+    backbone: str = _setting(
+        "resnet18",
+        "encoder of a new run, a registered backbone: resnet18, resnet34, resnet50 for 2D "
+        "images; resnet18_3d (native 3D) or resnet18_planes (fast, three orthogonal planes) for "
+        "volumes",
+        metavar="NAME",
+        auto="resnet18 for 2D images, resnet18_3d for volumes",
+    )
+    projection_hidden: int = _setting(1024, "width of the projection head's hidden layer")
+    projection_dim: int = _setting(256, "width of the projection head's output")
+    min_size: int = _setting(16, "skip segments with fewer pixels (voxels)", metavar="N")
+    normalize: str | tuple | None = _setting(
+        "image", "image, segment, none or LOW,HIGH (as for embed)", metavar="MODE"
+    )
+    channel_axis: int | None = _setting(
+        None,
+        "channel axis of multichannel images (counted in the whole image: a time-lapse's "
+        "time axis is axis 0)",
+        metavar="K",
+    )
     #: What the label images' axes are ("yx", "zyx", "tyx", "tzyx"; None: "yx" for 2D labels,
     #: "tzyx" for 4D ones): :func:`napari_segrep._images.layout_of`; a tuple of one per pair
     #: where they differ.
-    axes: str | tuple | None = None
+    axes: str | tuple | None = _setting(None, "what the label images' axes are")
     #: The voxel size of volumes, (dz, dy, dx); None: isotropic; a tuple of one per pair where
     #: they differ.
-    spacing: tuple | None = None
-    num_workers: int = 0
-    seed: int = 0
-    amp: bool = True
-    sync_batchnorm: bool = True
-    gather_distributed: bool = True
-    augment: dict = field(default_factory=dict)
+    spacing: tuple | None = _setting(None, "the voxel size of volumes, (dz, dy, dx)")
+    num_workers: int = _setting(0, "data loader worker processes", metavar="N")
+    seed: int = _setting(0, "seed of the model, data order and views", metavar="N")
+    amp: bool = _setting(True, "mixed precision on CUDA", off="no mixed precision on CUDA")
+    sync_batchnorm: bool = _setting(
+        True,
+        "BatchNorm statistics over all processes under DDP",
+        off="per-process BatchNorm statistics under DDP",
+    )
+    gather_distributed: bool = _setting(
+        True,
+        "the loss compares the segments of all processes under DDP",
+        off="compute the loss on each process's batch only under DDP",
+    )
+    augment: dict = _setting(help="AugmentConfig fields (rotate90, flip...)", factory=dict)
     #: Segments whose embeddings are followed during training (effective rank, view
     #: agreement; see :mod:`napari_segrep.engine.quality`): None = 10% (at most 256), held
     #: back from training when at least 200 remain, else up to 256 training segments; 0 = off.
-    monitor_size: int | None = None
+    monitor_size: int | None = _setting(
+        None, "segments whose embeddings are followed during training (0: none)"
+    )
     #: Leave the monitored segments out of training: None = when at least 200 remain.
-    monitor_hold_out: bool | None = None
+    monitor_hold_out: bool | None = _setting(None, "leave the monitored segments out of training")
 
     def __post_init__(self) -> None:
         for name in ("epochs", "min_steps", "batch_size", "crop_size", "grad_accumulate"):
@@ -92,12 +185,13 @@ class TrainConfig:
             raise ValueError(f"crop_size={self.crop_size} is too large: at most {MAX_CROP_SIZE}")
         if self.batch_size < 2:
             raise ValueError("batch_size must be at least 2 (contrastive losses compare samples)")
-        if self.optimizer not in ("lars", "adamw"):
-            raise ValueError(f"optimizer={self.optimizer!r}: choose 'lars' or 'adamw'")
-        if self.batchnorm_stats not in ("frozen", "update"):
-            raise ValueError(
-                f"batchnorm_stats={self.batchnorm_stats!r}: choose 'frozen' or 'update'"
-            )
+        for name in ("optimizer", "batchnorm_stats"):
+            allowed = choices(name)
+            if getattr(self, name) not in allowed:
+                raise ValueError(
+                    f"{name}={getattr(self, name)!r}: choose "
+                    + " or ".join(repr(c) for c in allowed)
+                )
         if not self.head_lr_scale > 0:
             raise ValueError(f"head_lr_scale must be > 0, got {self.head_lr_scale!r}")
         if self.lr is not None and not self.lr > 0:
@@ -154,6 +248,37 @@ class TrainConfig:
         return out
 
 
+def setting(name: str) -> Field:
+    """The :class:`TrainConfig` field ``name`` (a ``KeyError`` naming the fields otherwise)."""
+    try:
+        return _FIELDS[name]
+    except KeyError:
+        raise KeyError(f"{name!r} is no TrainConfig field: {sorted(_FIELDS)}") from None
+
+
+def default(name: str):
+    """The default of the setting ``name`` (a fresh copy for a dict)."""
+    spec = setting(name)
+    if spec.default_factory is not MISSING:
+        return spec.default_factory()
+    return spec.default
+
+
+def help_text(name: str, *, with_default: bool = False) -> str:
+    """The help of the setting ``name``; ``with_default``: followed by ``(default: ...)``, what
+    None chooses where the default is chosen from the data or the optimiser."""
+    meta = setting(name).metadata
+    text = meta["help"]
+    if with_default and "auto" in meta:
+        text = f"{text} (default: {meta['auto']})"
+    return text
+
+
+def choices(name: str) -> tuple | None:
+    """The values the setting ``name`` allows (None: any of its type)."""
+    return setting(name).metadata.get("choices")
+
+
 def _frozen(value):
     """Lists as tuples, numbers as floats, all the way down (strings and None as they are)."""
     if isinstance(value, (list, tuple)):
@@ -192,3 +317,6 @@ def steps_per_epoch(n_segments: int, *, batch: int, grad_accumulate: int, world_
             f"use grad_accumulate={micro} or less, or a smaller batch_size"
         )
     return micro // grad_accumulate
+
+
+_FIELDS: dict[str, Field] = {f.name: f for f in fields(TrainConfig)}

@@ -25,7 +25,7 @@ from .augment import AugmentConfig
 from .dataset import SegmentDataset
 from .encoder import SegmentEncoder
 from .heads import ProjectionHead
-from .train_config import TrainConfig
+from .train_config import TrainConfig, default
 from .trainer import Trainer
 
 __all__ = [
@@ -60,18 +60,18 @@ def train_ssl(
     encoder: SegmentEncoder | None = None,
     axes=None,
     spacing: Sequence[float] | None = None,
-    epochs: int | None = None,
-    batch_size: int = 64,
+    epochs: int | None = default("epochs"),
+    batch_size: int = default("batch_size"),
     crop_size: int | None = None,
-    loss: str = "ntxent",
-    optimizer: str = "adamw",
-    lr: float | None = None,
-    image_masking: bool = True,
-    feature_masking: bool = True,
+    loss: str = default("loss"),
+    optimizer: str = default("optimizer"),
+    lr: float | None = default("lr"),
+    image_masking: bool = default("image_masking"),
+    feature_masking: bool = default("feature_masking"),
     device: str = "auto",
     checkpoint_dir: str | os.PathLike | None = None,
     resume: str | os.PathLike | None = None,
-    seed: int = 0,
+    seed: int = default("seed"),
     on_step: Callable[[dict], object] | None = None,
     should_stop: Callable[[], bool] | None = None,
     on_quality: Callable[[dict], object] | None = None,
