@@ -704,4 +704,3 @@ def test_trainer__fast_layouts_of_volumes_train_the_same(volumes, monkeypatch, f
     losses = [[r["loss"] for r in t.steps() if "loss" in r] for t in (plain, fast)]
     assert len(losses[0]) == 1
     np.testing.assert_allclose(losses[1], losses[0], rtol=1e-4)
-
