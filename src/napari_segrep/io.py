@@ -354,10 +354,12 @@ def claim_run_dir(
     resume: str | os.PathLike | None = None,
     checkpoint_name: str = "last.pt",
     needed_bytes: int = 0,
+    others: Iterable[str] = (),
 ) -> Iterator[Path]:
     """Hold ``directory`` for one training run: created if needed, writable, with room for a
     checkpoint of ``needed_bytes``, holding no other run's checkpoint (``resume`` of that very
-    checkpoint continues the run) and not in use by another training.  A lock file
+    checkpoint continues the run) nor, for a new run, any of the entries ``others`` it would
+    replace, and not in use by another training.  A lock file
     (:data:`RUN_LOCK_NAME`, created exclusively, holding the pid) marks it in use until the
     ``with`` block ends, by any exit; a lock left by a process that has ended is taken over.
     Raises ``ValueError`` naming the folder and the way out, ``OSError`` when space is short.
@@ -368,7 +370,13 @@ def claim_run_dir(
     check_writable_dir(directory)
     lock = take_lock(directory)
     try:
-        conflict = run_dir_conflict(directory, resume=resume, checkpoint_name=checkpoint_name)
+        conflict = run_dir_conflict(
+            directory, resume=resume, checkpoint_name=checkpoint_name, others=others
+        )
+        if conflict is not None and conflict.name != checkpoint_name:
+            raise ValueError(
+                f"{conflict} exists and belongs to another run: choose a new checkpoint folder"
+            )
         if conflict is not None:
             raise ValueError(
                 f"{directory} already holds a training run ({conflict}): continue it with "

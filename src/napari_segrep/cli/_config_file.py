@@ -18,6 +18,7 @@ import os
 import platform
 from pathlib import Path
 
+from ..engine.run_folder import CONFIG_NAME  # the resolved configuration in a run folder
 from ._common import CLIError
 
 __all__ = [
@@ -30,8 +31,6 @@ __all__ = [
     "resolved_options",
 ]
 
-#: The resolved configuration in a run folder.
-CONFIG_NAME = "config.yaml"
 #: Options that say how to run this command rather than what the run is: refused in a file,
 #: never written.
 NOT_IN_FILES = ("config", "print_config", "debug")

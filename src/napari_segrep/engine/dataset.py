@@ -311,6 +311,12 @@ class SegmentDataset(Dataset):
     def __len__(self) -> int:
         return len(self._index)
 
+    def segment(self, i: int) -> tuple[int, int]:
+        """``(image, label)`` of sample ``i``: the image it is cut from (its position among the
+        pairs, a time-lapse's frames counted one by one) and its label id."""
+        u, k = self._index[i]
+        return u, int(self._tables[u].ids[k])
+
     def set_epoch(self, epoch: int) -> None:
         """Views depend on the epoch (like ``DistributedSampler.set_epoch``)."""
         self.epoch = int(epoch)

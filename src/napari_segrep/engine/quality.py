@@ -344,3 +344,13 @@ class QualityMonitor:
         if not bool(torch.isfinite(z_a).all() and torch.isfinite(z_b).all()):
             return float("nan"), float("nan")
         return effective_rank(torch.cat([z_a, z_b])), view_agreement(z_a, z_b)
+
+    def first_views(self) -> tuple[Tensor, Tensor]:
+        """The first view of every monitored segment and its mask, as the encoder sees them:
+        ``(M, C, *crop)`` float32 and ``(M, 1, *crop)`` bool CPU tensors (the thumbnails of
+        TensorBoard's projector)."""
+        images, masks = [], []
+        for a, ma, _, _ in self._batches():
+            images.append(a)
+            masks.append(ma)
+        return torch.cat(images), torch.cat(masks)

@@ -25,6 +25,7 @@ from .augment import AugmentConfig
 from .dataset import SegmentDataset
 from .encoder import SegmentEncoder
 from .heads import ProjectionHead
+from .run_folder import CHECKPOINT_NAME
 from .train_config import TrainConfig, default
 from .trainer import Trainer
 
@@ -36,8 +37,6 @@ __all__ = [
     "default_backbone",
     "train_ssl",
 ]
-
-CHECKPOINT_NAME = "last.pt"
 
 
 @dataclass
@@ -71,6 +70,9 @@ def train_ssl(
     device: str = "auto",
     checkpoint_dir: str | os.PathLike | None = None,
     resume: str | os.PathLike | None = None,
+    run_config: str | Callable[[TrainConfig], str] | None = None,
+    charts: bool = False,
+    tensorboard: bool | None = False,
     seed: int = default("seed"),
     on_step: Callable[[dict], object] | None = None,
     should_stop: Callable[[], bool] | None = None,
@@ -130,6 +132,20 @@ def train_ssl(
         ``last.pt`` is written there (atomically) after every epoch and when stopped.
     resume : path, optional
         A training checkpoint to continue from exactly where it stopped.
+    run_config : str or callable(TrainConfig) -> str, optional
+        With ``checkpoint_dir``: the text of ``config.yaml`` (or a callable given the run's
+        config, its epochs resolved), written there when training starts; a resumed run's
+        folder keeps the one it has.
+    charts : bool
+        With ``checkpoint_dir``: ``charts/loss.png`` (loss, its terms and lr per step) and
+        ``charts/quality.png`` (effective rank, view agreement per epoch), redrawn at every
+        epoch end and when stopped.
+    tensorboard : bool or None
+        With ``checkpoint_dir``: TensorBoard logs in ``tensorboard/`` (scalars per step and
+        epoch, the embedding projector of the monitor set at the start and the end).  None:
+        when the tensorboard package is installed (else a warning, once); True: an
+        ``ImportError`` with the fix when it is not, before any work.  Neither changes the
+        training.  The run folder: the README's "The run folder".
     seed : int
     on_step : callable(dict), optional
         Called after every optimiser step with ``epoch``, ``step``, ``epoch_step``,
@@ -180,8 +196,18 @@ def train_ssl(
     ValueError
         Bad configuration, or no segment to train on.
     """
+    from .callbacks import (
+        CheckpointCallback,
+        ProgressCallback,
+        run_folder_callbacks,
+        run_folder_entries,
+    )
     from .dataset import pair_layouts, pair_lists, recorded_layout
     from .pipeline import check_spatial_dims, default_crop_size
+
+    folder = {"config": run_config, "charts": charts, "tensorboard": tensorboard}
+    # the run folder's files besides last.pt (TensorBoard asked for and missing: refused now)
+    logs = [] if checkpoint_dir is None else run_folder_callbacks(checkpoint_dir, **folder)
 
     images, labels = pair_lists(images, labels)
     # What the axes are, and an encoder that fits them, before any work.
@@ -240,10 +266,9 @@ def train_ssl(
             "needs at least 2 (check the labels, or lower min_size)"
         )
     from ..io import claim_run_dir
-    from .callbacks import CheckpointCallback, ProgressCallback
 
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
-    callbacks = [] if ckpt_path is None else [CheckpointCallback(ckpt_path)]
+    callbacks = [] if ckpt_path is None else [CheckpointCallback(ckpt_path), *logs]
     callbacks.append(ProgressCallback(on_step, on_quality))  # after the checkpoint's
     trainer = Trainer(dataset, config, encoder=encoder, device=device, callbacks=callbacks)
     if resume is not None:
@@ -254,7 +279,11 @@ def train_ssl(
         # for the weights and the optimiser state: checked, and the folder locked, before a step.
         size = sum(p.numel() * p.element_size() for p in trainer.model.parameters())
         run_dir = claim_run_dir(
-            ckpt_path.parent, resume=resume, checkpoint_name=CHECKPOINT_NAME, needed_bytes=3 * size
+            ckpt_path.parent,
+            resume=resume,
+            checkpoint_name=CHECKPOINT_NAME,
+            needed_bytes=3 * size,
+            others=run_folder_entries(**folder),
         )
     with run_dir:
         stopped = trainer.run(should_stop)
