@@ -281,10 +281,12 @@ def test_cli_train__torchrun_two_processes_equals_one_process_with_the_global_ba
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert sorted(p.name for p in logs.iterdir()) == [
+        "charts",
         "config.yaml",
         "history.csv",
         "last.pt",
         "quality.csv",
+        "tensorboard",
     ]
     ddp = pd.read_csv(logs / "history.csv")
     single = train_ssl(
@@ -444,10 +446,12 @@ def test_cli_train__a_failed_checkpoint_write_keeps_the_previous_one(
     )
     assert ckpt.read_bytes() == before
     assert sorted(p.name for p in logs.iterdir()) == [
+        "charts",
         "config.yaml",
         "history.csv",
         "last.pt",
         "quality.csv",
+        "tensorboard",
     ]
 
 
@@ -514,10 +518,12 @@ def test_cli_train__a_second_ctrl_c_names_the_checkpoint_that_exists(one_epoch_r
     )
     sr.load_encoder(ckpt)
     assert sorted(p.name for p in logs.iterdir()) == [
+        "charts",
         "config.yaml",
         "history.csv",
         "last.pt",
         "quality.csv",
+        "tensorboard",
     ]
 
 
@@ -775,3 +781,36 @@ def test_cli_train__every_config_key_is_a_long_option_name_with_underscores():
         assert "--" + key.replace("_", "-") in action.option_strings or (
             "--" + key in action.option_strings
         ), (key, action.option_strings)
+
+
+# ---------------------------------------------------------------------- the run folder
+def test_cli_train__without_tensorboard_says_so_once_and_writes_the_rest(data_dir, tmp_path):
+    """The tensorboard package missing (an import that fails, as when it is not installed):
+    one line saying TensorBoard logging is off and how to turn it on; the run folder has
+    everything else (config.yaml written when training started, the two charts)."""
+    data, _ = data_dir
+    logs = tmp_path / "logs"
+    code = (
+        "import sys; sys.modules['tensorboard'] = None; "
+        "from napari_segrep.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    argv = ["train", "--data", data, "--log-dir", logs, "--epochs", "1", *SMALL]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-c", code, *map(str, argv)]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    line = (
+        "napari-segrep: warning: TensorBoard logging is off: the tensorboard package is not "
+        'installed (pip install "napari-segrep[tensorboard]" turns it on)'
+    )
+    assert done.stderr.splitlines().count(line) == 1, done.stderr
+    assert "tensorboard" not in done.stderr.replace(line, "").lower()
+    assert sorted(str(p.relative_to(logs)) for p in logs.rglob("*")) == [
+        "charts",
+        "charts/loss.png",
+        "charts/quality.png",
+        "config.yaml",
+        "history.csv",
+        "last.pt",
+        "quality.csv",
+    ]

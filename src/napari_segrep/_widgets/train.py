@@ -386,6 +386,10 @@ class TrainSegRepWidget(Container):
             options.update(axes="zyx", spacing=layout.spacing, backbone=backbone)
         imagenet = self.start_input.value == START_IMAGENET and resume is None
         resume_event = self._resume
+        settings = self.config()  # the run folder's config.yaml, its epochs resolved
+
+        def run_config(config) -> str:
+            return self._config_text({**settings, "epochs": config.epochs})
 
         def call(progress, should_stop):
             _session.load_engine()  # after the warm-up, or without freezing napari
@@ -425,6 +429,9 @@ class TrainSegRepWidget(Container):
                 on_step=on_step,
                 should_stop=should_stop,
                 on_quality=lambda record: progress.message({"quality": record}),
+                run_config=run_config,
+                charts=True,
+                tensorboard=None,  # when installed
                 **options,
             )
 
@@ -512,8 +519,6 @@ class TrainSegRepWidget(Container):
     def save_config(self, path=None) -> Path | None:
         """Write :meth:`config` as YAML to ``path`` (None: asked in a dialog), atomically;
         returns the path, or None when nothing was written (a failure is shown)."""
-        import yaml
-
         from ..io import atomic_write
         from ._common import save_path
 
@@ -527,12 +532,7 @@ class TrainSegRepWidget(Container):
         )
         if path is None:
             return None
-        text = (
-            "# Train SegRep settings: Load config... reads them back; "
-            "napari-segrep train --config THIS_FILE runs them\n# (add data: FOLDER, or "
-            "images: GLOB and labels: GLOB, when no folder is set)\n"
-            + yaml.safe_dump(self.config(), sort_keys=False)
-        )
+        text = self._config_text(self.config())
         try:
             atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
         except OSError as exc:
@@ -540,6 +540,18 @@ class TrainSegRepWidget(Container):
             return None
         show_info(f"Training config saved to {path}")
         return path
+
+    @staticmethod
+    def _config_text(config: dict) -> str:
+        """A config file's text (Save config..., and the run folder's ``config.yaml``)."""
+        import yaml
+
+        return (
+            "# Train SegRep settings: Load config... reads them back; "
+            "napari-segrep train --config THIS_FILE runs them\n# (add data: FOLDER, or "
+            "images: GLOB and labels: GLOB, when no folder is set)\n"
+            + yaml.safe_dump(config, sort_keys=False)
+        )
 
     def load_config(self, path=None) -> bool:
         """Set the fields from a YAML config (``path``; None: asked in a dialog): one

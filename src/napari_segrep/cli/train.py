@@ -13,6 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..engine.run_folder import CHARTS_DIR, TENSORBOARD_DIR
 from ..engine.train_config import ROTATIONS_HELP, default, help_text, setting
 from ._common import (
     TORCH_SEED_MAX,
@@ -86,8 +87,14 @@ def _add_training_options(run) -> None:
         metavar="DIR",
         type=Path,
         default=Path("logs"),
-        help="config.yaml, last.pt, history.csv and quality.csv go here; a folder holding "
-        "another run is refused",
+        help="config.yaml, last.pt, history.csv, quality.csv, charts/ and tensorboard/ go "
+        "here; a folder holding another run is refused",
+    )
+    run.add_argument(
+        "--no-tensorboard",
+        dest="no_tensorboard",
+        action="store_true",
+        help="write no LOG_DIR/tensorboard/ (default: written when tensorboard is installed)",
     )
     run.add_argument(
         "--no-mask",
@@ -282,9 +289,6 @@ def _run(args: argparse.Namespace) -> int:
     def on_step(record: dict) -> None:
         nonlocal bar
         plan["epochs"] = record["total_steps"] // record["steps_per_epoch"]
-        if rank == 0 and "written" not in plan:  # the folder is the run's now: its config
-            _write_config(args, {**resolved, "epochs": plan["epochs"]})
-            plan["written"] = True
         if not show:
             return
         if bar is None:
@@ -356,6 +360,9 @@ def _run(args: argparse.Namespace) -> int:
                 on_step=on_step,
                 should_stop=lambda: stop["requested"],
                 on_quality=on_quality,
+                run_config=lambda config: _config_yaml(args, {**resolved, "epochs": config.epochs}),
+                charts=True,
+                tensorboard=False if args.no_tensorboard else None,
                 **options,
             )
         finally:
@@ -363,8 +370,6 @@ def _run(args: argparse.Namespace) -> int:
             if bar is not None:
                 bar.close()
     if rank == 0:
-        if "written" not in plan and result.history:
-            _write_config(args, {**resolved, "epochs": plan["epochs"]})
         write_history(result.history, args.log_dir / "history.csv")
         if result.quality:
             write_history(result.quality, args.log_dir / "quality.csv")
@@ -463,24 +468,16 @@ def _check_settings(args: argparse.Namespace):
     return normalize
 
 
-def _write_config(args: argparse.Namespace, resolved: dict) -> None:
-    """``LOG_DIR/config.yaml``, the run's resolved options (atomically); a resumed run's own
-    folder keeps the config it started with."""
-    from ..io import atomic_write, write_failure
-
-    path = args.log_dir / CONFIG_NAME
-    if args.resume_checkpoint is not None and path.exists():
-        return
-    text = config_text(resolved_options(args, _train_parser(), **resolved))
-    try:
-        atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
-    except OSError as exc:
-        raise write_failure(path, exc, what="config") from exc
+def _config_yaml(args: argparse.Namespace, resolved: dict) -> str:
+    """The text of ``LOG_DIR/config.yaml``: the run's resolved options (``train_ssl`` writes it
+    when training starts; a resumed run's own folder keeps the config it started with)."""
+    return config_text(resolved_options(args, _train_parser(), **resolved))
 
 
 def _check_log_dir(args: argparse.Namespace) -> None:
     """Before any work: the run writes nothing over another run's files (a new run into a
-    folder holding last.pt, history.csv, quality.csv or debug_views.png is refused)."""
+    folder holding last.pt, history.csv, quality.csv, config.yaml, charts/, tensorboard/ or
+    debug_views.png is refused)."""
     from ..io import run_dir_conflict
 
     if args.debug:
@@ -490,7 +487,7 @@ def _check_log_dir(args: argparse.Namespace) -> None:
         conflict = run_dir_conflict(
             args.log_dir,
             resume=args.resume_checkpoint,
-            others=("history.csv", "quality.csv", CONFIG_NAME),
+            others=("history.csv", "quality.csv", CONFIG_NAME, CHARTS_DIR, TENSORBOARD_DIR),
         )
     if conflict is None:
         return

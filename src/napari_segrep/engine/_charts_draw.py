@@ -250,5 +250,5 @@ def png_bytes(image: Image.Image) -> bytes:
     import io
 
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", optimize=True)
+    image.save(buffer, format="PNG")
     return buffer.getvalue()
