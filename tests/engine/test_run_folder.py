@@ -106,9 +106,9 @@ def test_train_ssl__the_run_folder_holds_config_charts_and_tensorboard(full_run)
     assert [v for _, v in scalars["loss"]] == pytest.approx([r["loss"] for r in result.history])
     assert [v for _, v in scalars["lr"]] == pytest.approx([r["lr"] for r in result.history])
     for tag in ("effective_rank", "view_agreement"):
-        assert scalars[tag] == [
-            (r["step"], pytest.approx(r[tag])) for r in result.quality
-        ], tag  # the start at step 0, then every epoch end
+        assert scalars[tag] == [(r["step"], pytest.approx(r[tag])) for r in result.quality], (
+            tag
+        )  # the start at step 0, then every epoch end
 
     config = (run / "tensorboard" / "projector_config.pbtxt").read_text()
     assert config.count("embeddings {") == 2 and "monitor:00000" in config
