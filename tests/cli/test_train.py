@@ -732,6 +732,9 @@ def test_cli_train__command_line_options_override_the_config_file(data_dir, tmp_
         ("crop_size: 100000\n", ["crop_size: crop_size=100000 is too large"]),
         ("epochs: 0\n", ["epochs: epochs must be a positive integer"]),
         ("lr: -1\n", ["lr: lr must be > 0"]),
+        ("warmup_fraction: 1\n", ["warmup_fraction must be in [0, 1)"]),
+        ("monitor_hold_out: maybe\n", ["monitor_hold_out: 'maybe' is not true or false"]),
+        ("projection_dim: 0\n", ["projection_dim must be a positive integer"]),
         ("seed: -1\n", ["seed: -1 is out of range"]),
         ("normalize: bright\n", ["normalize: 'bright' is not understood"]),
         ("config: other.yaml\n", ["unknown key 'config'"]),
@@ -755,6 +758,29 @@ def test_cli_train__a_bad_value_on_the_command_line_names_the_option(data_dir, t
     argv = ["train", "--config", config, "--data", data, "--log-dir", tmp_path / "logs"]
     assert _run(*argv, "--batch-size", "1", "--device", "cpu") == 2
     _one_line_error(capsys, "--batch-size: batch_size must be at least 2")
+
+
+def test_cli_train__every_recipe_setting_has_an_option_that_reaches_the_run(data_dir, tmp_path):
+    """The recipe's rarer settings (weight decay, warm-up, the head...) are options too, and
+    the run trains with them (its checkpoint's config, the head's widths)."""
+    data, _ = data_dir
+    logs = tmp_path / "logs"
+    argv = ["--log-dir", logs, "--epochs", 1, "--min-steps", 1, "--weight-decay", 0]
+    argv += ["--warmup-fraction", 0, "--head-lr-scale", 2, "--projection-hidden", 32]
+    argv += ["--projection-dim", 16, "--monitor-size", 4, "--no-monitor-hold-out"]
+    assert _run("train", "--data", data, *argv, *SMALL) == 0
+    ckpt = load_checkpoint(logs / "last.pt")
+    config = ckpt["config"]
+    assert config["weight_decay"] == 0 and config["warmup_fraction"] == 0
+    assert config["head_lr_scale"] == 2 and config["min_steps"] == 1
+    assert config["monitor_size"] == 4 and config["monitor_hold_out"] is False
+    assert ckpt["head"]["net.0.weight"].shape[0] == 32
+    assert [v.shape[0] for k, v in ckpt["head"].items() if k.endswith("weight")][-1] == 16
+    assert ckpt["monitor"]["held_back"] is False and len(ckpt["monitor"]["indices"]) == 4
+    import yaml
+
+    written = yaml.safe_load((logs / "config.yaml").read_text())
+    assert written["projection_dim"] == 16 and written["monitor_hold_out"] is False
 
 
 def test_cli_train__a_missing_config_file_is_one_line(tmp_path, capsys):

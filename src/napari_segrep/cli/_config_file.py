@@ -103,9 +103,9 @@ def _checked(path: Path, key: str, value, action: argparse.Action):
         raise CLIError(f"{path}: {key}: {value!r} is not {wanted}")
 
     if value is None:
-        if action.nargs == 0:
+        if action.nargs == 0 and not isinstance(action, argparse.BooleanOptionalAction):
             refuse("true or false")
-        return None  # the option's default
+        return None  # the option's default (a yes/no option's: chosen from the data)
     if action.nargs == 0:  # a switch
         if not isinstance(value, bool):
             refuse("true or false")

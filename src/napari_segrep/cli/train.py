@@ -122,6 +122,7 @@ def _add_training_options(run) -> None:
     _setting_option(run, "grad_accumulate", "--grad-accumulate", "--grad_accumulate")
     _setting_option(run, "num_workers", "--num-workers", "--num_workers")
     _setting_option(run, "backbone", "--backbone")
+    _add_tuning_options(run)
     run.add_argument(
         "--resume-checkpoint",
         "--resume_checkpoint",
@@ -149,6 +150,31 @@ def _add_training_options(run) -> None:
         "outlines) and exit without training",
     )
     add_quiet_option(run, help="no progress bar and no epoch lines")
+
+
+#: The settings of a recipe a run rarely changes (``--weight-decay``...): passed to
+#: ``train_ssl`` as they are.
+_TUNING = (
+    "weight_decay",
+    "warmup_fraction",
+    "head_lr_scale",
+    "projection_hidden",
+    "projection_dim",
+    "min_steps",
+    "monitor_size",
+)
+
+
+def _add_tuning_options(run) -> None:
+    for name in _TUNING:
+        _setting_option(run, name, "--" + name.replace("_", "-"))
+    run.add_argument(
+        "--monitor-hold-out",
+        dest="monitor_hold_out",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=help_text("monitor_hold_out", with_default=True),
+    )
 
 
 def _add_hardware_options(hw) -> None:
@@ -258,6 +284,8 @@ def _run(args: argparse.Namespace) -> int:
         "sync_batchnorm": not args.no_sync_batchnorm,
         "gather_distributed": not args.no_gather_distributed,
         "amp": not args.no_amp,
+        "monitor_hold_out": args.monitor_hold_out,
+        **{name: getattr(args, name) for name in _TUNING if getattr(args, name) is not None},
     }
     if args.debug:
         return write_debug_views(
@@ -457,7 +485,15 @@ def _check_settings(args: argparse.Namespace):
         if "normalize" not in args.from_file:
             raise
         raise CLIError(f"{where('normalize')}: {exc}".replace("--normalize ", "")) from None
-    for key in ("epochs", "batch_size", "crop_size", "grad_accumulate", "optimizer", "lr"):
+    for key in (
+        "epochs",
+        "batch_size",
+        "crop_size",
+        "grad_accumulate",
+        "optimizer",
+        "lr",
+        *_TUNING,
+    ):
         value = getattr(args, key)
         if value is None:
             continue

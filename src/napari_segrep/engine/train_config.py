@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import MISSING, Field, asdict, dataclass, field, fields
 
 __all__ = [
@@ -75,7 +76,7 @@ class TrainConfig:
     )
     #: With ``epochs=None``: the fewest optimiser steps a run takes.
     min_steps: int = _setting(
-        _MIN_STEPS, "with automatic epochs: the fewest optimiser steps a run takes"
+        _MIN_STEPS, "with automatic epochs: the fewest optimiser steps a run takes", metavar="N"
     )
     batch_size: int = _setting(64, "segments per batch, per process (per GPU)", metavar="N")
     crop_size: int = _setting(
@@ -99,8 +100,12 @@ class TrainConfig:
     lr: float | None = _setting(
         None, "learning rate", auto="AdamW 1e-4, LARS 0.3 x global batch / 256"
     )
-    weight_decay: float | None = _setting(None, "weight decay", auto="AdamW 1e-4, LARS 1.5e-6")
-    warmup_fraction: float = _setting(0.1, "fraction of the steps spent warming the rate up")
+    weight_decay: float | None = _setting(
+        None, "weight decay", metavar="W", auto="AdamW 1e-4, LARS 1.5e-6"
+    )
+    warmup_fraction: float = _setting(
+        0.1, "fraction of the steps spent warming the rate up", metavar="F"
+    )
     #: "frozen": the encoder's BatchNorm statistics stay those it started with (its weights
     #: and biases still train); "update": re-estimated from the training views, as usual.
     batchnorm_stats: str = _setting(
@@ -110,7 +115,9 @@ class TrainConfig:
         choices=("frozen", "update"),
     )
     #: The projection head's learning rate as a multiple of ``lr`` (the encoder's).
-    head_lr_scale: float = _setting(10.0, "the projection head's learning rate over the encoder's")
+    head_lr_scale: float = _setting(
+        10.0, "the projection head's learning rate over the encoder's", metavar="X"
+    )
     grad_accumulate: int = _setting(1, "micro-batches per optimiser step", metavar="N")
     image_masking: bool = _setting(
         True,
@@ -130,8 +137,10 @@ class TrainConfig:
         metavar="NAME",
         auto="resnet18 for 2D images, resnet18_3d for volumes",
     )
-    projection_hidden: int = _setting(1024, "width of the projection head's hidden layer")
-    projection_dim: int = _setting(256, "width of the projection head's output")
+    projection_hidden: int = _setting(
+        1024, "width of the projection head's hidden layer", metavar="N"
+    )
+    projection_dim: int = _setting(256, "width of the projection head's output", metavar="N")
     min_size: int = _setting(16, "skip segments with fewer pixels (voxels)", metavar="N")
     normalize: str | tuple | None = _setting(
         "image", "image, segment, none or LOW,HIGH (as for embed)", metavar="MODE"
@@ -167,10 +176,17 @@ class TrainConfig:
     #: agreement; see :mod:`napari_segrep.engine.quality`): None = 10% (at most 256), held
     #: back from training when at least 200 remain, else up to 256 training segments; 0 = off.
     monitor_size: int | None = _setting(
-        None, "segments whose embeddings are followed during training (0: none)"
+        None,
+        "segments whose embeddings are followed during training (0: none)",
+        metavar="N",
+        auto="a tenth of the segments, at most 256",
     )
     #: Leave the monitored segments out of training: None = when at least 200 remain.
-    monitor_hold_out: bool | None = _setting(None, "leave the monitored segments out of training")
+    monitor_hold_out: bool | None = _setting(
+        None,
+        "leave the monitored segments out of training",
+        auto="when at least 200 segments remain to train on",
+    )
 
     def __post_init__(self) -> None:
         for name in ("epochs", "min_steps", "batch_size", "crop_size", "grad_accumulate"):
@@ -194,6 +210,20 @@ class TrainConfig:
                 )
         if not self.head_lr_scale > 0:
             raise ValueError(f"head_lr_scale must be > 0, got {self.head_lr_scale!r}")
+        for name in ("projection_hidden", "projection_dim"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.weight_decay is not None and not 0 <= self.weight_decay < math.inf:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if not 0 <= self.warmup_fraction < 1:
+            raise ValueError(
+                f"warmup_fraction must be in [0, 1) (a fraction of the steps), got "
+                f"{self.warmup_fraction!r}"
+            )
+        size = self.monitor_size
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
+            raise ValueError(f"monitor_size must be 0 (none) or more, got {size!r}")
         if self.lr is not None and not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if isinstance(self.normalize, list):
