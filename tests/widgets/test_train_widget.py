@@ -350,3 +350,19 @@ def test_train_widget__a_time_lapse_trains_on_its_frames_and_kinds_do_not_mix(vo
     widget.remove_pair(row)
     viewer.layers["vol"].scale = (1, 0.5, 0.5)
     assert "give both layers the same scale" in widget.validate()
+
+
+def test_train_widget__the_run_folder_has_its_config_and_charts(trainer, qtbot, tmp_path):
+    """Start writes the run folder's config.yaml (the settings, its epochs resolved: Load
+    config... reads it back) and the two charts beside last.pt."""
+    import yaml
+
+    _, widget = trainer
+    widget.run()
+    _wait_done(qtbot, widget)
+    run = tmp_path / "run"
+    assert {"config.yaml", "last.pt", "charts"} <= {p.name for p in run.iterdir()}
+    assert sorted(p.name for p in (run / "charts").iterdir()) == ["loss.png", "quality.png"]
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["epochs"] == 1 and config["log_dir"] == str(run.resolve())
+    assert widget.load_config(run / "config.yaml")
