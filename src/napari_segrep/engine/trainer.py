@@ -117,6 +117,12 @@ class Trainer:
             self.device = resolve_device(device)
         encoder = self._starting_encoder(encoder)
         self.objective = objective or make_objective(config, distributed=self.dist.enabled)
+        if getattr(dataset, "views", 2) != self.objective.views:
+            raise ValueError(
+                f"the {self.objective.name!r} objective trains on {self.objective.views} view(s) "
+                f"per segment, the dataset draws {dataset.views}: build it with "
+                f"SegmentDataset(..., views={self.objective.views})"
+            )
         self.model = self.objective.build_model(encoder)
         if self.dist.enabled and config.sync_batchnorm:
             for m in self.model.modules():
@@ -381,7 +387,9 @@ class Trainer:
     def load(self, path: str | os.PathLike) -> None:
         """Restore a training checkpoint written by :meth:`save`."""
         # complete, finite (or a ValueError), with the objective's own state
-        ckpt = load_training_checkpoint(path, objective_keys=self.objective.state_keys)
+        ckpt = load_training_checkpoint(
+            path, objective_keys=self.objective.state_keys, objective=self.objective.name
+        )
         for key, ours, saved in self.config.resume_differences(ckpt["config"]):
             warnings.warn(
                 f"resuming {path} with {key}={ours!r}, but it was trained with {saved!r}: the "
