@@ -163,7 +163,8 @@ class PretextObjective(Objective):
 
     def state(self) -> dict:
         (key,) = self.state_keys
-        return {key: {k: torch.tensor(float(v)) for k, v in self.settings().items()}}
+        values = self.settings().items()
+        return {key: {k: torch.tensor(float(v), dtype=torch.float64) for k, v in values}}
 
     def load_state(self, ckpt: dict, *, source: str) -> None:
         (key,) = self.state_keys
@@ -184,4 +185,4 @@ class _Settings(nn.Module):
     def __init__(self, values: dict[str, float]) -> None:
         super().__init__()
         for name, value in values.items():
-            self.register_buffer(name, torch.tensor(float(value)))
+            self.register_buffer(name, torch.tensor(float(value), dtype=torch.float64))
