@@ -250,6 +250,8 @@ class TrainConfig:
             theirs, ours = saved.get(key), getattr(self, key)
             if key in ("axes", "spacing"):  # lists in the checkpoint
                 theirs = _frozen(theirs)
+            if key == "objective" and theirs is None:  # written before objectives were chosen
+                theirs = default("objective")
             if theirs != ours:
                 out.append((key, ours, theirs))
         return out
