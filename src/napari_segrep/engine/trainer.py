@@ -49,7 +49,7 @@ from .distributed import _distributed_setup
 from .encoder import SegmentEncoder
 from .health import diverged_error
 from .masking import MaskedBatchNorm
-from .objectives import Objective, make_objective
+from .objectives import Objective, make_objective, objective_name
 from .optim import LARS, param_groups_for_lars, warmup_cosine_schedule
 from .pipeline import _fast_layout as fast_layout
 from .pipeline import check_spatial_dims
@@ -388,7 +388,7 @@ class Trainer:
         """Restore a training checkpoint written by :meth:`save`."""
         # complete, finite (or a ValueError), with the objective's own state
         ckpt = load_training_checkpoint(
-            path, objective_keys=self.objective.state_keys, objective=self.objective.name
+            path, objective_keys=self.objective.state_keys, objective=objective_name(self.config)
         )
         for key, ours, saved in self.config.resume_differences(ckpt["config"]):
             warnings.warn(
