@@ -153,7 +153,10 @@ def test_train_ssl__pretext_objectives_train_a_3d_backbone_and_refuse_the_plane_
     )
     assert len(result.history) == 1 and np.isfinite(result.history[0]["loss"])
     broken = np.full(image.shape, np.nan, np.float32)  # never looked at: refused before
-    with pytest.raises(ValueError, match=r"backbone='resnet18_planes' has none .*resnet18_3d"):
+    with pytest.raises(
+        ValueError,
+        match=r"^objective='masking' .* backbone='resnet18_planes' has no single one.*resnet18_3d",
+    ):
         train_ssl(broken, labels, objective="masking", backbone="resnet18_planes", **options)
 
 

@@ -320,14 +320,15 @@ def has_feature_map(backbone: str) -> bool:
     return get_backbone(backbone).feature_map
 
 
-def no_feature_map_message(backbone: str, *, who: str = "this") -> str:
-    """Why the decoder of ``who`` cannot read ``backbone``, and the fix (one line)."""
+def no_feature_map_message(backbone: str, *, who: str = "a pretext objective") -> str:
+    """Why ``who`` cannot train ``backbone`` (it has no single last feature map), and the fix,
+    in one line."""
     spec = get_backbone(backbone)
     fix = "backbone='resnet18_3d' (native 3D)" if spec.spatial_dims == 3 else "backbone='resnet18'"
     return (
-        f"{who} objective reconstructs pixels from the encoder's last feature map, but "
-        f"backbone={backbone!r} has none (its embedding pools several 2D maps): train it with "
-        f"{fix}, or with objective='contrastive'"
+        f"{who} reconstructs pixels from the encoder's last feature map, but "
+        f"backbone={backbone!r} has no single one (it pools several 2D maps): train "
+        f"{fix}, or objective='contrastive'"
     )
 
 

@@ -111,7 +111,7 @@ class PretextObjective(Objective):
         from ..encoder import has_feature_map, no_feature_map_message
 
         if not has_feature_map(config.backbone):
-            raise ValueError(no_feature_map_message(config.backbone, who=f"the {cls.name!r}"))
+            raise ValueError(no_feature_map_message(config.backbone, who=f"objective={cls.name!r}"))
 
     def settings(self) -> dict[str, float]:
         """The corruption's settings (checkpointed under :attr:`state_keys`, as tensors)."""
