@@ -176,7 +176,8 @@ def test_make_objective__every_loss_trains_the_contrastive_objective():
     for loss in ("ntxent", "tico", "vicreg"):
         objective = make_objective(TrainConfig(loss=loss, projection_dim=8))
         assert isinstance(objective, ContrastiveObjective)
-    assert OBJECTIVES == {"contrastive": ContrastiveObjective}
+    assert OBJECTIVES["contrastive"] is ContrastiveObjective
+    assert sorted(OBJECTIVES) == ["contrastive", "crappify", "masking"]  # BiaPy's two pretext tasks
 
 
 def test_train_ssl__a_stop_writes_the_checkpoint_through_its_callback(dataset, tmp_path):

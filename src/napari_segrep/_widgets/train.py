@@ -113,7 +113,9 @@ class TrainSegRepWidget(Container):
             "weights inflated to 3D); resnet18_planes, the 2D network on the object's three "
             "orthogonal middle planes (faster on a CPU)",
         )
+        self.objective_input = _choice("objective", label="objective")
         self.loss_input = _choice("loss", label="loss")
+        self.objective_input.changed.connect(self._objective_changed)
         self.optimizer_input = _choice("optimizer", label="optimiser")
         self.epochs_input = SpinBox(
             label="epochs (0: auto)",
@@ -202,6 +204,7 @@ class TrainSegRepWidget(Container):
                 self.start_input,
                 self.weights_button,
                 self.volume_model_input,
+                self.objective_input,
                 self.loss_input,
                 self.optimizer_input,
                 self.epochs_input,
@@ -372,7 +375,8 @@ class TrainSegRepWidget(Container):
             "epochs": int(self.epochs_input.value) or None,
             "batch_size": int(self.batch_input.value),
             "crop_size": int(self.crop_input.value),
-            "loss": self.loss_input.value,
+            "objective": self.objective_input.value,
+            "loss": self.loss_input.value if self.loss_input.enabled else default("loss"),
             "optimizer": self.optimizer_input.value,
             "lr": float(self.lr_input.value) or None,
             "image_masking": bool(self.image_mask_input.value),
@@ -478,11 +482,16 @@ class TrainSegRepWidget(Container):
         self.checkpoint_dir_input.value = folder
         return folder
 
+    def _objective_changed(self, objective: str) -> None:
+        """The loss is the contrastive objective's: greyed out for the pretext tasks."""
+        self.loss_input.enabled = objective == "contrastive"
+
     # ------------------------------------------------------------------ config files
     def _config_fields(self) -> dict:
         """``{key: widget}``: the settings a config file holds, under the command line's keys
         (``napari-segrep train --config``'s: the long option names with underscores)."""
         return {
+            "objective": self.objective_input,
             "loss": self.loss_input,
             "optimizer": self.optimizer_input,
             "epochs": self.epochs_input,
@@ -605,7 +614,7 @@ class TrainSegRepWidget(Container):
                 value = (not value) if key.startswith("no_") else value
             elif key in ("epochs", "lr") and value is None:
                 value = 0
-            elif key in ("loss", "optimizer", "device"):
+            elif key in ("objective", "loss", "optimizer", "device"):
                 allowed = list(widget.choices)
                 if value not in allowed:
                     raise ValueError(f"{path}: {key}: {value!r} is not one of {allowed}")

@@ -108,6 +108,7 @@ def _add_training_options(run) -> None:
     _setting_option(run, "crop_size", "--crop-size", "--crop_size")
     _setting_option(run, "batch_size", "--batch-size", "--batch_size")
     _setting_option(run, "epochs", "--epochs")
+    _setting_option(run, "objective", "--objective")
     _setting_option(run, "loss", "--loss")
     _setting_option(run, "optimizer", "--optimizer")
     _setting_option(run, "lr", "--lr")
@@ -281,6 +282,7 @@ def _run(args: argparse.Namespace) -> int:
         "normalize": normalize,
         "channel_axis": args.channel_axis,
         "backbone": backbone,
+        "objective": args.objective,
         "sync_batchnorm": not args.no_sync_batchnorm,
         "gather_distributed": not args.no_gather_distributed,
         "amp": not args.no_amp,
@@ -501,6 +503,10 @@ def _check_settings(args: argparse.Namespace):
             TrainConfig(**{key: value})
         except ValueError as exc:
             raise CLIError(f"{where(key)}: {exc}") from None
+    try:  # --loss is the contrastive objective's (argparse has checked the choices)
+        TrainConfig(objective=args.objective, loss=args.loss)
+    except ValueError as exc:
+        raise CLIError(f"{where('loss')}: {exc}") from None
     return normalize
 
 

@@ -351,16 +351,28 @@ def training_checkpoint_problems(
 
 
 def load_training_checkpoint(
-    path: str | os.PathLike, *, objective_keys: Sequence[str] = _CONTRASTIVE_KEYS
+    path: str | os.PathLike,
+    *,
+    objective_keys: Sequence[str] = _CONTRASTIVE_KEYS,
+    objective: str | None = None,
 ) -> dict:
     """:func:`load_checkpoint` for resuming: a complete training checkpoint, or one ValueError
     naming ``path`` and every problem (:func:`training_checkpoint_problems`, with the
-    objective's ``objective_keys``)."""
+    objective's ``objective_keys``); given ``objective``, a checkpoint of another objective is
+    refused naming both."""
     payload = load_checkpoint(path, map_location="cpu")
     if payload.get("kind") != "training":
         raise ValueError(
             f"{path} is an encoder checkpoint, not a training checkpoint: to start a new run "
             "from it, pass encoder=napari_segrep.load_encoder(path) instead of resume="
+        )
+    config = payload.get("config")
+    saved = (config.get("objective") if isinstance(config, dict) else None) or "contrastive"
+    if objective is not None and saved != objective:
+        raise ValueError(
+            f"training checkpoint {path} was trained with objective={saved!r}, this run is "
+            f"{objective!r}: resume it with objective={saved!r} (--objective {saved}), or start "
+            "a new run from its encoder (--init-checkpoint)"
         )
     problems = training_checkpoint_problems(payload, objective_keys=objective_keys)
     if problems:

@@ -227,9 +227,14 @@ class SegmentDataset(Dataset):
         their context.
     names : sequence of str, optional
         Named in errors and warnings.
+    views : {2, 1}
+        Views per item (the objective's :attr:`~napari_segrep.engine.objectives.Objective.views`).
 
     Items are ``(view_a, mask_a, view_b, mask_b)``: (C, S, S) float32 and (1, S, S) bool;
-    (C, S, S, S) and (1, S, S, S) for volumes.
+    (C, S, S, S) and (1, S, S, S) for volumes.  With ``views=1``: ``(view, mask, key)``, the
+    view being the two-view item's ``view_a`` and ``key`` an int64 scalar seeded by ``(seed,
+    epoch, index)`` as the views are: the seed of what the objective draws for this item
+    (hidden patches, noise), so that is reproducible and resumable too.
     """
 
     def __init__(
@@ -248,7 +253,12 @@ class SegmentDataset(Dataset):
         seed: int = 0,
         image_masking: bool = True,
         names: Sequence[str] | None = None,
+        views: int = 2,
     ) -> None:
+        if views not in (1, 2):
+            raise ValueError(f"views must be 1 or 2, got {views!r}")
+        #: Views per item: 2 ``(a, ma, b, mb)`` or 1 ``(view, mask, key)``.
+        self.views = int(views)
         layouts, units = _checked_units(
             images, labels, axes=axes, spacing=spacing, channel_axis=channel_axis, names=names
         )
@@ -371,13 +381,19 @@ class SegmentDataset(Dataset):
 
     def __getitem__(self, i: int):
         image, mask = self.window(i)
+        augment = self._augments[self._index[i][0]]
+        if self.views == 1:  # view a of the two-view item (the same draws), and a key
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self._sample_seed(i))
+                a, ma = augment.view(image, mask)
+            return a, ma[None], torch.tensor(self._sample_seed(i, 1), dtype=torch.int64)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self._sample_seed(i))
-            a, ma, b, mb = self._augments[self._index[i][0]](image, mask)
+            a, ma, b, mb = augment(image, mask)
         return a, ma[None], b, mb[None]
 
-    def _sample_seed(self, i: int) -> int:
-        seq = np.random.SeedSequence([self.seed, self.epoch, i])
+    def _sample_seed(self, i: int, *stream: int) -> int:
+        seq = np.random.SeedSequence([self.seed, self.epoch, i, *stream])
         return int(seq.generate_state(1, dtype=np.uint64)[0] >> 1)
 
 

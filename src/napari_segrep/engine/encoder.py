@@ -255,6 +255,37 @@ class SegmentEncoder(nn.Module):
         -------
         (B, embedding_dim) Tensor
         """
+        x, mask = self._masked_input(images, masks)
+        return self.backbone(x, mask if self.feature_masking else None)
+
+    def feature_map(self, images: Tensor, masks: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The backbone's last feature map before pooling, seen through the masks as
+        :meth:`forward` sees it (the embedding is its masked mean): what the decoder of a
+        pretext objective (:mod:`napari_segrep.engine.objectives`) reads.
+
+        Returns
+        -------
+        features : (B, embedding_dim, *G) Tensor
+            ``G`` the crop's grid at the backbone's last stride (``H/32, W/32`` for a ResNet).
+        grid_mask : (B, 1, *G) Tensor
+            The segment on that grid (ones without feature masking).
+
+        Raises
+        ------
+        ValueError
+            The backbone has no single feature map (``resnet18_planes``, ``resnet18_slices``:
+            their embedding pools several 2D maps), naming the fix.
+        """
+        if not has_feature_map(self.backbone_name):
+            raise ValueError(no_feature_map_message(self.backbone_name))
+        x, mask = self._masked_input(images, masks)
+        features, grid = self.backbone.feature_map(x, mask if self.feature_masking else None)
+        if grid is None:
+            grid = features.new_ones((features.shape[0], 1, *features.shape[2:]))
+        return features, grid
+
+    def _masked_input(self, images: Tensor, masks: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """The checked, standardised, image-masked input and the 0/1 mask (None unmasked)."""
         grid = "H, W" if self.spatial_dims == 2 else "D, H, W"
         if images.ndim != 2 + self.spatial_dims or images.shape[1] != self.in_channels:
             raise ValueError(
@@ -280,7 +311,25 @@ class SegmentEncoder(nn.Module):
         mask = binarize_mask(masks, dtype=x.dtype) if masked else None
         if self.image_masking:
             x = x * mask
-        return self.backbone(x, mask if self.feature_masking else None)
+        return x, mask
+
+
+def has_feature_map(backbone: str) -> bool:
+    """Whether the registered ``backbone`` has one last feature map before pooling
+    (:meth:`SegmentEncoder.feature_map`)."""
+    return get_backbone(backbone).feature_map
+
+
+def no_feature_map_message(backbone: str, *, who: str = "a pretext objective") -> str:
+    """Why ``who`` cannot train ``backbone`` (it has no single last feature map), and the fix,
+    in one line."""
+    spec = get_backbone(backbone)
+    fix = "backbone='resnet18_3d' (native 3D)" if spec.spatial_dims == 3 else "backbone='resnet18'"
+    return (
+        f"{who} reconstructs pixels from the encoder's last feature map, but "
+        f"backbone={backbone!r} has no single one (it pools several 2D maps): train "
+        f"{fix}, or objective='contrastive'"
+    )
 
 
 def save_encoder(encoder: SegmentEncoder, path: str | os.PathLike, **extra: Any) -> Path:

@@ -26,6 +26,7 @@ _RESUME_KEYS = (
     "backbone",
     "batch_size",
     "crop_size",
+    "objective",
     "loss",
     "optimizer",
     "projection_dim",
@@ -84,6 +85,15 @@ class TrainConfig:
         "crop side in pixels (voxels for volumes); larger segments are downscaled to fit",
         metavar="N",
         auto="64 for 2D images, 32 for volumes",
+    )
+    #: What training optimises (:mod:`napari_segrep.engine.objectives`): two augmented views
+    #: pulled together by ``loss``, or one of BiaPy's pretext tasks (their own pixel loss).
+    objective: str = _setting(
+        "contrastive",
+        "what training optimises: contrastive (two views of a segment pulled together by "
+        "--loss), masking (reconstruct hidden patches inside the segment) or crappify "
+        "(restore a degraded segment)",
+        choices=("contrastive", "masking", "crappify"),
     )
     loss: str = _setting(
         "ntxent",
@@ -201,13 +211,18 @@ class TrainConfig:
             raise ValueError(f"crop_size={self.crop_size} is too large: at most {MAX_CROP_SIZE}")
         if self.batch_size < 2:
             raise ValueError("batch_size must be at least 2 (contrastive losses compare samples)")
-        for name in ("optimizer", "batchnorm_stats"):
+        for name in ("objective", "optimizer", "batchnorm_stats"):
             allowed = choices(name)
             if getattr(self, name) not in allowed:
                 raise ValueError(
                     f"{name}={getattr(self, name)!r}: choose "
                     + " or ".join(repr(c) for c in allowed)
                 )
+        if self.objective != "contrastive" and self.loss != default("loss"):
+            raise ValueError(
+                f"loss={self.loss!r} is the contrastive objective's two-view loss; "
+                f"objective={self.objective!r} has its own pixel loss: leave loss out"
+            )
         if not self.head_lr_scale > 0:
             raise ValueError(f"head_lr_scale must be > 0, got {self.head_lr_scale!r}")
         for name in ("projection_hidden", "projection_dim"):
@@ -265,6 +280,8 @@ class TrainConfig:
             theirs, ours = saved.get(key), getattr(self, key)
             if key in ("axes", "spacing"):  # lists in the checkpoint
                 theirs = _frozen(theirs)
+            if key == "objective" and theirs is None:  # written before objectives were chosen
+                theirs = default("objective")
             if theirs != ours:
                 out.append((key, ours, theirs))
         return out

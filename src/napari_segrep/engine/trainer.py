@@ -49,7 +49,7 @@ from .distributed import _distributed_setup
 from .encoder import SegmentEncoder
 from .health import diverged_error
 from .masking import MaskedBatchNorm
-from .objectives import Objective, make_objective
+from .objectives import Objective, make_objective, objective_name
 from .optim import LARS, param_groups_for_lars, warmup_cosine_schedule
 from .pipeline import _fast_layout as fast_layout
 from .pipeline import check_spatial_dims
@@ -117,6 +117,12 @@ class Trainer:
             self.device = resolve_device(device)
         encoder = self._starting_encoder(encoder)
         self.objective = objective or make_objective(config, distributed=self.dist.enabled)
+        if getattr(dataset, "views", 2) != self.objective.views:
+            raise ValueError(
+                f"the {self.objective.name!r} objective trains on {self.objective.views} view(s) "
+                f"per segment, the dataset draws {dataset.views}: build it with "
+                f"SegmentDataset(..., views={self.objective.views})"
+            )
         self.model = self.objective.build_model(encoder)
         if self.dist.enabled and config.sync_batchnorm:
             for m in self.model.modules():
@@ -381,7 +387,9 @@ class Trainer:
     def load(self, path: str | os.PathLike) -> None:
         """Restore a training checkpoint written by :meth:`save`."""
         # complete, finite (or a ValueError), with the objective's own state
-        ckpt = load_training_checkpoint(path, objective_keys=self.objective.state_keys)
+        ckpt = load_training_checkpoint(
+            path, objective_keys=self.objective.state_keys, objective=objective_name(self.config)
+        )
         for key, ours, saved in self.config.resume_differences(ckpt["config"]):
             warnings.warn(
                 f"resuming {path} with {key}={ours!r}, but it was trained with {saved!r}: the "

@@ -241,6 +241,10 @@ def train_ssl(
         )
     except TypeError as exc:
         raise TypeError(f"train_ssl: {exc}") from None
+    from .objectives import objective_class
+
+    objective = objective_class(config)
+    objective.check_config(config)  # e.g. a backbone without one feature map: before any work
     augment = AugmentConfig(**{**config.augment, "crop_size": config.crop_size})
     dataset = SegmentDataset(
         images,
@@ -253,6 +257,7 @@ def train_ssl(
         augment=augment,
         seed=config.seed,
         image_masking=config.image_masking,
+        views=objective.views,
     )
     if dataset.n_skipped:
         warnings.warn(

@@ -85,6 +85,10 @@ class BackboneSpec:
         RGB statistics the ImageNet weights expect their input standardised with.
     spatial_dims : int
         2: the backbone embeds 2D crops ``(B, C, H, W)``; 3: volumes ``(B, C, D, H, W)``.
+    feature_map : bool
+        The backbone has one last feature map before pooling, ``feature_map(x, mask) ->
+        (features, mask grid)`` (what a decoder of the pretext objectives reads); False for
+        the plane/slice backbones, whose embedding pools several 2D maps.
     """
 
     name: str
@@ -93,6 +97,7 @@ class BackboneSpec:
     imagenet_mean: tuple[float, ...] = IMAGENET_MEAN
     imagenet_std: tuple[float, ...] = IMAGENET_STD
     spatial_dims: int = 2
+    feature_map: bool = True
 
 
 #: name -> :class:`BackboneSpec`, in registration order.
@@ -108,6 +113,7 @@ def register_backbone(
     imagenet_std: Sequence[float] = IMAGENET_STD,
     spatial_dims: int = 2,
     overwrite: bool = False,
+    feature_map: bool = True,
 ) -> BackboneSpec:
     """Make ``SegmentEncoder(backbone=name)`` build its backbone with ``build``.
 
@@ -115,7 +121,7 @@ def register_backbone(
     ----------
     name : str
     build : callable(*, in_channels: int, seed: int) -> nn.Module
-    imagenet_url, imagenet_mean, imagenet_std, spatial_dims
+    imagenet_url, imagenet_mean, imagenet_std, spatial_dims, feature_map
         See :class:`BackboneSpec`.
     overwrite : bool
         Replace an existing registration (otherwise a ``ValueError``).
@@ -135,6 +141,7 @@ def register_backbone(
         tuple(map(float, imagenet_mean)),
         tuple(map(float, imagenet_std)),
         int(spatial_dims),
+        bool(feature_map),
     )
     BACKBONES[name] = spec
     return spec
@@ -248,7 +255,9 @@ def _register_builtin_backbones() -> None:
         ("resnet18_planes", planes.build_resnet18_planes),
         ("resnet18_slices", planes.build_resnet18_slices),
     ):
-        register_backbone(name, build, imagenet_url=planes.IMAGENET_URL, spatial_dims=3)
+        register_backbone(
+            name, build, imagenet_url=planes.IMAGENET_URL, spatial_dims=3, feature_map=False
+        )
 
 
 _register_builtin_backbones()

@@ -157,9 +157,32 @@ class MaskedResNet(tv_resnet.ResNet):
             grids = mask_pyramid(mask, levels=_MASK_LEVELS)
         return _forward_backbone(self, x, grids)
 
+    def feature_map(self, x: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """The last feature map before pooling and its mask: ``(B, embedding_dim, H/32, W/32)``
+        (zero outside the mask with feature masking) and ``(B, 1, H/32, W/32)`` (None without
+        a mask).  :meth:`forward` is its masked mean."""
+        return _feature_map(self, x, _mask_grids(mask))
+
+
+def _mask_grids(mask: Tensor | None) -> list[Tensor | None]:
+    """The mask at every stride ``2**k`` of the network (Nones without a mask)."""
+    if mask is None:
+        return [None] * (_MASK_LEVELS + 1)
+    return mask_pyramid(mask, levels=_MASK_LEVELS)
+
 
 def _forward_backbone(net: MaskedResNet, x: Tensor, grids: list[Tensor | None]) -> Tensor:
     """The masked forward pass, ``grids[k]`` being the mask at stride ``2**k`` (or None)."""
+    x, grid = _feature_map(net, x, grids)
+    if grid is None:
+        return torch.flatten(net.avgpool(x), 1)
+    return masked_mean_pool(x, mask=grid)
+
+
+def _feature_map(
+    net: MaskedResNet, x: Tensor, grids: list[Tensor | None]
+) -> tuple[Tensor, Tensor | None]:
+    """The masked forward pass up to the last feature map, and that map's mask grid."""
     x = net.conv1(x)
     x = net.relu(net.bn1(x, grids[1]))
     # Zero outside grids[2] without a multiply: a max over a window of zeros is zero, and
@@ -171,9 +194,7 @@ def _forward_backbone(net: MaskedResNet, x: Tensor, grids: list[Tensor | None]) 
             out_level = level + (1 if block.stride == 2 else 0)
             x = _block_forward(block, x, grids[level], grids[out_level])
             level = out_level
-    if grids[level] is None:
-        return torch.flatten(net.avgpool(x), 1)
-    return masked_mean_pool(x, mask=grids[level])
+    return x, grids[level]
 
 
 def _block_forward(

@@ -43,7 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from ..masking import MaskedBatchNorm3d, mask_pyramid
-from .resnet import _MASK_LEVELS, _forward_backbone, conv_weight_from_rgb
+from .resnet import _MASK_LEVELS, _feature_map, _forward_backbone, _mask_grids, conv_weight_from_rgb
 
 __all__ = [
     "RESNETS_3D",
@@ -213,6 +213,12 @@ class MaskedResNet3d(nn.Module):
         else:
             grids = mask_pyramid(mask, levels=_MASK_LEVELS)
         return _forward_backbone(self, x, grids)
+
+    def feature_map(self, x: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """The last feature map before pooling and its mask, ``(B, embedding_dim, D/32, H/32,
+        W/32)`` and ``(B, 1, D/32, H/32, W/32)`` (None without a mask), as
+        :meth:`~.resnet.MaskedResNet.feature_map`."""
+        return _feature_map(self, x, _mask_grids(mask))
 
 
 def inflate_kernel(weight: Tensor) -> Tensor:

@@ -2,42 +2,62 @@
 
 - :class:`ContrastiveObjective` (``"contrastive"``, :mod:`.contrastive`): two augmented views
   of each segment, a projection head and a two-view loss (``TrainConfig.loss``: NT-Xent, TiCo,
-  VICReg).  Today's only objective, and the default.
+  VICReg).  The default.
+- :class:`MaskingObjective` (``"masking"``, :mod:`.masking`) and :class:`CrappifyObjective`
+  (``"crappify"``, :mod:`.crappify`): BiaPy's pretext tasks, one view of each segment, hidden
+  patches or a degradation restored by a light decoder from the encoder's masked feature map
+  (:mod:`._pretext`).
 
-The interface is :class:`~napari_segrep.engine.objectives.base.Objective`.  Next (issue 24):
-``masking`` (hide patches inside the segment, reconstruct them) and ``crappify`` (restore a
-degraded segment) as ``masking.py`` and ``crappify.py`` here, each added to
-:data:`OBJECTIVES`; then a supervised one.
+The interface is :class:`~napari_segrep.engine.objectives.base.Objective`; chosen by
+``TrainConfig.objective``.  A new objective (a supervised one) is a new file here, added to
+:data:`OBJECTIVES`.
 """
 
 from __future__ import annotations
 
 from .base import Objective, StepLoss
 from .contrastive import ContrastiveObjective
+from .crappify import CrappifyObjective
+from .masking import MaskingObjective
 
-__all__ = ["OBJECTIVES", "ContrastiveObjective", "Objective", "StepLoss", "make_objective"]
+__all__ = [
+    "OBJECTIVES",
+    "ContrastiveObjective",
+    "CrappifyObjective",
+    "MaskingObjective",
+    "Objective",
+    "StepLoss",
+    "make_objective",
+    "objective_class",
+]
 
 #: Every objective by name.
 OBJECTIVES: dict[str, type[Objective]] = {
     ContrastiveObjective.name: ContrastiveObjective,
+    MaskingObjective.name: MaskingObjective,
+    CrappifyObjective.name: CrappifyObjective,
 }
 
 
 def objective_name(config) -> str:
-    """The objective a config trains: ``"contrastive"`` for every loss today (its two-view
-    losses are ``config.loss``).  The one place that maps a config to an objective: a config
-    field choosing ``masking`` / ``crappify`` is read here."""
+    """The objective a config trains (``config.objective``; ``"contrastive"`` for a config
+    without one: checkpoints written before objectives could be chosen).  The one place that
+    maps a config to an objective."""
     return getattr(config, "objective", None) or ContrastiveObjective.name
 
 
-def make_objective(config, *, distributed: bool = False) -> Objective:
-    """The :class:`Objective` that ``config`` trains, built from it (a ``ValueError`` naming
-    the choices for an unknown one)."""
+def objective_class(config) -> type[Objective]:
+    """The :class:`Objective` class ``config`` trains (a ``ValueError`` naming the choices for
+    an unknown one)."""
     name = objective_name(config)
     try:
-        cls = OBJECTIVES[name]
+        return OBJECTIVES[name]
     except KeyError:
         raise ValueError(
             f"unknown objective {name!r}; choose one of {sorted(OBJECTIVES)}"
         ) from None
-    return cls(config, distributed=distributed)
+
+
+def make_objective(config, *, distributed: bool = False) -> Objective:
+    """The :class:`Objective` that ``config`` trains, built from it."""
+    return objective_class(config)(config, distributed=distributed)

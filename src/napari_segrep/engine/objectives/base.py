@@ -12,7 +12,7 @@ head sits on the encoder or what the loss is.  An :class:`Objective` says those 
 - **the loss and its state**: :meth:`Objective.state` / :meth:`Objective.load_state` are the
   objective's part of a training checkpoint (plain tensors: checkpoints load without pickles).
 
-A new objective (``masking``, ``crappify``, a supervised one) is a new file in this folder,
+A new objective (a supervised one) is a new file in this folder,
 registered in :data:`napari_segrep.engine.objectives.OBJECTIVES`.
 """
 
@@ -60,6 +60,14 @@ class Objective:
     #: The top-level checkpoint keys :meth:`state` writes, each a dict of tensors (checked
     #: before a resume begins: a checkpoint of another objective is refused, naming the key).
     state_keys: tuple[str, ...] = ()
+    #: Views per batch item (``SegmentDataset(views=...)``): 2, ``(view_a, mask_a, view_b,
+    #: mask_b)``; 1, ``(view, mask, key)`` (``key`` seeds what the objective draws per item).
+    views: int = 2
+
+    @classmethod
+    def check_config(cls, config) -> None:
+        """A ``ValueError`` (one line, with the fix) when ``config`` cannot train this
+        objective; checked by ``train_ssl`` before any data is read."""
 
     def build_model(self, encoder: nn.Module) -> nn.Module:
         """The module trained and wrapped by DistributedDataParallel: it has ``.encoder`` (the
