@@ -37,10 +37,12 @@ def test_cli_train__objective_masking_from_a_config_file_writes_a_run_folder(
     argv = ["--config", config, "--data", data, "--log-dir", logs, "--backbone", NARROW_BACKBONE]
     assert _run("train", *argv, *SMALL) == 0
     assert sorted(p.name for p in logs.iterdir()) == [
+        "charts",
         "config.yaml",
         "history.csv",
         "last.pt",
         "quality.csv",
+        "tensorboard",
     ]
     assert "objective: masking" in (logs / "config.yaml").read_text().splitlines()
     assert load_checkpoint(logs / "last.pt")["config"]["objective"] == "masking"
