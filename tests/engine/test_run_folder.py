@@ -197,3 +197,32 @@ def test_loss_chart__non_finite_values_are_left_out():
     assert nice_ticks(0.0, 1.0) == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
     assert nice_ticks(0, 6, 8, min_step=1.0) == [0, 1, 2, 3, 4, 5, 6]
     assert nice_ticks(math.nan, 1.0) == []
+
+
+def test_train_ssl__a_failed_run_leaves_its_scalars_and_its_loss_chart(cells, tmp_path):
+    """A run that diverges (finite losses, weights blown up by lr=1e7: refused at the end of
+    epoch 1) closes its TensorBoard writer and redraws its loss chart up to its last step, so
+    the user sees where it went wrong."""
+    from napari_segrep.errors import TrainingDiverged
+
+    image, labels = cells
+    steps, charts = [], []
+
+    def on_step(record):
+        steps.append(record)
+        charts.append((tmp_path / "charts" / "loss.png").read_bytes())
+
+    with pytest.raises(TrainingDiverged):
+        train_ssl(
+            image,
+            labels,
+            checkpoint_dir=tmp_path,
+            on_step=on_step,
+            lr=1e7,
+            **FOLDER,
+            **{**SMALL, "optimizer": "lars", "batchnorm_stats": "update", "epochs": 1},
+        )
+    assert len(steps) == 3
+    loss = _scalars(tmp_path / "tensorboard")["loss"]
+    assert [s for s, _ in loss] == [r["step"] for r in steps]  # flushed although it failed
+    assert (tmp_path / "charts" / "loss.png").read_bytes() != charts[0]  # redrawn after

@@ -332,11 +332,34 @@ class Trainer:
 
     def run(self, should_stop: Callable[[], bool] | None = None) -> bool:
         """Train to ``config.epochs``, polling ``should_stop`` after every record; True when it
-        stopped before the last epoch was complete."""
-        for record in self.steps():
-            if self.stop_requested(should_stop, record):
-                return self.epoch < self.config.epochs
-        return False
+        stopped before the last epoch was complete.  However it ends, the callbacks'
+        ``on_train_end`` run last (a failure's exception is raised on after them)."""
+        try:
+            for record in self.steps():
+                if self.stop_requested(should_stop, record):
+                    stopped = self.epoch < self.config.epochs
+                    break
+            else:
+                stopped = False
+        except BaseException as exc:
+            self._end(exc)
+            raise
+        self._end(None)
+        return stopped
+
+    def _end(self, error: BaseException | None) -> None:
+        """Every callback's ``on_train_end``; after a failure, a callback failing here is a
+        warning (the run's own error is the one the caller sees)."""
+        for callback in self.callbacks:
+            try:
+                callback.on_train_end(self, error)
+            except Exception as exc:
+                if error is None:
+                    raise
+                warnings.warn(
+                    f"{type(callback).__name__} could not finish after the run failed: {exc}",
+                    stacklevel=3,
+                )
 
     def diverged(self, what: str, step: int):
         """The :class:`~napari_segrep.errors.TrainingDiverged` for ``what`` at ``step`` of the

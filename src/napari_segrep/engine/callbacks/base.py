@@ -13,6 +13,10 @@ order of its ``callbacks``, at these moments:
                             ``{"epoch_end": t.epoch}``, keys added to it are reported
 ``on_stop(t, rec)``         the run stops early (``should_stop``); ``rec`` is the last record
 ``before_save(t)``          before every checkpoint is written (all processes)
+``on_train_end(t, error)``  :meth:`Trainer.run` ends, however: finished, stopped (``error``
+                            None) or failed (``error``: the exception, e.g. a divergence,
+                            raised on after every callback had this hook; a callback's own
+                            failure here is then a warning, never in its place)
 ==========================  ==============================================================
 
 A callback's part of a training checkpoint is :meth:`Callback.state` /
@@ -52,6 +56,9 @@ class Callback:
         pass
 
     def before_save(self, trainer) -> None:
+        pass
+
+    def on_train_end(self, trainer, error: BaseException | None) -> None:
         pass
 
     def state(self) -> dict:

@@ -3,7 +3,8 @@
 drawn with Pillow (:mod:`napari_segrep.engine._charts_draw`).
 
 Redrawn at the start (after a resume: the whole run so far, from the checkpoint's history and
-quality records), at every epoch end and when the run stops; each written atomically, by
+quality records), at every epoch end, when the run stops and when it fails (a divergence: the
+loss up to its last step); each written atomically, by
 process 0 only.  Non-finite values are left out of the lines.
 """
 
@@ -34,6 +35,10 @@ class ChartsCallback(Callback):
         if "epoch_end" not in record:  # an epoch end's charts are already drawn
             self.draw(trainer)
 
+    def on_train_end(self, trainer, error: BaseException | None) -> None:
+        if error is not None:  # a failed run (a divergence): its loss up to the last step
+            self.draw(trainer)
+
     def draw(self, trainer) -> None:
         """Both charts from the trainer's history and quality records (process 0 only)."""
         if not trainer.dist.is_main:
@@ -55,8 +60,12 @@ class ChartsCallback(Callback):
 
 
 def _describe(config) -> str:
+    from ..objectives import objective_name
+
+    objective = objective_name(config)  # a pretext task has its own (pixel) loss
+    task = f"{config.loss} loss" if objective == "contrastive" else f"{objective} objective"
     return (
-        f"{config.loss} loss, {config.optimizer}, batch {config.batch_size}, "
+        f"{task}, {config.optimizer}, batch {config.batch_size}, "
         f"crops {config.crop_size} px, {config.backbone}, seed {config.seed}"
     )
 

@@ -115,6 +115,9 @@ class TensorBoardCallback(Callback):
         self._projector(trainer)  # where the stopped run is
         self.close()
 
+    def on_train_end(self, trainer, error: BaseException | None) -> None:
+        self.close()  # a failed run's scalars up to its last step are on disk
+
     def close(self) -> None:
         """Flush and close the writer (nothing more is logged)."""
         if self.writer is not None:
