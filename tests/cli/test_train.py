@@ -24,6 +24,8 @@ from napari_segrep.engine.training import train_ssl
 from napari_segrep.io import RUN_LOCK_NAME
 
 SMALL = ["--batch-size", "8", "--crop-size", "32", "--device", "cpu", "--quiet"]
+#: What a finished run's folder holds (with TensorBoard installed, as the test extra has it).
+RUN_FOLDER = ["charts", "config.yaml", "history.csv", "last.pt", "quality.csv", "tensorboard"]
 
 
 @pytest.fixture()
@@ -280,14 +282,7 @@ def test_cli_train__torchrun_two_processes_equals_one_process_with_the_global_ba
     ]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert sorted(p.name for p in logs.iterdir()) == [
-        "charts",
-        "config.yaml",
-        "history.csv",
-        "last.pt",
-        "quality.csv",
-        "tensorboard",
-    ]
+    assert sorted(p.name for p in logs.iterdir()) == RUN_FOLDER
     ddp = pd.read_csv(logs / "history.csv")
     single = train_ssl(
         [p[0] for p in pairs],
@@ -445,14 +440,7 @@ def test_cli_train__a_failed_checkpoint_write_keeps_the_previous_one(
         "checkpoint is kept",
     )
     assert ckpt.read_bytes() == before
-    assert sorted(p.name for p in logs.iterdir()) == [
-        "charts",
-        "config.yaml",
-        "history.csv",
-        "last.pt",
-        "quality.csv",
-        "tensorboard",
-    ]
+    assert sorted(p.name for p in logs.iterdir()) == RUN_FOLDER
 
 
 def test_cli_train__resuming_a_damaged_checkpoint_names_it_in_one_line(
@@ -517,14 +505,7 @@ def test_cli_train__a_second_ctrl_c_names_the_checkpoint_that_exists(one_epoch_r
         f"--resume-checkpoint {ckpt}"
     )
     sr.load_encoder(ckpt)
-    assert sorted(p.name for p in logs.iterdir()) == [
-        "charts",
-        "config.yaml",
-        "history.csv",
-        "last.pt",
-        "quality.csv",
-        "tensorboard",
-    ]
+    assert sorted(p.name for p in logs.iterdir()) == RUN_FOLDER
 
 
 def test_cli_train__the_epoch_line_names_a_collapse():
