@@ -29,6 +29,7 @@ __all__ = [
     "file_options",
     "read_config",
     "resolved_options",
+    "with_config_file",
 ]
 
 #: Options that say how to run this command rather than what the run is: refused in a file,
@@ -193,3 +194,43 @@ def _version_of(package: str) -> str:
         return version(package)
     except PackageNotFoundError:
         return "not installed"
+
+
+def with_config_file(args: argparse.Namespace) -> argparse.Namespace:
+    """``args`` with the options of ``--config FILE`` where the command line does not give
+    them (it is parsed again, the file's values as its defaults).  ``args.from_file``: the keys
+    the file set (``train``'s: the only command that reads config files)."""
+    args.from_file = set()
+    if getattr(args, "config", None) is None:
+        return args
+    from . import get_arg_parser
+
+    argv = getattr(args, "argv", None)
+    if argv is None:
+        raise CLIError("--config needs the command line (run napari-segrep train --config FILE)")
+    parser = get_arg_parser()
+    train = _train_subparser(parser)
+    values = read_config(args.config, train)
+    train.set_defaults(**{key: value for key, value in values.items() if value is not None})
+    merged = parser.parse_args(argv)
+    merged.argv = argv
+    merged.from_file = set(values) - _given(argv)
+    return merged
+
+
+def _given(argv: list[str]) -> set[str]:
+    """The ``train`` options given on the command line ``argv`` (as argparse reads it:
+    abbreviations and ``--opt=value`` included)."""
+    from . import get_arg_parser
+
+    parser = get_arg_parser()
+    train = _train_subparser(parser)
+    for action in train._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv))) & set(file_options(train))
+
+
+def _train_subparser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The ``train`` subcommand's parser inside the whole command line's ``parser``."""
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return subparsers.choices["train"]

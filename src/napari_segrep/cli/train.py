@@ -23,12 +23,12 @@ from ._common import (
     add_pair_options,
     add_quiet_option,
     check_seed,
-    pairs_from_args,
     parse_normalize,
 )
-from ._config_file import CONFIG_NAME, config_text, file_options, read_config, resolved_options
+from ._config_file import CONFIG_NAME, config_text, resolved_options, with_config_file
 from ._layout import add_layout_options, choose_backbone
 from ._torchrun import torchrun_command
+from ._train_data import channels_of, load_pairs
 from ._train_output import quality_line, quality_summary, write_debug_views, write_history
 
 __all__ = ["add_parser", "run"]
@@ -238,7 +238,7 @@ def run(args: argparse.Namespace) -> int:
     Ctrl-C, or one before training starts), it says truthfully which checkpoint is there."""
     import os
 
-    args = _with_config_file(args)
+    args = with_config_file(args)
     try:
         return _run(args)
     except KeyboardInterrupt:
@@ -256,7 +256,7 @@ def _run(args: argparse.Namespace) -> int:
         return _relaunch_under_torchrun(args.devices)
     from ..io import check_writable_dir
 
-    images, labels, names, layouts = _load_pairs(args)
+    images, labels, names, layouts = load_pairs(args)
     layout = layouts[0]  # all pairs have objects of its dimension
     backbone = choose_backbone(args.backbone, layout)
     crop_size = args.crop_size
@@ -304,7 +304,7 @@ def _run(args: argparse.Namespace) -> int:
         args.weights,
         backbone=backbone,
         seed=args.seed,
-        in_channels=_channels(images[0], layout, args.channel_axis),
+        in_channels=channels_of(images[0], layout, args.channel_axis),
         checkpoint=args.init_checkpoint,
         resume=args.resume_checkpoint,
         announce=not args.quiet,
@@ -426,44 +426,6 @@ def _train_parser() -> argparse.ArgumentParser:
     return add_parser(parser.add_subparsers())
 
 
-def _with_config_file(args: argparse.Namespace) -> argparse.Namespace:
-    """``args`` with the options of ``--config FILE`` where the command line does not give
-    them (it is parsed again, the file's values as its defaults).  ``args.from_file``: the keys
-    the file set."""
-    args.from_file = set()
-    if getattr(args, "config", None) is None:
-        return args
-    from . import get_arg_parser
-
-    argv = getattr(args, "argv", None)
-    if argv is None:
-        raise CLIError("--config needs the command line (run napari-segrep train --config FILE)")
-    parser = get_arg_parser()
-    train = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[
-        "train"
-    ]
-    values = read_config(args.config, train)
-    train.set_defaults(**{key: value for key, value in values.items() if value is not None})
-    merged = parser.parse_args(argv)
-    merged.argv = argv
-    merged.from_file = set(values) - _given(argv)
-    return merged
-
-
-def _given(argv: list[str]) -> set[str]:
-    """The ``train`` options given on the command line ``argv`` (as argparse reads it:
-    abbreviations and ``--opt=value`` included)."""
-    from . import get_arg_parser
-
-    parser = get_arg_parser()
-    train = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[
-        "train"
-    ]
-    for action in train._actions:
-        action.default = argparse.SUPPRESS
-    return set(vars(parser.parse_args(argv))) & set(file_options(train))
-
-
 def _check_settings(args: argparse.Namespace):
     """Before any work: the seed's range, ``--normalize``'s text and each training setting's
     value as :class:`~napari_segrep.engine.train_config.TrainConfig` checks it; one line naming
@@ -548,65 +510,3 @@ def _relaunch_under_torchrun(n: int) -> int:
     cmd = torchrun_command(n)
     print("napari-segrep: starting", n, "processes:", " ".join(cmd[1:]), file=sys.stderr)
     return subprocess.call(cmd)
-
-
-def _load_pairs(args: argparse.Namespace):
-    """Read the image/label pairs, say what their axes are (``--axes``/``--spacing``, else the
-    TIFF metadata, said in one line each, else the labels' dimensions: 3D labels must say) and
-    check them as the engine's dataset would (one grid per pair, numeric images, integer
-    labels): a pair it would refuse is a :class:`CLIError` naming the files, before any work.
-    Returns ``(images, labels, names, layouts)``, a layout per pair (all 2D, or all volumes)."""
-    import os
-
-    from ..engine.dataset import check_pairs, refuse_rgb_labels
-    from ..io import read_image
-    from ._layout import pair_hint, resolve_layout
-
-    pairs = pairs_from_args(args)
-    images, labels, names, layouts, notes = [], [], [], [], []
-    for image_path, label_path in pairs:
-        image, lab = read_image(image_path), read_image(label_path)
-        name = f"{image_path.name} / {label_path.name}"
-        hint = pair_hint(image_path, label_path)
-        if args.axes is None and (hint is None or hint.axes is None):
-            try:  # a coloured rendering of labels, not a z-stack nor a time-lapse
-                refuse_rgb_labels(image, lab, channel_axis=args.channel_axis, name=name)
-            except (TypeError, ValueError) as exc:
-                raise CLIError(str(exc)) from None
-        layout = resolve_layout(
-            lab.shape,
-            axes=args.axes,
-            spacing=args.spacing,
-            labels_path=label_path,
-            hint=hint,
-            notes=notes,
-        )
-        if layout.axes == "yx" and image.ndim == lab.ndim and image.shape != lab.shape:
-            raise CLIError(
-                f"{image_path.name} is {image.shape} but its labels {label_path.name} are "
-                f"{lab.shape}: each pair must have the same (Y, X) shape"
-            )
-        images.append(image)
-        labels.append(lab)
-        names.append(name)
-        layouts.append(layout)
-    try:
-        check_pairs(images, labels, axes=layouts, channel_axis=args.channel_axis, names=names)
-    except (TypeError, ValueError) as exc:
-        raise CLIError(str(exc)) from None
-    if os.environ.get("RANK", "0") == "0":
-        for note in notes:  # what the files' metadata said
-            print(note, file=sys.stderr)
-    return images, labels, names, layouts
-
-
-def _channels(image, layout, channel_axis) -> int:
-    """The number of channels of ``image`` (a pair's, checked), whatever its layout."""
-    from .._images import as_channels_first, frame_channel_axis
-
-    if layout.has_time:
-        channel_axis = frame_channel_axis(channel_axis, layout, image.ndim)
-        image = image[0]
-    return as_channels_first(
-        image, channel_axis=channel_axis, spatial_ndim=layout.spatial_ndim
-    ).shape[0]
