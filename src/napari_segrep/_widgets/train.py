@@ -51,6 +51,7 @@ from ._common import (
 from ._jobs import CloseGuard, Job, start_job
 from ._layer_axes import AxesQuestion, LayerAxesUnknown, layer_layout
 from ._plots import LinePlot, LossCurve
+from ._train_config_file import config_text, config_updates
 from ._weights import WeightsDownloadButton, imagenet_present
 from .embed import CROP_SIZE, volume_backbones
 
@@ -393,7 +394,7 @@ class TrainSegRepWidget(Container):
         settings = self.config()  # the run folder's config.yaml, its epochs resolved
 
         def run_config(config) -> str:
-            return self._config_text({**settings, "epochs": config.epochs})
+            return config_text({**settings, "epochs": config.epochs})
 
         def call(progress, should_stop):
             _session.load_engine()  # after the warm-up, or without freezing napari
@@ -541,7 +542,7 @@ class TrainSegRepWidget(Container):
         )
         if path is None:
             return None
-        text = self._config_text(self.config())
+        text = config_text(self.config())
         try:
             atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
         except OSError as exc:
@@ -549,18 +550,6 @@ class TrainSegRepWidget(Container):
             return None
         show_info(f"Training config saved to {path}")
         return path
-
-    @staticmethod
-    def _config_text(config: dict) -> str:
-        """A config file's text (Save config..., and the run folder's ``config.yaml``)."""
-        import yaml
-
-        return (
-            "# Train SegRep settings: Load config... reads them back; "
-            "napari-segrep train --config THIS_FILE runs them\n# (add data: FOLDER, or "
-            "images: GLOB and labels: GLOB, when no folder is set)\n"
-            + yaml.safe_dump(config, sort_keys=False)
-        )
 
     def load_config(self, path=None) -> bool:
         """Set the fields from a YAML config (``path``; None: asked in a dialog): one
@@ -597,47 +586,13 @@ class TrainSegRepWidget(Container):
     def _config_updates(self, path: Path, values: dict) -> list:
         """``[(widget, value)]`` for ``values`` (a config's), each checked; a ``ValueError``
         naming the file and the key otherwise."""
-        fields, updates = self._config_fields(), []
-        for key, value in values.items():
-            if key == "backbone" and value is not None:
-                fields[key] = self.volume_model_input
-                if value not in self.volume_model_input.choices:
-                    continue  # a 2D backbone: this widget trains resnet18 on 2D objects
-            if key == "data" and value is not None:
-                fields[key] = self.folder_input
-            widget = fields.get(key)
-            if widget is None:
-                continue
-            if key.startswith("no_") or key == "rotations":
-                if not isinstance(value, bool):
-                    raise ValueError(f"{path}: {key}: {value!r} is not true or false")
-                value = (not value) if key.startswith("no_") else value
-            elif key in ("epochs", "lr") and value is None:
-                value = 0
-            elif key in ("objective", "loss", "optimizer", "device"):
-                allowed = list(widget.choices)
-                if value not in allowed:
-                    raise ValueError(f"{path}: {key}: {value!r} is not one of {allowed}")
-            elif key in ("epochs", "batch_size", "crop_size"):
-                if isinstance(value, bool) or not isinstance(value, int):
-                    raise ValueError(f"{path}: {key}: {value!r} is not an integer")
-                if not widget.min <= value <= widget.max:
-                    raise ValueError(
-                        f"{path}: {key}: {value} is outside {widget.min}..{widget.max}"
-                    )
-            elif key == "lr":
-                try:
-                    value = float(value)
-                except (TypeError, ValueError):
-                    raise ValueError(f"{path}: lr: {value!r} is not a number") from None
-                if not value > 0:
-                    raise ValueError(f"{path}: lr: lr must be > 0, got {value}")
-            elif value is None:
-                continue
-            elif not isinstance(value, str):
-                raise ValueError(f"{path}: {key}: {value!r} is not text")
-            updates.append((widget, value))
-        return updates
+        fields = self._config_fields()
+        # a 2D backbone has no field: this widget trains resnet18 on 2D objects
+        if values.get("backbone") in self.volume_model_input.choices:
+            fields["backbone"] = self.volume_model_input
+        if values.get("data") is not None:
+            fields["data"] = self.folder_input
+        return config_updates(path, values, fields)
 
     def toggle_pause(self) -> None:
         """Pause between two steps, or resume."""
