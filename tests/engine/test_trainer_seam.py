@@ -177,7 +177,8 @@ def test_make_objective__every_loss_trains_the_contrastive_objective():
         objective = make_objective(TrainConfig(loss=loss, projection_dim=8))
         assert isinstance(objective, ContrastiveObjective)
     assert OBJECTIVES["contrastive"] is ContrastiveObjective
-    assert sorted(OBJECTIVES) == ["contrastive", "crappify", "masking"]  # BiaPy's two pretext tasks
+    # BiaPy's two pretext tasks, and refining from annotations
+    assert sorted(OBJECTIVES) == ["contrastive", "crappify", "masking", "supervised"]
 
 
 def test_train_ssl__a_stop_writes_the_checkpoint_through_its_callback(dataset, tmp_path):

@@ -35,7 +35,7 @@ from magicgui.widgets import (
 from napari.utils.notifications import show_error, show_info
 
 from .._images import Layout
-from ..engine.train_config import ROTATIONS_HELP, choices, default, help_text
+from ..engine.train_config import ROTATIONS_HELP, SUPERVISED, choices, default, help_text
 from . import _session
 from ._common import (
     WarmRelay,
@@ -114,7 +114,11 @@ class TrainSegRepWidget(Container):
             "weights inflated to 3D); resnet18_planes, the 2D network on the object's three "
             "orthogonal middle planes (faster on a CPU)",
         )
+        # refining from annotations is Classify segments' (it has them), not this widget's
         self.objective_input = _choice("objective", label="objective")
+        self.objective_input.choices = [
+            c for c in choices("objective") if c != SUPERVISED
+        ]
         self.loss_input = _choice("loss", label="loss")
         self.objective_input.changed.connect(self._objective_changed)
         self.optimizer_input = _choice("optimizer", label="optimiser")

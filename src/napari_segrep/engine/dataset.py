@@ -234,8 +234,13 @@ class SegmentDataset(Dataset):
     (C, S, S, S) and (1, S, S, S) for volumes.  With ``views=1``: ``(view, mask, key)``, the
     view being the two-view item's ``view_a`` and ``key`` an int64 scalar seeded by ``(seed,
     epoch, index)`` as the views are: the seed of what the objective draws for this item
-    (hidden patches, noise), so that is reproducible and resumable too.
+    (hidden patches, noise), so that is reproducible and resumable too.  After
+    :meth:`annotate`, two-view items also carry ``(target, index)``: the segment's class
+    (int64, ``-1`` when not annotated) and its dataset index (the supervised objective's).
     """
+
+    #: Each sample's annotated class (``-1``: none), or None (:meth:`annotate`).
+    targets: np.ndarray | None = None
 
     def __init__(
         self,
@@ -327,6 +332,17 @@ class SegmentDataset(Dataset):
         u, k = self._index[i]
         return u, int(self._tables[u].ids[k])
 
+    def annotate(self, classes: dict) -> int:
+        """Set :attr:`targets` from ``{(image, label): class index}`` (``image`` as
+        :meth:`segment` counts them); returns how many samples are annotated.  Annotations of
+        segments the dataset does not have (skipped as too small, or absent) are ignored: the
+        caller compares the count."""
+        targets = np.full(len(self), -1, np.int64)
+        for i in range(len(self)):
+            targets[i] = classes.get(self.segment(i), -1)
+        self.targets = targets
+        return int((targets >= 0).sum())
+
     def set_epoch(self, epoch: int) -> None:
         """Views depend on the epoch (like ``DistributedSampler.set_epoch``)."""
         self.epoch = int(epoch)
@@ -390,6 +406,9 @@ class SegmentDataset(Dataset):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self._sample_seed(i))
             a, ma, b, mb = augment(image, mask)
+        if self.targets is not None:
+            target = torch.tensor(int(self.targets[i]), dtype=torch.int64)
+            return a, ma[None], b, mb[None], target, torch.tensor(i, dtype=torch.int64)
         return a, ma[None], b, mb[None]
 
     def _sample_seed(self, i: int, *stream: int) -> int:

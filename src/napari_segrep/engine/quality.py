@@ -288,6 +288,7 @@ class QualityMonitor:
         self.batch_size = max(1, int(batch_size))
         self._dataset = copy.copy(dataset)
         self._dataset.views = 2  # view agreement compares two views, whatever training draws
+        self._dataset.targets = None  # and the views alone, annotated or not
         self._dataset.set_epoch(MONITOR_EPOCH)
         self._cache: list[tuple[Tensor, ...]] | None = None
 

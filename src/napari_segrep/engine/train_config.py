@@ -7,6 +7,7 @@ from dataclasses import MISSING, Field, asdict, dataclass, field, fields
 
 __all__ = [
     "DEFAULT_EPOCHS",
+    "SUPERVISED",
     "ROTATIONS_HELP",
     "TrainConfig",
     "choices",
@@ -18,6 +19,8 @@ __all__ = [
 
 #: Epochs of a run when ``epochs`` is None and the segments are many (see ``min_steps``).
 DEFAULT_EPOCHS = 10
+#: The objective that refines an encoder from annotations (``classes`` set).
+SUPERVISED = "supervised"
 #: The default ``min_steps``.
 _MIN_STEPS = 160
 
@@ -27,6 +30,7 @@ _RESUME_KEYS = (
     "batch_size",
     "crop_size",
     "objective",
+    "classes",
     "loss",
     "optimizer",
     "projection_dim",
@@ -92,9 +96,14 @@ class TrainConfig:
         "contrastive",
         "what training optimises: contrastive (two views of a segment pulled together by "
         "--loss), masking (reconstruct hidden patches inside the segment) or crappify "
-        "(restore a degraded segment)",
-        choices=("contrastive", "masking", "crappify"),
+        "(restore a degraded segment) or supervised (refine from annotations: "
+        "--annotations)",
+        choices=("contrastive", "masking", "crappify", SUPERVISED),
     )
+    #: The annotated classes, in the order of the supervised objective's targets (its
+    #: classifier has one output per class); None for the self-supervised objectives.  Set from
+    #: the annotations (``refine_encoder``, ``train --annotations``).
+    classes: tuple | None = _setting(None, "the annotated classes (set from the annotations)")
     loss: str = _setting(
         "ntxent",
         "self-supervised loss between the two views",
@@ -218,10 +227,19 @@ class TrainConfig:
                     f"{name}={getattr(self, name)!r}: choose "
                     + " or ".join(repr(c) for c in allowed)
                 )
+        if self.classes is not None:
+            if isinstance(self.classes, str) or not all(isinstance(c, str) for c in self.classes):
+                raise ValueError(f"classes must be a sequence of class names, got {self.classes!r}")
+            self.classes = tuple(self.classes)
+            if self.objective != SUPERVISED:
+                raise ValueError(
+                    f"classes are the supervised objective's; objective={self.objective!r} "
+                    "learns without annotations: leave classes out"
+                )
         if self.objective != "contrastive" and self.loss != default("loss"):
             raise ValueError(
                 f"loss={self.loss!r} is the contrastive objective's two-view loss; "
-                f"objective={self.objective!r} has its own pixel loss: leave loss out"
+                f"objective={self.objective!r} has its own loss: leave loss out"
             )
         if not self.head_lr_scale > 0:
             raise ValueError(f"head_lr_scale must be > 0, got {self.head_lr_scale!r}")
@@ -278,7 +296,7 @@ class TrainConfig:
         out = []
         for key in _RESUME_KEYS:
             theirs, ours = saved.get(key), getattr(self, key)
-            if key in ("axes", "spacing"):  # lists in the checkpoint
+            if key in ("axes", "spacing", "classes"):  # lists in the checkpoint
                 theirs = _frozen(theirs)
             if key == "objective" and theirs is None:  # written before objectives were chosen
                 theirs = default("objective")
@@ -292,6 +310,7 @@ class TrainConfig:
             list(self.normalize) if isinstance(self.normalize, tuple) else self.normalize
         )
         out["axes"], out["spacing"] = _listed(self.axes), _listed(self.spacing)
+        out["classes"] = None if self.classes is None else [str(c) for c in self.classes]
         return out
 
 

@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
@@ -117,6 +118,14 @@ class Trainer:
             self.device = resolve_device(device)
         encoder = self._starting_encoder(encoder)
         self.objective = objective or make_objective(config, distributed=self.dist.enabled)
+        if self.objective.needs_targets and getattr(dataset, "targets", None) is None:
+            raise ValueError(
+                f"the {self.objective.name!r} objective trains on annotated segments: build the "
+                "dataset with SegmentDataset(..., targets=...)"
+            )
+        self.train_indices = np.asarray(
+            self.objective.training_indices(dataset, self.split.train), np.int64
+        )
         if getattr(dataset, "views", 2) != self.objective.views:
             raise ValueError(
                 f"the {self.objective.name!r} objective trains on {self.objective.views} view(s) "

@@ -77,6 +77,7 @@ def train_ssl(
     on_step: Callable[[dict], object] | None = None,
     should_stop: Callable[[], bool] | None = None,
     on_quality: Callable[[dict], object] | None = None,
+    annotations: dict | None = None,
     **options,
 ) -> TrainResult:
     """Self-supervised fine-tuning of a :class:`SegmentEncoder` on the user's own segments.
@@ -171,6 +172,11 @@ def train_ssl(
         (True when the effective rank fell below 30% of its start; a
         ``RepresentationCollapseWarning`` is issued the first time, saying what to try).
         See :mod:`napari_segrep.engine.quality`.
+    annotations : dict, optional
+        With ``objective="supervised"`` (and ``classes``): ``{(image, label): class index}``,
+        ``image`` counted as :meth:`SegmentDataset.segment` counts them (a time-lapse's frames
+        one by one); :func:`~napari_segrep.engine.refine.refine_encoder` builds it from the
+        user's table.
     **options
         Further :class:`TrainConfig` fields: ``grad_accumulate``, ``num_workers``,
         ``weight_decay``, ``warmup_fraction``, ``loss_kwargs``, ``min_size``, ``normalize``,
@@ -265,6 +271,13 @@ def train_ssl(
             "were skipped",
             stacklevel=2,
         )
+    if objective.needs_targets:
+        _annotate(dataset, annotations or {}, classes=config.classes)
+    elif annotations:
+        raise ValueError(
+            f"annotations train the supervised objective, not {config.objective!r}: "
+            "use refine_encoder(...)"
+        )
     if len(dataset) < 2:
         raise ValueError(
             f"found {len(dataset)} segment(s) of at least {config.min_size} pixels: training "
@@ -301,6 +314,27 @@ def train_ssl(
         head=trainer.model.head,
         quality=[dict(r) for r in trainer.quality],
     )
+
+
+def _annotate(dataset: SegmentDataset, annotations: dict, *, classes) -> None:
+    """Give ``dataset`` its targets; a ``ValueError`` naming what is missing when an annotated
+    segment is not among its samples (absent, or smaller than ``min_size``) or a class has
+    no annotated segment left."""
+    found = dataset.annotate(annotations)
+    if found < len(annotations):
+        have = {dataset.segment(i) for i in range(len(dataset))}
+        lost = sorted(k for k in annotations if k not in have)
+        shown = ", ".join(f"image {u} label {lab}" for u, lab in lost[:5])
+        more = f" and {len(lost) - 5} more" if len(lost) > 5 else ""
+        raise ValueError(
+            f"{len(lost)} annotated segment(s) are not among the training segments ({shown}"
+            f"{more}): they are absent from the labels or smaller than min_size; remove their "
+            "annotations or lower min_size"
+        )
+    counts = np.bincount(dataset.targets[dataset.targets >= 0], minlength=len(classes))
+    empty = [c for c, n in zip(classes, counts, strict=True) if n == 0]
+    if empty:
+        raise ValueError(f"no annotated segment of class(es) {', '.join(map(repr, empty))}")
 
 
 def default_backbone(layout) -> str:

@@ -7,9 +7,12 @@
   (``"crappify"``, :mod:`.crappify`): BiaPy's pretext tasks, one view of each segment, hidden
   patches or a degradation restored by a light decoder from the encoder's masked feature map
   (:mod:`._pretext`).
+- :class:`SupervisedObjective` (``"supervised"``, :mod:`.supervised`): refines the encoder from
+  the user's annotations (SupCon on all segments, weighted cross-entropy on the annotated ones);
+  ``TrainConfig.classes`` names the classes (:func:`~napari_segrep.engine.refine.refine_encoder`).
 
 The interface is :class:`~napari_segrep.engine.objectives.base.Objective`; chosen by
-``TrainConfig.objective``.  A new objective (a supervised one) is a new file here, added to
+``TrainConfig.objective``.  A new objective is a new file here, added to
 :data:`OBJECTIVES`.
 """
 
@@ -19,6 +22,7 @@ from .base import Objective, StepLoss
 from .contrastive import ContrastiveObjective
 from .crappify import CrappifyObjective
 from .masking import MaskingObjective
+from .supervised import SupervisedObjective
 
 __all__ = [
     "OBJECTIVES",
@@ -27,6 +31,7 @@ __all__ = [
     "MaskingObjective",
     "Objective",
     "StepLoss",
+    "SupervisedObjective",
     "make_objective",
     "objective_class",
 ]
@@ -36,6 +41,7 @@ OBJECTIVES: dict[str, type[Objective]] = {
     ContrastiveObjective.name: ContrastiveObjective,
     MaskingObjective.name: MaskingObjective,
     CrappifyObjective.name: CrappifyObjective,
+    SupervisedObjective.name: SupervisedObjective,
 }
 
 

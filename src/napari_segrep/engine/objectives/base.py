@@ -12,7 +12,7 @@ head sits on the encoder or what the loss is.  An :class:`Objective` says those 
 - **the loss and its state**: :meth:`Objective.state` / :meth:`Objective.load_state` are the
   objective's part of a training checkpoint (plain tensors: checkpoints load without pickles).
 
-A new objective (a supervised one) is a new file in this folder,
+A new objective is a new file in this folder,
 registered in :data:`napari_segrep.engine.objectives.OBJECTIVES`.
 """
 
@@ -64,10 +64,21 @@ class Objective:
     #: mask_b)``; 1, ``(view, mask, key)`` (``key`` seeds what the objective draws per item).
     views: int = 2
 
+    #: The dataset items carry ``(target, index)`` after the views
+    #: (``SegmentDataset(targets=...)``): the annotated class of the segment (``-1``: none)
+    #: and its dataset index.
+    needs_targets: bool = False
+
     @classmethod
     def check_config(cls, config) -> None:
         """A ``ValueError`` (one line, with the fix) when ``config`` cannot train this
         objective; checked by ``train_ssl`` before any data is read."""
+
+    def training_indices(self, dataset, train):
+        """The dataset indices one epoch draws from (in any order; the loop shuffles them):
+        ``train`` (the segments not held back for monitoring), which an objective may repeat
+        some of (the supervised one: its annotated segments)."""
+        return train
 
     def build_model(self, encoder: nn.Module) -> nn.Module:
         """The module trained and wrapped by DistributedDataParallel: it has ``.encoder`` (the

@@ -1,0 +1,335 @@
+"""refine_encoder(): teach the encoder the classes a user annotated, never worse silently.
+
+The annotations are split (per class, seeded) into the segments the refinement learns from and
+a third held out; the encoder is refined with the supervised objective
+(:mod:`napari_segrep.engine.objectives.supervised`: SupCon on every segment, weighted
+cross-entropy on the annotated ones) in the same training loop as ``train_ssl`` (checkpoints,
+run folder, resume, progress, stop); then a classifier trained on the learning annotations'
+embeddings is scored on the held-out ones, with the starting encoder and with the refined one.
+The refined encoder is kept only when it classifies the held-out annotations at least as well
+(or when the caller insists, ``keep_if_worse=True``).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .encoder import SegmentEncoder
+from .train_config import SUPERVISED, default
+from .training import TrainResult, train_ssl
+
+__all__ = ["HELD_OUT_FRACTION", "MIN_PER_CLASS", "RefineResult", "refine_encoder"]
+
+#: The share of each class's annotations held out to compare the encoders.
+HELD_OUT_FRACTION = 1 / 3
+#: Annotations a class needs: 2 to learn from (a classifier needs 2 per class) and 1 held out.
+MIN_PER_CLASS = 3
+#: Optimiser steps of a refinement with ``epochs="auto"``: about 1 minute for ~500 segments on
+#: a 2-core CPU (resnet18, crop 64, batch 64); ``benchmarks/classify_clicks.py``.
+AUTO_STEPS = 40
+
+
+@dataclass
+class RefineResult(TrainResult):
+    """What :func:`refine_encoder` returns: :class:`TrainResult`'s fields (``encoder`` is the
+    encoder to use from now on: the refined one, or the starting one when refining did not
+    help) and the comparison.
+
+    Attributes
+    ----------
+    refined_encoder : SegmentEncoder or None
+        The refined encoder, kept or not (None when the run was stopped before it ended).
+    accepted : bool
+        ``encoder`` is the refined one.
+    accuracy_before, accuracy_after : float or None
+        The held-out annotations' accuracy, a logistic classifier trained on the other
+        annotations' embeddings by the starting / refined encoder (None when stopped).
+    n_learned, n_held_out : int
+        Annotations the refinement learned from / held out to compare.
+    classes : tuple of str
+    message : str
+        One line for the user: what happened and what was kept.
+    """
+
+    refined_encoder: SegmentEncoder | None = None
+    accepted: bool = False
+    accuracy_before: float | None = None
+    accuracy_after: float | None = None
+    n_learned: int = 0
+    n_held_out: int = 0
+    classes: tuple = ()
+    message: str = ""
+
+
+def refine_encoder(
+    images: np.ndarray | Sequence[np.ndarray],
+    labels: np.ndarray | Sequence[np.ndarray],
+    annotations,
+    *,
+    encoder: SegmentEncoder | None = None,
+    axes=None,
+    spacing: Sequence[float] | None = None,
+    epochs: int | str | None = "auto",
+    crop_size: int | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    progress: Callable[[int, int], object] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    keep_if_worse: bool = False,
+    **options,
+) -> RefineResult:
+    """Refine an encoder from annotated segments (a few clicks per class), and keep it only
+    where it helps.
+
+    Parameters
+    ----------
+    images, labels : ndarray or sequences of ndarrays
+        As for :func:`~napari_segrep.engine.training.train_ssl` (every segment is trained on:
+        the unannotated ones through the self-supervised term).
+    annotations : mapping or DataFrame
+        ``{label: class}`` for one image, or a DataFrame with ``label`` and ``class`` (plus
+        ``image``, the position in ``images``, when there are several, and ``frame`` for
+        time-lapses), as :func:`~napari_segrep.train_classifier` takes them.  At least 2
+        classes and :data:`MIN_PER_CLASS` (3) segments of each.
+    encoder : SegmentEncoder, optional
+        The starting point (not modified): the encoder the user's table was embedded with.
+        Default: ``embed_segments``' (an untrained resnet18 of seed 0 for 2D images).
+    epochs : int or "auto"
+        ``"auto"``: :data:`AUTO_STEPS` optimiser steps (at least 1 epoch).
+    progress : callable(done, total), optional
+        Called after every optimiser step.
+    should_stop : callable() -> bool, optional
+        Polled every step: stopping keeps the starting encoder (``stopped=True``).
+    checkpoint_dir : path, optional
+        The run folder (``last.pt``, ``config.yaml`` via ``run_config``, charts...).
+    keep_if_worse : bool
+        Use the refined encoder even when it classifies the held-out annotations worse.
+    **options
+        Further ``train_ssl`` arguments (``batch_size``, ``lr``, ``resume``, ``run_config``,
+        ``charts``, ``tensorboard``, ``on_step``, ``min_size``, ``normalize``...).
+
+    Returns
+    -------
+    RefineResult
+
+    Raises
+    ------
+    ValueError
+        Before any training: annotations naming segments that are not in the labels, one
+        class, a class with fewer than 3 annotations, a segment with two classes.
+    """
+    from .dataset import pair_layouts, pair_lists
+    from .pipeline import default_crop_size
+
+    images, labels = pair_lists(images, labels)
+    layouts = pair_layouts(labels, axes=axes, spacing=spacing)
+    keys, names = _annotated_segments(labels, layouts, annotations)
+    classes = tuple(sorted(set(names)))
+    if len(classes) < 2:
+        only = f" (only {classes[0]!r})" if classes else ""
+        raise ValueError(f"annotations need at least 2 classes{only}: annotate another class")
+    target = np.searchsorted(classes, names)
+    counts = np.bincount(target, minlength=len(classes))
+    few = [f"{c!r} ({n})" for c, n in zip(classes, counts, strict=True) if n < MIN_PER_CLASS]
+    if few:
+        raise ValueError(
+            f"refining needs at least {MIN_PER_CLASS} annotated segments of every class (2 to "
+            f"learn from, 1 held out to check the refined encoder is better); {', '.join(few)} "
+            "have fewer: annotate more"
+        )
+    held = _held_out(target, seed)
+    if crop_size is None:
+        crop_size = default_crop_size(layouts[0])
+    if encoder is None:
+        encoder = _starting_encoder(images[0], layouts[0], options.get("channel_axis"), device)
+    start = copy.deepcopy(encoder).eval()
+    embed_kw = {
+        "crop_size": crop_size,
+        "device": device,
+        "normalize": options.get("normalize", "image"),
+        "channel_axis": options.get("channel_axis"),
+    }
+    before = _held_out_accuracy(start, images, labels, layouts, keys, target, held, **embed_kw)
+
+    units = _unit_offsets(labels, layouts)
+    learn = {
+        (units[i] + f, lab): int(t)
+        for (i, f, lab), t, h in zip(keys, target, held, strict=True)
+        if not h
+    }
+    on_step = options.pop("on_step", None)
+
+    def step(record: dict) -> None:
+        if on_step is not None:
+            on_step(record)
+        if progress is not None:
+            progress(int(record["step"]), int(record["total_steps"]))
+
+    options.setdefault("monitor_hold_out", False)  # annotated segments are never held back
+    if epochs == "auto":
+        epochs = _auto_epochs(labels, options.get("batch_size", default("batch_size")))
+    run = train_ssl(
+        images,
+        labels,
+        encoder=start,
+        axes=layouts,
+        epochs=epochs,
+        crop_size=crop_size,
+        seed=seed,
+        device=device,
+        checkpoint_dir=checkpoint_dir,
+        on_step=step,
+        should_stop=should_stop,
+        objective=SUPERVISED,
+        classes=classes,
+        annotations=learn,
+        **options,
+    )
+    fields = {
+        "history": run.history,
+        "checkpoint_path": run.checkpoint_path,
+        "stopped": run.stopped,
+        "head": run.head,
+        "quality": run.quality,
+        "classes": classes,
+        "n_learned": int((~held).sum()),
+        "n_held_out": int(held.sum()),
+        "accuracy_before": before,
+    }
+    if run.stopped:
+        return RefineResult(
+            encoder=start,
+            **fields,
+            message="refining was stopped: the encoder is unchanged",
+        )
+    refined = run.encoder.eval()
+    after = _held_out_accuracy(refined, images, labels, layouts, keys, target, held, **embed_kw)
+    accepted = after >= before or keep_if_worse
+    n = int(held.sum())
+    figures = f"{before:.3f} -> {after:.3f} on {n} held-out annotations"
+    if after >= before:
+        message = f"refined: accuracy {figures}"
+    elif keep_if_worse:
+        message = f"refined, and kept as asked although worse: accuracy {figures}"
+    else:
+        message = f"refining did not help (accuracy {figures}): kept the old encoder"
+    return RefineResult(
+        encoder=refined if accepted else start,
+        refined_encoder=refined,
+        accepted=accepted,
+        accuracy_after=after,
+        message=message,
+        **fields,
+    )
+
+
+def _annotated_segments(labels, layouts, annotations) -> tuple[list, list[str]]:
+    """``[(pair, frame, label)]`` of the annotated segments (frame 0 outside time-lapses) and
+    their class names, checked against the label images (the classifier's rules and messages:
+    :func:`~napari_segrep.analysis._annotations.annotated_rows`)."""
+    import pandas as pd
+
+    from ..analysis._annotations import annotated_rows
+
+    parts = []
+    for i, (lab, layout) in enumerate(zip(labels, layouts, strict=True)):
+        lab = np.asarray(lab)
+        if layout.has_time:
+            for f in range(lab.shape[0]):
+                ids = np.unique(lab[f])
+                ids = ids[ids > 0]
+                parts.append(pd.DataFrame({"image": i, "frame": f, "label": ids}))
+        else:
+            ids = np.unique(lab)
+            ids = ids[ids > 0]
+            parts.append(pd.DataFrame({"image": i, "frame": 0, "label": ids}))
+    table = pd.concat(parts, ignore_index=True)
+    if not any(lay.has_time for lay in layouts):
+        table = table.drop(columns="frame")
+    if len(labels) == 1:
+        table = table.drop(columns="image")
+    rows, names = annotated_rows(table, annotations)
+    keys = [
+        (
+            int(table["image"].iat[r]) if "image" in table else 0,
+            int(table["frame"].iat[r]) if "frame" in table else 0,
+            int(table["label"].iat[r]),
+        )
+        for r in rows
+    ]
+    return keys, [str(n) for n in names]
+
+
+def _held_out(target: np.ndarray, seed: int) -> np.ndarray:
+    """A seeded third of every class's annotations (at least 1, at most all but 2)."""
+    rng = np.random.default_rng([seed, 25])
+    held = np.zeros(len(target), bool)
+    for c in np.unique(target):
+        members = rng.permutation(np.flatnonzero(target == c))
+        k = min(len(members) - 2, max(1, round(len(members) * HELD_OUT_FRACTION)))
+        held[members[:k]] = True
+    return held
+
+
+def _unit_offsets(labels, layouts) -> list[int]:
+    """The dataset's image index of each pair's first image (a time-lapse's frames count one
+    by one, as :meth:`SegmentDataset.segment` counts them)."""
+    out, at = [], 0
+    for lab, layout in zip(labels, layouts, strict=True):
+        out.append(at)
+        at += int(np.shape(lab)[0]) if layout.has_time else 1
+    return out
+
+
+def _auto_epochs(labels, batch_size: int) -> int:
+    """Epochs of about :data:`AUTO_STEPS` optimiser steps (at least 1), from the number of
+    segments an epoch draws (the annotated ones repeated, as the objective draws them)."""
+    from .objectives.supervised import ANNOTATED_SHARE
+
+    n = sum(len(np.unique(np.asarray(lab))) - 1 for lab in labels)  # an estimate: no min_size
+    per_epoch = n / (1 - ANNOTATED_SHARE)
+    steps = max(1.0, per_epoch // batch_size)
+    return max(1, round(AUTO_STEPS / steps))
+
+
+def _starting_encoder(image, layout, channel_axis, device) -> SegmentEncoder:
+    """``embed_segments``' default encoder for ``image`` (what a table embedded without an
+    encoder was embedded with)."""
+    from .._images import as_channels_first, frame_channel_axis
+    from .embed import default_encoder
+
+    image = np.asarray(image)
+    axis = frame_channel_axis(channel_axis, layout, image.ndim)
+    frame = image[0] if layout.has_time else image
+    channels = as_channels_first(frame, channel_axis=axis, spatial_ndim=layout.spatial_ndim)
+    return default_encoder(layout, channels.shape[0], device)
+
+
+def _held_out_accuracy(encoder, images, labels, layouts, keys, target, held, **embed_kw):
+    """A logistic classifier on the learning annotations' embeddings (by ``encoder``), scored
+    on the held-out ones."""
+    import pandas as pd
+
+    from ..analysis.classify import train_classifier
+    from .embed import embed_segments
+
+    tables = []
+    for i, (image, lab, layout) in enumerate(zip(images, labels, layouts, strict=True)):
+        wanted = sorted({label for (p, _f, label) in keys if p == i})
+        if wanted:
+            table = embed_segments(image, lab, encoder, axes=layout, only=wanted, **embed_kw)
+            tables.append(table.assign(image=i, frame=table["frame"] if "frame" in table else 0))
+    table = pd.concat(tables, ignore_index=True)
+    rows = pd.MultiIndex.from_frame(table[["image", "frame", "label"]].astype(np.int64))
+    at = rows.get_indexer(pd.MultiIndex.from_tuples(keys))
+    classes = np.asarray([str(t) for t in target], dtype=object)
+    learn = table.iloc[at[~held]][["image", "frame", "label"]].assign(**{"class": classes[~held]})
+    model = train_classifier(table, learn, seed=0)
+    predicted = model.predict(table.iloc[at[held]])["class"].to_numpy()
+    return float(np.mean(predicted.astype(str) == classes[held]))
