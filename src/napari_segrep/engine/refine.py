@@ -210,15 +210,7 @@ def refine_encoder(
         )
     refined = run.encoder.eval()
     after = _held_out_accuracy(refined, images, labels, layouts, keys, target, held, **embed_kw)
-    accepted = after >= before or keep_if_worse
-    n = int(held.sum())
-    figures = f"{before:.3f} -> {after:.3f} on {n} held-out annotations"
-    if after >= before:
-        message = f"refined: accuracy {figures}"
-    elif keep_if_worse:
-        message = f"refined, and kept as asked although worse: accuracy {figures}"
-    else:
-        message = f"refining did not help (accuracy {figures}): kept the old encoder"
+    accepted, message = decide(before, after, int(held.sum()), keep_if_worse=keep_if_worse)
     return RefineResult(
         encoder=refined if accepted else start,
         refined_encoder=refined,
@@ -227,6 +219,19 @@ def refine_encoder(
         message=message,
         **fields,
     )
+
+
+def decide(
+    before: float, after: float, n_held_out: int, *, keep_if_worse: bool = False
+) -> tuple[bool, str]:
+    """Whether the refined encoder is kept (it classifies the ``n_held_out`` held-out
+    annotations at least as well, or the user insists), and the line that says so."""
+    figures = f"accuracy on {n_held_out} held-out annotations {before:.3f} -> {after:.3f}"
+    if after >= before:
+        return True, f"refined: {figures}"
+    if keep_if_worse:
+        return True, f"refined, and kept as asked although worse: {figures}"
+    return False, f"refining did not help ({figures}): kept the old encoder"
 
 
 def _annotated_segments(labels, layouts, annotations) -> tuple[list, list[str]]:
