@@ -215,6 +215,17 @@ DEFECTS = {
         lambda c: (c[0], {**c[1], "payload": np.zeros(3)}),
         "unexpected array(s) payload",
     ),
+    "features auto recorded (not the features chosen)": (
+        "logistic",
+        _set("info.features", "auto"),
+        "info.features 'auto' is not one of",
+    ),
+    "features_cv of text": ("knn", _set("info.features_cv", {"embedding": "1"}), "features_cv"),
+    "measurements alone reading embeddings": (
+        "logistic",
+        _set("info.features", "measurements"),
+        'but info.features is "measurements"',
+    ),
     "log of an embedding column": (
         "logistic",
         _set("log_columns", ["emb_0"]),

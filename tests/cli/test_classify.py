@@ -192,6 +192,32 @@ def test_cli_classify__features_embedding_and_geometry(cells, tmp_path, capsys):
     assert len(pd.read_csv(out)) == len(df)
 
 
+def test_cli_classify__features_measurements_and_auto(cells, tmp_path, capsys):
+    from napari_segrep.analysis.measure import add_measurements
+
+    tmp, table, df, truth = cells
+    _, ann = _annotate(df, truth)
+    ann.to_csv(tmp_path / "ann.csv", index=False)
+    image, labels, _ = make_cells((256, 256), 60, seed=0)
+    add_measurements(df, image, labels).to_csv(tmp_path / "m.csv", index=False)
+    train = ["--annotations", tmp_path / "ann.csv", "--features"]
+    assert _run("classify", table, *train, "measurements", "-o", tmp_path / "p.csv") == 2
+    assert "needs measurement columns" in _one_error_line(capsys)  # not measured
+    for features in ("measurements", "auto"):
+        out, model = tmp_path / f"{features}.csv", tmp_path / f"{features}.segclf"
+        argv = ["classify", tmp_path / "m.csv", *train, features, "-o", out]
+        assert _run(*argv, "--save-model", model) == 0
+        side = json.loads(sidecar_path(out).read_text())["classifier"]
+        assert side["features"] == load_classifier(model).info["features"] != "auto"
+        assert (side["features_cv"] is None) == (features != "auto")
+        err = capsys.readouterr().err
+        assert ("features auto chose " + side["features"] in err) == (features == "auto")
+        again = tmp_path / f"{features}-again.csv"
+        assert _run("classify", tmp_path / "m.csv", "--model", model, "-o", again) == 0
+        pd.testing.assert_frame_equal(pd.read_csv(again), pd.read_csv(out))
+        assert (pd.read_csv(out)["class"].to_numpy() == truth).mean() > 0.8
+
+
 def test_cli_classify__table_with_class_annotation_is_its_own_annotations(cells, tmp_path):
     _, _, df, truth = cells
     picked, _ = _annotate(df, truth)
@@ -592,6 +618,7 @@ def test_cli_classify__ten_thousand_classes_are_refused_before_any_fitting(tmp_p
         (["--C", "0"], "--C 0.0: it must be a positive number"),
         (["--C", "nan"], "--C nan: it must be a positive number"),
         (["--features", "embedding+geometry", "--no-size"], "--no-size applies to"),
+        (["--features", "measurements", "--no-size"], "--no-size applies to"),
     ],
 )
 def test_cli_classify__training_options_out_of_range_are_one_line(
