@@ -418,8 +418,11 @@ def mutations(draw, files):
                 with np.errstate(all="ignore"):
                     try:
                         flat[i] = value
-                    except (OverflowError, ValueError):
-                        flat[i] = -1
+                    except (OverflowError, ValueError):  # NaN into integers, -3 into uint8
+                        try:
+                            flat[i] = np.array(-1).astype(flat.dtype)  # wraps where unsigned
+                        except (OverflowError, ValueError, TypeError):
+                            pass
         elif kind == "drop" and arrays:
             arrays.pop(draw(st.sampled_from(sorted(arrays))))
     return record, arrays

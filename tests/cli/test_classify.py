@@ -13,7 +13,7 @@ import pytest
 
 import napari_segrep as sr
 from napari_segrep._sample_data import make_cells
-from napari_segrep.analysis.classify import METHODS, load_classifier
+from napari_segrep.analysis.classify import FEATURES, METHODS, load_classifier
 from napari_segrep.analysis.export import provenance, sidecar_path, write_table
 from napari_segrep.cli import classify, main
 from napari_segrep.io import file_sha256
@@ -452,6 +452,7 @@ def test_cli_classify__help_loads_nothing_heavy():
     loaded = set(json.loads(done.stdout.strip().splitlines()[-1]))
     assert not loaded & {"torch", "pandas", "sklearn", "numpy", "napari"}
     assert classify._METHODS == METHODS  # the parser's copy of the choices
+    assert classify._FEATURES == FEATURES
 
 
 def test_cli_classify__image_names_stay_as_written_in_the_predictions(tmp_path, capsys):
