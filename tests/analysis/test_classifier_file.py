@@ -215,6 +215,17 @@ DEFECTS = {
         lambda c: (c[0], {**c[1], "payload": np.zeros(3)}),
         "unexpected array(s) payload",
     ),
+    "features auto recorded (not the features chosen)": (
+        "logistic",
+        _set("info.features", "auto"),
+        "info.features 'auto' is not one of",
+    ),
+    "features_cv of text": ("knn", _set("info.features_cv", {"embedding": "1"}), "features_cv"),
+    "measurements alone reading embeddings": (
+        "logistic",
+        _set("info.features", "measurements"),
+        'but info.features is "measurements"',
+    ),
     "log of an embedding column": (
         "logistic",
         _set("log_columns", ["emb_0"]),
@@ -407,8 +418,11 @@ def mutations(draw, files):
                 with np.errstate(all="ignore"):
                     try:
                         flat[i] = value
-                    except (OverflowError, ValueError):
-                        flat[i] = -1
+                    except (OverflowError, ValueError):  # NaN into integers, -3 into uint8
+                        try:
+                            flat[i] = np.array(-1).astype(flat.dtype)  # wraps where unsigned
+                        except (OverflowError, ValueError, TypeError):
+                            pass
         elif kind == "drop" and arrays:
             arrays.pop(draw(st.sampled_from(sorted(arrays))))
     return record, arrays

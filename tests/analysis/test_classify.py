@@ -698,3 +698,95 @@ def test_train_classifier__parameters_out_of_range_are_named(annotated, options,
     table, _, annotations = annotated
     with pytest.raises(ValueError, match=message):
         train_classifier(table, annotations, **options)
+
+
+# ---------------------------------------------------------------------- issue 25: measurements
+MEASURED = ["area", *SHAPE_COLUMNS, "intensity_mean_0", "intensity_std_0"]
+
+
+def _measured_table(differ: str, n_per=40, d=16, seed=0):
+    """A measured table of 2 classes that differ only in ``differ``: ``"measurements"`` (their
+    solidity; the embeddings are the same noise for both) or ``"embedding"`` (two of its
+    dimensions, by 2 sd; the measurements are the same noise for both); 10 random annotations
+    per class.  (With the embeddings differing, the 9 noise columns make embedding+geometry
+    worse than the embeddings alone: with 10 annotations per class, on 8 of 8 seeds.)"""
+    rng = np.random.default_rng(seed)
+    truth = np.repeat(["a", "b"], n_per)
+    emb = rng.normal(0, 1, (2 * n_per, d))
+    measured = {c: rng.uniform(1, 2, 2 * n_per) for c in MEASURED}
+    measured["area"] = rng.uniform(50, 100, 2 * n_per)
+    if differ == "measurements":
+        measured["solidity"] += np.where(truth == "a", 0, 3)
+    else:
+        emb[:, :2] += np.where(truth == "a", 0, 2)[:, None]
+    table = table_of(emb, **measured)
+    picked = np.concatenate([rng.choice(np.flatnonzero(truth == c), 10, False) for c in "ab"])
+    rest = np.ones(len(truth), bool)
+    rest[picked] = False
+    return table, truth, {int(table.label[i]): str(truth[i]) for i in picked}, rest
+
+
+def test_classifier__measurements_alone_see_what_the_embeddings_cannot():
+    table, truth, annotations, rest = _measured_table("measurements")
+    accuracy = {}
+    for features in ("embedding", "measurements", "auto"):
+        clf = train_classifier(table, annotations, features=features)
+        accuracy[features] = (clf.predict(table)["class"].to_numpy() == truth)[rest].mean()
+    assert accuracy["measurements"] == 1.0 and accuracy["embedding"] < 0.8, accuracy
+    clf = train_classifier(table, annotations, features="measurements")
+    assert clf.feature_columns == MEASURED and clf.log_columns == []
+    assert clf.info["features"] == "measurements" and "features_cv" not in clf.info
+    auto = train_classifier(table, annotations, features="auto")
+    assert auto.info["features"] == "measurements" and auto.feature_columns == MEASURED
+    assert set(auto.info["features_cv"]) == {"embedding", "embedding+geometry", "measurements"}
+    scores = auto.info["features_cv"]
+    assert scores["measurements"] == auto.cv_score_ == max(scores.values()), scores
+    assert scores["embedding"] < scores["measurements"], scores
+    # measurements alone read no embeddings: another encoder's table predicts the same
+    other = table.assign(**{c: 0.0 for c in table.columns if c.startswith("emb_")})
+    other.attrs["encoder"] = {"sha256": "b" * 64}
+    pd.testing.assert_frame_equal(clf.predict(other), clf.predict(table))
+
+
+def test_classifier__auto_picks_the_embeddings_where_only_they_differ():
+    table, truth, annotations, rest = _measured_table("embedding")
+    auto = train_classifier(table, annotations, features="auto")
+    scores = auto.info["features_cv"]
+    assert auto.info["features"] == "embedding", scores
+    assert scores["embedding"] == auto.cv_score_ > scores["measurements"], scores
+    assert (auto.predict(table)["class"].to_numpy() == truth)[rest].mean() > 0.8
+    # a table without measurements: the embeddings are the only candidate
+    plain = table.drop(columns=[c for c in MEASURED if c != "area"])
+    alone = train_classifier(plain, annotations, features="auto")
+    assert alone.info["features"] == "embedding" and list(alone.info["features_cv"]) == [
+        "embedding"
+    ]
+    with pytest.raises(ValueError, match='features="measurements" needs measurement columns'):
+        train_classifier(plain, annotations, features="measurements")
+
+
+@pytest.mark.parametrize("features", ["measurements", "auto"])
+def test_classifier__measurements_and_auto_survive_the_file(tmp_path, features):
+    table, _, annotations, _ = _measured_table("measurements")
+    clf = train_classifier(
+        table, annotations, method="random_forest", features=features, n_trees=10
+    )
+    loaded = load_classifier(clf.save(tmp_path / "m.segclf"))
+    assert loaded.feature_columns == MEASURED and loaded.info == clf.info
+    # format 3 (no embedding column) only where needed: format 2 readers read the others
+    versions = [_format_version(m.to_bytes()) for m in (clf, train_classifier(table, annotations))]
+    assert versions == [3, 2]
+    assert loaded.cv_score_ == clf.cv_score_
+    pd.testing.assert_frame_equal(loaded.predict(table), clf.predict(table))
+    # improved with more annotations: the same (chosen) features, from its examples
+    more = {int(lab): "a" if lab <= 40 else "b" for lab in (1, 2, 79, 80)}
+    better = improve_classifier(loaded, table, more)
+    assert better.info["features"] == "measurements" and better.feature_columns == MEASURED
+
+
+def _format_version(data: bytes) -> int:
+    import io
+    import json
+
+    with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+        return json.loads(archive["meta"].tobytes().decode())["format"]["version"]

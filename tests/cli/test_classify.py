@@ -13,7 +13,7 @@ import pytest
 
 import napari_segrep as sr
 from napari_segrep._sample_data import make_cells
-from napari_segrep.analysis.classify import METHODS, load_classifier
+from napari_segrep.analysis.classify import FEATURES, METHODS, load_classifier
 from napari_segrep.analysis.export import provenance, sidecar_path, write_table
 from napari_segrep.cli import classify, main
 from napari_segrep.io import file_sha256
@@ -190,6 +190,32 @@ def test_cli_classify__features_embedding_and_geometry(cells, tmp_path, capsys):
     side = json.loads(sidecar_path(out).read_text())
     assert side["classifier"]["features"] == "embedding+geometry"
     assert len(pd.read_csv(out)) == len(df)
+
+
+def test_cli_classify__features_measurements_and_auto(cells, tmp_path, capsys):
+    from napari_segrep.analysis.measure import add_measurements
+
+    tmp, table, df, truth = cells
+    _, ann = _annotate(df, truth)
+    ann.to_csv(tmp_path / "ann.csv", index=False)
+    image, labels, _ = make_cells((256, 256), 60, seed=0)
+    add_measurements(df, image, labels).to_csv(tmp_path / "m.csv", index=False)
+    train = ["--annotations", tmp_path / "ann.csv", "--features"]
+    assert _run("classify", table, *train, "measurements", "-o", tmp_path / "p.csv") == 2
+    assert "needs measurement columns" in _one_error_line(capsys)  # not measured
+    for features in ("measurements", "auto"):
+        out, model = tmp_path / f"{features}.csv", tmp_path / f"{features}.segclf"
+        argv = ["classify", tmp_path / "m.csv", *train, features, "-o", out]
+        assert _run(*argv, "--save-model", model) == 0
+        side = json.loads(sidecar_path(out).read_text())["classifier"]
+        assert side["features"] == load_classifier(model).info["features"] != "auto"
+        assert (side["features_cv"] is None) == (features != "auto")
+        err = capsys.readouterr().err
+        assert ("features auto chose " + side["features"] in err) == (features == "auto")
+        again = tmp_path / f"{features}-again.csv"
+        assert _run("classify", tmp_path / "m.csv", "--model", model, "-o", again) == 0
+        pd.testing.assert_frame_equal(pd.read_csv(again), pd.read_csv(out))
+        assert (pd.read_csv(out)["class"].to_numpy() == truth).mean() > 0.8
 
 
 def test_cli_classify__table_with_class_annotation_is_its_own_annotations(cells, tmp_path):
@@ -426,6 +452,7 @@ def test_cli_classify__help_loads_nothing_heavy():
     loaded = set(json.loads(done.stdout.strip().splitlines()[-1]))
     assert not loaded & {"torch", "pandas", "sklearn", "numpy", "napari"}
     assert classify._METHODS == METHODS  # the parser's copy of the choices
+    assert classify._FEATURES == FEATURES
 
 
 def test_cli_classify__image_names_stay_as_written_in_the_predictions(tmp_path, capsys):
@@ -592,6 +619,7 @@ def test_cli_classify__ten_thousand_classes_are_refused_before_any_fitting(tmp_p
         (["--C", "0"], "--C 0.0: it must be a positive number"),
         (["--C", "nan"], "--C nan: it must be a positive number"),
         (["--features", "embedding+geometry", "--no-size"], "--no-size applies to"),
+        (["--features", "measurements", "--no-size"], "--no-size applies to"),
     ],
 )
 def test_cli_classify__training_options_out_of_range_are_one_line(

@@ -40,6 +40,7 @@ __all__ = [
     "classify_arrays",
     "export_columns",
     "file_layout",
+    "reads_measurements",
     "with_measurements",
 ]
 
@@ -51,6 +52,14 @@ def export_columns(table: pd.DataFrame) -> list[str]:
     front = [c for c in keys if c in table]
     classes = [c for c in (ANNOTATION, *PREDICTION_COLUMNS) if c in table]
     return front + classes + [c for c in table.columns if str(c).startswith("prob_")]
+
+
+def reads_measurements(model) -> bool:
+    """Whether the classifier ``model`` reads measurement columns (``info["features"]``
+    "embedding+geometry" or "measurements"): a table needs :func:`with_measurements` first."""
+    from ..analysis.classify import MEASURED_FEATURES
+
+    return model.info.get("features") in MEASURED_FEATURES
 
 
 def with_measurements(table, image, labels, params: dict, cached=None):
@@ -115,7 +124,7 @@ def classify_arrays(
         should_stop=should_stop,
         **params,
     )
-    if model.info.get("features") == "embedding+geometry":
+    if reads_measurements(model):
         measured = {"channel_axis": channel_axis, **layout_params(layout)}
         table = with_measurements(table, image, labels, measured)
     return table, model.predict(table, force=True), encoder
@@ -258,7 +267,7 @@ class ClassifierFiles:
                 self.predict_with(model)
                 return None
             rows = other.table  # embedded already: its results own its features
-            if model.info.get("features") == "embedding+geometry":
+            if reads_measurements(model):
                 run = other.run
                 rows = with_measurements(rows, run.image, run.labels, run.params)
             other.set_classes(with_classes(other.class_colours, model.classes_))

@@ -18,7 +18,7 @@ from napari.layers import Labels
 from napari.utils.notifications import show_error
 
 from . import _session
-from ._apply import ClassifierFiles, with_measurements
+from ._apply import ClassifierFiles, reads_measurements, with_measurements
 from ._common import UserActions, labels_layers, on_click, shown_index, status_label
 from ._jobs import Job, start_job, watch_close
 from ._results import PALETTE, SegmentResults, results_for, with_classes
@@ -395,7 +395,7 @@ class ClassifySegmentsWidget(UserActions, ClassifierFiles, Suggestions, Containe
         self._adopt_classes(model.classes_)
         try:
             rows = results.table
-            if model.info.get("features") == "embedding+geometry":
+            if reads_measurements(model):
                 run = results.run
                 rows = with_measurements(rows, run.image, run.labels, run.params, None)
             predictions = model.predict(rows)

@@ -17,8 +17,11 @@ import numpy as np
 
 __all__ = ["CLASSIFIER_FORMAT", "MAX_CLASSES", "MAX_FEATURES", "MAX_TREES"]
 
-#: The file format's name and version (2: ``log_columns``; version 1 files are read too).
-CLASSIFIER_FORMAT = {"name": "napari-segrep classifier", "version": 2}
+#: The file format's name and newest version (2: ``log_columns``; 3: feature columns without
+#: embeddings, ``info.features`` "measurements"; older versions are read too).  A file is
+#: written with the oldest version that holds it (see :func:`format_of`), so a classifier that
+#: reads embeddings stays readable by napari-segrep versions that know format 2.
+CLASSIFIER_FORMAT = {"name": "napari-segrep classifier", "version": 3}
 #: At most this many classes (training refuses more: see ``_cost._check_cost``).
 MAX_CLASSES = 1000
 #: At most this many feature columns (embeddings of up to 2048 dimensions plus measurements).
@@ -26,7 +29,9 @@ MAX_FEATURES = 65_536
 #: At most this many trees in a forest.
 MAX_TREES = 10_000
 _METHODS = ("logistic", "random_forest", "knn")
-_FEATURES = ("embedding", "embedding+geometry")
+#: What ``info.features`` may say (the features a classifier reads; ``"auto"`` records the
+#: one it chose).
+_FEATURES = ("embedding", "embedding+geometry", "measurements")
 #: Per method: each array's kind ("f": real floating point, "i": integer) and shape, in
 #: symbols: K classes, C logistic rows (1 for two classes, else K), F feature columns, n
 #: stored training rows, M tree nodes, T1 trees + 1.
@@ -89,6 +94,14 @@ def _format(record: dict) -> int:
     return version
 
 
+def format_of(feature_columns) -> dict:
+    """The format record of a file of a classifier reading ``feature_columns``: version 3
+    when none is an embedding column (measurements alone), else 2."""
+    if any(c.startswith("emb_") for c in feature_columns):
+        return {**CLASSIFIER_FORMAT, "version": 2}
+    return dict(CLASSIFIER_FORMAT)
+
+
 # ---------------------------------------------------------------------- the record
 def _check_record(record: dict) -> dict:
     """Every field of the JSON record checked; returns it with ``params``, ``info`` and
@@ -103,8 +116,14 @@ def _check_record(record: dict) -> dict:
     columns = _names(record.get("feature_columns"), "feature_columns")
     if not 1 <= len(columns) <= MAX_FEATURES:
         raise _Invalid(f"{len(columns)} feature columns: a classifier reads 1 to {MAX_FEATURES}")
-    if not any(c.startswith("emb_") for c in columns):
+    info = record.get("info", {})
+    alone = isinstance(info, dict) and info.get("features") == "measurements"
+    if not alone and not any(c.startswith("emb_") for c in columns):
         raise _Invalid("feature_columns names no embedding column (emb_0, emb_1, ...)")
+    if alone and any(c.startswith("emb_") for c in columns):
+        raise _Invalid(
+            'feature_columns names embedding columns, but info.features is "measurements"'
+        )
     logs = _names(record.get("log_columns", []) if version >= 2 else [], "log_columns")
     if version < 2 and "log_columns" in record:
         raise _Invalid("log_columns in a format 1 file: the file was not written by napari-segrep")
@@ -179,6 +198,15 @@ def _check_info(info: dict, classes: list[str]) -> None:
         raise _Invalid(f"info.seed {seed!r} is not a whole number from 0 to 2^32 - 1")
     if "features" in info and info["features"] not in _FEATURES:
         raise _Invalid(f"info.features {info['features']!r} is not one of {', '.join(_FEATURES)}")
+    scores = info.get("features_cv")
+    if scores is not None and not (
+        isinstance(scores, dict)
+        and all(
+            k in _FEATURES and (v is None or (_is_real(v) and 0.0 <= v <= 1.0))
+            for k, v in scores.items()
+        )
+    ):
+        raise _Invalid("info.features_cv must map features to accuracies between 0 and 1")
     for key in ("geometry_weight", "size_weight"):
         weight = info.get(key)
         if weight is not None and not (_is_real(weight) and weight > 0):

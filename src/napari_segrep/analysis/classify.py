@@ -5,7 +5,9 @@
 default with the segment's size, log area: a segment larger than the crop is downscaled, and
 its embedding cannot show how large it is) or with the segments' measurements
 (``features="embedding+geometry"``, columns from
-:func:`~napari_segrep.analysis.measure.add_measurements`);
+:func:`~napari_segrep.analysis.measure.add_measurements`), on the measurements alone
+(``"measurements"``), or on whichever of the three cross-validates best on the annotations
+(``"auto"``);
 :meth:`SegmentClassifier.predict` classifies every row of a table, with probabilities and the
 margin between the two most likely classes (small margin: the model is unsure; label those
 next).  The fitted model is kept as plain arrays and predicts with numpy, the same code for a
@@ -22,14 +24,14 @@ from __future__ import annotations
 import io
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ._annotations import annotated_rows, describe_rows, embedding_columns, segment_keys
 from ._classifier_file import MAX_ARRAY_BYTES, is_classifier_file, read_classifier_file
-from ._classifier_schema import CLASSIFIER_FORMAT, MAX_CLASSES, MAX_TREES
+from ._classifier_schema import CLASSIFIER_FORMAT, MAX_CLASSES, MAX_TREES, format_of
 from ._cost import _SMALLER, _check_cost
 from ._fitting import _cv_score, _fit, _geometry_weight, _size_weight
 from ._predict import predict_proba
@@ -37,9 +39,11 @@ from ._suggest import suggest_next
 from .measure import geometry_columns, missing_measurements
 
 __all__ = [
+    "AUTO_ORDER",
     "CLASSIFIER_FORMAT",
     "FEATURES",
     "MAX_CLASSES",
+    "MEASURED_FEATURES",
     "METHODS",
     "SegmentClassifier",
     "is_classifier_file",
@@ -50,7 +54,13 @@ __all__ = [
 ]
 
 METHODS = ("logistic", "random_forest", "knn")
-FEATURES = ("embedding", "embedding+geometry")
+FEATURES = ("embedding", "embedding+geometry", "measurements", "auto")
+#: The features that read the measurement columns of ``add_measurements`` (a classifier
+#: records one of these or ``"embedding"`` in ``info["features"]``, never ``"auto"``).
+MEASURED_FEATURES = ("embedding+geometry", "measurements")
+#: ``features="auto"``'s candidates, in the order that breaks ties of cross-validated accuracy
+#: (the first of the best wins): see :func:`train_classifier`.
+AUTO_ORDER = ("embedding+geometry", "embedding", "measurements")
 _ADD_MEASUREMENTS = (
     "add them with napari_segrep.add_measurements(table, image, labels) "
     "(or napari-segrep embed --measure)"
@@ -75,7 +85,7 @@ class SegmentClassifier:
     feature_columns : list of str
         The table columns it reads (``emb_0 ... emb_{D-1}``, then ``area`` (the segment's
         size, see ``log_columns``), or with ``features="embedding+geometry"`` the measurement
-        columns, ``area`` first).
+        columns, ``area`` first; with ``"measurements"`` those alone).
     log_columns : list of str
         The feature columns read on a log scale (``["area"]`` by default: a segment larger
         than the crop is downscaled, so its embedding does not say how large it is).
@@ -148,7 +158,8 @@ class SegmentClassifier:
             self.check_encoder(table)
         trained = [c for c in self.feature_columns if c.startswith("emb_")]
         found = embedding_columns(table)
-        if len(found) != len(trained) or any(c not in table.columns for c in trained):
+        # measurements alone (no emb_ column) read no embeddings: any table's will do
+        if trained and (len(found) != len(trained) or any(c not in table.columns for c in trained)):
             raise ValueError(
                 f"the table has {len(found)}-d embeddings, this classifier was trained on "
                 f"{len(trained)}-d embeddings: embed the segments with the model "
@@ -177,7 +188,10 @@ class SegmentClassifier:
 
     def check_encoder(self, table) -> None:
         """Raise ``ValueError`` when ``table`` records an encoder (``attrs["encoder"]``) other
-        than the one this classifier was trained on; nothing when either is not recorded."""
+        than the one this classifier was trained on; nothing when either is not recorded, or
+        when the classifier reads no embeddings (``features="measurements"``)."""
+        if not any(c.startswith("emb_") for c in self.feature_columns):
+            return
         mine = self.info.get("encoder") or {}
         theirs = getattr(table, "attrs", {}).get("encoder") or {}
         if mine.get("sha256") and theirs.get("sha256") and mine["sha256"] != theirs["sha256"]:
@@ -210,7 +224,7 @@ class SegmentClassifier:
     def to_bytes(self) -> bytes:
         """The file :meth:`save` writes, in memory (to write it together with other files)."""
         meta = {
-            "format": CLASSIFIER_FORMAT,
+            "format": format_of(self.feature_columns),
             "method": self.method,
             "classes": list(self.classes_),
             "feature_columns": list(self.feature_columns),
@@ -283,7 +297,7 @@ def train_classifier(
     method : {"logistic", "random_forest", "knn"}
         Logistic regression (the default; L2, ``C``), a random forest (``n_trees``) or
         k-nearest neighbours (``k``), all on standardised features.
-    features : {"embedding", "embedding+geometry"}
+    features : {"embedding", "embedding+geometry", "measurements", "auto"}
         ``"embedding"``: the embeddings, and with ``size`` the segment's area.
         ``"embedding+geometry"``: the embeddings plus the table's measurements (``area``,
         the shape columns and every ``intensity_mean_<c>``/``intensity_std_<c>``, from
@@ -291,9 +305,18 @@ def train_classifier(
         embeddings; the measurement block is weighted so that its total variance matches the
         embeddings' (each of its ``G`` columns times ``sqrt(D / G)``, ``D`` embedding
         dimensions), else a few columns among hundreds count for little.
+        ``"measurements"``: the measurements alone (the same columns, standardised, no
+        embeddings): what regionprops-based classifiers use; it needs no particular encoder.
+        ``"auto"``: each of ``"embedding+geometry"``, ``"embedding"`` and ``"measurements"``
+        (only ``"embedding"`` when the table has no measurements) is cross-validated on the
+        annotations, on the same folds, and the most accurate is fitted; ties go to the first
+        in that order (:data:`AUTO_ORDER`).  The classifier records the features chosen in
+        ``info["features"]`` (so a saved one predicts with the same columns) and every
+        candidate's cross-validated accuracy in ``info["features_cv"]``.
     size : bool
-        With ``features="embedding"``: add ``log(area)`` when the table has an ``area``
-        column (``embed_segments`` writes it), standardised.  A segment larger than the crop
+        With ``features="embedding"`` (and ``"auto"``'s embedding candidate): add
+        ``log(area)`` when the table has an ``area`` column (``embed_segments`` writes it),
+        standardised.  A segment larger than the crop
         is downscaled to fit it, so its embedding alone does not say how large it is; this
         column does.  It counts as one more embedding dimension, and as much as all of them
         together where size alone separates the annotated classes (thresholds class 95% of
@@ -315,42 +338,36 @@ def train_classifier(
     Raises
     ------
     ValueError
-        Unknown method or features, a parameter out of range; ``"embedding+geometry"`` on a
-        table without measurements; annotations naming labels that are not in the table; a
-        single class; a class with fewer than 2 annotations; more than 1,000 classes, or a
+        Unknown method or features, a parameter out of range; ``"embedding+geometry"`` or
+        ``"measurements"`` on a table without measurements; annotations naming labels that
+        are not in the table; a single class; a class with fewer than 2 annotations; more than 1,000 classes, or a
         fit that would need more than 4 GiB of memory or make a classifier of more than 2 GiB
         (both estimated before fitting, the estimate in the message); annotated rows whose
         features are not finite (or whose area is not positive).
     """
     _check_arguments(method, features, seed=seed, k=k, n_trees=n_trees, C=C)
-    columns = embedding_columns(table)
-    if not columns:
+    if not embedding_columns(table) and features != "measurements":
         raise ValueError(
             "the table has no embedding columns (emb_0, emb_1, ...): pass a table from "
             "embed_segments"
         )
-    weights = None
-    log_columns: list[str] = []
-    if features == "embedding+geometry":
-        missing = missing_measurements(table)
-        if missing:
-            raise ValueError(
-                f'features="embedding+geometry" needs measurement columns the table lacks '
-                f"({', '.join(missing)}): {_ADD_MEASUREMENTS}"
-            )
-        geometry = geometry_columns(table)
-        weights = np.ones(len(columns) + len(geometry))
-        weights[len(columns) :] = _geometry_weight(len(columns), len(geometry))
-        columns = columns + geometry
-    elif size:
-        log_columns = [c for c in SIZE_COLUMNS if c in table.columns]
-        columns = columns + log_columns
+    missing = missing_measurements(table)
+    if features in MEASURED_FEATURES and missing:
+        raise ValueError(
+            f'features="{features}" needs measurement columns the table lacks '
+            f"({', '.join(missing)}): {_ADD_MEASUREMENTS}"
+        )
+    if features == "auto":  # measurements alone or added only where the table has them
+        candidates = [f for f in AUTO_ORDER if not missing or f not in MEASURED_FEATURES]
+    else:
+        candidates = [features]
     rows, names = annotated_rows(table, annotations)
     classes = sorted(set(names))
     if len(classes) < 2:
         only = f" (only {classes[0]!r})" if classes else ""
         raise ValueError(f"annotations need at least 2 classes{only}: annotate another class")
-    _check_cost(method, len(rows), len(columns), len(classes), n_trees)
+    widest = max(len(_feature_columns(table, f, size)[0]) for f in candidates)
+    _check_cost(method, len(rows), widest, len(classes), n_trees)
     y = np.searchsorted(classes, names)
     counts = np.bincount(y, minlength=len(classes))
     few = [f"{c!r} ({n})" for c, n in zip(classes, counts, strict=True) if n < 2]
@@ -359,6 +376,89 @@ def train_classifier(
         raise ValueError(
             f"every class needs at least 2 annotated segments; {shown} have fewer: annotate more"
         )
+    designs = {f: _design(table, f, size, method, rows, y) for f in candidates}
+    params = {"logistic": {"C": float(C)}, "knn": {"k": int(k)}}.get(
+        method, {"n_trees": int(n_trees)}
+    )
+    from threadpoolctl import threadpool_limits  # installed with scikit-learn (its dependency)
+
+    # one BLAS thread: these fits are small (tens of ms), and more threads only contend, most
+    # with napari's GUI thread when the widget retrains after every click (measured 1.35x
+    # faster on an idle 2-core machine, and 40x when another process keeps a core busy)
+    with threadpool_limits(limits=1):
+        scores = {
+            f: _cv_score(method, d.x, y, len(classes), params, seed, d.weights, d.size_at)
+            for f, d in designs.items()
+        }  # the same folds for every candidate (they depend on y and the seed only)
+        chosen = max(candidates, key=lambda f: (scores[f] or 0.0, -candidates.index(f)))
+        d = designs[chosen]
+        arrays = _fit(method, d.x, y, len(classes), params, seed, d.weights, d.size_at)
+    columns, log_columns, raw, x, weights, size_at = astuple(d)
+    # what it was trained on (features as in the table, class ids): saved with it, so a
+    # classifier can be improved later by training on these plus new annotations
+    arrays["examples"] = raw.astype(np.float32)
+    arrays["example_classes"] = y.astype(np.int64)
+    total = sum(a.nbytes for a in arrays.values())
+    if total > MAX_ARRAY_BYTES:  # the estimate let it through: never save what cannot load
+        raise ValueError(
+            f"the {method} classifier of {len(classes)} classes on {len(rows)} annotations "
+            f"holds {total / 1024**3:.1f} GiB of arrays, more than a classifier file may "
+            f"({MAX_ARRAY_BYTES / 1024**3:.0f} GiB): {_SMALLER}"
+        )
+    info = {
+        "n_annotations": {c: int(n) for c, n in zip(classes, counts, strict=True)},
+        "seed": int(seed),
+        "features": chosen,
+    }
+    if features == "auto":
+        info["features_cv"] = scores
+    if weights is not None:
+        info["geometry_weight"] = float(weights[-1])
+    for i in size_at:
+        info["size_weight"] = _size_weight(x[:, i], y, len(columns) - len(size_at))
+    for key in ("encoder", "normalization", "crop_size"):
+        if key in getattr(table, "attrs", {}):
+            info[key] = table.attrs[key]
+    model = SegmentClassifier(
+        method, classes, columns, arrays, params, info=info, log_columns=log_columns
+    )
+    model.cv_score_ = scores[chosen]
+    return model
+
+
+def _feature_columns(table, features: str, size: bool) -> tuple[list[str], list[str]]:
+    """The table columns ``features`` reads, and those of them read on a log scale."""
+    if features == "measurements":
+        return geometry_columns(table), []
+    columns = embedding_columns(table)
+    if features == "embedding+geometry":
+        return columns + geometry_columns(table), []
+    log_columns = [c for c in SIZE_COLUMNS if c in table.columns] if size else []
+    return columns + log_columns, log_columns
+
+
+@dataclass
+class _Design:
+    """One choice of features on the annotated rows: the columns, their values as read
+    (``raw``) and as fitted (``x``: log-scaled), the column weights and the size columns."""
+
+    columns: list[str]
+    log_columns: list[str]
+    raw: np.ndarray
+    x: np.ndarray
+    weights: np.ndarray | None
+    size_at: tuple[int, ...]
+
+
+def _design(table, features: str, size: bool, method: str, rows, y) -> _Design:
+    """The features of the annotated ``rows`` (classes ``y``); a ``ValueError`` naming the
+    rows whose features are not finite (or whose area is not positive)."""
+    columns, log_columns = _feature_columns(table, features, size)
+    weights = None
+    if features == "embedding+geometry":
+        n_embedding = len(embedding_columns(table))
+        weights = np.ones(len(columns))
+        weights[n_embedding:] = _geometry_weight(n_embedding, len(columns) - n_embedding)
     raw = table[columns].to_numpy(np.float64)[rows]
     bad = ~np.isfinite(raw).all(axis=1)
     if bad.any():
@@ -377,46 +477,8 @@ def train_classifier(
             keep = [i for i in range(len(columns)) if i not in at]
             columns, log_columns = [columns[i] for i in keep], []
             raw, x = raw[:, keep], x[:, keep]
-    params = {"logistic": {"C": float(C)}, "knn": {"k": int(k)}}.get(
-        method, {"n_trees": int(n_trees)}
-    )
-    from threadpoolctl import threadpool_limits  # installed with scikit-learn (its dependency)
-
-    # one BLAS thread: these fits are small (tens of ms), and more threads only contend, most
-    # with napari's GUI thread when the widget retrains after every click (measured 1.35x
-    # faster on an idle 2-core machine, and 40x when another process keeps a core busy)
-    with threadpool_limits(limits=1):
-        size_at = tuple(columns.index(c) for c in log_columns)
-        arrays = _fit(method, x, y, len(classes), params, seed, weights, size_at)
-        cv_score = _cv_score(method, x, y, len(classes), params, seed, weights, size_at)
-    # what it was trained on (features as in the table, class ids): saved with it, so a
-    # classifier can be improved later by training on these plus new annotations
-    arrays["examples"] = raw.astype(np.float32)
-    arrays["example_classes"] = y.astype(np.int64)
-    total = sum(a.nbytes for a in arrays.values())
-    if total > MAX_ARRAY_BYTES:  # the estimate let it through: never save what cannot load
-        raise ValueError(
-            f"the {method} classifier of {len(classes)} classes on {len(rows)} annotations "
-            f"holds {total / 1024**3:.1f} GiB of arrays, more than a classifier file may "
-            f"({MAX_ARRAY_BYTES / 1024**3:.0f} GiB): {_SMALLER}"
-        )
-    info = {
-        "n_annotations": {c: int(n) for c, n in zip(classes, counts, strict=True)},
-        "seed": int(seed),
-        "features": features,
-    }
-    if weights is not None:
-        info["geometry_weight"] = float(weights[-1])
-    for i in size_at:
-        info["size_weight"] = _size_weight(x[:, i], y, len(columns) - len(size_at))
-    for key in ("encoder", "normalization", "crop_size"):
-        if key in getattr(table, "attrs", {}):
-            info[key] = table.attrs[key]
-    model = SegmentClassifier(
-        method, classes, columns, arrays, params, info=info, log_columns=log_columns
-    )
-    model.cv_score_ = cv_score
-    return model
+    size_at = tuple(columns.index(c) for c in log_columns)
+    return _Design(columns, log_columns, raw, x, weights, size_at)
 
 
 def _check_arguments(method, features, *, seed, k, n_trees, C) -> None:

@@ -38,7 +38,8 @@ def training_examples(model: SegmentClassifier):
 def improve_classifier(model: SegmentClassifier, table, annotations) -> SegmentClassifier:
     """A classifier trained on what ``model`` was trained on plus ``annotations`` of the
     segments of ``table`` (as for :func:`train_classifier`), with ``model``'s method,
-    parameters, features and seed.
+    parameters, features and seed (for one trained with ``features="auto"``, the features it
+    chose: its training examples hold only those columns).
 
     Raises
     ------
