@@ -94,8 +94,10 @@ _MAY_IMPORT = {
     "analysis": _BASE | {"analysis"},
     "_download": _BASE,
     "weights": _BASE | {"engine", "_download"},
-    "_widgets": _BASE | {"engine", "analysis", "_sample_data", "weights", "_widgets"},
-    "cli": _BASE | {"engine", "analysis", "_sample_data", "weights", "_widgets", "cli"},
+    # refining an encoder trains it (engine) and compares classifiers (analysis)
+    "refine": _BASE | {"engine", "analysis"},
+    "_widgets": _BASE | {"engine", "analysis", "_sample_data", "weights", "refine", "_widgets"},
+    "cli": _BASE | {"engine", "analysis", "_sample_data", "weights", "refine", "_widgets", "cli"},
 }
 
 

@@ -19,7 +19,7 @@ _LAZY = {
     "embed_stack": "napari_segrep.engine.embed",
     "embed_images": "napari_segrep.engine.collection",
     "train_ssl": "napari_segrep.engine.training",
-    "refine_encoder": "napari_segrep.engine.refine",
+    "refine_encoder": "napari_segrep.refine",
     "TrainingDiverged": "napari_segrep.errors",
     "resolve_device": "napari_segrep.engine.devices",
     "Cancelled": "napari_segrep.errors",
@@ -48,10 +48,10 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers: _LAZY's names (tested
     from .engine.devices import resolve_device  # noqa: F401
     from .engine.embed import embed_segments, embed_stack  # noqa: F401
     from .engine.encoder import SegmentEncoder, load_encoder, save_encoder  # noqa: F401
-    from .engine.refine import refine_encoder  # noqa: F401
     from .engine.thumbnails import segment_thumbnails  # noqa: F401
     from .engine.training import train_ssl  # noqa: F401
     from .errors import Cancelled, TrainingDiverged  # noqa: F401
+    from .refine import refine_encoder  # noqa: F401
 
 
 def __getattr__(name: str):

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from napari_segrep.analysis.classify import (
+    AUTO_METHODS,
     METHODS,
     SegmentClassifier,
     load_classifier,
@@ -790,3 +791,32 @@ def _format_version(data: bytes) -> int:
 
     with np.load(io.BytesIO(data), allow_pickle=False) as archive:
         return json.loads(archive["meta"].tobytes().decode())["format"]["version"]
+
+
+def test_classifier__auto_method_picks_the_forest_where_no_line_separates():
+    """Classes by a band of one measurement (b: its middle half): no line separates them, a
+    forest does; "auto"
+    picks the forest there (recording both methods' scores) and the logistic regression where
+    a line suffices (ties: the logistic regression)."""
+    table, truth, annotations, rest = _measured_table("measurements", n_per=60)
+    rng = np.random.default_rng(3)
+    u = rng.uniform(0, 1, len(truth))
+    table = table.assign(solidity=u)
+    truth = np.where(np.abs(u - 0.5) < 0.25, "b", "a")
+    picked = np.concatenate([rng.choice(np.flatnonzero(truth == c), 15, False) for c in "ab"])
+    annotations = {int(table.label[i]): str(truth[i]) for i in picked}
+    rest = np.ones(len(truth), bool)
+    rest[picked] = False
+    auto = train_classifier(table, annotations, method="auto", features="auto", n_trees=50)
+    assert auto.method == "random_forest", auto.info["method_cv"]
+    scores = auto.info["method_cv"]
+    assert scores["random_forest"] == auto.cv_score_ > scores["logistic"], scores
+    logistic = train_classifier(table, annotations, features="auto")
+    accuracy = {
+        name: (clf.predict(table)["class"].to_numpy() == truth)[rest].mean()
+        for name, clf in (("auto", auto), ("logistic", logistic))
+    }
+    assert accuracy["auto"] > accuracy["logistic"] + 0.1, accuracy
+    separable, _, ann, _ = _measured_table("measurements")
+    chosen = train_classifier(separable, ann, method="auto", features="auto", n_trees=20)
+    assert chosen.method == "logistic" and set(chosen.info["method_cv"]) == set(AUTO_METHODS)

@@ -216,6 +216,30 @@ def test_cli_classify__features_measurements_and_auto(cells, tmp_path, capsys):
         assert _run("classify", tmp_path / "m.csv", "--model", model, "-o", again) == 0
         pd.testing.assert_frame_equal(pd.read_csv(again), pd.read_csv(out))
         assert (pd.read_csv(out)["class"].to_numpy() == truth).mean() > 0.8
+    # --method auto: the forest or the logistic regression, the forest's own setting allowed
+    out, model = tmp_path / "both.csv", tmp_path / "both.segclf"
+    argv = ["classify", tmp_path / "m.csv", *train, "auto", "--method", "auto", "-o", out]
+    assert _run(*argv, "--n-trees", "20", "--save-model", model) == 0
+    side = json.loads(sidecar_path(out).read_text())["classifier"]
+    assert side["method"] == load_classifier(model).method in ("logistic", "random_forest")
+    assert set(side["method_cv"]) == {"logistic", "random_forest"}
+    assert f"method auto chose {side['method']}" in capsys.readouterr().err
+    assert (
+        _run(
+            "classify",
+            tmp_path / "m.csv",
+            *train,
+            "auto",
+            "--method",
+            "auto",
+            "--k",
+            "3",
+            "-o",
+            out,
+        )
+        == 2
+    )
+    assert "--k applies to --method knn" in _one_error_line(capsys)
 
 
 def test_cli_classify__table_with_class_annotation_is_its_own_annotations(cells, tmp_path):

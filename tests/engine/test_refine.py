@@ -21,9 +21,9 @@ from napari_segrep.engine.objectives.supervised import (
     SupervisedObjective,
     supcon_loss,
 )
-from napari_segrep.engine.refine import decide
 from napari_segrep.engine.train_config import TrainConfig
 from napari_segrep.engine.training import train_ssl
+from napari_segrep.refine import decide
 
 from ..conftest import NARROW_BACKBONE, TRAIN_SMALL
 

@@ -66,7 +66,7 @@ class ClassifySegmentsWidget(UserActions, ClassifierFiles, Suggestions, Containe
         self.selection_button = PushButton(text="Annotate selected map points")
         from ..analysis.classify import METHODS
 
-        self.method_input = ComboBox(label="method", choices=list(METHODS), value="logistic")
+        self.method_input = ComboBox(label="method", choices=[*METHODS, "auto"], value="logistic")
         self.features_input = ComboBox(
             label="features",
             choices=["embedding", "embedding+geometry"],

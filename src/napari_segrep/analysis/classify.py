@@ -44,6 +44,7 @@ __all__ = [
     "FEATURES",
     "MAX_CLASSES",
     "MEASURED_FEATURES",
+    "AUTO_METHODS",
     "METHODS",
     "SegmentClassifier",
     "is_classifier_file",
@@ -54,6 +55,9 @@ __all__ = [
 ]
 
 METHODS = ("logistic", "random_forest", "knn")
+#: ``method="auto"``'s candidates, in the order that breaks ties (the first of the best wins):
+#: the logistic regression (smooth probabilities, fast) before the forest.
+AUTO_METHODS = ("logistic", "random_forest")
 FEATURES = ("embedding", "embedding+geometry", "measurements", "auto")
 #: The features that read the measurement columns of ``add_measurements`` (a classifier
 #: records one of these or ``"embedding"`` in ``info["features"]``, never ``"auto"``).
@@ -294,9 +298,15 @@ def train_classifier(
     annotations : mapping or DataFrame
         ``{label: class name}``, or a DataFrame with ``label`` (and ``image``/``frame`` where
         the table has them) and ``class``.
-    method : {"logistic", "random_forest", "knn"}
+    method : {"logistic", "random_forest", "knn", "auto"}
         Logistic regression (the default; L2, ``C``), a random forest (``n_trees``) or
-        k-nearest neighbours (``k``), all on standardised features.
+        k-nearest neighbours (``k``), all on standardised features.  ``"auto"``: the logistic
+        regression or the forest, whichever cross-validates better on the annotations (with
+        ``features="auto"``: the logistic regression on each of the features, the forest on
+        the measurements alone (where the table has them), as the regionprops + random forest
+        classifiers do; ties go to the logistic regression, then in ``features``' order); the
+        classifier records the method it chose, and ``info["method_cv"]`` each method's best
+        score.
     features : {"embedding", "embedding+geometry", "measurements", "auto"}
         ``"embedding"``: the embeddings, and with ``size`` the segment's area.
         ``"embedding+geometry"``: the embeddings plus the table's measurements (``area``,
@@ -361,13 +371,15 @@ def train_classifier(
         candidates = [f for f in AUTO_ORDER if not missing or f not in MEASURED_FEATURES]
     else:
         candidates = [features]
+    methods = list(AUTO_METHODS) if method == "auto" else [method]
     rows, names = annotated_rows(table, annotations)
     classes = sorted(set(names))
     if len(classes) < 2:
         only = f" (only {classes[0]!r})" if classes else ""
         raise ValueError(f"annotations need at least 2 classes{only}: annotate another class")
     widest = max(len(_feature_columns(table, f, size)[0]) for f in candidates)
-    _check_cost(method, len(rows), widest, len(classes), n_trees)
+    for m in methods:
+        _check_cost(m, len(rows), widest, len(classes), n_trees)
     y = np.searchsorted(classes, names)
     counts = np.bincount(y, minlength=len(classes))
     few = [f"{c!r} ({n})" for c, n in zip(classes, counts, strict=True) if n < 2]
@@ -376,10 +388,18 @@ def train_classifier(
         raise ValueError(
             f"every class needs at least 2 annotated segments; {shown} have fewer: annotate more"
         )
-    designs = {f: _design(table, f, size, method, rows, y) for f in candidates}
-    params = {"logistic": {"C": float(C)}, "knn": {"k": int(k)}}.get(
-        method, {"n_trees": int(n_trees)}
-    )
+    pairs = [(m, f) for m in methods for f in candidates]  # in the order that breaks ties
+    if len(methods) > 1 and len(candidates) > 1:
+        # a forest among hundreds of embedding columns is slow and no better than the logistic
+        # regression there (benchmarks/classify_clicks.py); it earns its place on the
+        # measurements, where thresholds on a few columns are what separates the classes
+        forest_on = "measurements" if "measurements" in candidates else candidates[0]
+        pairs = [(m, f) for m, f in pairs if m != "random_forest" or f == forest_on]
+    designs = {(m, f): _design(table, f, size, m, rows, y) for m, f in pairs}
+    all_params = {
+        m: {"logistic": {"C": float(C)}, "knn": {"k": int(k)}}.get(m, {"n_trees": int(n_trees)})
+        for m in methods
+    }
     from threadpoolctl import threadpool_limits  # installed with scikit-learn (its dependency)
 
     # one BLAS thread: these fits are small (tens of ms), and more threads only contend, most
@@ -387,11 +407,12 @@ def train_classifier(
     # faster on an idle 2-core machine, and 40x when another process keeps a core busy)
     with threadpool_limits(limits=1):
         scores = {
-            f: _cv_score(method, d.x, y, len(classes), params, seed, d.weights, d.size_at)
-            for f, d in designs.items()
+            (m, f): _cv_score(m, d.x, y, len(classes), all_params[m], seed, d.weights, d.size_at)
+            for (m, f), d in designs.items()
         }  # the same folds for every candidate (they depend on y and the seed only)
-        chosen = max(candidates, key=lambda f: (scores[f] or 0.0, -candidates.index(f)))
-        d = designs[chosen]
+        method, chosen = max(pairs, key=lambda p: (scores[p] or 0.0, -pairs.index(p)))
+        params = all_params[method]
+        d = designs[method, chosen]
         arrays = _fit(method, d.x, y, len(classes), params, seed, d.weights, d.size_at)
     columns, log_columns, raw, x, weights, size_at = astuple(d)
     # what it was trained on (features as in the table, class ids): saved with it, so a
@@ -411,7 +432,11 @@ def train_classifier(
         "features": chosen,
     }
     if features == "auto":
-        info["features_cv"] = scores
+        info["features_cv"] = {f: scores[p] for p in pairs if p[0] == method for f in p[1:]}
+    if len(methods) > 1:
+        info["method_cv"] = {
+            m: max(scores[p] or 0.0 for p in pairs if p[0] == m) for m in methods
+        }
     if weights is not None:
         info["geometry_weight"] = float(weights[-1])
     for i in size_at:
@@ -422,7 +447,7 @@ def train_classifier(
     model = SegmentClassifier(
         method, classes, columns, arrays, params, info=info, log_columns=log_columns
     )
-    model.cv_score_ = scores[chosen]
+    model.cv_score_ = scores[method, chosen]
     return model
 
 
@@ -483,8 +508,8 @@ def _design(table, features: str, size: bool, method: str, rows, y) -> _Design:
 
 def _check_arguments(method, features, *, seed, k, n_trees, C) -> None:
     """A ``ValueError`` naming the first argument out of range, before any work."""
-    if method not in METHODS:
-        raise ValueError(f"method={method!r}: choose one of {', '.join(METHODS)}")
+    if method not in (*METHODS, "auto"):
+        raise ValueError(f"method={method!r}: choose one of {', '.join(METHODS)} or auto")
     if features not in FEATURES:
         raise ValueError(f"features={features!r}: choose one of {', '.join(FEATURES)}")
 

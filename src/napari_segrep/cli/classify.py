@@ -17,7 +17,7 @@ from ._common import SKLEARN_SEED_MAX, CLIError, HelpFormatter, check_seed
 __all__ = ["add_parser", "run"]
 
 #: As in analysis/classify.py (not imported here: it loads numpy, and --help must stay cheap).
-_METHODS = ("logistic", "random_forest", "knn")
+_METHODS = ("logistic", "random_forest", "knn", "auto")
 _FEATURES = ("embedding", "embedding+geometry", "measurements", "auto")
 #: Training options: dest -> (flag, default, the only method it applies to).  Their parser
 #: default is None, so that one given with --model (or for another method) can be refused.
@@ -96,7 +96,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         choices=_METHODS,
         default=None,
         help="logistic regression, random forest or k-nearest neighbours, on standardised "
-        "features (default: logistic)",
+        "features; auto: the logistic regression or the forest, whichever cross-validates "
+        "better on the annotations (default: logistic)",
     )
     training.add_argument(
         "--features",
@@ -211,7 +212,10 @@ def _training_options(args: argparse.Namespace) -> dict:
             )
     options = {dest: given.get(dest, default) for dest, (_, default, _) in _TRAINING.items()}
     for dest, (flag, _, method) in _TRAINING.items():
-        if dest in given and method is not None and method != options["method"]:
+        chosen = options["method"]
+        if dest in given and method is not None and method != chosen:
+            if chosen == "auto" and method in ("logistic", "random_forest"):
+                continue  # a setting of one of auto's candidates
             raise CLIError(f"{flag} applies to --method {method}, not {options['method']}")
     if "size" in given and options["features"] not in ("embedding", "auto"):
         raise CLIError(
@@ -427,6 +431,7 @@ def _provenance(args, table, clf) -> dict:
             "params": clf.params,
             "features": clf.info.get("features", "embedding"),
             "features_cv": clf.info.get("features_cv"),
+            "method_cv": clf.info.get("method_cv"),
             "log_columns": list(clf.log_columns),
             "size_weight": clf.info.get("size_weight"),
             "n_annotations": clf.info.get("n_annotations"),
@@ -458,6 +463,10 @@ def _report(args, clf, predictions, outputs: list[Path]) -> str:
     if scores:  # features="auto": what it chose, and every candidate's accuracy
         tried = ", ".join(f"{f} {'n/a' if v is None else f'{v:.3f}'}" for f, v in scores.items())
         chosen = f"; features auto chose {clf.info['features']} ({tried})"
+    methods = clf.info.get("method_cv")
+    if methods:  # method="auto": the method it chose, and each method's best accuracy
+        tried = ", ".join(f"{m} {v:.3f}" for m, v in methods.items())
+        chosen += f"; method auto chose {clf.method} ({tried})"
     return (
         f"{where}{clf.method} on {sum(counts.values())} annotations ({annotated}); "
         f"cross-validated accuracy {cv}{chosen}\n"

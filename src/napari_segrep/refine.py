@@ -15,13 +15,12 @@ from __future__ import annotations
 import copy
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from .encoder import SegmentEncoder
-from .train_config import SUPERVISED, default
-from .training import TrainResult, train_ssl
+from .engine.train_config import SUPERVISED, default
+from .errors import Cancelled
 
 __all__ = ["HELD_OUT_FRACTION", "MIN_PER_CLASS", "RefineResult", "refine_encoder"]
 
@@ -35,13 +34,20 @@ AUTO_STEPS = 40
 
 
 @dataclass
-class RefineResult(TrainResult):
-    """What :func:`refine_encoder` returns: :class:`TrainResult`'s fields (``encoder`` is the
-    encoder to use from now on: the refined one, or the starting one when refining did not
-    help) and the comparison.
+class RefineResult:
+    """What :func:`refine_encoder` returns: the fields of ``train_ssl``'s
+    :class:`~napari_segrep.engine.training.TrainResult` (``encoder`` is the encoder to use from
+    now on: the refined one, or the starting one when refining did not help) and the
+    comparison.
 
     Attributes
     ----------
+    encoder : SegmentEncoder
+    history, quality : list of dict
+    checkpoint_path : Path or None
+    stopped : bool
+    head : nn.Module or None
+        The objective's head (projection and classifier), as trained.
     refined_encoder : SegmentEncoder or None
         The refined encoder, kept or not (None when the run was stopped before it ended).
     accepted : bool
@@ -56,7 +62,13 @@ class RefineResult(TrainResult):
         One line for the user: what happened and what was kept.
     """
 
-    refined_encoder: SegmentEncoder | None = None
+    encoder: object
+    history: list
+    checkpoint_path: object
+    stopped: bool = False
+    head: object = None
+    quality: list = field(default_factory=list)
+    refined_encoder: object = None
     accepted: bool = False
     accuracy_before: float | None = None
     accuracy_after: float | None = None
@@ -71,7 +83,7 @@ def refine_encoder(
     labels: np.ndarray | Sequence[np.ndarray],
     annotations,
     *,
-    encoder: SegmentEncoder | None = None,
+    encoder=None,
     axes=None,
     spacing: Sequence[float] | None = None,
     epochs: int | str | None = "auto",
@@ -120,12 +132,16 @@ def refine_encoder(
 
     Raises
     ------
+    Cancelled
+        ``should_stop`` returned True while the starting encoder was being measured (nothing
+        was trained yet).
     ValueError
         Before any training: annotations naming segments that are not in the labels, one
         class, a class with fewer than 3 annotations, a segment with two classes.
     """
-    from .dataset import pair_layouts, pair_lists
-    from .pipeline import default_crop_size
+    from .engine.dataset import pair_layouts, pair_lists
+    from .engine.pipeline import default_crop_size
+    from .engine.training import train_ssl
 
     images, labels = pair_lists(images, labels)
     layouts = pair_layouts(labels, axes=axes, spacing=spacing)
@@ -150,6 +166,7 @@ def refine_encoder(
         encoder = _starting_encoder(images[0], layouts[0], options.get("channel_axis"), device)
     start = copy.deepcopy(encoder).eval()
     embed_kw = {
+        "should_stop": should_stop,
         "crop_size": crop_size,
         "device": device,
         "normalize": options.get("normalize", "image"),
@@ -209,7 +226,13 @@ def refine_encoder(
             message="refining was stopped: the encoder is unchanged",
         )
     refined = run.encoder.eval()
-    after = _held_out_accuracy(refined, images, labels, layouts, keys, target, held, **embed_kw)
+    try:
+        after = _held_out_accuracy(refined, images, labels, layouts, keys, target, held, **embed_kw)
+    except Cancelled:
+        fields["stopped"] = True
+        return RefineResult(
+            encoder=start, **fields, message="refining was stopped: the encoder is unchanged"
+        )
     accepted, message = decide(before, after, int(held.sum()), keep_if_worse=keep_if_worse)
     return RefineResult(
         encoder=refined if accepted else start,
@@ -240,7 +263,7 @@ def _annotated_segments(labels, layouts, annotations) -> tuple[list, list[str]]:
     :func:`~napari_segrep.analysis._annotations.annotated_rows`)."""
     import pandas as pd
 
-    from ..analysis._annotations import annotated_rows
+    from .analysis._annotations import annotated_rows
 
     parts = []
     for i, (lab, layout) in enumerate(zip(labels, layouts, strict=True)):
@@ -295,7 +318,7 @@ def _unit_offsets(labels, layouts) -> list[int]:
 def _auto_epochs(labels, batch_size: int) -> int:
     """Epochs of about :data:`AUTO_STEPS` optimiser steps (at least 1), from the number of
     segments an epoch draws (the annotated ones repeated, as the objective draws them)."""
-    from .objectives.supervised import ANNOTATED_SHARE
+    from .engine.objectives.supervised import ANNOTATED_SHARE
 
     n = sum(len(np.unique(np.asarray(lab))) - 1 for lab in labels)  # an estimate: no min_size
     per_epoch = n / (1 - ANNOTATED_SHARE)
@@ -303,11 +326,11 @@ def _auto_epochs(labels, batch_size: int) -> int:
     return max(1, round(AUTO_STEPS / steps))
 
 
-def _starting_encoder(image, layout, channel_axis, device) -> SegmentEncoder:
+def _starting_encoder(image, layout, channel_axis, device):
     """``embed_segments``' default encoder for ``image`` (what a table embedded without an
     encoder was embedded with)."""
-    from .._images import as_channels_first, frame_channel_axis
-    from .embed import default_encoder
+    from ._images import as_channels_first, frame_channel_axis
+    from .engine.embed import default_encoder
 
     image = np.asarray(image)
     axis = frame_channel_axis(channel_axis, layout, image.ndim)
@@ -321,8 +344,8 @@ def _held_out_accuracy(encoder, images, labels, layouts, keys, target, held, **e
     on the held-out ones."""
     import pandas as pd
 
-    from ..analysis.classify import train_classifier
-    from .embed import embed_segments
+    from .analysis.classify import train_classifier
+    from .engine.embed import embed_segments
 
     tables = []
     for i, (image, lab, layout) in enumerate(zip(images, labels, layouts, strict=True)):
