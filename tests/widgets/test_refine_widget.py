@@ -146,6 +146,7 @@ def test_refine_widget__refined_results_replace_the_old_only_on_accept_and_rever
     assert candidate.table.attrs["encoder"]["weights"] == str(saved)
 
     part.accept()
+    assert widget.job is None  # the classifier shown is the refinement's: no retraining
     results = widget.results
     assert results.run is candidate.run and results.map_model is candidate.map_model
     assert widget.classifier is candidate.model and _session.trained_encoder is encoder
@@ -161,7 +162,7 @@ def test_refine_widget__refined_results_replace_the_old_only_on_accept_and_rever
     assert viewer.layers["cells"].features["emb_0"].tolist() == results.table["emb_0"].tolist()
 
     part.revert()
-    assert widget.results is results
+    assert widget.results is results and widget.job is None
     pd.testing.assert_frame_equal(results.table, table)
     assert results.map_model is map_model and results.run is run
     np.testing.assert_array_equal(results.coords, coords)
