@@ -370,6 +370,22 @@ class SegmentResults:
         self.run.labels = labels_now
         self.events.table()
 
+    def replace_embeddings(self, table: pd.DataFrame, map_model, run: RunSetup) -> None:
+        """The same segments as embedded by another encoder (an encoder refinement accepted,
+        or reverted): ``table``, its map and its run replace these; the annotations stay the
+        user's (carried by segment, whatever ``table`` holds).  Views redraw everything."""
+        from ..analysis.classify import segment_keys
+
+        table = table.reset_index(drop=True)
+        keys = segment_keys(table)
+        merged = table[keys].merge(self.annotation_frame(), on=keys, how="left")["class"]
+        table = table.assign(**{ANNOTATION: merged.fillna("").to_numpy(dtype=object)})
+        self.coords = _checked_coords(map_model.coords, len(table))
+        self._table, self.map_model, self.run = table, map_model, run
+        self._selection = frozenset()
+        self.events.table()
+        self.events.map()
+
     # ------------------------------------------------------------------ classes
     @property
     def annotations(self) -> np.ndarray:

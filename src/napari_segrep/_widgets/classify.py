@@ -21,6 +21,7 @@ from . import _session
 from ._apply import ClassifierFiles, reads_measurements, with_measurements
 from ._common import UserActions, labels_layers, on_click, shown_index, status_label
 from ._jobs import Job, start_job, watch_close
+from ._refine import EncoderRefinement
 from ._results import PALETTE, SegmentResults, results_for, with_classes
 from ._suggest import Suggestions
 from ._training import NOT_EMBEDDED, annotated_examples, fit_and_predict, training_layers
@@ -88,6 +89,8 @@ class ClassifySegmentsWidget(UserActions, ClassifierFiles, Suggestions, Containe
         self.status = status_label()
         self.add_suggestion_widgets()
         self.predictions_button = PushButton(text="Predictions as labels layer")
+        #: "Refine encoder with these annotations", its job and Accept/Revert
+        self.refinement = EncoderRefinement(self)
         self.extend(
             [
                 self.labels_input,
@@ -103,6 +106,7 @@ class ClassifySegmentsWidget(UserActions, ClassifierFiles, Suggestions, Containe
                 self.remember_input,
                 self.train_button,
                 self.status,
+                *self.refinement.widgets,
                 self.suggestions,
                 self.next_button,
                 self.predictions_button,
@@ -429,6 +433,7 @@ class ClassifySegmentsWidget(UserActions, ClassifierFiles, Suggestions, Containe
 
     # ------------------------------------------------------------------ status and legend
     def _show_state(self, why: str | None = None) -> None:
+        self.refinement.update()
         results = self.results
         if results is None:
             self.legend.value = ""
