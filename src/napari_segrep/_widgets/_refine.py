@@ -1,5 +1,5 @@
 """Classify segments' "Refine encoder with these annotations": the followed layer's annotations
-teach its encoder (:func:`napari_segrep.engine.refine.refine_encoder`) in a background job;
+teach its encoder (:func:`napari_segrep.refine.refine_encoder`) in a background job;
 the layer is re-embedded with the refined encoder, its map and the classifier are fitted again,
 and the figures before and after are shown.  Nothing changes until the user accepts; Revert
 then goes back, in one click, to the table, map, classifier and encoder of before.
@@ -37,7 +37,7 @@ from ._training import NOT_EMBEDDED, fit_and_predict
 __all__ = ["REFINE_MODULE", "EncoderRefinement", "RefineCandidate"]
 
 #: The engine module that refines (imported in a background thread, never in napari's).
-REFINE_MODULE = "napari_segrep.engine.refine"
+REFINE_MODULE = "napari_segrep.refine"
 #: Where each refinement's run folder goes (``<time>-refined``), as Train SegRep's runs.
 RUNS_FOLDER = Path.home() / ".napari-segrep" / "runs"
 #: Set once :data:`REFINE_MODULE` is imported, wholly (``sys.modules`` has a module from the
@@ -207,7 +207,7 @@ class EncoderRefinement:
         def load() -> None:
             _session.load_engine()
             with _session.collector_paused():
-                import napari_segrep.engine.refine  # noqa: F401
+                import napari_segrep.refine  # noqa: F401
             _engine_ready.set()
             try:
                 self._relay.loaded.emit()
@@ -400,7 +400,7 @@ def _refine_job(results, run, old_table, annotations, setup, progress, should_st
     from ..analysis.reduce import pca_map
     from ..analysis.tables import embedding_matrix
     from ..engine.encoder import load_encoder, save_encoder
-    from ..engine.refine import refine_encoder
+    from ..refine import refine_encoder
     from ._results import embed_layout
 
     name, method, features, folder, options = setup

@@ -175,7 +175,7 @@ def train_ssl(
     annotations : dict, optional
         With ``objective="supervised"`` (and ``classes``): ``{(image, label): class index}``,
         ``image`` counted as :meth:`SegmentDataset.segment` counts them (a time-lapse's frames
-        one by one); :func:`~napari_segrep.engine.refine.refine_encoder` builds it from the
+        one by one); :func:`~napari_segrep.refine.refine_encoder` builds it from the
         user's table.
     **options
         Further :class:`TrainConfig` fields: ``grad_accumulate``, ``num_workers``,

@@ -9,7 +9,7 @@
   (:mod:`._pretext`).
 - :class:`SupervisedObjective` (``"supervised"``, :mod:`.supervised`): refines the encoder from
   the user's annotations (SupCon on all segments, weighted cross-entropy on the annotated ones);
-  ``TrainConfig.classes`` names the classes (:func:`~napari_segrep.engine.refine.refine_encoder`).
+  ``TrainConfig.classes`` names the classes (:func:`~napari_segrep.refine.refine_encoder`).
 
 The interface is :class:`~napari_segrep.engine.objectives.base.Objective`; chosen by
 ``TrainConfig.objective``.  A new objective is a new file here, added to
