@@ -149,9 +149,44 @@ def test_cli_train_annotations__options_that_do_not_go_together_are_one_line(
     assert not logs.exists()
 
 
-def test_cli_train_annotations__print_config_shows_the_annotations(annotated, capsys):
-    data, ann = annotated
+@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".parquet"])
+def test_cli_train_annotations__print_config_shows_the_annotations(
+    annotated, tmp_path, capsys, suffix
+):
+    """The file is read and checked first (a .tsv or .parquet as a .csv; a Parquet null class
+    is not an annotation, as an empty cell is), then the config printed."""
+    data, csv = annotated
+    ann = tmp_path / f"ann{suffix}"
+    table = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    if suffix == ".tsv":
+        table.to_csv(ann, sep="\t", index=False)
+    elif suffix == ".parquet":
+        table.replace({"class": {"": None}}).to_parquet(ann)
+    else:
+        ann = csv
     assert _run("train", "--data", data, "--annotations", ann, "--print-config") == 0
     config = yaml.safe_load(capsys.readouterr().out)
     assert config["annotations"] == str(ann.resolve()) and config["objective"] == "supervised"
     assert config["keep_if_worse"] is False and config["epochs"] is None
+
+
+def test_cli_train_annotations__time_lapse_annotations_name_their_frame(tmp_path, capsys):
+    """A time-lapse's annotations need a frame; a frame outside the stack is named."""
+    import numpy as np
+
+    frames = [make_cells(shape=(96, 96), n_cells=6, seed=s)[:2] for s in range(3)]
+    tifffile.imwrite(
+        tmp_path / "movie.tif", np.stack([f[0] for f in frames]), photometric="minisblack"
+    )
+    tifffile.imwrite(
+        tmp_path / "movie_labels.tif", np.stack([f[1] for f in frames]), photometric="minisblack"
+    )
+    rows = "".join(f"{f},{lab},{'ab'[lab % 2]}\n" for f in (0, 1) for lab in (1, 2, 3, 4))
+    argv = ["train", "--data", tmp_path, "--axes", "tyx", "--print-config", "--annotations"]
+    assert _run(*argv, _write(tmp_path / "ok.csv", "frame,label,class\n" + rows)) == 0
+    capsys.readouterr()
+    assert _run(*argv, _write(tmp_path / "no.csv", "label,class\n1,a\n")) == 2
+    _one_line_error(capsys, "has no frame column (there are time-lapses)")
+    bad = _write(tmp_path / "far.csv", "frame,label,class\n" + rows + "5,1,a\n")
+    assert _run(*argv, bad) == 2
+    _one_line_error(capsys, "not in the labels (movie.tif frame 5 label 1)")
