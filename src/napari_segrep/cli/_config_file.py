@@ -36,7 +36,15 @@ __all__ = [
 #: never written.
 NOT_IN_FILES = ("config", "print_config", "debug")
 #: Options holding paths (or globs), written absolute.
-PATH_KEYS = ("images", "labels", "data", "log_dir", "resume_checkpoint", "init_checkpoint")
+PATH_KEYS = (
+    "images",
+    "labels",
+    "data",
+    "log_dir",
+    "resume_checkpoint",
+    "init_checkpoint",
+    "annotations",
+)
 #: Options not written into a run's config (how it shows its progress, not what it computes).
 _NOT_WRITTEN = ("quiet",)
 

@@ -27,6 +27,7 @@ from ._common import (
 )
 from ._config_file import CONFIG_NAME, config_text, resolved_options, with_config_file
 from ._layout import add_layout_options, choose_backbone
+from ._refine import ENCODER_NAME, Refinement, add_refine_options, check_objective
 from ._torchrun import torchrun_command
 from ._train_data import channels_of, load_pairs
 from ._train_output import quality_line, quality_summary, write_debug_views, write_history
@@ -124,6 +125,7 @@ def _add_training_options(run) -> None:
     _setting_option(run, "num_workers", "--num-workers", "--num_workers")
     _setting_option(run, "backbone", "--backbone")
     _add_tuning_options(run)
+    add_refine_options(run)
     run.add_argument(
         "--resume-checkpoint",
         "--resume_checkpoint",
@@ -251,12 +253,14 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     import os
 
+    check_objective(args)  # --annotations: the supervised objective
     normalize = _check_settings(args)
     if args.devices > 1 and "WORLD_SIZE" not in os.environ and not args.print_config:
         return _relaunch_under_torchrun(args.devices)
     from ..io import check_writable_dir
 
     images, labels, names, layouts = load_pairs(args)
+    refine = None if args.annotations is None else Refinement.read(args, names, labels, layouts)
     layout = layouts[0]  # all pairs have objects of its dimension
     backbone = choose_backbone(args.backbone, layout)
     crop_size = args.crop_size
@@ -368,7 +372,8 @@ def _run(args: argparse.Namespace) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         try:
-            result = sr.train_ssl(
+            fit = sr.train_ssl if refine is None else refine.fit
+            result = fit(
                 images,
                 labels,
                 encoder=encoder,
@@ -417,6 +422,8 @@ def _run(args: argparse.Namespace) -> int:
             f"-> {last:.4f}{figures}; checkpoint {result.checkpoint_path}",
             file=sys.stderr,
         )
+        if refine is not None:
+            refine.report(result, args.log_dir)
     return 0
 
 
@@ -491,7 +498,14 @@ def _check_log_dir(args: argparse.Namespace) -> None:
         conflict = run_dir_conflict(
             args.log_dir,
             resume=args.resume_checkpoint,
-            others=("history.csv", "quality.csv", CONFIG_NAME, CHARTS_DIR, TENSORBOARD_DIR),
+            others=(
+                "history.csv",
+                "quality.csv",
+                CONFIG_NAME,
+                CHARTS_DIR,
+                TENSORBOARD_DIR,
+                ENCODER_NAME,
+            ),
         )
     if conflict is None:
         return
