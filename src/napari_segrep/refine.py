@@ -28,6 +28,9 @@ __all__ = ["HELD_OUT_FRACTION", "MIN_PER_CLASS", "RefineResult", "refine_encoder
 HELD_OUT_FRACTION = 1 / 3
 #: Annotations a class needs: 2 to learn from (a classifier needs 2 per class) and 1 held out.
 MIN_PER_CLASS = 3
+#: Segments whose embeddings a refinement follows (effective rank, view agreement), unless
+#: ``monitor_size`` says otherwise: fewer than ``train_ssl``'s 256, a refinement is short.
+MONITOR_SIZE = 64
 #: Optimiser steps of a refinement with ``epochs="auto"``: about 1 minute for ~500 segments on
 #: a 2-core CPU (resnet18, crop 64, batch 64); ``benchmarks/classify_clicks.py``.
 AUTO_STEPS = 40
@@ -188,7 +191,10 @@ def refine_encoder(
         if progress is not None:
             progress(int(record["step"]), int(record["total_steps"]))
 
-    options.setdefault("monitor_hold_out", False)  # annotated segments are never held back
+    if options.get("monitor_hold_out") is None:  # annotated segments are never held back
+        options["monitor_hold_out"] = False
+    if options.get("monitor_size") is None:  # a few, quickly (each epoch embeds them twice)
+        options["monitor_size"] = MONITOR_SIZE
     if epochs == "auto":
         epochs = _auto_epochs(labels, options.get("batch_size", default("batch_size")))
     run = train_ssl(

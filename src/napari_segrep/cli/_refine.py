@@ -130,12 +130,12 @@ def read_annotations(path: Path, names: list[str], labels, layouts, *, min_size:
     and a few words on it; a :class:`CLIError` naming the file, the problem and the fix for a
     missing column, an unknown image, a label not in its label image (or smaller than
     ``min_size``), a segment with two classes, a single class or one with fewer than
-    :data:`~napari_segrep.engine.refine.MIN_PER_CLASS` segments.  ``names``: the pairs' names
+    :data:`~napari_segrep.refine.MIN_PER_CLASS` segments.  ``names``: the pairs' names
     as ``load_pairs`` gives them (``"img.tif / img_labels.tif"``)."""
     import numpy as np
     import pandas as pd
 
-    from ..engine.refine import MIN_PER_CLASS
+    from ..refine import MIN_PER_CLASS
     from .classify import _whole_numbers
 
     raw = _read_raw(Path(path))
