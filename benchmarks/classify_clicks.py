@@ -22,6 +22,14 @@ one, e.g. a refined encoder's, is one more function):
 - ``embedding+geometry``: the same with the measurement columns of ``add_measurements``;
 - ``measurements``: the same on the measurement columns alone;
 - ``auto``: ``features="auto"`` (the three above, chosen by cross-validation on the clicks);
+- ``auto+method``: ``features="auto", method="auto"``: the logistic regression on each of the
+  three, or the random forest on the measurements, chosen by cross-validation on the clicks;
+- ``refined`` / ``refined+geometry``: ``refine_encoder`` from the frozen encoder on the clicks
+  (its defaults: ``epochs="auto"``, seed = the draw), the image embedded again with the encoder
+  it keeps (the refined one when the held-out check passes, else the frozen one: what the user
+  ends with), then the ``embedding`` / ``embedding+geometry`` classifier; one refinement per
+  draw and click count serves both, and the details record the check and the refined
+  encoder's accuracy whatever the check (``forced``);
 - ``peer``: what napari-feature-classifier and APOC do, written here without our package:
   ``skimage.measure.regionprops_table(labels, intensity_image=image)`` with the properties
   ``area, perimeter, eccentricity, solidity, extent, axis_major_length, axis_minor_length,
@@ -44,7 +52,9 @@ accuracy with every segment annotated (5 folds).  The final table: task x clicks
 mean ± sd over the draws; per (task, clicks) the best of our modes against the peer (WIN /
 LOSE by the difference of the means) and ``auto`` against the best fixed mode.
 
-    python benchmarks/classify_clicks.py                  # 4 tasks, 3 draws (~4 min, 1 core)
+    python benchmarks/classify_clicks.py                  # 4 tasks, 3 draws (36 refinements)
+    python benchmarks/classify_clicks.py --modes embedding embedding+geometry measurements \
+        auto auto+method peer                            # without refining: ~4 min, 1 core
     python benchmarks/classify_clicks.py --tasks cells --seeds 0 1 --modes embedding peer
     python benchmarks/classify_clicks.py --suggest        # also the suggest strategy
     python benchmarks/classify_clicks.py --quick          # smoke run: small cells, 2 draws
@@ -379,6 +389,23 @@ def print_table(results: dict, args) -> None:
                 counts = {f: picks.count(f) for f in dict.fromkeys(picks)}
                 chose = ", ".join(f"{f} {c}" for f, c in counts.items())
                 print(f"  {name:8s} {n:6d}  auto - {fixed} = {gap:+.3f}   chose: {chose}")
+    if REFINED in modes:
+        print(
+            "\n  refined: how often the held-out check kept the refined encoder, the refined "
+            "encoder's accuracy whatever the check (embedding features), seconds per refinement"
+        )
+        for name in names:
+            task = results["tasks"][name]
+            for n in args.clicks:
+                done = task["details"][REFINED][n]
+                kept = sum(d["accepted"] for d in done)
+                forced = np.mean([d["forced"] for d in done])
+                secs = np.mean([d["refine_s"] for d in done])
+                frozen = task["summary"]["embedding"][n]["mean"] if "embedding" in modes else np.nan
+                print(
+                    f"  {name:8s} {n:6d}  kept {kept}/{len(done)}; refined encoder {forced:.3f} "
+                    f"(frozen {frozen:.3f}, {forced - frozen:+.3f}); {secs:.0f} s"
+                )
     if any("suggest" in results["tasks"][t] for t in names):
         print("\n  suggest (embedding mode), mean ± sd")
         for name in names:

@@ -187,7 +187,7 @@ def test_classify_widget__classes_rename_remove_and_annotate_selection(
     assert "Train or load a classifier first" in widget.status.value
 
 
-@pytest.mark.parametrize("features", ["embedding", "embedding+geometry"])
+@pytest.mark.parametrize("features", ["embedding", "embedding+geometry", "measurements"])
 def test_classify_widget__save_load_apply_to_a_second_layer_and_export(
     make_napari_viewer, qtbot, cells, MouseEvent, tmp_path, features
 ):

@@ -12,6 +12,10 @@ from ._results import SegmentResults
 
 __all__ = ["NOT_EMBEDDED", "annotated_examples", "fit_and_predict", "training_layers"]
 
+#: The features that read the measurement columns (``auto`` chooses among them too): the rows
+#: are measured first.
+MEASURED_FEATURES = ("embedding+geometry", "measurements", "auto")
+
 NOT_EMBEDDED = "Embed this layer first (Embed segments), then click segments to annotate them."
 
 
@@ -27,7 +31,7 @@ def annotated_examples(results: SegmentResults, rows: pd.DataFrame):
 def training_layers(results: SegmentResults | None, remembered: dict, *, features: str):
     """``(layers, None)``: ``(table, annotations, run, name)`` of the followed layer first,
     then of the remembered layers (``{name: (examples, annotations)}``, ``run`` None) of the
-    same encoder (and measured, for ``features="embedding+geometry"``); or ``(None, why)``."""
+    same encoder (and measured, for the features in :data:`MEASURED_FEATURES`); or ``(None, why)``."""
     from ..analysis.measure import has_measurements
 
     if results is None:
@@ -37,7 +41,7 @@ def training_layers(results: SegmentResults | None, remembered: dict, *, feature
     layers = [(results.table, results.annotation_frame(), results.run, name)]
     for other, (examples, clicks) in remembered.items():
         same = sha is not None and examples.attrs.get("encoder", {}).get("sha256") == sha
-        measured = features != "embedding+geometry" or has_measurements(examples)
+        measured = features not in MEASURED_FEATURES or has_measurements(examples)
         if other != name and same and measured and len(clicks):
             layers.append((examples, clicks, None, other))
     counts = pd.concat([ann["class"] for _, ann, _, _ in layers]).value_counts()
@@ -54,7 +58,7 @@ def fit_and_predict(layers, *, method: str, features: str, cached=None):
     from ..analysis.classify import train_classifier
 
     rows, clicks, run, _ = layers[0]
-    if features == "embedding+geometry":
+    if features in MEASURED_FEATURES:
         rows = with_measurements(rows, run.image, run.labels, run.params, cached)
     if len(layers) == 1:
         training = rows

@@ -65,15 +65,16 @@ class ClassifySegmentsWidget(UserActions, ClassifierFiles, Suggestions, Containe
             label="click a segment to annotate it with the class (pan/zoom mode)", value=True
         )
         self.selection_button = PushButton(text="Annotate selected map points")
-        from ..analysis.classify import METHODS
+        from ..analysis.classify import FEATURES, METHODS
 
         self.method_input = ComboBox(label="method", choices=[*METHODS, "auto"], value="logistic")
         self.features_input = ComboBox(
             label="features",
-            choices=["embedding", "embedding+geometry"],
+            choices=list(FEATURES),
             value="embedding",
             tooltip="embedding+geometry adds area, shape and intensity per channel: choose it "
-            "when size, brightness or texture tell the classes apart",
+            "when size, brightness or texture tell the classes apart; measurements: those "
+            "alone; auto: whichever cross-validates best on your annotations",
         )
         self._measured: tuple | None = None  # (labels as embedded, measurement columns)
         self.auto_input = CheckBox(label="retrain after every annotation", value=True)
