@@ -480,7 +480,8 @@ def main() -> None:
     print_table(results, args)
     total = time.perf_counter() - start
     results["total_s"] = total
-    path = write_json("classify_clicks", results)
+    every = list(args.tasks) == list(_classify_tasks.TASKS)
+    path = write_json("classify_clicks" + ("" if every else "_" + "_".join(args.tasks)), results)
     print(f"  total {total:.0f} s; figures in {path}")
 
 

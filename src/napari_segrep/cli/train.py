@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..engine.run_folder import CHARTS_DIR, TENSORBOARD_DIR
 from ..engine.train_config import ROTATIONS_HELP, default, help_text, setting
+from ..refine import BATCH_SIZE as REFINE_BATCH_SIZE
 from ._common import (
     TORCH_SEED_MAX,
     CLIError,
@@ -107,7 +108,15 @@ def _add_training_options(run) -> None:
     _switch_off(run, "image_masking", "--no-image-mask", dest="no_image_mask")
     _switch_off(run, "feature_masking", "--no-feature-mask", dest="no_feature_mask")
     _setting_option(run, "crop_size", "--crop-size", "--crop_size")
-    _setting_option(run, "batch_size", "--batch-size", "--batch_size")
+    _setting_option(
+        run,
+        "batch_size",
+        "--batch-size",
+        "--batch_size",
+        default=None,
+        help=help_text("batch_size") + f" (default: {default('batch_size')}; refining with "
+        f"--annotations: {REFINE_BATCH_SIZE})",
+    )
     _setting_option(run, "epochs", "--epochs")
     _setting_option(run, "objective", "--objective")
     _setting_option(run, "loss", "--loss")
@@ -268,7 +277,10 @@ def _run(args: argparse.Namespace) -> int:
         from ..engine.pipeline import default_crop_size
 
         crop_size = default_crop_size(layout)
-    resolved = {"crop_size": crop_size, "backbone": backbone}
+    batch_size = args.batch_size
+    if batch_size is None:
+        batch_size = default("batch_size") if args.annotations is None else REFINE_BATCH_SIZE
+    resolved = {"crop_size": crop_size, "backbone": backbone, "batch_size": batch_size}
     if args.print_config:
         print(config_text(resolved_options(args, _train_parser(), **resolved)), end="")
         return 0
@@ -379,7 +391,7 @@ def _run(args: argparse.Namespace) -> int:
                 encoder=encoder,
                 axes=layouts,
                 epochs=args.epochs,
-                batch_size=args.batch_size,
+                batch_size=batch_size,
                 crop_size=crop_size,
                 loss=args.loss,
                 optimizer=args.optimizer,
