@@ -133,12 +133,6 @@ class PretextObjective(Objective):
             )
         return _PretextModel(encoder, head)
 
-    def to(self, device) -> PretextObjective:
-        return self
-
-    def train(self) -> None:
-        pass
-
     def compute(
         self,
         model: nn.Module,

@@ -86,12 +86,13 @@ class Objective:
         raise NotImplementedError
 
     def to(self, device) -> Objective:
-        """Move the objective's own modules (the loss) to ``device``; returns self."""
-        raise NotImplementedError
+        """Move the objective's own modules (the loss) to ``device``; returns self.  The
+        default: an objective without modules of its own."""
+        return self
 
     def train(self) -> None:
-        """Put the objective's own modules in training mode (the loop trains the model)."""
-        raise NotImplementedError
+        """Put the objective's own modules in training mode (the loop trains the model).  The
+        default: an objective without modules of its own."""
 
     def compute(
         self,

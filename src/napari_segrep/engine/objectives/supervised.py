@@ -168,12 +168,6 @@ class SupervisedObjective(Objective):
             )
         return _SupervisedModel(encoder, head)
 
-    def to(self, device) -> SupervisedObjective:
-        return self
-
-    def train(self) -> None:
-        pass
-
     def compute(
         self,
         model: nn.Module,
