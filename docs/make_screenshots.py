@@ -1,6 +1,6 @@
 """Screenshots for the README tutorial: embed -> train -> re-embed, in a real napari window.
 
-    xvfb-run -a -s "-screen 0 1600x1000x24" python docs/make_screenshots.py [classify|multi|gallery]
+    xvfb-run -a -s "-screen 0 1600x1000x24" python docs/make_screenshots.py [classify|multi|gallery|refine]
 
 Writes docs/train_widget.png (training finished: loss and effective-rank plots) and
 docs/reembed.png (the map of the trained model next to the map "before"); with ``classify``,
@@ -8,7 +8,10 @@ docs/classify_widget.png only (three clicks per class, every cell coloured by it
 with ``multi``, docs/embed_multi.png only (three generated images embedded together, one map
 coloured by image, a few neighbouring points selected); with ``gallery``, docs/gallery.png only
 (the sample's cells embedded, a patch of the map selected, the Segment gallery showing those
-segments, most typical first, and the preview of one point).
+segments, most typical first, and the preview of one point); with ``refine``,
+docs/refine_widget.png only (generated nuclei in four states, 10 clicks per class, the encoder
+refined from them and accepted: the map and predictions of the refined encoder, the figures
+before -> after in Classify segments).
 """
 
 from __future__ import annotations
@@ -186,10 +189,73 @@ def gallery_screenshot() -> None:
     viewer.close()
 
 
+def refine_screenshot() -> None:
+    """Classify segments on the generated nuclei (benchmarks/_ssl_tasks.py): 10 clicks per
+    class, Refine encoder with these annotations, Accept."""
+    import sys
+
+    import napari
+    import numpy as np
+    from qtpy.QtWidgets import QApplication
+
+    sys.path.insert(0, str(HERE.parent / "benchmarks"))
+    import _ssl_tasks
+
+    (image, labels, classes), _, names = _ssl_tasks.nuclei(seed=0, n=400)
+    viewer = napari.Viewer(title="napari-segrep: refine the encoder")
+    viewer.window.resize(1500, 950)
+    app = QApplication.instance()
+    viewer.add_image(image, name="nuclei")
+    viewer.add_labels(labels, name="nuclei labels")
+
+    def wait(condition, timeout=1800.0):
+        t0 = time.time()
+        while not condition():
+            app.processEvents()
+            time.sleep(0.01)
+            if time.time() - t0 > timeout:
+                raise TimeoutError
+
+    _, embed = viewer.window.add_plugin_dock_widget("napari-segrep", "Embed segments")
+    embed.umap_input.value = False
+    embed.run()
+    wait(lambda: embed.job is None and embed.points_layer is not None and embed.map_view.settled)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-segrep", "Classify segments")
+    for name in names:
+        widget.add_class(name)
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(names):
+        mine = [lab for lab, k in sorted(classes.items()) if k == c]
+        widget.annotate_labels(list(rng.permutation(mine)[:10]), name)
+        wait(lambda: widget.job is None)
+    wait(lambda: widget.job is None and "class_predicted" in widget.results.table)
+    part = widget.refinement
+    wait(lambda: part.engine_loaded)
+    part.update()
+    part.refine()
+    wait(lambda: part.job is None)
+    print(part.comparison.value)
+    if part.candidate is not None:
+        part.accept()
+    wait(lambda: widget.job is None and embed.map_view.settled)
+    viewer.reset_view()
+    t0 = time.time()
+    while time.time() - t0 < 1.0:
+        app.processEvents()
+        time.sleep(0.01)
+    viewer.screenshot(str(HERE / "refine_widget.png"), canvas_only=False)
+    truth = [names[classes[int(v)]] for v in widget.results.table["label"]]
+    right = (widget.results.table["class_predicted"] == truth).mean()
+    print("wrote", HERE / "refine_widget.png", f"({right:.3f} of the nuclei predicted right)")
+    viewer.close()
+
+
 if __name__ == "__main__":
     import sys
 
-    if "gallery" in sys.argv[1:]:
+    if "refine" in sys.argv[1:]:
+        refine_screenshot()
+    elif "gallery" in sys.argv[1:]:
         gallery_screenshot()
     elif "multi" in sys.argv[1:]:
         multi_screenshot()

@@ -139,8 +139,9 @@ def refine_encoder(
     keep_if_worse : bool
         Use the refined encoder even when it classifies the held-out annotations worse.
     **options
-        Further ``train_ssl`` arguments (``batch_size``, ``lr``, ``resume``, ``run_config``,
-        ``charts``, ``tensorboard``, ``on_step``, ``min_size``, ``normalize``...).
+        Further ``train_ssl`` arguments (``resume``, ``run_config``, ``charts``,
+        ``tensorboard``, ``on_step``, ``min_size``, ``normalize``, ``monitor_size`` (default
+        :data:`MONITOR_SIZE`)...).
 
     Returns
     -------
@@ -305,7 +306,11 @@ def _annotated_segments(labels, layouts, annotations) -> tuple[list, list[str]]:
         table = table.drop(columns="frame")
     if len(labels) == 1:
         table = table.drop(columns="image")
-    rows, names = annotated_rows(table, annotations)
+    try:
+        rows, names = annotated_rows(table, annotations)
+    except ValueError as exc:  # the classifier's words for a table; here there are labels
+        text = str(exc).replace("are not in the table", "are not in the labels")
+        raise ValueError(text.replace("embed them first, or remove", "remove")) from None
     keys = [
         (
             int(table["image"].iat[r]) if "image" in table else 0,

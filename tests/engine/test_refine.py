@@ -199,7 +199,7 @@ def test_refine_decision__worse_is_never_kept_silently(before, after, insist):
     [
         ({1: "a", 2: "a", 3: "a"}, "at least 2 classes"),
         ({1: "a", 2: "a", 3: "a", 4: "b", 5: "b"}, r"at least 3 annotated segments.*'b' \(2\)"),
-        ({1: "a", 2: "a", 3: "a", 4: "b", 5: "b", 999: "b"}, "not in the table"),
+        ({1: "a", 2: "a", 3: "a", 4: "b", 5: "b", 999: "b"}, r"not in the labels \(label 999\)"),
     ],
 )
 def test_refine_encoder__bad_annotations_are_refused_before_any_work(cells, annotations, match):
