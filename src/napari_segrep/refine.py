@@ -16,11 +16,13 @@ import copy
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from .engine.train_config import SUPERVISED
 from .errors import Cancelled
+
+if TYPE_CHECKING:  # numpy is imported where it is used: `napari-segrep --help` stays light
+    import numpy as np
 
 __all__ = ["HELD_OUT_FRACTION", "MIN_PER_CLASS", "RefineResult", "refine_encoder"]
 
@@ -156,6 +158,8 @@ def refine_encoder(
         Before any training: annotations naming segments that are not in the labels, one
         class, a class with fewer than 3 annotations, a segment with two classes.
     """
+    import numpy as np
+
     from .engine.dataset import pair_layouts, pair_lists
     from .engine.pipeline import default_crop_size
     from .engine.training import train_ssl
@@ -285,6 +289,7 @@ def _annotated_segments(labels, layouts, annotations) -> tuple[list, list[str]]:
     """``[(pair, frame, label)]`` of the annotated segments (frame 0 outside time-lapses) and
     their class names, checked against the label images (the classifier's rules and messages:
     :func:`~napari_segrep.analysis._annotations.annotated_rows`)."""
+    import numpy as np
     import pandas as pd
 
     from .analysis._annotations import annotated_rows
@@ -324,6 +329,8 @@ def _annotated_segments(labels, layouts, annotations) -> tuple[list, list[str]]:
 
 def _held_out(target: np.ndarray, seed: int) -> np.ndarray:
     """A seeded third of every class's annotations (at least 1, at most all but 2)."""
+    import numpy as np
+
     rng = np.random.default_rng([seed, 25])
     held = np.zeros(len(target), bool)
     for c in np.unique(target):
@@ -336,6 +343,8 @@ def _held_out(target: np.ndarray, seed: int) -> np.ndarray:
 def _unit_offsets(labels, layouts) -> list[int]:
     """The dataset's image index of each pair's first image (a time-lapse's frames count one
     by one, as :meth:`SegmentDataset.segment` counts them)."""
+    import numpy as np
+
     out, at = [], 0
     for lab, layout in zip(labels, layouts, strict=True):
         out.append(at)
@@ -346,6 +355,8 @@ def _unit_offsets(labels, layouts) -> list[int]:
 def _auto_epochs(labels, batch_size: int) -> int:
     """Epochs of about :data:`AUTO_STEPS` optimiser steps (at least 1), from the number of
     segments an epoch draws (the annotated ones repeated, as the objective draws them)."""
+    import numpy as np
+
     from .engine.objectives.supervised import ANNOTATED_SHARE
 
     n = sum(len(np.unique(np.asarray(lab))) - 1 for lab in labels)  # an estimate: no min_size
@@ -357,6 +368,8 @@ def _auto_epochs(labels, batch_size: int) -> int:
 def _starting_encoder(image, layout, channel_axis, device):
     """``embed_segments``' default encoder for ``image`` (what a table embedded without an
     encoder was embedded with)."""
+    import numpy as np
+
     from ._images import as_channels_first, frame_channel_axis
     from .engine.embed import default_encoder
 
@@ -370,6 +383,7 @@ def _starting_encoder(image, layout, channel_axis, device):
 def _held_out_accuracy(encoder, images, labels, layouts, keys, target, held, **embed_kw):
     """A logistic classifier on the learning annotations' embeddings (by ``encoder``), scored
     on the held-out ones."""
+    import numpy as np
     import pandas as pd
 
     from .analysis.classify import train_classifier

@@ -475,7 +475,7 @@ def test_cli_classify__help_loads_nothing_heavy():
     assert "--annotations" in done.stdout and "--save-model" in done.stdout
     loaded = set(json.loads(done.stdout.strip().splitlines()[-1]))
     assert not loaded & {"torch", "pandas", "sklearn", "numpy", "napari"}
-    assert classify._METHODS == METHODS  # the parser's copy of the choices
+    assert classify._METHODS == (*METHODS, "auto")  # the parser's copy of the choices
     assert classify._FEATURES == FEATURES
 
 
