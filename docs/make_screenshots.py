@@ -214,6 +214,7 @@ def refine_screenshot() -> None:
             app.processEvents()
             time.sleep(0.01)
             if time.time() - t0 > timeout:
+                viewer.close()  # cancels the work in flight, and waits for it
                 raise TimeoutError
 
     _, embed = viewer.window.add_plugin_dock_widget("napari-segrep", "Embed segments")

@@ -101,9 +101,18 @@ def start_job(
         now = time.monotonic()
         if done == 0 or done >= total or now - last_report[0] >= PROGRESS_INTERVAL_S:
             last_report[0] = now
-            relay.progressed.emit(int(done), int(total))
+            try:
+                relay.progressed.emit(int(done), int(total))
+            except RuntimeError:  # Qt is gone (the application is shutting down): stop
+                stop.set()
 
-    report.message = relay.message.emit  # type: ignore[attr-defined]
+    def message(obj) -> None:
+        try:
+            relay.message.emit(obj)
+        except RuntimeError:  # as above
+            stop.set()
+
+    report.message = message  # type: ignore[attr-defined]
 
     def finished() -> None:
         _running.discard(job)
