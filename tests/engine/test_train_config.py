@@ -23,9 +23,12 @@ def test_train_config__every_setting_has_help_and_the_cli_and_api_take_its_defau
         assert signature[name].default == tc.default(name), name
     train = get_arg_parser()._subparsers._group_actions[0].choices["train"]
     actions = {a.dest: a for a in train._actions if not isinstance(a, argparse._HelpAction)}
-    for name in ("batch_size", "loss", "optimizer", "batchnorm_stats", "seed", "min_size"):
+    for name in ("loss", "optimizer", "batchnorm_stats", "seed", "min_size"):
         assert actions[name].default == tc.default(name), name
         assert tc.help_text(name) in actions[name].help, name
+    # the batch size is chosen by the run (refining from annotations takes smaller batches)
+    assert actions["batch_size"].default is None
+    assert f"(default: {tc.default('batch_size')};" in actions["batch_size"].help
     for name in ("epochs", "crop_size", "lr", "backbone"):  # chosen from the data: None
         assert actions[name].default is None and "(default:" in actions[name].help
     assert list(actions["loss"].choices) == list(tc.choices("loss"))

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from napari_segrep._sample_data import make_cells
+from napari_segrep.refine import AUTO_STEPS
 
 from ..conftest import TRAIN_SMALL, require_napari
 
@@ -112,7 +113,7 @@ def test_refine_widget__enabled_with_enough_annotations_and_shows_the_job_size(
     )
     part.options = {}
     part.update()
-    assert "about 40 training steps" in part.job_size.value
+    assert f"about {AUTO_STEPS} training steps" in part.job_size.value
 
 
 def test_refine_widget__refined_results_replace_the_old_only_on_accept_and_revert_restores(
