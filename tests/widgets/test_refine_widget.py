@@ -88,9 +88,7 @@ def _unchanged(widget, before) -> bool:
     return all(a is b for a, b in zip(_state(widget), before, strict=True))
 
 
-def test_refine_widget__enabled_with_enough_annotations_and_shows_the_job_size(
-    classify, qtbot
-):
+def test_refine_widget__enabled_with_enough_annotations_and_shows_the_job_size(classify, qtbot):
     _, widget, classes = classify
     part = widget.refinement
     assert not part.refine_button.enabled

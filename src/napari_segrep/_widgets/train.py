@@ -116,9 +116,7 @@ class TrainSegRepWidget(Container):
         )
         # refining from annotations is Classify segments' (it has them), not this widget's
         self.objective_input = _choice("objective", label="objective")
-        self.objective_input.choices = [
-            c for c in choices("objective") if c != SUPERVISED
-        ]
+        self.objective_input.choices = [c for c in choices("objective") if c != SUPERVISED]
         self.loss_input = _choice("loss", label="loss")
         self.objective_input.changed.connect(self._objective_changed)
         self.optimizer_input = _choice("optimizer", label="optimiser")

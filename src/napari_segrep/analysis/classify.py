@@ -434,9 +434,7 @@ def train_classifier(
     if features == "auto":
         info["features_cv"] = {f: scores[p] for p in pairs if p[0] == method for f in p[1:]}
     if len(methods) > 1:
-        info["method_cv"] = {
-            m: max(scores[p] or 0.0 for p in pairs if p[0] == m) for m in methods
-        }
+        info["method_cv"] = {m: max(scores[p] or 0.0 for p in pairs if p[0] == m) for m in methods}
     if weights is not None:
         info["geometry_weight"] = float(weights[-1])
     for i in size_at:
