@@ -98,6 +98,7 @@ class EncoderRefinement:
         self.runs_folder = RUNS_FOLDER
         self.job: Job | None = None
         self.candidate: RefineCandidate | None = None
+        self._figures = ""  # the last refinement's before -> after line
         self.before: _Before | None = None
         self._map_key: int | None = None  # the UMAP refit awaited after an accept
         self._loading = False
@@ -296,10 +297,11 @@ class EncoderRefinement:
             if candidate.accepted
             else "Nothing was changed (Use it anyway replaces the old encoder)."
         )
-        self.comparison.value = (
+        self._figures = (
             f"{candidate.message}. Classifier ({candidate.model.method}) cross-validated "
-            f"accuracy {cv} on {len(candidate.annotations)} annotations. {then}"
+            f"accuracy {cv} on {len(candidate.annotations)} annotations."
         )
+        self.comparison.value = f"{self._figures} {then}"
         host.status.value = "Refined: see the comparison below."
         self.update()
 
@@ -341,7 +343,7 @@ class EncoderRefinement:
         _set_session_encoder(host.viewer, candidate.run.encoder)
         if self.before.map_model.method != "pca":
             self._refit_map(results)
-        self.comparison.value += " Accepted."
+        self.comparison.value = f"{self._figures} Accepted (Revert goes back)."
         if not _same_annotations(results, candidate.annotations):
             host.train(quiet=True)  # annotated meanwhile: the classifier learns them too
         self.update()
