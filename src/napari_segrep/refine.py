@@ -166,7 +166,7 @@ def refine_encoder(
 
     images, labels = pair_lists(images, labels)
     layouts = pair_layouts(labels, axes=axes, spacing=spacing)
-    keys, names = _annotated_segments(labels, layouts, annotations)
+    keys, names, n_segments = _annotated_segments(labels, layouts, annotations)
     classes = tuple(sorted(set(names)))
     if len(classes) < 2:
         only = f" (only {classes[0]!r})" if classes else ""
@@ -216,7 +216,7 @@ def refine_encoder(
     batch_size = BATCH_SIZE if batch_size is None else batch_size
     lr = LR if lr is None else lr
     if epochs == "auto":
-        epochs = _auto_epochs(labels, batch_size)
+        epochs = _auto_epochs(n_segments, batch_size)
     run = train_ssl(
         images,
         labels,
@@ -285,9 +285,10 @@ def decide(
     return False, f"refining did not help ({figures}): kept the old encoder"
 
 
-def _annotated_segments(labels, layouts, annotations) -> tuple[list, list[str]]:
-    """``[(pair, frame, label)]`` of the annotated segments (frame 0 outside time-lapses) and
-    their class names, checked against the label images (the classifier's rules and messages:
+def _annotated_segments(labels, layouts, annotations) -> tuple[list, list[str], int]:
+    """``[(pair, frame, label)]`` of the annotated segments (frame 0 outside time-lapses),
+    their class names, and how many segments (frames counted one by one) there are, the
+    annotations checked against the label images (the classifier's rules and messages:
     :func:`~napari_segrep.analysis._annotations.annotated_rows`)."""
     import numpy as np
     import pandas as pd
@@ -324,7 +325,7 @@ def _annotated_segments(labels, layouts, annotations) -> tuple[list, list[str]]:
         )
         for r in rows
     ]
-    return keys, [str(n) for n in names]
+    return keys, [str(n) for n in names], len(table)
 
 
 def _held_out(target: np.ndarray, seed: int) -> np.ndarray:
@@ -352,15 +353,13 @@ def _unit_offsets(labels, layouts) -> list[int]:
     return out
 
 
-def _auto_epochs(labels, batch_size: int) -> int:
+def _auto_epochs(n_segments: int, batch_size: int) -> int:
     """Epochs of about :data:`AUTO_STEPS` optimiser steps (at least 1), from the number of
-    segments an epoch draws (the annotated ones repeated, as the objective draws them)."""
-    import numpy as np
-
+    segments an epoch draws (``n_segments``, an estimate: before ``min_size``; the annotated
+    ones repeated, as the objective draws them)."""
     from .engine.objectives.supervised import ANNOTATED_SHARE
 
-    n = sum(len(np.unique(np.asarray(lab))) - 1 for lab in labels)  # an estimate: no min_size
-    per_epoch = n / (1 - ANNOTATED_SHARE)
+    per_epoch = n_segments / (1 - ANNOTATED_SHARE)
     steps = max(1.0, per_epoch // batch_size)
     return max(1, round(AUTO_STEPS / steps))
 

@@ -256,19 +256,22 @@ def _check_segments(out, images, labels, layouts, path: Path, *, min_size: int) 
             elif n < min_size:
                 small.append(name)
     if absent:
-        more = f" and {len(absent) - _MAX_LISTED} more" if len(absent) > _MAX_LISTED else ""
         raise CLIError(
             f"{path}: {len(absent)} annotated segment(s) are not in the labels "
-            f"({', '.join(absent[:_MAX_LISTED])}{more}): correct their label (image, frame) or "
-            "remove those rows"
+            f"({_listed(absent)}): correct their label (image, frame) or remove those rows"
         )
     if small:
-        more = f" and {len(small) - _MAX_LISTED} more" if len(small) > _MAX_LISTED else ""
         raise CLIError(
             f"{path}: {len(small)} annotated segment(s) have fewer than --min-size {min_size} "
-            f"pixels, so training skips them ({', '.join(small[:_MAX_LISTED])}{more}): remove "
-            "those rows or lower --min-size"
+            f"pixels, so training skips them ({_listed(small)}): remove those rows or lower "
+            "--min-size"
         )
+
+
+def _listed(names: list[str]) -> str:
+    """The first :data:`_MAX_LISTED` names, and how many more."""
+    more = f" and {len(names) - _MAX_LISTED} more" if len(names) > _MAX_LISTED else ""
+    return ", ".join(names[:_MAX_LISTED]) + more
 
 
 # ------------------------------------------------------------------ the run
