@@ -149,11 +149,9 @@ def publish(monkeypatch, data: bytes, backbone: str = "resnet18") -> None:
     from napari_segrep import weights
 
     published = weights.IMAGENET_FILES[backbone]
-    monkeypatch.setitem(
-        weights.IMAGENET_FILES,
-        backbone,
-        weights.PublishedFile(published.filename, len(data), sha256(data)),
-    )
+    replaced = weights.PublishedFile(published.filename, len(data), sha256(data))
+    monkeypatch.setitem(weights.PUBLISHED, published.filename, replaced)
+    monkeypatch.setitem(weights.IMAGENET_FILES, backbone, replaced)
 
 
 def use_temporary_torch_cache(tmp_path, monkeypatch):

@@ -181,10 +181,10 @@ def refine_encoder(
             "have fewer: annotate more"
         )
     held = _held_out(target, seed)
-    if crop_size is None:
-        crop_size = default_crop_size(layouts[0])
     if encoder is None:
         encoder = _starting_encoder(images[0], layouts[0], options.get("channel_axis"), device)
+    if crop_size is None:
+        crop_size = default_crop_size(layouts[0], encoder.backbone_name)
     start = copy.deepcopy(encoder).eval()
     embed_kw = {
         "should_stop": should_stop,

@@ -1,15 +1,20 @@
-"""Pretrained weights: where torchvision's ImageNet weights lie, and their explicit download.
+"""Pretrained weights: where each weight set's file lies, and its explicit download.
 
-``SegmentEncoder(weights="imagenet")`` reads torchvision's ImageNet weights from the local
-torch hub cache only: nothing is fetched behind the user's back.  This module fetches them when
-the user asks (``napari-segrep weights download imagenet``, or the "Download ImageNet weights"
-button of the widgets), into that same cache, so torchvision finds them too.
+``SegmentEncoder(weights="imagenet")`` (torchvision's ImageNet weights of a ResNet) and
+``SegmentEncoder("vit_small_patch14_reg4_dinov2", weights="dinov2")`` (Meta's DINOv2 weights)
+read their file from the local torch hub cache only: nothing is fetched behind the user's back.
+This module fetches them when the user asks (``napari-segrep weights download imagenet`` or
+``... dinov2``, or the widgets' "Download ... weights" button), into that same cache, where
+torch.hub would put them too.  What each file is (name, URL, size, SHA-256, licence) is written
+once, in :mod:`napari_segrep.catalogue`.
 
 The rule, as everywhere: nothing the user owns is lost, and no file is left half-written.  The
 download streams into ``<file>.part-<random>`` beside its destination, its SHA-256 is checked
 (torchvision's file names carry the first hex digits of it, torch.hub's convention), the file
 must load with ``torch.load(weights_only=True)`` as a dict of tensors, and only then is it moved
-into place with ``os.replace``.  On any failure, cancel or Ctrl-C the temporary file is removed
+into place with ``os.replace``.  A file whose publisher gives no SHA-256 (DINOv2's) must also
+load into its backbone (every tensor and shape, on torch's meta device: no memory), and its
+SHA-256 is reported.  On any failure, cancel or Ctrl-C the temporary file is removed
 and an existing file is left as it was.  The download refuses more bytes than the file has
 (declared or received, with a small margin), and gives up when it stalls (less than 64 KiB in
 ``timeout`` seconds, from the request on: an answer that never comes, headers or a body that
@@ -46,12 +51,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+from . import catalogue as _catalogue
 from ._download import MIRROR_ENV, check_loads, new_partial, stream_to
 from .io import file_sha256, fsync_dir
 
 __all__ = [
     "IMAGENET_FILES",
     "MIRROR_ENV",
+    "PUBLISHED",
     "TORCHVISION_URL",
     "UNKNOWN_SIZE_LIMIT",
     "PublishedFile",
@@ -88,22 +95,29 @@ class PublishedFile(NamedTuple):
     sha256: str | None = None
 
 
-#: Backbone -> torchvision's IMAGENET1K_V1 weights file.  The same names as the engine's
-#: registry (a test checks they agree with torchvision's own URLs and sizes); kept here so that
-#: answering "are they there, and whole?" needs no torch.
-IMAGENET_FILES: dict[str, PublishedFile] = {
-    "resnet18": PublishedFile("resnet18-f37072fd.pth", 46_830_571),
-    "resnet34": PublishedFile("resnet34-b627a593.pth", 87_319_819),
-    "resnet50": PublishedFile("resnet50-0676ba61.pth", 102_530_333),
+#: File name -> the published file, from :mod:`napari_segrep.catalogue` (what the checks of a
+#: file in the cache and of a download expect; tests publish their stand-in files here).
+PUBLISHED: dict[str, PublishedFile] = {
+    name: PublishedFile(name, ws.size or 0, ws.sha256)
+    for name, (ws, _) in _catalogue.published_files().items()
 }
 
-#: Built-in backbones that read another one's ImageNet file: the 3D ResNets inflate it, the
-#: fast volume modes use it as it is (a test checks these against the engine's registry).
+#: 2D backbone -> its torchvision IMAGENET1K_V1 file (derived from the catalogue; a test checks
+#: them against torchvision's own URLs).
+IMAGENET_FILES: dict[str, PublishedFile] = {
+    name: PUBLISHED[_catalogue.weight_set(name, "imagenet").filename]
+    for name in _catalogue.weights_backbones("imagenet")
+    if _catalogue.get_entry(name).spatial_dims == 2
+}
+
+#: Built-in backbones that read another one's file: the 3D ResNets inflate their 2D ResNet's
+#: ImageNet weights, the fast volume modes use them as they are (derived from the catalogue).
 BUILT_FROM: dict[str, str] = {
-    "resnet18_3d": "resnet18",
-    "resnet34_3d": "resnet34",
-    "resnet18_planes": "resnet18",
-    "resnet18_slices": "resnet18",
+    name: source
+    for source in IMAGENET_FILES
+    for name in _catalogue.weights_backbones("imagenet")
+    if name not in IMAGENET_FILES
+    and _catalogue.weight_set(name, "imagenet").filename == IMAGENET_FILES[source].filename
 }
 
 #: The most a download of a file of unknown size may bring (a registered backbone's weights).
@@ -115,7 +129,7 @@ _HASH_IN_NAME = re.compile(r"-([a-f0-9]*)\.")
 
 @dataclass(frozen=True)
 class WeightsInfo:
-    """What is known about one backbone's ImageNet weights, and the file in the cache.
+    """What is known about one backbone's weight set, and the file in the cache.
 
     Attributes
     ----------
@@ -138,6 +152,10 @@ class WeightsInfo:
         Why the file at ``path`` is not the published one (``"it is empty"``, ``"it has 1,234
         bytes, torchvision's file has 46,830,571"``, ``"its SHA-256 starts with ..."``); None
         when there is no file, or it is the published one (see :func:`file_problem`).
+    weights : str
+        The weight set: ``"imagenet"``, ``"dinov2"``.
+    licence, publisher : str
+        The file's licence (``"BSD-3-Clause"``, ``"Apache-2.0"``) and who publishes it.
     """
 
     backbone: str
@@ -147,6 +165,15 @@ class WeightsInfo:
     size: int | None
     sha256_prefix: str | None
     damaged: str | None = None
+    weights: str = "imagenet"
+    licence: str = ""
+    publisher: str = "torchvision"
+    approx_size: int | None = None
+
+    @property
+    def label(self) -> str:
+        """``"ImageNet"``, ``"DINOv2"``: the weight set's name in messages."""
+        return {"imagenet": "ImageNet", "dinov2": "DINOv2"}.get(self.weights, self.weights)
 
     @property
     def filename(self) -> str:
@@ -160,7 +187,9 @@ class WeightsInfo:
     @property
     def size_text(self) -> str:
         """The approximate size for people: ``"45 MB"`` (``"size unknown"`` when unknown)."""
-        return format_size(self.size) if self.size else "size unknown"
+        if self.size:
+            return format_size(self.size)
+        return f"about {format_size(self.approx_size)}" if self.approx_size else "size unknown"
 
 
 def imagenet_backbones() -> list[str]:
@@ -168,18 +197,20 @@ def imagenet_backbones() -> list[str]:
     return list(IMAGENET_FILES)
 
 
-def download_command(backbone: str = "resnet18") -> str:
-    """The command line that downloads ``backbone``'s ImageNet weights (for messages)."""
-    extra = "" if backbone == "resnet18" else f" --backbone {backbone}"
-    return f"napari-segrep weights download imagenet{extra}"
+def download_command(backbone: str = "resnet18", weights: str = "imagenet") -> str:
+    """The command line that downloads ``backbone``'s weight set ``weights`` (for messages):
+    ``--backbone`` only when it is not the set's first backbone."""
+    first = (_catalogue.weights_backbones(weights) or [backbone])[0]
+    extra = "" if backbone == first else f" --backbone {backbone}"
+    return f"napari-segrep weights download {weights}{extra}"
 
 
 def damaged_message(info: WeightsInfo) -> str:
     """One line for a damaged file in the cache: which file, why, and the fix."""
     return (
-        f"the ImageNet weights file {info.path} is damaged ({info.damaged}): download it "
-        f"again with `{download_command(info.backbone)} --force`, or copy torchvision's "
-        f"{info.filename} there again from a machine with internet"
+        f"the {info.label} weights file {info.path} is damaged ({info.damaged}): download it "
+        f"again with `{download_command(info.backbone, info.weights)} --force`, or copy "
+        f"{info.publisher}'s {info.filename} there again from a machine with internet"
     )
 
 
@@ -202,9 +233,11 @@ def size_limit(size: int | None) -> int:
     return size + size // 50 + 2**20
 
 
-def weights_info(backbone: str = "resnet18", *, url: str | None = None) -> WeightsInfo:
-    """Where ``backbone``'s ImageNet weights come from and go, whether they are there, and
-    whether the file there is whole.
+def weights_info(
+    backbone: str = "resnet18", *, weights: str = "imagenet", url: str | None = None
+) -> WeightsInfo:
+    """Where ``backbone``'s weight set ``weights`` comes from and goes, whether it is there,
+    and whether the file there is whole.
 
     The file is checked with :func:`file_problem` (its size, then its SHA-256: about 0.1 s for
     45 MB, once per version of the file).
@@ -212,19 +245,22 @@ def weights_info(backbone: str = "resnet18", *, url: str | None = None) -> Weigh
     Parameters
     ----------
     backbone : str
-        A backbone with ImageNet weights (``resnet18``, ``resnet34``, ``resnet50``, or one
-        registered with an ``imagenet_url``).
+        A backbone of :mod:`napari_segrep.catalogue` (or one registered with an
+        ``imagenet_url``).
+    weights : str
+        Its weight set: ``"imagenet"`` (the ResNets), ``"dinov2"``
+        (``vit_small_patch14_reg4_dinov2``).
     url : str, optional
         Download from here instead (a mirror; the full URL of the file).  Without it, the
         ``SEGREP_WEIGHTS_URL`` environment variable (a base URL) is used when set, otherwise
-        torchvision's URL.
+        the publisher's URL.
 
     Raises
     ------
     ValueError
-        Unknown backbone, or one without ImageNet weights.
+        Unknown backbone, or one without that weight set.
     """
-    source, path, published = _source_and_path(backbone)
+    source, path, published, ws = _source_and_path(backbone, weights)
     filename = path.name
     if url is None:
         mirror = os.environ.get(MIRROR_ENV, "").strip()
@@ -237,29 +273,47 @@ def weights_info(backbone: str = "resnet18", *, url: str | None = None) -> Weigh
     present, damaged = path.is_file(), None
     if present:
         try:
-            damaged = file_problem(path, size=size, sha256=prefix)
+            damaged = file_problem(path, size=size, sha256=prefix, publisher=ws.publisher)
         except FileNotFoundError:  # removed meanwhile
             present = False
-    return WeightsInfo(backbone, url, path, present, size, prefix, damaged)
+    return WeightsInfo(
+        backbone,
+        url,
+        path,
+        present,
+        size,
+        prefix,
+        damaged,
+        ws.name,
+        ws.licence,
+        ws.publisher,
+        ws.approx_size or None,
+    )
 
 
-def _source_and_path(backbone: str) -> tuple[str, Path, PublishedFile]:
-    """(torchvision's URL, the cache path, the published file) of ``backbone``'s weights (a
-    size of 0 and a sha256 of None where unknown).
+def _source_and_path(
+    backbone: str, weights: str = "imagenet"
+) -> tuple[str, Path, PublishedFile, _catalogue.WeightSet]:
+    """(the publisher's URL, the cache path, the published file, the weight set) of
+    ``backbone``'s weight set ``weights`` (a size of 0 and a sha256 of None where unknown).
 
-    The built-in backbones (and those :data:`BUILT_FROM` names) come from
-    :data:`IMAGENET_FILES`, never from the engine: a widget
-    asks in napari's GUI thread, maybe while a background thread is importing the engine, and
-    must not wait for that import.  Other names are looked up in the engine's registry."""
-    published = IMAGENET_FILES.get(BUILT_FROM.get(backbone, backbone))
-    if published is None:
+    The catalogue's backbones are answered from :mod:`napari_segrep.catalogue` and
+    :data:`PUBLISHED`, never from the engine: a widget asks in napari's GUI thread, maybe while
+    a background thread is importing the engine, and must not wait for that import.  Other
+    names are looked up in the engine's registry (a plugin's backbone)."""
+    try:
+        entry = _catalogue.get_entry(backbone)
+    except ValueError:
         from .engine import backbones as registry  # a registered backbone (imports torch)
 
         spec = registry.get_backbone(backbone)  # ValueError naming the choices
-        path = registry.imagenet_cache_path(backbone)  # ValueError when it has none
-        return str(spec.imagenet_url), path, PublishedFile(path.name, 0)
-    path = _hub_dir() / "checkpoints" / published.filename
-    return TORCHVISION_URL + published.filename, path, published
+        ws = spec.weight_set(weights)  # ValueError when it has none
+        path = registry.pretrained_cache_path(backbone, weights)
+        published = PUBLISHED.get(ws.filename, PublishedFile(ws.filename, ws.size or 0, ws.sha256))
+        return ws.url, path, published, ws
+    ws = _catalogue.weight_set(entry.name, weights)  # ValueError naming the sets it has
+    published = PUBLISHED.get(ws.filename, PublishedFile(ws.filename, ws.size or 0, ws.sha256))
+    return ws.url, _hub_dir() / "checkpoints" / ws.filename, published, ws
 
 
 # (path, size, mtime, ctime, inode, device, expected size, expected sha256) -> the verdict
@@ -269,7 +323,11 @@ _RACY_NS = 2 * 10**9
 
 
 def file_problem(
-    path: str | os.PathLike, *, size: int | None = None, sha256: str | None = None
+    path: str | os.PathLike,
+    *,
+    size: int | None = None,
+    sha256: str | None = None,
+    publisher: str = "torchvision",
 ) -> str | None:
     """Why the file at ``path`` is not the published one of ``size`` bytes whose SHA-256
     starts with ``sha256``; None when it is (or nothing is known to check it against).
@@ -287,6 +345,8 @@ def file_problem(
         The published file's size in bytes.
     sha256 : str, optional
         The published file's SHA-256, in full or its first hex digits.
+    publisher : str
+        Who publishes it (named in the verdict: ``"torchvision's file has ..."``).
 
     Returns
     -------
@@ -311,11 +371,12 @@ def file_problem(
         st.st_dev,
         size,
         sha256,
+        publisher,
     )
     with _verdicts_lock:
         if key in _verdicts:
             return _verdicts[key]
-    verdict = _file_problem(path, st.st_size, size, sha256)
+    verdict = _file_problem(path, st.st_size, size, sha256, publisher)
     # A file changed in the last seconds may change again within the same tick of the file
     # system's clock, unseen by stat: its verdict is not remembered (git's "racy" rule).
     if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > _RACY_NS:
@@ -324,11 +385,13 @@ def file_problem(
     return verdict
 
 
-def _file_problem(path: Path, actual: int, size: int | None, sha256: str | None) -> str | None:
+def _file_problem(
+    path: Path, actual: int, size: int | None, sha256: str | None, publisher: str
+) -> str | None:
     if actual == 0:
         return "it is empty"
     if size is not None and abs(actual - size) > size_limit(size) - size:
-        return f"it has {actual:,} bytes, torchvision's file has {size:,}{_looks_like(path)}"
+        return f"it has {actual:,} bytes, {publisher}'s file has {size:,}{_looks_like(path)}"
     if not sha256:
         return None
     try:
@@ -339,7 +402,7 @@ def _file_problem(path: Path, actual: int, size: int | None, sha256: str | None)
     if digest.startswith(expected):
         return None
     return (
-        f"its SHA-256 starts with {digest[: len(expected)]}, torchvision's with "
+        f"its SHA-256 starts with {digest[: len(expected)]}, {publisher}'s with "
         f"{expected}{_looks_like(path)}"
     )
 
@@ -370,6 +433,7 @@ def _hub_dir() -> Path:
 def download_weights(
     backbone: str = "resnet18",
     *,
+    weights: str = "imagenet",
     url: str | None = None,
     sha256: str | None = None,
     force: bool = False,
@@ -377,26 +441,31 @@ def download_weights(
     should_stop: Callable[[], bool] | None = None,
     timeout: float = 30.0,
 ) -> Path:
-    """Download torchvision's ImageNet weights of ``backbone`` into the torch hub cache.
+    """Download ``backbone``'s weight set ``weights`` (torchvision's ImageNet weights by
+    default) into the torch hub cache.
 
     The file streams into a temporary file beside its destination, is checked (SHA-256, and
-    that it loads with ``torch.load(weights_only=True)`` as a dict of tensors), then moved into
-    place atomically.  On any failure (network, checksum, cancel, Ctrl-C, full disk, too many
+    that it loads with ``torch.load(weights_only=True)`` as a dict of tensors; a file whose
+    publisher gives no SHA-256 must also load into the backbone), then moved into place
+    atomically.  On any failure (network, checksum, cancel, Ctrl-C, full disk, too many
     bytes, a stall) the temporary file is removed and nothing at the destination changes.
 
     Parameters
     ----------
     backbone : str
-        ``resnet18`` (default), ``resnet34``, ``resnet50`` (or a registered backbone with an
-        ``imagenet_url``).
+        ``resnet18`` (default), ``resnet34``, ``resnet50``, ``vit_small_patch14_reg4_dinov2``
+        (or a registered backbone with an ``imagenet_url``).
+    weights : str
+        The weight set: ``"imagenet"`` (default), ``"dinov2"``.
     url : str, optional
         The file's URL on a mirror (``https://``, ``http://`` or ``file://``).  Default: the
         ``SEGREP_WEIGHTS_URL`` environment variable (a base URL, the file name is appended)
-        when set, else torchvision's URL.
+        when set, else the publisher's URL.
     sha256 : str, optional
         Expected SHA-256 of the file, in full or its first hex digits (at least 8); it must
-        agree with the digits in torchvision's file name (the file is saved under that name).
-        Default: those digits (e.g. ``f37072fd`` of ``resnet18-f37072fd.pth``).
+        agree with the catalogue's (for torchvision's files, the digits in the file name: the
+        file is saved under that name).  Default: the catalogue's (e.g. ``f37072fd`` of
+        ``resnet18-f37072fd.pth``; none for DINOv2's, whose publisher gives none).
     force : bool
         Download even when whole weights are already in the cache (they are replaced only once
         the new file is verified).  Otherwise a whole file is returned without downloading; a
@@ -434,9 +503,13 @@ def download_weights(
     """
     if not timeout > 0:
         raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
-    info = weights_info(backbone, url=url)
+    info = weights_info(backbone, weights=weights, url=url)
     dest = info.path
     expected = _expected_sha256(sha256, info)
+    if info.size:
+        limit = size_limit(info.size)
+    else:  # the publisher does not say: half as much again as the file is about
+        limit = info.approx_size * 3 // 2 if info.approx_size else UNKNOWN_SIZE_LIMIT
     if info.usable and not force:
         return dest
     folder = dest.parent
@@ -449,7 +522,7 @@ def download_weights(
         ) from None
     tmp = new_partial(dest)
     try:
-        got = stream_to(tmp, info, progress, should_stop, timeout, limit=size_limit(info.size))
+        got = stream_to(tmp, info, progress, should_stop, timeout, limit=limit)
         if expected is not None and not got.startswith(expected):
             raise ValueError(
                 f"checksum mismatch for {info.url}: expected a SHA-256 starting with {expected}, "
@@ -457,6 +530,10 @@ def download_weights(
                 "another file: try again, or check the URL)"
             )
         check_loads(tmp, info.url)
+        if expected is None:  # nothing to compare its bytes with: it must fit its backbone
+            from .engine.backbones import check_weights_file
+
+            check_weights_file(tmp, backbone, weights, source=info.url)
         os.replace(tmp, dest)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -479,7 +556,7 @@ def _expected_sha256(sha256: str | None, info: WeightsInfo) -> str | None:
         )
     if published and not (text.startswith(published) or published.startswith(text)):
         raise ValueError(
-            f"sha256 {sha256!r} disagrees with torchvision's {info.filename}, whose SHA-256 "
+            f"sha256 {sha256!r} disagrees with {info.publisher}'s {info.filename}, whose SHA-256 "
             f"starts with {published[:8]}: the cache keeps that file under that name only; "
             "check the digits (or leave the option out)"
         )

@@ -83,7 +83,7 @@ def test_cli_weights__list_says_what_is_there_without_loading_torch(weights_cach
         "import sys, json\nfrom napari_segrep import weights\n"
         "from napari_segrep.cli import main\n"
         # the stand-in is torchvision's resnet18 file here (as publish() does in-process)
-        f"weights.IMAGENET_FILES['resnet18'] = weights.PublishedFile({RESNET18_FILE!r}, "
+        f"weights.PUBLISHED[{RESNET18_FILE!r}] = weights.PublishedFile({RESNET18_FILE!r}, "
         f"{len(stand_in)}, {sha256(stand_in)!r})\n"
         "status = main(['weights', 'list'])\n"
         "print(json.dumps([status, 'torch' in sys.modules]))"
@@ -93,18 +93,22 @@ def test_cli_weights__list_says_what_is_there_without_loading_torch(weights_cach
     )
     *rows, last = done.stdout.splitlines()
     assert json.loads(last) == [0, False]
-    assert len(rows) == 3
-    assert rows[0].split()[:4] == ["resnet18", "present", *format_size(len(stand_in)).split()]
+    assert len(rows) == 4  # every file of the catalogue: 3 ImageNet ResNets, DINOv2's ViT
+    size = format_size(len(stand_in)).split()
+    assert rows[0].split()[:6] == ["resnet18", "imagenet", "present", *size, "BSD-3-Clause"]
     assert rows[0].endswith(str(weights_cache / RESNET18_FILE))
-    assert rows[1].split()[:4] == ["resnet34", "damaged", "20", "B"]
-    assert rows[2].split()[:3] == ["resnet50", "missing", "~98"]
+    assert rows[1].split()[:5] == ["resnet34", "imagenet", "damaged", "20", "B"]
+    assert rows[2].split()[:4] == ["resnet50", "imagenet", "missing", "~98"]
     assert rows[2].endswith(str(weights_cache / "resnet50-0676ba61.pth"))
+    dinov2 = ["vit_small_patch14_reg4_dinov2", "dinov2", "missing", "~84", "MB", "Apache-2.0"]
+    assert rows[3].split()[:6] == dinov2
     errors = done.stderr.splitlines()
     damaged = [line for line in errors if "damaged" in line]
     assert len(damaged) == 1 and "resnet34-b627a593.pth is damaged (it has 20 bytes" in damaged[0]
     assert "it looks like a web page" in damaged[0]
     assert "`napari-segrep weights download imagenet --backbone resnet34 --force`" in damaged[0]
-    assert "napari-segrep weights download imagenet --backbone NAME (resnet50)" in done.stderr
+    assert "napari-segrep weights download imagenet --backbone resnet50;" in done.stderr
+    assert done.stderr.rstrip().endswith("napari-segrep weights download dinov2")
 
 
 @pytest.mark.parametrize(
@@ -389,7 +393,7 @@ def test_cli_weights__download_replaces_a_damaged_file_without_force(
     assert out.strip() == str(path) and path.read_bytes() == stand_in
     assert weights_server.requests == [f"/{RESNET18_FILE}"] and leftovers(weights_cache) == []
     assert _run("weights", "list") == 0
-    assert capsys.readouterr().out.splitlines()[0].split()[:2] == ["resnet18", "present"]
+    assert capsys.readouterr().out.splitlines()[0].split()[:3] == ["resnet18", "imagenet", "present"]
 
 
 def test_cli_weights__a_failed_download_keeps_the_damaged_file_and_says_so_again(

@@ -10,6 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..catalogue import backbone_choices
+
 __all__ = [
     "BACKBONES",
     "DEVICE_HELP",
@@ -25,19 +27,11 @@ __all__ = [
     "parse_normalize",
 ]
 
-#: The registered backbones (:mod:`napari_segrep.engine.backbones`, which loads torch: not
-#: imported for ``--help``; a test checks they are the registry's): 2D, then volumes (the
-#: native 3D networks; resnet18_planes and resnet18_slices, the fast modes: the 2D network on
-#: three orthogonal planes, or on every z-slice, of each object).
-BACKBONES = [
-    "resnet18",
-    "resnet34",
-    "resnet50",
-    "resnet18_3d",
-    "resnet34_3d",
-    "resnet18_planes",
-    "resnet18_slices",
-]
+#: The catalogue's backbones (:mod:`napari_segrep.catalogue`, torch-free: ``--help`` loads no
+#: torch): 2D (ResNets, ViTs), then volumes (the native 3D networks; resnet18_planes and
+#: resnet18_slices, the fast modes: the 2D network on three orthogonal planes, or on every
+#: z-slice, of each object).
+BACKBONES = backbone_choices()
 DEVICE_HELP = "auto, cpu, cuda, cuda:N or mps"
 #: The largest --seed of embed and train: torch's generators take seeds up to 2**64 - 1 and
 #: the engine derives others from it (seed + 1, seed + 2, seed + epoch), numpy's SeedSequence

@@ -144,7 +144,7 @@ def _prepare(args: argparse.Namespace, *, check_folder: bool) -> _Plan:
         pairs, axes=args.axes, spacing=args.spacing, channel_axis=args.channel_axis
     )
     layouts = checked.layouts
-    crop_size = _check_crop_size(args.crop_size, pairs, checked.shapes, layouts)
+    crop_size = _check_crop_size(args.crop_size, pairs, checked.shapes, layouts, args.backbone)
     channels = checked.channels
     if len(set(channels)) > 1:
         by_count: dict[int, list[str]] = {}
@@ -233,14 +233,14 @@ def _check_options(args: argparse.Namespace) -> None:
         raise CLIError(f"--batch-size {args.batch_size}: give 1 or more")
 
 
-def _check_crop_size(crop_size: int | None, pairs, shapes, layouts) -> int:
+def _check_crop_size(crop_size: int | None, pairs, shapes, layouts, backbone=None) -> int:
     """``--crop-size`` (None: the engine's default for the objects' dimensions) by the
     engine's rule for every image (the smallest is the strictest), before any work."""
     from ..engine.inputs import check_crop_size
     from ..engine.pipeline import default_crop_size
 
     if crop_size is None:
-        crop_size = default_crop_size(layouts[0])
+        crop_size = default_crop_size(layouts[0], backbone)
     sides = [
         (max(lab[1:] if layout.has_time else lab), image)
         for (image, _), (_, lab), layout in zip(pairs, shapes, layouts, strict=True)

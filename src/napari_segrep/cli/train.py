@@ -276,7 +276,7 @@ def _run(args: argparse.Namespace) -> int:
     if crop_size is None:
         from ..engine.pipeline import default_crop_size
 
-        crop_size = default_crop_size(layout)
+        crop_size = default_crop_size(layout, backbone)
     batch_size = args.batch_size
     if batch_size is None:
         batch_size = default("batch_size") if args.annotations is None else REFINE_BATCH_SIZE

@@ -1,9 +1,11 @@
-"""``napari-segrep weights download imagenet`` and ``napari-segrep weights list``:
-torchvision's ImageNet weights in the local torch cache, downloaded only when asked.
+"""``napari-segrep weights download imagenet|dinov2`` and ``napari-segrep weights list``: the
+catalogue's pretrained weights (:mod:`napari_segrep.catalogue`: torchvision's ImageNet weights
+of the ResNets, Meta's DINOv2 weights of ``vit_small_patch14_reg4_dinov2``) in the local torch
+cache, downloaded only when asked.
 
 Also what ``embed`` and ``train`` share about their starting weights: the ``--weights
-{auto,imagenet,none}`` option (:func:`add_weights_option`) and the choice it leads to, said in
-one line (:func:`choose_weights`, :func:`start_encoder`).
+{auto,none,imagenet,dinov2}`` option (:func:`add_weights_option`) and the choice it leads to,
+said in one line (:func:`choose_weights`, :func:`start_encoder`).
 
 Standard library only at import time (``napari-segrep --help`` must not load torch); ``weights
 list`` needs no torch at all.
@@ -17,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..catalogue import weight_set_names, weights_backbones
 from ._common import BACKBONES, CLIError, HelpFormatter, add_quiet_option
 
 __all__ = [
@@ -29,8 +32,8 @@ __all__ = [
     "start_encoder",
 ]
 
-#: The values of ``--weights`` (embed, train).
-WEIGHTS_CHOICES = ("auto", "imagenet", "none")
+#: The values of ``--weights`` (embed, train): auto, none, and the catalogue's weight sets.
+WEIGHTS_CHOICES = ("auto", "none", *weight_set_names())
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -39,20 +42,25 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
     parser = subparsers.add_parser(
         "weights",
-        help="download or list pretrained weights (torchvision's ImageNet weights)",
+        help="download or list pretrained weights (torchvision's ImageNet, Meta's DINOv2)",
         description="Pretrained weights live in the local torch cache ($TORCH_HOME/hub/"
-        "checkpoints, by default ~/.cache/torch/hub/checkpoints), where torchvision looks for "
-        "them too. napari-segrep downloads them only when you ask: 'weights download imagenet'.",
+        "checkpoints, by default ~/.cache/torch/hub/checkpoints), where torchvision and "
+        "torch.hub look for them too. napari-segrep downloads them only when you ask: 'weights "
+        "download imagenet' (the ResNets) or 'weights download dinov2' "
+        "(vit_small_patch14_reg4_dinov2).",
         formatter_class=HelpFormatter,
     )
     actions = parser.add_subparsers(dest="weights_action", metavar="ACTION")
     actions.required = True
     download = actions.add_parser(
         "download",
-        help="download torchvision's ImageNet weights into the torch cache",
-        description="Download torchvision's ImageNet (IMAGENET1K_V1) weights of a backbone into "
-        "the torch cache. The file is checked (its SHA-256 against the digits in torchvision's "
-        "file name, and that it loads as weights) before it is moved into place; an "
+        help="download a backbone's pretrained weights into the torch cache",
+        description="Download pretrained weights of a backbone into the torch cache: imagenet "
+        "(torchvision's IMAGENET1K_V1, BSD-3-Clause) or dinov2 (Meta's DINOv2 ViT-S/14 with "
+        "registers, Apache-2.0, about 88 MB). The file is checked (its SHA-256 against the "
+        "digits in torchvision's file name; DINOv2's, whose publisher gives no SHA-256: that it "
+        "loads into the backbone, every tensor and shape, and its SHA-256 is shown) before it "
+        "is moved into place; an "
         "interrupted or failed download leaves nothing behind, and a file already there is "
         "kept unless it is damaged (then it is replaced) or --force is given. A server that "
         "sends more than the file's size (with a small margin) or stalls is refused. Offline? "
@@ -62,28 +70,33 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
     )
     download.add_argument(
-        "kind", choices=["imagenet"], help="which weights: imagenet (torchvision's IMAGENET1K_V1)"
+        "kind",
+        choices=weight_set_names(),
+        help="which weights: imagenet (torchvision's IMAGENET1K_V1, for "
+        f"{', '.join(weights_backbones('imagenet'))}) or dinov2 (Meta's, for "
+        f"{', '.join(weights_backbones('dinov2'))})",
     )
     download.add_argument(
         "--backbone",
-        default="resnet18",
+        default=None,
         choices=BACKBONES,
         metavar="NAME",
-        help=f"whose weights to download, one of {', '.join(BACKBONES)} (a 3D or volume "
-        "backbone reads its 2D ResNet's file: resnet18_3d, resnet18_planes and resnet18_slices "
-        "resnet18's, resnet34_3d resnet34's)",
+        help=f"whose weights to download, one of {', '.join(BACKBONES)} (default: resnet18 "
+        "for imagenet, vit_small_patch14_reg4_dinov2 for dinov2; a 3D or volume backbone reads "
+        "its 2D ResNet's file: resnet18_3d, resnet18_planes and resnet18_slices resnet18's, "
+        "resnet34_3d resnet34's)",
     )
     download.add_argument(
         "--url",
         default=None,
         help=f"the file's URL on a mirror (https://, http:// or file://) (default: "
-        f"${MIRROR_ENV}/FILE when set, else torchvision's URL)",
+        f"${MIRROR_ENV}/FILE when set, else the publisher's URL)",
     )
     download.add_argument(
         "--sha256",
         default=None,
         help="expected SHA-256 of the file, in full or its first 8+ hex digits; it must agree "
-        "with the digits in torchvision's file name (default: those digits)",
+        "with the digits in torchvision's file name (default: those digits; none for dinov2)",
     )
     download.add_argument(
         "--force",
@@ -102,11 +115,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     download.set_defaults(func=run)
     listing = actions.add_parser(
         "list",
-        help="list the ImageNet weights: present, missing or damaged, size, path",
-        description="For each backbone: whether its ImageNet weights are in the torch cache "
-        "(present), not there (missing), or there but not torchvision's file (damaged: "
-        "truncated, empty, an error page...; checked by size and SHA-256), their size, and "
-        "where they go.",
+        help="list the pretrained weights: present, missing or damaged, size, licence, path",
+        description="For each weights file of the catalogue (the backbone that reads it, and "
+        "which weights): whether it is in the torch cache (present), not there (missing), or "
+        "there but not the publisher's file (damaged: truncated, empty, an error page...; "
+        "checked by size and SHA-256 where published), its size, licence, and where it goes.",
         formatter_class=HelpFormatter,
     )
     listing.set_defaults(func=run)
@@ -131,39 +144,49 @@ def _positive_seconds(text: str) -> float:
 
 
 def _list() -> int:
-    from ..weights import damaged_message, format_size, imagenet_backbones, weights_info
+    from ..catalogue import published_files
+    from ..weights import damaged_message, download_command, format_size, weights_info
 
-    infos = [weights_info(name) for name in imagenet_backbones()]
+    infos = [
+        weights_info(backbones[0], weights=ws.name) for ws, backbones in published_files().values()
+    ]
+    width = max(len(info.backbone) for info in infos)
     for info in infos:
         if info.present:
             size = format_size(info.path.stat().st_size)
         else:
-            size = f"~{info.size_text}"
+            size = f"~{format_size(info.size or info.approx_size or 0)}"
         status = "damaged" if info.damaged else "present" if info.present else "missing"
-        print(f"{info.backbone:<9} {status:<8} {size:>7}  {info.path}")
+        print(
+            f"{info.backbone:<{width}} {info.weights:<8} {status:<8} {size:>7}  "
+            f"{info.licence:<12} {info.path}"
+        )
     for info in infos:
         if info.damaged:
             print(f"napari-segrep: {damaged_message(info)}", file=sys.stderr)
-    missing = [info.backbone for info in infos if not info.present]
+    missing = [info for info in infos if not info.present]
     if missing:
-        from ..weights import download_command
-
-        print(
-            f"napari-segrep: missing weights download with: {download_command()} "
-            f"--backbone NAME ({', '.join(missing)})",
-            file=sys.stderr,
-        )
+        commands = "; ".join(download_command(i.backbone, i.weights) for i in missing)
+        print(f"napari-segrep: missing weights download with: {commands}", file=sys.stderr)
     return 0
 
 
 def _download(args: argparse.Namespace) -> int:
     from ..weights import download_weights, weights_info
 
-    info = weights_info(args.backbone, url=args.url)
+    kind = args.kind
+    if args.backbone is None:
+        args.backbone = weights_backbones(kind)[0]
+    try:
+        info = weights_info(args.backbone, weights=kind, url=args.url)
+    except ValueError as exc:  # a backbone without these weights
+        raise CLIError(str(exc).replace("weights=None", "--weights none")) from None
+    label = info.label
     if info.usable and not args.force:
+        checked = "size and SHA-256 checked" if info.sha256_prefix else "present, not empty"
         print(
-            f"napari-segrep: {args.backbone} ImageNet weights are already in the cache, whole "
-            "(size and SHA-256 checked; --force downloads them again)",
+            f"napari-segrep: {args.backbone} {label} weights are already in the cache, whole "
+            f"({checked}; --force downloads them again)",
             file=sys.stderr,
         )
         print(info.path)
@@ -175,14 +198,15 @@ def _download(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     print(
-        f"napari-segrep: downloading {args.backbone} ImageNet weights (about {info.size_text}) "
-        f"from {info.url}",
+        f"napari-segrep: downloading {args.backbone} {label} weights (about "
+        f"{info.size_text.removeprefix('about ')}, licence {info.licence}) from {info.url}",
         file=sys.stderr,
     )
     bar = DownloadProgress(info.filename, disable=args.quiet)
     try:
         path = download_weights(
             args.backbone,
+            weights=kind,
             url=args.url,
             sha256=args.sha256,
             force=True,  # decided above: missing, damaged, or --force
@@ -191,7 +215,13 @@ def _download(args: argparse.Namespace) -> int:
         )
     finally:
         bar.close()
-    print(f"napari-segrep: checked and saved {path.name} (SHA-256 verified)", file=sys.stderr)
+    if info.sha256_prefix or args.sha256:
+        how = "SHA-256 verified"
+    else:
+        from ..io import file_sha256
+
+        how = f"it loads into {args.backbone}; its SHA-256 is {file_sha256(path)}"
+    print(f"napari-segrep: checked and saved {path.name} ({how})", file=sys.stderr)
     print(path)
     return 0
 
@@ -231,14 +261,17 @@ class DownloadProgress:
 
 # ---------------------------------------------------------------------- --weights (embed, train)
 def add_weights_option(parser, *, checkpoint_flag: str) -> None:
-    """``--weights {auto,imagenet,none}`` on ``parser`` (a parser or an argument group)."""
+    """``--weights {auto,none,imagenet,dinov2}`` on ``parser`` (a parser or an argument
+    group)."""
     parser.add_argument(
         "--weights",
         default="auto",
         choices=WEIGHTS_CHOICES,
-        help="start from 'imagenet' (torchvision's weights, from the torch cache: 'napari-"
-        "segrep weights download imagenet' fetches them), 'none' (untrained, from --seed), or "
-        f"'auto': ImageNet when in the cache, else untrained; {checkpoint_flag} replaces both",
+        help="start from 'imagenet' (torchvision's weights of a ResNet, from the torch cache: "
+        "'napari-segrep weights download imagenet' fetches them), 'dinov2' (Meta's weights of "
+        "vit_small_patch14_reg4_dinov2: 'weights download dinov2'), 'none' (untrained, from "
+        "--seed), or 'auto': the backbone's pretrained weights when in the cache, else "
+        f"untrained; {checkpoint_flag} replaces them",
     )
 
 
@@ -255,19 +288,19 @@ def choose_weights(
 
     Returns
     -------
-    weights : Path, "imagenet" or None
-        The checkpoint, ImageNet, or untrained (``None``; also for a resumed run, whose
-        checkpoint brings its own weights).
+    weights : Path, a weight set ("imagenet", "dinov2") or None
+        The checkpoint, pretrained weights, or untrained (``None``; also for a resumed run,
+        whose checkpoint brings its own weights).
     line : str
         For stderr: which start is used; when ``auto`` falls back to untrained, also the
-        command that downloads the ImageNet weights.
+        command that downloads the backbone's pretrained weights.
 
     Raises
     ------
     CLIError
-        ``--weights imagenet``/``none`` together with a checkpoint or a resumed run,
-        ``--weights imagenet`` while the weights are not in the cache, or ``imagenet``/``auto``
-        while the file in the cache is damaged (the message names it and the fix).
+        ``--weights imagenet``/``dinov2``/``none`` together with a checkpoint or a resumed
+        run, a weight set the backbone has not, or one not in the cache, or a damaged file in
+        the cache (``auto`` too; the message names it and the fix).
     """
     from ..weights import damaged_message, download_command, weights_info
 
@@ -285,23 +318,34 @@ def choose_weights(
     untrained = f"napari-segrep: weights: untrained {backbone} (random init, seed {seed})"
     if choice == "none":
         return None, untrained
+    from ..catalogue import BY_NAME
+
+    entry = BY_NAME.get(backbone)
+    if choice == "auto":
+        if entry is None or not entry.weights:  # a backbone without pretrained weights
+            return None, untrained
+        choice_set, asked = entry.weights[0].name, False
+    else:
+        choice_set, asked = choice, True
     try:
-        info = weights_info(backbone)
-    except ValueError as exc:  # a backbone without ImageNet weights
-        if choice == "imagenet":
-            raise CLIError(str(exc)) from None
+        info = weights_info(backbone, weights=choice_set)
+    except ValueError as exc:  # a backbone without these weights
+        if asked:
+            raise CLIError(str(exc).replace("weights=None", "--weights none")) from None
         return None, untrained
     if info.damaged:  # auto too: a user who put the file there means to use it
         raise CLIError(damaged_message(info))
     if info.present:
-        return "imagenet", f"napari-segrep: weights: ImageNet ({backbone}, {info.path})"
-    command = download_command(backbone)
-    if choice == "imagenet":
+        return choice_set, f"napari-segrep: weights: {info.label} ({backbone}, {info.path})"
+    command = download_command(backbone, choice_set)
+    if asked:
         raise CLIError(
-            f"ImageNet weights for {backbone} are not in the torch cache ({info.path}): "
+            f"{info.label} weights for {backbone} are not in the torch cache ({info.path}): "
             f"download them with `{command}` ({info.size_text}), or use --weights none"
         )
-    return None, f"{untrained}; ImageNet weights are not in the torch cache: `{command}` gets them"
+    return None, (
+        f"{untrained}; {info.label} weights are not in the torch cache: `{command}` gets them"
+    )
 
 
 def start_encoder(

@@ -426,7 +426,8 @@ def iter_embed_images(
     pin = device.type == "cuda" if pin_memory is None else bool(pin_memory)
     crop_size = options.get("crop_size")
     if crop_size is None:  # no images: 2D's (nothing is cropped)
-        crop_size = default_crop_size(layouts[0] if layouts else layout_of((1, 1)))
+        first = layouts[0] if layouts else layout_of((1, 1))
+        crop_size = default_crop_size(first, None if encoder is None else encoder.backbone_name)
     collector = _Collector(names, encoder, device, should_stop, crop_size, layouts)
     stream = image_stream(
         images,

@@ -21,6 +21,7 @@ from .pipeline import (
     BatchEncoder,
     EmbeddingRows,
     check_spatial_dims,
+    default_crop_size,
     embedding_columns,
     empty_result,
     on_device,
@@ -75,16 +76,18 @@ def encoder_for(
 
     Parameters
     ----------
-    weights : None, "imagenet", a checkpoint path, or a SegmentEncoder
-        ``None``: untrained ``backbone`` from ``seed``; ``"imagenet"``: torchvision's weights
-        from the local torch cache; a path: the encoder stored in that napari-segrep checkpoint
+    weights : None, a weight set ("imagenet", "dinov2"), a checkpoint path, or a SegmentEncoder
+        ``None``: untrained ``backbone`` from ``seed``; a weight set: the backbone's pretrained
+        weights (:mod:`napari_segrep.catalogue`) from the local torch cache; a path: the encoder stored in that napari-segrep checkpoint
         (its own backbone and channels); an encoder: returned as it is.
     in_channels : int
-        Channels of the images to embed (for ``None`` and ``"imagenet"``).
+        Channels of the images to embed (for ``None`` and a weight set).
     """
     if isinstance(weights, SegmentEncoder):
         return weights
-    if weights is None or (isinstance(weights, str) and weights.lower() == "imagenet"):
+    from ..catalogue import weight_set_names
+
+    if weights is None or (isinstance(weights, str) and weights.lower() in weight_set_names()):
         return SegmentEncoder(backbone, in_channels=in_channels, weights=weights, seed=seed)
     from .encoder import load_encoder
 
@@ -208,6 +211,8 @@ def embed_segments(
     layout = resolve_layout(labels, axes, spacing)
     if encoder is not None:
         check_spatial_dims(encoder, layout)
+        if crop_size is None:
+            crop_size = default_crop_size(layout, encoder.backbone_name)
     options = dict(
         crop_size=crop_size,
         batch_size=batch_size,

@@ -23,12 +23,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..catalogue import weight_set_names
 from .backbones import (
     BACKBONES,
     build_backbone,
     get_backbone,
     imagenet_cache_path,
-    load_imagenet_weights,
+    load_pretrained_weights,
 )
 from .checkpoint import (
     encoder_state_from_checkpoint,
@@ -57,12 +58,14 @@ class SegmentEncoder(nn.Module):
     feature_masking : bool
         Masked BatchNorm statistics, zeroed activations outside the mask at every feature grid,
         mean pooling over in-mask cells.
-    weights : None, "imagenet" or path
-        ``None``: random initialisation from ``seed`` (deterministic).  ``"imagenet"``:
-        torchvision's ImageNet weights, read **only** from the local torch hub cache (see
+    weights : None, "imagenet", "dinov2" or path
+        ``None``: random initialisation from ``seed`` (deterministic).  The name of one of the
+        backbone's weight sets (:mod:`napari_segrep.catalogue`): ``"imagenet"``,
+        torchvision's ImageNet weights of a ResNet; ``"dinov2"``, Meta's DINOv2 weights of
+        ``vit_small_patch14_reg4_dinov2``; read **only** from the local torch hub cache (see
         :func:`imagenet_cache_path`; nothing is downloaded here: ``napari-segrep weights
-        download imagenet`` or :func:`napari_segrep.weights.download_weights` fetches them, when
-        asked).  A path: a napari-segrep checkpoint
+        download imagenet|dinov2`` or :func:`napari_segrep.weights.download_weights` fetches
+        them, when asked).  A path: a napari-segrep checkpoint
         (written by :func:`napari_segrep.save_encoder` or by training).
     seed : int
         Seed of the random initialisation.
@@ -114,21 +117,22 @@ class SegmentEncoder(nn.Module):
 
         if weights is None:
             return
-        if isinstance(weights, str) and weights.lower() == "imagenet":
-            self._load_imagenet()
+        if isinstance(weights, str) and weights.lower() in weight_set_names():
+            self._load_pretrained(weights.lower())
         elif isinstance(weights, (str, os.PathLike)):
             self._load_checkpoint(Path(weights))
         else:
             raise TypeError(
-                "weights must be None, 'imagenet' or a checkpoint path, got "
+                "weights must be None, a weight set ('imagenet', 'dinov2') or a checkpoint "
+                "path, got "
                 f"{type(weights).__name__}"
             )
 
     # ------------------------------------------------------------------ construction helpers
-    def _load_imagenet(self) -> None:
-        """The backbone's ImageNet weights, and their input statistics brought to
-        ``in_channels`` as the first convolution is (averaged for 1 channel, tiled for N)."""
-        mean, std = load_imagenet_weights(self.backbone, self.backbone_name)
+    def _load_pretrained(self, weights: str) -> None:
+        """The backbone's weight set ``weights``, and their input statistics brought to
+        ``in_channels`` as the first layer is (averaged for 1 channel, tiled for N)."""
+        mean, std = load_pretrained_weights(self.backbone, self.backbone_name, weights)
         if self.in_channels == 1:
             mean, std = mean.mean(0, keepdim=True), std.mean(0, keepdim=True)
         else:
@@ -136,7 +140,7 @@ class SegmentEncoder(nn.Module):
             mean, std = mean.repeat(reps)[: self.in_channels], std.repeat(reps)[: self.in_channels]
         self.input_mean.copy_(mean)
         self.input_std.copy_(std)
-        self.weights_source = "imagenet"
+        self.weights_source = weights
 
     def _load_checkpoint(self, path: Path) -> None:
         config, state = encoder_state_from_checkpoint(path)

@@ -86,9 +86,17 @@ MIN_SCALE = 1 / 64
 MANY_OBJECTS = 100_000
 
 
-def default_crop_size(layout: Layout) -> int:
-    """What ``crop_size=None`` means for objects of ``layout``: :data:`DEFAULT_CROP_SIZE` (64)
-    in 2D, :data:`VOLUME_CROP_SIZE` (32) for volumes."""
+def default_crop_size(layout: Layout, backbone: str | None = None) -> int:
+    """What ``crop_size=None`` means for objects of ``layout`` seen by ``backbone``: the
+    backbone's own crop when it has one (:mod:`napari_segrep.catalogue`: 112 for the ViTs, a
+    7x7 or 8x8 token grid), else :data:`DEFAULT_CROP_SIZE` (64) in 2D and
+    :data:`VOLUME_CROP_SIZE` (32) for volumes."""
+    if backbone is not None:
+        from .backbones import BACKBONES
+
+        spec = BACKBONES.get(backbone)
+        if spec is not None and spec.default_crop and spec.spatial_dims == layout.spatial_ndim:
+            return int(spec.default_crop)
     return VOLUME_CROP_SIZE if layout.is_volume else DEFAULT_CROP_SIZE
 
 

@@ -220,12 +220,12 @@ def train_ssl(
     layouts = pair_layouts(labels, axes=axes, spacing=spacing)
     layout = layouts[0]
     recorded_axes, recorded_spacing = recorded_layout(layouts)  # for the checkpoint
-    if crop_size is None:
-        crop_size = default_crop_size(layout)
     if "backbone" not in options or options["backbone"] is None:
         options["backbone"] = (
             encoder.backbone_name if encoder is not None else default_backbone(layout)
         )
+    if crop_size is None:
+        crop_size = default_crop_size(layout, options["backbone"])
     if encoder is not None:
         check_spatial_dims(encoder, layout)
     else:

@@ -11,16 +11,21 @@ crops, each seen through its mask:
   torchvision state dict, adapting the input layer to the module's channels (a 3D backbone
   inflates the 2D kernels); ``ValueError`` when the state does not fit.
 
-Built in: torchvision's ``resnet18``, ``resnet34``, ``resnet50`` (2D, :mod:`.resnet`) and their
-native 3D counterparts ``resnet18_3d``, ``resnet34_3d`` (:mod:`.resnet3d`, which read the 2D
-ImageNet file and inflate it); the fast CPU modes for volumes ``resnet18_planes`` and
-``resnet18_slices`` (:mod:`.planes`: resnet18's 2D network on three orthogonal planes, or on the
-z-slices, of a 3D crop; resnet18's ImageNet file as it is).
+- ``load_pretrained_state(state, fmt)`` (a backbone with other weight sets than torchvision's,
+  e.g. the ViTs' ``fmt="dinov2"``): the same for the state dict layout ``fmt``.
+
+Built in: every entry of :mod:`napari_segrep.catalogue` (the facts: dims, embedding size, crop,
+weight sets), each built by the module the entry names: torchvision's ``resnet18``,
+``resnet34``, ``resnet50`` (2D, :mod:`.resnet`) and their native 3D counterparts ``resnet18_3d``,
+``resnet34_3d`` (:mod:`.resnet3d`, which read the 2D ImageNet file and inflate it); the fast CPU
+modes for volumes ``resnet18_planes`` and ``resnet18_slices`` (:mod:`.planes`); the masked ViTs
+``vit_tiny_patch16_224``, ``vit_small_patch16_224``, ``vit_small_patch14_reg4_dinov2``
+(:mod:`.vit`, timm, imported when one is built).
 
 :class:`~napari_segrep.engine.encoder.SegmentEncoder` builds backbones by name with
-:func:`build_backbone` and knows nothing else about them.  A new backbone (ViT, 3D...) is a new
-file in this package with a builder ``build(*, in_channels, seed)``, registered by name with
-:func:`register_backbone`.
+:func:`build_backbone` and knows nothing else about them.  A new built-in backbone is a new file
+in this package with a builder ``build(*, in_channels, seed)`` and one catalogue entry; a
+plugin's (or a test's) is registered by name with :func:`register_backbone`.
 
 Examples
 --------
@@ -38,6 +43,7 @@ Examples
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -47,6 +53,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from ...catalogue import CATALOGUE, IMAGENET_MEAN, IMAGENET_STD, WeightSet
+from ...catalogue import Backbone as CatalogueEntry
+
 __all__ = [
     "BACKBONES",
     "IMAGENET_MEAN",
@@ -54,16 +63,15 @@ __all__ = [
     "BackboneSpec",
     "backbone_names",
     "build_backbone",
+    "check_weights_file",
     "get_backbone",
     "imagenet_cache_path",
     "load_imagenet_weights",
+    "load_pretrained_weights",
+    "pretrained_cache_path",
     "register_backbone",
     "unregister_backbone",
 ]
-
-#: RGB mean and std of ImageNet, which torchvision's ImageNet weights expect.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
@@ -77,9 +85,9 @@ class BackboneSpec:
         A new backbone (see the module docstring), randomly initialised from ``seed`` without
         touching the global random generator.
     imagenet_url : str or None
-        torchvision's download URL of the backbone's ImageNet weights: its file name finds
-        the file in the local torch hub cache; it is downloaded only when the user asks
-        (:func:`napari_segrep.weights.download_weights`).
+        torchvision's download URL of the backbone's ImageNet weights (its ``"imagenet"``
+        weight set's URL): its file name finds the file in the local torch hub cache; it is
+        downloaded only when the user asks (:func:`napari_segrep.weights.download_weights`).
         ``None``: no ImageNet weights.
     imagenet_mean, imagenet_std : tuple of float
         RGB statistics the ImageNet weights expect their input standardised with.
@@ -89,6 +97,11 @@ class BackboneSpec:
         The backbone has one last feature map before pooling, ``feature_map(x, mask) ->
         (features, mask grid)`` (what a decoder of the pretext objectives reads); False for
         the plane/slice backbones, whose embedding pools several 2D maps.
+    weights : tuple of WeightSet
+        Its pretrained weight sets (:class:`napari_segrep.catalogue.WeightSet`), the default
+        first; a registration with an ``imagenet_url`` has one, ``"imagenet"``.
+    default_crop : int or None
+        The crop side ``crop_size=None`` means for it (None: the engine's default for its dims).
     """
 
     name: str
@@ -98,6 +111,20 @@ class BackboneSpec:
     imagenet_std: tuple[float, ...] = IMAGENET_STD
     spatial_dims: int = 2
     feature_map: bool = True
+    weights: tuple[WeightSet, ...] = ()
+    default_crop: int | None = None
+
+    def weight_set(self, name: str) -> WeightSet:
+        """The weight set ``name``; ``ValueError`` naming those there are."""
+        for ws in self.weights:
+            if ws.name == name:
+                return ws
+        if name == "imagenet":
+            raise ValueError(f"backbone {self.name!r} has no ImageNet weights; use weights=None")
+        have = ", ".join(ws.name for ws in self.weights) or "none"
+        raise ValueError(
+            f"backbone {self.name!r} has no {name!r} weights (it has: {have}); use weights=None"
+        )
 
 
 #: name -> :class:`BackboneSpec`, in registration order.
@@ -114,6 +141,8 @@ def register_backbone(
     spatial_dims: int = 2,
     overwrite: bool = False,
     feature_map: bool = True,
+    weights: Sequence[WeightSet] = (),
+    default_crop: int | None = None,
 ) -> BackboneSpec:
     """Make ``SegmentEncoder(backbone=name)`` build its backbone with ``build``.
 
@@ -121,8 +150,9 @@ def register_backbone(
     ----------
     name : str
     build : callable(*, in_channels: int, seed: int) -> nn.Module
-    imagenet_url, imagenet_mean, imagenet_std, spatial_dims, feature_map
-        See :class:`BackboneSpec`.
+    imagenet_url, imagenet_mean, imagenet_std, spatial_dims, feature_map, weights, default_crop
+        See :class:`BackboneSpec`.  An ``imagenet_url`` without an ``"imagenet"`` weight set
+        makes one (torchvision's file: size unknown, SHA-256 from the digits in its name).
     overwrite : bool
         Replace an existing registration (otherwise a ``ValueError``).
     """
@@ -134,14 +164,36 @@ def register_backbone(
         raise ValueError(f"backbone {name!r} is already registered (pass overwrite=True)")
     if spatial_dims not in (2, 3):
         raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
+    sets = tuple(weights)
+    mean, std = tuple(map(float, imagenet_mean)), tuple(map(float, imagenet_std))
+    if imagenet_url is not None and not any(ws.name == "imagenet" for ws in sets):
+        filename = os.path.basename(imagenet_url)
+        digits = re.search(r"-([a-f0-9]+)\.", filename)
+        sets = (
+            WeightSet(
+                "imagenet",
+                filename,
+                imagenet_url,
+                None,
+                digits.group(1) if digits else None,
+                "see the publisher",
+                "torchvision",
+                mean=mean,
+                std=std,
+            ),
+        ) + sets
+    if imagenet_url is None:
+        imagenet_url = next((ws.url for ws in sets if ws.name == "imagenet"), None)
     spec = BackboneSpec(
         name,
         build,
         imagenet_url,
-        tuple(map(float, imagenet_mean)),
-        tuple(map(float, imagenet_std)),
+        mean,
+        std,
         int(spatial_dims),
         bool(feature_map),
+        sets,
+        default_crop,
     )
     BACKBONES[name] = spec
     return spec
@@ -171,17 +223,26 @@ def build_backbone(name: str, *, in_channels: int = 3, seed: int = 0) -> nn.Modu
     return get_backbone(name).build(in_channels=in_channels, seed=seed)
 
 
-def imagenet_cache_path(name: str) -> Path:
-    """Where torchvision's ImageNet weights for backbone ``name`` must lie (the torch hub cache)."""
-    spec = get_backbone(name)
-    if spec.imagenet_url is None:
-        raise ValueError(f"backbone {name!r} has no ImageNet weights; use weights=None")
-    filename = os.path.basename(spec.imagenet_url)
+def pretrained_cache_path(name: str, weights: str = "imagenet") -> Path:
+    """Where backbone ``name``'s weight set ``weights`` must lie (the torch hub cache)."""
+    filename = get_backbone(name).weight_set(weights).filename
     return Path(torch.hub.get_dir()) / "checkpoints" / filename
 
 
+def imagenet_cache_path(name: str) -> Path:
+    """Where torchvision's ImageNet weights for backbone ``name`` must lie (the torch hub cache)."""
+    return pretrained_cache_path(name, "imagenet")
+
+
 def load_imagenet_weights(backbone: nn.Module, name: str) -> tuple[Tensor, Tensor]:
-    """Load the ImageNet weights of backbone ``name`` from the local torch hub cache into
+    """:func:`load_pretrained_weights` of the ``"imagenet"`` set."""
+    return load_pretrained_weights(backbone, name, "imagenet")
+
+
+def load_pretrained_weights(
+    backbone: nn.Module, name: str, weights: str = "imagenet"
+) -> tuple[Tensor, Tensor]:
+    """Load backbone ``name``'s weight set ``weights`` from the local torch hub cache into
     ``backbone`` (built by :func:`build_backbone`); return the RGB ``(mean, std)`` they expect.
 
     Raises
@@ -193,21 +254,22 @@ def load_imagenet_weights(backbone: nn.Module, name: str) -> tuple[Tensor, Tenso
         message names the file and the fix).
     """
     spec = get_backbone(name)
-    path = imagenet_cache_path(name)
-    source = _imagenet_source(spec)
-    extra = "" if source == "resnet18" else f" --backbone {source}"
+    ws = spec.weight_set(weights)
+    path = pretrained_cache_path(name, weights)
+    source = _weights_source(spec, ws)
+    command = _download_command(source, ws)
     built_from = "" if source == name else f", which {name} is built from"
+    edition = "IMAGENET1K_V1" if ws.publisher == "torchvision" else ws.label
     if not path.is_file():
         raise FileNotFoundError(
-            f"ImageNet weights for {name} are not in the local torch cache: download them "
-            f"with `napari-segrep weights download imagenet{extra}` (or the 'Download ImageNet "
-            f"weights' button in Embed segments), or copy the file {path.name} (torchvision's "
-            f"{source} IMAGENET1K_V1 weights{built_from}) from a machine with internet to "
-            f"{path}; or use weights=None."
+            f"{ws.label} weights for {name} are not in the local torch cache: download them "
+            f"with `{command}` (or the 'Download {ws.label} weights' button in Embed segments), "
+            f"or copy the file {path.name} ({ws.publisher}'s {source} {edition} "
+            f"weights{built_from}) from a machine with internet to {path}; or use weights=None."
         )
     fix = (
-        f"download it again with `napari-segrep weights download imagenet{extra} --force`, or "
-        f"copy torchvision's {path.name} there again from a machine with internet"
+        f"download it again with `{command} --force`, or copy {ws.publisher}'s {path.name} "
+        "there again from a machine with internet"
     )
     try:  # never a pickle: weights_only
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -219,44 +281,89 @@ def load_imagenet_weights(backbone: nn.Module, name: str) -> tuple[Tensor, Tenso
             if found
             else "it is not a whole torch file: cut short, empty, or another file"
         )
-        raise ValueError(f"the ImageNet weights file {path} is damaged ({what}): {fix}") from None
+        raise ValueError(f"the {ws.label} weights file {path} is damaged ({what}): {fix}") from None
     try:
-        if not isinstance(state, dict):
-            raise ValueError(f"it holds a {type(state).__name__}, not a dict of tensors")
-        backbone.load_imagenet_state(state)
+        load_state_into(backbone, state, ws)
     except (ValueError, KeyError, RuntimeError) as exc:  # other keys, other shapes
         text = f"no {exc.args[0]!r}" if isinstance(exc, KeyError) and exc.args else str(exc)
         reason = " ".join(text.split())[:200]
         raise ValueError(f"{path} does not hold {source} weights ({reason}): {fix}") from None
-    return torch.tensor(spec.imagenet_mean), torch.tensor(spec.imagenet_std)
+    return torch.tensor(ws.mean), torch.tensor(ws.std)
 
 
-def _imagenet_source(spec: BackboneSpec) -> str:
-    """The backbone whose ImageNet file ``spec`` reads: itself, or for a 3D backbone the 2D
+def load_state_into(backbone: nn.Module, state: object, ws: WeightSet) -> None:
+    """Load the state dict of weight set ``ws`` into ``backbone``: its
+    ``load_pretrained_state(state, fmt)`` when it has one, else (torchvision's layout)
+    ``load_imagenet_state(state)``.  ``ValueError``/``KeyError``/``RuntimeError`` when it does
+    not fit."""
+    if not isinstance(state, dict):
+        raise ValueError(f"it holds a {type(state).__name__}, not a dict of tensors")
+    loader = getattr(backbone, "load_pretrained_state", None)
+    if loader is not None:
+        loader(state, ws.fmt)
+    elif ws.fmt == "torchvision":
+        backbone.load_imagenet_state(state)
+    else:
+        raise ValueError(f"this backbone cannot read {ws.fmt!r} weights")
+
+
+def check_weights_file(path: str | os.PathLike, name: str, weights: str, *, source: str) -> None:
+    """That the file at ``path`` holds backbone ``name``'s weight set ``weights``: it loads
+    into the backbone, every tensor and shape (built on torch's meta device: no memory, no
+    time).  ``ValueError`` naming ``source`` otherwise (a download whose publisher gives no
+    SHA-256 is checked so)."""
+    ws = get_backbone(name).weight_set(weights)
+    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    with torch.device("meta"):
+        backbone = build_backbone(name, in_channels=3)
+    try:
+        load_state_into(backbone, state, ws)
+    except (ValueError, KeyError, RuntimeError) as exc:
+        text = f"no {exc.args[0]!r}" if isinstance(exc, KeyError) and exc.args else str(exc)
+        raise ValueError(
+            f"what {source} sent is not {ws.publisher}'s {ws.label} weights for {name} "
+            f"({' '.join(text.split())[:200]}); nothing was written"
+        ) from None
+
+
+def _weights_source(spec: BackboneSpec, ws: WeightSet) -> str:
+    """The backbone whose weight file ``spec`` reads: itself, or for a 3D backbone the 2D
     backbone registered with the same file (resnet18 for resnet18_3d: the file it inflates)."""
     if spec.spatial_dims == 3:
         for other in BACKBONES.values():
-            if other.spatial_dims == 2 and other.imagenet_url == spec.imagenet_url:
+            if other.spatial_dims == 2 and any(o.filename == ws.filename for o in other.weights):
                 return other.name
     return spec.name
 
 
-def _register_builtin_backbones() -> None:
-    from . import planes, resnet, resnet3d
+def _download_command(source: str, ws: WeightSet) -> str:
+    from ...weights import download_command
 
-    for name in resnet.RESNETS:
-        register_backbone(name, resnet.resnet_builder(name), imagenet_url=resnet.imagenet_url(name))
-    for name in resnet3d.RESNETS_3D:  # inflate the 2D ResNet's ImageNet file (same cache path)
-        url = resnet.imagenet_url(resnet3d.imagenet_source(name))
-        register_backbone(name, resnet3d.resnet3d_builder(name), imagenet_url=url, spatial_dims=3)
-    # the fast CPU modes for volumes: resnet18's 2D network on three planes or on the z-slices
-    # of a 3D crop (they read resnet18's ImageNet file as it is)
-    for name, build in (
-        ("resnet18_planes", planes.build_resnet18_planes),
-        ("resnet18_slices", planes.build_resnet18_slices),
-    ):
+    return download_command(source, ws.name)
+
+
+def _lazy_builder(entry: CatalogueEntry) -> Callable[..., nn.Module]:
+    """``build(*, in_channels, seed)`` for a catalogue entry: imports the module it names on
+    the first build (a ViT's timm only when a ViT is built)."""
+    module, function = entry.builder.split(":")
+
+    def build(*, in_channels: int = 3, seed: int = 0) -> nn.Module:
+        builder = getattr(importlib.import_module(f".{module}", __name__), function)
+        return builder(entry.name)(in_channels=in_channels, seed=seed)
+
+    build.__qualname__ = build.__name__ = f"build_{entry.name}"
+    return build
+
+
+def _register_builtin_backbones() -> None:
+    for entry in CATALOGUE:
         register_backbone(
-            name, build, imagenet_url=planes.IMAGENET_URL, spatial_dims=3, feature_map=False
+            entry.name,
+            _lazy_builder(entry),
+            spatial_dims=entry.spatial_dims,
+            feature_map=entry.feature_map,
+            weights=entry.weights,
+            default_crop=entry.default_crop,
         )
 
 

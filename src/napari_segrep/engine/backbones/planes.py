@@ -281,3 +281,12 @@ def build_resnet18_slices(*, in_channels: int = 3, seed: int = 0) -> MaskedResNe
 
 #: torchvision's resnet18 ImageNet weights: the same cached file as ``"resnet18"``.
 IMAGENET_URL = imagenet_url("resnet18")
+
+
+def planes_builder(name: str):
+    """``build(*, in_channels, seed)`` for ``"resnet18_planes"`` or ``"resnet18_slices"``."""
+    builders = {"resnet18_planes": build_resnet18_planes, "resnet18_slices": build_resnet18_slices}
+    try:
+        return builders[name]
+    except KeyError:
+        raise ValueError(f"unknown plane mode {name!r}; choose one of {sorted(builders)}") from None
