@@ -46,6 +46,7 @@ from __future__ import annotations
 import importlib
 import os
 import re
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -317,7 +318,9 @@ def check_weights_file(path: str | os.PathLike, name: str, weights: str, *, sour
     with torch.device("meta"):
         backbone = build_backbone(name, in_channels=3)
     try:
-        load_state_into(backbone, state, ws)
+        with warnings.catch_warnings():  # "copying into a meta parameter is a no-op": meant
+            warnings.simplefilter("ignore", UserWarning)
+            load_state_into(backbone, state, ws)
     except (ValueError, KeyError, RuntimeError) as exc:
         text = f"no {exc.args[0]!r}" if isinstance(exc, KeyError) and exc.args else str(exc)
         raise ValueError(
