@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import MISSING, Field, asdict, dataclass, field, fields
 
+from ..catalogue import backbone_choices
+
 __all__ = [
     "DEFAULT_EPOCHS",
     "SUPERVISED",
@@ -150,9 +152,10 @@ class TrainConfig:
     )
     backbone: str = _setting(
         "resnet18",
-        "encoder of a new run, a registered backbone: resnet18, resnet34, resnet50 for 2D "
-        "images; resnet18_3d (native 3D) or resnet18_planes (fast, three orthogonal planes) for "
-        "volumes",
+        "encoder of a new run, a registered backbone: "
+        + ", ".join(backbone_choices(2))
+        + " for 2D images; resnet18_3d (native 3D) or resnet18_planes (fast, three orthogonal "
+        "planes) for volumes",
         metavar="NAME",
         auto="resnet18 for 2D images, resnet18_3d for volumes",
     )
