@@ -90,9 +90,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         default=None,
         choices=BACKBONES,
         metavar="NAME",
-        help=f"backbone of the ImageNet or untrained encoder, one of {', '.join(BACKBONES)}; "
-        "ignored with --checkpoint (default: resnet18 for 2D objects, resnet18_3d for volumes; resnet18_planes is the "
-        "fast mode for volumes: the 2D network on three orthogonal planes of each object)",
+        help=f"backbone of the pretrained or untrained encoder, one of {', '.join(BACKBONES)} "
+        "(the ViTs: timm's, with masked attention; crop 112 by default); ignored with "
+        "--checkpoint (default: resnet18 for 2D objects, resnet18_3d for volumes; "
+        "resnet18_planes is the fast mode for volumes: the 2D network on three orthogonal "
+        "planes of each object)",
     )
     parser.add_argument(
         "--seed",
