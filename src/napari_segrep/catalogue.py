@@ -33,6 +33,7 @@ __all__ = [
     "Backbone",
     "WeightSet",
     "backbone_choices",
+    "download_command",
     "get_entry",
     "weight_set",
     "weight_set_names",
@@ -247,6 +248,14 @@ def weight_set_names() -> list[str]:
 def weights_backbones(name: str) -> list[str]:
     """The backbones that have a weight set ``name`` (the 2D ones first)."""
     return [e.name for e in CATALOGUE if name in e.weight_names]
+
+
+def download_command(backbone: str = "resnet18", weights: str = "imagenet") -> str:
+    """The command line that downloads ``backbone``'s weight set ``weights`` (for messages):
+    ``--backbone`` only when it is not the set's first backbone."""
+    first = (weights_backbones(weights) or [backbone])[0]
+    extra = "" if backbone == first else f" --backbone {backbone}"
+    return f"napari-segrep weights download {weights}{extra}"
 
 
 def published_files() -> dict[str, tuple[WeightSet, list[str]]]:

@@ -53,6 +53,7 @@ from typing import NamedTuple
 
 from . import catalogue as _catalogue
 from ._download import MIRROR_ENV, check_loads, new_partial, stream_to
+from .catalogue import download_command
 from .io import file_sha256, fsync_dir
 
 __all__ = [
@@ -195,14 +196,6 @@ class WeightsInfo:
 def imagenet_backbones() -> list[str]:
     """The built-in backbones that have ImageNet weights."""
     return list(IMAGENET_FILES)
-
-
-def download_command(backbone: str = "resnet18", weights: str = "imagenet") -> str:
-    """The command line that downloads ``backbone``'s weight set ``weights`` (for messages):
-    ``--backbone`` only when it is not the set's first backbone."""
-    first = (_catalogue.weights_backbones(weights) or [backbone])[0]
-    extra = "" if backbone == first else f" --backbone {backbone}"
-    return f"napari-segrep weights download {weights}{extra}"
 
 
 def damaged_message(info: WeightsInfo) -> str:

@@ -340,7 +340,7 @@ def _weights_source(spec: BackboneSpec, ws: WeightSet) -> str:
 
 
 def _download_command(source: str, ws: WeightSet) -> str:
-    from ...weights import download_command
+    from ...catalogue import download_command
 
     return download_command(source, ws.name)
 
