@@ -9,13 +9,19 @@ crops, each seen through its mask:
   2D backbone, ``(D, H, W)`` for a 3D one (its registration's ``spatial_dims``);
 - ``load_imagenet_state(state)`` (only for backbones registered with ImageNet weights): load a
   torchvision state dict, adapting the input layer to the module's channels (a 3D backbone
-  inflates the 2D kernels); ``ValueError`` when the state does not fit.
+  inflates the 2D kernels); ``ValueError`` when the state does not fit;
+- optional: ``feature_stride`` (int, the stride of ``feature_map``'s grid when it is not 32: the
+  pretext objectives' decoder sizes itself by it) and ``param_groups(lr, weight_decay, *,
+  layer_decay)`` (the optimiser's groups, used by the trainer instead of its default split:
+  :func:`napari_segrep.engine.optim.encoder_param_groups`).
 
 Built in: torchvision's ``resnet18``, ``resnet34``, ``resnet50`` (2D, :mod:`.resnet`) and their
 native 3D counterparts ``resnet18_3d``, ``resnet34_3d`` (:mod:`.resnet3d`, which read the 2D
 ImageNet file and inflate it); the fast CPU modes for volumes ``resnet18_planes`` and
 ``resnet18_slices`` (:mod:`.planes`: resnet18's 2D network on three orthogonal planes, or on the
-z-slices, of a 3D crop; resnet18's ImageNet file as it is).
+z-slices, of a 3D crop; resnet18's ImageNet file as it is); timm's Vision Transformers
+``vit_tiny_patch16_224``, ``vit_small_patch16_224`` and ``vit_small_patch14_reg4_dinov2``
+(:mod:`.vit`: masked attention and in-segment pooling; timm is imported when one is built).
 
 :class:`~napari_segrep.engine.encoder.SegmentEncoder` builds backbones by name with
 :func:`build_backbone` and knows nothing else about them.  A new backbone (ViT, 3D...) is a new
@@ -242,7 +248,7 @@ def _imagenet_source(spec: BackboneSpec) -> str:
 
 
 def _register_builtin_backbones() -> None:
-    from . import planes, resnet, resnet3d
+    from . import planes, resnet, resnet3d, vit
 
     for name in resnet.RESNETS:
         register_backbone(name, resnet.resnet_builder(name), imagenet_url=resnet.imagenet_url(name))
@@ -257,6 +263,11 @@ def _register_builtin_backbones() -> None:
     ):
         register_backbone(
             name, build, imagenet_url=planes.IMAGENET_URL, spatial_dims=3, feature_map=False
+        )
+    # masked timm ViTs (timm is imported when one is built, not here)
+    for name, facts in vit.VITS.items():
+        register_backbone(
+            name, vit.vit_builder(name), imagenet_mean=facts.mean, imagenet_std=facts.std
         )
 
 
