@@ -13,7 +13,8 @@ Compared, untrained (random weights), at crop 64:
 - masked (image + feature masking, the default) vs unmasked (both off) for ``vit_tiny_patch16_224``
   and ``resnet18`` (reference); goal masked >= unmasked + 0.2;
 - the ViT's pooling choices: ``mean`` (attention mask + fraction-weighted mean of the in-segment
-  tokens, the default), ``cls`` (attention mask, masked CLS token), ``plain`` (timm's unmasked
+  tokens), ``cls`` (attention mask, masked CLS token: the default, chosen by this benchmark),
+  ``plain`` (timm's unmasked
   forward pass on the unmasked image, then the mask-average of its patch tokens, as micro-sam
   pools SAM's features);
 - untrained figures are means over 3 generated data sets (``--quick``: 1);
