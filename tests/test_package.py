@@ -31,7 +31,8 @@ def _modules_after(code: str) -> set[str]:
 
 def test_package__import_is_cheap_and_headless():
     loaded = _modules_after("import napari_segrep")
-    heavy = {"torch", "torchvision", "umap", "sklearn", "pandas", "scipy", "numba", *GUI_MODULES}
+    heavy = {"torch", "torchvision", "umap", "sklearn", "pandas", "scipy", "numba", "timm"}
+    heavy |= set(GUI_MODULES)
     assert not loaded & heavy, loaded & heavy
 
 
@@ -50,6 +51,7 @@ def test_package__engine_analysis_and_cli_never_load_gui_modules():
     loaded = _modules_after(code)
     assert "torch" in loaded  # the imports really happened
     assert not loaded & set(GUI_MODULES), loaded & set(GUI_MODULES)
+    assert "timm" not in loaded  # imported only when a ViT is built
 
 
 def test_package__analysis_io_errors_and_the_cli_parser_never_load_torch():

@@ -50,7 +50,9 @@ class SegmentEncoder(nn.Module):
     backbone : str
         Name of a registered backbone (:mod:`napari_segrep.engine.backbones`): "resnet18",
         "resnet34" or "resnet50", torchvision's ResNets; "resnet18_3d" or "resnet34_3d",
-        their native 3D counterparts for volumes.
+        their native 3D counterparts for volumes; "vit_tiny_patch16_224",
+        "vit_small_patch16_224" or "vit_small_patch14_reg4_dinov2", timm's Vision
+        Transformers (:mod:`napari_segrep.engine.backbones.vit`).
     in_channels : int
         Image channels (1 grayscale, 3 RGB, N multichannel).  The first convolution is adapted.
     image_masking : bool

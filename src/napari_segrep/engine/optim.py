@@ -4,6 +4,8 @@
   VICReg and TiCo's large-batch recipes;
 - :func:`param_groups_for_lars`: biases and normalisation parameters out of LARS adaptation and
   weight decay;
+- :func:`encoder_param_groups`: the encoder's groups: its backbone's own ``param_groups`` when it
+  has one (a ViT: layer-wise lr decay), :func:`param_groups_for_lars` otherwise (a ResNet);
 - :func:`warmup_cosine_schedule`: linear warm-up then cosine decay, per optimiser step.
 """
 
@@ -17,7 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR
 
-__all__ = ["LARS", "param_groups_for_lars", "warmup_cosine_schedule"]
+__all__ = ["LARS", "encoder_param_groups", "param_groups_for_lars", "warmup_cosine_schedule"]
 
 
 class LARS(torch.optim.Optimizer):
@@ -192,6 +194,46 @@ def param_groups_for_lars(model: nn.Module, weight_decay: float) -> list[dict[st
     if excluded:
         groups.append({"params": excluded, "weight_decay": 0.0, "lars_exclude": True})
     return groups
+
+
+def encoder_param_groups(
+    encoder: nn.Module, lr: float, weight_decay: float
+) -> list[dict[str, Any]]:
+    """The optimiser's parameter groups for a :class:`~napari_segrep.engine.encoder.
+    SegmentEncoder`.
+
+    A backbone with ``param_groups(lr, weight_decay, *, layer_decay)`` (a ViT,
+    :meth:`~napari_segrep.engine.backbones.vit.MaskedViT.param_groups`) sets its own groups
+    (each with its ``lr``), told whether its weights are pretrained (the encoder has a
+    ``weights_source``: ImageNet/DINOv2 weights or a checkpoint; or the backbone loaded
+    weights itself) so it picks the matching layer-wise decay.  Any other backbone gets
+    :func:`param_groups_for_lars` of the whole encoder, exactly as before (groups without an
+    ``lr``: they learn at the optimiser's).
+
+    Parameters
+    ----------
+    encoder : nn.Module
+        Has a ``backbone`` attribute.
+    lr : float
+        The encoder's (top layer's) learning rate.
+    weight_decay : float
+
+    Returns
+    -------
+    list of dict
+        Every trainable parameter of ``encoder`` once (a SegmentEncoder's parameters are all
+        its backbone's: the input statistics are buffers).
+    """
+    backbone = getattr(encoder, "backbone", None)
+    if not hasattr(backbone, "param_groups"):
+        return param_groups_for_lars(encoder, weight_decay)
+    from .backbones.vit import LAYER_DECAY_PRETRAINED, LAYER_DECAY_RANDOM
+
+    pretrained = getattr(encoder, "weights_source", None) is not None or bool(
+        getattr(backbone, "pretrained", False)
+    )
+    decay = LAYER_DECAY_PRETRAINED if pretrained else LAYER_DECAY_RANDOM
+    return backbone.param_groups(lr, weight_decay, layer_decay=decay)
 
 
 class _WarmupCosine:

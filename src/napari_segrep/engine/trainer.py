@@ -51,7 +51,7 @@ from .encoder import SegmentEncoder
 from .health import diverged_error
 from .masking import MaskedBatchNorm
 from .objectives import Objective, make_objective, objective_name
-from .optim import LARS, param_groups_for_lars, warmup_cosine_schedule
+from .optim import LARS, encoder_param_groups, param_groups_for_lars, warmup_cosine_schedule
 from .pipeline import _fast_layout as fast_layout
 from .pipeline import check_spatial_dims
 from .quality import choose_monitor
@@ -148,7 +148,7 @@ class Trainer:
         wd = config.effective_weight_decay()
         # The head is new in every run, the encoder is what the user keeps: the head learns at
         # head_lr_scale times the encoder's rate (fine-tuning practice).
-        groups = param_groups_for_lars(self.model.encoder, wd)
+        groups = encoder_param_groups(self.model.encoder, self.lr, wd)
         for group in param_groups_for_lars(self.model.head, wd):
             groups.append({**group, "lr": self.lr * config.head_lr_scale})
         if config.optimizer == "lars":

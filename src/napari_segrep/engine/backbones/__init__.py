@@ -9,7 +9,11 @@ crops, each seen through its mask:
   2D backbone, ``(D, H, W)`` for a 3D one (its registration's ``spatial_dims``);
 - ``load_imagenet_state(state)`` (only for backbones registered with ImageNet weights): load a
   torchvision state dict, adapting the input layer to the module's channels (a 3D backbone
-  inflates the 2D kernels); ``ValueError`` when the state does not fit.
+  inflates the 2D kernels); ``ValueError`` when the state does not fit;
+- optional: ``feature_stride`` (int, the stride of ``feature_map``'s grid when it is not 32: the
+  pretext objectives' decoder sizes itself by it) and ``param_groups(lr, weight_decay, *,
+  layer_decay)`` (the optimiser's groups, used by the trainer instead of its default split:
+  :func:`napari_segrep.engine.optim.encoder_param_groups`).
 
 - ``load_pretrained_state(state, fmt)`` (a backbone with other weight sets than torchvision's,
   e.g. the ViTs' ``fmt="dinov2"``): the same for the state dict layout ``fmt``.

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from ..checkpoint import load_state_checked
 from .base import Objective, StepLoss
 
-__all__ = ["PixelDecoder", "PretextObjective"]
+__all__ = ["PixelDecoder", "PretextObjective", "decoder_stages"]
 
 #: Crops of each micro-batch kept for the health check's eval-mode forward pass.
 PROBE_CROPS = 8
@@ -36,6 +36,16 @@ PROBE_CROPS = 8
 DECODER_STAGES = 5
 #: Channels of the decoder's first stage (halved at each stage, at least 16).
 DECODER_WIDTH = 128
+
+
+def decoder_stages(encoder: nn.Module) -> int:
+    """Up-sampling stages that bring ``encoder``'s last feature map back to (at least) the
+    crop's size: ``ceil(log2(stride))`` for a backbone with a ``feature_stride`` (a ViT's patch:
+    4 for 14 or 16), :data:`DECODER_STAGES` (a ResNet's stride 32) otherwise."""
+    stride = getattr(encoder.backbone, "feature_stride", None)
+    if stride is None:
+        return DECODER_STAGES
+    return max(1, math.ceil(math.log2(int(stride))))
 
 
 class PixelDecoder(nn.Module):
@@ -129,7 +139,10 @@ class PretextObjective(Objective):
         with torch.random.fork_rng(devices=[]):  # the decoder from the seed, the state untouched
             torch.manual_seed(cfg.seed + 2)
             head = PixelDecoder(
-                encoder.embedding_dim, encoder.in_channels, spatial_dims=encoder.spatial_dims
+                encoder.embedding_dim,
+                encoder.in_channels,
+                spatial_dims=encoder.spatial_dims,
+                stages=decoder_stages(encoder),
             )
         return _PretextModel(encoder, head)
 
