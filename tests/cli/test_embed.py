@@ -513,3 +513,26 @@ def test_cli_embed__bad_volume_inputs_are_one_line_before_any_work(
     err = _one_line_error(capsys, *needles)
     assert "pass channel_axis" not in err
     assert _listing(tmp) == before
+
+
+def test_cli_embed__a_vit_backbone_embeds_with_its_own_crop_and_names_itself(files, capsys):
+    """``napari-segrep embed IMG LAB --backbone vit_tiny_patch16_224 -o out.csv``: timm's
+    ViT-Tiny with masked attention, untrained (it has no weights to download), at its own crop
+    (112: a 7x7 token grid) unless --crop-size says otherwise; the sidecar names the backbone."""
+    tmp, image, labels = files
+    out = tmp / "vit.csv"
+    assert _run("embed", tmp / "img.tif", tmp / "lab.tif", "-o", out,
+                "--backbone", "vit_tiny_patch16_224") == 0  # fmt: skip
+    err = capsys.readouterr().err
+    assert "weights: untrained vit_tiny_patch16_224 (random init, seed 0)" in err
+    df = pd.read_csv(out)
+    emb = df.filter(like="emb_").to_numpy()
+    assert emb.shape == (len(np.unique(labels)) - 1, 192) and np.isfinite(emb).all()
+    sidecar = json.loads(sidecar_path(out).read_text())
+    assert sidecar["crop_size"] == 112 and sidecar["encoder"]["backbone"] == "vit_tiny_patch16_224"
+    # a weight set the ViT has not: refused before any work, naming the fix
+    assert _run("embed", tmp / "img.tif", tmp / "lab.tif", "-o", tmp / "x.csv",
+                "--backbone", "vit_tiny_patch16_224", "--weights", "imagenet") == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert "backbone vit_tiny_patch16_224 has no 'imagenet' weights" in err
+    assert "--weights none" in err and not (tmp / "x.csv").exists()
