@@ -412,3 +412,52 @@ def test_cli_weights__a_failed_download_keeps_the_damaged_file_and_says_so_again
     _one_line_error(capsys, "ended after 1000 of", "nothing was written")
     assert path.read_bytes() == before and leftovers(weights_cache) == []
     assert weights_info().damaged is not None
+
+
+def _dinov2_stand_in() -> bytes:
+    """A file in the layout of Meta's ``dinov2_vits14_reg4_pretrain.pth`` (every key and shape
+    of the full ViT-S/14 with 4 registers: CLS position inside ``pos_embed``,
+    ``register_tokens``, ``mask_token``), its values zeros in float16 (44 MB, not 88)."""
+    import io
+
+    import timm
+    import torch
+
+    with torch.device("meta"):
+        model = timm.create_model("vit_small_patch14_reg4_dinov2", pretrained=False, num_classes=0)
+    state = {k: torch.zeros(v.shape, dtype=torch.float16) for k, v in model.state_dict().items()}
+    pos = state["pos_embed"]
+    state["pos_embed"] = torch.zeros((1, pos.shape[1] + 1, pos.shape[2]), dtype=torch.float16)
+    state["register_tokens"] = state.pop("reg_token")
+    state["mask_token"] = torch.zeros((1, pos.shape[2]), dtype=torch.float16)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+def test_cli_weights__dinov2_downloads_on_request_checked_by_loading_it(
+    weights_cache, weights_server, capsys
+):
+    """``weights download dinov2`` from a loopback server: Meta publishes no SHA-256, so the
+    file must load into vit_small_patch14_reg4_dinov2 (every key and shape) before it is moved
+    into place; its SHA-256 is shown; then ``weights="dinov2"`` loads it.  Another file under
+    its name (a ResNet's weights) is refused, and nothing is written."""
+    import napari_segrep as sr
+
+    data = _dinov2_stand_in()
+    name = "dinov2_vits14_reg4_pretrain.pth"
+    weights_server.routes["/wrong.pth"] = Route(state_dict_bytes())
+    assert _run("weights", "download", "dinov2", "--url", weights_server.url("/wrong.pth")) == 2
+    err = capsys.readouterr().err
+    assert "is not Meta AI (DINOv2)'s DINOv2 weights for vit_small_patch14_reg4_dinov2" in err
+    assert not (weights_cache / name).exists() and leftovers(weights_cache) == []
+    weights_server.routes[f"/{name}"] = Route(data, chunk=1 << 20)
+    url = weights_server.url(f"/{name}")
+    assert _run("weights", "download", "dinov2", "--url", url, "--quiet") == 0
+    out, err = capsys.readouterr()
+    assert out.strip() == str(weights_cache / name) and (weights_cache / name).read_bytes() == data
+    assert "downloading vit_small_patch14_reg4_dinov2 DINOv2 weights (about 84 MB, licence " in err
+    assert f"it loads into vit_small_patch14_reg4_dinov2; its SHA-256 is {sha256(data)}" in err
+    encoder = sr.SegmentEncoder("vit_small_patch14_reg4_dinov2", in_channels=1, weights="dinov2")
+    assert encoder.weights_source == "dinov2" and encoder.backbone.pretrained
+    assert float(encoder.input_mean) == pytest.approx(sum((0.485, 0.456, 0.406)) / 3)
