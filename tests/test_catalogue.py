@@ -61,14 +61,18 @@ def test_catalogue__the_registry_and_the_cli_choices_are_generated_from_it():
     assert {"vit_tiny_patch16_224", "vit_small_patch16_224"} <= set(backbone_choices(2))
 
 
-@pytest.mark.parametrize("name", ["resnet34", "resnet18_planes"])
-def test_catalogue__facts_agree_with_the_built_backbone(name):
+def test_catalogue__facts_agree_with_the_built_backbones():
+    import torch
+
     from napari_segrep.engine.backbones import build_backbone
 
-    entry = get_entry(name)
-    assert build_backbone(name, in_channels=2).embedding_dim == entry.embedding_dim * (
-        3 if name.endswith("_planes") else 1  # three planes' views side by side
-    )
+    for entry in CATALOGUE:
+        with torch.device("meta"):  # full size, without the memory or the time
+            built = build_backbone(entry.name, in_channels=2)
+        assert built.embedding_dim == entry.embedding_dim, entry.name
+        assert getattr(built, "patch_size", 1) == entry.patch_size, entry.name
+        assert entry.default_crop % entry.patch_size == 0, entry.name
+        assert hasattr(built, "feature_map") or not entry.feature_map, entry.name
 
 
 def test_catalogue__weight_sets_name_their_file_licence_and_who_has_them():
@@ -158,3 +162,17 @@ def test_catalogue__module_docstring_example_holds():
     import doctest
 
     assert doctest.testmod(catalogue).failed == 0
+
+
+def test_readme__the_backbone_table_is_the_one_the_catalogue_generates():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "docs" / "backbone_table.py"
+    spec = importlib.util.spec_from_file_location("backbone_table", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--check"]) == 0, (
+        "README.md's backbone table: python docs/backbone_table.py"
+    )
+    assert module.table().count("\n| `") == len(CATALOGUE)

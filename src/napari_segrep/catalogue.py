@@ -197,7 +197,7 @@ CATALOGUE: tuple[Backbone, ...] = (
              summary="ResNet-18 in 3D (ImageNet weights inflated)"),
     Backbone("resnet34_3d", "resnet3d:resnet3d_builder", 3, 512, 1, 32, weights=(_R34,),
              summary="ResNet-34 in 3D (ImageNet weights inflated)"),
-    Backbone("resnet18_planes", "planes:planes_builder", 3, 512, 1, 32, feature_map=False,
+    Backbone("resnet18_planes", "planes:planes_builder", 3, 1536, 1, 32, feature_map=False,
              weights=(_R18,), summary="ResNet-18 on three orthogonal planes (fast 3D on CPU)"),
     Backbone("resnet18_slices", "planes:planes_builder", 3, 512, 1, 32, feature_map=False,
              weights=(_R18,), summary="ResNet-18 on every z-slice (3D)"),
