@@ -134,3 +134,16 @@ class CropDefault:
         if self.field.value == self.value:
             self.field.value = new
         self.value = new
+
+
+def reset_choices_in_order(combo, wanted) -> None:
+    """Re-read ``combo``'s choices (its choices callable, which gives ``wanted``) so that they
+    show in ``wanted``'s order (magicgui appends new choices after the old ones: a pretrained
+    model found later would come last), its value kept when still offered."""
+    value = combo.value
+    combo.reset_choices()
+    if list(combo.choices) != list(wanted):
+        combo.native.clear()
+        combo.reset_choices()
+        if value in combo.choices:
+            combo.value = value

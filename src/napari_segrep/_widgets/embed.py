@@ -18,7 +18,13 @@ from napari.layers import Labels, Points
 from napari.utils.notifications import show_error
 
 from . import _session
-from ._backbones import CROP_SIZE, BackbonePicker, CropDefault, backbone_choices
+from ._backbones import (
+    CROP_SIZE,
+    BackbonePicker,
+    CropDefault,
+    backbone_choices,
+    reset_choices_in_order,
+)
 from ._backbones import present_weight_sets as _present_weight_sets
 from ._common import (
     LayerInputs,
@@ -294,7 +300,7 @@ class EmbedSegmentsWidget(ResultsActions, Container):
         the warm-up has checked the weights in the cache); the chosen backbone's pretrained
         model is chosen when there and wanted (the default, or the user's last choice)."""
         with self._choosing():
-            self.model_input.reset_choices()
+            reset_choices_in_order(self.model_input, self._model_choices())
             offered = list(self.pretrained_choices())
             if self._wants_pretrained and offered and self.model_input.value not in offered:
                 self.model_input.value = offered[0]

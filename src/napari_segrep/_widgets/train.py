@@ -42,7 +42,13 @@ from napari.utils.notifications import show_error, show_info
 from .._images import Layout
 from ..engine.train_config import ROTATIONS_HELP, SUPERVISED, choices, default, help_text
 from . import _session
-from ._backbones import CROP_SIZE, BackbonePicker, CropDefault, present_weight_sets
+from ._backbones import (
+    CROP_SIZE,
+    BackbonePicker,
+    CropDefault,
+    present_weight_sets,
+    reset_choices_in_order,
+)
 from ._common import (
     WarmRelay,
     chosen_path,
@@ -312,7 +318,7 @@ class TrainSegRepWidget(Container):
         """Offer the backbone's pretrained starts whose weights are in the cache; a new one is
         selected (a user's choice among those offered before is kept)."""
         before = set(self.start_input.choices)
-        self.start_input.reset_choices()
+        reset_choices_in_order(self.start_input, self._start_choices())
         new = [c for c in self.pretrained_starts() if c not in before]
         if new and self.start_input.value not in set(self.pretrained_starts()) - set(new):
             self.start_input.value = new[0]
@@ -325,7 +331,7 @@ class TrainSegRepWidget(Container):
 
     def _on_weights_downloaded(self) -> None:
         offered = self.pretrained_starts()
-        self.start_input.reset_choices()
+        reset_choices_in_order(self.start_input, self._start_choices())
         if offered:
             self.start_input.value = next(iter(offered))
 
