@@ -292,3 +292,35 @@ def test_classify_widget__a_classifier_on_an_untrained_resnet34_applies_in_a_fre
     assert set(features["class_predicted"]) <= set(names)
     assert "cells2 predictions" in viewer2.layers
     del first
+
+
+def _vit_available() -> bool:
+    import importlib.util
+
+    return (
+        importlib.util.find_spec("timm") is not None
+        and importlib.util.find_spec("napari_segrep.engine.backbones.vit") is not None
+    )
+
+
+@pytest.mark.skipif(not _vit_available(), reason="the masked ViT backbone (timm) is not here")
+@pytest.mark.usefixtures("one_torch_thread")
+def test_embed_widget__a_vit_chosen_in_the_picker_embeds_and_the_table_names_it(
+    make_napari_viewer, qtbot, cache
+):
+    viewer, _ = _viewer(make_napari_viewer, n_cells=8)
+    widget = _embed_dock(viewer)
+    widget.backbone_input.value = "vit_tiny_patch16_224"
+    assert widget.crop_input.value == 112 and widget.model_input.value == MODEL_UNTRAINED
+    widget.crop_input.value = 32  # small and fast: a 2x2 token grid
+    worker = widget.run()
+    with qtbot.waitSignal(worker.finished, timeout=TIMEOUT_MS):
+        pass
+    qtbot.waitUntil(lambda: widget.job is None and widget.results is not None, timeout=TIMEOUT_MS)
+    table = widget.results.table
+    record = table.attrs["encoder"]
+    assert record["backbone"] == "vit_tiny_patch16_224" and record["weights"] is None
+    dim = catalogue.get_entry("vit_tiny_patch16_224").embedding_dim
+    assert f"emb_{dim - 1}" in table and f"emb_{dim}" not in table
+    assert len(table) == len(np.unique(viewer.layers["cells"].data)) - 1
+    assert widget.results.provenance()["encoder"]["backbone"] == "vit_tiny_patch16_224"
