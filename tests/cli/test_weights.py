@@ -393,7 +393,11 @@ def test_cli_weights__download_replaces_a_damaged_file_without_force(
     assert out.strip() == str(path) and path.read_bytes() == stand_in
     assert weights_server.requests == [f"/{RESNET18_FILE}"] and leftovers(weights_cache) == []
     assert _run("weights", "list") == 0
-    assert capsys.readouterr().out.splitlines()[0].split()[:3] == ["resnet18", "imagenet", "present"]
+    assert capsys.readouterr().out.splitlines()[0].split()[:3] == [
+        "resnet18",
+        "imagenet",
+        "present",
+    ]
 
 
 def test_cli_weights__a_failed_download_keeps_the_damaged_file_and_says_so_again(

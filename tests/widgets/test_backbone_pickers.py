@@ -222,6 +222,10 @@ def test_train_widget__backbone_field_sets_the_crop_the_starts_and_the_config(
     path.write_text(f"backbone: {DINOV2}\ncrop_size: 64\n")
     assert widget.load_config(path)
     assert widget.backbone_input.value == DINOV2 and widget.crop_input.value == 64
+    path.write_text("backbone: resnet19\ncrop_size: 32\n")  # no such backbone: nothing changes
+    assert not widget.load_config(path)
+    assert f"{path}: backbone: 'resnet19' is not one of ['resnet18'," in widget.status.value
+    assert widget.backbone_input.value == DINOV2 and widget.crop_input.value == 64
 
 
 @pytest.mark.usefixtures("one_torch_thread")

@@ -651,6 +651,9 @@ class TrainSegRepWidget(Container):
         for picker in (self.backbone_input, self.volume_model_input):
             if backbone in picker.choices:  # the picker of its kind (2D or 3D objects)
                 fields["backbone"] = picker
+        if backbone is not None and "backbone" not in fields:
+            known = [*self.backbone_input.choices, *self.volume_model_input.choices]
+            raise ValueError(f"{path}: backbone: {backbone!r} is not one of {known}")
         if values.get("data") is not None:
             fields["data"] = self.folder_input
         return config_updates(path, values, fields)
