@@ -328,3 +328,24 @@ def test_embed_widget__a_vit_chosen_in_the_picker_embeds_and_the_table_names_it(
     assert f"emb_{dim - 1}" in table and f"emb_{dim}" not in table
     assert len(table) == len(np.unique(viewer.layers["cells"].data)) - 1
     assert widget.results.provenance()["encoder"]["backbone"] == "vit_tiny_patch16_224"
+
+
+def test_embed_widget__a_pretrained_model_whose_file_went_is_an_error_not_an_untrained_model(
+    make_napari_viewer, qtbot, cache, monkeypatch
+):
+    from ..weights_server import RESNET18_FILE, publish
+
+    body = state_dict_bytes(1000)
+    publish(monkeypatch, body)
+    cache.mkdir(parents=True)
+    (cache / RESNET18_FILE).write_bytes(body)
+    viewer, _ = _viewer(make_napari_viewer)
+    widget = _embed_dock(viewer)
+    assert widget.model_input.value == MODEL_IMAGENET
+    (cache / RESNET18_FILE).unlink()  # removed by hand after the choice
+    worker = widget.run()
+    with qtbot.waitSignal(worker.finished, timeout=TIMEOUT_MS):
+        pass
+    qtbot.waitUntil(lambda: widget.job is None, timeout=TIMEOUT_MS)
+    assert widget.results is None and widget.status.value.startswith("Error: ")
+    assert "weights" in widget.status.value

@@ -24,6 +24,7 @@ from ._backbones import (
     CropDefault,
     backbone_choices,
     reset_choices_in_order,
+    weight_sets,
 )
 from ._backbones import present_weight_sets as _present_weight_sets
 from ._common import (
@@ -394,7 +395,10 @@ class EmbedSegmentsWidget(ResultsActions, Container):
         inputs = self._collect_inputs()  # ValueError with the reason when Run is disabled
         model = self.model_input.value
         checkpoint = chosen_path(self.checkpoint_input.value) if model == MODEL_FILE else None
-        weights = {**self.pretrained_choices(), MODEL_FILE: checkpoint}.get(model)
+        # a pretrained model by its weight set (not only those found: a file removed since is
+        # the engine's clear error, never an untrained model in its place)
+        pretrained = {pretrained_model(ws): ws.name for ws in weight_sets(self.backbone)}
+        weights = {**pretrained, MODEL_FILE: checkpoint}.get(model)
         if model == MODEL_SESSION and _session.trained_encoder is not None:
             weights = _session.trained_encoder
         normalize = self.normalize_input.value

@@ -48,6 +48,7 @@ from ._backbones import (
     CropDefault,
     present_weight_sets,
     reset_choices_in_order,
+    weight_sets,
 )
 from ._common import (
     WarmRelay,
@@ -446,9 +447,9 @@ class TrainSegRepWidget(Container):
         options["backbone"] = backbone
         if volumes:  # 3D objects, at the layers' voxel spacing; the folder's files alike
             options.update(axes="zyx", spacing=layout.spacing)
-        pretrained = (
-            None if resume is not None else self.pretrained_starts().get(self.start_input.value)
-        )
+        # by its weight set (a file removed since is the engine's clear error, not untrained)
+        starts = {start_choice(ws): ws.name for ws in weight_sets(backbone)}
+        pretrained = None if resume is not None else starts.get(self.start_input.value)
         resume_event = self._resume
         settings = self.config()  # the run folder's config.yaml, its epochs resolved
 
