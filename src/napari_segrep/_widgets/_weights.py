@@ -18,7 +18,7 @@ Putting it in a widget (Embed segments and Train SegRep do this)::
     from ._weights import WeightsDownloadButton
 
     self.weights_button = WeightsDownloadButton(
-        "resnet18", on_downloaded=lambda path, ws: self.refresh_models()
+        "resnet18", on_downloaded=lambda path: self.refresh_models()
     )
     self.backbone_input.changed.connect(lambda name: self.weights_button.follow(name))
 """
@@ -36,18 +36,7 @@ from ..weights import WeightsInfo, weights_info
 from ._common import progress_bar, unless_deleted
 from ._jobs import Job, start_job, watch_close
 
-__all__ = ["WeightsDownloadButton", "ask_to_download", "imagenet_present"]
-
-
-def imagenet_present(backbone: str = "resnet18") -> bool:
-    """Whether ``backbone``'s ImageNet weights are in the local torch cache now, whole (a
-    damaged file does not count).  Imports no torch; the file's SHA-256 is computed once per
-    version of the file (about 0.1 s for 45 MB), so it is cheap enough for a combo box's
-    choices."""
-    try:
-        return weights_info(backbone).usable
-    except ValueError:  # no ImageNet weights for this backbone
-        return False
+__all__ = ["WeightsDownloadButton", "ask_to_download", "default_weights", "download_question"]
 
 
 def default_weights(backbone: str | None) -> str | None:
