@@ -247,24 +247,25 @@ def test_train_widget__trains_the_chosen_backbone(
     assert widget.result.encoder.backbone_name == narrow_backbone
 
 
-def test_classify_widget__a_classifier_on_an_untrained_resnet34_applies_in_a_fresh_session(
-    make_napari_viewer, qtbot, cache, monkeypatch, tmp_path
+def test_classify_widget__a_classifier_on_an_untrained_other_backbone_applies_in_a_fresh_session(
+    make_napari_viewer, qtbot, cache, monkeypatch, tmp_path, narrow_backbone
 ):
-    """Issue 26: a classifier trained on a layer embedded by an untrained non-resnet18 encoder,
-    saved, then applied to another layer in a fresh session: the encoder is rebuilt from the
-    classifier's record (its backbone included), its fingerprint matches, and it classifies."""
+    """Issue 26: a classifier trained on a layer embedded by an untrained non-resnet18 encoder
+    (the narrow test ResNet, chosen in the picker), saved, then applied to another layer in a
+    fresh session: the encoder is rebuilt from the classifier's record (its backbone
+    included), its fingerprint matches, and it classifies."""
     monkeypatch.setattr(_session, "trained_encoder", None)
     viewer, classes = _viewer(make_napari_viewer, n_cells=12)
     embed = _embed_dock(viewer)
-    embed.backbone_input.value = "resnet34"
+    embed.backbone_input.reset_choices()  # the registry's backbones, the test's too
+    embed.backbone_input.value = narrow_backbone
     embed.crop_input.value = 32
     assert embed.model_input.value == MODEL_UNTRAINED
     worker = embed.run()
     with qtbot.waitSignal(worker.finished, timeout=TIMEOUT_MS):
         pass
     qtbot.waitUntil(lambda: embed.job is None and embed.results is not None, timeout=TIMEOUT_MS)
-    first = embed.results.run.encoder
-    assert embed.results.table.attrs["encoder"]["backbone"] == "resnet34"
+    assert embed.results.table.attrs["encoder"]["backbone"] == narrow_backbone
     _, classify = viewer.window.add_plugin_dock_widget("napari-segrep", "Classify segments")
     names = sorted(set(classes.values()))
     for name in names:
@@ -276,7 +277,7 @@ def test_classify_widget__a_classifier_on_an_untrained_resnet34_applies_in_a_fre
         lambda: classify.job is None and classify.classifier is not None, timeout=TIMEOUT_MS
     )
     path = classify.save_classifier(tmp_path / "cells.segclf", overwrite=True)
-    assert classify.classifier.info["encoder"]["backbone"] == "resnet34"
+    assert classify.classifier.info["encoder"]["backbone"] == narrow_backbone
 
     # a fresh session: another viewer, nothing embedded, no session model
     viewer.close()
@@ -286,6 +287,8 @@ def test_classify_widget__a_classifier_on_an_untrained_resnet34_applies_in_a_fre
     second = viewer2.add_labels(labels2, name="cells2")
     _, classify2 = viewer2.window.add_plugin_dock_widget("napari-segrep", "Classify segments")
     assert classify2.load_classifier(path) is not None
+    # no encoder to reuse here: it is rebuilt from the classifier's record, fingerprint checked
+    assert classify2.results is None and _session.trained_encoder is None
     worker = classify2.apply_to(second, [viewer2.layers["img2"]])
     with qtbot.waitSignal(worker.finished, timeout=TIMEOUT_MS):
         pass
@@ -295,7 +298,6 @@ def test_classify_widget__a_classifier_on_an_untrained_resnet34_applies_in_a_fre
     assert set(features["label"]) == set(np.unique(labels2[labels2 > 0]))
     assert set(features["class_predicted"]) <= set(names)
     assert "cells2 predictions" in viewer2.layers
-    del first
 
 
 def _vit_available() -> bool:
