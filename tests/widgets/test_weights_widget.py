@@ -45,7 +45,7 @@ def resnet18_bytes() -> bytes:
 @pytest.fixture()
 def cache(weights_cache, monkeypatch):
     """An empty torch cache; the session's ImageNet flag is restored afterwards."""
-    monkeypatch.setattr(_session, "imagenet_available", False)
+    monkeypatch.setattr(_session, "weights_found", set())
     return weights_cache
 
 
@@ -169,7 +169,7 @@ def test_weights_button__stands_alone_and_calls_back(qtbot, cache, weights_serve
     button.url = _serve(weights_server, body)
     _click_and_wait(qtbot, button)
     assert done == [cache / RESNET18_FILE] and button.native.isHidden()
-    assert _session.imagenet_available  # the session knows (monkeypatch restores it)
+    assert _session.pretrained_available("resnet18")  # the session knows (restored after)
 
 
 def test_weights_button__the_dialog_names_url_size_and_destination(

@@ -54,6 +54,7 @@ def embed_pairs_run(
     *,
     progress,
     should_stop,
+    backbone: str | None = None,
     volume_backbone: str | None = None,
     **run,
 ):
@@ -65,7 +66,7 @@ def embed_pairs_run(
     pairs : sequence of (image, labels, layout, channel_axis, image_layer_names)
         One per pair, in order (``layout``: the labels' :class:`~napari_segrep._images.Layout`;
         the pairs' objects are all 2D or all 3D: one model embeds them).
-    weights : None, "imagenet", a checkpoint path or a SegmentEncoder
+    weights : None, a weight set ("imagenet", "dinov2"), a checkpoint path or a SegmentEncoder
         The model (:func:`~napari_segrep.engine.embed.encoder_for`), built once for all pairs.
     params : dict
         ``embed_segments``' options but ``channel_axis`` (each pair's own).
@@ -74,8 +75,8 @@ def embed_pairs_run(
         one, is called as pair ``i`` of ``n`` starts.
     should_stop : callable() -> bool
         Polled between batches (``Cancelled``: nothing is returned).
-    volume_backbone : str, optional
-        The backbone of a new encoder for 3D objects.
+    backbone, volume_backbone : str, optional
+        The backbone of a new encoder for 2D objects, for 3D objects.
     **run
         ``model`` and ``checkpoint``, recorded in each :class:`~._results.RunSetup`.
 
@@ -111,6 +112,7 @@ def embed_pairs_run(
             image_layers=names,
             progress=report,
             should_stop=should_stop,
+            backbone=backbone,
             volume_backbone=volume_backbone,
             **run,
         )

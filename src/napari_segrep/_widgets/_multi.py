@@ -190,7 +190,7 @@ class MultiPairs:
         return [labels for _, labels in added]
 
     # ------------------------------------------------------------------ run and results
-    def prepare(self, weights, params: dict, *, volume_backbone=None, **run):
+    def prepare(self, weights, params: dict, *, backbone=None, volume_backbone=None, **run):
         """The worker's call, what to do with its result and with its messages (which image it
         embeds), for :meth:`~.embed.EmbedSegmentsWidget.run`."""
         pairs = self.pairs(build=True)
@@ -212,6 +212,7 @@ class MultiPairs:
                 params,
                 progress=progress,
                 should_stop=should_stop,
+                backbone=backbone,
                 volume_backbone=volume_backbone,
                 **run,
             )

@@ -21,6 +21,7 @@ import pandas as pd
 from napari.layers import Labels
 from napari.utils.events import EmitterGroup
 
+from .. import catalogue as _catalogue
 from .._images import Layout
 
 __all__ = [
@@ -59,8 +60,10 @@ PALETTE = np.array(
     ]
 )
 
-#: The backbone of a new encoder for 3D objects when none is chosen.
-VOLUME_BACKBONE = "resnet18_3d"
+#: The backbones of a new encoder for 2D and for 3D objects when none is chosen: the
+#: catalogue's first of each (resnet18; resnet18_3d, native 3D first).
+BACKBONE = _catalogue.backbone_choices(2)[0]
+VOLUME_BACKBONE = _catalogue.backbone_choices(3)[0]
 
 _by_layer: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 #: Points layer -> weak reference to what it maps (a SegmentResults or a ResultsGroup).
@@ -139,12 +142,13 @@ def embed_run(
     image_layers,
     progress,
     should_stop,
+    backbone: str | None = None,
     volume_backbone: str | None = None,
 ):
     """What a Run computes, in its worker thread: the table, the PCA map and the
     :class:`RunSetup` (``params``: keyword arguments of ``embed_segments``; ``layout``: the
-    labels' axes and spacing; ``volume_backbone``: the backbone of a new encoder for 3D
-    objects)."""
+    labels' axes and spacing; ``backbone``, ``volume_backbone``: the backbone of a new encoder
+    for 2D and for 3D objects, None: :data:`BACKBONE`, :data:`VOLUME_BACKBONE`)."""
     from ..analysis.reduce import pca_map
     from ..analysis.tables import embedding_matrix
 
@@ -153,7 +157,7 @@ def embed_run(
         image,
         layout,
         channel_axis=params["channel_axis"],
-        backbone=volume_backbone if layout.is_volume else None,
+        backbone=volume_backbone if layout.is_volume else backbone,
     )
     params = {**params, **layout_params(layout)}
     df = embed_layout(
@@ -182,10 +186,11 @@ def embed_run(
 
 
 def run_encoder(weights, image, layout: Layout, *, channel_axis, backbone=None, seed: int = 0):
-    """The encoder a run embeds with (``encoder_for``: weights by what the user chose), for
-    the image's channels; a new one (untrained or ImageNet) is a ``backbone`` (None:
-    resnet18 for 2D objects, :data:`VOLUME_BACKBONE` for 3D ones).  ``ValueError`` when the
-    model sees objects of other dimensions than the labels'."""
+    """The encoder a run embeds with (``encoder_for``: weights by what the user chose: None,
+    a weight set name, a checkpoint, an encoder), for the image's channels; a new one
+    (untrained or pretrained) is a ``backbone`` (None: :data:`BACKBONE` for 2D objects,
+    :data:`VOLUME_BACKBONE` for 3D ones).  ``ValueError`` when the model sees objects of other
+    dimensions than the labels'."""
     from .._images import as_channels_first, frame_channel_axis
     from ..engine.embed import encoder_for
 
@@ -196,7 +201,7 @@ def run_encoder(weights, image, layout: Layout, *, channel_axis, backbone=None, 
         axis = frame_channel_axis(channel_axis, layout, np.ndim(image))
         frame = as_channels_first(frame, channel_axis=axis, spatial_ndim=layout.spatial_ndim)
     if backbone is None:
-        backbone = VOLUME_BACKBONE if layout.is_volume else "resnet18"
+        backbone = VOLUME_BACKBONE if layout.is_volume else BACKBONE
     encoder = encoder_for(weights, in_channels=frame.shape[0], backbone=backbone, seed=seed)
     dims = int(getattr(encoder, "spatial_dims", 2))
     if dims != layout.spatial_ndim:

@@ -10,8 +10,10 @@ from contextlib import contextmanager
 
 #: The encoder trained in this session (set by "Train SegRep"), offered by "Embed segments".
 trained_encoder = None
-#: Whether torchvision's ImageNet weights lie in the local torch cache (found by the warm-up).
-imagenet_available = False
+#: The pretrained weight sets, ``(backbone, weight set)``, whose file lies whole in the local
+#: torch cache: every catalogue backbone's, checked by the warm-up (in the background, so that
+#: the pickers' checks in napari's thread then cost a ``stat``), and those downloaded since.
+weights_found: set[tuple[str, str]] = set()
 #: Devices that work here (found by the warm-up; None until then).
 devices: list[str] | None = None
 
@@ -175,8 +177,46 @@ def warm_up_label_colours(dtypes) -> None:
             _cast_labels_data_to_texture_dtype_direct(data, colormap)
 
 
+def pretrained_available(backbone: str = "resnet18", weights: str = "imagenet") -> bool:
+    """Whether ``backbone``'s weight set ``weights`` was found whole in the torch cache (by the
+    warm-up, or downloaded in this session)."""
+    return (backbone, weights) in weights_found
+
+
+def found_weights_file(path) -> None:
+    """A weights file arrived whole in the torch cache (downloaded): every catalogue weight set
+    read from that file is available now (the 3D ResNets read their 2D ResNet's file)."""
+    from pathlib import Path
+
+    from ..catalogue import published_files
+
+    entry = published_files().get(Path(path).name)
+    if entry is not None:
+        ws, backbones = entry
+        weights_found.update((b, ws.name) for b in backbones)
+
+
+def check_weights_files() -> None:
+    """Check every catalogue weight set's file in the torch cache (its size and SHA-256, once
+    per version of the file: the verdict is remembered) and record those found whole in
+    :data:`weights_found`.  Torch-free; a few tenths of a second per large file, once: call
+    from a background thread."""
+    from ..catalogue import CATALOGUE
+    from ..weights import weights_info
+
+    for entry in CATALOGUE:
+        for ws in entry.weights:
+            try:
+                if weights_info(entry.name, weights=ws.name).usable:
+                    weights_found.add((entry.name, ws.name))
+                else:
+                    weights_found.discard((entry.name, ws.name))
+            except (ValueError, OSError):
+                continue
+
+
 def _warm_up(label_dtypes) -> None:
-    global devices, imagenet_available
+    global devices
     found = ["cpu"]
     # A Run clicked meanwhile waits for the lock rather than sharing the CPU and the GIL with
     # the warm-up: its embedding then runs as fast as headless.  Label colours come first (the
@@ -189,12 +229,14 @@ def _warm_up(label_dtypes) -> None:
         except Exception:  # noqa: BLE001 - an optimisation only
             pass
     try:
+        check_weights_files()  # before the pickers re-read their choices (on the devices)
+    except Exception:  # noqa: BLE001 - an optimisation only: the pickers check themselves
+        pass
+    try:
         load_engine()
-        from ..engine.backbones import imagenet_cache_path
         from ..engine.devices import available_devices
 
         found = available_devices()
-        imagenet_available = imagenet_cache_path("resnet18").is_file()
     except Exception:  # noqa: BLE001 - the defaults stay ("auto", "cpu"); Run reports errors
         pass
     with _lock:

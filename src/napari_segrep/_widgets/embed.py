@@ -8,6 +8,7 @@ The widget only translates: layer data -> one engine call in a worker thread -> 
 from __future__ import annotations
 
 import weakref
+from contextlib import contextmanager
 
 import napari
 import numpy as np
@@ -17,6 +18,15 @@ from napari.layers import Labels, Points
 from napari.utils.notifications import show_error
 
 from . import _session
+from ._backbones import (
+    CROP_SIZE,
+    BackbonePicker,
+    CropDefault,
+    backbone_choices,
+    reset_choices_in_order,
+    weight_sets,
+)
+from ._backbones import present_weight_sets as _present_weight_sets
 from ._common import (
     LayerInputs,
     WarmRelay,
@@ -36,35 +46,35 @@ from ._live import LiveEmbedding
 from ._map_view import MapView
 from ._multi import MultiPairs
 from ._results import SegmentResults, embed_run
-from ._weights import WeightsDownloadButton, imagenet_present
+from ._weights import WeightsDownloadButton
 
 __all__ = ["EmbedSegmentsWidget"]
 
 MODEL_UNTRAINED = "untrained (random init, seed 0)"
-MODEL_IMAGENET = "ImageNet (local torch cache)"
 MODEL_FILE = "checkpoint file..."
 MODEL_SESSION = "model trained in this session"
-#: The default crop size for 2D and for 3D objects (``embed_segments``' own defaults).
-CROP_SIZE = {2: 64, 3: 32}
-#: How a new encoder sees 3D objects (z-stacks): the backbones for volumes, the native one first.
-VOLUME_BACKBONES = ("resnet18_3d", "resnet18_planes")
+#: The default 2D backbone of a new model (the catalogue's first).
+BACKBONE = backbone_choices(2)[0]
 #: The default 3D model on a GPU and elsewhere (``engine.embed.volume_backbone``'s rule, kept
 #: here: the engine is not imported in napari's thread).
-VOLUME_BACKBONE, VOLUME_BACKBONE_CPU = VOLUME_BACKBONES
+VOLUME_BACKBONE, VOLUME_BACKBONE_CPU = "resnet18_3d", "resnet18_planes"
+#: The backbones for 3D objects (the catalogue's, native 3D first) when the module was loaded.
+VOLUME_BACKBONES = tuple(backbone_choices(3))
+
+#: The model choices of the pretrained weight sets, when their file is in the cache.
+MODEL_IMAGENET = "ImageNet (local torch cache)"
+MODEL_DINOV2 = "DINOv2 (local torch cache)"
+
+
+def pretrained_model(weight_set) -> str:
+    """The model choice of a weight set: ``"ImageNet (local torch cache)"``."""
+    return f"{weight_set.label} (local torch cache)"
 
 
 def volume_backbones(_widget=None) -> list[str]:
-    """The backbones for 3D objects: those registered (once the engine is loaded: never
-    imported here, in napari's thread), else the built-in ones."""
-    import sys
-
-    registry = sys.modules.get("napari_segrep.engine.backbones")
-    if registry is None:
-        return list(VOLUME_BACKBONES)
-    names = [n for n, spec in registry.BACKBONES.items() if spec.spatial_dims == 3]
-    return [n for n in VOLUME_BACKBONES if n in names] + [
-        n for n in names if n not in VOLUME_BACKBONES
-    ]
+    """The backbones for 3D objects: the catalogue's (native 3D first), then the other
+    registered ones (once the engine is loaded: never imported here, in napari's thread)."""
+    return backbone_choices(3)
 
 
 class EmbedSegmentsWidget(ResultsActions, Container):
@@ -108,19 +118,33 @@ class EmbedSegmentsWidget(ResultsActions, Container):
             label="labels layer", choices=lambda _w=None: labels_layers(viewer)
         )
         self.axes_question = AxesQuestion(on_answered=self._update_run_state)
-        self.model_input = ComboBox(label="model", choices=self._model_choices)
-        self.volume_model_input = ComboBox(
+        self._object_dims = 2  # of the chosen labels' objects, as the pickers were set for
+        self.backbone_input = BackbonePicker(
+            2,
+            label="backbone",
+            value=BACKBONE,
+            help="the network of a new model (untrained or pretrained) for 2D objects; a "
+            "checkpoint or the model trained in this session brings its own",
+        )
+        # the default by device (README "Volumes"): the planes until the warm-up finds CUDA
+        self.volume_model_input = BackbonePicker(
+            3,
             label="3D model",
-            choices=volume_backbones,
+            value=VOLUME_BACKBONE_CPU,
             visible=False,
-            tooltip="how a new model sees a 3D object: resnet18_3d, a 3D network (ImageNet "
+            help="how a new model sees a 3D object: resnet18_3d, a 3D network (ImageNet "
             "weights inflated to 3D); resnet18_planes, the 2D network on the object's three "
             "orthogonal middle planes (a quarter of the CPU time: the default without CUDA)",
         )
-        # the default by device (README "Volumes"): the planes until the warm-up finds CUDA
-        self.volume_model_input.value = VOLUME_BACKBONE_CPU
         self._volume_default = VOLUME_BACKBONE_CPU
-        self.weights_button = WeightsDownloadButton(choices=self.model_input, select=MODEL_IMAGENET)
+        #: The pretrained model is chosen when the chosen backbone's weights are there (the
+        #: default), until the user picks another model.
+        self._wants_pretrained = True
+        self._switching = False
+        self.model_input = ComboBox(label="model", choices=self._model_choices)
+        self.weights_button = WeightsDownloadButton(
+            BACKBONE, on_downloaded=lambda path: self._on_weights_downloaded()
+        )
         self.checkpoint_input = FileEdit(
             label="checkpoint", mode="r", filter="*.pt *.pth", visible=False
         )
@@ -131,10 +155,10 @@ class EmbedSegmentsWidget(ResultsActions, Container):
             max=1024,
             step=8,
             tooltip="side of the square (2D) or cubic (3D) crop each object is seen in: by "
-            f"default {CROP_SIZE[2]} for 2D objects, {CROP_SIZE[3]} for 3D ones (a "
-            f"{CROP_SIZE[2]}^3 crop is 8x the work)",
+            f"default the backbone's ({CROP_SIZE[2]} for 2D ResNets, 112 for the ViTs, "
+            f"{CROP_SIZE[3]} for 3D objects: a {CROP_SIZE[2]}^3 crop is 8x the work)",
         )
-        self._object_dims = 2  # of the chosen labels' objects, as the crop size was set for
+        self._crop_default = CropDefault(self.crop_input, BACKBONE, 2)
         self.normalize_input = ComboBox(
             label="normalisation", value="image", choices=["image", "segment", "none"]
         )
@@ -159,8 +183,9 @@ class EmbedSegmentsWidget(ResultsActions, Container):
                 self.labels_input,
                 self.axes_question,
                 *self.multi.widgets,
-                self.model_input,
+                self.backbone_input,
                 self.volume_model_input,
+                self.model_input,
                 self.weights_button,
                 self.checkpoint_input,
                 self.crop_input,
@@ -185,6 +210,8 @@ class EmbedSegmentsWidget(ResultsActions, Container):
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
         self.model_input.changed.connect(self._on_model_changed)
+        self.backbone_input.changed.connect(self._on_backbone_changed)
+        self.volume_model_input.changed.connect(self._on_backbone_changed)
         self.cluster_button.changed.connect(lambda: self.cluster())
         self.colour_by.changed.connect(self._on_colour_by_chosen)
         self.selection_button.changed.connect(lambda: self.labels_from_selection())
@@ -227,8 +254,19 @@ class EmbedSegmentsWidget(ResultsActions, Container):
         return self.live.job
 
     # ------------------------------------------------------------------ choices and validation
+    @property
+    def backbone(self) -> str:
+        """The backbone of a new model for the chosen labels' objects: the 2D picker's, or the
+        3D model's for 3D objects."""
+        picker = self.volume_model_input if self._object_dims == 3 else self.backbone_input
+        return picker.value
+
+    def pretrained_choices(self) -> dict[str, str]:
+        """Model choice -> weight set, of the chosen backbone's weights in the cache now."""
+        return {pretrained_model(ws): ws.name for ws in _present_weight_sets(self.backbone)}
+
     def _model_choices(self, _widget=None):
-        choices = [MODEL_IMAGENET] if imagenet_present() else []  # the default when present
+        choices = list(self.pretrained_choices())  # the default when present
         choices += [MODEL_UNTRAINED, MODEL_FILE]
         if _session.trained_encoder is not None:
             choices.append(MODEL_SESSION)
@@ -246,22 +284,51 @@ class EmbedSegmentsWidget(ResultsActions, Container):
         self._update_run_state()
 
     def _on_model_changed(self, value=None) -> None:
+        if not self._switching:  # the user's choice (not one that went with a backbone)
+            self._wants_pretrained = self.model_input.value in self.pretrained_choices()
         self.checkpoint_input.visible = self.model_input.value == MODEL_FILE
         self._update_run_state()
 
+    def _on_backbone_changed(self, *_) -> None:
+        """A new backbone: its weight sets are the pretrained models offered (and its download
+        button on show), its crop size the default unless the user chose one."""
+        self.weights_button.follow(self.backbone)
+        self._crop_default.follow(self.backbone, self._object_dims)
+        self.refresh_models()
+
     def refresh_models(self) -> None:
-        """Re-read the model choices (after training, or once the warm-up found ImageNet)."""
-        self.model_input.reset_choices()
+        """Re-read the model choices (after training, a download, a backbone change, or once
+        the warm-up has checked the weights in the cache); the chosen backbone's pretrained
+        model is chosen when there and wanted (the default, or the user's last choice)."""
+        with self._choosing():
+            reset_choices_in_order(self.model_input, self._model_choices())
+            offered = list(self.pretrained_choices())
+            if self._wants_pretrained and offered and self.model_input.value not in offered:
+                self.model_input.value = offered[0]
+
+    def _on_weights_downloaded(self) -> None:
+        """The download button's weights arrived: offered and chosen."""
+        self._wants_pretrained = True
+        self.refresh_models()
+
+    @contextmanager
+    def _choosing(self):
+        """A block whose model changes are the widget's, not the user's."""
+        before, self._switching = self._switching, True
+        try:
+            yield
+        finally:
+            self._switching = before
 
     def _update_run_state(self, *_) -> None:
         running = self.job is not None
         why = self.validate()
         dims = 3 if self._embeds_volumes() else 2
         self.volume_model_input.visible = dims == 3
-        if dims != self._object_dims:  # the default crop of the other kind, unless chosen
-            if self.crop_input.value == CROP_SIZE[self._object_dims]:
-                self.crop_input.value = CROP_SIZE[dims]
+        self.backbone_input.visible = dims == 2
+        if dims != self._object_dims:  # the other kind's backbone: its weights and crop
             self._object_dims = dims
+            self._on_backbone_changed()
         self.run_button.enabled = why is None and not running
         if not running and (why is not None or self.results is None):  # else keep the results
             self.status.value = why or "Ready."
@@ -310,12 +377,14 @@ class EmbedSegmentsWidget(ResultsActions, Container):
         self.device_input.choices = ["auto", *devices]
         if current in self.device_input.choices:
             self.device_input.value = current
-        self.refresh_models()
-        self.volume_model_input.reset_choices()  # the registry's, now the engine is loaded
+        self.backbone_input.reset_choices()  # with the registry's, now the engine is loaded
+        self.volume_model_input.reset_choices()
         if self.volume_model_input.value == self._volume_default:  # not chosen by the user
             cuda = any(str(d).startswith("cuda") for d in devices)
             default = VOLUME_BACKBONE if cuda else VOLUME_BACKBONE_CPU
             self.volume_model_input.value = self._volume_default = default
+        self.weights_button.refresh()  # the warm-up has checked the files in the cache
+        self.refresh_models()
 
     # ------------------------------------------------------------------ run
     def run(self):
@@ -326,7 +395,10 @@ class EmbedSegmentsWidget(ResultsActions, Container):
         inputs = self._collect_inputs()  # ValueError with the reason when Run is disabled
         model = self.model_input.value
         checkpoint = chosen_path(self.checkpoint_input.value) if model == MODEL_FILE else None
-        weights = {MODEL_IMAGENET: "imagenet", MODEL_FILE: checkpoint}.get(model)
+        # a pretrained model by its weight set (not only those found: a file removed since is
+        # the engine's clear error, never an untrained model in its place)
+        pretrained = {pretrained_model(ws): ws.name for ws in weight_sets(self.backbone)}
+        weights = {**pretrained, MODEL_FILE: checkpoint}.get(model)
         if model == MODEL_SESSION and _session.trained_encoder is not None:
             weights = _session.trained_encoder
         normalize = self.normalize_input.value
@@ -337,10 +409,10 @@ class EmbedSegmentsWidget(ResultsActions, Container):
             "normalize": None if normalize == "none" else normalize,
         }
         run = {"model": model, "checkpoint": checkpoint}
-        volume_backbone = self.volume_model_input.value
+        backbone, volume_backbone = self.backbone_input.value, self.volume_model_input.value
         if self.multi.active:
             call, on_result, on_message = self.multi.prepare(
-                weights, params, volume_backbone=volume_backbone, **run
+                weights, params, backbone=backbone, volume_backbone=volume_backbone, **run
             )
             return self._start(call, on_result, on_message=on_message)
         image = inputs.image
@@ -358,6 +430,7 @@ class EmbedSegmentsWidget(ResultsActions, Container):
                 image_layers=layer_names,
                 progress=progress,
                 should_stop=should_stop,
+                backbone=backbone,
                 volume_backbone=volume_backbone,
                 **run,
             )

@@ -11,8 +11,13 @@ in this session".
 
 Volumes: a labels layer's axes come from :mod:`._layer_axes` (asked once for a 3D layer, as
 Embed segments asks: a z-stack trains on its 3D objects, a time-lapse on its frames as images),
-the voxel spacing from the layer's scale; the **3D model** picker offers the 3D backbones and the
-crop size follows the objects' kind (64 for 2D, 32 for 3D) unless chosen.
+the voxel spacing from the layer's scale; the **3D model** picker offers the 3D backbones.
+
+Backbones: the **backbone** picker (2D objects) and the **3D model** picker list the catalogue's
+(:mod:`napari_segrep.catalogue`, via :mod:`._backbones`); **start from** offers the chosen
+backbone's pretrained weight sets that are in the local torch cache (ImageNet, DINOv2) and an
+untrained network, its download button follows the picker, and the crop size follows the
+backbone and the objects' kind (64 for 2D ResNets, 112 for the ViTs, 32 for 3D) unless chosen.
 """
 
 from __future__ import annotations
@@ -37,6 +42,14 @@ from napari.utils.notifications import show_error, show_info
 from .._images import Layout
 from ..engine.train_config import ROTATIONS_HELP, SUPERVISED, choices, default, help_text
 from . import _session
+from ._backbones import (
+    CROP_SIZE,
+    BackbonePicker,
+    CropDefault,
+    present_weight_sets,
+    reset_choices_in_order,
+    weight_sets,
+)
 from ._common import (
     WarmRelay,
     chosen_path,
@@ -52,19 +65,20 @@ from ._jobs import CloseGuard, Job, start_job
 from ._layer_axes import AxesQuestion, LayerAxesUnknown, layer_layout
 from ._plots import LinePlot, LossCurve
 from ._train_config_file import config_text, config_updates
-from ._weights import WeightsDownloadButton, imagenet_present
-from .embed import CROP_SIZE, volume_backbones
+from ._weights import WeightsDownloadButton
+from .embed import VOLUME_BACKBONE
 
 __all__ = ["TrainSegRepWidget"]
 
 _WARNING_STYLE = "color: rgb(255, 120, 90);"
 START_IMAGENET = "ImageNet weights"
+START_DINOV2 = "DINOv2 weights"
 START_UNTRAINED = "untrained network"
 
 
-def _start_choices(_widget=None) -> list[str]:
-    """ImageNet first (the default) when its weights are in the local torch cache."""
-    return ([START_IMAGENET] if imagenet_present() else []) + [START_UNTRAINED]
+def start_choice(weight_set) -> str:
+    """The start of a weight set: ``"ImageNet weights"``."""
+    return f"{weight_set.label} weights"
 
 
 class _PairRow(Container):
@@ -99,20 +113,27 @@ class TrainSegRepWidget(Container):
             value="",
             tooltip="optional: a folder with images/ and labels/, or x.tif beside x_labels.tif",
         )
-        self.start_input = ComboBox(
-            label="start from",
-            choices=_start_choices,
-            tooltip="the network training starts from: ImageNet's (the default once downloaded) "
-            "or a new, untrained one",
+        self._object_dims = 2  # of the chosen pairs' objects, as the pickers were set for
+        self.backbone_input = BackbonePicker(
+            2, label="backbone", value=default("backbone"), help=help_text("backbone")
         )
-        self.weights_button = WeightsDownloadButton(choices=self.start_input, select=START_IMAGENET)
-        self.volume_model_input = ComboBox(
+        self.volume_model_input = BackbonePicker(
+            3,
             label="3D model",
-            choices=volume_backbones,
+            value=VOLUME_BACKBONE,
             visible=False,
-            tooltip="the network trained on 3D objects: resnet18_3d, a 3D network (ImageNet "
+            help="the network trained on 3D objects: resnet18_3d, a 3D network (ImageNet "
             "weights inflated to 3D); resnet18_planes, the 2D network on the object's three "
             "orthogonal middle planes (faster on a CPU)",
+        )
+        self.start_input = ComboBox(
+            label="start from",
+            choices=self._start_choices,
+            tooltip="the network training starts from: the backbone's pretrained weights (the "
+            "default once downloaded: ImageNet, DINOv2) or a new, untrained one",
+        )
+        self.weights_button = WeightsDownloadButton(
+            self.backbone, on_downloaded=lambda path: self._on_weights_downloaded()
         )
         # refining from annotations is Classify segments' (it has them), not this widget's
         self.objective_input = _choice("objective", label="objective")
@@ -141,9 +162,10 @@ class TrainSegRepWidget(Container):
             max=512,
             step=8,
             tooltip=f"{help_text('crop_size')}: square (2D) or cubic (3D) views, by default "
-            f"{CROP_SIZE[2]} for 2D objects, {CROP_SIZE[3]} for 3D ones",
+            f"the backbone's ({CROP_SIZE[2]} for 2D ResNets, 112 for the ViTs, {CROP_SIZE[3]} "
+            "for 3D objects)",
         )
-        self._object_dims = 2  # of the chosen pairs' objects, as the crop size was set for
+        self._crop_default = CropDefault(self.crop_input, self.backbone, 2)
         self.lr_input = FloatSpinBox(
             label="learning rate (0: default)",
             value=default("lr") or 0.0,
@@ -204,9 +226,10 @@ class TrainSegRepWidget(Container):
                 self.axes_question,
                 self.add_pair_button,
                 self.folder_input,
+                self.backbone_input,
+                self.volume_model_input,
                 self.start_input,
                 self.weights_button,
-                self.volume_model_input,
                 self.objective_input,
                 self.loss_input,
                 self.optimizer_input,
@@ -253,6 +276,8 @@ class TrainSegRepWidget(Container):
         self.pause_button.changed.connect(self.toggle_pause)
         self.stop_button.changed.connect(self.stop)
         self.reembed_button.changed.connect(lambda: self.reembed())
+        self.backbone_input.changed.connect(self._on_backbone_changed)
+        self.volume_model_input.changed.connect(self._on_backbone_changed)
         viewer.layers.events.inserted.connect(self._refresh)
         viewer.layers.events.removed.connect(self._refresh)
         self.add_pair()
@@ -266,19 +291,50 @@ class TrainSegRepWidget(Container):
         self._refresh()
 
     def _on_devices(self, devices) -> None:
-        self.refresh_start()  # the warm-up may have found the ImageNet weights
-        self.volume_model_input.reset_choices()  # the registry's, now the engine is loaded
+        self.backbone_input.reset_choices()  # with the registry's, now the engine is loaded
+        self.volume_model_input.reset_choices()
+        self.weights_button.refresh()  # the warm-up has checked the files in the cache
+        self.refresh_start()  # the warm-up may have found pretrained weights
         current = self.device_input.value
         self.device_input.choices = ["auto", *devices]
         if current in self.device_input.choices:
             self.device_input.value = current
 
+    @property
+    def backbone(self) -> str:
+        """The backbone of a new run for the chosen pairs' objects: the 2D picker's, or the 3D
+        model's for 3D objects."""
+        picker = self.volume_model_input if self._object_dims == 3 else self.backbone_input
+        return picker.value
+
+    def pretrained_starts(self) -> dict[str, str]:
+        """Start choice -> weight set, of the chosen backbone's weights in the cache now."""
+        return {start_choice(ws): ws.name for ws in present_weight_sets(self.backbone)}
+
+    def _start_choices(self, _widget=None) -> list[str]:
+        """The pretrained starts first (the default) when their weights are in the cache."""
+        return [*self.pretrained_starts(), START_UNTRAINED]
+
     def refresh_start(self) -> None:
-        """Offer the ImageNet start when its weights are in the cache; selected when new."""
-        offered = START_IMAGENET in self.start_input.choices
-        self.start_input.reset_choices()
-        if not offered and START_IMAGENET in self.start_input.choices:
-            self.start_input.value = START_IMAGENET
+        """Offer the backbone's pretrained starts whose weights are in the cache; a new one is
+        selected (a user's choice among those offered before is kept)."""
+        before = set(self.start_input.choices)
+        reset_choices_in_order(self.start_input, self._start_choices())
+        new = [c for c in self.pretrained_starts() if c not in before]
+        if new and self.start_input.value not in set(self.pretrained_starts()) - set(new):
+            self.start_input.value = new[0]
+
+    def _on_backbone_changed(self, *_) -> None:
+        """A new backbone: its pretrained starts, its download button, its default crop."""
+        self.weights_button.follow(self.backbone)
+        self._crop_default.follow(self.backbone, self._object_dims)
+        self.refresh_start()
+
+    def _on_weights_downloaded(self) -> None:
+        offered = self.pretrained_starts()
+        reset_choices_in_order(self.start_input, self._start_choices())
+        if offered:
+            self.start_input.value = next(iter(offered))
 
     # ------------------------------------------------------------------ inputs
     def add_pair(self) -> _PairRow:
@@ -300,10 +356,10 @@ class TrainSegRepWidget(Container):
         why = self.validate()
         dims = 3 if self._trains_volumes() else 2
         self.volume_model_input.visible = dims == 3
-        if dims != self._object_dims:  # the default crop of the other kind, unless chosen
-            if self.crop_input.value == CROP_SIZE[self._object_dims]:
-                self.crop_input.value = CROP_SIZE[dims]
+        self.backbone_input.visible = dims == 2
+        if dims != self._object_dims:  # the other kind's backbone: its starts and crop
             self._object_dims = dims
+            self._on_backbone_changed()
         self.start_button.enabled = why is None
         if why is not None or self.result is None:  # keep the last run's outcome on show
             self.status.value = why or "Ready."
@@ -387,11 +443,13 @@ class TrainSegRepWidget(Container):
             "device": self.device_input.value,
             "augment": {"rotate90": self.rotate_input.value, "flip": self.rotate_input.value},
         }
-        backbone = "resnet18"
+        backbone = self.volume_model_input.value if volumes else self.backbone_input.value
+        options["backbone"] = backbone
         if volumes:  # 3D objects, at the layers' voxel spacing; the folder's files alike
-            backbone = self.volume_model_input.value
-            options.update(axes="zyx", spacing=layout.spacing, backbone=backbone)
-        imagenet = self.start_input.value == START_IMAGENET and resume is None
+            options.update(axes="zyx", spacing=layout.spacing)
+        # by its weight set (a file removed since is the engine's clear error, not untrained)
+        starts = {start_choice(ws): ws.name for ws in weight_sets(backbone)}
+        pretrained = None if resume is not None else starts.get(self.start_input.value)
         resume_event = self._resume
         settings = self.config()  # the run folder's config.yaml, its epochs resolved
 
@@ -411,15 +469,15 @@ class TrainSegRepWidget(Container):
                     all_labels.append(read_image(label_path))
 
             encoder = None
-            if imagenet:
-                from ..engine.encoder import SegmentEncoder
+            if pretrained is not None:
+                from ..engine.embed import encoder_for
                 from ..engine.inputs import as_channels_first
 
                 spatial = 3 if volumes else 2
                 channels = as_channels_first(
                     all_images[0], channel_axis=None, spatial_ndim=spatial
                 ).shape[0]
-                encoder = SegmentEncoder(backbone, in_channels=channels, weights="imagenet")
+                encoder = encoder_for(pretrained, in_channels=channels, backbone=backbone)
 
             def on_step(record):
                 progress(record["step"], record["total_steps"])
@@ -521,8 +579,7 @@ class TrainSegRepWidget(Container):
             elif isinstance(value, Path):
                 value = str(value.resolve())
             out[key] = value
-        if self.volume_model_input.visible:
-            out["backbone"] = self.volume_model_input.value
+        out["backbone"] = self.backbone
         folder = self._folder()
         if folder is not None:
             out["data"] = str(folder.resolve())
@@ -578,7 +635,9 @@ class TrainSegRepWidget(Container):
         except (OSError, UnicodeDecodeError, yaml.YAMLError, ValueError) as exc:
             self._on_error(exc if isinstance(exc, ValueError) else ValueError(f"{path}: {exc}"))
             return False
-        for widget, value in updates:
+        pickers = (self.backbone_input, self.volume_model_input)
+        # the backbone first: choosing it sets the crop size to its default, the file's wins
+        for widget, value in sorted(updates, key=lambda u: u[0] not in pickers):
             widget.value = value
         ignored = sorted(set(values) - set(self._config_fields()) - {"backbone", "data"})
         note = f" (no field here for: {', '.join(ignored)})" if ignored else ""
@@ -589,9 +648,13 @@ class TrainSegRepWidget(Container):
         """``[(widget, value)]`` for ``values`` (a config's), each checked; a ``ValueError``
         naming the file and the key otherwise."""
         fields = self._config_fields()
-        # a 2D backbone has no field: this widget trains resnet18 on 2D objects
-        if values.get("backbone") in self.volume_model_input.choices:
-            fields["backbone"] = self.volume_model_input
+        backbone = values.get("backbone")
+        for picker in (self.backbone_input, self.volume_model_input):
+            if backbone in picker.choices:  # the picker of its kind (2D or 3D objects)
+                fields["backbone"] = picker
+        if backbone is not None and "backbone" not in fields:
+            known = [*self.backbone_input.choices, *self.volume_model_input.choices]
+            raise ValueError(f"{path}: backbone: {backbone!r} is not one of {known}")
         if values.get("data") is not None:
             fields["data"] = self.folder_input
         return config_updates(path, values, fields)
