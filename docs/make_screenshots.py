@@ -1,6 +1,6 @@
 """Screenshots for the README tutorial: embed -> train -> re-embed, in a real napari window.
 
-    xvfb-run -a -s "-screen 0 1600x1000x24" python docs/make_screenshots.py [classify|multi|gallery|refine]
+    xvfb-run -a -s "-screen 0 1600x1000x24" python docs/make_screenshots.py [classify|multi|gallery|refine|backbone]
 
 Writes docs/train_widget.png (training finished: loss and effective-rank plots) and
 docs/reembed.png (the map of the trained model next to the map "before"); with ``classify``,
@@ -11,7 +11,9 @@ coloured by image, a few neighbouring points selected); with ``gallery``, docs/g
 segments, most typical first, and the preview of one point); with ``refine``,
 docs/refine_widget.png only (generated nuclei in four states, 10 clicks per class, the encoder
 refined from them and accepted: the map and predictions of the refined encoder, the figures
-before -> after in Classify segments).
+before -> after in Classify segments); with ``backbone``, docs/backbone_picker.png only (the
+sample's cells embedded with the masked DINOv2 ViT-S/14 picked in Embed segments, untrained
+where its weights are not in the cache: the **Download DINOv2 weights** button shows).
 """
 
 from __future__ import annotations
@@ -189,6 +191,34 @@ def gallery_screenshot() -> None:
     viewer.close()
 
 
+def backbone_screenshot() -> None:
+    import napari
+    from qtpy.QtWidgets import QApplication
+
+    viewer = napari.Viewer(title="napari-segrep: a masked ViT")
+    viewer.window.resize(1500, 950)
+    app = QApplication.instance()
+    viewer.open_sample("napari-segrep", "cells")
+    _, embed = viewer.window.add_plugin_dock_widget("napari-segrep", "Embed segments")
+    embed.umap_input.value = False
+    embed.backbone_input.value = "vit_small_patch14_reg4_dinov2"
+    embed.run()
+    t0 = time.time()
+    while not (embed.job is None and embed.points_layer is not None and embed.map_view.settled):
+        app.processEvents()
+        time.sleep(0.01)
+        if time.time() - t0 > 900:
+            raise TimeoutError
+    t0 = time.time()
+    while time.time() - t0 < 0.5:
+        app.processEvents()
+        time.sleep(0.01)
+    viewer.reset_view()
+    viewer.screenshot(str(HERE / "backbone_picker.png"), canvas_only=False)
+    print("wrote", HERE / "backbone_picker.png")
+    viewer.close()
+
+
 def refine_screenshot() -> None:
     """Classify segments on the generated nuclei (benchmarks/_ssl_tasks.py): 10 clicks per
     class, Refine encoder with these annotations, Accept."""
@@ -254,7 +284,9 @@ def refine_screenshot() -> None:
 if __name__ == "__main__":
     import sys
 
-    if "refine" in sys.argv[1:]:
+    if "backbone" in sys.argv[1:]:
+        backbone_screenshot()
+    elif "refine" in sys.argv[1:]:
         refine_screenshot()
     elif "gallery" in sys.argv[1:]:
         gallery_screenshot()
