@@ -461,3 +461,15 @@ def test_cli_weights__dinov2_downloads_on_request_checked_by_loading_it(
     encoder = sr.SegmentEncoder("vit_small_patch14_reg4_dinov2", in_channels=1, weights="dinov2")
     assert encoder.weights_source == "dinov2" and encoder.backbone.pretrained
     assert float(encoder.input_mean) == pytest.approx(sum((0.485, 0.456, 0.406)) / 3)
+    # --weights dinov2 without --backbone: the backbone that has those weights
+    from ..conftest import disc_labels
+
+    labels = disc_labels((48, 48), [(12, 12, 5), (30, 34, 6)])
+    tifffile.imwrite(weights_cache.parent / "img.tif", (labels * 900).astype("uint16"))
+    tifffile.imwrite(weights_cache.parent / "lab.tif", labels)
+    out = weights_cache.parent / "out.csv"
+    assert _run("embed", weights_cache.parent / "img.tif", weights_cache.parent / "lab.tif",
+                "-o", out, "--weights", "dinov2", "--crop-size", 28) == 0  # fmt: skip
+    assert "weights: DINOv2 (vit_small_patch14_reg4_dinov2, " in capsys.readouterr().err
+    record = json.loads(sidecar_path(out).read_text())["encoder"]
+    assert (record["backbone"], record["weights"]) == ("vit_small_patch14_reg4_dinov2", "dinov2")

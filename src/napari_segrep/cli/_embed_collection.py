@@ -160,7 +160,11 @@ def _prepare(args: argparse.Namespace, *, check_folder: bool) -> _Plan:
             "number of channels; embed them as separate collections"
         )
     backbone = choose_backbone(
-        args.backbone, layouts[0], checkpoint=args.checkpoint, device=args.device
+        args.backbone,
+        layouts[0],
+        checkpoint=args.checkpoint,
+        device=args.device,
+        weights=args.weights,
     )
     weights, start_line = choose_weights(
         args.weights, backbone=backbone, seed=args.seed, checkpoint=args.checkpoint

@@ -297,18 +297,25 @@ def pair_hint(image_path: Path, labels_path: Path) -> Hint | None:
 _KIND = {"yx": "2D", "zyx": "a z-stack", "tyx": "a time-lapse", "tzyx": "a time-lapse of volumes"}
 
 
-def choose_backbone(backbone: str | None, layout, *, checkpoint=None, device=None) -> str:
+def choose_backbone(
+    backbone: str | None, layout, *, checkpoint=None, device=None, weights: str | None = None
+) -> str:
     """The backbone to embed the objects of ``layout`` with: ``backbone`` (``--backbone``; None:
     resnet18 for 2D objects, for volumes :func:`~napari_segrep.engine.embed.volume_backbone`
     of ``device``, ``--device``: the native 3D network on CUDA, the planes elsewhere; None,
-    as ``train`` asks: the native 3D network), checked to embed objects of as many dimensions (a :class:`CLIError` with the
+    as ``train`` asks: the native 3D network; for 2D objects with ``weights``, a weight set
+    such as ``--weights dinov2``, the first 2D backbone that has it), checked to embed objects of as many dimensions (a :class:`CLIError` with the
     fix otherwise; not checked with a ``checkpoint``, whose encoder brings its own)."""
     from ..engine.backbones import BACKBONES, get_backbone
     from ._common import BACKBONES as CHOICES
 
     if backbone is None:
         if not layout.is_volume:
-            return "resnet18"
+            # --weights dinov2 alone: the 2D backbone that has those weights
+            from ..catalogue import backbone_choices, weights_backbones
+
+            offered = [b for b in weights_backbones(weights or "") if b in backbone_choices(2)]
+            return offered[0] if offered and checkpoint is None else "resnet18"
         from ..engine.embed import volume_backbone
 
         return volume_backbone(device)

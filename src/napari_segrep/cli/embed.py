@@ -194,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
         labels_name=f"LABELS {args.labels.name}",
     )
     backbone = choose_backbone(
-        args.backbone, layout, checkpoint=args.checkpoint, device=args.device
+        args.backbone, layout, checkpoint=args.checkpoint, device=args.device, weights=args.weights
     )
     weights, start = choose_weights(
         args.weights, backbone=backbone, seed=args.seed, checkpoint=args.checkpoint

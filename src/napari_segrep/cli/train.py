@@ -271,7 +271,7 @@ def _run(args: argparse.Namespace) -> int:
     images, labels, names, layouts = load_pairs(args)
     refine = None if args.annotations is None else Refinement.read(args, names, labels, layouts)
     layout = layouts[0]  # all pairs have objects of its dimension
-    backbone = choose_backbone(args.backbone, layout)
+    backbone = choose_backbone(args.backbone, layout, weights=args.weights)
     crop_size = args.crop_size
     if crop_size is None:
         from ..engine.pipeline import default_crop_size

@@ -322,9 +322,10 @@ def choose_weights(
 
     entry = BY_NAME.get(backbone)
     if choice == "auto":
-        if entry is None or not entry.weights:  # a backbone without pretrained weights
+        if entry is not None and not entry.weights:  # a backbone without pretrained weights
             return None, untrained
-        choice_set, asked = entry.weights[0].name, False
+        # the catalogue's first weight set; a plugin's backbone: its ImageNet weights, if any
+        choice_set, asked = (entry.weights[0].name if entry else "imagenet"), False
     else:
         choice_set, asked = choice, True
     try:
