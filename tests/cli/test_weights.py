@@ -444,6 +444,11 @@ def test_cli_weights__dinov2_downloads_on_request_checked_by_loading_it(
     its name (a ResNet's weights) is refused, and nothing is written."""
     import napari_segrep as sr
 
+    assert _run("weights", "download", "dinov2", "--backbone", "resnet18") == 2  # not its weights
+    assert (
+        "--backbone resnet18 has no dinov2 weights: dinov2 weights are for vit_small_patch14_"
+        in (capsys.readouterr().err)
+    )
     data = _dinov2_stand_in()
     name = "dinov2_vits14_reg4_pretrain.pth"
     weights_server.routes["/wrong.pth"] = Route(state_dict_bytes())

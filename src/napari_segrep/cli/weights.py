@@ -57,7 +57,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="download a backbone's pretrained weights into the torch cache",
         description="Download pretrained weights of a backbone into the torch cache: imagenet "
         "(torchvision's IMAGENET1K_V1, BSD-3-Clause) or dinov2 (Meta's DINOv2 ViT-S/14 with "
-        "registers, Apache-2.0, about 88 MB). The file is checked (its SHA-256 against the "
+        "registers, Apache-2.0, about 84 MB). The file is checked (its SHA-256 against the "
         "digits in torchvision's file name; DINOv2's, whose publisher gives no SHA-256: that it "
         "loads into the backbone, every tensor and shape, and its SHA-256 is shown) before it "
         "is moved into place; an "
@@ -177,10 +177,12 @@ def _download(args: argparse.Namespace) -> int:
     kind = args.kind
     if args.backbone is None:
         args.backbone = weights_backbones(kind)[0]
-    try:
-        info = weights_info(args.backbone, weights=kind, url=args.url)
-    except ValueError as exc:  # a backbone without these weights
-        raise CLIError(str(exc).replace("weights=None", "--weights none")) from None
+    if args.backbone not in weights_backbones(kind):
+        raise CLIError(
+            f"--backbone {args.backbone} has no {kind} weights: {kind} weights are for "
+            f"{', '.join(weights_backbones(kind))} (leave --backbone out for the first)"
+        )
+    info = weights_info(args.backbone, weights=kind, url=args.url)
     label = info.label
     if info.usable and not args.force:
         checked = "size and SHA-256 checked" if info.sha256_prefix else "present, not empty"
