@@ -5,9 +5,6 @@ publisher gives no SHA-256 (checked by loading it into its backbone)."""
 from __future__ import annotations
 
 import io
-import json
-import subprocess
-import sys
 from functools import partial
 
 import pytest
@@ -24,17 +21,6 @@ from napari_segrep.catalogue import (
 )
 
 from .weights_server import Route, leftovers
-
-
-def test_catalogue__imports_without_torch_or_timm():
-    code = (
-        "import sys, json\nimport napari_segrep.catalogue as c\nimport napari_segrep.weights\n"
-        "names = c.backbone_choices()\n"
-        "print(json.dumps([names, [m for m in ('torch', 'timm') if m in sys.modules]]))"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    names, loaded = json.loads(done.stdout)
-    assert loaded == [] and names == [e.name for e in CATALOGUE]
 
 
 def test_catalogue__the_registry_and_the_cli_choices_are_generated_from_it():

@@ -57,7 +57,7 @@ def test_package__engine_analysis_and_cli_never_load_gui_modules():
 def test_package__analysis_io_errors_and_the_cli_parser_never_load_torch():
     names = _submodules("napari_segrep.analysis")
     names += ["napari_segrep.io", "napari_segrep.errors", "napari_segrep._version"]
-    names += ["napari_segrep._images", "napari_segrep._tiff_meta"]
+    names += ["napari_segrep._images", "napari_segrep._tiff_meta", "napari_segrep.catalogue"]
     names += ["napari_segrep.weights", "napari_segrep._download"]
     code = "\n".join(f"import {n}" for n in names)
     code += "\nfrom napari_segrep.cli import get_arg_parser\nget_arg_parser()"
