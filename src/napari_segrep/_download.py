@@ -304,9 +304,9 @@ def _connection_error(info: FileToFetch, reason, *, during: bool = False) -> Con
     )
 
 
-def check_loads(path: Path, url: str) -> None:
+def check_loads(path: Path, url: str) -> dict:
     """``path`` must load with ``torch.load(weights_only=True)`` as a non-empty dict of
-    tensors; otherwise a ``ValueError`` (an HTML error page, a truncated file...)."""
+    tensors, returned; otherwise a ``ValueError`` (an HTML error page, a truncated file...)."""
     import torch
 
     try:
@@ -330,3 +330,4 @@ def check_loads(path: Path, url: str) -> None:
         raise ValueError(
             f"what {url} sent is not a dict of tensors (a state dict); nothing was written"
         )
+    return state

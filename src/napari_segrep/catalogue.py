@@ -23,6 +23,7 @@ Examples
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 __all__ = [
@@ -30,11 +31,15 @@ __all__ = [
     "CATALOGUE",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "LABELS",
+    "TORCHVISION_URL",
     "Backbone",
     "WeightSet",
     "backbone_choices",
+    "digits_in_name",
     "download_command",
     "get_entry",
+    "label_of",
     "weight_set",
     "weight_set_names",
     "weights_backbones",
@@ -92,7 +97,7 @@ class WeightSet:
     @property
     def label(self) -> str:
         """``"ImageNet"``, ``"DINOv2"``: the name in messages and buttons."""
-        return {"imagenet": "ImageNet", "dinov2": "DINOv2"}.get(self.name, self.name)
+        return label_of(self.name)
 
 
 @dataclass(frozen=True)
@@ -140,19 +145,33 @@ class Backbone:
         return tuple(ws.name for ws in self.weights)
 
 
-_TORCHVISION = "https://download.pytorch.org/models/"
+#: Where torchvision publishes its weights.
+TORCHVISION_URL = "https://download.pytorch.org/models/"
+
+#: A weight set's name -> how messages and buttons call it.
+LABELS = {"imagenet": "ImageNet", "dinov2": "DINOv2"}
+
+
+def label_of(weights: str) -> str:
+    """``"imagenet"`` -> ``"ImageNet"`` (a name without a label: itself)."""
+    return LABELS.get(weights, weights)
+
+
+def digits_in_name(filename: str) -> str | None:
+    """The first hex digits of a file's SHA-256 that its name carries, torch.hub's convention
+    (``resnet18-f37072fd.pth`` -> ``"f37072fd"``); None when it carries none."""
+    match = re.search(r"-([a-f0-9]+)\.", filename)
+    return match.group(1) if match else None
 
 
 def _imagenet(filename: str, size: int) -> WeightSet:
-    """torchvision's IMAGENET1K_V1 file (its name carries the first hex digits of its SHA-256,
-    torch.hub's convention)."""
-    digits = filename.rsplit("-", 1)[1].split(".")[0]
+    """torchvision's IMAGENET1K_V1 file (its name carries the first hex digits of its SHA-256)."""
     return WeightSet(
         "imagenet",
         filename,
-        _TORCHVISION + filename,
+        TORCHVISION_URL + filename,
         size,
-        digits,
+        digits_in_name(filename),
         "BSD-3-Clause",
         "torchvision",
         approx_size=size,

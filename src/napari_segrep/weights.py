@@ -53,7 +53,7 @@ from typing import NamedTuple
 
 from . import catalogue as _catalogue
 from ._download import MIRROR_ENV, check_loads, new_partial, stream_to
-from .catalogue import download_command
+from .catalogue import TORCHVISION_URL, download_command
 from .io import file_sha256, fsync_dir
 
 __all__ = [
@@ -69,13 +69,9 @@ __all__ = [
     "download_weights",
     "file_problem",
     "format_size",
-    "imagenet_backbones",
     "size_limit",
     "weights_info",
 ]
-
-#: Where torchvision publishes its weights.
-TORCHVISION_URL = "https://download.pytorch.org/models/"
 
 
 class PublishedFile(NamedTuple):
@@ -88,7 +84,7 @@ class PublishedFile(NamedTuple):
     size : int
         Its size in bytes.
     sha256 : str or None
-        Its SHA-256, in full or its first hex digits; None: the digits in ``filename``.
+        Its SHA-256, in full or its first hex digits; None: not published.
     """
 
     filename: str
@@ -123,9 +119,6 @@ BUILT_FROM: dict[str, str] = {
 
 #: The most a download of a file of unknown size may bring (a registered backbone's weights).
 UNKNOWN_SIZE_LIMIT = 2**31
-
-# torch.hub's check_hash convention: "<name>-<first hex digits of the sha256>.<ext>"
-_HASH_IN_NAME = re.compile(r"-([a-f0-9]*)\.")
 
 
 @dataclass(frozen=True)
@@ -174,7 +167,7 @@ class WeightsInfo:
     @property
     def label(self) -> str:
         """``"ImageNet"``, ``"DINOv2"``: the weight set's name in messages."""
-        return {"imagenet": "ImageNet", "dinov2": "DINOv2"}.get(self.weights, self.weights)
+        return _catalogue.label_of(self.weights)
 
     @property
     def filename(self) -> str:
@@ -191,11 +184,6 @@ class WeightsInfo:
         if self.size:
             return format_size(self.size)
         return f"about {format_size(self.approx_size)}" if self.approx_size else "size unknown"
-
-
-def imagenet_backbones() -> list[str]:
-    """The built-in backbones that have ImageNet weights."""
-    return list(IMAGENET_FILES)
 
 
 def damaged_message(info: WeightsInfo) -> str:
@@ -259,9 +247,6 @@ def weights_info(
         mirror = os.environ.get(MIRROR_ENV, "").strip()
         url = f"{mirror.rstrip('/')}/{filename}" if mirror else source
     prefix = published.sha256
-    if prefix is None:
-        match = _HASH_IN_NAME.search(filename)
-        prefix = match.group(1) if match and match.group(1) else None
     size = published.size if published.size > 0 else None
     present, damaged = path.is_file(), None
     if present:
@@ -299,12 +284,9 @@ def _source_and_path(
     except ValueError:
         from .engine import backbones as registry  # a registered backbone (imports torch)
 
-        spec = registry.get_backbone(backbone)  # ValueError naming the choices
-        ws = spec.weight_set(weights)  # ValueError when it has none
-        path = registry.pretrained_cache_path(backbone, weights)
-        published = PUBLISHED.get(ws.filename, PublishedFile(ws.filename, ws.size or 0, ws.sha256))
-        return ws.url, path, published, ws
-    ws = _catalogue.weight_set(entry.name, weights)  # ValueError naming the sets it has
+        ws = registry.get_backbone(backbone).weight_set(weights)  # ValueError naming the choices
+    else:
+        ws = _catalogue.weight_set(entry.name, weights)  # ValueError naming the sets it has
     published = PUBLISHED.get(ws.filename, PublishedFile(ws.filename, ws.size or 0, ws.sha256))
     return ws.url, _hub_dir() / "checkpoints" / ws.filename, published, ws
 
@@ -522,11 +504,12 @@ def download_weights(
                 f"got {got}; nothing was written (a corrupted download, or the server sent "
                 "another file: try again, or check the URL)"
             )
-        check_loads(tmp, info.url)
+        state = check_loads(tmp, info.url)
         if expected is None:  # nothing to compare its bytes with: it must fit its backbone
-            from .engine.backbones import check_weights_file
+            from .engine.backbones import check_weights_fit
 
-            check_weights_file(tmp, backbone, weights, source=info.url)
+            check_weights_fit(state, backbone, weights, source=info.url)
+        del state
         os.replace(tmp, dest)
     except BaseException:
         with contextlib.suppress(OSError):

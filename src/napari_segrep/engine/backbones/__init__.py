@@ -58,7 +58,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ...catalogue import CATALOGUE, IMAGENET_MEAN, IMAGENET_STD, WeightSet
+from ...catalogue import CATALOGUE, IMAGENET_MEAN, IMAGENET_STD, WeightSet, digits_in_name
 from ...catalogue import Backbone as CatalogueEntry
 
 __all__ = [
@@ -68,7 +68,7 @@ __all__ = [
     "BackboneSpec",
     "backbone_names",
     "build_backbone",
-    "check_weights_file",
+    "check_weights_fit",
     "get_backbone",
     "imagenet_cache_path",
     "load_imagenet_weights",
@@ -173,14 +173,13 @@ def register_backbone(
     mean, std = tuple(map(float, imagenet_mean)), tuple(map(float, imagenet_std))
     if imagenet_url is not None and not any(ws.name == "imagenet" for ws in sets):
         filename = os.path.basename(imagenet_url)
-        digits = re.search(r"-([a-f0-9]+)\.", filename)
         sets = (
             WeightSet(
                 "imagenet",
                 filename,
                 imagenet_url,
                 None,
-                digits.group(1) if digits else None,
+                digits_in_name(filename),
                 "see the publisher",
                 "torchvision",
                 mean=mean,
@@ -312,13 +311,12 @@ def load_state_into(backbone: nn.Module, state: object, ws: WeightSet) -> None:
         raise ValueError(f"this backbone cannot read {ws.fmt!r} weights")
 
 
-def check_weights_file(path: str | os.PathLike, name: str, weights: str, *, source: str) -> None:
-    """That the file at ``path`` holds backbone ``name``'s weight set ``weights``: it loads
-    into the backbone, every tensor and shape (built on torch's meta device: no memory, no
-    time).  ``ValueError`` naming ``source`` otherwise (a download whose publisher gives no
+def check_weights_fit(state: dict, name: str, weights: str, *, source: str) -> None:
+    """That ``state`` (a loaded file) holds backbone ``name``'s weight set ``weights``: it
+    loads into the backbone, every tensor and shape (built on torch's meta device: no memory,
+    no time).  ``ValueError`` naming ``source`` otherwise (a download whose publisher gives no
     SHA-256 is checked so)."""
     ws = get_backbone(name).weight_set(weights)
-    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     with torch.device("meta"):
         backbone = build_backbone(name, in_channels=3)
     try:
