@@ -30,9 +30,8 @@ DINOV2 = "vit_small_patch14_reg4_dinov2"
 
 
 @pytest.fixture()
-def cache(weights_cache, monkeypatch):
-    """An empty torch cache, and a session that has found no weights in it."""
-    monkeypatch.setattr(_session, "weights_found", set())
+def cache(weights_cache):
+    """An empty torch cache (the session asks the cache itself)."""
     return weights_cache
 
 

@@ -240,7 +240,6 @@ def test_train_widget__starts_from_imagenet_when_present_with_rotations_if_ticke
 
     from ..weights_server import RESNET18_FILE, publish
 
-    monkeypatch.setattr(_session, "weights_found", set())
     viewer = make_napari_viewer()
     image, labels, _ = make_cells(shape=(160, 160), n_cells=20, seed=5)
     viewer.add_image(image, name="img")

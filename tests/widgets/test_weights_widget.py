@@ -43,9 +43,8 @@ def resnet18_bytes() -> bytes:
 
 
 @pytest.fixture()
-def cache(weights_cache, monkeypatch):
-    """An empty torch cache; the session's ImageNet flag is restored afterwards."""
-    monkeypatch.setattr(_session, "weights_found", set())
+def cache(weights_cache):
+    """An empty torch cache (the session asks the cache itself: nothing to restore)."""
     return weights_cache
 
 

@@ -10,10 +10,6 @@ from contextlib import contextmanager
 
 #: The encoder trained in this session (set by "Train SegRep"), offered by "Embed segments".
 trained_encoder = None
-#: The pretrained weight sets, ``(backbone, weight set)``, whose file lies whole in the local
-#: torch cache: every catalogue backbone's, checked by the warm-up (in the background, so that
-#: the pickers' checks in napari's thread then cost a ``stat``), and those downloaded since.
-weights_found: set[tuple[str, str]] = set()
 #: Devices that work here (found by the warm-up; None until then).
 devices: list[str] | None = None
 
@@ -178,41 +174,26 @@ def warm_up_label_colours(dtypes) -> None:
 
 
 def pretrained_available(backbone: str = "resnet18", weights: str = "imagenet") -> bool:
-    """Whether ``backbone``'s weight set ``weights`` was found whole in the torch cache (by the
-    warm-up, or downloaded in this session)."""
-    return (backbone, weights) in weights_found
+    """Whether ``backbone``'s weight set ``weights`` lies whole in the torch cache now (a
+    ``stat`` once :func:`check_weights_files` has hashed the file: the verdict is
+    remembered per version of the file)."""
+    from ..weights import weights_info
 
-
-def found_weights_file(path) -> None:
-    """A weights file arrived whole in the torch cache (downloaded): every catalogue weight set
-    read from that file is available now (the 3D ResNets read their 2D ResNet's file)."""
-    from pathlib import Path
-
-    from ..catalogue import published_files
-
-    entry = published_files().get(Path(path).name)
-    if entry is not None:
-        ws, backbones = entry
-        weights_found.update((b, ws.name) for b in backbones)
+    try:
+        return weights_info(backbone, weights=weights).usable
+    except (ValueError, OSError):
+        return False
 
 
 def check_weights_files() -> None:
-    """Check every catalogue weight set's file in the torch cache (its size and SHA-256, once
-    per version of the file: the verdict is remembered) and record those found whole in
-    :data:`weights_found`.  Torch-free; a few tenths of a second per large file, once: call
-    from a background thread."""
-    from ..catalogue import CATALOGUE
-    from ..weights import weights_info
+    """Check every catalogue weights file in the torch cache (its size and SHA-256, once per
+    version of the file: :func:`napari_segrep.weights.file_problem` remembers the verdict), so
+    that the pickers' checks in napari's thread then cost a ``stat``.  Torch-free; a few
+    tenths of a second per large file, once: call from a background thread."""
+    from ..catalogue import published_files
 
-    for entry in CATALOGUE:
-        for ws in entry.weights:
-            try:
-                if weights_info(entry.name, weights=ws.name).usable:
-                    weights_found.add((entry.name, ws.name))
-                else:
-                    weights_found.discard((entry.name, ws.name))
-            except (ValueError, OSError):
-                continue
+    for ws, backbones in published_files().values():
+        pretrained_available(backbones[0], ws.name)
 
 
 def _warm_up(label_dtypes) -> None:

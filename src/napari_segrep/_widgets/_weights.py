@@ -244,10 +244,7 @@ class WeightsDownloadButton(Container):
     def _on_downloaded(self, path: Path, label: str, backbone: str) -> None:
         from napari.utils.notifications import show_info
 
-        from . import _session
-
         show_info(f"{label} weights ({backbone}) saved to {path}")
-        _session.found_weights_file(path)
         for button in list(WeightsDownloadButton.instances):
             unless_deleted(button._on_file)(path)
 
