@@ -202,11 +202,10 @@ def encoder_param_groups(
     """The optimiser's parameter groups for a :class:`~napari_segrep.engine.encoder.
     SegmentEncoder`.
 
-    A backbone with ``param_groups(lr, weight_decay, *, layer_decay)`` (a ViT,
+    A backbone with ``param_groups(lr, weight_decay, *, pretrained)`` (a ViT,
     :meth:`~napari_segrep.engine.backbones.vit.MaskedViT.param_groups`) sets its own groups
-    (each with its ``lr``), told whether its weights are pretrained (the encoder has a
-    ``weights_source``: ImageNet/DINOv2 weights or a checkpoint; or the backbone loaded
-    weights itself) so it picks the matching layer-wise decay.  Any other backbone gets
+    (each with its ``lr``), told whether the encoder's weights are pretrained (it has a
+    ``weights_source``: ImageNet/DINOv2 weights or a checkpoint) so it picks its decay.  Any other backbone gets
     :func:`param_groups_for_lars` of the whole encoder, exactly as before (groups without an
     ``lr``: they learn at the optimiser's).
 
@@ -227,13 +226,8 @@ def encoder_param_groups(
     backbone = getattr(encoder, "backbone", None)
     if not hasattr(backbone, "param_groups"):
         return param_groups_for_lars(encoder, weight_decay)
-    from .backbones.vit import LAYER_DECAY_PRETRAINED, LAYER_DECAY_RANDOM
-
-    pretrained = getattr(encoder, "weights_source", None) is not None or bool(
-        getattr(backbone, "pretrained", False)
-    )
-    decay = LAYER_DECAY_PRETRAINED if pretrained else LAYER_DECAY_RANDOM
-    return backbone.param_groups(lr, weight_decay, layer_decay=decay)
+    pretrained = getattr(encoder, "weights_source", None) is not None
+    return backbone.param_groups(lr, weight_decay, pretrained=pretrained)
 
 
 class _WarmupCosine:

@@ -354,7 +354,12 @@ class MaskedViT(nn.Module):
 
     # ------------------------------------------------------------------ training
     def param_groups(
-        self, lr: float, weight_decay: float, *, layer_decay: float | None = None
+        self,
+        lr: float,
+        weight_decay: float,
+        *,
+        layer_decay: float | None = None,
+        pretrained: bool = False,
     ) -> list[dict[str, Any]]:
         """Optimiser parameter groups for fine-tuning: layer-wise lr decay, no weight decay on
         norms, biases, LayerScale, position embedding, CLS and register tokens.
@@ -374,8 +379,11 @@ class MaskedViT(nn.Module):
         weight_decay : float
             Of the matrices (and patch-embedding kernels); 0 for the rest.
         layer_decay : float, optional
-            In ``(0, 1]``; default :data:`LAYER_DECAY_PRETRAINED` (0.75) after
-            :meth:`load_pretrained_state`, :data:`LAYER_DECAY_RANDOM` (0.9) otherwise.
+            In ``(0, 1]``; default :data:`LAYER_DECAY_PRETRAINED` (0.75) for pretrained
+            weights (``pretrained``, or after :meth:`load_pretrained_state`),
+            :data:`LAYER_DECAY_RANDOM` (0.9) otherwise.
+        pretrained : bool
+            The weights are pretrained although not loaded here (e.g. from a checkpoint).
 
         Returns
         -------
@@ -385,7 +393,8 @@ class MaskedViT(nn.Module):
             per layer and decay kind, empty groups left out; every trainable parameter once.
         """
         if layer_decay is None:
-            layer_decay = LAYER_DECAY_PRETRAINED if self.pretrained else LAYER_DECAY_RANDOM
+            pretrained = pretrained or self.pretrained
+            layer_decay = LAYER_DECAY_PRETRAINED if pretrained else LAYER_DECAY_RANDOM
         if not 0.0 < layer_decay <= 1.0:
             raise ValueError(f"layer_decay must be in (0, 1], got {layer_decay!r}")
         if not weight_decay >= 0.0:
