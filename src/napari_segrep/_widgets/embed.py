@@ -17,6 +17,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, PushButton
 from napari.layers import Labels, Points
 from napari.utils.notifications import show_error
 
+from ..catalogue import weight_set
 from . import _session
 from ._backbones import (
     CROP_SIZE,
@@ -58,23 +59,18 @@ BACKBONE = backbone_choices(2)[0]
 #: The default 3D model on a GPU and elsewhere (``engine.embed.volume_backbone``'s rule, kept
 #: here: the engine is not imported in napari's thread).
 VOLUME_BACKBONE, VOLUME_BACKBONE_CPU = "resnet18_3d", "resnet18_planes"
-#: The backbones for 3D objects (the catalogue's, native 3D first) when the module was loaded.
-VOLUME_BACKBONES = tuple(backbone_choices(3))
+
+
+def pretrained_model(ws) -> str:
+    """The model choice of a weight set: ``"ImageNet (local torch cache)"``."""
+    return f"{ws.label} (local torch cache)"
+
 
 #: The model choices of the pretrained weight sets, when their file is in the cache.
-MODEL_IMAGENET = "ImageNet (local torch cache)"
-MODEL_DINOV2 = "DINOv2 (local torch cache)"
-
-
-def pretrained_model(weight_set) -> str:
-    """The model choice of a weight set: ``"ImageNet (local torch cache)"``."""
-    return f"{weight_set.label} (local torch cache)"
-
-
-def volume_backbones(_widget=None) -> list[str]:
-    """The backbones for 3D objects: the catalogue's (native 3D first), then the other
-    registered ones (once the engine is loaded: never imported here, in napari's thread)."""
-    return backbone_choices(3)
+MODEL_IMAGENET, MODEL_DINOV2 = (
+    pretrained_model(weight_set(b, n))
+    for b, n in (("resnet18", "imagenet"), ("vit_small_patch14_reg4_dinov2", "dinov2"))
+)
 
 
 class EmbedSegmentsWidget(ResultsActions, Container):
