@@ -31,8 +31,8 @@ from pathlib import Path
 
 from magicgui.widgets import Container, Label, PushButton
 
-from .. import catalogue
 from ..weights import WeightsInfo, weights_info
+from ._backbones import weight_sets
 from ._common import progress_bar, unless_deleted
 from ._jobs import Job, start_job, watch_close
 
@@ -42,8 +42,8 @@ __all__ = ["WeightsDownloadButton", "ask_to_download", "default_weights", "downl
 def default_weights(backbone: str | None) -> str | None:
     """The name of ``backbone``'s first (default) weight set in the catalogue; None when it has
     none (or the catalogue does not know it)."""
-    entry = catalogue.BY_NAME.get(backbone)
-    return entry.weights[0].name if entry is not None and entry.weights else None
+    sets = weight_sets(backbone)
+    return sets[0].name if sets else None
 
 
 def ask_to_download(parent, info: WeightsInfo) -> bool:

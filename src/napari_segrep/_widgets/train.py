@@ -40,6 +40,7 @@ from magicgui.widgets import (
 from napari.utils.notifications import show_error, show_info
 
 from .._images import Layout
+from ..catalogue import weight_set
 from ..engine.train_config import ROTATIONS_HELP, SUPERVISED, choices, default, help_text
 from . import _session
 from ._backbones import (
@@ -71,14 +72,19 @@ from .embed import VOLUME_BACKBONE
 __all__ = ["TrainSegRepWidget"]
 
 _WARNING_STYLE = "color: rgb(255, 120, 90);"
-START_IMAGENET = "ImageNet weights"
-START_DINOV2 = "DINOv2 weights"
 START_UNTRAINED = "untrained network"
 
 
-def start_choice(weight_set) -> str:
+def start_choice(ws) -> str:
     """The start of a weight set: ``"ImageNet weights"``."""
-    return f"{weight_set.label} weights"
+    return f"{ws.label} weights"
+
+
+#: The starts of the pretrained weight sets, when their file is in the cache.
+START_IMAGENET, START_DINOV2 = (
+    start_choice(weight_set(b, n))
+    for b, n in (("resnet18", "imagenet"), ("vit_small_patch14_reg4_dinov2", "dinov2"))
+)
 
 
 class _PairRow(Container):
