@@ -25,6 +25,24 @@ from pathlib import Path
 HERE = Path(__file__).parent
 
 
+def _wait_until(app, condition, timeout=900.0) -> None:
+    """Process Qt events until ``condition()`` (TimeoutError after ``timeout`` s)."""
+    t0 = time.time()
+    while not condition():
+        app.processEvents()
+        time.sleep(0.01)
+        if time.time() - t0 > timeout:
+            raise TimeoutError
+
+
+def _settle(app, seconds=0.5) -> None:
+    """Let Qt lay out changed texts before a screenshot."""
+    t0 = time.time()
+    while time.time() - t0 < seconds:
+        app.processEvents()
+        time.sleep(0.01)
+
+
 def main(only_classify: bool = False) -> None:
     import napari
     from qtpy.QtWidgets import QApplication
@@ -35,18 +53,10 @@ def main(only_classify: bool = False) -> None:
     viewer.open_sample("napari-segrep", "cells")
 
     def wait(condition, timeout=900.0):
-        t0 = time.time()
-        while not condition():
-            app.processEvents()
-            time.sleep(0.01)
-            if time.time() - t0 > timeout:
-                raise TimeoutError
+        _wait_until(app, condition, timeout)
 
     def settle(seconds=0.5):  # let Qt lay out changed texts before a screenshot
-        t0 = time.time()
-        while time.time() - t0 < seconds:
-            app.processEvents()
-            time.sleep(0.01)
+        _settle(app, seconds)
 
     _, embed = viewer.window.add_plugin_dock_widget("napari-segrep", "Embed segments")
     embed.umap_input.value = False
@@ -203,16 +213,10 @@ def backbone_screenshot() -> None:
     embed.umap_input.value = False
     embed.backbone_input.value = "vit_small_patch14_reg4_dinov2"
     embed.run()
-    t0 = time.time()
-    while not (embed.job is None and embed.points_layer is not None and embed.map_view.settled):
-        app.processEvents()
-        time.sleep(0.01)
-        if time.time() - t0 > 900:
-            raise TimeoutError
-    t0 = time.time()
-    while time.time() - t0 < 0.5:
-        app.processEvents()
-        time.sleep(0.01)
+    _wait_until(
+        app, lambda: embed.job is None and embed.points_layer is not None and embed.map_view.settled
+    )
+    _settle(app)
     viewer.reset_view()
     viewer.screenshot(str(HERE / "backbone_picker.png"), canvas_only=False)
     print("wrote", HERE / "backbone_picker.png")
