@@ -248,7 +248,7 @@ def weight_set(backbone: str, name: str) -> WeightSet:
         if ws.name == name:
             return ws
     have = ", ".join(entry.weight_names) or "none"
-    offer = [b for b in weights_backbones(name)]
+    offer = weights_backbones(name)
     hint = f" ({name} weights: --backbone {' or '.join(offer)})" if offer else ""
     raise ValueError(
         f"backbone {backbone} has no {name!r} weights (it has: {have}){hint}; use weights=None "
